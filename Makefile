@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make install`, then `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# Pinned: on a CPU machine an unpinned torch may pull a multi-GB CUDA build.
+# On a GPU machine, pick your build: make install TORCH="torch==2.13.0 --index-url ..."
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
+
+.PHONY: install test bench parity clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[test]"
+
+test:
+	$(BIN)/pytest -q
+
+bench:
+	$(BIN)/bladegpt bench
+
+# nanoGPT parity and time-to-target on tinyshakespeare (see docs/benchmarks.md).
+parity:
+	$(BIN)/python scripts/parity.py $(SHAKESPEARE)
+
+clean:
+	rm -rf datasets runs .pytest_cache

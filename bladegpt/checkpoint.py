@@ -1,0 +1,116 @@
+"""safetensors checkpoints: model weights with their config and tokenizer, and the training state.
+
+Nothing here unpickles: a checkpoint file can hold tensors and strings, never code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file, save_model
+
+from bladegpt import __version__
+from bladegpt.config import ModelConfig
+from bladegpt.errors import UserError
+from bladegpt.model import GPT
+from bladegpt.tokenizer import Tokenizer, TokenizerError, tokenizer_from_dict
+
+FORMAT = "bladegpt-1"
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that is missing, damaged or not BladeGPT's; the message says what to do."""
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a crash never leaves half a checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, model: GPT, tokenizer: Tokenizer, **info) -> None:
+    """Weights plus config and tokenizer as metadata; the tied wte/lm_head is stored once."""
+    metadata = {
+        "format": FORMAT,
+        "bladegpt_version": __version__,
+        "config": json.dumps(model.config.to_dict()),
+        "tokenizer": json.dumps(tokenizer.to_dict(), ensure_ascii=False),
+        "info": json.dumps(info),
+    }
+    _atomic(path, lambda tmp: save_model(model, tmp, metadata=metadata))
+
+
+def read_metadata(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint at {path}; train a model first with `bladegpt train`.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({e}); it may be truncated or damaged. "
+            "Use another checkpoint (e.g. last.safetensors) or train again."
+        ) from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a BladeGPT checkpoint (no '{FORMAT}' metadata).")
+    return metadata
+
+
+def load_checkpoint(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer, dict]:
+    """The model (on CPU, eval mode), its tokenizer, and the info saved with it."""
+    metadata = read_metadata(path)
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        tokenizer = tokenizer_from_dict(json.loads(metadata["tokenizer"]))
+        model = GPT(config, attention=attention)
+        model.load_state_dict(_untie(load_file(str(path))))  # strict: names and shapes must match
+    except (SafetensorError, KeyError, json.JSONDecodeError, TokenizerError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or train again.") from None
+    info = json.loads(metadata.get("info", "{}"))
+    model.eval()
+    return model, tokenizer, info
+
+
+def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors keeps one name of a tied pair; give the tensor to both names."""
+    wte, head = "transformer.wte.weight", "lm_head.weight"
+    if head in state and wte not in state:
+        state[wte] = state[head]
+    elif wte in state and head not in state:
+        state[head] = state[wte]
+    return state
+
+
+def save_train_state(path: Path, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    """Optimizer moments, RNG states and counters: what an exact resume needs beyond the weights."""
+    opt = optimizer.state_dict()
+    flat = {f"opt.{idx}.{name}": t.detach().cpu().contiguous() for idx, s in opt["state"].items() for name, t in s.items()}
+    flat.update({name: t.cpu().contiguous() for name, t in tensors.items()})
+    metadata = {"format": FORMAT, "param_groups": json.dumps(opt["param_groups"]), "info": json.dumps(info)}
+    _atomic(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+
+
+def load_train_state(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """(optimizer state_dict, other tensors, info) as saved by save_train_state."""
+    metadata = read_metadata(path)
+    try:
+        flat = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}); start a new run.") from None
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    tensors = {}
+    for name, t in flat.items():
+        if name.startswith("opt."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = t
+        else:
+            tensors[name] = t
+    opt = {"state": state, "param_groups": json.loads(metadata["param_groups"])}
+    return opt, tensors, json.loads(metadata["info"])

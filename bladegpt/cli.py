@@ -1,0 +1,178 @@
+"""The `bladegpt` command: parse flags, call one library function, print. No torch at import."""
+
+from __future__ import annotations
+
+import functools
+import random
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from bladegpt import __version__
+from bladegpt.errors import UserError
+
+app = typer.Typer(
+    help="Train a small GPT on text you love, on the machine you have, and sample in its voice.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(command):
+    """Turn a UserError into one red line and exit code 1; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            err_console.print(f"[bold red]Error:[/] {e}", highlight=False)
+            raise typer.Exit(code=1) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"bladegpt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", help="Show the version and exit.", callback=_version, is_eager=True)
+    ] = None,
+) -> None:
+    """Train a small GPT on text you love, on the machine you have, and sample in its voice."""
+
+
+@app.command()
+@friendly
+def prepare(
+    inputs: Annotated[list[Path], typer.Argument(help="Text files, or folders of .txt files.")],
+    tokenizer: Annotated[str, typer.Option(help="bpe (trained on this corpus), gpt2, or char.")] = "bpe",
+    vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size (shrunk for small corpora).")] = 4096,
+    val_fraction: Annotated[float, typer.Option(help="Share of the text kept for validation (its end).")] = 0.1,
+    out: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: datasets/NAME].")] = None,
+) -> None:
+    """Turn text into a dataset: a tokenizer, train/val token files and their metadata."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+    from rich.table import Table
+
+    from bladegpt.data import prepare as prepare_data
+
+    with Progress(TextColumn("[bold]encode"), BarColumn(), TaskProgressColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task("encode", total=None)
+        result = prepare_data(inputs, out, tokenizer, vocab_size, val_fraction,
+                              progress=lambda done, total: progress.update(task, completed=done, total=total))
+    m = result.meta
+    table = Table(title=f"Prepared {', '.join(Path(s).name for s in m['sources'][:3])}"
+                        + (f" and {len(m['sources']) - 3} more" if len(m["sources"]) > 3 else ""))
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    for label, value in [
+        ("characters", f"{m['chars']:,}"),
+        ("tokens", f"{m['train_tokens'] + m['val_tokens']:,}"),
+        ("tokenizer", m["tokenizer"]),
+        ("vocabulary", f"{m['vocab_size']:,}"),
+        ("bytes per token", f"{m['bytes'] / (m['train_tokens'] + m['val_tokens']):.2f}"),
+        ("train tokens", f"{m['train_tokens']:,}"),
+        ("val tokens", f"{m['val_tokens']:,}"),
+        ("written to", str(result.out_dir)),
+    ]:
+        table.add_row(label, value)
+    console.print(table)
+    console.print("Next: [bold]bladegpt train[/] (it picks up this dataset).")
+
+
+@app.command()
+@friendly
+def train(
+    data: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: the latest prepared].")] = None,
+    preset: Annotated[str, typer.Option(help="nano, mini, small or gpt2 (see the README).")] = "mini",
+    n_layer: Annotated[Optional[int], typer.Option(help="Transformer blocks.")] = None,
+    n_head: Annotated[Optional[int], typer.Option(help="Attention heads.")] = None,
+    n_embd: Annotated[Optional[int], typer.Option(help="Embedding width.")] = None,
+    block_size: Annotated[Optional[int], typer.Option(help="Context length in tokens.")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout rate.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per micro-batch.")] = None,
+    accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
+    time: Annotated[Optional[str], typer.Option("--time", help="Train for a time instead, e.g. 10m.")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warmup steps.")] = None,
+    eval_interval: Annotated[Optional[int], typer.Option(help="Evaluate every N steps.")] = None,
+    eval_iters: Annotated[Optional[int], typer.Option(help="Batches per evaluation.")] = None,
+    log_interval: Annotated[Optional[int], typer.Option(help="Log every N steps.")] = None,
+    sample_tokens: Annotated[Optional[int], typer.Option(help="Tokens sampled at each eval (0: none).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 or mps.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, bf16 or fp32.")] = "auto",
+    attention: Annotated[str, typer.Option(help="auto, manual or sdpa.")] = "auto",
+    compile: Annotated[str, typer.Option(help="auto, on or off (auto: only if the run repays it).")] = "auto",
+    run: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/DATASET-N, a new one].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the given (or latest) run exactly.")] = False,
+) -> None:
+    """Train a GPT on a prepared dataset, with a live display; Ctrl-C saves and stops."""
+    from bladegpt.config import parse_duration
+    from bladegpt.display import TrainDisplay
+    from bladegpt.trainer import train as train_model
+
+    model = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout)
+    budget = parse_duration(time) if time else None
+    if budget is not None and steps is None:
+        steps = 10**9  # the clock decides
+    training = dict(batch_size=batch_size, accum=accum, lr=lr, steps=steps, time_budget_s=budget,
+                    warmup_steps=warmup_steps, eval_interval=eval_interval, eval_iters=eval_iters,
+                    log_interval=log_interval, sample_tokens=sample_tokens, seed=seed)
+    result = train_model(data, preset, model, training, device, precision, attention, compile, resume, run,
+                         reporter=TrainDisplay(console))
+    if result.interrupted:
+        raise typer.Exit(code=130)
+    best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
+    console.print(f"Done: step {result.step}, best val loss {best}, {result.elapsed_s:.0f} s. "
+                  f"Next: [bold]bladegpt sample \"Once\"[/].")
+
+
+@app.command()
+@friendly
+def sample(
+    prompt: Annotated[str, typer.Argument(help="Text to continue.")] = "",
+    checkpoint: Annotated[Optional[Path], typer.Option(help="A .safetensors file or run folder [default: latest run's best].")] = None,
+    num_samples: Annotated[int, typer.Option(help="How many samples.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per sample.")] = 200,
+    temperature: Annotated[float, typer.Option(help="0 is greedy; higher is wilder.")] = 0.8,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k likeliest tokens.")] = 200,
+    top_p: Annotated[Optional[float], typer.Option(help="Sample only from the smallest set with this much probability.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Same seed, same text [default: random].")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Stream new text from a trained model."""
+    from bladegpt.engine import Sampler
+
+    if temperature < 0:
+        raise UserError("--temperature cannot be negative; use 0 for greedy decoding.")
+    seed = random.randrange(2**31) if seed is None else seed
+    sampler = Sampler(checkpoint, device)
+    err_console.print(f"[dim]{sampler.checkpoint} · seed {seed}[/]", highlight=False)
+    for i in range(num_samples):
+        if i:
+            sys.stdout.write("\n" + "-" * 40 + "\n")
+        pieces = sampler.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed + i)
+        sys.stdout.write(prompt)
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,143 @@
+"""Model and training configuration: dataclasses, named presets, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+from bladegpt.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A setting the user chose cannot work; the message says which and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}); "
+                "change --n-embd or --n-head."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    time_budget_s: float | None = None  # when set, the schedule follows the clock
+    batch_size: int = 32
+    accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    sample_tokens: int = 120  # printed at each eval so the voice can be watched; 0 = off
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "accum", "eval_interval", "eval_iters", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}.")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError("--time must be positive, e.g. --time 10m.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "nano": Preset(
+        "nanoGPT's CPU shape: 4 layers, 128 wide, block 64; about a minute on a laptop.",
+        model=dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
+        train=dict(batch_size=12, lr=1e-3, steps=2000, warmup_steps=100),
+    ),
+    "mini": Preset(
+        "The default: 6 layers, 256 wide, block 128; a few minutes on a laptop CPU.",
+        model=dict(n_layer=6, n_head=4, n_embd=256, block_size=128),
+        train=dict(batch_size=32, lr=1.5e-3, steps=1500, warmup_steps=100),
+    ),
+    "small": Preset(
+        "nanoGPT's Shakespeare GPU shape: 6 layers, 384 wide, block 256, dropout 0.2.",
+        model=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
+        train=dict(batch_size=64, lr=1e-3, steps=5000, warmup_steps=100),
+    ),
+    "gpt2": Preset(
+        "GPT-2 124M: 12 layers, 768 wide, block 1024; wants a GPU.",
+        model=dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+        train=dict(batch_size=16, lr=6e-4, steps=5000, warmup_steps=200, beta2=0.95),
+    ),
+}
+DEFAULT_PRESET = "mini"
+
+
+def from_preset(
+    name: str, model_overrides: dict | None = None, train_overrides: dict | None = None
+) -> tuple[ModelConfig, TrainConfig]:
+    """Build both configs from a named preset, then apply the user's overrides (None = keep)."""
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset '{name}'; choose one of: {', '.join(PRESETS)}.")
+    preset = PRESETS[name]
+    model = {**preset.model, **{k: v for k, v in (model_overrides or {}).items() if v is not None}}
+    train = {**preset.train, **{k: v for k, v in (train_overrides or {}).items() if v is not None}}
+    return ModelConfig(**model), TrainConfig(**train)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '90', '90s', '10m', '1.5h'."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip().lower()
+    scale = units.get(text[-1:], None)
+    number = text[:-1] if scale else text
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise ConfigError(f"Cannot read the duration '{text}'; write it like 90s, 10m or 1.5h.") from None
+    if seconds <= 0:
+        raise ConfigError(f"The duration must be positive, got '{text}'.")
+    return seconds

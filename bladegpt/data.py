@@ -1,0 +1,222 @@
+"""prepare(): text files in, token files out; and the batches training reads from them."""
+
+from __future__ import annotations
+
+import array
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bladegpt.errors import UserError
+from bladegpt.tokenizer import Tokenizer, TokenizerError, bpe_vocab_size, load_tokenizer, train_tokenizer
+
+DATASETS_DIR = Path("datasets")
+META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
+# A safe place to cut text for separate encoding: after a newline between two non-spaces.
+# Neither GPT-2's nor GPT-4's split pattern joins across it, so chunks encode exactly as the whole.
+_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+CHUNK_CHARS = 1 << 20
+
+
+class DataError(UserError, ValueError):
+    """Input text or a dataset folder that cannot be used; the message says what to do."""
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    meta: dict
+
+
+def find_text_files(inputs: list[Path]) -> list[Path]:
+    """Expand folders to the .txt files inside them, in a stable order."""
+    files: list[Path] = []
+    for path in inputs:
+        path = Path(path)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            if not found:
+                raise DataError(f"The folder {path} has no .txt files; point prepare at text files.")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"No such file or folder: {path}; check the path.")
+    return files
+
+
+def read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise DataError(f"{path} looks binary (it has NUL bytes); prepare takes UTF-8 text files.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it, "
+            f"e.g. `iconv -f latin1 -t utf-8 {path.name}`."
+        ) from None
+    if not text.strip():
+        raise DataError(f"{path} is empty; give prepare a file with text in it.")
+    return text.removeprefix("\ufeff")
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """Train is the first part, val the last, cut at a line break near the requested fraction."""
+    if not 0.0 < val_fraction < 0.5:
+        raise DataError(f"--val-fraction must be between 0 and 0.5, got {val_fraction}.")
+    cut = int(len(text) * (1.0 - val_fraction))
+    newline = text.find("\n", cut)
+    if newline != -1 and newline - cut < 1000:
+        cut = newline + 1
+    return text[:cut], text[cut:]
+
+
+def chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """Cut text into pieces of about `size` characters at places that do not change encoding."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        match = _CUT.search(text, start + size)
+        if match is None:
+            break
+        pieces.append(text[start : match.start()])
+        start = match.start()
+    pieces.append(text[start:])
+    return pieces
+
+
+def encode(tokenizer: Tokenizer, text: str, progress: Callable[[int], None] | None = None) -> list[int]:
+    """Encode in chunks so a progress bar can follow big inputs; `progress` gets characters done."""
+    ids: list[int] = []
+    for piece in chunks(text):
+        ids.extend(tokenizer.encode(piece))
+        if progress:
+            progress(len(piece))
+    return ids
+
+
+def write_tokens(path: Path, ids: list[int], typecode: str) -> None:
+    with open(path, "wb") as f:
+        array.array(typecode, ids).tofile(f)
+
+
+def prepare(
+    inputs: list[Path],
+    out_dir: Path | None = None,
+    tokenizer: str = "bpe",
+    vocab_size: int = 4096,
+    val_fraction: float = 0.1,
+    progress: Callable[[int, int], None] | None = None,
+) -> PrepareResult:
+    """Tokenize text files into a dataset folder: train.bin, val.bin, tokenizer.json, meta.json.
+
+    `progress(done, total)` is called with characters encoded so far.
+    """
+    files = find_text_files(inputs)
+    text = "\n\n".join(read_text(f) for f in files)
+    train_text, val_text = split_text(text, val_fraction)
+    n_bytes = len(text.encode("utf-8"))
+    if tokenizer == "bpe":
+        vocab_size = bpe_vocab_size(vocab_size, len(train_text.encode("utf-8")))
+    # The char alphabet comes from the whole text, so val never has a character train lacks.
+    tok = train_tokenizer(tokenizer, text if tokenizer == "char" else train_text, vocab_size)
+
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, len(text))
+
+    start = time.perf_counter()
+    train_ids = encode(tok, train_text, step)
+    val_ids = encode(tok, val_text, step)
+    elapsed = time.perf_counter() - start
+
+    if out_dir is None:
+        first = Path(inputs[0])
+        out_dir = DATASETS_DIR / (first.stem if first.is_file() else first.resolve().name)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
+    typecode = "H" if dtype == "uint16" else "I"
+    write_tokens(out_dir / "train.bin", train_ids, typecode)
+    write_tokens(out_dir / "val.bin", val_ids, typecode)
+    tok.save(out_dir / TOKENIZER_FILE)
+    meta = {
+        "format": 1,
+        "sources": [str(f) for f in files],
+        "tokenizer": tok.kind,
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype,
+        "val_fraction": val_fraction,
+        "chars": len(text),
+        "bytes": n_bytes,
+        "train_tokens": len(train_ids),
+        "val_tokens": len(val_ids),
+        "train_bytes": len(train_text.encode("utf-8")),
+        "val_bytes": len(val_text.encode("utf-8")),
+        "encode_seconds": round(elapsed, 3),
+    }
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+    return PrepareResult(out_dir, meta)
+
+
+def latest_dataset(root: Path = DATASETS_DIR) -> Path:
+    """The most recently prepared dataset folder."""
+    metas = sorted(Path(root).glob(f"*/{META_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not metas:
+        raise DataError("No prepared dataset found; run `bladegpt prepare FILE.txt` first.")
+    return metas[-1].parent
+
+
+class TokenData:
+    """A prepared dataset: memory-mapped token files, the tokenizer and its metadata."""
+
+    def __init__(self, folder: Path):
+        import torch
+
+        folder = Path(folder)
+        meta_path = folder / META_FILE
+        if not meta_path.is_file():
+            raise DataError(f"{folder} is not a prepared dataset (no {META_FILE}); run `bladegpt prepare` on it.")
+        self.folder = folder
+        self.meta = json.loads(meta_path.read_text())
+        try:
+            self.tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
+        except TokenizerError as e:
+            raise DataError(str(e)) from None
+        dtype = torch.uint16 if self.meta["dtype"] == "uint16" else torch.uint32
+        self.splits = {
+            split: torch.from_file(
+                str(folder / f"{split}.bin"), shared=True, size=self.meta[f"{split}_tokens"], dtype=dtype
+            )
+            for split in ("train", "val")
+        }
+
+    def check_fits(self, block_size: int) -> None:
+        for split, tokens in self.splits.items():
+            if len(tokens) <= block_size + 1:
+                raise DataError(
+                    f"The {split} split has only {len(tokens)} tokens, too few for a block size of "
+                    f"{block_size}; use a smaller --block-size or a bigger corpus."
+                )
+
+    def batch(self, split: str, ix, block_size: int):
+        """Inputs and next-token targets (B, T) for the windows starting at ix (B,)."""
+        import torch
+
+        data = self.splits[split]
+        x = torch.stack([data[i : i + block_size] for i in ix.tolist()]).long()
+        y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix.tolist()]).long()
+        return x, y
+
+    def random_starts(self, split: str, shape: tuple[int, ...], block_size: int, generator):
+        import torch
+
+        return torch.randint(len(self.splits[split]) - block_size - 1, shape, generator=generator)

@@ -1,0 +1,65 @@
+"""The live training display: a rich progress line, evaluation lines and samples as they come."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from bladegpt.trainer import Reporter
+
+
+def _si(x: float) -> str:
+    return f"{x / 1e3:.1f}k" if x < 1e6 else f"{x / 1e6:.2f}M"
+
+
+class TrainDisplay(Reporter):
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console()
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.task = None
+        self.stats = {"loss": "-", "val": "-", "lr": "-", "speed": "-", "mfu": "-"}
+        self.by_time = False
+
+    def _fields(self) -> str:
+        s = self.stats
+        return f"loss {s['loss']}  val {s['val']}  lr {s['lr']}  {s['speed']} tok/s  MFU {s['mfu']}"
+
+    def start(self, info: dict) -> None:
+        c = self.console
+        c.print(f"[bold]Run[/] {info['run_dir']}  ·  {info['params'] / 1e6:.2f}M parameters  ·  "
+                f"{info['tokens_per_step']:,} tokens/step" + (f"  ·  {info['world']} processes" if info["world"] > 1 else ""))
+        c.print(f"[bold]Runtime[/] {info['runtime']}")
+        self.by_time = info["time_budget_s"] is not None
+        total = info["time_budget_s"] if self.by_time else info["steps"]
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total, completed=0 if self.by_time else info["step"],
+                                           stats=self._fields())
+
+    def message(self, text: str) -> None:
+        self.console.print(f"[yellow]{escape(text)}[/]")
+
+    def log(self, r: dict) -> None:
+        self.stats.update(loss=f"{r['loss']:.3f}", lr=f"{r['lr']:.2e}", speed=_si(r["tok_per_s"]),
+                          mfu=f"{r['mfu']:.1%}" if r.get("mfu") is not None else "n/a")
+        done = r["elapsed"] if self.by_time else r["step"]
+        self.progress.update(self.task, completed=done, stats=self._fields())
+
+    def eval(self, r: dict, sample: str | None) -> None:
+        self.stats["val"] = f"{r['val_loss']:.3f}"
+        self.progress.update(self.task, stats=self._fields())
+        self.console.print(f"step {r['step']:>6}  val loss [bold cyan]{r['val_loss']:.4f}[/]  "
+                           f"val bpb {r['val_bpb']:.4f}  ({r['elapsed']:.0f} s)")
+        if sample:
+            self.console.print(Panel(escape(sample.strip()), title=f"sample at step {r['step']}", style="dim"))
+
+    def close(self) -> None:
+        self.progress.stop()

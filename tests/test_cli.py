@@ -1,0 +1,78 @@
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from bladegpt.cli import app
+
+runner = CliRunner()
+TINY = ["--preset", "nano", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
+        "--batch-size", "4", "--steps", "20", "--eval-interval", "10", "--eval-iters", "2", "--compile", "off"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_is_instant_and_torch_free():
+    code = "import sys; from bladegpt.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for command in ([], ["prepare"], ["train"], ["sample"]):
+        result = invoke(*command, "--help")
+        assert result.exit_code == 0 and "Usage" in result.output
+    assert "bladegpt" in invoke("--version").output
+
+
+def test_quick_start(corpus, workdir):
+    result = invoke("prepare", corpus)
+    assert result.exit_code == 0, result.output
+    assert "bytes per token" in result.output and "datasets/tales" in result.output
+    result = invoke("train", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "runs/tales-1" in result.output and "val loss" in result.output
+    first = invoke("sample", "The hunter", "--seed", "3", "--max-new-tokens", "20")
+    again = invoke("sample", "The hunter", "--seed", "3", "--max-new-tokens", "20")
+    assert first.exit_code == 0, first.output
+    assert first.stdout == again.stdout and first.stdout.startswith("The hunter")
+    assert len(first.stdout) > len("The hunter") + 5
+    two = invoke("sample", "The", "--num-samples", "2", "--max-new-tokens", "5", "--seed", "1")
+    assert two.exit_code == 0 and two.stdout.count("The") >= 2
+
+
+def test_resume_from_the_cli(corpus, workdir):
+    invoke("prepare", corpus, "--tokenizer", "char")
+    assert invoke("train", *TINY).exit_code == 0
+    result = invoke("train", "--resume", "--steps", "30", "--compile", "off")
+    assert result.exit_code == 0, result.output
+    assert "step 30" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["prepare", "missing.txt"], "No such file"),
+        (["train"], "bladegpt prepare"),
+        (["sample", "hi"], "bladegpt train"),
+        (["train", "--preset", "huge"], "Unknown preset"),
+    ],
+)
+def test_user_errors_are_one_line(workdir, corpus, args, message):
+    if args[0] == "train" and "--preset" in args:
+        invoke("prepare", corpus, "--tokenizer", "char")
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert message in result.output.replace("\n", " ")
+    assert "Traceback" not in result.output
+
+
+def test_damaged_checkpoint_and_unseen_characters(corpus, workdir):
+    invoke("prepare", corpus, "--tokenizer", "char")
+    assert invoke("train", *TINY).exit_code == 0
+    result = invoke("sample", "Zebra ~ 42")
+    assert result.exit_code == 1 and "never saw" in result.output
+    best = workdir / "runs" / "tales-1" / "best.safetensors"
+    best.write_bytes(best.read_bytes()[:1000])
+    result = invoke("sample", "The")
+    assert result.exit_code == 1 and "damaged" in result.output.replace("\n", " ")
+    assert "Traceback" not in result.output

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+
+from bladegpt.data import DataError, TokenData, latest_dataset, prepare
+
+
+def test_prepare_writes_a_dataset(corpus, workdir):
+    result = prepare([corpus], tokenizer="bpe", vocab_size=512)
+    folder = result.out_dir
+    assert folder == workdir / "datasets" / "tales" or folder.resolve() == (workdir / "datasets" / "tales").resolve()
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["dtype"] == "uint16" and meta["tokenizer"] == "bpe"
+    assert (folder / "train.bin").stat().st_size == 2 * meta["train_tokens"]
+    assert 0.08 < meta["val_tokens"] / (meta["train_tokens"] + meta["val_tokens"]) < 0.12
+    data = TokenData(folder)
+    text = data.tokenizer.decode(data.splits["train"][:200].tolist())
+    assert text == corpus.read_text()[: len(text)]
+    assert latest_dataset() == folder
+
+
+def test_prepare_takes_folders_and_is_deterministic(workdir):
+    books = workdir / "books"
+    books.mkdir()
+    (books / "a.txt").write_text("first book line\n" * 200)
+    (books / "b.txt").write_text("second book line\n" * 200)
+    (books / "notes.md").write_text("not text for training")
+    one = prepare([books], out_dir=workdir / "one", tokenizer="char")
+    two = prepare([books], out_dir=workdir / "two", tokenizer="char")
+    assert one.meta["sources"] == [str(books / "a.txt"), str(books / "b.txt")]
+    assert (workdir / "one" / "val.bin").read_bytes() == (workdir / "two" / "val.bin").read_bytes()
+
+
+def test_batches_are_shifted_by_one(corpus):
+    data = TokenData(prepare([corpus], tokenizer="char").out_dir)
+    ix = data.random_starts("train", (4,), 8, torch.Generator().manual_seed(0))
+    x, y = data.batch("train", ix, 8)
+    assert x.shape == y.shape == (4, 8) and x.dtype == torch.long
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "No such file"),
+        (b"", "is empty"),
+        (b"   \n\n", "is empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "looks binary"),
+        ("caf\u00e9 cr\u00e8me".encode("latin-1"), "not UTF-8"),
+    ],
+)
+def test_bad_input_is_explained(workdir, content, message):
+    path = workdir / "input.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        prepare([path])
+
+
+def test_corpus_too_small_for_the_context(workdir):
+    path = workdir / "tiny.txt"
+    path.write_text("just a few words of text here\n" * 3)
+    data = TokenData(prepare([path], tokenizer="char").out_dir)
+    with pytest.raises(DataError, match="smaller --block-size"):
+        data.check_fits(256)
+
+
+def test_no_dataset_yet(workdir):
+    with pytest.raises(DataError, match="bladegpt prepare"):
+        latest_dataset()

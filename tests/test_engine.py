@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from bladegpt.config import ModelConfig
+from bladegpt.engine import KVCache, generate, generate_reference, sample_next_token, stream_text
+from bladegpt.model import GPT
+from bladegpt.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "manual"])
+def test_kv_cache_logits_equal_full_forward(model, attention):
+    model.set_attention(attention)
+    idx = torch.randint(0, 64, (2, 12))
+    full, _ = model(idx)
+    cache = KVCache(2, 16)
+    first, _ = model(idx[:, :5], kv_cache=cache)
+    rest = [model(idx[:, t : t + 1], kv_cache=cache)[0] for t in range(5, 12)]
+    assert torch.allclose(torch.cat([first, *rest], dim=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("new_tokens", [8, 40])  # within the 16-token context, and far past it
+def test_greedy_with_and_without_cache_is_identical(model, new_tokens):
+    prompt = [3, 1, 4, 1, 5]
+    fast = list(generate(model, prompt, new_tokens, 60, temperature=0))
+    slow = generate_reference(model, prompt, new_tokens, 60, temperature=0)
+    assert fast == slow and len(fast) == new_tokens
+
+
+def test_sampling_with_cache_matches_reference_for_a_seed(model):
+    fast = list(generate(model, [7], 30, 60, torch.Generator().manual_seed(5), temperature=1.0, top_k=10))
+    slow = generate_reference(model, [7], 30, 60, torch.Generator().manual_seed(5), temperature=1.0, top_k=10)
+    assert fast == slow
+
+
+def test_same_seed_same_text_and_padding_never_sampled(model):
+    a = list(generate(model, [1, 2], 50, 60, torch.Generator().manual_seed(1), temperature=2.0))
+    b = list(generate(model, [1, 2], 50, 60, torch.Generator().manual_seed(1), temperature=2.0))
+    c = list(generate(model, [1, 2], 50, 60, torch.Generator().manual_seed(2), temperature=2.0))
+    assert a == b != c
+    assert max(a + c) < 60
+
+
+def test_long_prompt_is_cropped(model):
+    out = list(generate(model, list(range(50)), 3, 64, temperature=0))
+    assert out == generate_reference(model, list(range(34, 50)), 3, 64, temperature=0)
+
+
+def test_top_k_and_top_p():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]])
+    g = torch.Generator().manual_seed(0)
+    assert {int(sample_next_token(logits, g, 1.0, top_k=2)) for _ in range(200)} == {3, 4}
+    # probabilities ~ [.01 .03 .09 .23 .64]: top_p 0.8 keeps the two likeliest
+    assert {int(sample_next_token(logits, g, 1.0, top_p=0.8)) for _ in range(200)} == {3, 4}
+    assert {int(sample_next_token(logits, g, 1.0, top_p=0.5)) for _ in range(100)} == {4}
+    assert int(sample_next_token(logits, g, 0.0)) == 4
+
+
+def test_stream_text_holds_back_split_characters():
+    tok = train_tokenizer("gpt2", "")
+    text = "naïve 😀 café"
+    pieces = list(stream_text(iter(tok.encode(text)), tok))
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)

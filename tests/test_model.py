@@ -1,0 +1,71 @@
+import torch
+
+from bladegpt.checkpoint import load_checkpoint, save_checkpoint
+from bladegpt.config import ModelConfig
+from bladegpt.model import GPT, flops_per_token
+from bladegpt.tokenizer import CharTokenizer
+
+CFG = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
+
+
+def test_shapes_and_loss():
+    model = GPT(CFG)
+    idx = torch.randint(0, 64, (3, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 10, 64) and loss is None
+    _, loss = model(idx, torch.randint(0, 64, (3, 10)))
+    assert abs(loss.item() - torch.log(torch.tensor(64.0)).item()) < 0.3  # near uniform at init
+
+
+def test_causal():
+    torch.manual_seed(0)
+    model = GPT(CFG).eval()
+    idx = torch.randint(0, 64, (1, 12))
+    changed = idx.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 64
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert torch.allclose(a[0, :8], b[0, :8], atol=1e-6)
+    assert not torch.allclose(a[0, 8:], b[0, 8:])
+
+
+def test_manual_and_sdpa_agree():
+    torch.manual_seed(0)
+    model = GPT(CFG).eval()
+    idx = torch.randint(0, 64, (2, 16))
+    sdpa, _ = model(idx)
+    model.set_attention("manual")
+    manual, _ = model(idx)
+    assert torch.allclose(sdpa, manual, atol=1e-5)
+
+
+def test_tied_and_scaled_init():
+    model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=8, n_head=2, n_embd=64))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    proj = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    fc = model.transformer.h[0].mlp.c_fc.weight.std().item()
+    assert abs(fc - 0.02) < 0.003
+    assert abs(proj - 0.02 / 4) < 0.001  # 1/sqrt(2 * 8 layers)
+
+
+def test_tie_survives_save_and_load(tmp_path):
+    model = GPT(CFG)
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    save_checkpoint(tmp_path / "m.safetensors", model, CharTokenizer(list("ab")), step=3)
+    loaded, tok, info = load_checkpoint(tmp_path / "m.safetensors")
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    assert info["step"] == 3 and tok.chars == ["a", "b"]
+    idx = torch.randint(0, 64, (1, 8))
+    assert torch.equal(loaded(idx)[0], model.eval()(idx)[0])
+
+
+def test_flops_per_token_known_case():
+    # GPT-2 124M at T=1024, as nanoGPT counts it: N leaves out the position embeddings.
+    cfg = ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768, bias=True)
+    model = GPT(cfg)
+    assert model.num_params(non_embedding=False) == 124_439_808  # GPT-2 small's famous count
+    n = model.num_params()
+    assert n == 124_439_808 - 1024 * 768
+    assert flops_per_token(cfg, n) == 6 * 123_653_376 + 12 * 12 * 12 * 64 * 1024  # 855,166,464

@@ -1,0 +1,67 @@
+import pytest
+
+from bladegpt.data import chunks
+from bladegpt.tokenizer import (
+    CharTokenizer,
+    TokenizerError,
+    bpe_vocab_size,
+    load_tokenizer,
+    tokenizer_from_dict,
+    train_tokenizer,
+)
+from tests.conftest import SHAKESPEARE, corpus_text
+
+MIXED = "Hello,  world!\n\n\tcafé — naïve 😀 3.14159 x=1000000 'tis don't   <|endoftext|>  \r\n end"
+
+
+@pytest.mark.parametrize("kind", ["bpe", "gpt2", "char"])
+def test_round_trip(kind, tmp_path):
+    text = corpus_text() + MIXED
+    tok = train_tokenizer(kind, text, vocab_size=512)
+    assert tok.decode(tok.encode(MIXED)) == MIXED
+    tok.save(tmp_path / "tok.json")
+    again = load_tokenizer(tmp_path / "tok.json")
+    assert again.encode(MIXED) == tok.encode(MIXED)
+    assert b"".join(tok.token_bytes(i) for i in tok.encode(MIXED)) == MIXED.encode("utf-8")
+
+
+def test_gpt2_is_gpt2():
+    tok = train_tokenizer("gpt2", "")
+    assert tok.vocab_size == 50257
+    assert tok.encode("Hello world") == [15496, 995]
+    assert tok.encode(" the") == [262]
+
+
+def test_bpe_learns_the_corpus():
+    text = corpus_text(2000)
+    tok = train_tokenizer("bpe", text, vocab_size=512)
+    assert 256 < tok.vocab_size <= 512  # stops early when no pair repeats
+    assert len(tok.encode(text)) < len(text.encode("utf-8")) / 3  # merges pay off on its own text
+
+
+def test_char_rejects_unseen_characters():
+    tok = CharTokenizer.train("abc ")
+    with pytest.raises(TokenizerError, match="never saw"):
+        tok.encode("abz")
+
+
+def test_bpe_vocab_shrinks_for_small_corpora():
+    assert bpe_vocab_size(4096, 10_000_000) == 4096
+    small = bpe_vocab_size(4096, 150_000)
+    assert 512 <= small < 4096 and small % 64 == 0
+
+
+def test_unknown_kind_is_a_clear_error():
+    with pytest.raises(TokenizerError, match="Unknown tokenizer"):
+        train_tokenizer("wordpiece", "x")
+    with pytest.raises(TokenizerError):
+        tokenizer_from_dict({"kind": "nope"})
+
+
+@pytest.mark.parametrize("kind", ["bpe", "gpt2"])
+def test_chunked_encoding_equals_whole(kind):
+    text = SHAKESPEARE.read_text()[:300_000] if SHAKESPEARE.exists() else corpus_text(5000)
+    tok = train_tokenizer(kind, text, vocab_size=1024)
+    pieces = chunks(text, size=5_000)
+    assert len(pieces) > 10 and "".join(pieces) == text
+    assert [i for p in pieces for i in tok.encode(p)] == tok.encode(text)

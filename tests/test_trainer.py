@@ -1,0 +1,101 @@
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from bladegpt.checkpoint import load_checkpoint
+from bladegpt.config import TrainConfig
+from bladegpt.data import prepare
+from bladegpt.trainer import Reporter, lr_at, train
+from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+
+def run(data=None, **overrides):
+    return train(data, "nano", TINY_MODEL if not overrides.pop("resume", False) else None,
+                 {**TINY_TRAIN, **overrides}, compile="off")
+
+
+def test_loss_falls(corpus):
+    prepare([corpus], tokenizer="char")
+    result = run(steps=80, eval_interval=80)
+    losses = [r["loss"] for r in result.history if "val_loss" not in r]
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert result.best_val_loss < losses[0] - 1.0
+
+
+def test_run_folder_metrics_and_checkpoints(corpus, workdir):
+    prepare([corpus], tokenizer="char")
+    first = run()
+    second = run()
+    assert first.run_dir.name == "tales-1" and second.run_dir.name == "tales-2"  # never overwritten
+    for name in ("best.safetensors", "last.safetensors", "state.safetensors", "run.json", "metrics.jsonl"):
+        assert (first.run_dir / name).is_file()
+    records = [json.loads(line) for line in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all({"step", "loss", "lr", "tok_per_s"} <= r.keys() for r in records)
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [10, 20, 30]
+    assert all(r["val_bpb"] > 0 for r in evals)
+
+
+class CtrlCAt(Reporter):
+    """Presses Ctrl-C (a real SIGINT) when the given step is logged."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def log(self, record):
+        if record["step"] == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_then_resume_follows_the_same_curve(corpus):
+    prepare([corpus], tokenizer="char")
+    settings = dict(dropout=0.1)  # dropout makes the RNG state matter
+    whole = train(None, "nano", {**TINY_MODEL, **settings}, TINY_TRAIN, compile="off")
+    cut = train(None, "nano", {**TINY_MODEL, **settings}, TINY_TRAIN, compile="off", reporter=CtrlCAt(15))
+    assert cut.interrupted and cut.step == 15
+    resumed = train(resume=True, run=cut.run_dir, compile="off")
+    assert resumed.step == 30
+    before = [r for r in whole.history if r["step"] > 15]
+    after = [r for r in resumed.history if r["step"] > 15]
+    assert [r["step"] for r in before] == [r["step"] for r in after]
+    for a, b in zip(before, after):
+        assert a.get("val_loss") == b.get("val_loss")
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+
+
+def test_accumulation_equals_a_bigger_batch(corpus):
+    data = prepare([corpus], tokenizer="char").out_dir
+    base = dict(steps=3, eval_interval=3, warmup_steps=1)
+    big = train(data, "nano", TINY_MODEL, {**TINY_TRAIN, **base, "batch_size": 8, "accum": 1}, compile="off")
+    acc = train(data, "nano", TINY_MODEL, {**TINY_TRAIN, **base, "batch_size": 4, "accum": 2}, compile="off")
+    a, _, _ = load_checkpoint(big.run_dir / "last.safetensors")
+    b, _, _ = load_checkpoint(acc.run_dir / "last.safetensors")
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), name
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 0.0) == pytest.approx(1e-4)
+    assert lr_at(9, cfg, 0.0) == pytest.approx(1e-3)
+    assert lr_at(60, cfg, 0.5) == pytest.approx(0.55e-3)
+    assert lr_at(110, cfg, 1.0) == pytest.approx(1e-4)
+
+
+def test_model_flags_are_refused_on_resume(corpus):
+    prepare([corpus], tokenizer="char")
+    run()
+    with pytest.raises(Exception, match="own model shape"):
+        train(None, "nano", {"n_layer": 3}, None, resume=True, compile="off")
+
+
+def test_bf16_training_runs_where_supported(corpus):
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("no bf16 on this CPU")
+    prepare([corpus], tokenizer="char")
+    result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 10}, precision="bf16", attention="manual",
+                   compile="off")
+    assert result.best_val_loss < 4.0
