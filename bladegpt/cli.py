@@ -174,5 +174,40 @@ def sample(
         sys.stdout.write("\n")
 
 
+@app.command()
+@friendly
+def bench(
+    preset: Annotated[str, typer.Option(help="Model to time [default: the one `train` uses].")] = "mini",
+    batch: Annotated[Optional[int], typer.Option(help="Sequences per step [default: the preset's].")] = None,
+    block: Annotated[Optional[int], typer.Option(help="Context length [default: the preset's].")] = None,
+    steps: Annotated[int, typer.Option(help="Timed steps per rung, after 2 warm-up steps.")] = 10,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    rungs: Annotated[Optional[str], typer.Option(help="Comma-separated subset: vanilla,mixed,compile,flash,auto.")] = None,
+    generate: Annotated[bool, typer.Option("--generate", help="Time sampling with and without the KV cache instead.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON, nothing else.")] = False,
+) -> None:
+    """Time training steps up the speed ladder on this machine (random tokens, no dataset needed)."""
+    import json
+
+    from bladegpt import bench as benchmark
+    from bladegpt.report import bench_table, generate_table
+
+    if generate:
+        result = benchmark.bench_generate(preset, device=device)
+        if json_out:
+            print(json.dumps(result, indent=2))
+        else:
+            console.print(generate_table(result))
+        return
+    names = [r.strip() for r in rungs.split(",")] if rungs else None
+    if json_out:
+        print(json.dumps(benchmark.bench(preset, batch, block, steps, device, names), indent=2))
+        return
+    with console.status("Measuring (each rung runs in a fresh process; compiles take a while)..."):
+        result = benchmark.bench(preset, batch, block, steps, device, names,
+                                 on_rung=lambda row: console.print(f"  measured [bold]{row['name']}[/]"))
+    console.print(bench_table(result))
+
+
 def main() -> None:
     app()

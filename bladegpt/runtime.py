@@ -132,9 +132,9 @@ def cpu_peaks() -> dict[str, float]:
 
     def measure() -> dict[str, float]:
         cpu = torch.device("cpu")
-        peaks = {"fp32": _matmul_flops(cpu, torch.float32, 1024)}
+        peaks = {"fp32": _matmul_flops(cpu, torch.float32, 2048, reps=8)}
         if cpu_bf16_supported():
-            peaks["bf16"] = _matmul_flops(cpu, torch.bfloat16, 2048)
+            peaks["bf16"] = _matmul_flops(cpu, torch.bfloat16, 2048, reps=8)
         return peaks
 
     return _cached(key, measure)

@@ -31,6 +31,7 @@ from bladegpt.runtime import (
     compile_available,
     peak_flops,
     resolve_device,
+    set_matmul_precision,
     synchronize,
 )
 
@@ -478,6 +479,7 @@ def train(
                 }, indent=2))
             run_dir = Path(ddp.broadcast(str(run_dir) if run_dir else None))
         prec = choose_precision(dev, precision)
+        set_matmul_precision(dev, allow_tf32=True)  # TF32 matmuls on Ampere+ GPUs; no-op elsewhere
         shape = (train_cfg.batch_size, model_cfg.n_head, model_cfg.block_size, model_cfg.head_dim)
         attn = ddp.broadcast(choose_attention(dev, prec, shape, attention))
         trainer = Trainer(model_cfg, train_cfg, token_data, run_dir, Runtime(dev, prec, attn, False), compile, ddp, reporter)

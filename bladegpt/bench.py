@@ -1,0 +1,210 @@
+"""The speed ladder: vanilla -> mixed precision -> compiled -> flash attention, then `auto`.
+
+Each rung runs in a fresh process, so compile caches, allocator state and peak memory of one
+rung never flatter or burden the next. Timings are medians of full training steps (forward,
+backward, fused AdamW) on random tokens, after warm-up, with the device synchronised.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+
+import torch
+
+from bladegpt.config import ConfigError, ModelConfig, TrainConfig, from_preset
+from bladegpt.model import GPT, flops_per_token
+from bladegpt.runtime import (
+    autocast,
+    choose_attention,
+    choose_precision,
+    compile_available,
+    cpu_bf16_supported,
+    device_name,
+    peak_flops,
+    resolve_device,
+    set_matmul_precision,
+    synchronize,
+)
+
+WARMUP_STEPS = 2
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    label: str
+    precision: str
+    attention: str
+    compile: bool
+
+
+def ladder(device: torch.device, shape: tuple[int, int, int, int]) -> list[Rung]:
+    """The lecture's rungs, each adding to the one before, and what `train` would pick here."""
+    # Where bf16 cannot run, the rungs after it add their step to fp32 instead.
+    mixed = "bf16" if unavailable_reason(Rung("", "", "bf16", "manual", False), device) is None else "fp32"
+    auto_precision = choose_precision(device)
+    auto_compile, _ = compile_available(device)
+    auto_attention = choose_attention(device, auto_precision, shape)
+    auto_label = f"train's pick: {auto_precision}, {auto_attention}, {'compiled' if auto_compile else 'eager'}"
+    return [
+        Rung("vanilla", "fp32, manual attention, eager", "fp32", "manual", False),
+        Rung("mixed", "+ TF32 and bf16 autocast" if device.type == "cuda" else "+ bf16 autocast", "bf16", "manual", False),
+        Rung("compile", "+ torch.compile", mixed, "manual", True),
+        Rung("flash", "+ flash attention (SDPA)", mixed, "sdpa", True),
+        Rung("auto", auto_label, auto_precision, auto_attention, auto_compile),
+    ]
+
+
+def unavailable_reason(rung: Rung, device: torch.device) -> str | None:
+    if rung.precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return "this GPU has no bf16"
+        if device.type == "cpu" and not cpu_bf16_supported():
+            return "this CPU has no bf16 support"
+        if device.type not in ("cuda", "cpu"):
+            return f"bf16 autocast is not supported on {device.type} here"
+    if rung.compile:
+        ok, why = compile_available(device)
+        if not ok:
+            return why
+    return None
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def run_rung(rung: Rung, model_cfg: ModelConfig, batch: int, steps: int, device_str: str) -> dict:
+    """Time `steps` training steps of one rung (meant to run in its own process)."""
+    device = torch.device(device_str)
+    set_matmul_precision(device, allow_tf32=rung.precision != "fp32")
+    base_mem = _memory_mb(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
+    model = GPT(model_cfg, attention=rung.attention).to(device)
+    from bladegpt.trainer import make_optimizer  # the optimizer `train` uses
+
+    optimizer = make_optimizer(model, TrainConfig(), device)
+    forward = torch.compile(model) if rung.compile else model
+    x = torch.randint(0, model_cfg.vocab_size, (batch, model_cfg.block_size), device=device)
+    y = torch.randint(0, model_cfg.vocab_size, (batch, model_cfg.block_size), device=device)
+    times = []
+    for _ in range(WARMUP_STEPS + steps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        with autocast(device, rung.precision):
+            _, loss = forward(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    timed = times[WARMUP_STEPS:]
+    median = statistics.median(timed)
+    return {
+        "ms_per_step": median * 1e3,
+        "ms_min": min(timed) * 1e3,
+        "ms_max": max(timed) * 1e3,
+        "compile_s": max(0.0, sum(times[:WARMUP_STEPS]) - WARMUP_STEPS * median) if rung.compile else None,
+        "peak_mem_mb": _memory_mb(device) - (0.0 if device.type == "cuda" else base_mem),
+    }
+
+
+def bench(
+    preset: str = "mini",
+    batch: int | None = None,
+    block: int | None = None,
+    steps: int = 10,
+    device: str = "auto",
+    rungs: list[str] | None = None,
+    vocab_size: int = 4096,
+    on_rung=None,
+) -> dict:
+    """Run the ladder and return its numbers; `on_rung(row)` sees each row as it is measured."""
+    dev = resolve_device(device)
+    model_cfg, train_cfg = from_preset(preset, {"block_size": block})
+    model_cfg.vocab_size = vocab_size
+    batch = batch or train_cfg.batch_size
+    shape = (batch, model_cfg.n_head, model_cfg.block_size, model_cfg.head_dim)
+    all_rungs = ladder(dev, shape)
+    names = [r.name for r in all_rungs]
+    unknown = sorted(set(rungs or []) - set(names))
+    if unknown:
+        raise ConfigError(f"Unknown rung(s) {', '.join(unknown)}; choose from: {', '.join(names)}.")
+    chosen = [r for r in all_rungs if not rungs or r.name in rungs]
+    n_params = GPT(model_cfg).num_params()
+    tokens = batch * model_cfg.block_size
+    flops = flops_per_token(model_cfg, n_params) * tokens
+    peak = peak_flops(dev)
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for rung in chosen:
+        row = {**asdict(rung), "available": True, "reason": None}
+        reason = unavailable_reason(rung, dev)
+        if reason:
+            row.update(available=False, reason=reason, ms_per_step=None, tok_per_s=None, speedup=None, mfu=None)
+        else:
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                row.update(pool.submit(run_rung, rung, model_cfg, batch, steps, str(dev)).result())
+            seconds = row["ms_per_step"] / 1e3
+            row["tok_per_s"] = tokens / seconds
+            row["mfu"] = flops / seconds / peak if peak == peak else None
+        vanilla = next((r for r in [*rows, row] if r["name"] == "vanilla" and r["available"]), None)
+        row["speedup"] = vanilla["ms_per_step"] / row["ms_per_step"] if vanilla and row.get("ms_per_step") else None
+        if rows and row.get("ms_per_step") and rows[-1].get("ms_per_step"):
+            row["slower_than_previous"] = row["ms_per_step"] > rows[-1]["ms_per_step"]
+        rows.append(row)
+        if on_rung:
+            on_rung(row)
+    return {
+        "device": device_name(dev),
+        "peak_flops": peak,
+        "preset": preset,
+        "model": model_cfg.to_dict(),
+        "params": n_params,
+        "batch": batch,
+        "block": model_cfg.block_size,
+        "steps": steps,
+        "torch": torch.__version__,
+        "rungs": rows,
+    }
+
+
+def bench_generate(
+    preset: str = "mini", lengths: tuple[int, ...] = (64, 256, 1024), device: str = "auto", vocab_size: int = 4096
+) -> dict:
+    """Sampling tokens/s with and without the KV cache, at a few output lengths."""
+    from bladegpt.engine import generate, generate_reference
+
+    dev = resolve_device(device)
+    model_cfg, _ = from_preset(preset)
+    model_cfg.vocab_size = vocab_size
+    torch.manual_seed(0)
+    model = GPT(model_cfg).to(dev).eval()
+    precision = choose_precision(dev)
+    rows = []
+    for n in lengths:
+        row = {"tokens": n}
+        for name, fn in (("kv_cache", lambda: list(generate(model, [0], n, vocab_size, temperature=0))),
+                         ("no_cache", lambda: generate_reference(model, [0], n, vocab_size, temperature=0))):
+            with autocast(dev, precision):
+                synchronize(dev)
+                t0 = time.perf_counter()
+                fn()
+                synchronize(dev)
+            row[f"{name}_tok_per_s"] = n / (time.perf_counter() - t0)
+        row["speedup"] = row["kv_cache_tok_per_s"] / row["no_cache_tok_per_s"]
+        rows.append(row)
+    return {"device": device_name(dev), "preset": preset, "precision": precision,
+            "block": model_cfg.block_size, "lengths": rows}

@@ -1,0 +1,49 @@
+"""Rich tables for benchmark results (kept apart from the measuring, which needs torch)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def bench_table(result: dict) -> Table:
+    table = Table(
+        title=f"Training step, {result['preset']} preset ({result['params'] / 1e6:.1f}M params), "
+        f"batch {result['batch']} x block {result['block']}",
+        caption=f"{result['device']} · torch {result['torch']} · median of {result['steps']} steps after warm-up · "
+        f"MFU against {result['peak_flops'] / 1e12:.2f} TFLOP/s peak",
+    )
+    for col in ("rung", "setup", "ms/step", "min–max", "tok/s", "speed-up", "MFU", "compile", "peak mem"):
+        table.add_column(col, justify="left" if col in ("rung", "setup") else "right")
+    slower = False
+    for r in result["rungs"]:
+        if not r["available"]:
+            table.add_row(r["name"], r["label"], "[yellow]not run[/]", f"[yellow]{r['reason']}[/]")
+            continue
+        speed = f"{r['speedup']:.2f}x" if r["speedup"] is not None else "—"
+        if r.get("slower_than_previous"):
+            speed, slower = f"[red]▼ {speed}[/]", True
+        table.add_row(
+            r["name"],
+            r["label"],
+            f"{r['ms_per_step']:.1f}",
+            f"{r['ms_min']:.1f}–{r['ms_max']:.1f}",
+            f"{r['tok_per_s']:,.0f}",
+            speed,
+            f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "—",
+            f"{r['compile_s']:.0f} s" if r["compile_s"] is not None else "",
+            f"{r['peak_mem_mb']:,.0f} MiB",
+        )
+    if slower:
+        table.caption += "\n[red]▼[/] slower than the rung above it on this machine"
+    return table
+
+
+def generate_table(result: dict) -> Table:
+    table = Table(title=f"Sampling, {result['preset']} preset (block {result['block']}, {result['precision']})",
+                  caption=result["device"])
+    for col in ("new tokens", "KV cache tok/s", "no cache tok/s", "speed-up"):
+        table.add_column(col, justify="right")
+    for r in result["lengths"]:
+        table.add_row(str(r["tokens"]), f"{r['kv_cache_tok_per_s']:,.0f}", f"{r['no_cache_tok_per_s']:,.0f}",
+                      f"{r['speedup']:.2f}x")
+    return table

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from bladegpt import bench as bench_module
+from bladegpt.cli import app
+from bladegpt.config import PRESETS, Preset
+
+TINY = Preset("tiny for tests", dict(n_layer=2, n_head=2, n_embd=32, block_size=16), dict(batch_size=2))
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    monkeypatch.setitem(PRESETS, "nano", TINY)
+
+
+@pytest.mark.slow
+def test_every_rung_in_the_json(tiny_preset):
+    result = CliRunner().invoke(app, ["bench", "--preset", "nano", "--steps", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # nothing but JSON on stdout
+    rows = {r["name"]: r for r in data["rungs"]}
+    assert list(rows) == ["vanilla", "mixed", "compile", "flash", "auto"]
+    for r in rows.values():
+        assert {"name", "ms_per_step", "tok_per_s", "speedup", "mfu", "available", "reason"} <= r.keys()
+        if r["available"]:
+            assert r["ms_per_step"] > 0 and r["tok_per_s"] > 0
+            tokens = data["batch"] * data["block"]
+            assert r["tok_per_s"] == pytest.approx(tokens / (r["ms_per_step"] / 1e3))
+            assert r["speedup"] == pytest.approx(rows["vanilla"]["ms_per_step"] / r["ms_per_step"])
+    assert rows["vanilla"]["speedup"] == 1.0
+    assert rows["compile"]["compile_s"] is not None and rows["vanilla"]["compile_s"] is None
+
+
+def test_unavailable_rung_is_reported_not_raised(tiny_preset, monkeypatch):
+    monkeypatch.setattr(bench_module, "compile_available", lambda device: (False, "no C++ compiler found"))
+    result = bench_module.bench("nano", steps=1, rungs=["vanilla", "compile", "auto"])
+    rows = {r["name"]: r for r in result["rungs"]}
+    assert rows["compile"]["available"] is False and "compiler" in rows["compile"]["reason"]
+    assert rows["vanilla"]["available"] and rows["auto"]["available"] and not rows["auto"]["compile"]
+
+
+def test_mfu_uses_the_formula(tiny_preset, monkeypatch):
+    monkeypatch.setattr(bench_module, "peak_flops", lambda device: 1e12)
+    result = bench_module.bench("nano", steps=1, rungs=["vanilla"])
+    row = result["rungs"][0]
+    cfg = result["model"]
+    flops_per_token = 6 * result["params"] + 12 * cfg["n_layer"] * cfg["n_head"] * (cfg["n_embd"] // cfg["n_head"]) * cfg["block_size"]
+    assert row["mfu"] == pytest.approx(row["tok_per_s"] * flops_per_token / 1e12)
+
+
+def test_unknown_rung_is_a_user_error(tiny_preset):
+    result = CliRunner().invoke(app, ["bench", "--rungs", "vanilla,turbo"])
+    assert result.exit_code == 1 and "Unknown rung" in result.output
+
+
+def test_generate_bench(tiny_preset):
+    result = CliRunner().invoke(app, ["bench", "--generate", "--preset", "nano", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["lengths"]
+    assert [r["tokens"] for r in rows] == [64, 256, 1024]
+    assert all(r["kv_cache_tok_per_s"] > 0 and r["no_cache_tok_per_s"] > 0 for r in rows)
