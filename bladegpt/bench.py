@@ -34,6 +34,11 @@ from bladegpt.runtime import (
 WARMUP_STEPS = 2
 
 
+def default_vocab(preset: str) -> int:
+    """The vocabulary `train` would see: GPT-2's (padded) for gpt2, else prepare's default BPE."""
+    return 50304 if preset == "gpt2" else 4096
+
+
 @dataclass(frozen=True)
 class Rung:
     name: str
@@ -128,13 +133,13 @@ def bench(
     steps: int = 10,
     device: str = "auto",
     rungs: list[str] | None = None,
-    vocab_size: int = 4096,
+    vocab_size: int | None = None,
     on_rung=None,
 ) -> dict:
     """Run the ladder and return its numbers; `on_rung(row)` sees each row as it is measured."""
     dev = resolve_device(device)
     model_cfg, train_cfg = from_preset(preset, {"block_size": block})
-    model_cfg.vocab_size = vocab_size
+    model_cfg.vocab_size = vocab_size or default_vocab(preset)
     batch = batch or train_cfg.batch_size
     shape = (batch, model_cfg.n_head, model_cfg.block_size, model_cfg.head_dim)
     all_rungs = ladder(dev, shape)
@@ -182,14 +187,14 @@ def bench(
 
 
 def bench_generate(
-    preset: str = "mini", lengths: tuple[int, ...] = (64, 256, 1024), device: str = "auto", vocab_size: int = 4096
+    preset: str = "mini", lengths: tuple[int, ...] = (64, 256, 1024), device: str = "auto", vocab_size: int | None = None
 ) -> dict:
     """Sampling tokens/s with and without the KV cache, at a few output lengths."""
     from bladegpt.engine import generate, generate_reference
 
     dev = resolve_device(device)
     model_cfg, _ = from_preset(preset)
-    model_cfg.vocab_size = vocab_size
+    model_cfg.vocab_size = vocab_size = vocab_size or default_vocab(preset)
     torch.manual_seed(0)
     model = GPT(model_cfg).to(dev).eval()
     precision = choose_precision(dev)
