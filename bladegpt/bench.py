@@ -198,6 +198,9 @@ def bench_generate(
     torch.manual_seed(0)
     model = GPT(model_cfg).to(dev).eval()
     precision = choose_precision(dev)
+    with autocast(dev, precision):  # warm-up: first kernels, allocator, autocast caches
+        list(generate(model, [0], 8, vocab_size, temperature=0))
+        generate_reference(model, [0], 8, vocab_size, temperature=0)
     rows = []
     for n in lengths:
         row = {"tokens": n}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import random
 import sys
 from pathlib import Path
@@ -137,6 +138,8 @@ def train(
                          reporter=TrainDisplay(console))
     if result.interrupted:
         raise typer.Exit(code=130)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 speaks for all
     best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
     console.print(f"Done: step {result.step}, best val loss {best}, {result.elapsed_s:.0f} s. "
                   f"Next: [bold]bladegpt sample \"Once\"[/].")

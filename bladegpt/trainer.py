@@ -126,6 +126,7 @@ class TrainResult:
     elapsed_s: float
     interrupted: bool = False
     history: list[dict] = field(default_factory=list)
+    model: GPT | None = None
 
 
 class Trainer:
@@ -372,7 +373,7 @@ class Trainer:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
             self.reporter.close()
-        return TrainResult(self.run_dir, self.step, self.best_val, self.elapsed, self.stop_requested, history)
+        return TrainResult(self.run_dir, self.step, self.best_val, self.elapsed, self.stop_requested, history, self.model)
 
     def stopping(self) -> bool:
         """Ctrl-C seen here, or on any rank: all ranks stop after the same step."""

@@ -1,0 +1,62 @@
+"""Two ranks with gloo on CPU, through torchrun: same curve as one process, same weights everywhere."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bladegpt.checkpoint import load_checkpoint
+from bladegpt.data import prepare
+from bladegpt.trainer import train
+from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+SETTINGS = {**TINY_TRAIN, "steps": 12, "accum": 4, "eval_interval": 6, "log_interval": 2, "batch_size": 2}
+
+RANK_SCRIPT = f"""
+import os, sys, torch
+from bladegpt.trainer import train
+result = train(sys.argv[1], "nano", {TINY_MODEL!r}, {SETTINGS!r}, compile="off", run=sys.argv[2])
+flat = torch.cat([p.detach().flatten() for p in result.model.parameters()])
+torch.save(flat, f"{{sys.argv[2]}}-rank{{os.environ['RANK']}}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process(corpus, workdir):
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    data = prepare([corpus], tokenizer="char").out_dir
+    (workdir / "rank.py").write_text(RANK_SCRIPT)
+    subprocess.run([*torchrun, "--standalone", "--nproc_per_node=2", "rank.py", str(data), "runs/ddp"],
+                   check=True, timeout=300)
+    single = train(data, "nano", TINY_MODEL, SETTINGS, compile="off", run=workdir / "runs" / "single")
+
+    ranks = [torch.load(workdir / "runs" / f"ddp-rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert torch.equal(ranks[0], ranks[1])  # DDP keeps every rank's weights identical
+
+    records = [json.loads(line) for line in (workdir / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    ddp_losses = {r["step"]: r["loss"] for r in records if "val_loss" not in r}
+    one_losses = {r["step"]: r["loss"] for r in single.history if "val_loss" not in r}
+    assert ddp_losses.keys() == one_losses.keys()
+    for step, loss in one_losses.items():
+        assert ddp_losses[step] == pytest.approx(loss, abs=2e-3), step
+    single_flat = torch.cat([p.detach().flatten() for p in single.model.parameters()])
+    assert torch.allclose(ranks[0], single_flat, atol=1e-3)
+
+    model, _, info = load_checkpoint(workdir / "runs" / "ddp" / "last.safetensors")  # loads in one process
+    assert info["step"] == 12
+    resumed = train(resume=True, run=workdir / "runs" / "ddp", train_overrides={"steps": 14}, compile="off")
+    assert resumed.step == 14  # 2 ranks -> 1 rank
+
+
+def test_accum_must_divide_across_ranks(corpus, monkeypatch):
+    from bladegpt.config import ConfigError, ModelConfig, TrainConfig
+    from bladegpt.data import TokenData
+    from bladegpt.runtime import Runtime
+    from bladegpt.trainer import Distributed, Reporter, Trainer
+
+    data = TokenData(prepare([corpus], tokenizer="char").out_dir)
+    with pytest.raises(ConfigError, match="divisible by the number of processes"):
+        Trainer(ModelConfig(vocab_size=64, **TINY_MODEL), TrainConfig(accum=3), data, corpus.parent,
+                Runtime(torch.device("cpu"), "fp32", "sdpa", False), "off", Distributed(0, 0, 2), Reporter())
