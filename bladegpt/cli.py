@@ -212,5 +212,24 @@ def bench(
     console.print(bench_table(result))
 
 
+@app.command()
+@friendly
+def export(
+    out: Annotated[Path, typer.Argument(help="Folder (hf) or .safetensors file to write.")],
+    checkpoint: Annotated[Optional[Path], typer.Option(help="A .safetensors file or run folder [default: latest run's best].")] = None,
+    format: Annotated[str, typer.Option("--format", help="hf (a transformers folder) or safetensors (one file).")] = "hf",
+    force: Annotated[bool, typer.Option("--force", help="Replace what is already at OUT.")] = False,
+) -> None:
+    """Hand a trained model to the rest of the ecosystem (Hugging Face transformers, or one file)."""
+    from bladegpt.export import export as export_model
+
+    written = export_model(out, checkpoint, format, force)
+    if format == "hf":
+        console.print(f"Wrote {written}/. Load it with:\n"
+                      f"  AutoModelForCausalLM.from_pretrained(\"{written}\"), AutoTokenizer.from_pretrained(\"{written}\")")
+    else:
+        console.print(f"Wrote {written}. Sample from it with: bladegpt sample --checkpoint {written}")
+
+
 def main() -> None:
     app()

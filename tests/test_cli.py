@@ -18,7 +18,7 @@ def invoke(*args):
 def test_help_is_instant_and_torch_free():
     code = "import sys; from bladegpt.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
-    for command in ([], ["prepare"], ["train"], ["sample"], ["bench"]):
+    for command in ([], ["prepare"], ["train"], ["sample"], ["bench"], ["export"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
     assert "bladegpt" in invoke("--version").output

@@ -1,0 +1,169 @@
+"""Export a trained model: a Hugging Face GPT-2 folder, or one self-describing safetensors file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from bladegpt.checkpoint import load_checkpoint, save_checkpoint
+from bladegpt.errors import UserError
+from bladegpt.model import GPT
+from bladegpt.runs import resolve_checkpoint
+from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, TiktokenTokenizer, Tokenizer
+
+FORMATS = ("hf", "safetensors")
+
+
+def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force: bool = False) -> Path:
+    """Write the checkpoint (default: latest run's best) to `out`; returns what was written."""
+    if format not in FORMATS:
+        raise UserError(f"Unknown export format '{format}'; choose one of: {', '.join(FORMATS)}.")
+    source = resolve_checkpoint(checkpoint)
+    model, tokenizer, info = load_checkpoint(source)
+    out = Path(out)
+    if format == "safetensors":
+        out = out if out.suffix == ".safetensors" else out.with_suffix(".safetensors")
+        if out.exists() and not force:
+            raise UserError(f"{out} already exists; add --force to overwrite it.")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(out, model, tokenizer, **info, exported_from=str(source))
+        return out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not force:
+            raise UserError(f"{out} exists and is not empty; add --force to replace it, or choose another folder.")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    write_hf_model(out, model, tokenizer)
+    write_hf_tokenizer(out, tokenizer, model.config.block_size)
+    return out
+
+
+def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """GPT2LMHeadModel's names and layout: Conv1D weights are (in, out), so transpose Linear's."""
+    cfg = model.config
+    sd = model.state_dict()
+    out = {"transformer.wte.weight": sd["transformer.wte.weight"], "transformer.wpe.weight": sd["transformer.wpe.weight"]}
+    for name, tensor in sd.items():
+        if not name.startswith("transformer.h.") and not name.startswith("transformer.ln_f"):
+            continue
+        if name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
+            tensor = tensor.t()
+        out[name] = tensor
+    if not cfg.bias:  # GPT-2 has biases everywhere: zeros are exactly a model without them
+        for name in list(out):
+            if name.endswith(".weight") and ("ln_" in name or ".c_" in name):
+                bias = name[: -len("weight")] + "bias"
+                width = out[name].shape[-1] if ".c_" in name else out[name].shape[0]
+                out[bias] = torch.zeros(width)
+    return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
+
+
+def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
+    cfg = model.config
+    eos = tokenizer.encoding.eot_token if isinstance(tokenizer, TiktokenTokenizer) and tokenizer.special_tokens else None
+    config = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",  # GPT-2's tanh GELU, as model.py uses
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "torch_dtype": "float32",
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    # Ids past the tokenizer's vocabulary are padding for speed: never generate them.
+    generation = {"suppress_tokens": list(range(tokenizer.vocab_size, cfg.vocab_size)),
+                  "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (byte-level BPE vocabularies use it)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _split_token(ranks: dict[bytes, int], token: bytes, rank: int) -> tuple[bytes, bytes]:
+    """The pair whose merge made `token`: replay BPE on its bytes with the merges ranked below it."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        best = min(
+            (r, i) for i in range(len(parts) - 1) if (r := ranks.get(parts[i] + parts[i + 1], rank)) < rank
+        )
+        i = best[1]
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts[0], parts[1]
+
+
+def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
+    """A `tokenizers` JSON for any BladeGPT tokenizer: byte-level BPE for the BPEs, one id a character for char."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    if isinstance(tokenizer, CharTokenizer):
+        vocab = {ch: i for i, ch in enumerate(tokenizer.chars)}
+        hf = HFTokenizer(models.WordLevel(vocab, unk_token=None))
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        hf.decoder = decoders.Fuse()
+        return hf.to_str()
+    byte_char = _bytes_to_unicode()
+
+    def as_text(b: bytes) -> str:
+        return "".join(byte_char[x] for x in b)
+
+    ranks = tokenizer.ranks
+    vocab = {as_text(token): rank for token, rank in ranks.items()}
+    merges = [
+        tuple(as_text(p) for p in _split_token(ranks, token, rank))
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])
+        if len(token) > 1
+    ]
+    hf = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    hf.decoder = decoders.ByteLevel()
+    if tokenizer.special_tokens:
+        from tokenizers import AddedToken
+
+        hf.add_special_tokens([AddedToken(t, special=True) for t in tokenizer.special_tokens])
+    return hf.to_str()
+
+
+def write_hf_tokenizer(out: Path, tokenizer: Tokenizer, max_length: int) -> None:
+    (out / "tokenizer.json").write_text(hf_tokenizer_json(tokenizer))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": max_length,
+        "clean_up_tokenization_spaces": False,
+        "add_prefix_space": False,
+    }
+    if tokenizer.kind == "gpt2":
+        config.update(bos_token=GPT2_EOT, eos_token=GPT2_EOT, unk_token=GPT2_EOT)
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
