@@ -128,7 +128,7 @@ def cpu_bf16_supported() -> bool:
 
 def cpu_peaks() -> dict[str, float]:
     """Measured matmul FLOP/s of this CPU in fp32 and (where supported) bf16; cached."""
-    key = f"cpu-peaks|{_cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
+    key = f"cpu-peaks-v2|{_cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
 
     def measure() -> dict[str, float]:
         cpu = torch.device("cpu")
