@@ -51,8 +51,8 @@ class ModelConfig:
 class TrainConfig:
     steps: int = 2000
     time_budget_s: float | None = None  # when set, the schedule follows the clock
-    batch_size: int = 32
-    accum: int = 1
+    batch_size: int = 32  # sequences per optimizer step, over all micro-batches and processes
+    accum: int = 1  # micro-batches each step's batch is split into: same result, less memory
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
@@ -70,6 +70,12 @@ class TrainConfig:
         for name in ("steps", "batch_size", "accum", "eval_interval", "eval_iters", "log_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.batch_size % self.accum:
+            options = ", ".join(str(n) for n in range(2, self.batch_size + 1) if self.batch_size % n == 0)
+            raise ConfigError(
+                f"--accum {self.accum} does not divide the batch of {self.batch_size} sequences; "
+                f"use an --accum that does ({options}) or change --batch-size."
+            )
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}.")
         if self.time_budget_s is not None and self.time_budget_s <= 0:

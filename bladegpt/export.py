@@ -74,7 +74,7 @@ def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
         "n_layer": cfg.n_layer,
         "n_head": cfg.n_head,
         "n_inner": None,
-        "activation_function": "gelu_new",  # GPT-2's tanh GELU, as model.py uses
+        "activation_function": "gelu",  # exact GELU, as model.py uses
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
         "attn_pdrop": cfg.dropout,

@@ -152,6 +152,7 @@ class Trainer:
                 f"use --accum {max(ddp.world, train_cfg.accum // ddp.world * ddp.world)}."
             )
         self.local_accum = train_cfg.accum // ddp.world
+        self.micro_batch = train_cfg.batch_size // train_cfg.accum
         torch.manual_seed(train_cfg.seed)
         self.model = GPT(model_cfg, attention=runtime.attention).to(self.device)
         self.optimizer = make_optimizer(self.model, train_cfg, self.device)
@@ -164,7 +165,7 @@ class Trainer:
         self.tok_per_s = 0.0
         self.lr = train_cfg.lr
         self.stop_requested = False
-        self.tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.accum
+        self.tokens_per_step = train_cfg.batch_size * model_cfg.block_size
         self.flops_per_step = flops_per_token(model_cfg, self.model.num_params()) * self.tokens_per_step
         self.peak = peak_flops(self.device)
         lengths = [len(data.tokenizer.token_bytes(i)) for i in range(data.tokenizer.vocab_size)]
@@ -220,14 +221,14 @@ class Trainer:
         return self.step >= self.cfg.steps
 
     def train_step(self) -> torch.Tensor:
-        """One optimizer step over `accum` micro-batches; returns the mean loss over all ranks."""
+        """One optimizer step on `batch_size` sequences, as `accum` micro-batches; returns the summed loss."""
         cfg, T = self.cfg, self.model_cfg.block_size
         lr = lr_at(self.step, cfg, self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # Every rank draws the whole global batch and keeps its share, so the data seen does
         # not depend on the number of processes, and one generator state resumes any of them.
-        starts = self.data.random_starts("train", (cfg.accum, cfg.batch_size), T, self.batch_gen)
+        starts = self.data.random_starts("train", (cfg.accum, self.micro_batch), T, self.batch_gen)
         mine = starts[self.ddp.rank * self.local_accum : (self.ddp.rank + 1) * self.local_accum]
         total = torch.zeros((), device=self.device)
         for micro, ix in enumerate(mine):
@@ -252,10 +253,11 @@ class Trainer:
         """Validation loss (nats/token) and bits per byte, on the same batches every time."""
         cfg, T = self.cfg, self.model_cfg.block_size
         gen = torch.Generator().manual_seed(cfg.seed + 1)
-        starts = self.data.random_starts("val", (cfg.eval_iters, cfg.batch_size), T, gen)
+        # eval_iters batches of batch_size sequences, run as micro-batches: the same sequences whatever --accum is.
+        starts = self.data.random_starts("val", (cfg.eval_iters * cfg.accum, self.micro_batch), T, gen)
         sums = torch.zeros(3, dtype=torch.float64)  # nats, tokens, bytes
         self.model.eval()
-        for i in range(self.ddp.rank, cfg.eval_iters, self.ddp.world):
+        for i in range(self.ddp.rank, len(starts), self.ddp.world):
             x, y = self.data.batch("val", starts[i], T)
             with self.runtime.autocast():
                 logits, _ = self.model(x.to(self.device))
@@ -481,7 +483,7 @@ def train(
             run_dir = Path(ddp.broadcast(str(run_dir) if run_dir else None))
         prec = choose_precision(dev, precision)
         set_matmul_precision(dev, allow_tf32=True)  # TF32 matmuls on Ampere+ GPUs; no-op elsewhere
-        shape = (train_cfg.batch_size, model_cfg.n_head, model_cfg.block_size, model_cfg.head_dim)
+        shape = (train_cfg.batch_size // train_cfg.accum, model_cfg.n_head, model_cfg.block_size, model_cfg.head_dim)
         attn = ddp.broadcast(choose_attention(dev, prec, shape, attention))
         trainer = Trainer(model_cfg, train_cfg, token_data, run_dir, Runtime(dev, prec, attn, False), compile, ddp, reporter)
         if resume:

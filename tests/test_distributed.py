@@ -12,7 +12,7 @@ from bladegpt.data import prepare
 from bladegpt.trainer import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
-SETTINGS = {**TINY_TRAIN, "steps": 12, "accum": 4, "eval_interval": 6, "log_interval": 2, "batch_size": 2}
+SETTINGS = {**TINY_TRAIN, "steps": 12, "accum": 4, "eval_interval": 6, "log_interval": 2, "batch_size": 8}
 
 RANK_SCRIPT = f"""
 import os, sys, torch
@@ -58,5 +58,5 @@ def test_accum_must_divide_across_ranks(corpus, monkeypatch):
 
     data = TokenData(prepare([corpus], tokenizer="char").out_dir)
     with pytest.raises(ConfigError, match="divisible by the number of processes"):
-        Trainer(ModelConfig(vocab_size=64, **TINY_MODEL), TrainConfig(accum=3), data, corpus.parent,
+        Trainer(ModelConfig(vocab_size=64, **TINY_MODEL), TrainConfig(batch_size=12, accum=3), data, corpus.parent,
                 Runtime(torch.device("cpu"), "fp32", "sdpa", False), "off", Distributed(0, 0, 2), Reporter())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bladegpt.checkpoint import load_checkpoint
-from bladegpt.config import TrainConfig
+from bladegpt.config import ConfigError, TrainConfig
 from bladegpt.data import prepare
 from bladegpt.trainer import Reporter, lr_at, train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
@@ -70,11 +70,17 @@ def test_accumulation_equals_a_bigger_batch(corpus):
     data = prepare([corpus], tokenizer="char").out_dir
     base = dict(steps=3, eval_interval=3, warmup_steps=1)
     big = train(data, "nano", TINY_MODEL, {**TINY_TRAIN, **base, "batch_size": 8, "accum": 1}, compile="off")
-    acc = train(data, "nano", TINY_MODEL, {**TINY_TRAIN, **base, "batch_size": 4, "accum": 2}, compile="off")
+    acc = train(data, "nano", TINY_MODEL, {**TINY_TRAIN, **base, "batch_size": 8, "accum": 4}, compile="off")
     a, _, _ = load_checkpoint(big.run_dir / "last.safetensors")
     b, _, _ = load_checkpoint(acc.run_dir / "last.safetensors")
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-5), name
+    assert big.best_val_loss == pytest.approx(acc.best_val_loss, abs=1e-5)  # evaluation sees the same sequences too
+
+
+def test_accum_must_divide_the_batch():
+    with pytest.raises(ConfigError, match="does not divide the batch of 12 sequences.*2, 3, 4, 6, 12"):
+        TrainConfig(batch_size=12, accum=5)
 
 
 def test_lr_schedule():
