@@ -22,8 +22,9 @@ bench:
 	$(BIN)/bladegpt bench
 
 # nanoGPT parity and time-to-target on tinyshakespeare (see docs/benchmarks.md).
+# NANOGPT=path/to/nanoGPT times nanoGPT itself side by side on this machine.
 parity:
-	$(BIN)/python scripts/parity.py $(SHAKESPEARE)
+	$(BIN)/python scripts/parity.py $(SHAKESPEARE) $(if $(NANOGPT),--nanogpt $(NANOGPT))
 
 clean:
 	rm -rf datasets runs .pytest_cache

@@ -1,0 +1,26 @@
+"""The shipped corpora: the sizes the quick start promises, clean UTF-8, nothing repeated to pad them."""
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+CORPORA = Path(__file__).resolve().parent.parent / "corpora"
+MIN_BYTES = {"witcher.txt": 150 * 1024, "officer_k.txt": 60 * 1024}
+
+
+@pytest.mark.parametrize("name", sorted(MIN_BYTES))
+def test_corpus_is_big_clean_and_unrepeated(name):
+    raw = (CORPORA / name).read_bytes()
+    assert len(raw) >= MIN_BYTES[name]
+    text = raw.decode("utf-8")  # raises on anything that is not UTF-8
+    assert "\x00" not in text and "\r" not in text
+    paragraphs = Counter(p.strip() for p in text.split("\n\n") if len(p.strip()) >= 80)
+    assert [p[:60] for p, n in paragraphs.items() if n > 1] == []
+
+
+def test_readme_lists_every_corpus():
+    readme = (CORPORA / "README.md").read_text()
+    for name in MIN_BYTES:
+        assert f"`{name}`" in readme
+    assert sorted(p.name for p in CORPORA.glob("*.txt")) == sorted(MIN_BYTES)
