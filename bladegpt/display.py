@@ -39,6 +39,11 @@ class TrainDisplay(Reporter):
                 f"{info['tokens_per_step']:,} tokens/step" + (f"  ·  {info['world']} processes" if info["world"] > 1 else ""))
         c.print(f"[bold]Runtime[/] {info['runtime']}")
         self.by_time = info["time_budget_s"] is not None
+        if not self.by_time:
+            passes = info["steps"] * info["tokens_per_step"] / max(1, info["train_tokens"])
+            c.print(f"[bold]Data[/] {info['steps']:,} steps read the {info['train_tokens']:,} training tokens "
+                    f"~{passes:.1f} times" + ("; past ~30 a small model mostly memorises, and best.safetensors "
+                                              "keeps the step with the lowest val loss" if passes > 30 else ""))
         total = info["time_budget_s"] if self.by_time else info["steps"]
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=0 if self.by_time else info["step"],

@@ -320,6 +320,7 @@ class Trainer:
                 "step": self.step,
                 "steps": cfg.steps,
                 "time_budget_s": cfg.time_budget_s,
+                "train_tokens": len(self.data.splits["train"]),
                 "world": self.ddp.world,
             }
         )
