@@ -7,6 +7,7 @@ backward, fused AdamW) on random tokens, after warm-up, with the device synchron
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import statistics
 import sys
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from bladegpt.config import ConfigError, ModelConfig, TrainConfig, from_preset
+from bladegpt.config import DEFAULT_BPE_VOCAB, ConfigError, ModelConfig, TrainConfig, from_preset
 from bladegpt.model import GPT, flops_per_token
 from bladegpt.runtime import (
     autocast,
@@ -36,7 +37,7 @@ WARMUP_STEPS = 2
 
 def default_vocab(preset: str) -> int:
     """The vocabulary `train` would see: GPT-2's (padded) for gpt2, else prepare's default BPE."""
-    return 50304 if preset == "gpt2" else 4096
+    return ModelConfig.vocab_size if preset == "gpt2" else DEFAULT_BPE_VOCAB
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def bench(
                 row.update(pool.submit(run_rung, rung, model_cfg, batch, steps, str(dev)).result())
             seconds = row["ms_per_step"] / 1e3
             row["tok_per_s"] = tokens / seconds
-            row["mfu"] = flops / seconds / peak if peak == peak else None
+            row["mfu"] = flops / seconds / peak if math.isfinite(peak) else None
         vanilla = next((r for r in [*rows, row] if r["name"] == "vanilla" and r["available"]), None)
         row["speedup"] = vanilla["ms_per_step"] / row["ms_per_step"] if vanilla and row.get("ms_per_step") else None
         if rows and row.get("ms_per_step") and rows[-1].get("ms_per_step"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import random
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 
 from bladegpt import __version__
+from bladegpt.config import DEFAULT_BPE_VOCAB
 from bladegpt.errors import UserError
 
 app = typer.Typer(
@@ -59,7 +59,7 @@ def root(
 def prepare(
     inputs: Annotated[list[Path], typer.Argument(help="Text files, or folders of .txt files.")],
     tokenizer: Annotated[str, typer.Option(help="bpe (trained on this corpus), gpt2, or char.")] = "bpe",
-    vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size (shrunk for small corpora).")] = 4096,
+    vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size (shrunk for small corpora).")] = DEFAULT_BPE_VOCAB,
     val_fraction: Annotated[float, typer.Option(help="Share of the text kept for validation (its end).")] = 0.1,
     out: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: datasets/NAME].")] = None,
 ) -> None:
@@ -125,7 +125,7 @@ def train(
     """Train a GPT on a prepared dataset, with a live display; Ctrl-C saves and stops."""
     from bladegpt.config import parse_duration
     from bladegpt.display import TrainDisplay
-    from bladegpt.trainer import train as train_model
+    from bladegpt.trainer import Distributed, train as train_model
 
     model = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout)
     budget = parse_duration(time) if time else None
@@ -138,7 +138,7 @@ def train(
                          reporter=TrainDisplay(console))
     if result.interrupted:
         raise typer.Exit(code=130)
-    if os.environ.get("RANK", "0") != "0":
+    if not Distributed.from_env().main:
         return  # under torchrun, rank 0 speaks for all
     best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
     console.print(f"Done: step {result.step}, best val loss {best}, {result.elapsed_s:.0f} s. "

@@ -12,6 +12,9 @@ class ConfigError(UserError, ValueError):
     """A setting the user chose cannot work; the message says which and what to do."""
 
 
+# prepare's BPE vocabulary unless --vocab-size says otherwise (shrunk for small corpora).
+DEFAULT_BPE_VOCAB = 4096
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64

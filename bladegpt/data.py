@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bladegpt.config import DEFAULT_BPE_VOCAB
 from bladegpt.errors import UserError
 from bladegpt.tokenizer import Tokenizer, TokenizerError, bpe_vocab_size, load_tokenizer, train_tokenizer
 
@@ -108,7 +109,7 @@ def prepare(
     inputs: list[Path],
     out_dir: Path | None = None,
     tokenizer: str = "bpe",
-    vocab_size: int = 4096,
+    vocab_size: int = DEFAULT_BPE_VOCAB,
     val_fraction: float = 0.1,
     progress: Callable[[int, int], None] | None = None,
 ) -> PrepareResult:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import tiktoken
 
+from bladegpt.config import DEFAULT_BPE_VOCAB
 from bladegpt.errors import UserError
 
 KINDS = ("bpe", "gpt2", "char")
@@ -148,7 +149,7 @@ def _gpt2_ranks() -> dict[bytes, int]:
     )
 
 
-def train_tokenizer(kind: str, text: str, vocab_size: int = 4096) -> Tokenizer:
+def train_tokenizer(kind: str, text: str, vocab_size: int = DEFAULT_BPE_VOCAB) -> Tokenizer:
     """Build a tokenizer of the given kind for this corpus."""
     if kind == "char":
         return CharTokenizer.train(text)
