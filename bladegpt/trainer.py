@@ -427,6 +427,11 @@ def _init_distributed(ddp: Distributed, device_name: str) -> torch.device:
     if ddp.world == 1:
         return device
     if device.type == "cuda":
+        if ddp.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"torchrun started more processes on this machine than it has GPUs ({torch.cuda.device_count()}): "
+                f"use --nproc_per_node={torch.cuda.device_count()}, or train on the CPU with --device cpu."
+            )
         device = torch.device("cuda", ddp.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

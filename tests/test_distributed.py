@@ -1,4 +1,7 @@
-"""Two ranks with gloo on CPU, through torchrun: same curve as one process, same weights everywhere."""
+"""Two ranks with gloo on CPU, through torchrun: same curve as one process, same weights everywhere.
+
+Pinned to the CPU in fp32, so a GPU machine runs the same comparison (bf16 would blur it).
+"""
 
 import json
 import subprocess
@@ -17,7 +20,7 @@ SETTINGS = {**TINY_TRAIN, "steps": 12, "accum": 4, "eval_interval": 6, "log_inte
 RANK_SCRIPT = f"""
 import os, sys, torch
 from bladegpt.trainer import train
-result = train(sys.argv[1], "nano", {TINY_MODEL!r}, {SETTINGS!r}, compile="off", run=sys.argv[2])
+result = train(sys.argv[1], "nano", {TINY_MODEL!r}, {SETTINGS!r}, device="cpu", precision="fp32", compile="off", run=sys.argv[2])
 flat = torch.cat([p.detach().flatten() for p in result.model.parameters()])
 torch.save(flat, f"{{sys.argv[2]}}-rank{{os.environ['RANK']}}.pt")
 """
@@ -30,7 +33,8 @@ def test_two_ranks_match_one_process(corpus, workdir):
     (workdir / "rank.py").write_text(RANK_SCRIPT)
     subprocess.run([*torchrun, "--standalone", "--nproc_per_node=2", "rank.py", str(data), "runs/ddp"],
                    check=True, timeout=300)
-    single = train(data, "nano", TINY_MODEL, SETTINGS, compile="off", run=workdir / "runs" / "single")
+    single = train(data, "nano", TINY_MODEL, SETTINGS, device="cpu", precision="fp32", compile="off",
+                   run=workdir / "runs" / "single")
 
     ranks = [torch.load(workdir / "runs" / f"ddp-rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert torch.equal(ranks[0], ranks[1])  # DDP keeps every rank's weights identical
@@ -46,7 +50,7 @@ def test_two_ranks_match_one_process(corpus, workdir):
 
     model, _, info = load_checkpoint(workdir / "runs" / "ddp" / "last.safetensors")  # loads in one process
     assert info["step"] == 12
-    resumed = train(resume=True, run=workdir / "runs" / "ddp", train_overrides={"steps": 14}, compile="off")
+    resumed = train(resume=True, run=workdir / "runs" / "ddp", train_overrides={"steps": 14}, device="cpu", compile="off")
     assert resumed.step == 14  # 2 ranks -> 1 rank
 
 
@@ -60,3 +64,14 @@ def test_accum_must_divide_across_ranks(corpus, monkeypatch):
     with pytest.raises(ConfigError, match="divisible by the number of processes"):
         Trainer(ModelConfig(vocab_size=64, **TINY_MODEL), TrainConfig(batch_size=12, accum=3), data, corpus.parent,
                 Runtime(torch.device("cpu"), "fp32", "sdpa", False), "off", Distributed(0, 0, 2), Reporter())
+
+
+def test_more_ranks_than_gpus_is_one_clear_line(monkeypatch):
+    from bladegpt import trainer as trainer_module
+    from bladegpt.config import ConfigError
+    from bladegpt.trainer import Distributed
+
+    monkeypatch.setattr(trainer_module, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="more processes on this machine than it has GPUs.*--nproc_per_node=1"):
+        trainer_module._init_distributed(Distributed(1, 1, 2), "auto")

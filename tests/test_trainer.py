@@ -69,8 +69,9 @@ def test_ctrl_c_then_resume_follows_the_same_curve(corpus):
 def test_accumulation_equals_a_bigger_batch(corpus):
     data = prepare([corpus], tokenizer="char").out_dir
     base = dict(steps=3, eval_interval=3, warmup_steps=1)
-    big = train(data, "nano", TINY_MODEL, {**TINY_TRAIN, **base, "batch_size": 8, "accum": 1}, compile="off")
-    acc = train(data, "nano", TINY_MODEL, {**TINY_TRAIN, **base, "batch_size": 8, "accum": 4}, compile="off")
+    exact = dict(device="cpu", precision="fp32", compile="off")  # the arithmetic, not bf16's rounding
+    big = train(data, "nano", TINY_MODEL, {**TINY_TRAIN, **base, "batch_size": 8, "accum": 1}, **exact)
+    acc = train(data, "nano", TINY_MODEL, {**TINY_TRAIN, **base, "batch_size": 8, "accum": 4}, **exact)
     a, _, _ = load_checkpoint(big.run_dir / "last.safetensors")
     b, _, _ = load_checkpoint(acc.run_dir / "last.safetensors")
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
