@@ -188,9 +188,11 @@ def bench(
 
 
 def bench_generate(
-    preset: str = "mini", lengths: tuple[int, ...] = (64, 256, 1024), device: str = "auto", vocab_size: int | None = None
+    preset: str = "mini", lengths: tuple[int, ...] = (64, 256, 1024), device: str = "auto", vocab_size: int | None = None,
+    repeats: int = 3,
 ) -> dict:
-    """Sampling tokens/s with and without the KV cache, at a few output lengths."""
+    """Sampling tokens/s with and without the KV cache at a few output lengths: medians of `repeats`
+    runs, the two generators alternating so a slow spell of the machine hits both."""
     from bladegpt.engine import generate, generate_reference
 
     dev = resolve_device(device)
@@ -204,16 +206,18 @@ def bench_generate(
         generate_reference(model, [0], 8, vocab_size, temperature=0)
     rows = []
     for n in lengths:
-        row = {"tokens": n}
-        for name, fn in (("kv_cache", lambda: list(generate(model, [0], n, vocab_size, temperature=0))),
-                         ("no_cache", lambda: generate_reference(model, [0], n, vocab_size, temperature=0))):
-            with autocast(dev, precision):
-                synchronize(dev)
-                t0 = time.perf_counter()
-                fn()
-                synchronize(dev)
-            row[f"{name}_tok_per_s"] = n / (time.perf_counter() - t0)
+        runs = {"kv_cache": [], "no_cache": []}
+        for _ in range(repeats):
+            for name, fn in (("kv_cache", lambda: list(generate(model, [0], n, vocab_size, temperature=0))),
+                             ("no_cache", lambda: generate_reference(model, [0], n, vocab_size, temperature=0))):
+                with autocast(dev, precision):
+                    synchronize(dev)
+                    t0 = time.perf_counter()
+                    fn()
+                    synchronize(dev)
+                runs[name].append(n / (time.perf_counter() - t0))
+        row = {"tokens": n, **{f"{name}_tok_per_s": statistics.median(v) for name, v in runs.items()}}
         row["speedup"] = row["kv_cache_tok_per_s"] / row["no_cache_tok_per_s"]
         rows.append(row)
     return {"device": device_name(dev), "preset": preset, "precision": precision,
-            "block": model_cfg.block_size, "lengths": rows}
+            "block": model_cfg.block_size, "repeats": repeats, "lengths": rows}

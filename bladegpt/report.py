@@ -39,11 +39,17 @@ def bench_table(result: dict) -> Table:
 
 
 def generate_table(result: dict) -> Table:
+    repeats = result.get("repeats", 1)
     table = Table(title=f"Sampling, {result['preset']} preset (block {result['block']}, {result['precision']})",
-                  caption=result["device"])
+                  caption=result["device"] + (f" · median of {repeats} runs each" if repeats > 1 else ""))
     for col in ("new tokens", "KV cache tok/s", "no cache tok/s", "speed-up"):
         table.add_column(col, justify="right")
+    slower = False
     for r in result["lengths"]:
-        table.add_row(str(r["tokens"]), f"{r['kv_cache_tok_per_s']:,.0f}", f"{r['no_cache_tok_per_s']:,.0f}",
-                      f"{r['speedup']:.2f}x")
+        speed = f"{r['speedup']:.2f}x"
+        if r["speedup"] < 1:
+            speed, slower = f"[red]▼ {speed}[/]", True
+        table.add_row(str(r["tokens"]), f"{r['kv_cache_tok_per_s']:,.0f}", f"{r['no_cache_tok_per_s']:,.0f}", speed)
+    if slower:
+        table.caption += "\n[red]▼[/] the KV cache was slower than recomputing the window here"
     return table

@@ -61,3 +61,19 @@ def test_generate_bench(tiny_preset):
     rows = json.loads(result.stdout)["lengths"]
     assert [r["tokens"] for r in rows] == [64, 256, 1024]
     assert all(r["kv_cache_tok_per_s"] > 0 and r["no_cache_tok_per_s"] > 0 for r in rows)
+    assert json.loads(result.stdout)["repeats"] == 3
+
+
+def test_generate_table_flags_a_slower_cache():
+    from rich.console import Console
+
+    from bladegpt.report import generate_table
+
+    row = lambda n, kv, no: {"tokens": n, "kv_cache_tok_per_s": kv, "no_cache_tok_per_s": no, "speedup": kv / no}
+    result = {"device": "a GPU", "preset": "mini", "precision": "bf16", "block": 128, "repeats": 3,
+              "lengths": [row(64, 400.0, 200.0), row(1024, 500.0, 550.0)]}
+    console = Console(width=100, record=True)
+    console.print(generate_table(result))
+    text = console.export_text()
+    assert "2.00x" in text and "▼ 0.91x" in text and "median of 3 runs" in text
+    assert "▼ 2.00x" not in text
