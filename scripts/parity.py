@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("corpus", nargs="?", default="../shared/data/tinyshakespeare.txt")
     parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout, to time it side by side")
     args = parser.parse_args()
-    bladegpt = str(Path(sys.executable).with_name("bladegpt"))
+    bladegpt = [sys.executable, "-m", "bladegpt"]  # works with or without the console script installed
     work = Path(tempfile.mkdtemp(prefix="bladegpt-parity-"))
     corpus = Path(args.corpus).resolve()
     results = {}
@@ -65,10 +65,10 @@ def main() -> None:
         results["nanogpt"] = run_nanogpt(args.nanogpt.resolve(), corpus, work / "nanogpt-out")
         baseline, label = results["nanogpt"]["wall_s"], "nanoGPT here"
         print(f"nanogpt wall {baseline:6.1f} s  final val loss {results['nanogpt']['final_val_loss']:.4f}", flush=True)
-    subprocess.run([bladegpt, "prepare", str(corpus), "--tokenizer", "char"], cwd=work, check=True, capture_output=True)
+    subprocess.run([*bladegpt, "prepare", str(corpus), "--tokenizer", "char"], cwd=work, check=True, capture_output=True)
     for name, run_args in RUNS.items():
         t0 = time.perf_counter()
-        subprocess.run([bladegpt, "train", *run_args, "--run", f"runs/{name}"], cwd=work, check=True, capture_output=True)
+        subprocess.run([*bladegpt, "train", *run_args, "--run", f"runs/{name}"], cwd=work, check=True, capture_output=True)
         wall = time.perf_counter() - t0
         records = [json.loads(line) for line in (work / "runs" / name / "metrics.jsonl").read_text().splitlines()]
         evals = [r for r in records if "val_loss" in r]
