@@ -19,6 +19,7 @@ import torch
 
 from bladegpt.config import DEFAULT_BPE_VOCAB, ConfigError, ModelConfig, TrainConfig, from_preset
 from bladegpt.model import GPT, flops_per_token
+from bladegpt.optim import make_optimizers
 from bladegpt.runtime import (
     autocast,
     choose_attention,
@@ -99,9 +100,7 @@ def run_rung(rung: Rung, model_cfg: ModelConfig, batch: int, steps: int, device_
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     model = GPT(model_cfg, attention=rung.attention).to(device)
-    from bladegpt.trainer import make_optimizer  # the optimizer `train` uses
-
-    optimizer = make_optimizer(model, TrainConfig(), device)
+    optimizers = make_optimizers(model, TrainConfig(), device)  # the optimizer `train` uses by default
     forward = torch.compile(model) if rung.compile else model
     x = torch.randint(0, model_cfg.vocab_size, (batch, model_cfg.block_size), device=device)
     y = torch.randint(0, model_cfg.vocab_size, (batch, model_cfg.block_size), device=device)
@@ -112,8 +111,9 @@ def run_rung(rung: Rung, model_cfg: ModelConfig, batch: int, steps: int, device_
         with autocast(device, rung.precision):
             _, loss = forward(x, y)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         synchronize(device)
         times.append(time.perf_counter() - t0)
     timed = times[WARMUP_STEPS:]

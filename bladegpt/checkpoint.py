@@ -88,29 +88,35 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_train_state(path: Path, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict) -> None:
+def save_train_state(
+    path: Path, optimizers: list[torch.optim.Optimizer], tensors: dict[str, torch.Tensor], info: dict
+) -> None:
     """Optimizer moments, RNG states and counters: what an exact resume needs beyond the weights."""
-    opt = optimizer.state_dict()
-    flat = {f"opt.{idx}.{name}": t.detach().cpu().contiguous() for idx, s in opt["state"].items() for name, t in s.items()}
+    states = [optimizer.state_dict() for optimizer in optimizers]
+    flat = {f"opt{i}.{idx}.{name}": t.detach().cpu().contiguous()
+            for i, opt in enumerate(states) for idx, s in opt["state"].items() for name, t in s.items()}
     flat.update({name: t.cpu().contiguous() for name, t in tensors.items()})
-    metadata = {"format": FORMAT, "param_groups": json.dumps(opt["param_groups"]), "info": json.dumps(info)}
+    metadata = {"format": FORMAT, "param_groups": json.dumps([opt["param_groups"] for opt in states]),
+                "info": json.dumps(info)}
     _atomic(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
-def load_train_state(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """(optimizer state_dict, other tensors, info) as saved by save_train_state."""
+def load_train_state(path: Path) -> tuple[list[dict], dict[str, torch.Tensor], dict]:
+    """(one state_dict per optimizer, other tensors, info) as saved by save_train_state."""
     metadata = read_metadata(path)
     try:
         flat = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path} is damaged ({e}); start a new run.") from None
-    state: dict[int, dict[str, torch.Tensor]] = {}
+    groups = json.loads(metadata["param_groups"])
+    if groups and isinstance(groups[0], dict):  # saved before runs could have two optimizers
+        groups = [groups]
+    opts = [{"state": {}, "param_groups": g} for g in groups]
     tensors = {}
     for name, t in flat.items():
-        if name.startswith("opt."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = t
+        if name.startswith("opt"):
+            which, idx, key = name.split(".", 2)
+            opts[int(which[3:] or 0)]["state"].setdefault(int(idx), {})[key] = t
         else:
             tensors[name] = t
-    opt = {"state": state, "param_groups": json.loads(metadata["param_groups"])}
-    return opt, tensors, json.loads(metadata["info"])
+    return opts, tensors, json.loads(metadata["info"])

@@ -50,6 +50,9 @@ class ModelConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+OPTIMIZERS = ("adamw", "muon")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 2000
@@ -57,6 +60,8 @@ class TrainConfig:
     batch_size: int = 32  # sequences per optimizer step, over all micro-batches and processes
     accum: int = 1  # micro-batches each step's batch is split into: same result, less memory
     lr: float = 1e-3
+    optimizer: str = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest
+    muon_lr: float = 0.05  # Muon's peak lr (Keller Jordan's scale); the schedule scales it with lr
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -79,8 +84,10 @@ class TrainConfig:
                 f"--accum {self.accum} does not divide the batch of {self.batch_size} sequences; "
                 f"use an --accum that does ({options}) or change --batch-size."
             )
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}.")
+        if self.lr <= 0 or self.muon_lr <= 0:
+            raise ConfigError(f"learning rates must be positive, got lr {self.lr} and muon_lr {self.muon_lr}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"Unknown optimizer {self.optimizer!r}; use one of: {', '.join(OPTIMIZERS)}.")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError("--time must be positive, e.g. --time 10m.")
 

@@ -23,6 +23,7 @@ from bladegpt.config import ConfigError, ModelConfig, TrainConfig, from_preset
 from bladegpt.data import TokenData, latest_dataset
 from bladegpt.engine import generate, prompt_ids
 from bladegpt.model import GPT, flops_per_token
+from bladegpt.optim import lr_at, make_optimizers, set_lr
 from bladegpt.runtime import (
     COMPILE_MODES,
     Runtime,
@@ -42,31 +43,9 @@ COMPILE_GAIN = 0.15
 PROBE_STEPS = 6  # eager steps timed before "auto" decides whether compiling pays
 
 
-def lr_at(step: int, cfg: TrainConfig, progress: float) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio as progress goes 0 -> 1."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(max(progress, 0.0), 1.0)
-    min_lr = cfg.lr * cfg.min_lr_ratio
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
-
-
 def padded_vocab(n: int, multiple: int = 64) -> int:
     """Round the vocabulary up: matmuls run faster on multiples of 64 (nanoGPT's 50304)."""
     return (n + multiple - 1) // multiple * multiple
-
-
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; matrices and embeddings decay, biases and LayerNorm gains do not. Fused where it runs."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    if device.type in ("cuda", "cpu"):
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
 
 
 @dataclass
@@ -155,7 +134,7 @@ class Trainer:
         self.micro_batch = train_cfg.batch_size // train_cfg.accum
         torch.manual_seed(train_cfg.seed)
         self.model = GPT(model_cfg, attention=runtime.attention).to(self.device)
-        self.optimizer = make_optimizer(self.model, train_cfg, self.device)
+        self.optimizers = make_optimizers(self.model, train_cfg, self.device, runtime.precision)
         self.batch_gen = torch.Generator().manual_seed(train_cfg.seed)
         torch.manual_seed(train_cfg.seed + ddp.rank)  # dropout differs across ranks
         self.step = 0
@@ -189,16 +168,20 @@ class Trainer:
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         info = {"step": self.step, "elapsed": self.elapsed, "best_val": self.best_val, "last_loss": self.last_loss}
-        save_train_state(self.run_dir / runs.STATE, self.optimizer, tensors, info)
+        save_train_state(self.run_dir / runs.STATE, self.optimizers, tensors, info)
         save_checkpoint(self.run_dir / runs.LAST, self.model, self.data.tokenizer, step=self.step, val_loss=self.best_val)
 
     def restore(self) -> None:
         model, _, info = load_checkpoint(self.run_dir / runs.LAST)
-        opt_state, tensors, state = load_train_state(self.run_dir / runs.STATE)
+        opt_states, tensors, state = load_train_state(self.run_dir / runs.STATE)
         if info.get("step") != state["step"]:
             raise ConfigError(f"{self.run_dir} has checkpoint and state from different steps; start a new run.")
         self.model.load_state_dict(model.state_dict())
-        self.optimizer.load_state_dict(opt_state)
+        if len(opt_states) != len(self.optimizers):
+            raise ConfigError(f"{self.run_dir}'s state holds {len(opt_states)} optimizers, this run has "
+                              f"{len(self.optimizers)}; resume with the run's own settings or start a new run.")
+        for optimizer, opt_state in zip(self.optimizers, opt_states):
+            optimizer.load_state_dict(opt_state)
         torch.set_rng_state(tensors["rng.cpu"])
         if self.device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
@@ -224,8 +207,7 @@ class Trainer:
         """One optimizer step on `batch_size` sequences, as `accum` micro-batches; returns the summed loss."""
         cfg, T = self.cfg, self.model_cfg.block_size
         lr = lr_at(self.step, cfg, self.progress())
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizers, lr)
         # Every rank draws the whole global batch and keeps its share, so the data seen does
         # not depend on the number of processes, and one generator state resumes any of them.
         starts = self.data.random_starts("train", (cfg.accum, self.micro_batch), T, self.batch_gen)
@@ -242,8 +224,9 @@ class Trainer:
             (loss / self.local_accum).backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.lr = lr
         return total
@@ -316,6 +299,7 @@ class Trainer:
                 "run_dir": str(self.run_dir),
                 "runtime": self.runtime.describe(),
                 "params": self.model.num_params(),
+                "optimizer": " + ".join(type(o).__name__ for o in reversed(self.optimizers)),  # "Muon + AdamW"
                 "tokens_per_step": self.tokens_per_step,
                 "step": self.step,
                 "steps": cfg.steps,

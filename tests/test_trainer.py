@@ -8,7 +8,7 @@ import torch
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.config import ConfigError, TrainConfig
 from bladegpt.data import prepare
-from bladegpt.trainer import Reporter, lr_at, train
+from bladegpt.trainer import Reporter, train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 
@@ -17,9 +17,10 @@ def run(data=None, **overrides):
                  {**TINY_TRAIN, **overrides}, compile="off")
 
 
-def test_loss_falls(corpus):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_loss_falls(corpus, optimizer):
     prepare([corpus], tokenizer="char")
-    result = run(steps=80, eval_interval=80)
+    result = run(steps=80, eval_interval=80, optimizer=optimizer)
     losses = [r["loss"] for r in result.history if "val_loss" not in r]
     assert losses[-1] < losses[0] - 1.0, losses
     assert result.best_val_loss < losses[0] - 1.0
@@ -50,11 +51,13 @@ class CtrlCAt(Reporter):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_then_resume_follows_the_same_curve(corpus):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_ctrl_c_then_resume_follows_the_same_curve(corpus, optimizer):
     prepare([corpus], tokenizer="char")
     settings = dict(dropout=0.1)  # dropout makes the RNG state matter
-    whole = train(None, "nano", {**TINY_MODEL, **settings}, TINY_TRAIN, compile="off")
-    cut = train(None, "nano", {**TINY_MODEL, **settings}, TINY_TRAIN, compile="off", reporter=CtrlCAt(15))
+    schedule = {**TINY_TRAIN, "optimizer": optimizer}
+    whole = train(None, "nano", {**TINY_MODEL, **settings}, schedule, compile="off")
+    cut = train(None, "nano", {**TINY_MODEL, **settings}, schedule, compile="off", reporter=CtrlCAt(15))
     assert cut.interrupted and cut.step == 15
     resumed = train(resume=True, run=cut.run_dir, compile="off")
     assert resumed.step == 30
@@ -82,14 +85,6 @@ def test_accumulation_equals_a_bigger_batch(corpus):
 def test_accum_must_divide_the_batch():
     with pytest.raises(ConfigError, match="does not divide the batch of 12 sequences.*2, 3, 4, 6, 12"):
         TrainConfig(batch_size=12, accum=5)
-
-
-def test_lr_schedule():
-    cfg = TrainConfig(lr=1e-3, warmup_steps=10, steps=110, min_lr_ratio=0.1)
-    assert lr_at(0, cfg, 0.0) == pytest.approx(1e-4)
-    assert lr_at(9, cfg, 0.0) == pytest.approx(1e-3)
-    assert lr_at(60, cfg, 0.5) == pytest.approx(0.55e-3)
-    assert lr_at(110, cfg, 1.0) == pytest.approx(1e-4)
 
 
 def test_model_flags_are_refused_on_resume(corpus):
