@@ -106,7 +106,9 @@ def train(
     dropout: Annotated[Optional[float], typer.Option(help="Dropout rate.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sequences per optimizer step (the batch the optimizer sees).")] = None,
     accum: Annotated[Optional[int], typer.Option(help="Split each step's batch into N micro-batches: same training, less memory.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW's).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adamw, or muon: Muon for the blocks' matrices, fewer steps to a loss.")] = None,
+    muon_lr: Annotated[Optional[float], typer.Option(help="Muon's peak learning rate [default: 0.05].")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
     time: Annotated[Optional[str], typer.Option("--time", help="Train for a time instead, e.g. 10m.")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warmup steps.")] = None,
@@ -131,7 +133,8 @@ def train(
     budget = parse_duration(time) if time else None
     if budget is not None and steps is None:
         steps = 10**9  # the clock decides
-    training = dict(batch_size=batch_size, accum=accum, lr=lr, steps=steps, time_budget_s=budget,
+    training = dict(batch_size=batch_size, accum=accum, lr=lr, optimizer=optimizer, muon_lr=muon_lr,
+                    steps=steps, time_budget_s=budget,
                     warmup_steps=warmup_steps, eval_interval=eval_interval, eval_iters=eval_iters,
                     log_interval=log_interval, sample_tokens=sample_tokens, seed=seed)
     result = train_model(data, preset, model, training, device, precision, attention, compile, resume, run,

@@ -36,7 +36,7 @@ class TrainDisplay(Reporter):
     def start(self, info: dict) -> None:
         c = self.console
         c.print(f"[bold]Run[/] {info['run_dir']}  ·  {info['params'] / 1e6:.2f}M parameters  ·  "
-                f"{info['tokens_per_step']:,} tokens/step" + (f"  ·  {info['world']} processes" if info["world"] > 1 else ""))
+                f"{info['tokens_per_step']:,} tokens/step  ·  {info['optimizer']}" + (f"  ·  {info['world']} processes" if info["world"] > 1 else ""))
         c.print(f"[bold]Runtime[/] {info['runtime']}")
         self.by_time = info["time_budget_s"] is not None
         if not self.by_time:

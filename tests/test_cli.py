@@ -42,10 +42,11 @@ def test_quick_start(corpus, workdir):
 
 def test_resume_from_the_cli(corpus, workdir):
     invoke("prepare", corpus, "--tokenizer", "char")
-    assert invoke("train", *TINY).exit_code == 0
+    first = invoke("train", *TINY, "--optimizer", "muon")
+    assert first.exit_code == 0 and "Muon + AdamW" in first.output, first.output
     result = invoke("train", "--resume", "--steps", "30", "--compile", "off")
     assert result.exit_code == 0, result.output
-    assert "step 30" in result.output
+    assert "step 30" in result.output and "Muon + AdamW" in result.output  # the run's own optimizer
 
 
 @pytest.mark.parametrize(
@@ -55,10 +56,11 @@ def test_resume_from_the_cli(corpus, workdir):
         (["train"], "bladegpt prepare"),
         (["sample", "hi"], "bladegpt train"),
         (["train", "--preset", "huge"], "Unknown preset"),
+        (["train", "--optimizer", "sgd"], "Unknown optimizer 'sgd'; use one of: adamw, muon"),
     ],
 )
 def test_user_errors_are_one_line(workdir, corpus, args, message):
-    if args[0] == "train" and "--preset" in args:
+    if args[0] == "train" and len(args) > 1:
         invoke("prepare", corpus, "--tokenizer", "char")
     result = invoke(*args)
     assert result.exit_code == 1
