@@ -19,11 +19,12 @@ def lr_at(step: int, cfg: TrainConfig, progress: float) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
 
-def set_lr(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
-    """Give every group the schedule's lr, times its own scale (Muon's groups run at muon_lr / lr)."""
+def set_lr(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig, lr: float) -> None:
+    """The schedule's lr for AdamW; Muon follows the same curve from its own peak, cfg.muon_lr."""
     for optimizer in optimizers:
+        peak = cfg.muon_lr if isinstance(optimizer, Muon) else cfg.lr
         for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # states saved before Muon have none
+            group["lr"] = peak * lr / cfg.lr
 
 
 def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
@@ -81,8 +82,8 @@ def make_optimizers(
     taken = {id(p) for p in hidden}
     rest = [p for _, p in named if id(p) not in taken]
     groups = [
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
     ]
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     optimizers: list[torch.optim.Optimizer] = [
@@ -91,7 +92,6 @@ def make_optimizers(
     if hidden:
         # Orthogonalised momentum (Keller Jordan's Muon): the same loss in fewer steps. Its lr is
         # Keller's scale (adjust_lr_fn=None), about ten times AdamW's.
-        muon_group = {"params": hidden, "lr_scale": cfg.muon_lr / cfg.lr}
         ns_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        optimizers.append(Muon([muon_group], ns_dtype=ns_dtype, lr=cfg.muon_lr, weight_decay=cfg.weight_decay))
+        optimizers.append(Muon(hidden, ns_dtype=ns_dtype, lr=cfg.muon_lr, weight_decay=cfg.weight_decay))
     return optimizers

@@ -207,7 +207,7 @@ class Trainer:
         """One optimizer step on `batch_size` sequences, as `accum` micro-batches; returns the summed loss."""
         cfg, T = self.cfg, self.model_cfg.block_size
         lr = lr_at(self.step, cfg, self.progress())
-        set_lr(self.optimizers, lr)
+        set_lr(self.optimizers, cfg, lr)
         # Every rank draws the whole global batch and keeps its share, so the data seen does
         # not depend on the number of processes, and one generator state resumes any of them.
         starts = self.data.random_starts("train", (cfg.accum, self.micro_batch), T, self.batch_gen)

@@ -46,8 +46,9 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
 
 def test_the_schedule_scales_muon_to_its_own_lr():
     model = tiny_gpt()
-    adamw, muon = make_optimizers(model, TrainConfig(optimizer="muon", lr=2e-3, muon_lr=0.04), torch.device("cpu"))
-    set_lr([adamw, muon], 1e-3)  # halfway down from the peak
+    cfg = TrainConfig(optimizer="muon", lr=2e-3, muon_lr=0.04)
+    adamw, muon = make_optimizers(model, cfg, torch.device("cpu"))
+    set_lr([adamw, muon], cfg, 1e-3)  # halfway down from the peak
     assert [g["lr"] for g in adamw.param_groups] == [1e-3, 1e-3]
     assert muon.param_groups[0]["lr"] == pytest.approx(0.02)
 

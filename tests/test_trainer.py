@@ -87,6 +87,15 @@ def test_accum_must_divide_the_batch():
         TrainConfig(batch_size=12, accum=5)
 
 
+def test_resume_with_another_optimizer_is_refused(corpus):
+    prepare([corpus], tokenizer="char")
+    first = run(optimizer="muon")
+    with pytest.raises(ConfigError, match="holds 2 optimizers, this run has 1"):
+        train(None, "nano", None, {"optimizer": "adamw"}, resume=True, run=first.run_dir, compile="off")
+    resumed = train(None, "nano", None, {"steps": 40, "muon_lr": 0.02}, resume=True, run=first.run_dir, compile="off")
+    assert resumed.step == 40  # with its own optimizers; a new --muon-lr is allowed, as a new --lr is
+
+
 def test_model_flags_are_refused_on_resume(corpus):
     prepare([corpus], tokenizer="char")
     run()
