@@ -24,7 +24,7 @@ def set_lr(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig, lr: float)
     for optimizer in optimizers:
         peak = cfg.muon_lr if isinstance(optimizer, Muon) else cfg.lr
         for group in optimizer.param_groups:
-            group["lr"] = peak * lr / cfg.lr
+            group["lr"] = lr * (peak / cfg.lr)  # exactly the schedule's lr for AdamW
 
 
 def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
