@@ -142,8 +142,7 @@ def bench(
     model_cfg, train_cfg = from_preset(preset, {"block_size": block})
     model_cfg.vocab_size = vocab_size or default_vocab(preset)
     batch = batch or train_cfg.batch_size
-    shape = (batch, model_cfg.n_head, model_cfg.block_size, model_cfg.head_dim)
-    all_rungs = ladder(dev, shape)
+    all_rungs = ladder(dev, model_cfg.attention_shape(batch))
     names = [r.name for r in all_rungs]
     unknown = sorted(set(rungs or []) - set(names))
     if unknown:

@@ -41,6 +41,10 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    def attention_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """(B, nh, T, hs) of one forward pass over `batch` sequences: what attention is timed at."""
+        return (batch, self.n_head, self.block_size, self.head_dim)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -90,6 +94,11 @@ class TrainConfig:
             raise ConfigError(f"Unknown optimizer {self.optimizer!r}; use one of: {', '.join(OPTIMIZERS)}.")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError("--time must be positive, e.g. --time 10m.")
+
+    @property
+    def micro_batch(self) -> int:
+        """Sequences per forward pass: the step's batch split `accum` ways."""
+        return self.batch_size // self.accum
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

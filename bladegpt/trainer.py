@@ -131,7 +131,6 @@ class Trainer:
                 f"use --accum {max(ddp.world, train_cfg.accum // ddp.world * ddp.world)}."
             )
         self.local_accum = train_cfg.accum // ddp.world
-        self.micro_batch = train_cfg.batch_size // train_cfg.accum
         torch.manual_seed(train_cfg.seed)
         self.model = GPT(model_cfg, attention=runtime.attention).to(self.device)
         self.optimizers = make_optimizers(self.model, train_cfg, self.device, runtime.precision)
@@ -210,7 +209,7 @@ class Trainer:
         set_lr(self.optimizers, cfg, lr)
         # Every rank draws the whole global batch and keeps its share, so the data seen does
         # not depend on the number of processes, and one generator state resumes any of them.
-        starts = self.data.random_starts("train", (cfg.accum, self.micro_batch), T, self.batch_gen)
+        starts = self.data.random_starts("train", (cfg.accum, cfg.micro_batch), T, self.batch_gen)
         mine = starts[self.ddp.rank * self.local_accum : (self.ddp.rank + 1) * self.local_accum]
         total = torch.zeros((), device=self.device)
         for micro, ix in enumerate(mine):
@@ -237,7 +236,7 @@ class Trainer:
         cfg, T = self.cfg, self.model_cfg.block_size
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         # eval_iters batches of batch_size sequences, run as micro-batches: the same sequences whatever --accum is.
-        starts = self.data.random_starts("val", (cfg.eval_iters * cfg.accum, self.micro_batch), T, gen)
+        starts = self.data.random_starts("val", (cfg.eval_iters * cfg.accum, cfg.micro_batch), T, gen)
         sums = torch.zeros(3, dtype=torch.float64)  # nats, tokens, bytes
         self.model.eval()
         for i in range(self.ddp.rank, len(starts), self.ddp.world):
@@ -473,7 +472,7 @@ def train(
             run_dir = Path(ddp.broadcast(str(run_dir) if run_dir else None))
         prec = choose_precision(dev, precision)
         set_matmul_precision(dev, allow_tf32=True)  # TF32 matmuls on Ampere+ GPUs; no-op elsewhere
-        shape = (train_cfg.batch_size // train_cfg.accum, model_cfg.n_head, model_cfg.block_size, model_cfg.head_dim)
+        shape = model_cfg.attention_shape(train_cfg.micro_batch)
         attn = ddp.broadcast(choose_attention(dev, prec, shape, attention))
         trainer = Trainer(model_cfg, train_cfg, token_data, run_dir, Runtime(dev, prec, attn, False), compile, ddp, reporter)
         if resume:
