@@ -141,7 +141,9 @@ def bench(
     dev = resolve_device(device)
     model_cfg, train_cfg = from_preset(preset, {"block_size": block})
     model_cfg.vocab_size = vocab_size or default_vocab(preset)
-    batch = batch or train_cfg.batch_size
+    batch = batch if batch is not None else train_cfg.batch_size
+    if batch < 1 or steps < 1:
+        raise ConfigError(f"--batch and --steps must be at least 1, got batch {batch} and steps {steps}.")
     all_rungs = ladder(dev, model_cfg.attention_shape(batch))
     names = [r.name for r in all_rungs]
     unknown = sorted(set(rungs or []) - set(names))

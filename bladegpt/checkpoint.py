@@ -6,7 +6,7 @@ Nothing here unpickles: a checkpoint file can hold tensors and strings, never co
 from __future__ import annotations
 
 import json
-import os
+import re
 from pathlib import Path
 
 import torch
@@ -16,7 +16,9 @@ from safetensors.torch import load_file, save_file, save_model
 from bladegpt import __version__
 from bladegpt.config import ModelConfig
 from bladegpt.errors import UserError
+from bladegpt.files import atomic_write, commit, stage, temp_path
 from bladegpt.model import GPT
+from bladegpt.runs import LAST, STATE
 from bladegpt.tokenizer import Tokenizer, TokenizerError, tokenizer_from_dict
 
 FORMAT = "bladegpt-1"
@@ -26,16 +28,12 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, damaged or not BladeGPT's; the message says what to do."""
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a crash never leaves half a checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: Path, model: GPT, tokenizer: Tokenizer, **info) -> None:
-    """Weights plus config and tokenizer as metadata; the tied wte/lm_head is stored once."""
+    """Weights plus config and tokenizer as metadata, written atomically; the tied wte/lm_head is stored once."""
+    atomic_write(path, _checkpoint_writer(model, tokenizer, info))
+
+
+def _checkpoint_writer(model: GPT, tokenizer: Tokenizer, info: dict):
     metadata = {
         "format": FORMAT,
         "bladegpt_version": __version__,
@@ -43,7 +41,7 @@ def save_checkpoint(path: Path, model: GPT, tokenizer: Tokenizer, **info) -> Non
         "tokenizer": json.dumps(tokenizer.to_dict(), ensure_ascii=False),
         "info": json.dumps(info),
     }
-    _atomic(path, lambda tmp: save_model(model, tmp, metadata=metadata))
+    return lambda tmp: save_model(model, tmp, metadata=metadata)
 
 
 def read_metadata(path: Path) -> dict:
@@ -69,13 +67,27 @@ def load_checkpoint(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer
     try:
         config = ModelConfig.from_dict(json.loads(metadata["config"]))
         tokenizer = tokenizer_from_dict(json.loads(metadata["tokenizer"]))
+        _check_shape(config, path)  # before building: a config claiming 10^6 layers would take minutes
         model = GPT(config, attention=attention)
         model.load_state_dict(_untie(load_file(str(path))))  # strict: names and shapes must match
-    except (SafetensorError, KeyError, json.JSONDecodeError, TokenizerError, RuntimeError) as e:
+    except (SafetensorError, KeyError, TypeError, json.JSONDecodeError, TokenizerError, RuntimeError) as e:
         raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or train again.") from None
     info = json.loads(metadata.get("info", "{}"))
     model.eval()
     return model, tokenizer, info
+
+
+def _check_shape(config: ModelConfig, path: Path) -> None:
+    """The config's shape must be the stored tensors' shape (cheap: reads the header only)."""
+    with safe_open(str(path), framework="pt") as f:
+        shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    embedding = shapes.get("transformer.wte.weight") or shapes.get("lm_head.weight")
+    layers = {int(m.group(1)) for name in shapes if (m := re.match(r"transformer\.h\.(\d+)\.", name))}
+    found = (len(layers), embedding, shapes.get("transformer.wpe.weight"))
+    claimed = (config.n_layer, (config.vocab_size, config.n_embd), (config.block_size, config.n_embd))
+    if found != claimed:
+        raise RuntimeError(f"its config says {config.n_layer} layers, vocabulary {config.vocab_size}, "
+                           f"{config.n_embd} wide, block {config.block_size}, but its tensors disagree")
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -88,9 +100,42 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_train_state(
-    path: Path, optimizers: list[torch.optim.Optimizer], tensors: dict[str, torch.Tensor], info: dict
-) -> None:
+def save_training(run_dir: Path, model: GPT, tokenizer: Tokenizer, optimizers: list[torch.optim.Optimizer],
+                  tensors: dict[str, torch.Tensor], info: dict) -> None:
+    """last.safetensors and state.safetensors as one commit: both are staged whole first, and the
+    rename of state is the commit point. A crash before it keeps the previous pair; a crash after
+    it leaves last's staged copy complete, and `recover_training` moves it into place."""
+    state_tmp = stage(run_dir / STATE, _state_writer(optimizers, tensors, info))
+    try:
+        last_tmp = stage(run_dir / LAST, _checkpoint_writer(model, tokenizer, {"step": info["step"],
+                                                                               "val_loss": info["best_val"]}))
+    except BaseException:
+        state_tmp.unlink(missing_ok=True)
+        raise
+    commit(state_tmp, run_dir / STATE)
+    commit(last_tmp, run_dir / LAST)
+
+
+def recover_training(run_dir: Path) -> None:
+    """Finish a save that a crash cut between its two renames, or drop an unfinished one."""
+    staged = temp_path(run_dir / LAST)
+    if not staged.exists():
+        return
+    try:
+        same = _step(staged) == _step(run_dir / STATE)
+    except CheckpointError:
+        same = False  # staged or state unreadable: the staged copy was never committed
+    if same:
+        commit(staged, run_dir / LAST)
+    else:
+        staged.unlink()
+
+
+def _step(path: Path) -> int | None:
+    return json.loads(read_metadata(path).get("info", "{}")).get("step")
+
+
+def _state_writer(optimizers: list[torch.optim.Optimizer], tensors: dict[str, torch.Tensor], info: dict):
     """Optimizer moments, RNG states and counters: what an exact resume needs beyond the weights."""
     states = [optimizer.state_dict() for optimizer in optimizers]
     flat = {f"opt{i}.{idx}.{name}": t.detach().cpu().contiguous()
@@ -98,11 +143,11 @@ def save_train_state(
     flat.update({name: t.cpu().contiguous() for name, t in tensors.items()})
     metadata = {"format": FORMAT, "param_groups": json.dumps([opt["param_groups"] for opt in states]),
                 "info": json.dumps(info)}
-    _atomic(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+    return lambda tmp: save_file(flat, tmp, metadata=metadata)
 
 
 def load_train_state(path: Path) -> tuple[list[dict], dict[str, torch.Tensor], dict]:
-    """(one state_dict per optimizer, other tensors, info) as saved by save_train_state."""
+    """(one state_dict per optimizer, other tensors, info) as saved by save_training."""
     metadata = read_metadata(path)
     try:
         flat = load_file(str(path))

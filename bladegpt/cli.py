@@ -26,17 +26,31 @@ err_console = Console(stderr=True)
 
 
 def friendly(command):
-    """Turn a UserError into one red line and exit code 1; anything else is a bug and keeps its traceback."""
+    """Turn a UserError, or a file the system refused (permissions, a full disk), into one red line
+    and exit code 1; Ctrl-C before work began into one line and 130. Anything else is a bug and
+    keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except UserError as e:
-            err_console.print(f"[bold red]Error:[/] {e}", highlight=False)
-            raise typer.Exit(code=1) from None
+            fail(str(e))
+        except OSError as e:
+            if e.filename is None:
+                raise
+            fail(f"Cannot write or read {e.filename}: {e.strerror}. Check its permissions and the free space "
+                 "on its disk, then run the command again.")
+        except KeyboardInterrupt:
+            err_console.print("Stopped.", highlight=False)
+            raise typer.Exit(code=130) from None
 
     return wrapper
+
+
+def fail(message: str) -> None:
+    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)  # one line, however narrow the terminal
+    raise typer.Exit(code=1) from None
 
 
 def _version(value: bool) -> None:
@@ -62,6 +76,7 @@ def prepare(
     vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size (shrunk for small corpora).")] = DEFAULT_BPE_VOCAB,
     val_fraction: Annotated[float, typer.Option(help="Share of the text kept for validation (its end).")] = 0.1,
     out: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: datasets/NAME].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the dataset already at the folder (earlier runs cannot resume on it).")] = False,
 ) -> None:
     """Turn text into a dataset: a tokenizer, train/val token files and their metadata."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
@@ -73,7 +88,8 @@ def prepare(
                   transient=True) as progress:
         task = progress.add_task("encode", total=None)
         result = prepare_data(inputs, out, tokenizer, vocab_size, val_fraction,
-                              progress=lambda done, total: progress.update(task, completed=done, total=total))
+                              progress=lambda done, total: progress.update(task, completed=done, total=total),
+                              force=force)
     m = result.meta
     table = Table(title=f"Prepared {', '.join(Path(s).name for s in m['sources'][:3])}"
                         + (f" and {len(m['sources']) - 3} more" if len(m["sources"]) > 3 else ""))
@@ -117,17 +133,18 @@ def train(
     log_interval: Annotated[Optional[int], typer.Option(help="Log every N steps.")] = None,
     sample_tokens: Annotated[Optional[int], typer.Option(help="Tokens sampled at each eval (0: none).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 or mps.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, bf16 or fp32.")] = "auto",
-    attention: Annotated[str, typer.Option(help="auto, manual or sdpa.")] = "auto",
-    compile: Annotated[str, typer.Option(help="auto, on or off (auto: only if the run repays it).")] = "auto",
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 or mps [default: auto; on --resume, the run's own].")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, bf16 or fp32 [default: auto; on --resume, the run's own].")] = None,
+    attention: Annotated[Optional[str], typer.Option(help="auto, manual or sdpa [default: auto; on --resume, the run's own].")] = None,
+    compile: Annotated[Optional[str], typer.Option(help="auto, on or off (auto: only if the run repays it) [default: auto; on --resume, the run's own].")] = None,
     run: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/DATASET-N, a new one].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the given (or latest) run exactly.")] = False,
 ) -> None:
     """Train a GPT on a prepared dataset, with a live display; Ctrl-C saves and stops."""
     from bladegpt.config import parse_duration
     from bladegpt.display import TrainDisplay
-    from bladegpt.trainer import Distributed, train as train_model
+    from bladegpt.distributed import Distributed
+    from bladegpt.launch import train as train_model
 
     model = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout)
     budget = parse_duration(time) if time else None
@@ -162,11 +179,10 @@ def sample(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
 ) -> None:
     """Stream new text from a trained model."""
-    from bladegpt.engine import Sampler
+    from bladegpt.engine import Sampler, check_settings
 
-    if temperature < 0:
-        raise UserError("--temperature cannot be negative; use 0 for greedy decoding.")
     seed = random.randrange(2**31) if seed is None else seed
+    check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed)
     sampler = Sampler(checkpoint, device)
     err_console.print(f"[dim]{sampler.checkpoint} · seed {seed}[/]", highlight=False)
     for i in range(num_samples):

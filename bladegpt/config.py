@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 
 from bladegpt.errors import UserError
@@ -34,7 +35,7 @@ class ModelConfig:
                 f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}); "
                 "change --n-embd or --n-head."
             )
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
 
     @property
@@ -55,6 +56,12 @@ class ModelConfig:
 
 
 OPTIMIZERS = ("adamw", "muon")
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; the trainer adds the rank and 1 to it
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED - 1024:
+        raise ConfigError(f"--seed must be between 0 and {MAX_SEED - 1024}, got {seed}.")
 
 
 @dataclass
@@ -88,12 +95,13 @@ class TrainConfig:
                 f"--accum {self.accum} does not divide the batch of {self.batch_size} sequences; "
                 f"use an --accum that does ({options}) or change --batch-size."
             )
-        if self.lr <= 0 or self.muon_lr <= 0:
+        if not (0 < self.lr < math.inf and 0 < self.muon_lr < math.inf):
             raise ConfigError(f"learning rates must be positive, got lr {self.lr} and muon_lr {self.muon_lr}.")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"Unknown optimizer {self.optimizer!r}; use one of: {', '.join(OPTIMIZERS)}.")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise ConfigError("--time must be positive, e.g. --time 10m.")
+        if self.time_budget_s is not None and not (0 < self.time_budget_s < math.inf):
+            raise ConfigError("--time must be a positive, finite duration, e.g. --time 10m.")
+        check_seed(self.seed)
 
     @property
     def micro_batch(self) -> int:
@@ -166,6 +174,6 @@ def parse_duration(text: str) -> float:
         seconds = float(number) * (scale or 1)
     except ValueError:
         raise ConfigError(f"Cannot read the duration '{text}'; write it like 90s, 10m or 1.5h.") from None
-    if seconds <= 0:
-        raise ConfigError(f"The duration must be positive, got '{text}'.")
+    if not 0 < seconds < math.inf:
+        raise ConfigError(f"The duration must be positive and finite, got '{text}'; write it like 90s, 10m or 1.5h.")
     return seconds

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import array
+import hashlib
 import json
+import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,11 +15,14 @@ from pathlib import Path
 
 from bladegpt.config import DEFAULT_BPE_VOCAB
 from bladegpt.errors import UserError
+from bladegpt.files import fsync_dir, publish_dir
 from bladegpt.tokenizer import Tokenizer, TokenizerError, bpe_vocab_size, load_tokenizer, train_tokenizer
 
 DATASETS_DIR = Path("datasets")
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
+TOKEN_FILES = ("train.bin", "val.bin")
+DATASET_FILES = {META_FILE, TOKENIZER_FILE, *TOKEN_FILES}
 # A safe place to cut text for separate encoding: after a newline between two non-spaces.
 # Neither GPT-2's nor GPT-4's split pattern joins across it, so chunks encode exactly as the whole.
 _CUT = re.compile(r"(?<=\S\n)(?=\S)")
@@ -72,7 +78,7 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
         raise DataError(f"--val-fraction must be between 0 and 0.5, got {val_fraction}.")
     cut = int(len(text) * (1.0 - val_fraction))
     newline = text.find("\n", cut)
-    if newline != -1 and newline - cut < 1000:
+    if newline != -1 and newline - cut < 1000 and text[newline + 1 :].strip():  # val keeps some text
         cut = newline + 1
     return text[:cut], text[cut:]
 
@@ -105,6 +111,30 @@ def write_tokens(path: Path, ids: list[int], typecode: str) -> None:
         array.array(typecode, ids).tofile(f)
 
 
+def fingerprint(folder: Path) -> str:
+    """A hash of the token files and tokenizer: a run records it, and resume checks its data is the same."""
+    digest = hashlib.sha256()
+    for name in (*TOKEN_FILES, TOKENIZER_FILE):
+        with open(Path(folder) / name, "rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    """prepare writes a new folder, or replaces a dataset when told; it never touches anything else."""
+    if out_dir.is_file() or out_dir.is_symlink():
+        raise DataError(f"{out_dir} is a file; give --out a folder name for the dataset.")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not (out_dir / META_FILE).is_file() or not {p.name for p in out_dir.iterdir()} <= DATASET_FILES:
+        raise DataError(f"{out_dir} exists and is not a dataset; choose another --out (prepare never writes "
+                        "into a folder it did not make).")
+    if not force:
+        raise DataError(f"{out_dir} already holds a dataset (runs trained on it would see other text); "
+                        f"choose another --out, or add --force to replace it.")
+
+
 def prepare(
     inputs: list[Path],
     out_dir: Path | None = None,
@@ -112,11 +142,19 @@ def prepare(
     vocab_size: int = DEFAULT_BPE_VOCAB,
     val_fraction: float = 0.1,
     progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
 ) -> PrepareResult:
     """Tokenize text files into a dataset folder: train.bin, val.bin, tokenizer.json, meta.json.
 
+    The folder is written whole under a temporary name and renamed into place, so a killed
+    prepare leaves no half dataset; an existing dataset is replaced only with `force`.
     `progress(done, total)` is called with characters encoded so far.
     """
+    if out_dir is None:
+        first = Path(inputs[0])
+        out_dir = DATASETS_DIR / (first.stem if first.is_file() else first.resolve().name)
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, force)
     files = find_text_files(inputs)
     text = "\n\n".join(read_text(f) for f in files)
     train_text, val_text = split_text(text, val_fraction)
@@ -138,35 +176,73 @@ def prepare(
     train_ids = encode(tok, train_text, step)
     val_ids = encode(tok, val_text, step)
     elapsed = time.perf_counter() - start
+    if not val_ids or not train_ids:
+        raise DataError(f"The text is too short to keep {val_fraction:.0%} of it for validation; "
+                        "give prepare more text (a few KB at least).")
 
-    if out_dir is None:
-        first = Path(inputs[0])
-        out_dir = DATASETS_DIR / (first.stem if first.is_file() else first.resolve().name)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temps(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        meta = _write_dataset(tmp, tok, train_ids, val_ids)
+        meta.update({
+            "sources": [str(f) for f in files],
+            "val_fraction": val_fraction,
+            "chars": len(text),
+            "bytes": n_bytes,
+            "train_bytes": len(train_text.encode("utf-8")),
+            "val_bytes": len(val_text.encode("utf-8")),
+            "encode_seconds": round(elapsed, 3),
+        })
+        _write_meta(tmp, meta)
+        check_out_dir(out_dir, force)  # again: another prepare may have written it meanwhile
+        publish_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return PrepareResult(out_dir, meta)
+
+
+def _write_dataset(folder: Path, tok: Tokenizer, train_ids: list[int], val_ids: list[int]) -> dict:
     dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
     typecode = "H" if dtype == "uint16" else "I"
-    write_tokens(out_dir / "train.bin", train_ids, typecode)
-    write_tokens(out_dir / "val.bin", val_ids, typecode)
-    tok.save(out_dir / TOKENIZER_FILE)
-    meta = {
+    write_tokens(folder / "train.bin", train_ids, typecode)
+    write_tokens(folder / "val.bin", val_ids, typecode)
+    tok.save(folder / TOKENIZER_FILE)
+    return {
         "format": 1,
-        "sources": [str(f) for f in files],
         "tokenizer": tok.kind,
         "vocab_size": tok.vocab_size,
         "dtype": dtype,
-        "val_fraction": val_fraction,
-        "chars": len(text),
-        "bytes": n_bytes,
         "train_tokens": len(train_ids),
         "val_tokens": len(val_ids),
-        "train_bytes": len(train_text.encode("utf-8")),
-        "val_bytes": len(val_text.encode("utf-8")),
-        "encode_seconds": round(elapsed, 3),
+        "fingerprint": fingerprint(folder),
     }
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-    return PrepareResult(out_dir, meta)
 
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    """meta.json last, then every file and the folder flushed to disk before the rename publishes them."""
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    for path in folder.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(folder)
+
+
+def _remove_dead_temps(out_dir: Path) -> None:
+    """Temporary folders of earlier prepares of this dataset that were killed (their process is gone)."""
+    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
 
 def latest_dataset(root: Path = DATASETS_DIR) -> Path:
     """The most recently prepared dataset folder."""
@@ -174,6 +250,37 @@ def latest_dataset(root: Path = DATASETS_DIR) -> Path:
     if not metas:
         raise DataError("No prepared dataset found; run `bladegpt prepare FILE.txt` first.")
     return metas[-1].parent
+
+
+def read_meta(folder: Path) -> dict:
+    path = Path(folder) / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+        if meta["dtype"] not in ("uint16", "uint32"):
+            raise ValueError(f"unknown dtype {meta['dtype']!r}")
+        for key in ("vocab_size", "train_tokens", "val_tokens"):
+            if not isinstance(meta[key], int) or meta[key] < 0:
+                raise ValueError(f"{key} is not a count")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path} is damaged ({e}); prepare the dataset again with `bladegpt prepare`.") from None
+    return meta
+
+
+def _map_tokens(path: Path, n_tokens: int, dtype):
+    """The token file, memory-mapped read-only (a dataset on a read-only disk trains); its size must be
+    what meta.json says, or it was damaged after prepare."""
+    import torch
+
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if not path.is_file():
+        raise DataError(f"{path} is missing; the dataset is damaged: prepare it again with `bladegpt prepare`.")
+    size = path.stat().st_size
+    if size != n_tokens * itemsize:
+        raise DataError(f"{path} has {size:,} bytes but {META_FILE} says {n_tokens:,} tokens "
+                        f"({n_tokens * itemsize:,} bytes); the dataset is damaged: prepare it again.")
+    if n_tokens == 0:
+        return torch.empty(0, dtype=dtype)
+    return torch.from_file(str(path), shared=False, size=n_tokens, dtype=dtype)  # private map: never written
 
 
 class TokenData:
@@ -187,25 +294,30 @@ class TokenData:
         if not meta_path.is_file():
             raise DataError(f"{folder} is not a prepared dataset (no {META_FILE}); run `bladegpt prepare` on it.")
         self.folder = folder
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = read_meta(folder)
         try:
             self.tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
         except TokenizerError as e:
             raise DataError(str(e)) from None
+        if self.tokenizer.vocab_size != self.meta["vocab_size"]:
+            raise DataError(f"{folder}'s {TOKENIZER_FILE} has {self.tokenizer.vocab_size} tokens but {META_FILE} "
+                            f"says {self.meta['vocab_size']}; the dataset is damaged: prepare it again.")
         dtype = torch.uint16 if self.meta["dtype"] == "uint16" else torch.uint32
-        self.splits = {
-            split: torch.from_file(
-                str(folder / f"{split}.bin"), shared=True, size=self.meta[f"{split}_tokens"], dtype=dtype
-            )
-            for split in ("train", "val")
-        }
+        self.splits = {split: _map_tokens(folder / f"{split}.bin", self.meta[f"{split}_tokens"], dtype)
+                       for split in ("train", "val")}
+
+    @property
+    def fingerprint(self) -> str:
+        """What runs record of their data (datasets from before fingerprints are hashed now)."""
+        return self.meta.get("fingerprint") or fingerprint(self.folder)
 
     def check_fits(self, block_size: int) -> None:
         for split, tokens in self.splits.items():
             if len(tokens) <= block_size + 1:
                 raise DataError(
                     f"The {split} split has only {len(tokens)} tokens, too few for a block size of "
-                    f"{block_size}; use a smaller --block-size or a bigger corpus."
+                    f"{block_size}; use a smaller --block-size, or prepare more text"
+                    + (" or a larger --val-fraction." if split == "val" else ".")
                 )
 
     def batch(self, split: str, ix, block_size: int):

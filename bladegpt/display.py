@@ -60,7 +60,8 @@ class TrainDisplay(Reporter):
 
     def eval(self, r: dict, sample: str | None) -> None:
         self.stats["val"] = f"{r['val_loss']:.3f}"
-        self.progress.update(self.task, stats=self._fields())
+        # Evaluations move the bar too: a run shorter than --log-interval logs no step line.
+        self.progress.update(self.task, completed=r["elapsed"] if self.by_time else r["step"], stats=self._fields())
         self.console.print(f"step {r['step']:>6}  val loss [bold cyan]{r['val_loss']:.4f}[/]  "
                            f"val bpb {r['val_bpb']:.4f}  ({r['elapsed']:.0f} s)")
         if sample:

@@ -7,12 +7,15 @@ start again), so the reference proves the cached one token for token, at any len
 from __future__ import annotations
 
 import codecs
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bladegpt.config import check_seed
+from bladegpt.errors import UserError
 from bladegpt.model import GPT
 from bladegpt.tokenizer import Tokenizer
 
@@ -47,6 +50,20 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+
+
+def check_settings(num_samples: int, max_new_tokens: int, temperature: float, top_k: int | None,
+                   top_p: float | None, seed: int) -> None:
+    """Refuse sampling settings that cannot work, in one line each, before a model is loaded."""
+    if num_samples < 1 or max_new_tokens < 1:
+        raise UserError("--num-samples and --max-new-tokens must be at least 1.")
+    if not 0 <= temperature < math.inf:  # also refuses NaN
+        raise UserError(f"--temperature must be 0 (greedy) or a positive number, got {temperature}.")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k must be at least 1 (1 is greedy), got {top_k}.")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], e.g. 0.9, got {top_p}.")
+    check_seed(seed)
 
 
 def sample_next_token(

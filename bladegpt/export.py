@@ -3,43 +3,92 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from bladegpt.checkpoint import load_checkpoint, save_checkpoint
+from bladegpt.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from bladegpt.errors import UserError
+from bladegpt.files import publish_dir
 from bladegpt.model import GPT
-from bladegpt.runs import resolve_checkpoint
+from bladegpt.runs import BEST, LAST, RUN_FILE, STATE, resolve_checkpoint
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, TiktokenTokenizer, Tokenizer
 
 FORMATS = ("hf", "safetensors")
+# What an hf export folder holds: --force may replace a folder of these, and nothing else.
+HF_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+RUN_CHECKPOINTS = {BEST, LAST, STATE}
 
 
 def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force: bool = False) -> Path:
-    """Write the checkpoint (default: latest run's best) to `out`; returns what was written."""
+    """Write the checkpoint (default: latest run's best) to `out`; returns what was written.
+
+    `force` replaces only an earlier export, never anything else.
+    """
     if format not in FORMATS:
         raise UserError(f"Unknown export format '{format}'; choose one of: {', '.join(FORMATS)}.")
     source = resolve_checkpoint(checkpoint)
-    model, tokenizer, info = load_checkpoint(source)
     out = Path(out)
     if format == "safetensors":
-        out = out if out.suffix == ".safetensors" else out.with_suffix(".safetensors")
-        if out.exists() and not force:
-            raise UserError(f"{out} already exists; add --force to overwrite it.")
+        out = out if out.suffix == ".safetensors" else out.with_name(out.name + ".safetensors")
+        _check_file_target(out, source, force)
+        model, tokenizer, info = load_checkpoint(source)
         out.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out, model, tokenizer, **info, exported_from=str(source))
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not force:
-            raise UserError(f"{out} exists and is not empty; add --force to replace it, or choose another folder.")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    write_hf_model(out, model, tokenizer)
-    write_hf_tokenizer(out, tokenizer, model.config.block_size)
+    _check_folder_target(out, source, force)
+    model, tokenizer, info = load_checkpoint(source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_hf_model(tmp, model, tokenizer)
+        write_hf_tokenizer(tmp, tokenizer, model.config.block_size)
+        publish_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _check_folder_target(out: Path, source: Path, force: bool) -> None:
+    """An export folder is new, empty, or (with --force) an earlier export: never the current folder,
+    the run being exported, or a folder holding anything else."""
+    resolved, run = out.resolve(), source.resolve().parent
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise UserError(f"Cannot export into {out}: it is the current folder or holds it; name a new folder, "
+                        "e.g. exports/my-voice.")
+    if resolved == run or resolved in run.parents or run in resolved.parents:
+        raise UserError(f"Cannot export into {out}: the checkpoint being exported is in {run}; "
+                        "name a folder outside it, e.g. exports/my-voice.")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; name a folder for the Hugging Face export (or use --format safetensors).")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not {p.name for p in out.iterdir()} <= HF_FILES:
+        raise UserError(f"{out} holds files BladeGPT did not export; name another folder (--force replaces "
+                        "only an earlier export).")
+    if not force:
+        raise UserError(f"{out} holds an earlier export; add --force to replace it, or name another folder.")
+
+
+def _check_file_target(out: Path, source: Path, force: bool) -> None:
+    if out.resolve() == source.resolve() or (out.name in RUN_CHECKPOINTS and (out.parent / RUN_FILE).exists()):
+        raise UserError(f"Cannot export over {out}: it is a run's own checkpoint; name another file.")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; name a .safetensors file to write.")
+    if not out.exists():
+        return
+    try:
+        read_metadata(out)
+    except UserError:
+        raise UserError(f"{out} exists and is not a BladeGPT checkpoint; name another file "
+                        "(--force replaces only an earlier export).") from None
+    if not force:
+        raise UserError(f"{out} already exists; add --force to overwrite it.")
 
 
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:

@@ -77,9 +77,17 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"Unknown --device '{name}'; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"BladeGPT does not run on --device {name}; use auto, cpu, cuda, cuda:N or mps.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda was asked for but no CUDA GPU is visible; use --device auto.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"numbered from cuda:0; pick one of them.")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise DeviceError("--device mps was asked for but MPS is not available; use --device auto.")
     return device

@@ -183,6 +183,11 @@ def tokenizer_from_dict(data: dict) -> Tokenizer:
 
 def load_tokenizer(path: Path) -> Tokenizer:
     try:
-        return tokenizer_from_dict(json.loads(Path(path).read_text()))
-    except (OSError, json.JSONDecodeError, KeyError) as e:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        return tokenizer_from_dict(data)
+    except TokenizerError:
+        raise
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:  # JSON and base64 errors are ValueErrors
         raise TokenizerError(f"Cannot read the tokenizer at {path} ({e}); run `bladegpt prepare` again.") from None

@@ -4,37 +4,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import statistics
-import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from bladegpt import runs
-from bladegpt.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
-from bladegpt.config import ConfigError, ModelConfig, TrainConfig, from_preset
-from bladegpt.data import TokenData, latest_dataset
+from bladegpt.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_training
+from bladegpt.config import ConfigError, ModelConfig, TrainConfig
+from bladegpt.data import TokenData
+from bladegpt.distributed import Distributed
 from bladegpt.engine import generate, prompt_ids
+from bladegpt.errors import UserError
 from bladegpt.model import GPT, flops_per_token
 from bladegpt.optim import lr_at, make_optimizers, set_lr
-from bladegpt.runtime import (
-    COMPILE_MODES,
-    Runtime,
-    choose_attention,
-    choose_precision,
-    compile_available,
-    peak_flops,
-    resolve_device,
-    set_matmul_precision,
-    synchronize,
-)
+from bladegpt.runtime import Runtime, compile_available, peak_flops, synchronize
+from bladegpt.signals import StopSignals
 
 # First-compile cost we assume before deciding to compile (measured: 25-30 s on a 2-core CPU).
 COMPILE_COST_S = {"cpu": 30.0, "cuda": 45.0}
@@ -48,45 +36,6 @@ def padded_vocab(n: int, multiple: int = 64) -> int:
     return (n + multiple - 1) // multiple * multiple
 
 
-@dataclass
-class Distributed:
-    """This process's place in a torchrun job (world 1 when run alone)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            return cls()
-        return cls(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
-
-    def mean(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t) / self.world
-
-    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            dist.all_reduce(t)
-        return t
-
-    def broadcast(self, obj):
-        if self.world == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-
 class Reporter:
     """What the trainer tells the user; the CLI passes a live display, tests a quiet one."""
 
@@ -95,6 +44,10 @@ class Reporter:
     def log(self, record: dict) -> None: ...
     def eval(self, record: dict, sample: str | None) -> None: ...
     def close(self) -> None: ...
+
+
+class TrainingDiverged(UserError):
+    """The loss went NaN or infinite; the message says what was kept and what to try."""
 
 
 @dataclass
@@ -121,9 +74,11 @@ class Trainer:
         compile_mode: str,
         ddp: Distributed,
         reporter: Reporter,
+        signals: StopSignals | None = None,
     ):
         self.model_cfg, self.cfg, self.data, self.run_dir = model_cfg, train_cfg, data, run_dir
         self.runtime, self.compile_mode, self.ddp, self.reporter = runtime, compile_mode, ddp, reporter
+        self.signals = signals or StopSignals()
         self.device = runtime.device
         if train_cfg.accum % ddp.world:
             raise ConfigError(
@@ -143,6 +98,7 @@ class Trainer:
         self.tok_per_s = 0.0
         self.lr = train_cfg.lr
         self.stop_requested = False
+        self.finite = torch.ones((), dtype=torch.bool, device=self.device)  # no NaN/inf loss since the last check
         self.tokens_per_step = train_cfg.batch_size * model_cfg.block_size
         self.flops_per_step = flops_per_token(model_cfg, self.model.num_params()) * self.tokens_per_step
         self.peak = peak_flops(self.device)
@@ -159,16 +115,28 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------
 
+    def runtime_record(self) -> dict:
+        """How this run computes, saved so that --resume continues it the same way."""
+        device = self.device.type if self.ddp.world > 1 else str(self.device)  # ranks pick their own GPU
+        compiled = "on" if self.runtime.compile else self.compile_mode  # "auto" until it has decided
+        return {"device": device, "precision": self.runtime.precision, "attention": self.runtime.attention,
+                "compile": compiled}
+
     def save(self) -> None:
-        """last.safetensors and state.safetensors (the step in both ties them together)."""
+        """last.safetensors and state.safetensors, committed together (see save_training)."""
         if not self.ddp.main:
             return
         tensors = {"rng.cpu": torch.get_rng_state(), "rng.batches": self.batch_gen.get_state()}
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        info = {"step": self.step, "elapsed": self.elapsed, "best_val": self.best_val, "last_loss": self.last_loss}
-        save_train_state(self.run_dir / runs.STATE, self.optimizers, tensors, info)
-        save_checkpoint(self.run_dir / runs.LAST, self.model, self.data.tokenizer, step=self.step, val_loss=self.best_val)
+        info = {"step": self.step, "elapsed": self.elapsed, "best_val": self.best_val, "last_loss": self.last_loss,
+                "runtime": self.runtime_record()}
+        try:
+            save_training(self.run_dir, self.model, self.data.tokenizer, self.optimizers, tensors, info)
+        except OSError as e:
+            raise UserError(f"Could not save a checkpoint in {self.run_dir} ({e.strerror}); the previous one "
+                            "is kept: free space or fix permissions, then `bladegpt train --resume "
+                            f"--run {self.run_dir}`.") from None
 
     def restore(self) -> None:
         model, _, info = load_checkpoint(self.run_dir / runs.LAST)
@@ -221,8 +189,9 @@ class Trainer:
                 _, loss = self.forward_model(x, y)
             total += loss.detach()
             (loss / self.local_accum).backward()
+        self.finite &= torch.isfinite(total)  # checked where the loop syncs anyway (logs, saves)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
         for optimizer in self.optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -264,7 +233,21 @@ class Trainer:
     def write_metrics(self, record: dict) -> None:
         if self.ddp.main:
             with open(self.run_dir / runs.METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, allow_nan=False) + "\n")
+
+    def check_finite(self, *values: float) -> None:
+        """Stop, saving nothing, once a loss or gradient is NaN or infinite on any rank: the weights
+        are ruined, and the checkpoints on disk are the last good ones."""
+        bad = not bool(self.finite) or not all(math.isfinite(v) for v in values)
+        if not self.ddp.mean(float(bad)) > 0:
+            return
+        kept = (f"the last good checkpoint ({self.run_dir / runs.LAST}) is kept"
+                if (self.run_dir / runs.LAST).exists() else "no checkpoint had been saved yet")
+        raise TrainingDiverged(
+            f"The loss became NaN or infinite by step {self.step}, so training stopped; {kept}. "
+            f"Try a lower --lr (this run's is {self.cfg.lr:g})"
+            + (" or --precision fp32." if self.runtime.precision == "bf16" else ".")
+        )
 
     def maybe_compile(self, probe_times: list[float]) -> None:
         """Compile now if the measured eager speed says the rest of the run repays the compile."""
@@ -279,6 +262,7 @@ class Trainer:
             cost = COMPILE_COST_S.get(self.device.type, 60.0)
             worth = self.ddp.broadcast(remaining * COMPILE_GAIN > cost)
             if not worth:
+                self.compile_mode = "off"  # decided: a resumed run does not ask again
                 self.reporter.message(
                     f"Not compiling: ~{remaining:.0f} s of training left would save ~{remaining * COMPILE_GAIN:.0f} s, "
                     f"less than a ~{cost:.0f} s first compile (force it with --compile on)."
@@ -316,7 +300,7 @@ class Trainer:
             self.maybe_compile([])
         probe: list[float] = []
         interval_tokens, interval_time = 0, 0.0
-        previous_handler = _catch_ctrl_c(self)
+        self.signals.graceful = True  # from here a stop finishes the step and saves
         try:
             while not self.done() and not self.stopping():
                 t0 = time.perf_counter()
@@ -325,6 +309,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 if self.step % cfg.log_interval == 0:
                     self.last_loss = self.ddp.mean(float(total) / self.local_accum)
+                    self.check_finite(self.last_loss)
                 self.elapsed += dt
                 interval_tokens += self.tokens_per_step
                 interval_time += dt
@@ -350,19 +335,20 @@ class Trainer:
                 if self.step % cfg.eval_interval == 0 or self.done():
                     history.append(self.eval_and_save())
             if self.stop_requested:
+                self.check_finite()
                 self.save()
                 self.reporter.message(
                     f"Interrupted at step {self.step}; saved {self.run_dir / runs.LAST}. "
                     f"Continue with `bladegpt train --resume --run {self.run_dir}`."
                 )
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
+            self.signals.graceful = False
             self.reporter.close()
         return TrainResult(self.run_dir, self.step, self.best_val, self.elapsed, self.stop_requested, history, self.model)
 
     def stopping(self) -> bool:
-        """Ctrl-C seen here, or on any rank: all ranks stop after the same step."""
+        """Ctrl-C or SIGTERM seen here, or on any rank: all ranks stop after the same step."""
+        self.stop_requested = self.signals.requested
         if self.ddp.world > 1:
             self.stop_requested = self.ddp.mean(float(self.stop_requested)) > 0
         return self.stop_requested
@@ -370,6 +356,7 @@ class Trainer:
     def eval_and_save(self) -> dict:
         t0 = time.perf_counter()
         val_loss, val_bpb = self.evaluate()
+        self.check_finite(val_loss)
         sample = self.sample()
         improved = self.best_val is None or val_loss < self.best_val
         if improved:
@@ -390,96 +377,3 @@ class Trainer:
             save_checkpoint(self.run_dir / runs.BEST, self.model, self.data.tokenizer, step=self.step, val_loss=val_loss)
         self.reporter.eval(record, sample)
         return record
-
-
-def _catch_ctrl_c(trainer: Trainer):
-    """First Ctrl-C: finish the step, save, stop. A second one stops at once."""
-
-    def handler(signum, frame):
-        if trainer.stop_requested:
-            raise KeyboardInterrupt
-        trainer.stop_requested = True
-
-    if threading.current_thread() is not threading.main_thread():
-        return None  # signals can only be caught on the main thread
-    return signal.signal(signal.SIGINT, handler)
-
-
-def _init_distributed(ddp: Distributed, device_name: str) -> torch.device:
-    device = resolve_device(device_name)
-    if ddp.world == 1:
-        return device
-    if device.type == "cuda":
-        if ddp.local_rank >= torch.cuda.device_count():
-            raise ConfigError(
-                f"torchrun started more processes on this machine than it has GPUs ({torch.cuda.device_count()}): "
-                f"use --nproc_per_node={torch.cuda.device_count()}, or train on the CPU with --device cpu."
-            )
-        device = torch.device("cuda", ddp.local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-def train(
-    data: Path | None = None,
-    preset: str = "mini",
-    model_overrides: dict | None = None,
-    train_overrides: dict | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    attention: str = "auto",
-    compile: str = "auto",
-    resume: bool = False,
-    run: Path | None = None,
-    reporter: Reporter | None = None,
-) -> TrainResult:
-    """Train a GPT on a prepared dataset: a new run in runs/, or `resume` the given (or latest) run."""
-    if compile not in COMPILE_MODES:
-        raise ConfigError(f"Unknown --compile '{compile}'; choose one of: {', '.join(COMPILE_MODES)}.")
-    reporter = reporter or Reporter()
-    ddp = Distributed.from_env()
-    dev = _init_distributed(ddp, device)
-    try:
-        if not ddp.main:
-            reporter = Reporter()  # only rank 0 speaks
-        if resume:
-            run_dir = Path(run) if run is not None else runs.latest_run()
-            saved = json.loads((run_dir / runs.RUN_FILE).read_text())
-            if any(v is not None for v in (model_overrides or {}).values()):
-                raise ConfigError("--resume continues a run with its own model shape; drop the model flags or start a new run.")
-            model_cfg = ModelConfig.from_dict(saved["model"])
-            train_cfg = TrainConfig.from_dict({**saved["train"], **{k: v for k, v in (train_overrides or {}).items() if v is not None}})
-            data_dir = Path(saved["dataset"])
-        else:
-            data_dir = Path(data) if data is not None else latest_dataset()
-            model_cfg, train_cfg = from_preset(preset, model_overrides, train_overrides)
-        token_data = TokenData(data_dir)
-        token_data.check_fits(model_cfg.block_size)
-        model_cfg.vocab_size = padded_vocab(token_data.tokenizer.vocab_size)
-        if not resume:
-            run_dir = None
-            if ddp.main:
-                run_dir = Path(run) if run is not None else runs.new_run_dir(data_dir.name)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                if (run_dir / runs.LAST).exists():
-                    raise ConfigError(f"{run_dir} already holds a run; pick another --run or add --resume.")
-                (run_dir / runs.RUN_FILE).write_text(json.dumps({
-                    "dataset": str(data_dir.resolve()), "preset": preset,
-                    "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                }, indent=2))
-            run_dir = Path(ddp.broadcast(str(run_dir) if run_dir else None))
-        prec = choose_precision(dev, precision)
-        set_matmul_precision(dev, allow_tf32=True)  # TF32 matmuls on Ampere+ GPUs; no-op elsewhere
-        shape = model_cfg.attention_shape(train_cfg.micro_batch)
-        attn = ddp.broadcast(choose_attention(dev, prec, shape, attention))
-        trainer = Trainer(model_cfg, train_cfg, token_data, run_dir, Runtime(dev, prec, attn, False), compile, ddp, reporter)
-        if resume:
-            trainer.restore()
-            if trainer.done():
-                raise ConfigError(f"{run_dir} already finished at step {trainer.step}; pass a larger --steps to continue it.")
-        return trainer.run()
-    finally:
-        if ddp.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()

@@ -12,14 +12,14 @@ import torch
 
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.data import prepare
-from bladegpt.trainer import train
+from bladegpt.launch import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 SETTINGS = {**TINY_TRAIN, "steps": 12, "accum": 4, "eval_interval": 6, "log_interval": 2, "batch_size": 8}
 
 RANK_SCRIPT = f"""
 import os, sys, torch
-from bladegpt.trainer import train
+from bladegpt.launch import train
 result = train(sys.argv[1], "nano", {TINY_MODEL!r}, {SETTINGS!r}, device="cpu", precision="fp32", compile="off", run=sys.argv[2])
 flat = torch.cat([p.detach().flatten() for p in result.model.parameters()])
 torch.save(flat, f"{{sys.argv[2]}}-rank{{os.environ['RANK']}}.pt")
@@ -58,7 +58,8 @@ def test_accum_must_divide_across_ranks(corpus, monkeypatch):
     from bladegpt.config import ConfigError, ModelConfig, TrainConfig
     from bladegpt.data import TokenData
     from bladegpt.runtime import Runtime
-    from bladegpt.trainer import Distributed, Reporter, Trainer
+    from bladegpt.distributed import Distributed
+    from bladegpt.trainer import Reporter, Trainer
 
     data = TokenData(prepare([corpus], tokenizer="char").out_dir)
     with pytest.raises(ConfigError, match="divisible by the number of processes"):
@@ -67,11 +68,10 @@ def test_accum_must_divide_across_ranks(corpus, monkeypatch):
 
 
 def test_more_ranks_than_gpus_is_one_clear_line(monkeypatch):
-    from bladegpt import trainer as trainer_module
+    from bladegpt import distributed
     from bladegpt.config import ConfigError
-    from bladegpt.trainer import Distributed
 
-    monkeypatch.setattr(trainer_module, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match="more processes on this machine than it has GPUs.*--nproc_per_node=1"):
-        trainer_module._init_distributed(Distributed(1, 1, 2), "auto")
+        distributed.init_distributed(distributed.Distributed(1, 1, 2), "auto")

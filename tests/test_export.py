@@ -8,7 +8,7 @@ from bladegpt.checkpoint import load_checkpoint
 from bladegpt.cli import app
 from bladegpt.data import prepare
 from bladegpt.engine import generate
-from bladegpt.trainer import train
+from bladegpt.launch import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
 
 transformers = pytest.importorskip("transformers")
@@ -61,14 +61,40 @@ def test_safetensors_export_samples_back(trained, workdir):
     assert exported.exit_code == 0 and exported.stdout == direct.stdout
 
 
-def test_export_refuses_to_clobber(workdir, corpus):
+def test_export_force_replaces_only_an_earlier_export(workdir, corpus):
     runner = CliRunner()
     assert "bladegpt train" in runner.invoke(app, ["export", "out"]).output  # no run yet
     prepare([corpus], tokenizer="char")
     train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 5}, compile="off")
-    (workdir / "out").mkdir()
-    (workdir / "out" / "keep.txt").write_text("mine")
+    run = workdir / "runs" / "tales-1"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    (workdir / "mine").mkdir()
+    (workdir / "mine" / "keep.txt").write_text("mine")
+    for target in ["mine", ".", str(run), "runs"]:
+        result = runner.invoke(app, ["export", target, "--force"])
+        assert result.exit_code == 1 and "Traceback" not in result.output, (target, result.output)
+    assert (workdir / "mine" / "keep.txt").read_text() == "mine" and (workdir / "tales.txt").exists()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+    assert runner.invoke(app, ["export", "out"]).exit_code == 0
     result = runner.invoke(app, ["export", "out"])
     assert result.exit_code == 1 and "--force" in result.output
+    (workdir / "out" / "config.json").write_text("{}")
     assert runner.invoke(app, ["export", "out", "--force"]).exit_code == 0
-    assert (workdir / "out" / "config.json").exists() and not (workdir / "out" / "keep.txt").exists()
+    assert "GPT2LMHeadModel" in (workdir / "out" / "config.json").read_text()  # replaced whole
+    assert not list(workdir.glob(".out*"))  # no temporary folder left
+
+
+def test_safetensors_export_names_and_modes(workdir, corpus):
+    prepare([corpus], tokenizer="char")
+    train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 5}, compile="off")
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", "model.v2", "--format", "safetensors"]).exit_code == 0
+    written = workdir / "model.v2.safetensors"
+    assert written.exists() and not (workdir / "model.safetensors").exists()
+    assert oct(written.stat().st_mode & 0o777) == oct((workdir / "tales.txt").stat().st_mode & 0o777)
+    (workdir / "notes.safetensors").write_text("my notes")
+    result = runner.invoke(app, ["export", "notes.safetensors", "--format", "safetensors", "--force"])
+    assert result.exit_code == 1 and (workdir / "notes.safetensors").read_text() == "my notes"
+    result = runner.invoke(app, ["export", "runs/tales-1/last.safetensors", "--format", "safetensors", "--force"])
+    assert result.exit_code == 1 and "run's own checkpoint" in result.output

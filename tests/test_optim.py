@@ -6,10 +6,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bladegpt.checkpoint import FORMAT, load_train_state, save_train_state
+from bladegpt.checkpoint import FORMAT, load_train_state, save_training
 from bladegpt.config import ConfigError, ModelConfig, TrainConfig
 from bladegpt.model import GPT
 from bladegpt.optim import lr_at, make_optimizers, set_lr
+from bladegpt.tokenizer import CharTokenizer
 from tests.conftest import TINY_MODEL
 
 
@@ -64,9 +65,10 @@ def test_state_round_trip_with_two_optimizers(tmp_path):
     model(torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))[1].backward()
     for opt in opts:
         opt.step()
-    save_train_state(tmp_path / "state.safetensors", opts, {"rng.cpu": torch.get_rng_state()}, {"step": 1})
-    states, tensors, info = load_train_state(tmp_path / "state.safetensors")
-    assert info == {"step": 1} and "rng.cpu" in tensors
+    info = {"step": 1, "best_val": None}
+    save_training(tmp_path, model, CharTokenizer(list("ab")), opts, {"rng.cpu": torch.get_rng_state()}, info)
+    states, tensors, saved_info = load_train_state(tmp_path / "state.safetensors")
+    assert saved_info == info and "rng.cpu" in tensors
     for opt, saved in zip(opts, states):
         original = opt.state_dict()
         assert saved["param_groups"] == json.loads(json.dumps(original["param_groups"]))

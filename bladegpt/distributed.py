@@ -1,0 +1,68 @@
+"""This process's place in a torchrun job: PyTorch's own DistributedDataParallel, never a home-made one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from bladegpt.config import ConfigError
+from bladegpt.runtime import resolve_device
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (world 1 when run alone)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
+
+    def mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t) / self.world
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def init_distributed(ddp: Distributed, device_name: str) -> torch.device:
+    device = resolve_device(device_name)
+    if ddp.world == 1:
+        return device
+    if device.type == "cuda":
+        if ddp.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"torchrun started more processes on this machine than it has GPUs ({torch.cuda.device_count()}): "
+                f"use --nproc_per_node={torch.cuda.device_count()}, or train on the CPU with --device cpu."
+            )
+        device = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device

@@ -1,0 +1,77 @@
+"""Writes that survive a crash: a temporary file, fsync, then one rename.
+
+A reader sees the old file or the new one, never half of either, whether the process is
+killed or the machine loses power (the rename is made durable by syncing the folder too).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give: 0644 under the usual umask
+
+
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before the rename: a hidden sibling, so it is on the same disk."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def stage(path: Path, write: Callable[[str], None]) -> Path:
+    """Write through `write(tmp_name)` to the temporary path, flushed to disk; returns it.
+
+    A failure (a full disk, say) removes the partial file and re-raises.
+    """
+    tmp = temp_path(path)
+    try:
+        write(str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, FILE_MODE)  # some writers (safetensors) create files 0600
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Move a staged file into place and make the rename itself durable."""
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    commit(stage(path, write), path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def publish_dir(tmp: Path, dest: Path) -> None:
+    """Move a finished folder into place. A non-empty one there (checked by the caller to be ours to
+    replace) is moved aside first and deleted after, so `dest` is never half old and half new."""
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    replacing = dest.is_dir() and any(dest.iterdir())
+    if replacing:
+        os.replace(dest, old)
+    os.replace(tmp, dest)  # onto nothing, or onto an empty folder
+    fsync_dir(dest.parent)
+    if replacing:
+        shutil.rmtree(old)

@@ -1,0 +1,217 @@
+"""Start or resume a training run: its dataset, its folder and how it computes; then the Trainer runs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch.distributed as dist
+
+from bladegpt import runs
+from bladegpt.checkpoint import read_metadata, recover_training
+from bladegpt.config import ConfigError, ModelConfig, TrainConfig, from_preset
+from bladegpt.data import DataError, TokenData, latest_dataset
+from bladegpt.distributed import Distributed, init_distributed
+from bladegpt.errors import UserError
+from bladegpt.files import temp_path
+from bladegpt.runtime import (
+    COMPILE_MODES,
+    DeviceError,
+    Runtime,
+    choose_attention,
+    choose_precision,
+    set_matmul_precision,
+)
+from bladegpt.signals import StopSignals
+from bladegpt.trainer import Reporter, Trainer, TrainResult, padded_vocab
+
+RUNTIME_FLAGS = ("device", "precision", "attention", "compile")
+CHECKPOINTS = (runs.LAST, runs.STATE, runs.BEST)
+RUN_FILES = {runs.RUN_FILE, runs.METRICS, runs.LOCK}  # what a run folder holds before its first checkpoint
+
+
+@dataclass
+class Plan:
+    """What a run will train, on what, and how: read from the flags, or from the run being resumed."""
+
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    data: TokenData
+    runtime: dict  # device, precision, attention, compile: the run's own or the flags'
+    run_dir: Path | None = None
+    saved_runtime: dict = field(default_factory=dict)
+
+
+def train(
+    data: Path | None = None,
+    preset: str = "mini",
+    model_overrides: dict | None = None,
+    train_overrides: dict | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    attention: str | None = None,
+    compile: str | None = None,
+    resume: bool = False,
+    run: Path | None = None,
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train a GPT on a prepared dataset: a new run in runs/, or `resume` the given (or latest) run.
+
+    Runtime flags left as None mean: the run's own choice when resuming, else "auto".
+    """
+    requested = dict(device=device, precision=precision, attention=attention, compile=compile)
+    if compile is not None and compile not in COMPILE_MODES:
+        raise ConfigError(f"Unknown --compile '{compile}'; choose one of: {', '.join(COMPILE_MODES)}.")
+    ddp = Distributed.from_env()
+    reporter = reporter if reporter is not None and ddp.main else Reporter()  # only rank 0 speaks
+    lock, run_dir, created = None, None, False
+    with StopSignals() as signals:
+        try:
+            if resume:
+                plan = _resume_plan(run, data, model_overrides, train_overrides, requested)
+                run_dir = plan.run_dir
+                if ddp.main:
+                    lock = runs.RunLock(run_dir)
+                    recover_training(run_dir)
+            else:
+                plan = _new_plan(data, preset, model_overrides, train_overrides, requested)
+            dev = _device(ddp, plan, requested)
+            if not resume:
+                if ddp.main:
+                    run_dir, created = _claim_run_dir(run, plan.data.folder)
+                    lock = runs.RunLock(run_dir)
+                    _check_unused(run_dir)
+                    runs.write_run(run_dir, {
+                        "dataset": str(plan.data.folder.resolve()), "dataset_fingerprint": plan.data.fingerprint,
+                        "preset": preset, "model": plan.model_cfg.to_dict(), "train": plan.train_cfg.to_dict(),
+                    })
+                run_dir = Path(ddp.broadcast(str(run_dir) if run_dir else None))
+            prec = choose_precision(dev, plan.runtime["precision"])
+            set_matmul_precision(dev, allow_tf32=True)  # TF32 matmuls on Ampere+ GPUs; no-op elsewhere
+            shape = plan.model_cfg.attention_shape(plan.train_cfg.micro_batch)
+            attn = ddp.broadcast(choose_attention(dev, prec, shape, plan.runtime["attention"]))
+            trainer = Trainer(plan.model_cfg, plan.train_cfg, plan.data, run_dir, Runtime(dev, prec, attn, False),
+                              plan.runtime["compile"], ddp, reporter, signals)
+            if resume:
+                _resume(trainer, plan, requested, reporter)
+            return trainer.run()
+        finally:
+            if lock is not None:
+                _remove_if_unused(run_dir, created)
+                lock.release()
+            if ddp.world > 1 and dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan:
+    data_dir = Path(data) if data is not None else latest_dataset()
+    model_cfg, train_cfg = from_preset(preset, model_overrides, train_overrides)
+    token_data = TokenData(data_dir)
+    token_data.check_fits(model_cfg.block_size)
+    model_cfg.vocab_size = padded_vocab(token_data.tokenizer.vocab_size)
+    return Plan(model_cfg, train_cfg, token_data, {k: v or "auto" for k, v in requested.items()})
+
+
+def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan:
+    if data is not None:
+        raise ConfigError("--resume continues a run on its own dataset; drop --data, or start a new run on the other one.")
+    if any(v is not None for v in (model_overrides or {}).values()):
+        raise ConfigError("--resume continues a run with its own model shape; drop the model flags or start a new run.")
+    run_dir = Path(run) if run is not None else runs.latest_run()
+    saved = runs.read_run(run_dir)
+    if not (run_dir / runs.STATE).is_file():
+        raise ConfigError(f"{run_dir} has no checkpoint to resume (it stopped before its first save); "
+                          "start a new run with `bladegpt train`.")
+    state = _saved_info(run_dir / runs.STATE)
+    try:
+        model_cfg = ModelConfig.from_dict(saved["model"])
+        train_cfg = TrainConfig.from_dict({**saved["train"], **{k: v for k, v in (train_overrides or {}).items()
+                                                                  if v is not None}})
+    except TypeError as e:
+        raise ConfigError(f"{run_dir / runs.RUN_FILE} has settings this version cannot read ({e}); "
+                          "start a new run.") from None
+    data_dir = Path(saved["dataset"])
+    try:
+        token_data = TokenData(data_dir)
+    except DataError as e:
+        raise DataError(f"The dataset {run_dir} trained on cannot be used: {e}") from None
+    recorded = saved.get("dataset_fingerprint")
+    if recorded and recorded != token_data.fingerprint:
+        raise DataError(f"{data_dir} is not the data {run_dir} trained on (it was prepared again since); "
+                        "resuming would continue on other text: start a new run on it instead.")
+    model_cfg.vocab_size = padded_vocab(token_data.tokenizer.vocab_size)
+    if model_cfg.to_dict() != ModelConfig.from_dict(saved["model"]).to_dict():
+        raise DataError(f"{data_dir}'s vocabulary no longer fits {run_dir}'s model; start a new run on it.")
+    saved_runtime = state.get("runtime", {})
+    runtime = {k: requested[k] or saved_runtime.get(k) or "auto" for k in RUNTIME_FLAGS}
+    return Plan(model_cfg, train_cfg, token_data, runtime, run_dir, saved_runtime)
+
+
+def _saved_info(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(read_metadata(path)["info"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is damaged ({e}); the run cannot be resumed: start a new run.") from None
+
+
+def _device(ddp: Distributed, plan: Plan, requested: dict):
+    try:
+        return init_distributed(ddp, plan.runtime["device"])
+    except DeviceError:
+        if requested["device"] is not None or plan.run_dir is None:
+            raise
+        raise DeviceError(f"{plan.run_dir} trained on {plan.runtime['device']}, which this machine does not have; "
+                          "add --device cpu (or auto) to continue it here.") from None
+
+
+def _claim_run_dir(run: Path | None, data_dir: Path) -> tuple[Path, bool]:
+    """The folder a new run trains in, and whether this call made it."""
+    if run is None:
+        return runs.new_run_dir(data_dir.name), True
+    run_dir = Path(run)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run {run_dir} is a file; give --run a folder name.")
+    if run_dir.is_dir():
+        ours = RUN_FILES | set(CHECKPOINTS)
+        ours |= {temp_path(Path(name)).name for name in ours}  # a crash may leave a staged copy
+        if not {p.name for p in run_dir.iterdir()} <= ours:
+            raise ConfigError(f"{run_dir} exists and is not a run folder; give --run a new folder name "
+                              "(BladeGPT never writes into folders it did not make).")
+        return run_dir, False
+    run_dir.mkdir(parents=True)
+    return run_dir, True
+
+
+def _check_unused(run_dir: Path) -> None:
+    """Checked under the lock: a run folder with a checkpoint belongs to its run."""
+    if any((run_dir / name).exists() for name in CHECKPOINTS):
+        raise ConfigError(f"{run_dir} already holds a run; pick another --run, or add --resume to continue it.")
+    (run_dir / runs.METRICS).unlink(missing_ok=True)  # from a start that died before its first checkpoint
+
+
+def _remove_if_unused(run_dir: Path, created: bool) -> None:
+    """A run that stopped before its first checkpoint leaves nothing behind (only what it wrote is removed)."""
+    if any((run_dir / name).exists() for name in CHECKPOINTS):
+        return
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if created and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
+def _resume(trainer: Trainer, plan: Plan, requested: dict, reporter: Reporter) -> None:
+    trainer.restore()
+    if trainer.ddp.main:
+        runs.cut_metrics(plan.run_dir, trainer.step)
+    used = trainer.runtime_record()
+    for flag in RUNTIME_FLAGS:
+        before = plan.saved_runtime.get(flag)
+        if requested[flag] is not None and before is not None and used[flag] != before and before != "auto":
+            reporter.message(f"Resuming with --{flag} {used[flag]} where the run used {before}: "
+                             "the loss will not follow exactly the curve of an uninterrupted run.")
+    if trainer.done():
+        cfg = trainer.cfg
+        more = ("a longer --time" if cfg.time_budget_s is not None else "a larger --steps")
+        raise UserError(f"{plan.run_dir} already finished at step {trainer.step}; pass {more} to continue it.")
