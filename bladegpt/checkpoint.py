@@ -5,6 +5,7 @@ Nothing here unpickles: a checkpoint file can hold tensors and strings, never co
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from pathlib import Path
@@ -41,7 +42,15 @@ def _checkpoint_writer(model: GPT, tokenizer: Tokenizer, info: dict):
         "tokenizer": json.dumps(tokenizer.to_dict(), ensure_ascii=False),
         "info": json.dumps(info),
     }
-    return lambda tmp: save_model(model, tmp, metadata=metadata)
+    return lambda tmp: _io(save_model, model, tmp, metadata=metadata)
+
+
+def _io(save, *args, **kwargs) -> None:
+    """safetensors reports a failed write (a full disk) as its own error: raise it as the OSError it is."""
+    try:
+        save(*args, **kwargs)
+    except SafetensorError as e:
+        raise OSError(errno.EIO, str(e).removeprefix("Error while serializing: "), args[1]) from None
 
 
 def read_metadata(path: Path) -> dict:
@@ -143,7 +152,7 @@ def _state_writer(optimizers: list[torch.optim.Optimizer], tensors: dict[str, to
     flat.update({name: t.cpu().contiguous() for name, t in tensors.items()})
     metadata = {"format": FORMAT, "param_groups": json.dumps([opt["param_groups"] for opt in states]),
                 "info": json.dumps(info)}
-    return lambda tmp: save_file(flat, tmp, metadata=metadata)
+    return lambda tmp: _io(save_file, flat, tmp, metadata=metadata)
 
 
 def load_train_state(path: Path) -> tuple[list[dict], dict[str, torch.Tensor], dict]:

@@ -6,6 +6,7 @@ import json
 import math
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,8 +132,20 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         info = {"step": self.step, "elapsed": self.elapsed, "best_val": self.best_val, "last_loss": self.last_loss,
                 "runtime": self.runtime_record()}
-        try:
+        with self.saving():
             save_training(self.run_dir, self.model, self.data.tokenizer, self.optimizers, tensors, info)
+
+    def save_best(self, val_loss: float) -> None:
+        if self.ddp.main:
+            with self.saving():
+                save_checkpoint(self.run_dir / runs.BEST, self.model, self.data.tokenizer, step=self.step,
+                                val_loss=val_loss)
+
+    @contextmanager
+    def saving(self):
+        """A full disk or a read-only folder stops the run in one line; what was saved before stays."""
+        try:
+            yield
         except OSError as e:
             raise UserError(f"Could not save a checkpoint in {self.run_dir} ({e.strerror}); the previous one "
                             "is kept: free space or fix permissions, then `bladegpt train --resume "
@@ -373,7 +386,7 @@ class Trainer:
         }
         self.write_metrics(record)
         self.save()
-        if improved and self.ddp.main:
-            save_checkpoint(self.run_dir / runs.BEST, self.model, self.data.tokenizer, step=self.step, val_loss=val_loss)
+        if improved:
+            self.save_best(val_loss)
         self.reporter.eval(record, sample)
         return record

@@ -20,11 +20,15 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def assert_one_line_error(result, *fragments: str) -> str:
-    """Exit code 1, no traceback, and exactly one line of output: the error naming the problem."""
+def assert_one_line_error(result, *fragments: str, during_training: bool = False) -> str:
+    """Exit code 1, no traceback, and one line naming the problem: the only output, or, for a failure
+    `during_training`, the last line after the training display's."""
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), result.exception  # not an uncaught error (a traceback)
+    if during_training:
+        lines = lines[-1:]
+        assert sum(line.startswith("Error:") for line in result.output.splitlines()) == 1, result.output
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])

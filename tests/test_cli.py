@@ -78,3 +78,44 @@ def test_damaged_checkpoint_and_unseen_characters(corpus, workdir):
     result = invoke("sample", "The")
     assert result.exit_code == 1 and "damaged" in result.output.replace("\n", " ")
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--device", "foo"], "Unknown --device 'foo'"),
+        (["train", "--time", "nan"], "positive and finite"),
+        (["train", "--time", "inf"], "positive and finite"),
+        (["train", "--seed", str(2**70)], "--seed must be between 0 and"),
+        (["sample", "--top-k", "0"], "--top-k must be at least 1"),
+        (["sample", "--top-k", "-3"], "--top-k must be at least 1"),
+        (["sample", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["sample", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["sample", "--temperature", "nan"], "--temperature must be 0"),
+        (["sample", "--seed", str(2**70)], "--seed must be between 0 and"),
+        (["sample", "--num-samples", "0"], "--num-samples and --max-new-tokens must be at least 1"),
+        (["bench", "--steps", "0"], "must be at least 1"),
+        (["bench", "--batch", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_values_are_one_line(workdir, corpus, args, message):
+    from tests.safety import assert_one_line_error
+
+    if args[0] == "train":
+        invoke("prepare", corpus, "--tokenizer", "char")
+    assert_one_line_error(invoke(*args), message)
+    assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
+
+
+def test_read_only_folders_are_one_line(workdir, corpus, monkeypatch):
+    from tests.safety import assert_one_line_error, read_only
+
+    invoke("prepare", corpus, "--tokenizer", "char")
+    (workdir / "locked").mkdir()
+    with read_only(workdir / "locked"):
+        assert_one_line_error(invoke("prepare", corpus, "--out", "locked/data"), "Read-only file system")
+        assert_one_line_error(invoke("train", *TINY, "--run", "locked/run"), "Read-only file system")
+    with read_only(workdir):
+        monkeypatch.chdir(workdir)  # into the mount: the old working directory is the folder beneath it
+        assert_one_line_error(invoke("train", *TINY), "Read-only file system")
+        assert_one_line_error(invoke("prepare", corpus, "--out", "again"), "Read-only file system")

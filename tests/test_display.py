@@ -1,0 +1,19 @@
+"""What the live display shows a user."""
+
+import io
+
+from rich.console import Console
+
+from bladegpt.data import prepare
+from bladegpt.display import TrainDisplay
+from bladegpt.launch import train
+from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+
+def test_a_run_shorter_than_the_log_interval_ends_with_a_full_bar(corpus):
+    prepare([corpus], tokenizer="char")
+    out = io.StringIO()
+    display = TrainDisplay(Console(file=out, width=150, force_terminal=False))
+    train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 3, "log_interval": 10}, compile="off", reporter=display)
+    bars = [line for line in out.getvalue().splitlines() if line.startswith("train")]
+    assert bars and "3/3" in bars[-1], out.getvalue()
