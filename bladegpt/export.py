@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from bladegpt.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from bladegpt.errors import UserError
-from bladegpt.files import publish_dir
+from bladegpt.files import atomic_write, publish_dir
 from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, RUN_FILE, STATE, resolve_checkpoint
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, TiktokenTokenizer, Tokenizer
@@ -139,7 +139,7 @@ def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
     generation = {"suppress_tokens": list(range(tokenizer.vocab_size, cfg.vocab_size)),
                   "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
-    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(hf_state_dict(model), tmp, metadata={"format": "pt"}))
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -1,5 +1,7 @@
 """Exported models load in Hugging Face transformers and agree with BladeGPT token for token."""
 
+import os
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -61,6 +63,12 @@ def test_safetensors_export_samples_back(trained, workdir):
     assert exported.exit_code == 0 and exported.stdout == direct.stdout
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_export_force_replaces_only_an_earlier_export(workdir, corpus):
     runner = CliRunner()
     assert "bladegpt train" in runner.invoke(app, ["export", "out"]).output  # no run yet
@@ -82,6 +90,7 @@ def test_export_force_replaces_only_an_earlier_export(workdir, corpus):
     (workdir / "out" / "config.json").write_text("{}")
     assert runner.invoke(app, ["export", "out", "--force"]).exit_code == 0
     assert "GPT2LMHeadModel" in (workdir / "out" / "config.json").read_text()  # replaced whole
+    assert {oct(p.stat().st_mode & 0o777) for p in (workdir / "out").iterdir()} == {oct(0o666 & ~_umask())}
     assert not list(workdir.glob(".out*"))  # no temporary folder left
 
 
