@@ -73,6 +73,7 @@ def root(
 def prepare(
     inputs: Annotated[list[Path], typer.Argument(help="Text files, or folders of .txt files.")],
     tokenizer: Annotated[str, typer.Option(help="bpe (trained on this corpus), gpt2, or char.")] = "bpe",
+    tokenizer_from: Annotated[Optional[str], typer.Option(help="Encode with this model's tokenizer instead: gpt2 (or another GPT-2 name or hub id), a Hugging Face folder, or a BladeGPT run; for train --init-from.")] = None,
     vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size (shrunk for small corpora).")] = DEFAULT_BPE_VOCAB,
     val_fraction: Annotated[float, typer.Option(help="Share of the text kept for validation (its end).")] = 0.1,
     out: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: datasets/NAME].")] = None,
@@ -89,7 +90,7 @@ def prepare(
         task = progress.add_task("encode", total=None)
         result = prepare_data(inputs, out, tokenizer, vocab_size, val_fraction,
                               progress=lambda done, total: progress.update(task, completed=done, total=total),
-                              force=force)
+                              force=force, tokenizer_from=tokenizer_from)
     m = result.meta
     table = Table(title=f"Prepared {', '.join(Path(s).name for s in m['sources'][:3])}"
                         + (f" and {len(m['sources']) - 3} more" if len(m["sources"]) > 3 else ""))
@@ -114,7 +115,8 @@ def prepare(
 @friendly
 def train(
     data: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: the latest prepared].")] = None,
-    preset: Annotated[str, typer.Option(help="nano, mini, small or gpt2 (see the README).")] = "mini",
+    preset: Annotated[Optional[str], typer.Option(help="nano, mini, small or gpt2 (see the README) [default: mini].")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="Start from a pretrained model: gpt2, gpt2-medium, ... or a hub id, a Hugging Face folder, or a BladeGPT run or checkpoint.")] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="Transformer blocks.")] = None,
     n_head: Annotated[Optional[int], typer.Option(help="Attention heads.")] = None,
     n_embd: Annotated[Optional[int], typer.Option(help="Embedding width.")] = None,
@@ -155,7 +157,7 @@ def train(
                     warmup_steps=warmup_steps, eval_interval=eval_interval, eval_iters=eval_iters,
                     log_interval=log_interval, sample_tokens=sample_tokens, seed=seed)
     result = train_model(data, preset, model, training, device, precision, attention, compile, resume, run,
-                         reporter=TrainDisplay(console))
+                         reporter=TrainDisplay(console), init_from=init_from)
     if result.interrupted:
         raise typer.Exit(code=130)
     if not Distributed.from_env().main:

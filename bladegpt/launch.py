@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,7 +10,15 @@ import torch.distributed as dist
 
 from bladegpt import runs
 from bladegpt.checkpoint import read_metadata, recover_training
-from bladegpt.config import ConfigError, ModelConfig, TrainConfig, from_preset
+from bladegpt.config import (
+    DEFAULT_PRESET,
+    FINETUNE_BLOCK,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    finetune_config,
+    from_preset,
+)
 from bladegpt.data import DataError, TokenData, latest_dataset
 from bladegpt.distributed import Distributed, init_distributed
 from bladegpt.errors import UserError
@@ -40,11 +49,13 @@ class Plan:
     runtime: dict  # device, precision, attention, compile: the run's own or the flags'
     run_dir: Path | None = None
     saved_runtime: dict = field(default_factory=dict)
+    initial: dict | None = None  # weights to start from (--init-from), already cropped to the block
+    origin: str | None = None  # what they are, for the start of the run
 
 
 def train(
     data: Path | None = None,
-    preset: str = "mini",
+    preset: str | None = None,
     model_overrides: dict | None = None,
     train_overrides: dict | None = None,
     device: str | None = None,
@@ -54,9 +65,11 @@ def train(
     resume: bool = False,
     run: Path | None = None,
     reporter: Reporter | None = None,
+    init_from: str | None = None,
 ) -> TrainResult:
     """Train a GPT on a prepared dataset: a new run in runs/, or `resume` the given (or latest) run.
 
+    `init_from` starts from a pretrained model (see pretrained.py) instead of random weights.
     Runtime flags left as None mean: the run's own choice when resuming, else "auto".
     """
     requested = dict(device=device, precision=precision, attention=attention, compile=compile)
@@ -68,11 +81,15 @@ def train(
     with StopSignals() as signals:
         try:
             if resume:
+                if init_from is not None:
+                    raise ConfigError("--resume continues a run from its own checkpoint; drop --init-from.")
                 plan = _resume_plan(run, data, model_overrides, train_overrides, requested)
                 run_dir = plan.run_dir
                 if ddp.main:
                     lock = runs.RunLock(run_dir)
                     recover_training(run_dir)
+            elif init_from is not None:
+                plan = _finetune_plan(init_from, data, preset, model_overrides, train_overrides, requested)
             else:
                 plan = _new_plan(data, preset, model_overrides, train_overrides, requested)
             dev = _device(ddp, plan, requested)
@@ -83,7 +100,8 @@ def train(
                     _check_unused(run_dir)
                     runs.write_run(run_dir, {
                         "dataset": str(plan.data.folder.resolve()), "dataset_fingerprint": plan.data.fingerprint,
-                        "preset": preset, "model": plan.model_cfg.to_dict(), "train": plan.train_cfg.to_dict(),
+                        "preset": None if init_from else preset or DEFAULT_PRESET, "init_from": init_from,
+                        "origin": plan.origin, "model": plan.model_cfg.to_dict(), "train": plan.train_cfg.to_dict(),
                     })
                 run_dir = Path(ddp.broadcast(str(run_dir) if run_dir else None))
             prec = choose_precision(dev, plan.runtime["precision"])
@@ -94,6 +112,9 @@ def train(
                               plan.runtime["compile"], ddp, reporter, signals)
             if resume:
                 _resume(trainer, plan, requested, reporter)
+            elif plan.initial is not None:
+                trainer.model.load_state_dict(plan.initial)
+                reporter.message(f"Starting from {plan.origin}.")
             return trainer.run()
         finally:
             if lock is not None:
@@ -105,11 +126,44 @@ def train(
 
 def _new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan:
     data_dir = Path(data) if data is not None else latest_dataset()
-    model_cfg, train_cfg = from_preset(preset, model_overrides, train_overrides)
+    model_cfg, train_cfg = from_preset(preset or DEFAULT_PRESET, model_overrides, train_overrides)
     token_data = TokenData(data_dir)
     token_data.check_fits(model_cfg.block_size)
     model_cfg.vocab_size = padded_vocab(token_data.tokenizer.vocab_size)
     return Plan(model_cfg, train_cfg, token_data, {k: v or "auto" for k, v in requested.items()})
+
+
+def _finetune_plan(source, data, preset, model_overrides, train_overrides, requested) -> Plan:
+    """The model and its tokenizer come from the source; the context may shrink, dropout may be set."""
+    from bladegpt.pretrained import load_pretrained
+
+    overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
+    shape = sorted(set(overrides) - {"block_size", "dropout"})
+    if shape or preset is not None:
+        given = ", ".join(f"--{k.replace('_', '-')}" for k in shape) or "--preset"
+        raise ConfigError(f"--init-from takes the model's shape from {source}; drop {given} "
+                          "(--block-size may shrink the context, --dropout may be set).")
+    data_dir = Path(data) if data is not None else latest_dataset()
+    token_data = TokenData(data_dir)  # before loading weights: a mismatch should not wait for them
+    pretrained = load_pretrained(source)
+    if token_data.tokenizer.to_dict() != pretrained.tokenizer.to_dict():
+        files = " ".join(token_data.meta.get("sources", ["FILE"])[:3])
+        raise DataError(f"{data_dir} was encoded with another tokenizer than {source}'s; encode the text with "
+                        f"its tokenizer: `bladegpt prepare {files} --tokenizer-from {source} --out "
+                        f"{data_dir.parent / (data_dir.name + '-ft')}`, then train with --data on that.")
+    source_cfg = pretrained.model.config
+    block = overrides.get("block_size") or min(source_cfg.block_size, FINETUNE_BLOCK)
+    if block > source_cfg.block_size:
+        raise ConfigError(f"--block-size {block} is longer than {source}'s context ({source_cfg.block_size}); "
+                          f"use at most {source_cfg.block_size}.")
+    model_cfg = dataclasses.replace(source_cfg, block_size=block, dropout=overrides.get("dropout", 0.0))
+    token_data.check_fits(block)
+    train_cfg = finetune_config(train_overrides, model_cfg.n_embd, len(token_data.splits["train"]),
+                                len(token_data.splits["val"]), block)
+    initial = pretrained.model.state_dict()
+    initial["transformer.wpe.weight"] = initial["transformer.wpe.weight"][:block]  # crop the context (nanoGPT's crop_block_size)
+    return Plan(model_cfg, train_cfg, token_data, {k: v or "auto" for k, v in requested.items()},
+                initial=initial, origin=pretrained.description)
 
 
 def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan:
