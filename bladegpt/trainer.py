@@ -30,6 +30,11 @@ COMPILE_COST_S = {"cpu": 30.0, "cuda": 45.0}
 # The step-time saving we count on from compiling; measured ~1.2x on CPU, so be conservative.
 COMPILE_GAIN = 0.15
 PROBE_STEPS = 6  # eager steps timed before "auto" decides whether compiling pays
+ESTIMATE_STEPS = 3  # steps timed before the run says how long it will take
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -262,6 +267,13 @@ class Trainer:
             + (" or --precision fp32." if self.runtime.precision == "bf16" else ".")
         )
 
+    def estimate(self, step_s: float) -> None:
+        """The expected time, measured: a run's first steps say what the rest will take."""
+        evals = (self.cfg.steps - self.step) // self.cfg.eval_interval
+        left = (self.cfg.steps - self.step) * step_s + evals * self.cfg.eval_iters * step_s / 3  # eval: forward only
+        self.reporter.message(f"{step_s:.2f} s a step here: about {_duration(left)} for the "
+                              f"{self.cfg.steps - self.step:,} steps left, evaluations included.")
+
     def maybe_compile(self, probe_times: list[float]) -> None:
         """Compile now if the measured eager speed says the rest of the run repays the compile."""
         if self.compile_mode == "off" or self.runtime.compile:
@@ -326,10 +338,12 @@ class Trainer:
                 self.elapsed += dt
                 interval_tokens += self.tokens_per_step
                 interval_time += dt
-                if len(probe) < PROBE_STEPS and self.compile_mode == "auto":
+                if len(probe) < PROBE_STEPS:
                     probe.append(dt)
-                    if len(probe) == PROBE_STEPS:
-                        self.maybe_compile(probe[1:])  # the first step pays for warm-up
+                    if len(probe) == ESTIMATE_STEPS and cfg.time_budget_s is None:
+                        self.estimate(statistics.median(probe[1:]))  # the first step pays for warm-up
+                    if len(probe) == PROBE_STEPS and self.compile_mode == "auto":
+                        self.maybe_compile(probe[1:])
                 if self.step % cfg.log_interval == 0:
                     self.tok_per_s = interval_tokens / interval_time
                     record = {
