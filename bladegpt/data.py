@@ -5,7 +5,6 @@ from __future__ import annotations
 import array
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from bladegpt.config import DEFAULT_BPE_VOCAB
 from bladegpt.errors import UserError
-from bladegpt.files import fsync_dir, publish_dir
+from bladegpt.files import fsync_dir, fsync_file, publish_dir, temp_dir
 from bladegpt.tokenizer import Tokenizer, TokenizerError, bpe_vocab_size, load_tokenizer, train_tokenizer
 
 DATASETS_DIR = Path("datasets")
@@ -188,10 +187,7 @@ def prepare(
                         "give prepare more text (a few KB at least).")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_temps(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = temp_dir(out_dir)
     try:
         meta = _write_dataset(tmp, tok, train_ids, val_ids)
         meta.update({
@@ -233,24 +229,9 @@ def _write_meta(folder: Path, meta: dict) -> None:
     """meta.json last, then every file and the folder flushed to disk before the rename publishes them."""
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
     for path in folder.iterdir():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(path)
     fsync_dir(folder)
 
-
-def _remove_dead_temps(out_dir: Path) -> None:
-    """Temporary folders of earlier prepares of this dataset that were killed (their process is gone)."""
-    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[1]
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, PermissionError):
-            continue
 
 def latest_dataset(root: Path = DATASETS_DIR) -> Path:
     """The most recently prepared dataset folder."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from safetensors.torch import save_file
 
 from bladegpt.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from bladegpt.errors import UserError
-from bladegpt.files import atomic_write, publish_dir
+from bladegpt.files import atomic_write, publish_dir, temp_dir
 from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, RUN_FILE, STATE, resolve_checkpoint
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, TiktokenTokenizer, Tokenizer
@@ -43,9 +42,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
     _check_folder_target(out, source, force)
     model, tokenizer, info = load_checkpoint(source)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = temp_dir(out)
     try:
         write_hf_model(tmp, model, tokenizer)
         write_hf_tokenizer(tmp, tokenizer, model.config.block_size)

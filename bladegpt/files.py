@@ -30,6 +30,14 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def stage(path: Path, write: Callable[[str], None]) -> Path:
     """Write through `write(tmp_name)` to the temporary path, flushed to disk; returns it.
 
@@ -38,11 +46,7 @@ def stage(path: Path, write: Callable[[str], None]) -> Path:
     tmp = temp_path(path)
     try:
         write(str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
         os.chmod(tmp, FILE_MODE)  # some writers (safetensors) create files 0600
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -75,3 +79,19 @@ def publish_dir(tmp: Path, dest: Path) -> None:
     fsync_dir(dest.parent)
     if replacing:
         shutil.rmtree(old)
+
+
+def temp_dir(dest: Path) -> Path:
+    """A fresh hidden folder beside `dest` to build it in, before `publish_dir`. Folders that killed
+    processes left for the same `dest` are removed first (their pid is in the name)."""
+    for old in dest.parent.glob(f".{dest.name}.tmp-*"):
+        try:
+            os.kill(int(old.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue  # not ours, or a live process of another user
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
