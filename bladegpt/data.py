@@ -120,6 +120,16 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def default_out_dir(inputs: list[Path], tokenizer_from: str | None = None) -> Path:
+    """datasets/NAME after the first input; NAME-SOURCE when encoded with a pretrained model's tokenizer,
+    so it sits beside the text's own dataset instead of replacing it."""
+    first = Path(inputs[0])
+    name = first.stem if first.is_file() else first.resolve().name
+    if tokenizer_from:
+        name += "-" + re.sub(r"[^A-Za-z0-9._-]+", "-", Path(tokenizer_from.rstrip("/")).name)
+    return DATASETS_DIR / name
+
+
 def check_out_dir(out_dir: Path, force: bool) -> None:
     """prepare writes a new folder, or replaces a dataset when told; it never touches anything else."""
     if out_dir.is_file() or out_dir.is_symlink():
@@ -151,10 +161,7 @@ def prepare(
     `tokenizer_from` encodes with a pretrained model's tokenizer (for train --init-from).
     `progress(done, total)` is called with characters encoded so far.
     """
-    if out_dir is None:
-        first = Path(inputs[0])
-        out_dir = DATASETS_DIR / (first.stem if first.is_file() else first.resolve().name)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(inputs, tokenizer_from)
     check_out_dir(out_dir, force)
     files = find_text_files(inputs)
     text = "\n\n".join(read_text(f) for f in files)

@@ -19,7 +19,7 @@ from bladegpt.config import (
     finetune_config,
     from_preset,
 )
-from bladegpt.data import DataError, TokenData, latest_dataset
+from bladegpt.data import DataError, TokenData, default_out_dir, latest_dataset
 from bladegpt.distributed import Distributed, init_distributed
 from bladegpt.errors import UserError
 from bladegpt.files import temp_path
@@ -147,10 +147,10 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
     token_data = TokenData(data_dir)  # before loading weights: a mismatch should not wait for them
     pretrained = load_pretrained(source)
     if token_data.tokenizer.to_dict() != pretrained.tokenizer.to_dict():
-        files = " ".join(token_data.meta.get("sources", ["FILE"])[:3])
+        files = token_data.meta.get("sources") or ["FILE"]
         raise DataError(f"{data_dir} was encoded with another tokenizer than {source}'s; encode the text with "
-                        f"its tokenizer: `bladegpt prepare {files} --tokenizer-from {source} --out "
-                        f"{data_dir.parent / (data_dir.name + '-ft')}`, then train with --data on that.")
+                        f"its tokenizer: `bladegpt prepare {' '.join(files)} --tokenizer-from {source}` (it writes "
+                        f"{default_out_dir(files, source)}), then train again.")
     source_cfg = pretrained.model.config
     block = overrides.get("block_size") or min(source_cfg.block_size, FINETUNE_BLOCK)
     if block > source_cfg.block_size:

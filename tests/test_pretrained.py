@@ -113,16 +113,19 @@ def test_the_export_of_an_imported_gpt2_is_gpt2_again(tmp_path, workdir):
 
 def test_fine_tune_gpt2_from_the_cache_then_sample_and_export(hf_cache, workdir, corpus):
     hf_cache(tiny_gpt2())
-    assert invoke("prepare", corpus, "--tokenizer-from", "gpt2").exit_code == 0
+    assert invoke("prepare", corpus).exit_code == 0  # the text's own BPE first, as a user may have
+    assert_one_line_error(invoke("train", "--init-from", "gpt2"), f"bladegpt prepare {corpus} --tokenizer-from gpt2")
+    assert invoke("prepare", corpus, "--tokenizer-from", "gpt2").exit_code == 0  # writes datasets/tales-gpt2
     result = invoke("train", "--init-from", "gpt2", "--steps", "12", "--lr", "3e-3", "--sample-tokens", "0",
                     "--compile", "off", "--block-size", "32")
     assert result.exit_code == 0, result.output
     said = result.output.replace("\n", "")
     assert "Starting from GPT-2" in said and "models--openai-community--gpt2" in said
-    history = [json.loads(line) for line in (workdir / "runs" / "tales-1" / "metrics.jsonl").read_text().splitlines()]
+    run = workdir / "runs" / "tales-gpt2-1"
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r["val_loss"] for r in history if "val_loss" in r]
     assert evals[-1] < evals[0] - 0.5, evals  # fine-tuning lowers the val loss
-    model, _, _ = load_checkpoint(workdir / "runs" / "tales-1" / "best.safetensors")
+    model, _, _ = load_checkpoint(run / "best.safetensors")
     assert model.config.block_size == 32 and model.config.activation == "gelu_tanh" and model.config.bias
     sample = invoke("sample", "The hunter", "--max-new-tokens", "10", "--seed", "1")
     assert sample.exit_code == 0 and sample.stdout.startswith("The hunter")
@@ -137,7 +140,7 @@ def test_a_bladegpt_run_seeds_another(workdir, corpus):
     first = train(None, "nano", dict(n_layer=2, n_head=2, n_embd=32, block_size=16),
                   dict(batch_size=8, steps=60, eval_interval=60, eval_iters=4, sample_tokens=0, lr=3e-3), compile="off")
     (workdir / "other.txt").write_text(corpus_text(300, seed=4))
-    prepare([workdir / "other.txt"], tokenizer_from=str(first.run_dir))
+    assert prepare([workdir / "other.txt"], tokenizer_from=str(first.run_dir)).out_dir.name == "other-tales-1"
     second = train(None, None, None, dict(steps=2, eval_interval=1, eval_iters=4, sample_tokens=0),
                    compile="off", init_from=str(first.run_dir))
     fresh = train(None, "nano", dict(n_layer=2, n_head=2, n_embd=32, block_size=16),
