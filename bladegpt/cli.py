@@ -132,6 +132,7 @@ def train(
     warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warmup steps.")] = None,
     eval_interval: Annotated[Optional[int], typer.Option(help="Evaluate every N steps.")] = None,
     eval_iters: Annotated[Optional[int], typer.Option(help="Batches per evaluation.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N evaluations without a better val loss (0: never) [default: 3].")] = None,
     log_interval: Annotated[Optional[int], typer.Option(help="Log every N steps.")] = None,
     sample_tokens: Annotated[Optional[int], typer.Option(help="Tokens sampled at each eval (0: none).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
@@ -154,7 +155,7 @@ def train(
         steps = 10**9  # the clock decides
     training = dict(batch_size=batch_size, accum=accum, lr=lr, optimizer=optimizer, muon_lr=muon_lr,
                     steps=steps, time_budget_s=budget,
-                    warmup_steps=warmup_steps, eval_interval=eval_interval, eval_iters=eval_iters,
+                    warmup_steps=warmup_steps, eval_interval=eval_interval, eval_iters=eval_iters, patience=patience,
                     log_interval=log_interval, sample_tokens=sample_tokens, seed=seed)
     result = train_model(data, preset, model, training, device, precision, attention, compile, resume, run,
                          reporter=TrainDisplay(console), init_from=init_from)
@@ -231,6 +232,27 @@ def bench(
         result = benchmark.bench(preset, batch, block, steps, device, names,
                                  on_rung=lambda row: console.print(f"  measured [bold]{row['name']}[/]"))
     console.print(bench_table(result))
+
+
+@app.command("runs")
+@friendly
+def runs_table(
+    root: Annotated[Path, typer.Argument(help="The runs folder.")] = Path("runs"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print the runs as JSON, nothing else.")] = False,
+) -> None:
+    """Compare runs at a glance: how each started, how far it got, its best val loss, its state."""
+    import json
+
+    from bladegpt.report import runs_table as table
+    from bladegpt.runs import list_runs
+
+    found = list_runs(root)
+    if json_out:
+        print(json.dumps(found, indent=2))
+    elif not found:
+        console.print(f"No runs in {root}/ yet; start one with `bladegpt train`.")
+    else:
+        console.print(table(found))
 
 
 @app.command()

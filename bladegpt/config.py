@@ -90,6 +90,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_interval: int = 250
     eval_iters: int = 20
+    patience: int = 3  # stop after this many evaluations without a better val loss; 0 = never
     log_interval: int = 10
     sample_tokens: int = 120  # printed at each eval so the voice can be watched; 0 = off
     seed: int = 1337
@@ -98,6 +99,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "accum", "eval_interval", "eval_iters", "log_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.patience < 0:
+            raise ConfigError(f"--patience must be 0 (off) or a number of evaluations, got {self.patience}.")
         if self.batch_size % self.accum:
             options = ", ".join(str(n) for n in range(2, self.batch_size + 1) if self.batch_size % n == 0)
             raise ConfigError(

@@ -267,5 +267,8 @@ def _resume(trainer: Trainer, plan: Plan, requested: dict, reporter: Reporter) -
                              "the loss will not follow exactly the curve of an uninterrupted run.")
     if trainer.done():
         cfg = trainer.cfg
+        if trainer.stopped_early():
+            raise UserError(f"{plan.run_dir} stopped early at step {trainer.step} (val loss had not improved for "
+                            f"{trainer.stale_evals} evaluations); pass a larger --patience, or --patience 0, to continue it.")
         more = ("a longer --time" if cfg.time_budget_s is not None else "a larger --steps")
         raise UserError(f"{plan.run_dir} already finished at step {trainer.step}; pass {more} to continue it.")

@@ -1,6 +1,8 @@
-"""Rich tables for benchmark results (kept apart from the measuring, which needs torch)."""
+"""Rich tables for benchmark results and the runs folder (kept apart from the measuring, which needs torch)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rich.table import Table
 
@@ -52,4 +54,27 @@ def generate_table(result: dict) -> Table:
         table.add_row(str(r["tokens"]), f"{r['kv_cache_tok_per_s']:,.0f}", f"{r['no_cache_tok_per_s']:,.0f}", speed)
     if slower:
         table.caption += "\n[red]▼[/] the KV cache was slower than recomputing the window here"
+    return table
+
+
+def runs_table(rows: list[dict]) -> Table:
+    from bladegpt.runs import sparkline
+
+    table = Table(title="Runs", caption="bpb: bits per byte of the validation text (lower is better), "
+                                        "best at its step; the curve is val bpb at each evaluation")
+    names = [Path(r["run"]).name for r in rows]
+    table.add_column("run", no_wrap=True, min_width=max(map(len, names)))  # the one column never cut short
+    for col in ("data", "start", "steps", "val loss", "bpb", "best at", "wall", "state", "curve"):
+        table.add_column(col, justify="right" if col in ("steps", "val loss", "bpb", "best at", "wall") else "left")
+    colors = {"running": "cyan", "finished": "green", "stopped early": "green", "interrupted": "yellow"}
+    for name, r in zip(names, rows):
+        planned = f"/{r['steps']:,}" if r["steps"] else (f" of {r['time_budget_s']:.0f}s" if r["time_budget_s"] else "")
+        best = r["best_val_loss"] is not None
+        table.add_row(
+            name, r["dataset"], r["start"], f"{r['step']:,}{planned}",
+            f"{r['best_val_loss']:.3f}" if best else "-", f"{r['best_val_bpb']:.3f}" if best else "-",
+            f"{r['best_step']:,}" if best else "-",
+            f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
+            f"[{colors.get(r['state'], 'red')}]{r['state']}[/]", sparkline(r["val_bpb"]),
+        )
     return table

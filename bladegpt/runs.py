@@ -123,3 +123,99 @@ def resolve_checkpoint(checkpoint: Path | None, root: Path = RUNS_DIR) -> Path:
     if not checkpoint.is_file():
         raise UserError(f"No checkpoint at {checkpoint}; check the path, or leave it out to use the latest run.")
     return checkpoint
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def _saved_info(path: Path) -> dict | None:
+    """The `info` a checkpoint's metadata holds, read from the safetensors header alone (no torch, no tensors)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < 100_000_000:
+                return None
+            header = json.loads(f.read(size))
+        return json.loads(header.get("__metadata__", {}).get("info", "null"))
+    except (OSError, ValueError):
+        return None
+
+
+def _running(run_dir: Path) -> bool:
+    """Whether a process holds the run's lock (a shared lock cannot be had while training holds it)."""
+    import fcntl
+
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def sparkline(values: list[float], width: int = 10) -> str:
+    """Values as bars, lowest ▁ to highest █, at most `width` of them (evenly picked, the last kept)."""
+    if not values:
+        return ""
+    if len(values) > width:
+        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    low, high = min(values), max(values)
+    return "".join(SPARK[round((v - low) / (high - low) * (len(SPARK) - 1)) if high > low else 0] for v in values)
+
+
+def summarize(run_dir: Path) -> dict:
+    """One run at a glance: where it started, how far it got, its best val loss, and its state."""
+    run_dir = Path(run_dir)
+    try:
+        saved = read_run(run_dir)
+    except UserError:
+        saved = {"dataset": "?", "train": {}}
+    train = saved.get("train", {})
+    info = _saved_info(run_dir / STATE) or {}
+    evals = []
+    if (run_dir / METRICS).is_file():
+        for line in (run_dir / METRICS).read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "val_bpb" in record and record["step"] <= info.get("step", 0):
+                evals.append(record)
+    best = min(evals, key=lambda r: r["val_loss"], default=None)
+    steps, budget, step = train.get("steps"), train.get("time_budget_s"), info.get("step", 0)
+    patience, stale = train.get("patience", 0), info.get("stale_evals", 0)
+    if _running(run_dir):
+        state = "running"
+    elif not info:
+        state = "no checkpoint"
+    elif patience and stale >= patience:
+        state = "stopped early"
+    elif (budget is not None and info.get("elapsed", 0) >= budget) or (budget is None and steps and step >= steps):
+        state = "finished"
+    else:
+        state = "interrupted"
+    return {
+        "run": str(run_dir),
+        "dataset": Path(saved["dataset"]).name,
+        "start": f"from {Path(saved['init_from']).name}" if saved.get("init_from") else saved.get("preset") or "?",
+        "step": step,
+        "steps": None if budget is not None else steps,
+        "time_budget_s": budget,
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_val_bpb": best["val_bpb"] if best else None,
+        "best_step": best["step"] if best else None,
+        "elapsed_s": info.get("elapsed"),
+        "state": state,
+        "val_bpb": [r["val_bpb"] for r in evals],
+    }
+
+
+def list_runs(root: Path = RUNS_DIR) -> list[dict]:
+    """Every run folder under root, oldest first."""
+    folders = [p for p in Path(root).iterdir() if (p / RUN_FILE).is_file()] if Path(root).is_dir() else []
+    return [summarize(p) for p in sorted(folders, key=lambda p: (p / RUN_FILE).stat().st_mtime)]

@@ -63,6 +63,7 @@ class TrainResult:
     best_val_loss: float | None
     elapsed_s: float
     interrupted: bool = False
+    stopped_early: bool = False  # val loss stopped improving for `patience` evaluations
     history: list[dict] = field(default_factory=list)
     model: GPT | None = None
 
@@ -100,6 +101,8 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0  # wall seconds of training so far, over all resumes
         self.best_val: float | None = None
+        self.best_step = 0
+        self.stale_evals = 0  # evaluations since val loss last improved
         self.last_loss: float | None = None
         self.tok_per_s = 0.0
         self.lr = train_cfg.lr
@@ -136,6 +139,7 @@ class Trainer:
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         info = {"step": self.step, "elapsed": self.elapsed, "best_val": self.best_val, "last_loss": self.last_loss,
+                "best_step": self.best_step, "stale_evals": self.stale_evals,
                 "runtime": self.runtime_record()}
         with self.saving():
             save_training(self.run_dir, self.model, self.data.tokenizer, self.optimizers, tensors, info)
@@ -173,6 +177,7 @@ class Trainer:
         self.batch_gen.set_state(tensors["rng.batches"])
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.best_val, self.last_loss = state["best_val"], state["last_loss"]
+        self.best_step, self.stale_evals = state.get("best_step", 0), state.get("stale_evals", 0)
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -183,7 +188,12 @@ class Trainer:
             return self.elapsed / cfg.time_budget_s
         return (self.step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
 
+    def stopped_early(self) -> bool:
+        return self.cfg.patience > 0 and self.stale_evals >= self.cfg.patience
+
     def done(self) -> bool:
+        if self.stopped_early():
+            return True
         if self.cfg.time_budget_s is not None and self.elapsed >= self.cfg.time_budget_s:
             return True
         return self.step >= self.cfg.steps
@@ -371,7 +381,14 @@ class Trainer:
         finally:
             self.signals.graceful = False
             self.reporter.close()
-        return TrainResult(self.run_dir, self.step, self.best_val, self.elapsed, self.stop_requested, history, self.model)
+        if self.stopped_early():
+            self.reporter.message(
+                f"Stopped early at step {self.step}: val loss has not improved for {self.stale_evals} evaluations "
+                f"(--patience {self.cfg.patience}); the best, {self.best_val:.4f} at step {self.best_step}, is in "
+                f"{self.run_dir / runs.BEST}."
+            )
+        return TrainResult(self.run_dir, self.step, self.best_val, self.elapsed, interrupted=self.stop_requested,
+                           stopped_early=self.stopped_early(), history=history, model=self.model)
 
     def stopping(self) -> bool:
         """Ctrl-C or SIGTERM seen here, or on any rank: all ranks stop after the same step."""
@@ -387,7 +404,9 @@ class Trainer:
         sample = self.sample()
         improved = self.best_val is None or val_loss < self.best_val
         if improved:
-            self.best_val = val_loss
+            self.best_val, self.best_step, self.stale_evals = val_loss, self.step, 0
+        else:
+            self.stale_evals += 1
         self.elapsed += time.perf_counter() - t0  # evaluation is part of the run's wall time
         record = {
             "step": self.step,

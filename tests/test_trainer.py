@@ -111,3 +111,23 @@ def test_bf16_training_runs_where_supported(corpus):
     result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 10}, precision="bf16", attention="manual",
                    compile="off")
     assert result.best_val_loss < 4.0
+
+
+def test_early_stopping_keeps_the_best_and_a_resume_can_go_on(corpus, monkeypatch):
+    from bladegpt.trainer import Trainer
+
+    prepare([corpus], tokenizer="char")
+    curve = iter([3.0, 2.0, 2.5, 2.4, 2.6, 2.7, 1.5, 1.4, 1.6, 1.7, 1.8])  # best at the 2nd evaluation, then 3 worse
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: (next(curve), 1.0))
+    messages = []
+    reporter = type("R", (Reporter,), {"message": lambda self, text: messages.append(text)})()
+    result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 100, "patience": 3}, compile="off",
+                   reporter=reporter)
+    assert result.stopped_early and result.step == 50 and result.best_val_loss == 2.0
+    assert any("Stopped early at step 50" in m and "2.0000 at step 20" in m for m in messages), messages
+    _, _, info = load_checkpoint(result.run_dir / "best.safetensors")
+    assert info["step"] == 20
+    with pytest.raises(Exception, match="stopped early at step 50.*--patience"):
+        train(resume=True, run=result.run_dir, compile="off")
+    resumed = train(None, None, None, {"patience": 5}, resume=True, run=result.run_dir, compile="off")
+    assert resumed.step == 100 and resumed.best_val_loss == 1.4 and not resumed.stopped_early

@@ -1,0 +1,48 @@
+"""`bladegpt runs`: the runs folder at a glance."""
+
+import json
+import os
+import signal
+
+from bladegpt.data import prepare
+from bladegpt.launch import train
+from bladegpt.runs import sparkline
+from bladegpt.trainer import Reporter, Trainer
+from tests.conftest import TINY_MODEL, TINY_TRAIN
+from tests.safety import invoke
+
+
+class CtrlCAt(Reporter):
+    def log(self, record):
+        if record["step"] == 15:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_runs_lists_each_runs_start_progress_best_and_state(corpus, workdir, monkeypatch):
+    assert "No runs" in invoke("runs").output
+    data = prepare([corpus], tokenizer="char").out_dir
+    train(data, "nano", TINY_MODEL, TINY_TRAIN, compile="off")  # finished
+    train(data, "nano", TINY_MODEL, TINY_TRAIN, compile="off", reporter=CtrlCAt())  # interrupted
+    train(None, None, None, {**TINY_TRAIN, "steps": 10}, compile="off", init_from="runs/tales-1")
+    curve = iter([3.0, 2.0, 2.5, 2.6, 2.7])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: (next(curve), next(iter([1.5]))))
+    train(data, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 100, "patience": 3}, compile="off")  # stopped early
+    (workdir / "runs" / "broken").mkdir()
+    (workdir / "runs" / "broken" / "run.json").write_text("{garbled")
+
+    result = invoke("runs", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["run"].split("/")[-1]: row for row in json.loads(result.stdout)}
+    assert [rows[name]["state"] for name in ("tales-1", "tales-2", "tales-3", "tales-4", "broken")] == \
+        ["finished", "interrupted", "finished", "stopped early", "no checkpoint"]
+    assert (rows["tales-1"]["step"], rows["tales-1"]["steps"], rows["tales-1"]["start"]) == (30, 30, "nano")
+    assert rows["tales-3"]["start"] == "from tales-1"
+    assert (rows["tales-4"]["best_val_loss"], rows["tales-4"]["best_step"], rows["tales-4"]["step"]) == (2.0, 20, 50)
+    assert len(rows["tales-1"]["val_bpb"]) == 3 and rows["tales-2"]["step"] == 15
+    table = invoke("runs")
+    assert table.exit_code == 0 and "Runs" in table.output and "tales-3" in table.output
+
+
+def test_sparkline():
+    assert sparkline([3.0, 2.0, 1.0]) == "█▅▁"  # 8 levels: the middle rounds up
+    assert len(sparkline(list(range(40)))) == 10 and sparkline([]) == ""
