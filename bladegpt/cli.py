@@ -83,7 +83,7 @@ def prepare(
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
     from rich.table import Table
 
-    from bladegpt.data import prepare as prepare_data
+    from bladegpt.prepare import prepare as prepare_data
 
     with Progress(TextColumn("[bold]encode"), BarColumn(), TaskProgressColumn(), console=console,
                   transient=True) as progress:

@@ -19,7 +19,8 @@ from bladegpt.config import (
     finetune_config,
     from_preset,
 )
-from bladegpt.data import DataError, TokenData, default_out_dir, latest_dataset
+from bladegpt.data import DataError, TokenData, latest_dataset
+from bladegpt.prepare import default_out_dir
 from bladegpt.distributed import Distributed, init_distributed
 from bladegpt.errors import UserError
 from bladegpt.files import temp_path
@@ -114,6 +115,7 @@ def train(
                 _resume(trainer, plan, requested, reporter)
             elif plan.initial is not None:
                 trainer.model.load_state_dict(plan.initial)
+                plan.initial = None  # copied into the model: let the source's tensors go (0.5 GB for GPT-2)
                 reporter.message(f"Starting from {plan.origin}.")
             return trainer.run()
         finally:

@@ -5,9 +5,11 @@ All are saved as JSON (never pickle). The two BPEs run through tiktoken.
 
 from __future__ import annotations
 
+import array
 import base64
 import functools
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import tiktoken
@@ -45,6 +47,10 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
 
+    def encode_batch(self, texts: list[str], threads: int = 1) -> list[list[int]]:
+        """Several texts at once; tokenizers that can use several cores do."""
+        return [self.encode(text) for text in texts]
+
     def token_bytes(self, token_id: int) -> bytes:
         raise NotImplementedError
 
@@ -62,20 +68,25 @@ class CharTokenizer(Tokenizer):
         self.chars = chars
         self.vocab_size = len(chars)
         self._ids = {ch: i for i, ch in enumerate(chars)}
+        self._table = {ord(ch): i for i, ch in enumerate(chars)}
 
     @classmethod
     def train(cls, text: str) -> CharTokenizer:
         return cls(sorted(set(text)))
 
     def encode(self, text: str) -> list[int]:
-        try:
-            return [self._ids[ch] for ch in text]
-        except KeyError:
-            unseen = sorted({ch for ch in text if ch not in self._ids})
+        unseen = set(text) - self._ids.keys()
+        if unseen:
             raise TokenizerError(
                 f"The text has characters this char tokenizer never saw in training: "
-                f"{''.join(unseen)!r}; remove them, or prepare the corpus with --tokenizer bpe."
-            ) from None
+                f"{''.join(sorted(unseen))!r}; remove them, or prepare the corpus with --tokenizer bpe."
+            )
+        if self.vocab_size >= 0xD800:  # ids would fall among the surrogate code points
+            return [self._ids[ch] for ch in text]
+        # At C speed: translate each character into the one whose code point is its id, read those as ints.
+        ids = array.array("I")
+        ids.frombytes(text.translate(self._table).encode("utf-32-le"))
+        return ids.tolist()
 
     def token_bytes(self, token_id: int) -> bytes:
         return self.chars[token_id].encode("utf-8")
@@ -101,11 +112,14 @@ class TiktokenTokenizer(Tokenizer):
         self.vocab_size = self.encoding.n_vocab
 
     @classmethod
-    def train(cls, text: str, vocab_size: int) -> TiktokenTokenizer:
+    def train(cls, texts: str | Iterable[str], vocab_size: int) -> TiktokenTokenizer:
+        """A BPE learned from a text, or from texts streamed one after another (never all in memory)."""
         import rustbpe
 
+        texts = [texts] if isinstance(texts, str) else texts
+        lines = (line for text in texts for line in text.splitlines(keepends=True))
         trainer = rustbpe.Tokenizer()
-        trainer.train_from_iterator(iter(text.splitlines(keepends=True)), vocab_size, pattern=BPE_PATTERN)
+        trainer.train_from_iterator(lines, vocab_size, pattern=BPE_PATTERN)
         ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
         return cls("bpe", ranks, BPE_PATTERN)
 
@@ -115,6 +129,9 @@ class TiktokenTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str], threads: int = 1) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts, num_threads=threads)  # Rust threads, GIL released
 
     def decode(self, ids: list[int]) -> str:
         return self.encoding.decode(ids, errors="replace")

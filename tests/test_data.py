@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from bladegpt.data import DataError, TokenData, latest_dataset, prepare
+from bladegpt.data import DataError, TokenData, latest_dataset
+from bladegpt.prepare import prepare
 
 
 def test_prepare_writes_a_dataset(corpus, workdir):

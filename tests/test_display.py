@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from bladegpt.data import prepare
+from bladegpt.prepare import prepare
 from bladegpt.display import TrainDisplay
 from bladegpt.launch import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN

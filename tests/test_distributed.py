@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bladegpt.checkpoint import load_checkpoint
-from bladegpt.data import prepare
+from bladegpt.prepare import prepare
 from bladegpt.launch import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from bladegpt.checkpoint import load_checkpoint, save_checkpoint
-from bladegpt.data import prepare
+from bladegpt.prepare import prepare
 from bladegpt.launch import train
 from bladegpt.pretrained import load_pretrained
 from tests.conftest import corpus_text

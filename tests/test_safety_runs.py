@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from bladegpt import runs
 from bladegpt.checkpoint import load_checkpoint
-from bladegpt.data import prepare
+from bladegpt.prepare import prepare
 from bladegpt.errors import UserError
 from bladegpt.launch import train
 from bladegpt.trainer import Reporter, Trainer, TrainingDiverged
@@ -96,7 +96,8 @@ def test_resume_keeps_the_runs_own_runtime_choices(corpus, workdir):
     assert cut.interrupted and cut.step == 15
     quiet = Recorder()
     resumed = train(resume=True, run=cut.run_dir, reporter=quiet)  # no runtime flags: the run's own
-    assert f"{precision} · manual attention · eager" in quiet.runtime and not quiet.messages
+    assert f"{precision} · manual attention · eager" in quiet.runtime
+    assert not [m for m in quiet.messages if "Resuming with" in m], quiet.messages
     assert val_losses(resumed.history) == val_losses([r for r in whole.history if r["step"] > 15])
 
     told = Recorder()

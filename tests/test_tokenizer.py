@@ -1,6 +1,6 @@
 import pytest
 
-from bladegpt.data import chunks
+from bladegpt.prepare import pieces
 from bladegpt.tokenizer import (
     CharTokenizer,
     TokenizerError,
@@ -58,10 +58,14 @@ def test_unknown_kind_is_a_clear_error():
         tokenizer_from_dict({"kind": "nope"})
 
 
-@pytest.mark.parametrize("kind", ["bpe", "gpt2"])
-def test_chunked_encoding_equals_whole(kind):
-    text = SHAKESPEARE.read_text()[:300_000] if SHAKESPEARE.exists() else corpus_text(5000)
-    tok = train_tokenizer(kind, text, vocab_size=1024)
-    pieces = chunks(text, size=5_000)
-    assert len(pieces) > 10 and "".join(pieces) == text
-    assert [i for p in pieces for i in tok.encode(p)] == tok.encode(text)
+@pytest.mark.parametrize("kind", ["bpe", "gpt2", "char"])
+def test_pieces_encode_exactly_as_the_whole(kind):
+    """prepare encodes a stream in pieces cut at line breaks, or inside long lines before a single space."""
+    text = SHAKESPEARE.read_text()[:200_000] if SHAKESPEARE.exists() else corpus_text(5000)
+    one_line = " ".join(text.split())[:50_000] + "  x\n\n\n" + MIXED * 50  # no line breaks to cut at
+    tok = train_tokenizer(kind, text + one_line, vocab_size=1024)
+    for whole in (text, one_line):
+        blocks = (whole[i : i + 777] for i in range(0, len(whole), 777))  # as a file is read, in blocks
+        cut = list(pieces(blocks, size=2_000))
+        assert len(cut) > 10 and "".join(cut) == whole
+        assert [i for p in cut for i in tok.encode(p)] == tok.encode(whole)

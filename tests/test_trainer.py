@@ -7,7 +7,7 @@ import torch
 
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.config import ConfigError, TrainConfig
-from bladegpt.data import prepare
+from bladegpt.prepare import prepare
 from bladegpt.launch import train
 from bladegpt.trainer import Reporter
 from tests.conftest import TINY_MODEL, TINY_TRAIN

@@ -1,0 +1,326 @@
+"""prepare(): text files in, token files out, as a stream.
+
+The corpus is read in blocks, cut into pieces of about a megabyte where encoding is unchanged,
+encoded on every core and written as it comes, so memory is bounded by the pieces in flight
+(never the corpus, never a Python list of its tokens) whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import array
+import codecs
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bladegpt.config import DEFAULT_BPE_VOCAB
+from bladegpt.data import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
+from bladegpt.files import fsync_dir, fsync_file, publish_dir, temp_dir
+from bladegpt.tokenizer import CharTokenizer, Tokenizer, bpe_vocab_size, train_tokenizer
+
+PIECE_CHARS = 1 << 20  # text encoded as one piece
+READ_BYTES = 1 << 20  # bytes read from a file at a time
+SAMPLE_BYTES = 32 << 20  # a corpus BPE trains on at most this much text, drawn evenly across the corpus
+SAMPLE_SPANS = 64  # ... in this many spans
+SEPARATOR = "\n\n"  # between files
+# Safe places to cut text for separate encoding: neither GPT-2's nor GPT-4's split pattern joins
+# across them, so pieces encode exactly as the whole. After a line break between two non-spaces;
+# inside a long line, before a single space between two non-spaces.
+_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+_SPACE_CUT = re.compile(r"(?<=\S)(?= \S)")
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    meta: dict
+
+
+def find_text_files(inputs: list[Path]) -> list[Path]:
+    """Expand folders to the .txt files inside them, in a stable order."""
+    files: list[Path] = []
+    for path in inputs:
+        path = Path(path)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            if not found:
+                raise DataError(f"The folder {path} has no .txt files; point prepare at text files.")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"No such file or folder: {path}; check the path.")
+    return files
+
+
+def file_blocks(path: Path, start: int = 0, length: int | None = None) -> Iterator[str]:
+    """A text file's characters in blocks, checked as they are read: UTF-8, no NUL bytes, no BOM."""
+    decoder = codecs.getincrementaldecoder("utf-8")("ignore" if start else "strict")
+    offset, left = start, length
+    with open(path, "rb") as f:
+        f.seek(start)
+        while left is None or left > 0:
+            data = f.read(READ_BYTES if left is None else min(READ_BYTES, left))
+            if not data:
+                break
+            if b"\x00" in data:
+                raise DataError(f"{path} looks binary (it has NUL bytes); prepare takes UTF-8 text files.")
+            try:
+                text = decoder.decode(data)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} is not UTF-8 text (bad byte at offset {offset + e.start}); convert it, "
+                                f"e.g. `iconv -f latin1 -t utf-8 {path.name}`.") from None
+            yield text.removeprefix("\ufeff") if offset == 0 else text
+            offset += len(data)
+            if left is not None:
+                left -= len(data)
+        if length is None:
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise DataError(f"{path} is not UTF-8 text (it ends inside a character); convert it to UTF-8.") from None
+
+
+def cut_point(text: str, size: int) -> int | None:
+    """Where to end a piece of `text` near `size` characters without changing its encoding."""
+    for pattern in (_CUT, _SPACE_CUT):
+        match = pattern.search(text, size)
+        if match is not None:
+            return match.start()
+    return None
+
+
+def pieces(blocks: Iterator[str], size: int = PIECE_CHARS) -> Iterator[str]:
+    """Re-cut a stream of text blocks into pieces of about `size` characters, at safe places."""
+    buffer = ""
+    for block in blocks:
+        buffer += block
+        while len(buffer) > 2 * size:
+            cut = cut_point(buffer, size)
+            if cut is None:
+                cut = len(buffer) - size if len(buffer) > 8 * size else None  # one unbroken run of text
+                if cut is None:
+                    break
+            yield buffer[:cut]
+            buffer = buffer[cut:]
+    if buffer:
+        yield buffer
+
+
+class Corpus:
+    """The text files as one text (joined by a blank line), read as a stream, split into train and val."""
+
+    def __init__(self, files: list[Path], val_fraction: float):
+        if not 0.0 < val_fraction < 0.5:
+            raise DataError(f"--val-fraction must be between 0 and 0.5, got {val_fraction}.")
+        self.files = files
+        self.sizes = [f.stat().st_size for f in files]
+        self.bytes = sum(self.sizes) + len(SEPARATOR) * (len(files) - 1)
+        self.val_fraction = val_fraction
+        self.val_start = int(self.bytes * (1.0 - val_fraction))  # in bytes; moved to the next line break
+
+    def blocks(self) -> Iterator[str]:
+        for i, path in enumerate(self.files):
+            empty = True
+            for block in file_blocks(path):
+                empty = empty and not block.strip()
+                yield block
+            if empty:
+                raise DataError(f"{path} is empty; give prepare a file with text in it.")
+            if i < len(self.files) - 1:
+                yield SEPARATOR
+
+    def split_blocks(self) -> Iterator[tuple[str, str]]:
+        """("train" or "val", text) blocks: val starts at the first line break after val_start
+        (within a thousand characters, and leaving val some text), as it always has."""
+        done, split = 0, "train"
+        for block in self.blocks():
+            size = len(block.encode("utf-8"))
+            if split == "train" and done + size > self.val_start:
+                at = len(block.encode("utf-8")[: self.val_start - done].decode("utf-8", "ignore"))
+                newline = block.find("\n", at)
+                if newline != -1 and newline - at < 1000 and block[newline + 1 :].strip():
+                    at = newline + 1
+                yield "train", block[:at]
+                block, split = block[at:], "val"
+            done += size
+            yield split, block
+
+    def sample(self, budget: int = SAMPLE_BYTES) -> Iterator[str]:
+        """The training text a corpus BPE learns from: all of it when small, else SAMPLE_SPANS spans
+        drawn evenly across the train part (deterministic), each cut to whole lines."""
+        if self.val_start <= budget:
+            yield from (text for split, text in self.split_blocks() if split == "train")
+            return
+        span = budget // SAMPLE_SPANS
+        starts = [round(i * (self.val_start - span) / (SAMPLE_SPANS - 1)) for i in range(SAMPLE_SPANS)]
+        offsets = [0]
+        for size in self.sizes:
+            offsets.append(offsets[-1] + size + len(SEPARATOR))
+        for start in starts:
+            i = max(k for k in range(len(self.files)) if offsets[k] <= start)
+            text = "".join(file_blocks(self.files[i], start - offsets[i], span))
+            lines = text.split("\n")
+            yield "\n".join(lines[1:-1]) if len(lines) > 2 else text  # whole lines only
+
+    def alphabet(self) -> list[str]:
+        """Every character of the corpus (val included, so val never has one train lacks), streamed."""
+        seen: set[str] = set()
+        for block in self.blocks():
+            seen.update(block)
+        return sorted(seen)
+
+
+def build_tokenizer(corpus: Corpus, kind: str, vocab_size: int, tokenizer_from: str | None) -> Tokenizer:
+    if tokenizer_from is not None:
+        from bladegpt.pretrained import load_tokenizer_from
+
+        return load_tokenizer_from(tokenizer_from)
+    if kind == "char":
+        return CharTokenizer(corpus.alphabet())
+    if kind == "bpe":
+        vocab_size = bpe_vocab_size(vocab_size, min(corpus.val_start, SAMPLE_BYTES))
+        return train_tokenizer(kind, corpus.sample(), vocab_size)
+    return train_tokenizer(kind, "", vocab_size)
+
+
+def encode_corpus(corpus: Corpus, tok: Tokenizer, folder: Path, progress: Callable[[int, int], None] | None) -> dict:
+    """Encode the corpus piece by piece on every core, writing train.bin and val.bin as ids come."""
+    typecode = "H" if tok.vocab_size <= 1 << 16 else "I"
+    threads = os.cpu_count() or 1
+    counts = {"train": 0, "val": 0}
+    chars = {"train": 0, "val": 0}
+    text_bytes = {"train": 0, "val": 0}
+    digest = hashlib.sha256()  # the same hash as data.fingerprint: train.bin, val.bin, tokenizer.json
+    done = 0
+    files = {split: open(folder / f"{split}.bin", "wb") for split in counts}
+    try:
+        for split, batch in _batches(corpus, 2 * threads):
+            for ids in tok.encode_batch(batch, threads):
+                data = array.array(typecode, ids).tobytes()
+                files[split].write(data)
+                digest.update(data)
+                counts[split] += len(ids)
+            for text in batch:
+                n = len(text.encode("utf-8"))
+                chars[split] += len(text)
+                text_bytes[split] += n
+                done += n
+            if progress:
+                progress(done, corpus.bytes)
+    finally:
+        for f in files.values():
+            f.close()
+    return {"counts": counts, "chars": chars, "bytes": text_bytes, "digest": digest, "typecode": typecode}
+
+
+def _batches(corpus: Corpus, size: int) -> Iterator[tuple[str, list[str]]]:
+    """(split, up to `size` pieces) in corpus order, reading the corpus once: train's pieces, then val's."""
+    for split, blocks in itertools.groupby(corpus.split_blocks(), key=lambda block: block[0]):
+        batch: list[str] = []
+        for piece in pieces(text for _, text in blocks):
+            batch.append(piece)
+            if len(batch) == size:
+                yield split, batch
+                batch = []
+        if batch:
+            yield split, batch
+
+
+def default_out_dir(inputs: list[Path], tokenizer_from: str | None = None) -> Path:
+    """datasets/NAME after the first input; NAME-SOURCE when encoded with a pretrained model's tokenizer,
+    so it sits beside the text's own dataset instead of replacing it."""
+    first = Path(inputs[0])
+    name = first.stem if first.is_file() else first.resolve().name
+    if tokenizer_from:
+        name += "-" + re.sub(r"[^A-Za-z0-9._-]+", "-", Path(tokenizer_from.rstrip("/")).name)
+    return DATASETS_DIR / name
+
+
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    """prepare writes a new folder, or replaces a dataset when told; it never touches anything else."""
+    if out_dir.is_file() or out_dir.is_symlink():
+        raise DataError(f"{out_dir} is a file; give --out a folder name for the dataset.")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not (out_dir / META_FILE).is_file() or not {p.name for p in out_dir.iterdir()} <= DATASET_FILES:
+        raise DataError(f"{out_dir} exists and is not a dataset; choose another --out (prepare never writes "
+                        "into a folder it did not make).")
+    if not force:
+        raise DataError(f"{out_dir} already holds a dataset (runs trained on it would see other text); "
+                        f"choose another --out, or add --force to replace it.")
+
+
+def prepare(
+    inputs: list[Path],
+    out_dir: Path | None = None,
+    tokenizer: str = "bpe",
+    vocab_size: int = DEFAULT_BPE_VOCAB,
+    val_fraction: float = 0.1,
+    progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
+    tokenizer_from: str | None = None,
+) -> PrepareResult:
+    """Tokenize text files into a dataset folder: train.bin, val.bin, tokenizer.json, meta.json.
+
+    The folder is written whole under a temporary name and renamed into place, so a killed
+    prepare leaves no half dataset; an existing dataset is replaced only with `force`.
+    `tokenizer_from` encodes with a pretrained model's tokenizer (for train --init-from).
+    `progress(done, total)` is called with bytes of text encoded so far.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(inputs, tokenizer_from)
+    check_out_dir(out_dir, force)
+    corpus = Corpus(find_text_files(inputs), val_fraction)
+    tok = build_tokenizer(corpus, tokenizer, vocab_size, tokenizer_from)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(out_dir)
+    try:
+        encode_start = time.perf_counter()
+        written = encode_corpus(corpus, tok, tmp, progress)
+        encode_seconds = time.perf_counter() - encode_start
+        counts = written["counts"]
+        if not counts["val"] or not counts["train"]:
+            raise DataError(f"The text is too short to keep {val_fraction:.0%} of it for validation; "
+                            "give prepare more text (a few KB at least).")
+        tok.save(tmp / TOKENIZER_FILE)
+        written["digest"].update((tmp / TOKENIZER_FILE).read_bytes())
+        meta = {
+            "format": 1,
+            "tokenizer": tok.kind,
+            "tokenizer_from": tokenizer_from,
+            "vocab_size": tok.vocab_size,
+            "dtype": "uint16" if written["typecode"] == "H" else "uint32",
+            "train_tokens": counts["train"],
+            "val_tokens": counts["val"],
+            "fingerprint": written["digest"].hexdigest()[:16],
+            "sources": [str(f) for f in corpus.files],
+            "val_fraction": val_fraction,
+            "chars": written["chars"]["train"] + written["chars"]["val"],
+            "bytes": written["bytes"]["train"] + written["bytes"]["val"],
+            "train_bytes": written["bytes"]["train"],
+            "val_bytes": written["bytes"]["val"],
+            "encode_seconds": round(encode_seconds, 3),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        _write_meta(tmp, meta)
+        check_out_dir(out_dir, force)  # again: another prepare may have written it meanwhile
+        publish_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return PrepareResult(out_dir, meta)
+
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    """meta.json last, then every file and the folder flushed to disk before the rename publishes them."""
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    for path in folder.iterdir():
+        fsync_file(path)
+    fsync_dir(folder)
