@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
 
-.PHONY: install test bench parity clean
+.PHONY: install test bench parity prepare-bench clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ bench:
 # NANOGPT=path/to/nanoGPT times nanoGPT itself side by side on this machine.
 parity:
 	$(BIN)/python scripts/parity.py $(SHAKESPEARE) $(if $(NANOGPT),--nanogpt $(NANOGPT))
+
+# prepare's throughput and peak memory on a 1 GB corpus, beside single-threaded tiktoken (see docs/benchmarks.md).
+# CORPUS=path/to/file.txt times that file instead.
+prepare-bench:
+	$(BIN)/python scripts/prepare_bench.py --text $(SHAKESPEARE) $(if $(CORPUS),--corpus $(CORPUS))
 
 clean:
 	rm -rf datasets runs .pytest_cache

@@ -80,13 +80,13 @@ def prepare(
     force: Annotated[bool, typer.Option("--force", help="Replace the dataset already at the folder (earlier runs cannot resume on it).")] = False,
 ) -> None:
     """Turn text into a dataset: a tokenizer, train/val token files and their metadata."""
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
     from rich.table import Table
 
     from bladegpt.prepare import prepare as prepare_data
 
-    with Progress(TextColumn("[bold]encode"), BarColumn(), TaskProgressColumn(), console=console,
-                  transient=True) as progress:
+    with Progress(TextColumn("[bold]encode"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
         task = progress.add_task("encode", total=None)
         result = prepare_data(inputs, out, tokenizer, vocab_size, val_fraction,
                               progress=lambda done, total: progress.update(task, completed=done, total=total),
@@ -104,6 +104,7 @@ def prepare(
         ("bytes per token", f"{m['bytes'] / (m['train_tokens'] + m['val_tokens']):.2f}"),
         ("train tokens", f"{m['train_tokens']:,}"),
         ("val tokens", f"{m['val_tokens']:,}"),
+        ("took", f"{m['seconds']:.1f} s ({m['bytes'] / 1e6 / max(m['encode_seconds'], 1e-9):.1f} MB/s encoding)"),
         ("written to", str(result.out_dir)),
     ]:
         table.add_row(label, value)

@@ -119,7 +119,8 @@ def hf_folder(source: str, weights: bool) -> Path:
                               "point at a run folder, a .safetensors checkpoint, or a folder with config.json "
                               "and model.safetensors.")
         return path
-    if source.count("/") > 1 or source.startswith((".", "~")) or source.endswith(".safetensors"):
+    looks_local = source.count("/") > 1 or source.startswith((".", "~", "/")) or source.endswith(".safetensors")
+    if looks_local or (path.parent != Path(".") and path.parent.is_dir()):  # runs/missing: a path, not a repo id
         raise SourceError(f"No such file or folder: {source}; check the path.")
     try:
         from huggingface_hub import snapshot_download

@@ -47,10 +47,6 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
 
-    def encode_batch(self, texts: list[str], threads: int = 1) -> list[list[int]]:
-        """Several texts at once; tokenizers that can use several cores do."""
-        return [self.encode(text) for text in texts]
-
     def token_bytes(self, token_id: int) -> bytes:
         raise NotImplementedError
 
@@ -129,9 +125,6 @@ class TiktokenTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(text)
-
-    def encode_batch(self, texts: list[str], threads: int = 1) -> list[list[int]]:
-        return self.encoding.encode_ordinary_batch(texts, num_threads=threads)  # Rust threads, GIL released
 
     def decode(self, ids: list[int]) -> str:
         return self.encoding.decode(ids, errors="replace")

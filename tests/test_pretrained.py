@@ -162,4 +162,6 @@ def test_init_from_mistakes_are_one_line(hf_cache, workdir, corpus, tmp_path):
     (folder / "config.json").write_text(json.dumps(llama))
     assert_one_line_error(invoke("train", "--init-from", folder), "not GPT-2")
     assert_one_line_error(invoke("train", "--init-from", tmp_path / "nowhere"), "No such file or folder")
+    (workdir / "runs").mkdir(exist_ok=True)
+    assert_one_line_error(invoke("train", "--init-from", "runs/nothing"), "No such file or folder: runs/nothing")
     assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
