@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
 
-.PHONY: install test bench parity prepare-bench clean
+.PHONY: install test bench parity prepare-bench voice clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ parity:
 # CORPUS=path/to/file.txt times that file instead.
 prepare-bench:
 	$(BIN)/python scripts/prepare_bench.py --text $(SHAKESPEARE) $(if $(CORPUS),--corpus $(CORPUS))
+
+# The README's default path (prepare, then train with no flags) on three texts: wall time, best val
+# bits per byte, and the share of sampled 50-character spans copied from the text (see docs/benchmarks.md).
+voice:
+	$(BIN)/python scripts/voice.py
 
 clean:
 	rm -rf datasets runs .pytest_cache
