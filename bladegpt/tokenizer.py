@@ -50,6 +50,10 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         raise NotImplementedError
 
+    def encode_bytes(self, text: str, dtype: str) -> bytes:
+        """The ids of `text` packed as token files store them ("uint16" or "uint32", native order)."""
+        return array.array("H" if dtype == "uint16" else "I", self.encode(text)).tobytes()
+
     def to_dict(self) -> dict:
         raise NotImplementedError
 
@@ -125,6 +129,15 @@ class TiktokenTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(text)
+
+    def encode_bytes(self, text: str, dtype: str) -> bytes:
+        """GPT-2's ids are packed straight from tiktoken's buffer, never as Python ints (measured 72 vs
+        84 ms a megabyte). That path also scans for special tokens, and with none (a corpus BPE) the scan
+        costs more than it saves (163 vs 73 ms): those take the list. Special-token text is ordinary
+        text either way, as in encode_ordinary."""
+        if not self.special_tokens:
+            return super().encode_bytes(text, dtype)
+        return self.encoding.encode_to_numpy(text, disallowed_special=()).astype(dtype).tobytes()
 
     def decode(self, ids: list[int]) -> str:
         return self.encoding.decode(ids, errors="replace")
