@@ -22,15 +22,8 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename is durable once its folder is), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -46,7 +39,7 @@ def stage(path: Path, write: Callable[[str], None]) -> Path:
     tmp = temp_path(path)
     try:
         write(str(tmp))
-        fsync_file(tmp)
+        fsync(tmp)
         os.chmod(tmp, FILE_MODE)  # some writers (safetensors) create files 0600
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -57,7 +50,7 @@ def stage(path: Path, write: Callable[[str], None]) -> Path:
 def commit(tmp: Path, path: Path) -> None:
     """Move a staged file into place and make the rename itself durable."""
     os.replace(tmp, path)
-    fsync_dir(Path(path).parent)
+    fsync(Path(path).parent)
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -76,7 +69,7 @@ def publish_dir(tmp: Path, dest: Path) -> None:
     if replacing:
         os.replace(dest, old)
     os.replace(tmp, dest)  # onto nothing, or onto an empty folder
-    fsync_dir(dest.parent)
+    fsync(dest.parent)
     if replacing:
         shutil.rmtree(old)
 

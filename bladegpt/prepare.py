@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bladegpt.config import DEFAULT_BPE_VOCAB
 from bladegpt.data import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
-from bladegpt.files import fsync_dir, fsync_file, publish_dir, temp_dir
+from bladegpt.files import fsync, publish_dir, temp_dir
 from bladegpt.tokenizer import CharTokenizer, Tokenizer, bpe_vocab_size, tokenizer_from_dict, train_tokenizer
 
 PIECE_CHARS = 1 << 20  # text encoded as one piece (4 MB measured slower: less overlap)
@@ -379,5 +379,5 @@ def _write_meta(folder: Path, meta: dict) -> None:
     """meta.json last, then every file and the folder flushed to disk before the rename publishes them."""
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
     for path in folder.iterdir():
-        fsync_file(path)
-    fsync_dir(folder)
+        fsync(path)
+    fsync(folder)

@@ -97,11 +97,11 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return f"{_cpu_model()}, {torch.get_num_threads()} threads"
+        return f"{cpu_model()}, {torch.get_num_threads()} threads"
     return device.type
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -136,7 +136,7 @@ def cpu_bf16_supported() -> bool:
 
 def cpu_peaks() -> dict[str, float]:
     """Measured matmul FLOP/s of this CPU in fp32 and (where supported) bf16; cached."""
-    key = f"cpu-peaks-v2|{_cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
+    key = f"cpu-peaks-v2|{cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
 
     def measure() -> dict[str, float]:
         cpu = torch.device("cpu")

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bladegpt.runtime import cpu_model
+
 # Each row: a snippet run in a fresh interpreter; it prints seconds, the peak RSS is read after.
 FLOOR = """
 import sys, time, tiktoken
@@ -73,13 +75,6 @@ def build(text: Path, size: int, folder: Path) -> tuple[Path, Path]:
     return big, many
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024)
@@ -94,7 +89,7 @@ def main() -> None:
         else:
             big, many = build(Path(args.text), args.size_mb << 20, tmp)
         mb = big.stat().st_size / 1e6
-        print(f"{cpu_name()}, {os.cpu_count()} cores; corpus {mb:,.0f} MB ({big})", flush=True)
+        print(f"{cpu_model()}, {os.cpu_count()} cores; corpus {mb:,.0f} MB ({big})", flush=True)
         rows = []
         seconds, peak = run(FLOOR, str(big))
         floor = mb / seconds
@@ -115,7 +110,7 @@ def main() -> None:
             r["x_floor"] = r["mb_s"] / floor
             print(f"{r['row']:<52} {r['mb_s']:>7.1f} {r['x_floor']:>7.2f}x {r['peak_mb']:>8.0f} {r['seconds']:>8.1f}")
         if args.json:
-            Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "corpus_mb": mb, "rows": rows}, indent=2))
+            Path(args.json).write_text(json.dumps({"cpu": cpu_model(), "corpus_mb": mb, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bladegpt.runtime import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [REPO / "corpora" / "officer_k.txt", REPO / "corpora" / "witcher.txt",
          REPO.parent / "shared" / "data" / "tinyshakespeare.txt"]
@@ -37,16 +39,9 @@ def verbatim_share(samples: str, text: str) -> float:
     return sum(span in text for span in spans) / max(1, len(spans))
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def main() -> None:
     texts = [Path(t).resolve() for t in sys.argv[1:]] or TEXTS
-    print(f"{cpu_name()}, {os.cpu_count()} cores", flush=True)
+    print(f"{cpu_model()}, {os.cpu_count()} cores", flush=True)
     rows = []
     for path in texts:
         with tempfile.TemporaryDirectory() as tmp:
