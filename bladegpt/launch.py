@@ -195,8 +195,7 @@ def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan
     if recorded and recorded != token_data.fingerprint:
         raise DataError(f"{data_dir} is not the data {run_dir} trained on (it was prepared again since); "
                         "resuming would continue on other text: start a new run on it instead.")
-    model_cfg.vocab_size = padded_vocab(token_data.tokenizer.vocab_size)
-    if model_cfg.to_dict() != ModelConfig.from_dict(saved["model"]).to_dict():
+    if token_data.tokenizer.vocab_size > model_cfg.vocab_size:  # the model is the run's own (GPT-2's is unpadded)
         raise DataError(f"{data_dir}'s vocabulary no longer fits {run_dir}'s model; start a new run on it.")
     saved_runtime = state.get("runtime", {})
     runtime = {k: requested[k] or saved_runtime.get(k) or "auto" for k in RUNTIME_FLAGS}

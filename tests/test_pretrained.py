@@ -133,6 +133,8 @@ def test_fine_tune_gpt2_from_the_cache_then_sample_and_export(hf_cache, workdir,
     hf = transformers.AutoModelForCausalLM.from_pretrained(workdir / "ft").eval()
     ids = transformers.AutoTokenizer.from_pretrained(workdir / "ft")(TEXT[:60])["input_ids"]
     assert torch.allclose(logits_of(hf, ids), logits_of(model, ids), atol=1e-4)
+    resumed = invoke("train", "--resume", "--steps", "14", "--compile", "off")
+    assert resumed.exit_code == 0 and "step 14" in resumed.output, resumed.output  # GPT-2's unpadded vocabulary resumes
 
 
 def test_a_bladegpt_run_seeds_another(workdir, corpus):
