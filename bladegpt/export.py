@@ -42,7 +42,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
     _check_folder_target(out, source, force)
     model, tokenizer, info = load_checkpoint(source)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out)
+    tmp = temp_dir(out, HF_FILES)
     try:
         write_hf_model(tmp, model, tokenizer)
         write_hf_tokenizer(tmp, tokenizer, model.config.block_size)
@@ -83,10 +83,12 @@ def _check_file_target(out: Path, source: Path, force: bool) -> None:
     if not out.exists():
         return
     try:
-        read_metadata(out)
-    except UserError:
-        raise UserError(f"{out} exists and is not a BladeGPT checkpoint; name another file "
-                        "(--force replaces only an earlier export).") from None
+        exported = "exported_from" in json.loads(read_metadata(out).get("info", "{}"))
+    except (UserError, json.JSONDecodeError):
+        exported = False
+    if not exported:
+        raise UserError(f"{out} exists and is not an earlier export (it may be a checkpoint you kept); name "
+                        "another file (--force replaces only an earlier export).")
     if not force:
         raise UserError(f"{out} already exists; add --force to overwrite it.")
 

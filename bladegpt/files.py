@@ -74,17 +74,25 @@ def publish_dir(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old)
 
 
-def temp_dir(dest: Path) -> Path:
+def temp_dir(dest: Path, contents: set[str]) -> Path:
     """A fresh hidden folder beside `dest` to build it in, before `publish_dir`. Folders that killed
-    processes left for the same `dest` are removed first (their pid is in the name)."""
+    processes left for the same `dest` (their pid is in the name) are removed first, but only those
+    holding nothing beyond `contents`, the files the caller writes there: never a folder of the user's."""
     for old in dest.parent.glob(f".{dest.name}.tmp-*"):
         try:
             os.kill(int(old.name.rsplit("-", 1)[1]), 0)
         except ProcessLookupError:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir() and _holds_only(old, contents):
+                shutil.rmtree(old, ignore_errors=True)
         except (ValueError, PermissionError):
             continue  # not ours, or a live process of another user
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.is_dir() and _holds_only(tmp, contents):
+        shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp
+
+
+def _holds_only(folder: Path, names: set[str]) -> bool:
+    allowed = names | {temp_path(Path(name)).name for name in names}  # a write cut short leaves a staged copy
+    return all(entry.name in allowed for entry in folder.iterdir())

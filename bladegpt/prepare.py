@@ -338,7 +338,7 @@ def prepare(
     corpus = Corpus(find_text_files(inputs), val_fraction)
     tok = build_tokenizer(corpus, tokenizer, vocab_size, tokenizer_from)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out_dir)
+    tmp = temp_dir(out_dir, DATASET_FILES)
     try:
         encode_start = time.perf_counter()
         written = encode_corpus(corpus, tok, tmp, progress)

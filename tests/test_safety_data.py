@@ -102,8 +102,12 @@ def test_a_killed_prepare_leaves_the_old_dataset_whole(corpus, workdir):
     assert done.returncode == -signal.SIGKILL
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before
     TokenData(data)  # still a consistent dataset
+    mine = workdir / "datasets" / ".tales.tmp-999999999"  # named like a dead prepare's, but not ours
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
     prepare([corpus], tokenizer="char", force=True)  # the next prepare clears the dead one's temporary folder
-    assert [p.name for p in (workdir / "datasets").iterdir()] == ["tales"]
+    assert sorted(p.name for p in (workdir / "datasets").iterdir()) == [".tales.tmp-999999999", "tales"]
+    assert (mine / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("text", ["One single line of text, all there is.\n",
