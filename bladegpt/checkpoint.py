@@ -141,7 +141,15 @@ def recover_training(run_dir: Path) -> None:
 
 
 def _step(path: Path) -> int | None:
-    return json.loads(read_metadata(path).get("info", "{}")).get("step")
+    return read_info(path).get("step")
+
+
+def read_info(path: Path) -> dict:
+    """The `info` saved with a checkpoint or training state (step, best val loss, runtime, ...)."""
+    try:
+        return json.loads(read_metadata(path).get("info", "{}"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or start a new run.") from None
 
 
 def _state_writer(optimizers: list[torch.optim.Optimizer], tensors: dict[str, torch.Tensor], info: dict):

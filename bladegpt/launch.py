@@ -9,7 +9,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from bladegpt import runs
-from bladegpt.checkpoint import read_metadata, recover_training
+from bladegpt.checkpoint import read_info, recover_training
 from bladegpt.config import (
     DEFAULT_PRESET,
     FINETUNE_BLOCK,
@@ -178,7 +178,7 @@ def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan
     if not (run_dir / runs.STATE).is_file():
         raise ConfigError(f"{run_dir} has no checkpoint to resume (it stopped before its first save); "
                           "start a new run with `bladegpt train`.")
-    state = _saved_info(run_dir / runs.STATE)
+    state = read_info(run_dir / runs.STATE)
     try:
         model_cfg = ModelConfig.from_dict(saved["model"])
         train_cfg = TrainConfig.from_dict({**saved["train"], **{k: v for k, v in (train_overrides or {}).items()
@@ -200,15 +200,6 @@ def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan
     saved_runtime = state.get("runtime", {})
     runtime = {k: requested[k] or saved_runtime.get(k) or "auto" for k in RUNTIME_FLAGS}
     return Plan(model_cfg, train_cfg, token_data, runtime, run_dir, saved_runtime)
-
-
-def _saved_info(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads(read_metadata(path)["info"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is damaged ({e}); the run cannot be resumed: start a new run.") from None
 
 
 def _device(ddp: Distributed, plan: Plan, requested: dict):

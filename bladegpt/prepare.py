@@ -144,7 +144,6 @@ class Corpus:
         self.files = files
         self.sizes = [f.stat().st_size for f in files]
         self.bytes = sum(self.sizes) + len(SEPARATOR) * (len(files) - 1)
-        self.val_fraction = val_fraction
         self.val_start = int(self.bytes * (1.0 - val_fraction))  # in bytes; moved to the next line break
 
     def blocks(self) -> Iterator[str]:
