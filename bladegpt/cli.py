@@ -259,18 +259,23 @@ def runs_table(
 @app.command()
 @friendly
 def export(
-    out: Annotated[Path, typer.Argument(help="Folder (hf) or .safetensors file to write.")],
+    out: Annotated[Path, typer.Argument(help="Folder (hf), or .safetensors or .gguf file to write.")],
     checkpoint: Annotated[Optional[Path], typer.Option(help="A .safetensors file or run folder [default: latest run's best].")] = None,
-    format: Annotated[str, typer.Option("--format", help="hf (a transformers folder) or safetensors (one file).")] = "hf",
-    force: Annotated[bool, typer.Option("--force", help="Replace what is already at OUT.")] = False,
+    format: Annotated[str, typer.Option("--format", help="hf (a transformers folder), safetensors (one file), "
+                                        "or gguf (llama.cpp, ollama, LM Studio).")] = "hf",
+    dtype: Annotated[Optional[str], typer.Option(help="GGUF weights: f32, f16 or q8_0 [default: f16].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at OUT.")] = False,
 ) -> None:
-    """Hand a trained model to the rest of the ecosystem (Hugging Face transformers, or one file)."""
+    """Hand a trained model to the rest of the ecosystem (transformers, llama.cpp, or one file)."""
     from bladegpt.export import export as export_model
 
-    written = export_model(out, checkpoint, format, force)
+    written = export_model(out, checkpoint, format, force, dtype)
     if format == "hf":
         console.print(f"Wrote {written}/. Load it with:\n"
                       f"  AutoModelForCausalLM.from_pretrained(\"{written}\"), AutoTokenizer.from_pretrained(\"{written}\")")
+    elif format == "gguf":
+        console.print(f"Wrote {written}. Run it with llama.cpp:  llama-cli -m {written} -p \"Your prompt\"\n"
+                      f"or ollama: a Modelfile holding `FROM ./{written.name}`, then  ollama create my-voice -f Modelfile")
     else:
         console.print(f"Wrote {written}. Sample from it with: bladegpt sample --checkpoint {written}")
 

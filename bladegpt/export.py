@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from bladegpt.bytelevel import bpe_merges, spell
 from bladegpt.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from bladegpt.errors import UserError
 from bladegpt.files import atomic_write, publish_dir, temp_dir
@@ -16,28 +18,42 @@ from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, RUN_FILE, STATE, resolve_checkpoint
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, TiktokenTokenizer, Tokenizer
 
-FORMATS = ("hf", "safetensors")
+FORMATS = ("hf", "safetensors", "gguf")
+SUFFIXES = {"safetensors": ".safetensors", "gguf": ".gguf"}
 # What an hf export folder holds: --force may replace a folder of these, and nothing else.
 HF_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
 RUN_CHECKPOINTS = {BEST, LAST, STATE}
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}  # ModelConfig.activation -> transformers' name
 
 
-def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force: bool = False) -> Path:
+def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force: bool = False,
+           dtype: str | None = None) -> Path:
     """Write the checkpoint (default: latest run's best) to `out`; returns what was written.
 
-    `force` replaces only an earlier export, never anything else.
+    `force` replaces only an earlier export, never anything else. `dtype` is GGUF's (default f16).
     """
+    from bladegpt.export_gguf import DTYPES, exported_by_us, write_gguf
+
     if format not in FORMATS:
         raise UserError(f"Unknown export format '{format}'; choose one of: {', '.join(FORMATS)}.")
+    if dtype is not None and format != "gguf":
+        raise UserError("--dtype is for --format gguf; the other formats keep the model's float32 weights.")
+    if format == "gguf" and (dtype or "f16") not in DTYPES:
+        raise UserError(f"Unknown --dtype '{dtype}'; choose one of: {', '.join(DTYPES)}.")
     source = resolve_checkpoint(checkpoint)
     out = Path(out)
-    if format == "safetensors":
-        out = out if out.suffix == ".safetensors" else out.with_name(out.name + ".safetensors")
-        _check_file_target(out, source, force)
+    if format in SUFFIXES:
+        suffix = SUFFIXES[format]
+        out = out if out.suffix == suffix else out.with_name(out.name + suffix)
+        ours = exported_by_us if format == "gguf" else _safetensors_export
+        _check_file_target(out, source, force, ours)
         model, tokenizer, info = load_checkpoint(source)
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out, model, tokenizer, **info, exported_from=str(source))
+        if format == "gguf":
+            name = source.parent.name if (source.parent / RUN_FILE).exists() else source.stem
+            atomic_write(out, lambda tmp: write_gguf(tmp, model, tokenizer, dtype or "f16", name, str(source)))
+        else:
+            save_checkpoint(out, model, tokenizer, **info, exported_from=str(source))
         return out
     _check_folder_target(out, source, force)
     model, tokenizer, info = load_checkpoint(source)
@@ -75,19 +91,22 @@ def _check_folder_target(out: Path, source: Path, force: bool) -> None:
         raise UserError(f"{out} holds an earlier export; add --force to replace it, or name another folder.")
 
 
-def _check_file_target(out: Path, source: Path, force: bool) -> None:
+def _safetensors_export(path: Path) -> bool:
+    try:
+        return "exported_from" in json.loads(read_metadata(path).get("info", "{}"))
+    except (UserError, json.JSONDecodeError):
+        return False
+
+
+def _check_file_target(out: Path, source: Path, force: bool, exported: Callable[[Path], bool]) -> None:
     if out.resolve() == source.resolve() or (out.name in RUN_CHECKPOINTS and (out.parent / RUN_FILE).exists()):
         raise UserError(f"Cannot export over {out}: it is a run's own checkpoint; name another file.")
     if out.is_dir():
-        raise UserError(f"{out} is a folder; name a .safetensors file to write.")
+        raise UserError(f"{out} is a folder; name a {out.suffix} file to write.")
     if not out.exists():
         return
-    try:
-        exported = "exported_from" in json.loads(read_metadata(out).get("info", "{}"))
-    except (UserError, json.JSONDecodeError):
-        exported = False
-    if not exported:
-        raise UserError(f"{out} exists and is not an earlier export (it may be a checkpoint you kept); name "
+    if not exported(out):
+        raise UserError(f"{out} exists and is not an earlier BladeGPT export (it may be a file you keep); name "
                         "another file (--force replaces only an earlier export).")
     if not force:
         raise UserError(f"{out} already exists; add --force to overwrite it.")
@@ -145,31 +164,6 @@ def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
     atomic_write(out / "model.safetensors", lambda tmp: save_file(hf_state_dict(model), tmp, metadata={"format": "pt"}))
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters (byte-level BPE vocabularies use it)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def _split_token(ranks: dict[bytes, int], token: bytes, rank: int) -> tuple[bytes, bytes]:
-    """The pair whose merge made `token`: replay BPE on its bytes with the merges ranked below it."""
-    parts = [bytes([b]) for b in token]
-    while len(parts) > 2:
-        best = min(
-            (r, i) for i in range(len(parts) - 1) if (r := ranks.get(parts[i] + parts[i + 1], rank)) < rank
-        )
-        i = best[1]
-        parts[i : i + 2] = [parts[i] + parts[i + 1]]
-    return parts[0], parts[1]
-
-
 def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
     """A `tokenizers` JSON for any BladeGPT tokenizer: byte-level BPE for the BPEs, one id a character for char."""
     from tokenizers import Regex, decoders, models, pre_tokenizers
@@ -181,19 +175,8 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         hf.decoder = decoders.Fuse()
         return hf.to_str()
-    byte_char = _bytes_to_unicode()
-
-    def as_text(b: bytes) -> str:
-        return "".join(byte_char[x] for x in b)
-
-    ranks = tokenizer.ranks
-    vocab = {as_text(token): rank for token, rank in ranks.items()}
-    merges = [
-        tuple(as_text(p) for p in _split_token(ranks, token, rank))
-        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])
-        if len(token) > 1
-    ]
-    hf = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+    vocab = {spell(token): rank for token, rank in tokenizer.ranks.items()}
+    hf = HFTokenizer(models.BPE(vocab, bpe_merges(tokenizer.ranks), fuse_unk=False, byte_fallback=False))
     hf.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated"),

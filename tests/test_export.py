@@ -107,7 +107,7 @@ def test_safetensors_export_names_and_modes(workdir, corpus):
     assert result.exit_code == 1 and (workdir / "notes.safetensors").read_text() == "my notes"
     (workdir / "kept.safetensors").write_bytes((workdir / "runs" / "tales-1" / "best.safetensors").read_bytes())
     result = runner.invoke(app, ["export", "kept.safetensors", "--format", "safetensors", "--force"])
-    assert result.exit_code == 1 and "not an earlier export" in result.output.replace("\n", " ")
+    assert result.exit_code == 1 and "not an earlier BladeGPT export" in result.output.replace("\n", " ")
     assert runner.invoke(app, ["export", "model.v2", "--format", "safetensors", "--force"]).exit_code == 0
     result = runner.invoke(app, ["export", "runs/tales-1/last.safetensors", "--format", "safetensors", "--force"])
     assert result.exit_code == 1 and "run's own checkpoint" in result.output

@@ -1,0 +1,177 @@
+"""GGUF export: one file that llama.cpp, ollama and LM Studio run, as llama.cpp's architecture `gpt2`.
+
+Written with `gguf`, llama.cpp's own Python writer, under the names and shapes llama.cpp's GPT-2 graph
+loads (src/models/gpt2.cpp). The vocabulary is a byte-level BPE (`tokenizer.ggml.model = gpt2`) for
+every BladeGPT tokenizer, so the file splits text into the same ids BladeGPT does:
+
+- GPT-2's BPE: its tokens and merges, pre-tokenizer `gpt-2`, end of text 50256.
+- a corpus BPE: tokens and merges rebuilt from tiktoken's ranks; its split is GPT-4's, which llama.cpp
+  knows as `llama-bpe`; an `<|endoftext|>` is added (llama.cpp needs an end-of-text id).
+- characters: one token a character, plus the lone bytes and merges that rebuild characters of
+  several UTF-8 bytes (so 'é' stays one id), and the added `<|endoftext|>`.
+
+Tokens the model has no id for (the added ones) take rows of the model's vocabulary padding, which
+training never targets, so their probability stays near zero (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bladegpt.bytelevel import bpe_merges, char_pieces, spell
+from bladegpt.errors import UserError
+from bladegpt.model import GPT
+from bladegpt.tokenizer import BPE_PATTERN, GPT2_EOT, GPT2_PATTERN, CharTokenizer, TiktokenTokenizer, Tokenizer
+
+DTYPES = ("f32", "f16", "q8_0")
+SOURCE_KEY = "bladegpt.exported_from"  # marks a file BladeGPT wrote: --force may replace only those
+# llama.cpp's names for the split patterns BladeGPT's BPEs use (llama-vocab.cpp; transformers reads the same).
+PRE_TOKENIZERS = {GPT2_PATTERN: "gpt-2", BPE_PATTERN: "llama-bpe"}
+NORMAL, CONTROL = 1, 3  # tokenizer.ggml.token_type values
+
+
+@dataclass
+class Vocab:
+    tokens: list[str]  # byte-level spellings; the first `n_own` are the model's own ids, in order
+    types: list[int]
+    merges: list[tuple[str, str]]
+    pre: str
+    eos: int
+    n_own: int
+
+
+def gguf_vocab(tokenizer: Tokenizer) -> Vocab:
+    """The tokenizer as llama.cpp's byte-level BPE; refuses (one line) one it cannot express exactly."""
+    if isinstance(tokenizer, CharTokenizer):
+        own = [spell(ch.encode("utf-8")) for ch in tokenizer.chars]
+        extra, merges = char_pieces(tokenizer.chars)
+        tokens = own + extra + [GPT2_EOT]
+        if not merges:  # llama.cpp requires a merge list, and gguf cannot write an empty one:
+            tokens.append(GPT2_EOT * 2)  # a merge no text can reach (control tokens are never merged)
+            merges = [(GPT2_EOT, GPT2_EOT)]
+        types = [NORMAL] * len(tokens)
+        types[tokens.index(GPT2_EOT)] = CONTROL
+        return Vocab(tokens, types, merges, "gpt-2", tokens.index(GPT2_EOT), len(own))
+    assert isinstance(tokenizer, TiktokenTokenizer)
+    pre = PRE_TOKENIZERS.get(tokenizer.pattern)
+    if pre is None:
+        raise UserError("This tokenizer splits text with a pattern llama.cpp has no name for, so a GGUF file "
+                        "would tokenize differently; export --format hf instead.")
+    ranks = tokenizer.ranks
+    tokens = [spell(t) for t in sorted(ranks, key=ranks.__getitem__)]
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise UserError("This tokenizer's ids have gaps, which GGUF cannot hold; export --format hf instead.")
+    types = [NORMAL] * len(tokens)
+    specials = dict(tokenizer.special_tokens) or {GPT2_EOT: len(tokens)}
+    for text, i in sorted(specials.items(), key=lambda kv: kv[1]):
+        if i != len(tokens):
+            raise UserError("This tokenizer's special tokens are not numbered after its vocabulary, which GGUF "
+                            "cannot hold; export --format hf instead.")
+        tokens.append(text)
+        types.append(CONTROL)
+    n_own = tokenizer.vocab_size
+    eos = specials.get(GPT2_EOT, max(specials.values()))
+    return Vocab(tokens, types, bpe_merges(ranks), pre, eos, n_own)
+
+
+def _rows(wte: torch.Tensor, n_own: int, n_tokens: int) -> torch.Tensor:
+    """Embedding rows for every GGUF token: the model's own, then padding rows for the added tokens
+    (zeros when the model has no padding)."""
+    padding = wte[n_own:]
+    extra = [padding[i % len(padding)] if len(padding) else torch.zeros_like(wte[0]) for i in range(n_tokens - n_own)]
+    return torch.cat([wte[:n_own], *[r[None] for r in extra]]) if extra else wte[:n_own]
+
+
+def gguf_tensors(model: GPT, vocab: Vocab) -> dict[str, torch.Tensor]:
+    """llama.cpp's tensors for this model, as fp32 torch tensors in Linear's (out, in) order
+    (gguf reverses the shape, giving ggml the {in, out} its graph multiplies by).
+
+    The head is tied, so no `output.weight`: llama.cpp reuses `token_embd`. GPT-2's graph has
+    biases everywhere; a model without them gets zeros, which compute exactly the same."""
+    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    C = model.config.n_embd
+
+    def bias(name: str, width: int) -> torch.Tensor:
+        return sd.get(name, torch.zeros(width))
+
+    out = {
+        "token_embd.weight": _rows(sd["transformer.wte.weight"], vocab.n_own, len(vocab.tokens)),
+        "position_embd.weight": sd["transformer.wpe.weight"],
+        "output_norm.weight": sd["transformer.ln_f.weight"],
+        "output_norm.bias": bias("transformer.ln_f.bias", C),
+    }
+    names = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
+             "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+    for i in range(model.config.n_layer):
+        for ours, theirs in names.items():
+            weight = sd[f"transformer.h.{i}.{ours}.weight"]
+            out[f"blk.{i}.{theirs}.weight"] = weight
+            out[f"blk.{i}.{theirs}.bias"] = bias(f"transformer.h.{i}.{ours}.bias", weight.shape[0])
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def _encode(name: str, tensor: torch.Tensor, dtype: str):
+    """The tensor's data and ggml type: 1-D tensors, norms and position embeddings stay f32 (as
+    llama.cpp's converter keeps them); matrices take `dtype`, q8_0 falling back to f16 where a row is
+    not a multiple of its 32-value block."""
+    import gguf
+
+    data = tensor.numpy().astype(np.float32)
+    if dtype == "f32" or data.ndim == 1 or name == "position_embd.weight":
+        return data, gguf.GGMLQuantizationType.F32
+    if dtype == "q8_0" and data.shape[-1] % 32 == 0:
+        return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    return data.astype(np.float16), gguf.GGMLQuantizationType.F16
+
+
+def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = "f16", name: str = "bladegpt",
+               source: str = "") -> None:
+    """Write the whole GGUF file at `path` (callers make it atomic)."""
+    import gguf
+
+    if dtype not in DTYPES:
+        raise UserError(f"Unknown --dtype '{dtype}' for GGUF; choose one of: {', '.join(DTYPES)}.")
+    cfg = model.config
+    vocab = gguf_vocab(tokenizer)
+    writer = gguf.GGUFWriter(None, "gpt2")
+    writer.add_name(name)
+    writer.add_string(SOURCE_KEY, source)
+    writer.add_block_count(cfg.n_layer)
+    writer.add_context_length(cfg.block_size)
+    writer.add_embedding_length(cfg.n_embd)
+    writer.add_feed_forward_length(4 * cfg.n_embd)
+    writer.add_head_count(cfg.n_head)
+    writer.add_layer_norm_eps(cfg.layer_norm_eps)
+    file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+    writer.add_file_type(file_types[dtype])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    writer.add_token_merges([f"{a} {b}" for a, b in vocab.merges])
+    writer.add_bos_token_id(vocab.eos)
+    writer.add_eos_token_id(vocab.eos)
+    writer.add_add_bos_token(False)  # BladeGPT prompts start with the text itself
+    for tensor_name, tensor in gguf_tensors(model, vocab).items():
+        data, qtype = _encode(tensor_name, tensor, dtype)
+        writer.add_tensor(tensor_name, data, raw_dtype=qtype)
+    writer.write_header_to_file(path=Path(path))
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def exported_by_us(path: Path) -> bool:
+    """Whether a GGUF file is one BladeGPT exported (so --force may replace it)."""
+    try:
+        import gguf
+
+        return SOURCE_KEY in gguf.GGUFReader(path).fields
+    except Exception:  # not a GGUF file at all, or unreadable: not ours
+        return False

@@ -1,0 +1,126 @@
+"""Does llama.cpp run our GGUF export as BladeGPT runs the model? (docs/benchmarks.md, "GGUF")
+
+Needs llama.cpp's Python binding, built from source (about 10 minutes on 2 cores):
+    pip install llama-cpp-python
+Then, for any checkpoint (default: the latest run's best):
+    python scripts/gguf_check.py [--checkpoint runs/NAME/best.safetensors] [--tokens 300]
+
+It exports f32, f16 and q8_0 files and, for each, compares with BladeGPT:
+- token ids for mixed text (punctuation, digits, Unicode, runs of spaces and newlines);
+- logits over a prompt: llama.cpp against BladeGPT's model computing the tanh GELU (llama.cpp's),
+  and the same against BladeGPT's own exact GELU (what the approximation changes);
+- greedy tokens: llama.cpp's against BladeGPT's, both sliding the window the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bladegpt.checkpoint import load_checkpoint
+from bladegpt.engine import generate
+from bladegpt.export import export
+from bladegpt.runs import resolve_checkpoint
+from bladegpt.runtime import cpu_model
+
+TEXTS = [
+    "The hunter counted the coins.",
+    "Numbers 1234567 and 3.14, punctuation!?;: (brackets) [x] {y}",
+    "Unicode: café naïve — “quotes” 😀 日本",
+    "Whitespace   runs\t\ttabs\n\n\nnewlines   ",
+    "'tis don't we'll THEY'RE",
+    "  leading spaces",
+    "a\r\nb x  \n  y 12,345.678 9999",
+]
+
+
+def tanh_gelu(model):
+    model = copy.deepcopy(model)
+    for block in model.transformer.h:
+        block.mlp.gelu = torch.nn.GELU(approximate="tanh")
+    return model.eval()
+
+
+def encodable(tokenizer, text: str) -> bool:
+    try:
+        tokenizer.encode(text)
+        return True
+    except ValueError:  # a char tokenizer refuses characters it never saw
+        return False
+
+
+def llama_greedy(llm, prompt: list[int], n: int, n_own: int, block: int) -> list[int]:
+    """Greedy tokens from llama.cpp, over the model's own ids, sliding the window as BladeGPT does
+    (when it is full, keep its last half and start again)."""
+    tokens, out = list(prompt[-block:]), []
+    llm.reset()
+    llm.eval(tokens)
+    for _ in range(n):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1][:n_own]))
+        out.append(token)
+        tokens.append(token)
+        if llm.n_tokens == block:
+            llm.reset()
+            llm.eval(tokens[len(tokens) - block // 2:])
+        else:
+            llm.eval([token])
+    return out
+
+
+def agreement(a: list[int], b: list[int]) -> str:
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    same = sum(x == y for x, y in zip(a, b))
+    return f"{same}/{len(a)} equal" + ("" if first is None else f", first difference at {first}")
+
+
+def main() -> None:
+    import llama_cpp
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--tokens", type=int, default=300)
+    parser.add_argument("--prompt", default="\n")
+    args = parser.parse_args()
+
+    source = resolve_checkpoint(args.checkpoint)
+    model, tokenizer, _ = load_checkpoint(source)
+    model.eval()
+    same = tanh_gelu(model)
+    cfg, n_own = model.config, tokenizer.vocab_size
+    print(f"CPU: {cpu_model()} | llama-cpp-python {llama_cpp.__version__} | {source}")
+    print(f"model: {cfg.n_layer} layers, {cfg.n_embd} wide, block {cfg.block_size}, {tokenizer.kind} tokenizer "
+          f"({n_own} ids), activation {cfg.activation}")
+    prompt = tokenizer.encode(args.prompt)
+    ours = list(generate(model, prompt, args.tokens, n_own, temperature=0))
+    ours_tanh = list(generate(same, prompt, args.tokens, n_own, temperature=0))
+    window = torch.tensor([(prompt + ours)[: cfg.block_size]])
+    with torch.no_grad():
+        exact, approx = model(window)[0][0, :, :n_own], same(window)[0][0, :, :n_own]
+    print(f"BladeGPT exact GELU vs tanh GELU: largest logit difference {(exact - approx).abs().max():.2e} "
+          f"(logits span {exact.min():.1f}..{exact.max():.1f}); greedy {agreement(ours, ours_tanh)}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in ("f32", "f16", "q8_0"):
+            path = export(Path(tmp) / f"voice-{dtype}.gguf", source, "gguf", dtype=dtype)
+            llm = llama_cpp.Llama(str(path), n_ctx=cfg.block_size, n_batch=cfg.block_size, logits_all=True,
+                                  verbose=False, seed=0)
+            texts = [t for t in TEXTS if encodable(tokenizer, t)]
+            ids_ok = sum(llm.tokenize(t.encode(), add_bos=False, special=False) == tokenizer.encode(t) for t in texts)
+            llm.reset()
+            llm.eval(window[0].tolist())
+            theirs = torch.tensor(np.array(llm.scores[: window.shape[1], :n_own]))
+            greedy = llama_greedy(llm, prompt, args.tokens, n_own, cfg.block_size)
+            print(f"{dtype:>5}: {path.stat().st_size / 1e6:6.1f} MB | token ids equal for {ids_ok}/{len(texts)} texts"
+                  f" | logits vs tanh-GELU BladeGPT: max {(theirs - approx).abs().max():.2e}, vs exact: max "
+                  f"{(theirs - exact).abs().max():.2e} | greedy vs BladeGPT: {agreement(greedy, ours)}; "
+                  f"vs tanh-GELU BladeGPT: {agreement(greedy, ours_tanh)}")
+            del llm
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""GGUF exports read back with gguf's reader and with transformers (which loads GGUF the way
+llama.cpp lays it out), for every tokenizer kind: same ids, same logits."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bladegpt.checkpoint import load_checkpoint
+from bladegpt.cli import app
+from bladegpt.export_gguf import gguf_tensors, gguf_vocab
+from bladegpt.launch import train
+from bladegpt.prepare import prepare
+from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
+from tests.test_export import MIXED
+
+pytestmark = pytest.mark.slow  # trains three tiny models, loads nine files in transformers
+
+gguf = pytest.importorskip("gguf")
+transformers = pytest.importorskip("transformers")
+
+# Beyond test_export's lines: what llama.cpp's splitters are known to trip on.
+TRICKY = MIXED + ["  leading spaces", "trailing\n\n", "a\r\nb", "x  \n  y", "12,345.678 9999 0x1F", "é—e"]
+# f16 and q8_0 round the weights: about 3-5x the largest change measured on these tiny models (3.5e-4, 3.2e-2).
+TOLERANCE = {"f32": 1e-4, "f16": 2e-3, "q8_0": 1e-1}
+
+
+def tanh_gelu(model):
+    """The same weights computing GELU with the tanh approximation, as llama.cpp's GPT-2 graph does."""
+    model = copy.deepcopy(model)
+    for block in model.transformer.h:
+        block.mlp.gelu = torch.nn.GELU(approximate="tanh")
+    return model
+
+
+@pytest.fixture(scope="module", params=["bpe", "gpt2", "char"])
+def trained(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        text = corpus_text(600) + "\n".join(TRICKY) + "\n"
+        (folder / "tales.txt").write_text(text * 2)
+        prepare([folder / "tales.txt"], tokenizer=request.param, vocab_size=512)
+        train(None, "nano", {**TINY_MODEL, "block_size": 32}, {**TINY_TRAIN, "steps": 20}, compile="off")
+        for dtype in ("f32", "f16", "q8_0"):
+            result = CliRunner().invoke(app, ["export", f"voice-{dtype}", "--format", "gguf", "--dtype", dtype])
+            assert result.exit_code == 0, result.output
+    model, tokenizer, _ = load_checkpoint(folder / "runs" / "tales-1" / "best.safetensors")
+    return folder, model, tokenizer
+
+
+def test_reader_sees_metadata_and_every_tensor(trained):
+    folder, model, tokenizer = trained
+    reader = gguf.GGUFReader(folder / "voice-f32.gguf")
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    cfg = model.config
+    assert fields["general.architecture"] == "gpt2"
+    assert (fields["gpt2.block_count"], fields["gpt2.embedding_length"], fields["gpt2.attention.head_count"],
+            fields["gpt2.context_length"], fields["gpt2.feed_forward_length"]) == (
+        cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size, 4 * cfg.n_embd)
+    vocab = gguf_vocab(tokenizer)
+    assert fields["tokenizer.ggml.model"] == "gpt2"
+    assert fields["tokenizer.ggml.pre"] == {"gpt2": "gpt-2", "bpe": "llama-bpe", "char": "gpt-2"}[tokenizer.kind]
+    assert fields["tokenizer.ggml.tokens"] == vocab.tokens and len(set(vocab.tokens)) == len(vocab.tokens)
+    assert fields["tokenizer.ggml.merges"] and len(fields["tokenizer.ggml.token_type"]) == len(vocab.tokens)
+    assert fields["tokenizer.ggml.eos_token_id"] == fields["tokenizer.ggml.bos_token_id"] == vocab.eos
+    assert vocab.tokens[vocab.eos] == "<|endoftext|>"
+    expected = gguf_tensors(model, vocab)
+    assert {t.name for t in reader.tensors} == set(expected)  # tied head: no output.weight
+    for t in reader.tensors:
+        assert np.array_equal(np.asarray(t.data).reshape(expected[t.name].shape), expected[t.name].numpy()), t.name
+    assert expected["token_embd.weight"].shape == (len(vocab.tokens), cfg.n_embd)
+    assert tuple(int(n) for n in next(t for t in reader.tensors if t.name == "blk.0.attn_qkv.weight").shape) == (
+        cfg.n_embd, 3 * cfg.n_embd)  # ggml order {in, out}, as llama.cpp's graph loads it
+
+
+def test_transformers_tokenizes_like_bladegpt(trained):
+    folder, _, tokenizer = trained
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file="voice-f16.gguf")
+    for text in TRICKY:
+        ids = tokenizer.encode(text)
+        assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids, text
+        assert hf_tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
+def test_transformers_logits_match(trained, dtype):
+    folder, model, tokenizer = trained
+    # transformers' GGUF reader maps context_length to n_ctx but not to n_positions (what sizes GPT-2's
+    # position table, 1024 by default); llama.cpp reads context_length itself.
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=f"voice-{dtype}.gguf", n_positions=model.config.block_size).eval()
+    same = tanh_gelu(model).eval()
+    n = tokenizer.vocab_size
+    for text in TRICKY:
+        x = torch.tensor([tokenizer.encode(text)[:32]])
+        with torch.no_grad():
+            theirs, ours = hf(x).logits[..., :n], same(x)[0][..., :n]
+        assert (theirs - ours).abs().max() < TOLERANCE[dtype], (text, (theirs - ours).abs().max())
+
+
+def test_gguf_target_rules(trained):
+    folder, _, _ = trained
+    runner = CliRunner()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        (folder / "mine.gguf").write_bytes(b"GGUF not ours")
+        for args, says in [
+            (["mine.gguf", "--format", "gguf", "--force"], "not an earlier BladeGPT export"),
+            (["voice-f16", "--format", "gguf"], "--force"),
+            (["other", "--format", "gguf", "--dtype", "q4_k"], "--dtype"),
+            (["other", "--dtype", "f16"], "--format gguf"),
+        ]:
+            result = runner.invoke(app, ["export", *args])
+            assert result.exit_code == 1 and says in result.output.replace("\n", " "), (args, result.output)
+            assert "Traceback" not in result.output
+        assert (folder / "mine.gguf").read_bytes() == b"GGUF not ours"
+        before = (folder / "voice-f16.gguf").stat().st_mtime_ns
+        result = runner.invoke(app, ["export", "voice-f16.gguf", "--format", "gguf", "--force"])
+        assert result.exit_code == 0 and "llama-cli -m" in result.output
+        assert (folder / "voice-f16.gguf").stat().st_mtime_ns != before
+        assert not list(folder.glob(".*.tmp"))
