@@ -269,7 +269,8 @@ def export(
     """Hand a trained model to the rest of the ecosystem (transformers, llama.cpp, or one file)."""
     from bladegpt.export import export as export_model
 
-    written = export_model(out, checkpoint, format, force, dtype)
+    written = export_model(out, checkpoint, format, force, dtype,
+                           warn=lambda line: console.print(line, style="yellow", soft_wrap=True))
     if format == "hf":
         console.print(f"Wrote {written}/. Load it with:\n"
                       f"  AutoModelForCausalLM.from_pretrained(\"{written}\"), AutoTokenizer.from_pretrained(\"{written}\")")

@@ -36,6 +36,7 @@ TEXTS = [
     "'tis don't we'll THEY'RE",
     "  leading spaces",
     "a\r\nb x  \n  y 12,345.678 9999",
+    "Wait—what? 'No,' he said.\n\n  Twice.",
 ]
 
 

@@ -23,8 +23,8 @@ transformers = pytest.importorskip("transformers")
 
 # Beyond test_export's lines: what llama.cpp's splitters are known to trip on.
 TRICKY = MIXED + ["  leading spaces", "trailing\n\n", "a\r\nb", "x  \n  y", "12,345.678 9999 0x1F", "é—e"]
-# f16 and q8_0 round the weights: about 3-5x the largest change measured on these tiny models (3.5e-4, 3.2e-2).
-TOLERANCE = {"f32": 1e-4, "f16": 2e-3, "q8_0": 1e-1}
+# f16 and q8_0 round the weights: about 3-4x the largest change measured on these tiny models (2.4e-3, 3.2e-2).
+TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "q8_0": 1e-1}
 
 
 def tanh_gelu(model):
@@ -72,6 +72,11 @@ def test_reader_sees_metadata_and_every_tensor(trained):
     for t in reader.tensors:
         assert np.array_equal(np.asarray(t.data).reshape(expected[t.name].shape), expected[t.name].numpy()), t.name
     assert expected["token_embd.weight"].shape == (len(vocab.tokens), cfg.n_embd)
+    # the added tokens (end of text, char pieces) take the spare rows training taught never to be predicted
+    assert cfg.vocab_size > tokenizer.vocab_size == vocab.n_own
+    if vocab.eos >= vocab.n_own:  # GPT-2's own end of text is a real token
+        spare = model.transformer.wte.weight[vocab.n_own:].detach()
+        assert (spare == expected["token_embd.weight"][vocab.eos]).all(dim=1).any()
     assert tuple(int(n) for n in next(t for t in reader.tensors if t.name == "blk.0.attn_qkv.weight").shape) == (
         cfg.n_embd, 3 * cfg.n_embd)  # ggml order {in, out}, as llama.cpp's graph loads it
 
