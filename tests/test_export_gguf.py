@@ -127,3 +127,25 @@ def test_gguf_target_rules(trained):
         assert result.exit_code == 0 and "llama-cli -m" in result.output
         assert (folder / "voice-f16.gguf").stat().st_mtime_ns != before
         assert not list(folder.glob(".*.tmp"))
+
+
+def test_gpt2_shaped_model_with_biases(tmp_path):
+    """A GPT-2 fine-tune's shape: biases everywhere, tanh GELU, vocabulary 50257 unpadded."""
+    from bladegpt.config import ModelConfig
+    from bladegpt.export_gguf import write_gguf
+    from bladegpt.model import GPT
+    from bladegpt.tokenizer import TiktokenTokenizer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50257, block_size=24, n_layer=2, n_head=2, n_embd=32, bias=True,
+                      activation="gelu_tanh")
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)  # biases start at zero: make them count
+    write_gguf(tmp_path / "gpt2ish.gguf", model, TiktokenTokenizer.gpt2(), "f32")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="gpt2ish.gguf", n_positions=24).eval()
+    x = torch.tensor([TiktokenTokenizer.gpt2().encode(TRICKY[1])[:24]])
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, model(x)[0], atol=1e-4)
