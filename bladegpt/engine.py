@@ -9,7 +9,6 @@ from __future__ import annotations
 import codecs
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -26,7 +25,8 @@ DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, S
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, one pair of tensors per layer."""
+    """Keys and values of the tokens seen so far: per layer one (B, nh, max_len, hs) buffer, allocated
+    once (in the dtype the first keys arrive in) and written in place."""
 
     def __init__(self, n_layer: int, max_len: int):
         self.max_len = max_len
@@ -51,6 +51,11 @@ class KVCache:
     def reset(self) -> None:
         self.pos = 0
 
+    def repeat(self, n: int) -> None:
+        """One prompt's cache (batch 1) copied to n rows, so n samples continue from one prefill."""
+        self.k = [k.expand(n, -1, -1, -1).contiguous() for k in self.k]
+        self.v = [v.expand(n, -1, -1, -1).contiguous() for v in self.v]
+
 
 def check_settings(num_samples: int, max_new_tokens: int, temperature: float, top_k: int | None,
                    top_p: float | None, seed: int) -> None:
@@ -68,12 +73,17 @@ def check_settings(num_samples: int, max_new_tokens: int, temperature: float, to
 
 def sample_next_token(
     logits: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> torch.Tensor:
-    """One token id per row of (B, V) logits; temperature 0 is greedy."""
+    """One token id per row of (B, V) logits; temperature 0 is greedy.
+
+    Each row draws from its own generator (one for all rows if a single one is given), so a row's
+    text depends on its seed alone, not on how many rows are sampled beside it. The draw is the
+    exponential race: argmax(p / E) with E ~ Exp(1) picks token i with probability p_i.
+    """
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -87,19 +97,62 @@ def sample_next_token(
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    noise = torch.empty_like(probs)
+    generators = generator if isinstance(generator, list) else [generator] * len(probs)
+    for row, g in zip(noise, generators):
+        row.exponential_(generator=g)
+    return (probs / noise).argmax(dim=-1)
 
 
-def _last_logits(model: GPT, ids: list[int], n_vocab: int, kv_cache=None) -> torch.Tensor:
-    device = next(model.parameters()).device
-    with sdpa_kernel(DECODE_BACKENDS):
-        logits, _ = model(torch.tensor([ids], dtype=torch.long, device=device), kv_cache=kv_cache)
+def _logits(model: GPT, idx: torch.Tensor, n_vocab: int, kv_cache=None) -> torch.Tensor:
+    """Float logits of the last position of each row, padding ids (which the tokenizer cannot
+    decode) ruled out."""
+    logits, _ = model(idx, kv_cache=kv_cache)
     logits = logits[:, -1, :].float()
-    logits[:, n_vocab:] = float("-inf")  # padding ids the tokenizer cannot decode
+    logits[:, n_vocab:] = float("-inf")
     return logits
 
 
 @torch.inference_mode()
+def generate_batch(
+    model: GPT,
+    prompt: list[int],
+    max_new_tokens: int,
+    n_vocab: int,
+    generators: list[torch.Generator | None],
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield, step by step, one new token per sample (a tensor of len(generators) ids).
+
+    The prompt is run once and its cache copied to every row (nanochat's engine does the same);
+    then all rows decode together, one batched forward pass a token.
+    """
+    block, n = model.config.block_size, len(generators)
+    device = model.transformer.wte.weight.device
+    prompt = list(prompt[-block:])
+    seq = torch.empty(n, len(prompt) + max_new_tokens, dtype=torch.long, device=device)
+    seq[:, : len(prompt)] = torch.tensor(prompt, device=device)
+    length = len(prompt)
+    cache = KVCache(model.config.n_layer, block)
+    with sdpa_kernel(DECODE_BACKENDS):
+        logits = _logits(model, seq[:1, :length], n_vocab, cache)
+        if n > 1:
+            cache.repeat(n)
+            logits = logits.expand(n, -1)
+        for _ in range(max_new_tokens):
+            token = sample_next_token(logits, generators, temperature, top_k, top_p)
+            yield token
+            seq[:, length] = token
+            length += 1
+            if cache.pos == block:  # the window is full: keep its last half and start again
+                cache.reset()
+                logits = _logits(model, seq[:, length - block // 2 : length], n_vocab, cache)
+            else:
+                logits = _logits(model, seq[:, length - 1 : length], n_vocab, cache)
+
+
 def generate(
     model: GPT,
     prompt: list[int],
@@ -110,22 +163,9 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids one at a time, with a KV cache."""
-    block = model.config.block_size
-    tokens = list(prompt[-block:])
-    start = 0
-    cache = KVCache(model.config.n_layer, block)
-    logits = _last_logits(model, tokens, n_vocab, cache)
-    for _ in range(max_new_tokens):
-        token = int(sample_next_token(logits, generator, temperature, top_k, top_p)[0])
-        yield token
-        tokens.append(token)
-        if cache.pos == block:  # the window is full: keep its last half and start again
-            start = len(tokens) - block // 2
-            cache.reset()
-            logits = _last_logits(model, tokens[start:], n_vocab, cache)
-        else:
-            logits = _last_logits(model, [token], n_vocab, cache)
+    """Yield new token ids of one sample, one at a time, with a KV cache."""
+    for token in generate_batch(model, prompt, max_new_tokens, n_vocab, [generator], temperature, top_k, top_p):
+        yield int(token[0])
 
 
 @torch.inference_mode()
@@ -141,13 +181,15 @@ def generate_reference(
 ) -> list[int]:
     """The slow, obviously right generator: recompute the whole window for every token."""
     block = model.config.block_size
+    device = model.transformer.wte.weight.device
     tokens = list(prompt[-block:])
     start = 0
     out = []
     for _ in range(max_new_tokens):
         if len(tokens) - start > block:
             start = len(tokens) - block // 2
-        logits = _last_logits(model, tokens[start:], n_vocab)
+        with sdpa_kernel(DECODE_BACKENDS):
+            logits = _logits(model, torch.tensor([tokens[start:]], device=device), n_vocab)
         token = int(sample_next_token(logits, generator, temperature, top_k, top_p)[0])
         out.append(token)
         tokens.append(token)
@@ -175,42 +217,3 @@ def stream_text(tokens: Iterator[int], tokenizer: Tokenizer) -> Iterator[str]:
     tail = decoder.decode(b"", final=True)
     if tail:
         yield tail
-
-
-class Sampler:
-    """A checkpoint made ready to generate: the latest run's best unless one is named."""
-
-    def __init__(self, checkpoint: Path | None = None, device: str = "auto"):
-        from bladegpt.checkpoint import load_checkpoint
-        from bladegpt.runs import resolve_checkpoint
-        from bladegpt.runtime import choose_precision, resolve_device
-
-        self.checkpoint = resolve_checkpoint(checkpoint)
-        self.device = resolve_device(device)
-        self.model, self.tokenizer, self.info = load_checkpoint(self.checkpoint)
-        self.model.to(self.device)
-        self.precision = choose_precision(self.device)
-
-    def stream(
-        self,
-        prompt: str,
-        max_new_tokens: int = 200,
-        temperature: float = 0.8,
-        top_k: int | None = 200,
-        top_p: float | None = None,
-        seed: int = 0,
-    ) -> Iterator[str]:
-        """Text pieces of one sample as they are generated (the prompt itself is not repeated).
-
-        The prompt is encoded now, so a prompt the tokenizer cannot take fails before any output.
-        """
-        ids = prompt_ids(self.tokenizer, prompt)
-        generator = torch.Generator(self.device).manual_seed(seed)
-        tokens = generate(self.model, ids, max_new_tokens, self.tokenizer.vocab_size, generator, temperature, top_k, top_p)
-        return self._autocast(stream_text(tokens, self.tokenizer))
-
-    def _autocast(self, pieces: Iterator[str]) -> Iterator[str]:
-        from bladegpt.runtime import autocast
-
-        with autocast(self.device, self.precision):
-            yield from pieces

@@ -162,16 +162,17 @@ def peak_flops(device: torch.device) -> float:
     return float("nan")  # no honest peak known for this device
 
 
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_bf16_supported()
+
+
 def choose_precision(device: torch.device, requested: str = "auto") -> str:
-    """bf16 autocast where the device runs bf16 faster than fp32; otherwise fp32."""
+    """bf16 autocast where the device trains bf16 faster than fp32; otherwise fp32."""
     if requested not in PRECISIONS:
         raise DeviceError(f"Unknown precision '{requested}'; choose one of: {', '.join(PRECISIONS)}.")
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    elif device.type == "cpu":
-        supported = cpu_bf16_supported()
-    else:
-        supported = False
+    supported = bf16_supported(device)
     if requested == "bf16" and not supported:
         raise DeviceError(f"bf16 is not supported on this {device.type}; use --precision fp32.")
     if requested != "auto":

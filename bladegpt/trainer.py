@@ -22,7 +22,8 @@ from bladegpt.engine import generate, prompt_ids
 from bladegpt.errors import UserError
 from bladegpt.model import GPT, flops_per_token
 from bladegpt.optim import lr_at, make_optimizers, set_lr
-from bladegpt.runtime import Runtime, compile_available, peak_flops, synchronize
+from bladegpt.runtime import Runtime, autocast, compile_available, peak_flops, synchronize
+from bladegpt.sampler import decode_precision
 from bladegpt.signals import StopSignals
 
 # First-compile cost we assume before deciding to compile (measured: 25-30 s on a 2-core CPU).
@@ -254,7 +255,7 @@ class Trainer:
         tok = self.data.tokenizer
         self.model.eval()
         gen = torch.Generator(self.device).manual_seed(self.cfg.seed)
-        with self.runtime.autocast():
+        with autocast(self.device, decode_precision(self.model, self.device)):  # generation's own choice
             ids = list(generate(self.model, prompt_ids(tok, ""), self.cfg.sample_tokens, tok.vocab_size,
                                 gen, temperature=0.8, top_k=200))
         self.model.train()

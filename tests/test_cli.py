@@ -36,8 +36,21 @@ def test_quick_start(corpus, workdir):
     assert first.exit_code == 0, first.output
     assert first.stdout == again.stdout and first.stdout.startswith("The hunter")
     assert len(first.stdout) > len("The hunter") + 5
-    two = invoke("sample", "The", "--num-samples", "2", "--max-new-tokens", "5", "--seed", "1")
-    assert two.exit_code == 0 and two.stdout.count("The") >= 2
+    three = invoke("sample", "The", "--num-samples", "3", "--max-new-tokens", "12", "--seed", "1")
+    assert three.exit_code == 0, three.output
+    texts = three.stdout.rstrip("\n").split("\n" + "-" * 40 + "\n")
+    alone = [invoke("sample", "The", "--max-new-tokens", "12", "--seed", str(1 + i)).stdout.rstrip("\n")
+             for i in range(3)]
+    assert texts == alone  # sample i of a batch is what seed + i gives alone
+    with pytest.MonkeyPatch.context() as mp:  # many samples run in turns of a bounded batch
+        mp.setattr("bladegpt.sampler.MAX_BATCH", 2)
+        turns = invoke("sample", "The", "--num-samples", "3", "--max-new-tokens", "12", "--seed", "1")
+    assert turns.stdout == three.stdout
+    for precision in ("fp32", "bf16"):
+        result = invoke("sample", "The", "--precision", precision, "--max-new-tokens", "3")
+        assert result.exit_code == 0 or "bf16 is not supported" in result.output, result.output
+    result = invoke("sample", "The", "--precision", "fp8")
+    assert result.exit_code == 1 and "Unknown precision" in result.output
 
 
 def test_resume_from_the_cli(corpus, workdir):

@@ -1,0 +1,130 @@
+"""A checkpoint made ready to generate: its device, the precision that decodes fastest here, and
+many samples in one batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from bladegpt.engine import generate_batch, prompt_ids, stream_text
+from bladegpt.model import GPT
+from bladegpt.runtime import _cached, autocast, bf16_supported, choose_precision, cpu_model
+
+CACHE_BYTES = 256 * 2**20  # most KV cache one batch of samples may hold; more samples run in turns
+MAX_BATCH = 64
+
+
+def _time_decode(model: GPT, device: torch.device, precision: str, steps: int = 16) -> float:
+    """Median seconds of a one-token step with a half-full cache, as generation runs it."""
+    from bladegpt.engine import KVCache, _logits
+
+    block, vocab = model.config.block_size, model.config.vocab_size
+    times = []
+    with torch.inference_mode(), autocast(device, precision):
+        cache = KVCache(model.config.n_layer, block)
+        prefill = max(1, block // 2)
+        _logits(model, torch.randint(0, vocab, (1, prefill), device=device), vocab, cache)
+        token = torch.zeros(1, 1, dtype=torch.long, device=device)
+        for i in range(min(steps + 2, block - prefill)):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            _logits(model, token, vocab, cache)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    times = times[2:] or times  # the first steps warm up
+    return sorted(times)[len(times) // 2]
+
+
+def decode_precision(model: GPT, device: torch.device, requested: str = "auto") -> str:
+    """bf16 or fp32 for generation, chosen by timing a one-token step of this model on this machine
+    (cached). Training's choice does not carry over: a one-token step is latency-bound, and bf16
+    that speeds up a training step measured 2x slower here on an AMX CPU."""
+    choice = choose_precision(device, requested)  # refuses bf16 where the device cannot run it
+    if requested != "auto" or not bf16_supported(device):
+        return choice
+    cfg = model.config
+    key = (f"decode-precision|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
+           f"|{torch.get_num_threads()}|{torch.__version__}|{cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}"
+           f"x{cfg.vocab_size}x{cfg.block_size}")
+
+    def measure() -> str:
+        fp32, bf16 = (_time_decode(model, device, p) for p in ("fp32", "bf16"))
+        return "bf16" if bf16 < 0.9 * fp32 else "fp32"
+
+    return _cached(key, measure)
+
+
+class Sampler:
+    """The latest run's best checkpoint unless one is named, ready to generate."""
+
+    def __init__(self, checkpoint: Path | None = None, device: str = "auto", precision: str = "auto"):
+        from bladegpt.checkpoint import load_checkpoint
+        from bladegpt.runs import resolve_checkpoint
+        from bladegpt.runtime import resolve_device
+
+        self.checkpoint = resolve_checkpoint(checkpoint)
+        self.device = resolve_device(device)
+        choose_precision(self.device, precision)  # a precision this device cannot run: one line, before loading
+        self.model, self.tokenizer, self.info = load_checkpoint(self.checkpoint)
+        self.model.to(self.device).eval()
+        self.precision = decode_precision(self.model, self.device, precision)
+
+    def batch_size(self, n: int) -> int:
+        """How many samples decode together: all of them, unless their KV cache would pass CACHE_BYTES."""
+        cfg = self.model.config
+        per_row = 2 * cfg.n_layer * cfg.block_size * cfg.n_embd * (2 if self.precision == "bf16" else 4)
+        return max(1, min(n, MAX_BATCH, CACHE_BYTES // per_row))
+
+    def samples(
+        self,
+        prompt: str,
+        num_samples: int = 1,
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = 200,
+        top_p: float | None = None,
+        seed: int = 0,
+    ) -> Iterator[tuple[int, str]]:
+        """(sample number, text piece) pairs: sample 0 piece by piece as it is generated, every other
+        sample whole once its batch is done. Sample i is what seed + i gives on its own.
+
+        The prompt is encoded now, so a prompt the tokenizer cannot take fails before any output.
+        """
+        ids = prompt_ids(self.tokenizer, prompt)
+        step = self.batch_size(num_samples)
+        return self._samples(ids, num_samples, step, max_new_tokens, temperature, top_k, top_p, seed)
+
+    def _samples(self, ids, num_samples, step, max_new_tokens, temperature, top_k, top_p, seed):
+        vocab = self.tokenizer.vocab_size
+        with autocast(self.device, self.precision):
+            for first in range(0, num_samples, step):
+                rows = range(first, min(first + step, num_samples))
+                gens = [torch.Generator(self.device).manual_seed(seed + i) for i in rows]
+                steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, temperature, top_k, top_p)
+                if first == 0:  # stream sample 0, keep the others' tokens
+                    yield 0, ""
+                    kept: list[torch.Tensor] = []
+
+                    def first_row() -> Iterator[int]:
+                        for tokens in steps:
+                            kept.append(tokens)
+                            yield int(tokens[0])
+
+                    for piece in stream_text(first_row(), self.tokenizer):
+                        yield 0, piece
+                    table = torch.stack(kept, dim=1).tolist() if kept else []
+                    rest = table[1:]
+                else:
+                    rest = torch.stack(list(steps), dim=1).tolist()
+                for i, tokens in zip(rows[1:] if first == 0 else rows, rest):
+                    yield i, self.tokenizer.decode(tokens)
+
+    def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 200,
+               top_p: float | None = None, seed: int = 0) -> Iterator[str]:
+        """Text pieces of one sample as they are generated (the prompt itself is not repeated)."""
+        return (piece for _, piece in self.samples(prompt, 1, max_new_tokens, temperature, top_k, top_p, seed))
