@@ -188,37 +188,85 @@ def bench(
     }
 
 
+def _hf_twin(model: GPT):
+    """The same model as transformers' GPT2LMHeadModel, built from what `export --format hf` writes."""
+    import transformers
+
+    from bladegpt.export import HF_ACTIVATIONS, hf_state_dict
+
+    cfg = model.config
+    hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                                     n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function=HF_ACTIVATIONS[cfg.activation],
+                                     layer_norm_epsilon=cfg.layer_norm_eps, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
+                                     bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    hf = transformers.GPT2LMHeadModel(hf_cfg)
+    hf.load_state_dict({k: v.to(hf.device) for k, v in hf_state_dict(model).items()}, strict=False)
+    return hf.to(model.transformer.wte.weight.device).eval()
+
+
 def bench_generate(
-    preset: str = "mini", lengths: tuple[int, ...] = (64, 256, 1024), device: str = "auto", vocab_size: int | None = None,
-    repeats: int = 3,
+    preset: str = "mini", device: str = "auto", new_tokens: int = 100, samples: tuple[int, ...] = (1, 8),
+    repeats: int = 5, vocab_size: int | None = None,
 ) -> dict:
-    """Sampling tokens/s with and without the KV cache at a few output lengths: medians of `repeats`
-    runs, the two generators alternating so a slow spell of the machine hits both."""
-    from bladegpt.engine import generate, generate_reference
+    """Generation tokens/s (all samples together) of BladeGPT beside transformers' `generate` on the
+    same weights: greedy for one sample, top-k sampling for several. BladeGPT runs at the precision
+    `sample` picks here and at the other one; transformers in fp32. Medians of `repeats` runs, the
+    contenders alternating so a slow spell of the machine hits all of them."""
+    from bladegpt.engine import generate_batch
+    from bladegpt.runtime import bf16_supported
+    from bladegpt.sampler import decode_precision, in_precision
 
     dev = resolve_device(device)
     model_cfg, _ = from_preset(preset)
     model_cfg.vocab_size = vocab_size = vocab_size or default_vocab(preset)
     torch.manual_seed(0)
     model = GPT(model_cfg).to(dev).eval()
-    precision = choose_precision(dev)
-    with autocast(dev, precision):  # warm-up: first kernels, allocator, autocast caches
-        list(generate(model, [0], 8, vocab_size, temperature=0))
-        generate_reference(model, [0], 8, vocab_size, temperature=0)
+    prompt = torch.randint(0, vocab_size, (4,)).tolist()
+    new_tokens = min(new_tokens, model_cfg.block_size - len(prompt))  # transformers' GPT-2 cannot slide past it
+    chosen = decode_precision(model, dev)
+    precisions = [chosen] + [p for p in ("fp32", "bf16") if p != chosen and (p == "fp32" or bf16_supported(dev))]
+    sampling = dict(temperature=0.8, top_k=200)
+
+    variants = {p: in_precision(model, p, cast=True) for p in precisions}  # as `sample` runs it
+
+    def ours(precision: str, n: int):
+        settings = dict(temperature=0) if n == 1 else sampling
+        gens = [torch.Generator(dev).manual_seed(i) for i in range(n)]
+        weights, context = variants[precision]
+        with context:
+            for _ in generate_batch(weights, prompt, new_tokens, vocab_size, gens, **settings):
+                pass
+
+    contenders = {(f"BladeGPT{' (auto)' if p == chosen else ''}", p): lambda n, p=p: ours(p, n) for p in precisions}
+    try:
+        hf = _hf_twin(model)
+        ids = torch.tensor([prompt], device=dev)
+
+        def theirs(n: int):
+            settings = dict(do_sample=False) if n == 1 else dict(do_sample=True, **sampling)
+            with torch.inference_mode():
+                hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_return_sequences=n,
+                            **settings)
+
+        contenders[("transformers generate", "fp32")] = theirs
+        peer = None
+    except ImportError:
+        peer = "transformers is not installed (pip install transformers) so it has no rows"
     rows = []
-    for n in lengths:
-        runs = {"kv_cache": [], "no_cache": []}
+    for n in samples:
+        for fn in contenders.values():  # warm-up
+            fn(n)
+        times = {key: [] for key in contenders}
         for _ in range(repeats):
-            for name, fn in (("kv_cache", lambda: list(generate(model, [0], n, vocab_size, temperature=0))),
-                             ("no_cache", lambda: generate_reference(model, [0], n, vocab_size, temperature=0))):
-                with autocast(dev, precision):
-                    synchronize(dev)
-                    t0 = time.perf_counter()
-                    fn()
-                    synchronize(dev)
-                runs[name].append(n / (time.perf_counter() - t0))
-        row = {"tokens": n, **{f"{name}_tok_per_s": statistics.median(v) for name, v in runs.items()}}
-        row["speedup"] = row["kv_cache_tok_per_s"] / row["no_cache_tok_per_s"]
-        rows.append(row)
-    return {"device": device_name(dev), "preset": preset, "precision": precision,
-            "block": model_cfg.block_size, "repeats": repeats, "lengths": rows}
+            for key, fn in contenders.items():
+                synchronize(dev)
+                t0 = time.perf_counter()
+                fn(n)
+                synchronize(dev)
+                times[key].append(time.perf_counter() - t0)
+        for (who, precision), t in times.items():
+            rows.append({"generator": who, "precision": precision, "samples": n,
+                         "tok_per_s": n * new_tokens / statistics.median(t)})
+    return {"device": device_name(dev), "preset": preset, "block": model_cfg.block_size, "vocab": vocab_size,
+            "new_tokens": new_tokens, "prompt_tokens": len(prompt), "repeats": repeats, "torch": torch.__version__,
+            "decode_precision": chosen, "peer": peer, "rows": rows}

@@ -205,6 +205,57 @@ def sample(
 
 @app.command()
 @friendly
+def chat(
+    checkpoint: Annotated[Optional[Path], typer.Option(help="A .safetensors file or run folder [default: latest run's best].")] = None,
+    frame: Annotated[str, typer.Option(help="How dialogue is written: quotes (\"...\" lines, as the shipped corpora) or lines.")] = "quotes",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 200,
+    temperature: Annotated[float, typer.Option(help="0 is greedy; higher is wilder.")] = 0.8,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k likeliest tokens.")] = 200,
+    top_p: Annotated[Optional[float], typer.Option(help="Sample only from the smallest set with this much probability.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Same seed and same lines, same conversation [default: random].")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (the faster here for generation, measured), bf16 or fp32.")] = "auto",
+) -> None:
+    """Talk with the voice: type a line, it answers in the text's voice. Ctrl-D or Ctrl-C ends."""
+    from bladegpt.chat import FRAMES, Conversation
+    from bladegpt.engine import check_settings
+    from bladegpt.errors import UserError
+    from bladegpt.sampler import Sampler
+
+    seed = random.randrange(2**31) if seed is None else seed
+    check_settings(1, max_new_tokens, temperature, top_k, top_p, seed)
+    if frame not in FRAMES:
+        raise UserError(f"Unknown --frame '{frame}'; choose one of: {', '.join(FRAMES)}.")
+    sampler = Sampler(checkpoint, device, precision)
+    talk = Conversation(sampler, frame, seed, max_new_tokens, temperature, top_k, top_p)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · Ctrl-D to end[/]", highlight=False)
+    try:
+        while True:
+            try:
+                line = input("> " if interactive else "")
+            except EOFError:
+                break
+            if not line.strip():
+                continue
+            try:
+                pieces = talk.reply(line)
+            except UserError as e:  # a line the tokenizer cannot take: say so, keep talking
+                err_console.print(str(e), style="red", soft_wrap=True)
+                continue
+            for piece in pieces:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+    except KeyboardInterrupt:
+        pass
+    if interactive:
+        sys.stdout.write("\n")
+
+
+@app.command()
+@friendly
 def bench(
     preset: Annotated[str, typer.Option(help="Model to time [default: the one `train` uses].")] = "mini",
     batch: Annotated[Optional[int], typer.Option(help="Sequences per step [default: the preset's].")] = None,
@@ -212,7 +263,7 @@ def bench(
     steps: Annotated[int, typer.Option(help="Timed steps per rung, after 2 warm-up steps.")] = 10,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     rungs: Annotated[Optional[str], typer.Option(help="Comma-separated subset: vanilla,mixed,compile,flash,auto.")] = None,
-    generate: Annotated[bool, typer.Option("--generate", help="Time sampling with and without the KV cache instead.")] = False,
+    generate: Annotated[bool, typer.Option("--generate", help="Time generation instead, beside transformers' generate.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON, nothing else.")] = False,
 ) -> None:
     """Time training steps up the speed ladder on this machine (random tokens, no dataset needed)."""

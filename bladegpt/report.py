@@ -41,19 +41,20 @@ def bench_table(result: dict) -> Table:
 
 
 def generate_table(result: dict) -> Table:
-    repeats = result.get("repeats", 1)
-    table = Table(title=f"Sampling, {result['preset']} preset (block {result['block']}, {result['precision']})",
-                  caption=result["device"] + (f" · median of {repeats} runs each" if repeats > 1 else ""))
-    for col in ("new tokens", "KV cache tok/s", "no cache tok/s", "speed-up"):
-        table.add_column(col, justify="right")
-    slower = False
-    for r in result["lengths"]:
-        speed = f"{r['speedup']:.2f}x"
-        if r["speedup"] < 1:
-            speed, slower = f"[red]▼ {speed}[/]", True
-        table.add_row(str(r["tokens"]), f"{r['kv_cache_tok_per_s']:,.0f}", f"{r['no_cache_tok_per_s']:,.0f}", speed)
-    if slower:
-        table.caption += "\n[red]▼[/] the KV cache was slower than recomputing the window here"
+    """BladeGPT's generation beside transformers', each row's speed-up against transformers at the
+    same number of samples."""
+    table = Table(title=f"Generation, {result['preset']} preset (vocab {result['vocab']:,}, block {result['block']}): "
+                        f"{result['new_tokens']} new tokens after a {result['prompt_tokens']}-token prompt",
+                  caption=f"{result['device']} · torch {result['torch']} · median of {result['repeats']} runs · "
+                          "1 sample greedy, more sampled (top-k 200); tok/s counts every sample")
+    for col in ("generator", "precision", "samples", "tok/s", "vs transformers"):
+        table.add_column(col, justify="left" if col == "generator" else "right")
+    peer = {r["samples"]: r["tok_per_s"] for r in result["rows"] if r["generator"].startswith("transformers")}
+    for r in result["rows"]:
+        ratio = f"{r['tok_per_s'] / peer[r['samples']]:.2f}x" if r["samples"] in peer else "-"
+        table.add_row(r["generator"], r["precision"], str(r["samples"]), f"{r['tok_per_s']:,.0f}", ratio)
+    if result.get("peer"):
+        table.caption += "\n" + result["peer"]
     return table
 
 

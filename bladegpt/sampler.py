@@ -3,6 +3,8 @@ many samples in one batch."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +19,22 @@ CACHE_BYTES = 256 * 2**20  # most KV cache one batch of samples may hold; more s
 MAX_BATCH = 64
 
 
-def _time_decode(model: GPT, device: torch.device, precision: str, steps: int = 16) -> float:
+def in_precision(model: GPT, precision: str, cast: bool):
+    """The model and the context to generate in: bf16 weights (cast=True: half the bytes each step
+    reads, no per-step casts), bf16 autocast over fp32 weights (a model that is training), or fp32."""
+    if precision == "bf16" and cast:
+        return copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext()
+    return model, autocast(model.transformer.wte.weight.device, precision)
+
+
+def _time_decode(model: GPT, device: torch.device, precision: str, cast: bool, steps: int = 16) -> float:
     """Median seconds of a one-token step with a half-full cache, as generation runs it."""
     from bladegpt.engine import KVCache, _logits
 
     block, vocab = model.config.block_size, model.config.vocab_size
     times = []
-    with torch.inference_mode(), autocast(device, precision):
+    model, context = in_precision(model, precision, cast)
+    with torch.inference_mode(), context:
         cache = KVCache(model.config.n_layer, block)
         prefill = max(1, block // 2)
         _logits(model, torch.randint(0, vocab, (1, prefill), device=device), vocab, cache)
@@ -40,20 +51,21 @@ def _time_decode(model: GPT, device: torch.device, precision: str, steps: int = 
     return sorted(times)[len(times) // 2]
 
 
-def decode_precision(model: GPT, device: torch.device, requested: str = "auto") -> str:
+def decode_precision(model: GPT, device: torch.device, requested: str = "auto", cast: bool = True) -> str:
     """bf16 or fp32 for generation, chosen by timing a one-token step of this model on this machine
-    (cached). Training's choice does not carry over: a one-token step is latency-bound, and bf16
-    that speeds up a training step measured 2x slower here on an AMX CPU."""
+    (cached), with weights cast to bf16 (`cast`) or under autocast. Training's choice does not carry
+    over: a one-token step reads every weight for little arithmetic, and bf16 autocast, which speeds
+    up a training step, measured 2x slower for it on an AMX CPU (it re-casts the weights each step)."""
     choice = choose_precision(device, requested)  # refuses bf16 where the device cannot run it
     if requested != "auto" or not bf16_supported(device):
         return choice
     cfg = model.config
-    key = (f"decode-precision|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
+    key = (f"decode-precision|{'cast' if cast else 'autocast'}|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
            f"|{torch.get_num_threads()}|{torch.__version__}|{cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}"
            f"x{cfg.vocab_size}x{cfg.block_size}")
 
     def measure() -> str:
-        fp32, bf16 = (_time_decode(model, device, p) for p in ("fp32", "bf16"))
+        fp32, bf16 = (_time_decode(model, device, p, cast) for p in ("fp32", "bf16"))
         return "bf16" if bf16 < 0.9 * fp32 else "fp32"
 
     return _cached(key, measure)
@@ -73,6 +85,7 @@ class Sampler:
         self.model, self.tokenizer, self.info = load_checkpoint(self.checkpoint)
         self.model.to(self.device).eval()
         self.precision = decode_precision(self.model, self.device, precision)
+        self.model, self.context = in_precision(self.model, self.precision, cast=True)
 
     def batch_size(self, n: int) -> int:
         """How many samples decode together: all of them, unless their KV cache would pass CACHE_BYTES."""
@@ -101,7 +114,7 @@ class Sampler:
 
     def _samples(self, ids, num_samples, step, max_new_tokens, temperature, top_k, top_p, seed):
         vocab = self.tokenizer.vocab_size
-        with autocast(self.device, self.precision):
+        with self.context:
             for first in range(0, num_samples, step):
                 rows = range(first, min(first + step, num_samples))
                 gens = [torch.Generator(self.device).manual_seed(seed + i) for i in rows]

@@ -255,7 +255,8 @@ class Trainer:
         tok = self.data.tokenizer
         self.model.eval()
         gen = torch.Generator(self.device).manual_seed(self.cfg.seed)
-        with autocast(self.device, decode_precision(self.model, self.device)):  # generation's own choice
+        # generation's own choice, measured: bf16 autocast or fp32 (the weights are training, never cast)
+        with autocast(self.device, decode_precision(self.model, self.device, cast=False)):
             ids = list(generate(self.model, prompt_ids(tok, ""), self.cfg.sample_tokens, tok.vocab_size,
                                 gen, temperature=0.8, top_k=200))
         self.model.train()

@@ -58,22 +58,24 @@ def test_unknown_rung_is_a_user_error(tiny_preset):
 def test_generate_bench(tiny_preset):
     result = CliRunner().invoke(app, ["bench", "--generate", "--preset", "nano", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)["lengths"]
-    assert [r["tokens"] for r in rows] == [64, 256, 1024]
-    assert all(r["kv_cache_tok_per_s"] > 0 and r["no_cache_tok_per_s"] > 0 for r in rows)
-    assert json.loads(result.stdout)["repeats"] == 3
+    out = json.loads(result.stdout)
+    rows = out["rows"]
+    assert {r["samples"] for r in rows} == {1, 8} and all(r["tok_per_s"] > 0 for r in rows)
+    assert {r["generator"] for r in rows} >= {"BladeGPT (auto)", "transformers generate"}
+    assert out["repeats"] == 5 and out["decode_precision"] in ("fp32", "bf16")
 
 
-def test_generate_table_flags_a_slower_cache():
+def test_generate_table_compares_with_transformers():
     from rich.console import Console
 
     from bladegpt.report import generate_table
 
-    row = lambda n, kv, no: {"tokens": n, "kv_cache_tok_per_s": kv, "no_cache_tok_per_s": no, "speedup": kv / no}
-    result = {"device": "a GPU", "preset": "mini", "precision": "bf16", "block": 128, "repeats": 3,
-              "lengths": [row(64, 400.0, 200.0), row(1024, 500.0, 550.0)]}
-    console = Console(width=100, record=True)
+    row = lambda who, n, tps: {"generator": who, "precision": "fp32", "samples": n, "tok_per_s": tps}
+    result = {"device": "a CPU", "preset": "mini", "vocab": 4096, "block": 128, "new_tokens": 100,
+              "prompt_tokens": 4, "repeats": 5, "torch": "2.13", "peer": None,
+              "rows": [row("BladeGPT (auto)", 1, 600.0), row("transformers generate", 1, 300.0),
+                       row("BladeGPT (auto)", 8, 1600.0), row("transformers generate", 8, 1600.0)]}
+    console = Console(width=120, record=True)
     console.print(generate_table(result))
     text = console.export_text()
-    assert "2.00x" in text and "▼ 0.91x" in text and "median of 3 runs" in text
-    assert "▼ 2.00x" not in text
+    assert "2.00x" in text and "1.00x" in text and "median of 5 runs" in text
