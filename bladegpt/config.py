@@ -19,6 +19,13 @@ DEFAULT_BPE_VOCAB = 4096
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
+def padded_vocab(n: int, multiple: int = 64) -> int:
+    """Round the vocabulary up: matmuls run faster on multiples of 64 (nanoGPT's 50304). At least one
+    row is always spare: never a target, training teaches the model never to predict it, and a GGUF
+    export gives that row to the end-of-text token llama.cpp needs (export_gguf.py)."""
+    return (n + multiple) // multiple * multiple
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64

@@ -18,6 +18,7 @@ from bladegpt.config import (
     TrainConfig,
     finetune_config,
     from_preset,
+    padded_vocab,
 )
 from bladegpt.data import DataError, TokenData, latest_dataset
 from bladegpt.prepare import default_out_dir
@@ -33,7 +34,7 @@ from bladegpt.runtime import (
     set_matmul_precision,
 )
 from bladegpt.signals import StopSignals
-from bladegpt.trainer import Reporter, Trainer, TrainResult, padded_vocab
+from bladegpt.trainer import Reporter, Trainer, TrainResult
 
 RUNTIME_FLAGS = ("device", "precision", "attention", "compile")
 CHECKPOINTS = (runs.LAST, runs.STATE, runs.BEST)
@@ -259,8 +260,8 @@ def _resume(trainer: Trainer, plan: Plan, requested: dict, reporter: Reporter) -
                              "the loss will not follow exactly the curve of an uninterrupted run.")
     if trainer.done():
         cfg = trainer.cfg
-        if trainer.stopped_early():
+        if trainer.early.stop:
             raise UserError(f"{plan.run_dir} stopped early at step {trainer.step} (val loss had not improved for "
-                            f"{trainer.stale_evals} evaluations); pass a larger --patience, or --patience 0, to continue it.")
+                            f"{trainer.early.stale_evals} evaluations); pass a larger --patience, or --patience 0, to continue it.")
         more = ("a longer --time" if cfg.time_budget_s is not None else "a larger --steps")
         raise UserError(f"{plan.run_dir} already finished at step {trainer.step}; pass {more} to continue it.")

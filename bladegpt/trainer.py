@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -22,6 +21,7 @@ from bladegpt.engine import generate, prompt_ids
 from bladegpt.errors import UserError
 from bladegpt.model import GPT, flops_per_token
 from bladegpt.optim import lr_at, make_optimizers, set_lr
+from bladegpt.runbook import EarlyStopping, MetricsLog, eval_record, train_record
 from bladegpt.runtime import Runtime, autocast, compile_available, peak_flops, synchronize
 from bladegpt.sampler import decode_precision
 from bladegpt.signals import StopSignals
@@ -36,13 +36,6 @@ ESTIMATE_STEPS = 3  # steps timed before the run says how long it will take
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
-def padded_vocab(n: int, multiple: int = 64) -> int:
-    """Round the vocabulary up: matmuls run faster on multiples of 64 (nanoGPT's 50304). At least one
-    row is always spare: never a target, training teaches the model never to predict it, and a GGUF
-    export gives that row to the end-of-text token llama.cpp needs (export_gguf.py)."""
-    return (n + multiple) // multiple * multiple
 
 
 class Reporter:
@@ -103,9 +96,8 @@ class Trainer:
         torch.manual_seed(train_cfg.seed + ddp.rank)  # dropout differs across ranks
         self.step = 0
         self.elapsed = 0.0  # wall seconds of training so far, over all resumes
-        self.best_val: float | None = None
-        self.best_step = 0
-        self.stale_evals = 0  # evaluations since val loss last improved
+        self.early = EarlyStopping(train_cfg.patience)
+        self.metrics = MetricsLog(run_dir, ddp.main)
         self.last_loss: float | None = None
         self.tok_per_s = 0.0
         self.lr = train_cfg.lr
@@ -141,8 +133,7 @@ class Trainer:
         tensors = {"rng.cpu": torch.get_rng_state(), "rng.batches": self.batch_gen.get_state()}
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        info = {"step": self.step, "elapsed": self.elapsed, "best_val": self.best_val, "last_loss": self.last_loss,
-                "best_step": self.best_step, "stale_evals": self.stale_evals,
+        info = {"step": self.step, "elapsed": self.elapsed, "last_loss": self.last_loss, **self.early.state(),
                 "runtime": self.runtime_record()}
         with self.saving():
             save_training(self.run_dir, self.model, self.data.tokenizer, self.optimizers, tensors, info)
@@ -179,8 +170,8 @@ class Trainer:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.batch_gen.set_state(tensors["rng.batches"])
         self.step, self.elapsed = state["step"], state["elapsed"]
-        self.best_val, self.last_loss = state["best_val"], state["last_loss"]
-        self.best_step, self.stale_evals = state.get("best_step", 0), state.get("stale_evals", 0)
+        self.last_loss = state["last_loss"]
+        self.early.load(state)
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -191,11 +182,8 @@ class Trainer:
             return self.elapsed / cfg.time_budget_s
         return (self.step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
 
-    def stopped_early(self) -> bool:
-        return self.cfg.patience > 0 and self.stale_evals >= self.cfg.patience
-
     def done(self) -> bool:
-        if self.stopped_early():
+        if self.early.stop:
             return True
         if self.cfg.time_budget_s is not None and self.elapsed >= self.cfg.time_budget_s:
             return True
@@ -261,11 +249,6 @@ class Trainer:
                                 gen, temperature=0.8, top_k=200))
         self.model.train()
         return tok.decode(ids)
-
-    def write_metrics(self, record: dict) -> None:
-        if self.ddp.main:
-            with open(self.run_dir / runs.METRICS, "a") as f:
-                f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def check_finite(self, *values: float) -> None:
         """Stop, saving nothing, once a loss or gradient is NaN or infinite on any rank: the weights
@@ -360,17 +343,10 @@ class Trainer:
                         self.maybe_compile(probe[1:])
                 if self.step % cfg.log_interval == 0:
                     self.tok_per_s = interval_tokens / interval_time
-                    record = {
-                        "step": self.step,
-                        "loss": round(self.last_loss, 5),
-                        "lr": self.lr,
-                        "tok_per_s": round(self.tok_per_s, 1),
-                        "mfu": round(self.tok_per_s * self.flops_per_step / self.tokens_per_step / self.peak, 5)
-                        if math.isfinite(self.peak) else None,
-                        "elapsed": round(self.elapsed, 3),
-                    }
+                    mfu = self.tok_per_s * self.flops_per_step / self.tokens_per_step / self.peak
+                    record = train_record(self.step, self.last_loss, self.lr, self.tok_per_s, mfu, self.elapsed)
                     interval_tokens, interval_time = 0, 0.0
-                    self.write_metrics(record)
+                    self.metrics.write(record)
                     self.reporter.log(record)
                     history.append(record)
                 if self.step % cfg.eval_interval == 0 or self.done():
@@ -385,14 +361,15 @@ class Trainer:
         finally:
             self.signals.graceful = False
             self.reporter.close()
-        if self.stopped_early():
+        early = self.early
+        if early.stop:
             self.reporter.message(
-                f"Stopped early at step {self.step}: val loss has not improved for {self.stale_evals} evaluations "
-                f"(--patience {self.cfg.patience}); the best, {self.best_val:.4f} at step {self.best_step}, is in "
+                f"Stopped early at step {self.step}: val loss has not improved for {early.stale_evals} evaluations "
+                f"(--patience {early.patience}); the best, {early.best_val:.4f} at step {early.best_step}, is in "
                 f"{self.run_dir / runs.BEST}."
             )
-        return TrainResult(self.run_dir, self.step, self.best_val, self.elapsed, interrupted=self.stop_requested,
-                           stopped_early=self.stopped_early(), history=history, model=self.model)
+        return TrainResult(self.run_dir, self.step, early.best_val, self.elapsed, interrupted=self.stop_requested,
+                           stopped_early=early.stop, history=history, model=self.model)
 
     def stopping(self) -> bool:
         """Ctrl-C or SIGTERM seen here, or on any rank: all ranks stop after the same step."""
@@ -406,22 +383,10 @@ class Trainer:
         val_loss, val_bpb = self.evaluate()
         self.check_finite(val_loss)
         sample = self.sample()
-        improved = self.best_val is None or val_loss < self.best_val
-        if improved:
-            self.best_val, self.best_step, self.stale_evals = val_loss, self.step, 0
-        else:
-            self.stale_evals += 1
+        improved = self.early.observe(val_loss, self.step)
         self.elapsed += time.perf_counter() - t0  # evaluation is part of the run's wall time
-        record = {
-            "step": self.step,
-            "loss": round(self.last_loss, 5) if self.last_loss is not None else None,
-            "lr": self.lr,
-            "tok_per_s": round(self.tok_per_s, 1),
-            "val_loss": round(val_loss, 5),
-            "val_bpb": round(val_bpb, 5),
-            "elapsed": round(self.elapsed, 3),
-        }
-        self.write_metrics(record)
+        record = eval_record(self.step, self.last_loss, self.lr, self.tok_per_s, val_loss, val_bpb, self.elapsed)
+        self.metrics.write(record)
         self.save()
         if improved:
             self.save_best(val_loss)

@@ -1,0 +1,63 @@
+"""What a run writes down as it trains: its metrics file, and early stopping's record of the best."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from bladegpt.runs import METRICS
+
+
+@dataclass
+class EarlyStopping:
+    """The best val loss so far and how many evaluations have passed without beating it."""
+
+    patience: int  # evaluations without a better val loss before stopping; 0 = never
+    best_val: float | None = None
+    best_step: int = 0
+    stale_evals: int = 0
+
+    def observe(self, val_loss: float, step: int) -> bool:
+        """Record an evaluation; True when it is the best so far."""
+        if self.best_val is None or val_loss < self.best_val:
+            self.best_val, self.best_step, self.stale_evals = val_loss, step, 0
+            return True
+        self.stale_evals += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.patience > 0 and self.stale_evals >= self.patience
+
+    def state(self) -> dict:
+        return {"best_val": self.best_val, "best_step": self.best_step, "stale_evals": self.stale_evals}
+
+    def load(self, state: dict) -> None:
+        self.best_val = state["best_val"]
+        self.best_step, self.stale_evals = state.get("best_step", 0), state.get("stale_evals", 0)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON line per log or evaluation, written by the main process only."""
+
+    def __init__(self, run_dir: Path, main: bool):
+        self.path, self.main = Path(run_dir) / METRICS, main
+
+    def write(self, record: dict) -> None:
+        if self.main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+def train_record(step: int, loss: float, lr: float, tok_per_s: float, mfu: float, elapsed: float) -> dict:
+    return {"step": step, "loss": round(loss, 5), "lr": lr, "tok_per_s": round(tok_per_s, 1),
+            "mfu": round(mfu, 5) if math.isfinite(mfu) else None, "elapsed": round(elapsed, 3)}
+
+
+def eval_record(step: int, loss: float | None, lr: float, tok_per_s: float, val_loss: float, val_bpb: float,
+                elapsed: float) -> dict:
+    return {"step": step, "loss": round(loss, 5) if loss is not None else None, "lr": lr,
+            "tok_per_s": round(tok_per_s, 1), "val_loss": round(val_loss, 5), "val_bpb": round(val_bpb, 5),
+            "elapsed": round(elapsed, 3)}
