@@ -197,6 +197,37 @@ def finetune_config(overrides: dict | None, n_embd: int, train_tokens: int, val_
     return TrainConfig(**{**defaults, **chosen})
 
 
+# Training from scratch with no flags: sized to the text (measured, docs/benchmarks.md "Does the
+# default run fit the text?"). Val loss on officer_k and witcher bottoms out after about this many
+# passes over the training tokens with dropout; early stopping ends the run at its best anyway.
+SCRATCH_PASSES = 30
+SCRATCH_DROPOUT = 0.2
+SCRATCH_BUDGET_S = 10 * 60  # a run that would take longer is cut to this, and says how to get the rest
+SCRATCH_EVALS = 15  # evaluations over a run: patience 3 then stops within a fifth of the run past its best
+
+
+def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, tokens_per_step: int,
+                  preset_train: dict) -> tuple[dict, list[str]]:
+    """The default run's steps and evaluation cadence from the text's size; returns the train settings
+    (the user's flags win over each) and a line per choice, to print."""
+    chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
+    sized, notes = {}, []
+    if "steps" not in chosen and "time_budget_s" not in chosen:
+        steps = max(100, math.ceil(SCRATCH_PASSES * train_tokens / tokens_per_step))
+        sized["steps"] = steps
+        sized["warmup_steps"] = min(preset_train.get("warmup_steps", 100), max(10, steps // 20))
+        notes.append(f"--steps {steps:,}: about {SCRATCH_PASSES} passes over the {train_tokens:,} training tokens "
+                     "(early stopping ends it at its best)")
+    steps = chosen.get("steps") or sized.get("steps") or preset_train.get("steps", TrainConfig.steps)
+    if "eval_interval" not in chosen:
+        sized["eval_interval"] = max(10, steps // SCRATCH_EVALS)
+    if "eval_iters" not in chosen:  # the val split read about once, never re-read 20 times over
+        sized["eval_iters"] = min(20, max(2, math.ceil(val_tokens / tokens_per_step)))
+    notes.append(f"evaluating every {sized.get('eval_interval', chosen.get('eval_interval'))} steps on "
+                 f"{sized.get('eval_iters', chosen.get('eval_iters'))} batches ({val_tokens:,} val tokens)")
+    return {**preset_train, **sized, **chosen}, notes
+
+
 def from_preset(
     name: str, model_overrides: dict | None = None, train_overrides: dict | None = None
 ) -> tuple[ModelConfig, TrainConfig]:

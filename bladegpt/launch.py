@@ -17,8 +17,12 @@ from bladegpt.config import (
     ModelConfig,
     TrainConfig,
     finetune_config,
+    PRESETS,
+    SCRATCH_BUDGET_S,
+    SCRATCH_DROPOUT,
     from_preset,
     padded_vocab,
+    sized_to_text,
 )
 from bladegpt.data import DataError, TokenData, latest_dataset
 from bladegpt.prepare import default_out_dir
@@ -53,6 +57,8 @@ class Plan:
     saved_runtime: dict = field(default_factory=dict)
     initial: dict | None = None  # weights to start from (--init-from), already cropped to the block
     origin: str | None = None  # what they are, for the start of the run
+    notes: list[str] = field(default_factory=list)  # choices made for the user, printed at the start
+    budget_s: float | None = None  # a default run longer than this is cut to it once its speed is measured
 
 
 def train(
@@ -79,7 +85,7 @@ def train(
         raise ConfigError(f"Unknown --compile '{compile}'; choose one of: {', '.join(COMPILE_MODES)}.")
     ddp = Distributed.from_env()
     reporter = reporter if reporter is not None and ddp.main else Reporter()  # only rank 0 speaks
-    lock, run_dir, created = None, None, False
+    lock, run_dir, created, record = None, None, False, None
     with StopSignals() as signals:
         try:
             if resume:
@@ -100,11 +106,12 @@ def train(
                     run_dir, created = _claim_run_dir(run, plan.data.folder)
                     lock = runs.RunLock(run_dir)
                     _check_unused(run_dir)
-                    runs.write_run(run_dir, {
+                    record = {
                         "dataset": str(plan.data.folder.resolve()), "dataset_fingerprint": plan.data.fingerprint,
                         "preset": None if init_from else preset or DEFAULT_PRESET, "init_from": init_from,
                         "origin": plan.origin, "model": plan.model_cfg.to_dict(), "train": plan.train_cfg.to_dict(),
-                    })
+                    }
+                    runs.write_run(run_dir, record)
                 run_dir = Path(ddp.broadcast(str(run_dir) if run_dir else None))
             prec = choose_precision(dev, plan.runtime["precision"])
             set_matmul_precision(dev, allow_tf32=True)  # TF32 matmuls on Ampere+ GPUs; no-op elsewhere
@@ -118,6 +125,10 @@ def train(
                 trainer.model.load_state_dict(plan.initial)
                 plan.initial = None  # copied into the model: let the source's tensors go (0.5 GB for GPT-2)
                 reporter.message(f"Starting from {plan.origin}.")
+            if plan.notes:
+                reporter.message("Sized to the text: " + "; ".join(plan.notes) + ". Each flag overrides its choice.")
+            if plan.budget_s is not None:
+                trainer.budget(plan.budget_s, lambda cfg: record and runs.write_run(run_dir, {**record, "train": cfg.to_dict()}))
             return trainer.run()
         finally:
             if lock is not None:
@@ -128,12 +139,30 @@ def train(
 
 
 def _new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan:
+    """A run from scratch: a named preset as it is, or with no --preset the default sized to the text."""
     data_dir = Path(data) if data is not None else latest_dataset()
-    model_cfg, train_cfg = from_preset(preset or DEFAULT_PRESET, model_overrides, train_overrides)
     token_data = TokenData(data_dir)
+    notes, budget = [], None
+    if preset is None:
+        model_overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
+        if "dropout" not in model_overrides:
+            model_overrides["dropout"] = SCRATCH_DROPOUT
+            notes.append(f"--dropout {SCRATCH_DROPOUT}: a few MB of text or less is memorised without it")
+        model_cfg, _ = from_preset(DEFAULT_PRESET, model_overrides)
+        base = PRESETS[DEFAULT_PRESET].train
+        batch = (train_overrides or {}).get("batch_size") or base["batch_size"]
+        train, sized = sized_to_text(train_overrides, len(token_data.splits["train"]), len(token_data.splits["val"]),
+                                     batch * model_cfg.block_size, base)
+        notes += sized
+        given = {k for k, v in (train_overrides or {}).items() if v is not None}
+        budget = None if given & {"steps", "time_budget_s"} else SCRATCH_BUDGET_S
+        model_cfg, train_cfg = from_preset(DEFAULT_PRESET, model_overrides, train)
+    else:
+        model_cfg, train_cfg = from_preset(preset, model_overrides, train_overrides)
     token_data.check_fits(model_cfg.block_size)
     model_cfg.vocab_size = padded_vocab(token_data.tokenizer.vocab_size)
-    return Plan(model_cfg, train_cfg, token_data, {k: v or "auto" for k, v in requested.items()})
+    return Plan(model_cfg, train_cfg, token_data, {k: v or "auto" for k, v in requested.items()}, notes=notes,
+                budget_s=budget)
 
 
 def _finetune_plan(source, data, preset, model_overrides, train_overrides, requested) -> Plan:

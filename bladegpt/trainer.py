@@ -20,22 +20,15 @@ from bladegpt.distributed import Distributed
 from bladegpt.engine import generate, prompt_ids
 from bladegpt.errors import UserError
 from bladegpt.model import GPT, flops_per_token
+from bladegpt.pacing import compile_pays, duration, fit_to_budget, seconds_per_step
 from bladegpt.optim import lr_at, make_optimizers, set_lr
 from bladegpt.runbook import EarlyStopping, MetricsLog, eval_record, train_record
 from bladegpt.runtime import Runtime, autocast, compile_available, peak_flops, synchronize
 from bladegpt.sampler import decode_precision
 from bladegpt.signals import StopSignals
 
-# First-compile cost we assume before deciding to compile (measured: 25-30 s on a 2-core CPU).
-COMPILE_COST_S = {"cpu": 30.0, "cuda": 45.0}
-# The step-time saving we count on from compiling; measured ~1.2x on CPU, so be conservative.
-COMPILE_GAIN = 0.15
 PROBE_STEPS = 6  # eager steps timed before "auto" decides whether compiling pays
 ESTIMATE_STEPS = 3  # steps timed before the run says how long it will take
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 class Reporter:
@@ -97,6 +90,8 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0  # wall seconds of training so far, over all resumes
         self.early = EarlyStopping(train_cfg.patience)
+        self.budget_s: float | None = None  # see budget()
+        self.on_resize = lambda cfg: None
         self.metrics = MetricsLog(run_dir, ddp.main)
         self.last_loss: float | None = None
         self.tok_per_s = 0.0
@@ -264,12 +259,23 @@ class Trainer:
             + (" or --precision fp32." if self.runtime.precision == "bf16" else ".")
         )
 
+    def budget(self, seconds: float, on_resize) -> None:
+        """Cut a run whose measured time would pass `seconds` to fit it (the default run, sized to the
+        text, on a big text); `on_resize(cfg)` records the new schedule so that --resume follows it."""
+        self.budget_s, self.on_resize = seconds, on_resize
+
     def estimate(self, step_s: float) -> None:
         """The expected time, measured: a run's first steps say what the rest will take."""
-        evals = (self.cfg.steps - self.step) // self.cfg.eval_interval
-        left = (self.cfg.steps - self.step) * step_s + evals * self.cfg.eval_iters * step_s / 3  # eval: forward only
-        self.reporter.message(f"{step_s:.2f} s a step here: about {_duration(left)} for the "
-                              f"{self.cfg.steps - self.step:,} steps left, evaluations included.")
+        cfg, full = self.cfg, self.cfg.steps
+        step_s = self.ddp.broadcast(step_s)  # every rank plans with the same numbers
+        per_step = seconds_per_step(cfg, step_s)
+        if self.budget_s is not None and fit_to_budget(cfg, self.step, self.elapsed, per_step, self.budget_s):
+            self.on_resize(cfg)
+            self.reporter.message(f"All {full:,} steps would take about {duration((full - self.step) * per_step)} "
+                                  f"here, so this run trains {cfg.steps:,} (about {duration(self.budget_s)}); for "
+                                  f"the whole schedule pass --steps {full}.")
+        self.reporter.message(f"{step_s:.2f} s a step here: about {duration((cfg.steps - self.step) * per_step)} "
+                              f"for the {cfg.steps - self.step:,} steps left, evaluations included.")
 
     def maybe_compile(self, probe_times: list[float]) -> None:
         """Compile now if the measured eager speed says the rest of the run repays the compile."""
@@ -281,14 +287,11 @@ class Trainer:
                 remaining = max(0.0, self.cfg.time_budget_s - self.elapsed)
             else:
                 remaining = (self.cfg.steps - self.step) * step_s
-            cost = COMPILE_COST_S.get(self.device.type, 60.0)
-            worth = self.ddp.broadcast(remaining * COMPILE_GAIN > cost)
-            if not worth:
+            worth, saved, cost = compile_pays(remaining, self.device.type)
+            if not self.ddp.broadcast(worth):
                 self.compile_mode = "off"  # decided: a resumed run does not ask again
-                self.reporter.message(
-                    f"Not compiling: ~{remaining:.0f} s of training left would save ~{remaining * COMPILE_GAIN:.0f} s, "
-                    f"less than a ~{cost:.0f} s first compile (force it with --compile on)."
-                )
+                self.reporter.message(f"Not compiling: ~{remaining:.0f} s of training left would save ~{saved:.0f} s, "
+                                      f"less than a ~{cost:.0f} s first compile (force it with --compile on).")
                 return
         self.reporter.message("Compiling the model with torch.compile (the first steps take a while)...")
         self.forward_model = torch.compile(self.forward_model)

@@ -1,0 +1,35 @@
+"""How long a run will take, and what that decides: whether compiling pays, whether the default run
+fits its time budget. Pure arithmetic on measured step times; the trainer says what was decided."""
+
+from __future__ import annotations
+
+from bladegpt.config import SCRATCH_EVALS, TrainConfig
+
+# First-compile cost we assume before deciding to compile (measured: 25-30 s on a 2-core CPU).
+COMPILE_COST_S = {"cpu": 30.0, "cuda": 45.0}
+# The step-time saving we count on from compiling; measured ~1.2x on CPU, so be conservative.
+COMPILE_GAIN = 0.15
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def seconds_per_step(cfg: TrainConfig, step_s: float) -> float:
+    """A training step's time with its share of evaluations (forward passes only, about a third)."""
+    return step_s * (1 + cfg.eval_iters / 3 / cfg.eval_interval)
+
+
+def compile_pays(remaining_s: float, device_type: str) -> tuple[bool, float, float]:
+    """(worth it, time it would save, what the first compile costs) for a run with `remaining_s` to go."""
+    cost = COMPILE_COST_S.get(device_type, 60.0)
+    return remaining_s * COMPILE_GAIN > cost, remaining_s * COMPILE_GAIN, cost
+
+
+def fit_to_budget(cfg: TrainConfig, step: int, elapsed: float, per_step: float, budget_s: float) -> bool:
+    """Shorten the schedule in place so the run ends within `budget_s`; False when it already fits."""
+    if elapsed + (cfg.steps - step) * per_step <= budget_s:
+        return False
+    cfg.steps = max(step + 1, step + int((budget_s - elapsed) / per_step))
+    cfg.eval_interval = max(10, cfg.steps // SCRATCH_EVALS)
+    return True
