@@ -42,8 +42,9 @@ class TrainDisplay(Reporter):
         if not self.by_time:
             passes = info["steps"] * info["tokens_per_step"] / max(1, info["train_tokens"])
             c.print(f"[bold]Data[/] {info['steps']:,} steps read the {info['train_tokens']:,} training tokens "
-                    f"~{passes:.1f} times" + ("; past ~30 a small model mostly memorises, and best.safetensors "
-                                              "keeps the step with the lowest val loss" if passes > 30 else ""))
+                    f"~{passes:.1f} times" + ("; a small model starts to memorise somewhere past 20-50 passes: "
+                                              "best.safetensors keeps the step with the lowest val loss, and early "
+                                              "stopping ends the run past it" if passes > 20 else ""))
         total = info["time_budget_s"] if self.by_time else info["steps"]
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=0 if self.by_time else info["step"],
