@@ -182,6 +182,7 @@ def sample(
     seed: Annotated[Optional[int], typer.Option(help="Same seed, same text [default: random].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (the faster here for generation, measured), bf16 or fp32.")] = "auto",
+    compile: Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")] = "auto",
 ) -> None:
     """Stream new text from a trained model (several samples are generated together, in one batch)."""
     from bladegpt.engine import check_settings
@@ -189,7 +190,7 @@ def sample(
 
     seed = random.randrange(2**31) if seed is None else seed
     check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed)
-    sampler = Sampler(checkpoint, device, precision)
+    sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · {sampler.precision}[/]", highlight=False)
     current = None
     for i, piece in sampler.samples(prompt, num_samples, max_new_tokens, temperature, top_k, top_p, seed):
@@ -215,6 +216,7 @@ def chat(
     seed: Annotated[Optional[int], typer.Option(help="Same seed and same lines, same conversation [default: random].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (the faster here for generation, measured), bf16 or fp32.")] = "auto",
+    compile: Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")] = "auto",
 ) -> None:
     """Talk with the voice: type a line, it answers in the text's voice. Ctrl-D or Ctrl-C ends."""
     from bladegpt.chat import FRAMES, Conversation
@@ -226,7 +228,7 @@ def chat(
     check_settings(1, max_new_tokens, temperature, top_k, top_p, seed)
     if frame not in FRAMES:
         raise UserError(f"Unknown --frame '{frame}'; choose one of: {', '.join(FRAMES)}.")
-    sampler = Sampler(checkpoint, device, precision)
+    sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     talk = Conversation(sampler, frame, seed, max_new_tokens, temperature, top_k, top_p)
     interactive = sys.stdin.isatty()
     if interactive:

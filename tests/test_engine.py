@@ -84,3 +84,21 @@ def test_batched_samples_are_each_seeds_own_text(model, new_tokens):
         alone = generate_reference(model, [7], new_tokens, 60, torch.Generator().manual_seed(10 + i), 1.0, 20)
         assert row == alone
     assert len({tuple(r) for r in rows.tolist()}) > 1
+
+
+@pytest.mark.slow
+def test_compiled_decode_gives_the_reference_tokens(model, tmp_path):
+    """sample --compile on: the compiled decode step writes exactly the slow reference's greedy text."""
+    from bladegpt.checkpoint import save_checkpoint
+    from bladegpt.sampler import Sampler
+
+    tok = train_tokenizer("char", "".join(chr(33 + i) for i in range(60)))
+    save_checkpoint(tmp_path / "m.safetensors", model, tok, step=1)
+    said = []
+    sampler = Sampler(tmp_path / "m.safetensors", "cpu", "fp32", compile="on", say=said.append)
+    text = "".join(sampler.stream("!#", max_new_tokens=40, temperature=0))
+    assert getattr(sampler.model, "_orig_mod", None) is not None  # it did compile
+    assert tok.encode(text) == generate_reference(model, tok.encode("!#"), 40, 60, temperature=0)
+    auto = Sampler(tmp_path / "m.safetensors", "cpu", "fp32", compile="auto", say=said.append)
+    "".join(auto.stream("!#", max_new_tokens=40, temperature=0))
+    assert getattr(auto.model, "_orig_mod", None) is None and not said  # 40 tokens never repay a compile
