@@ -192,14 +192,9 @@ def _hf_twin(model: GPT):
     """The same model as transformers' GPT2LMHeadModel, built from what `export --format hf` writes."""
     import transformers
 
-    from bladegpt.export import HF_ACTIVATIONS, hf_state_dict
+    from bladegpt.export import hf_config, hf_state_dict
 
-    cfg = model.config
-    hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-                                     n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function=HF_ACTIVATIONS[cfg.activation],
-                                     layer_norm_epsilon=cfg.layer_norm_eps, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
-                                     bos_token_id=None, eos_token_id=None, pad_token_id=0)
-    hf = transformers.GPT2LMHeadModel(hf_cfg)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config.from_dict(hf_config(model, eos=None)))
     hf.load_state_dict({k: v.to(hf.device) for k, v in hf_state_dict(model).items()}, strict=False)
     return hf.to(model.transformer.wte.weight.device).eval()
 
@@ -246,7 +241,7 @@ def bench_generate(
             settings = dict(do_sample=False) if n == 1 else dict(do_sample=True, **sampling)
             with torch.inference_mode():
                 hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_return_sequences=n,
-                            **settings)
+                            pad_token_id=0, **settings)
 
         contenders[("transformers generate", "fp32")] = theirs
         peer = None

@@ -18,11 +18,15 @@ FRAMES = {"quotes": ('"', '"'), "lines": ("", "\n")}
 KEEP_CHARS = 100_000  # far more than any context here holds; the rest is never read again
 
 
+def check_frame(frame: str) -> None:
+    if frame not in FRAMES:
+        raise UserError(f"Unknown --frame '{frame}'; choose one of: {', '.join(FRAMES)}.")
+
+
 class Conversation:
     def __init__(self, sampler: Sampler, frame: str = "quotes", seed: int = 0, max_new_tokens: int = 200,
                  temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None):
-        if frame not in FRAMES:
-            raise UserError(f"Unknown --frame '{frame}'; choose one of: {', '.join(FRAMES)}.")
+        check_frame(frame)
         self.sampler, self.seed, self.turn = sampler, seed, 0
         self.open, self.close = FRAMES[frame]
         self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)

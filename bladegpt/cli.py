@@ -24,6 +24,15 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+# Options several commands share (sample, chat, export, bench).
+CheckpointOpt = Annotated[Optional[Path], typer.Option(help="A .safetensors file or run folder [default: latest run's best].")]
+TemperatureOpt = Annotated[float, typer.Option(help="0 is greedy; higher is wilder.")]
+TopKOpt = Annotated[Optional[int], typer.Option(help="Sample only from the k likeliest tokens.")]
+TopPOpt = Annotated[Optional[float], typer.Option(help="Sample only from the smallest set with this much probability.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+DecodePrecisionOpt = Annotated[str, typer.Option(help="auto (the faster here for generation, measured), bf16 or fp32.")]
+DecodeCompileOpt = Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")]
+
 
 def friendly(command):
     """Turn a UserError, or a file the system refused (permissions, a full disk), into one red line
@@ -173,16 +182,16 @@ def train(
 @friendly
 def sample(
     prompt: Annotated[str, typer.Argument(help="Text to continue.")] = "",
-    checkpoint: Annotated[Optional[Path], typer.Option(help="A .safetensors file or run folder [default: latest run's best].")] = None,
+    checkpoint: CheckpointOpt = None,
     num_samples: Annotated[int, typer.Option(help="How many samples.")] = 1,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per sample.")] = 200,
-    temperature: Annotated[float, typer.Option(help="0 is greedy; higher is wilder.")] = 0.8,
-    top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k likeliest tokens.")] = 200,
-    top_p: Annotated[Optional[float], typer.Option(help="Sample only from the smallest set with this much probability.")] = None,
+    temperature: TemperatureOpt = 0.8,
+    top_k: TopKOpt = 200,
+    top_p: TopPOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed, same text [default: random].")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (the faster here for generation, measured), bf16 or fp32.")] = "auto",
-    compile: Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")] = "auto",
+    device: DeviceOpt = "auto",
+    precision: DecodePrecisionOpt = "auto",
+    compile: DecodeCompileOpt = "auto",
 ) -> None:
     """Stream new text from a trained model (several samples are generated together, in one batch)."""
     from bladegpt.engine import check_settings
@@ -207,27 +216,25 @@ def sample(
 @app.command()
 @friendly
 def chat(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="A .safetensors file or run folder [default: latest run's best].")] = None,
+    checkpoint: CheckpointOpt = None,
     frame: Annotated[str, typer.Option(help="How dialogue is written: quotes (\"...\" lines, as the shipped corpora) or lines.")] = "quotes",
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 200,
-    temperature: Annotated[float, typer.Option(help="0 is greedy; higher is wilder.")] = 0.8,
-    top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k likeliest tokens.")] = 200,
-    top_p: Annotated[Optional[float], typer.Option(help="Sample only from the smallest set with this much probability.")] = None,
+    temperature: TemperatureOpt = 0.8,
+    top_k: TopKOpt = 200,
+    top_p: TopPOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed and same lines, same conversation [default: random].")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (the faster here for generation, measured), bf16 or fp32.")] = "auto",
-    compile: Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")] = "auto",
+    device: DeviceOpt = "auto",
+    precision: DecodePrecisionOpt = "auto",
+    compile: DecodeCompileOpt = "auto",
 ) -> None:
     """Talk with the voice: type a line, it answers in the text's voice. Ctrl-D or Ctrl-C ends."""
-    from bladegpt.chat import FRAMES, Conversation
+    from bladegpt.chat import Conversation, check_frame
     from bladegpt.engine import check_settings
-    from bladegpt.errors import UserError
     from bladegpt.sampler import Sampler
 
     seed = random.randrange(2**31) if seed is None else seed
     check_settings(1, max_new_tokens, temperature, top_k, top_p, seed)
-    if frame not in FRAMES:
-        raise UserError(f"Unknown --frame '{frame}'; choose one of: {', '.join(FRAMES)}.")
+    check_frame(frame)  # before the model loads
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     talk = Conversation(sampler, frame, seed, max_new_tokens, temperature, top_k, top_p)
     interactive = sys.stdin.isatty()
@@ -263,7 +270,7 @@ def bench(
     batch: Annotated[Optional[int], typer.Option(help="Sequences per step [default: the preset's].")] = None,
     block: Annotated[Optional[int], typer.Option(help="Context length [default: the preset's].")] = None,
     steps: Annotated[int, typer.Option(help="Timed steps per rung, after 2 warm-up steps.")] = 10,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    device: DeviceOpt = "auto",
     rungs: Annotated[Optional[str], typer.Option(help="Comma-separated subset: vanilla,mixed,compile,flash,auto.")] = None,
     generate: Annotated[bool, typer.Option("--generate", help="Time generation instead, beside transformers' generate.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON, nothing else.")] = False,
@@ -316,7 +323,7 @@ def runs_table(
 @friendly
 def export(
     out: Annotated[Path, typer.Argument(help="Folder (hf), or .safetensors or .gguf file to write.")],
-    checkpoint: Annotated[Optional[Path], typer.Option(help="A .safetensors file or run folder [default: latest run's best].")] = None,
+    checkpoint: CheckpointOpt = None,
     format: Annotated[str, typer.Option("--format", help="hf (a transformers folder), safetensors (one file), "
                                         "or gguf (llama.cpp, ollama, LM Studio).")] = "hf",
     dtype: Annotated[Optional[str], typer.Option(help="GGUF weights: f32, f16 or q8_0 [default: f16].")] = None,

@@ -32,7 +32,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
 
     `force` replaces only an earlier export, never anything else. `dtype` is GGUF's (default f16).
     """
-    from bladegpt.export_gguf import DTYPES, exported_by_us, gguf_vocab, write_gguf
+    from bladegpt.export_gguf import DTYPES, adds_tokens, exported_by_us, write_gguf
 
     if format not in FORMATS:
         raise UserError(f"Unknown export format '{format}'; choose one of: {', '.join(FORMATS)}.")
@@ -51,7 +51,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
         out.parent.mkdir(parents=True, exist_ok=True)
         if format == "gguf":
             name = source.parent.name if (source.parent / RUN_FILE).exists() else source.stem
-            if len(gguf_vocab(tokenizer).tokens) > tokenizer.vocab_size == model.config.vocab_size:
+            if adds_tokens(tokenizer) and tokenizer.vocab_size == model.config.vocab_size:
                 warn("This model has no spare vocabulary row, so the end-of-text token llama.cpp needs gets a "
                      "zero row: llama.cpp may end a text early now and then (about 2 in 1,000 tokens measured "
                      "on a char model). Models trained by this version always have a spare row.")
@@ -136,10 +136,10 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
 
 
-def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
+def hf_config(model: GPT, eos: int | None) -> dict:
+    """config.json of GPT2LMHeadModel computing what `model` computes."""
     cfg = model.config
-    eos = tokenizer.encoding.eot_token if isinstance(tokenizer, TiktokenTokenizer) and tokenizer.special_tokens else None
-    config = {
+    return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": cfg.vocab_size,
@@ -160,7 +160,12 @@ def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
         "eos_token_id": eos,
         "torch_dtype": "float32",
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
+    cfg = model.config
+    eos = tokenizer.encoding.eot_token if isinstance(tokenizer, TiktokenTokenizer) and tokenizer.special_tokens else None
+    (out / "config.json").write_text(json.dumps(hf_config(model, eos), indent=2))
     # Ids past the tokenizer's vocabulary are padding for speed: never generate them.
     generation = {"suppress_tokens": list(range(tokenizer.vocab_size, cfg.vocab_size)),
                   "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}

@@ -46,6 +46,11 @@ class Vocab:
     n_own: int
 
 
+def adds_tokens(tokenizer: Tokenizer) -> bool:
+    """Whether the GGUF vocabulary needs tokens the model has no id for (an end of text, char pieces)."""
+    return isinstance(tokenizer, CharTokenizer) or not tokenizer.special_tokens
+
+
 def gguf_vocab(tokenizer: Tokenizer) -> Vocab:
     """The tokenizer as llama.cpp's byte-level BPE; refuses (one line) one it cannot express exactly."""
     if isinstance(tokenizer, CharTokenizer):

@@ -95,7 +95,9 @@ class Sampler:
         self.model, self.tokenizer, self.info = load_checkpoint(self.checkpoint)
         self.model.to(self.device).eval()
         self.precision = decode_precision(self.model, self.device, precision)
-        self.model, self.context = in_precision(self.model, self.precision, cast=True)
+        if self.precision == "bf16":  # this model is ours alone: cast it in place, no copy
+            self.model.to(torch.bfloat16)
+        self.step_s: dict[int, float] = {}  # eager decode step time by batch rows, timed once (see _maybe_compile)
 
     def batch_size(self, n: int) -> int:
         """How many samples decode together: all of them, unless their KV cache would pass CACHE_BYTES."""
@@ -129,8 +131,9 @@ class Sampler:
         if self.compile == "off" or getattr(self.model, "_orig_mod", None) is not None:
             return
         if self.compile == "auto":
-            with self.context:
-                step_s = _time_decode(self.model, self.device, "fp32", cast=False, rows=rows)
+            if rows not in self.step_s:  # the model as it is (its weights already in their precision)
+                self.step_s[rows] = _time_decode(self.model, self.device, "fp32", cast=False, rows=rows)
+            step_s = self.step_s[rows]
             cost = DECODE_COMPILE_COST_S.get(self.device.type, 60.0)
             if steps * step_s * DECODE_COMPILE_GAIN <= cost:
                 return
@@ -140,28 +143,27 @@ class Sampler:
 
     def _samples(self, ids, num_samples, step, max_new_tokens, temperature, top_k, top_p, seed):
         vocab = self.tokenizer.vocab_size
-        with self.context:
-            for first in range(0, num_samples, step):
-                rows = range(first, min(first + step, num_samples))
-                gens = [torch.Generator(self.device).manual_seed(seed + i) for i in rows]
-                steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, temperature, top_k, top_p)
-                if first == 0:  # stream sample 0, keep the others' tokens
-                    yield 0, ""
-                    kept: list[torch.Tensor] = []
+        for first in range(0, num_samples, step):
+            rows = range(first, min(first + step, num_samples))
+            gens = [torch.Generator(self.device).manual_seed(seed + i) for i in rows]
+            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, temperature, top_k, top_p)
+            if first == 0:  # stream sample 0, keep the others' tokens
+                yield 0, ""
+                kept: list[torch.Tensor] = []
 
-                    def first_row() -> Iterator[int]:
-                        for tokens in steps:
-                            kept.append(tokens)
-                            yield int(tokens[0])
+                def first_row() -> Iterator[int]:
+                    for tokens in steps:
+                        kept.append(tokens)
+                        yield int(tokens[0])
 
-                    for piece in stream_text(first_row(), self.tokenizer):
-                        yield 0, piece
-                    table = torch.stack(kept, dim=1).tolist() if kept else []
-                    rest = table[1:]
-                else:
-                    rest = torch.stack(list(steps), dim=1).tolist()
-                for i, tokens in zip(rows[1:] if first == 0 else rows, rest):
-                    yield i, self.tokenizer.decode(tokens)
+                for piece in stream_text(first_row(), self.tokenizer):
+                    yield 0, piece
+                table = torch.stack(kept, dim=1).tolist() if kept else []
+                rest = table[1:]
+            else:
+                rest = torch.stack(list(steps), dim=1).tolist()
+            for i, tokens in zip(rows[1:] if first == 0 else rows, rest):
+                yield i, self.tokenizer.decode(tokens)
 
     def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 200,
                top_p: float | None = None, seed: int = 0) -> Iterator[str]:

@@ -92,6 +92,7 @@ class Trainer:
         self.early = EarlyStopping(train_cfg.patience)
         self.budget_s: float | None = None  # see budget()
         self.on_resize = lambda cfg: None
+        self.sample_precision: str | None = None
         self.metrics = MetricsLog(run_dir, ddp.main)
         self.last_loss: float | None = None
         self.tok_per_s = 0.0
@@ -238,8 +239,9 @@ class Trainer:
         tok = self.data.tokenizer
         self.model.eval()
         gen = torch.Generator(self.device).manual_seed(self.cfg.seed)
-        # generation's own choice, measured: bf16 autocast or fp32 (the weights are training, never cast)
-        with autocast(self.device, decode_precision(self.model, self.device, cast=False)):
+        if self.sample_precision is None:  # generation's own choice, measured once: bf16 autocast or fp32
+            self.sample_precision = decode_precision(self.model, self.device, cast=False)  # (weights never cast)
+        with autocast(self.device, self.sample_precision):
             ids = list(generate(self.model, prompt_ids(tok, ""), self.cfg.sample_tokens, tok.vocab_size,
                                 gen, temperature=0.8, top_k=200))
         self.model.train()
