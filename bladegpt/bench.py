@@ -205,8 +205,9 @@ def bench_generate(
 ) -> dict:
     """Generation tokens/s (all samples together) of BladeGPT beside transformers' `generate` on the
     same weights: greedy for one sample, top-k sampling for several. BladeGPT runs at the precision
-    `sample` picks here and at the other one; transformers in fp32. Medians of `repeats` runs, the
-    contenders alternating so a slow spell of the machine hits all of them."""
+    `sample` picks here and at the other one, and compiled at the picked one (what `sample --compile`
+    runs; its one-time compile is reported apart); transformers in fp32. Medians of `repeats` runs,
+    the contenders alternating so a slow spell of the machine hits all of them."""
     from bladegpt.engine import generate_batch
     from bladegpt.runtime import bf16_supported
     from bladegpt.sampler import decode_precision, in_precision
@@ -233,6 +234,14 @@ def bench_generate(
                 pass
 
     contenders = {(f"BladeGPT{' (auto)' if p == chosen else ''}", p): lambda n, p=p: ours(p, n) for p in precisions}
+    compile_s = None
+    if compile_available(dev)[0]:
+        weights, context = variants[chosen]
+        variants["compiled"] = torch.compile(weights, dynamic=True), context
+        start = time.perf_counter()
+        ours("compiled", 1)  # compiles the prefill and the decode step
+        compile_s = time.perf_counter() - start
+        contenders[("BladeGPT compiled", chosen)] = lambda n: ours("compiled", n)
     try:
         hf = _hf_twin(model)
         ids = torch.tensor([prompt], device=dev)
@@ -264,4 +273,4 @@ def bench_generate(
                          "tok_per_s": n * new_tokens / statistics.median(t)})
     return {"device": device_name(dev), "preset": preset, "block": model_cfg.block_size, "vocab": vocab_size,
             "new_tokens": new_tokens, "prompt_tokens": len(prompt), "repeats": repeats, "torch": torch.__version__,
-            "decode_precision": chosen, "peer": peer, "rows": rows}
+            "decode_precision": chosen, "compile_s": compile_s, "peer": peer, "rows": rows}

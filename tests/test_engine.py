@@ -61,6 +61,23 @@ def test_top_k_and_top_p():
     assert int(sample_next_token(logits, g, 0.0)) == 4
 
 
+def test_sampling_follows_the_distribution():
+    """Over many draws each id comes up as often as softmax(logits / temperature) says, also among
+    the top k, and an id of probability 0 never does."""
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])
+    logits = probs.log().expand(1000, -1)
+    g = torch.Generator().manual_seed(0)
+
+    def freq(**settings):
+        draws = torch.cat([sample_next_token(logits, g, **settings) for _ in range(20)])
+        return torch.bincount(draws, minlength=5) / len(draws)
+
+    assert torch.allclose(freq(), probs, atol=0.015)
+    hot = probs.sqrt() / probs.sqrt().sum()  # temperature 2 flattens p to p^(1/2)
+    assert torch.allclose(freq(temperature=2.0), hot, atol=0.015)
+    assert torch.allclose(freq(top_k=2), torch.tensor([0, 0, 3 / 7, 4 / 7, 0]), atol=0.015)
+
+
 def test_stream_text_holds_back_split_characters():
     tok = train_tokenizer("gpt2", "")
     text = "naïve 😀 café"
