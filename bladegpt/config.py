@@ -206,6 +206,29 @@ SCRATCH_BUDGET_S = 10 * 60  # a run that would take longer is cut to this, and s
 SCRATCH_EVALS = 15  # evaluations over a run: patience 3 then stops within a fifth of the run past its best
 
 
+# Below this many training tokens (a text of about 250 KB) the default model is narrower and shallower:
+# on officer_k (27k tokens) 4 layers x 192 followed mini's val curve step for step (2.331 vs 2.330 bpb
+# at step 231) at 2.3x its speed, so a small text is data-bound, not model-bound (docs/benchmarks.md).
+SMALL_TEXT_TOKENS = 100_000
+SMALL_TEXT_SHAPE = dict(n_layer=4, n_head=4, n_embd=192)
+SHAPE_FLAGS = ("n_layer", "n_head", "n_embd")
+
+
+def sized_model(overrides: dict | None, train_tokens: int) -> tuple[dict, list[str]]:
+    """The default model's dropout and shape from the text's size; returns the model settings (the
+    user's flags win: any shape flag keeps the preset's shape for the rest) and a line per choice."""
+    chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
+    sized, notes = {}, []
+    if "dropout" not in chosen:
+        sized["dropout"] = SCRATCH_DROPOUT
+        notes.append(f"--dropout {SCRATCH_DROPOUT}: a few MB of text or less is memorised without it")
+    if train_tokens < SMALL_TEXT_TOKENS and not chosen.keys() & set(SHAPE_FLAGS):
+        sized.update(SMALL_TEXT_SHAPE)
+        notes.append(f"{SMALL_TEXT_SHAPE['n_layer']} layers x {SMALL_TEXT_SHAPE['n_embd']} wide: on a text this "
+                     f"small ({train_tokens:,} tokens) it learns as well as a larger model, faster")
+    return {**sized, **chosen}, notes
+
+
 def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, tokens_per_step: int,
                   preset_train: dict) -> tuple[dict, list[str]]:
     """The default run's steps and evaluation cadence from the text's size; returns the train settings

@@ -19,9 +19,9 @@ from bladegpt.config import (
     finetune_config,
     PRESETS,
     SCRATCH_BUDGET_S,
-    SCRATCH_DROPOUT,
     from_preset,
     padded_vocab,
+    sized_model,
     sized_to_text,
 )
 from bladegpt.data import DataError, TokenData, latest_dataset
@@ -144,10 +144,7 @@ def _new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan
     token_data = TokenData(data_dir)
     notes, budget = [], None
     if preset is None:
-        model_overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
-        if "dropout" not in model_overrides:
-            model_overrides["dropout"] = SCRATCH_DROPOUT
-            notes.append(f"--dropout {SCRATCH_DROPOUT}: a few MB of text or less is memorised without it")
+        model_overrides, notes = sized_model(model_overrides, len(token_data.splits["train"]))
         model_cfg, _ = from_preset(DEFAULT_PRESET, model_overrides)
         base = PRESETS[DEFAULT_PRESET].train
         batch = (train_overrides or {}).get("batch_size") or base["batch_size"]

@@ -145,6 +145,17 @@ def test_default_run_is_sized_to_the_text():
     assert big["eval_iters"] == 20  # a big val split is sampled, not read whole
 
 
+def test_default_model_is_sized_to_the_text():
+    from bladegpt.config import SCRATCH_DROPOUT, SMALL_TEXT_SHAPE, SMALL_TEXT_TOKENS, sized_model
+
+    small, notes = sized_model({}, SMALL_TEXT_TOKENS - 1)
+    assert small == {**SMALL_TEXT_SHAPE, "dropout": SCRATCH_DROPOUT} and len(notes) == 2
+    large, notes = sized_model({"n_layer": None}, SMALL_TEXT_TOKENS)
+    assert large == {"dropout": SCRATCH_DROPOUT} and len(notes) == 1  # the preset's own shape
+    mine, notes = sized_model({"n_embd": 512, "dropout": 0.0}, 1_000)
+    assert mine == {"n_embd": 512, "dropout": 0.0} and not notes  # any shape flag keeps the preset's shape
+
+
 class Said(Reporter):
     def __init__(self):
         self.lines = []
