@@ -206,49 +206,48 @@ SCRATCH_BUDGET_S = 10 * 60  # a run that would take longer is cut to this, and s
 SCRATCH_EVALS = 15  # evaluations over a run: patience 3 then stops within a fifth of the run past its best
 
 
-# Below this many training tokens (a text of about 250 KB) the default model is narrower and shallower:
-# on officer_k (27k tokens) and witcher (53k) 4 layers x 192 followed mini's val curve step for step
-# (officer_k: 2.331 vs 2.330 bpb at step 231) at 2.3x its speed: a small text is data-bound, not
-# model-bound (docs/benchmarks.md).
-SMALL_TEXT_TOKENS = 100_000
+# Below this many bytes of training text the default model is narrower and shallower: on officer_k
+# (59 KB) and witcher (140 KB) 4 layers x 192 followed mini's val curve step for step (officer_k:
+# 2.331 vs 2.330 bpb at step 231) at 2.3x its speed: a small text is data-bound, not model-bound
+# (docs/benchmarks.md).
+SMALL_TEXT_BYTES = 250_000
 SMALL_TEXT_SHAPE = dict(n_layer=4, n_head=4, n_embd=192)
 SHAPE_FLAGS = ("n_layer", "n_head", "n_embd")
-# Below this many (about 100 KB of text) more dropout over more passes: officer_k reached 2.271 bpb
-# with 0.3 over ~75 passes where 0.2 bottomed at 2.29 even over 100; on witcher 0.3 gained nothing
-# (2.09 either way) and 0.4 learned too slowly on officer_k. The line sits between the two texts.
-TINY_TEXT_TOKENS = 40_000
+# Below this many, more dropout over more passes: officer_k reached 2.271 bpb with 0.3 over ~75
+# passes where 0.2 bottomed at 2.29 even over 100; on witcher 0.3 gained nothing (2.09 either way),
+# and 0.4 learned too slowly on officer_k. The line sits between the two texts.
+TINY_TEXT_BYTES = 100_000
 TINY_TEXT_DROPOUT = 0.3
 TINY_TEXT_PASSES = 75
 
 
-def sized_model(overrides: dict | None, train_tokens: int) -> tuple[dict, list[str]]:
+def sized_model(overrides: dict | None, train_bytes: int) -> tuple[dict, list[str]]:
     """The default model's dropout and shape from the text's size; returns the model settings (the
     user's flags win: any shape flag keeps the preset's shape for the rest) and a line per choice."""
     chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
     sized, notes = {}, []
     if "dropout" not in chosen:
-        sized["dropout"] = TINY_TEXT_DROPOUT if train_tokens < TINY_TEXT_TOKENS else SCRATCH_DROPOUT
+        sized["dropout"] = TINY_TEXT_DROPOUT if train_bytes < TINY_TEXT_BYTES else SCRATCH_DROPOUT
         notes.append(f"--dropout {sized['dropout']}: a few MB of text or less is memorised without it")
-    if train_tokens < SMALL_TEXT_TOKENS and not chosen.keys() & set(SHAPE_FLAGS):
+    if train_bytes < SMALL_TEXT_BYTES and not chosen.keys() & set(SHAPE_FLAGS):
         sized.update(SMALL_TEXT_SHAPE)
         notes.append(f"{SMALL_TEXT_SHAPE['n_layer']} layers x {SMALL_TEXT_SHAPE['n_embd']} wide: on a text this "
-                     f"small ({train_tokens:,} tokens) it learns as well as a larger model, faster")
+                     f"small ({train_bytes / 1e3:,.0f} KB) it learns as well as a larger model, faster")
     return {**sized, **chosen}, notes
 
 
-def scratch_passes(train_tokens: int) -> int:
+def scratch_passes(train_bytes: int) -> int:
     """How many times the default run reads its training text (early stopping may end it sooner)."""
-    return TINY_TEXT_PASSES if train_tokens < TINY_TEXT_TOKENS else SCRATCH_PASSES
+    return TINY_TEXT_PASSES if train_bytes < TINY_TEXT_BYTES else SCRATCH_PASSES
 
 
 def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, tokens_per_step: int,
-                  preset_train: dict) -> tuple[dict, list[str]]:
+                  preset_train: dict, passes: int = SCRATCH_PASSES) -> tuple[dict, list[str]]:
     """The default run's steps and evaluation cadence from the text's size; returns the train settings
     (the user's flags win over each) and a line per choice, to print."""
     chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
     sized, notes = {}, []
     if "steps" not in chosen and "time_budget_s" not in chosen:
-        passes = scratch_passes(train_tokens)
         steps = max(100, math.ceil(passes * train_tokens / tokens_per_step))
         sized["steps"] = steps
         sized["warmup_steps"] = min(preset_train.get("warmup_steps", 100), max(10, steps // 20))
