@@ -213,12 +213,6 @@ SCRATCH_EVALS = 15  # evaluations over a run: patience 3 then stops within a fif
 SMALL_TEXT_BYTES = 250_000
 SMALL_TEXT_SHAPE = dict(n_layer=4, n_head=4, n_embd=192)
 SHAPE_FLAGS = ("n_layer", "n_head", "n_embd")
-# Below this many, more dropout over more passes: officer_k reached 2.271 bpb with 0.3 over ~75
-# passes where 0.2 bottomed at 2.29 even over 100; on witcher 0.3 gained nothing (2.09 either way),
-# and 0.4 learned too slowly on officer_k. The line sits between the two texts.
-TINY_TEXT_BYTES = 100_000
-TINY_TEXT_DROPOUT = 0.3
-TINY_TEXT_PASSES = 75
 
 
 def sized_model(overrides: dict | None, train_bytes: int) -> tuple[dict, list[str]]:
@@ -227,8 +221,8 @@ def sized_model(overrides: dict | None, train_bytes: int) -> tuple[dict, list[st
     chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
     sized, notes = {}, []
     if "dropout" not in chosen:
-        sized["dropout"] = TINY_TEXT_DROPOUT if train_bytes < TINY_TEXT_BYTES else SCRATCH_DROPOUT
-        notes.append(f"--dropout {sized['dropout']}: a few MB of text or less is memorised without it")
+        sized["dropout"] = SCRATCH_DROPOUT
+        notes.append(f"--dropout {SCRATCH_DROPOUT}: a few MB of text or less is memorised without it")
     if train_bytes < SMALL_TEXT_BYTES and not chosen.keys() & set(SHAPE_FLAGS):
         sized.update(SMALL_TEXT_SHAPE)
         notes.append(f"{SMALL_TEXT_SHAPE['n_layer']} layers x {SMALL_TEXT_SHAPE['n_embd']} wide: on a text this "
@@ -236,22 +230,17 @@ def sized_model(overrides: dict | None, train_bytes: int) -> tuple[dict, list[st
     return {**sized, **chosen}, notes
 
 
-def scratch_passes(train_bytes: int) -> int:
-    """How many times the default run reads its training text (early stopping may end it sooner)."""
-    return TINY_TEXT_PASSES if train_bytes < TINY_TEXT_BYTES else SCRATCH_PASSES
-
-
 def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, tokens_per_step: int,
-                  preset_train: dict, passes: int = SCRATCH_PASSES) -> tuple[dict, list[str]]:
+                  preset_train: dict) -> tuple[dict, list[str]]:
     """The default run's steps and evaluation cadence from the text's size; returns the train settings
     (the user's flags win over each) and a line per choice, to print."""
     chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
     sized, notes = {}, []
     if "steps" not in chosen and "time_budget_s" not in chosen:
-        steps = max(100, math.ceil(passes * train_tokens / tokens_per_step))
+        steps = max(100, math.ceil(SCRATCH_PASSES * train_tokens / tokens_per_step))
         sized["steps"] = steps
         sized["warmup_steps"] = min(preset_train.get("warmup_steps", 100), max(10, steps // 20))
-        notes.append(f"--steps {steps:,}: about {passes} passes over the {train_tokens:,} training tokens "
+        notes.append(f"--steps {steps:,}: about {SCRATCH_PASSES} passes over the {train_tokens:,} training tokens "
                      "(early stopping ends it at its best)")
     steps = chosen.get("steps") or sized.get("steps") or preset_train.get("steps", TrainConfig.steps)
     if "eval_interval" not in chosen:

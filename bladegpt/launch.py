@@ -21,7 +21,6 @@ from bladegpt.config import (
     SCRATCH_BUDGET_S,
     from_preset,
     padded_vocab,
-    scratch_passes,
     sized_model,
     sized_to_text,
 )
@@ -145,13 +144,12 @@ def _new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan
     token_data = TokenData(data_dir)
     notes, budget = [], None
     if preset is None:
-        train_bytes = token_data.meta["train_bytes"]
-        model_overrides, notes = sized_model(model_overrides, train_bytes)
+        model_overrides, notes = sized_model(model_overrides, token_data.meta["train_bytes"])
         model_cfg, _ = from_preset(DEFAULT_PRESET, model_overrides)
         base = PRESETS[DEFAULT_PRESET].train
         batch = (train_overrides or {}).get("batch_size") or base["batch_size"]
         train, sized = sized_to_text(train_overrides, len(token_data.splits["train"]), len(token_data.splits["val"]),
-                                     batch * model_cfg.block_size, base, scratch_passes(train_bytes))
+                                     batch * model_cfg.block_size, base)
         notes += sized
         given = {k for k, v in (train_overrides or {}).items() if v is not None}
         budget = None if given & {"steps", "time_budget_s"} else SCRATCH_BUDGET_S
