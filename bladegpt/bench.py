@@ -208,7 +208,7 @@ def bench_generate(
     `sample` picks here and at the other one, and compiled at the picked one (what `sample --compile`
     runs; its one-time compile is reported apart); transformers in fp32. Medians of `repeats` runs,
     the contenders alternating so a slow spell of the machine hits all of them."""
-    from bladegpt.engine import generate_batch
+    from bladegpt.engine import compile_decode, generate_batch
     from bladegpt.runtime import bf16_supported
     from bladegpt.sampler import decode_precision, in_precision
 
@@ -223,23 +223,24 @@ def bench_generate(
     precisions = [chosen] + [p for p in ("fp32", "bf16") if p != chosen and (p == "fp32" or bf16_supported(dev))]
     sampling = dict(temperature=0.8, top_k=200)
 
-    variants = {p: in_precision(model, p, cast=True) for p in precisions}  # as `sample` runs it
+    variants = {p: (*in_precision(model, p, cast=True), None) for p in precisions}  # as `sample` runs it
 
-    def ours(precision: str, n: int):
+    def ours(variant: str, n: int):
         settings = dict(temperature=0) if n == 1 else sampling
         gens = [torch.Generator(dev).manual_seed(i) for i in range(n)]
-        weights, context = variants[precision]
+        weights, context, decode = variants[variant]
         with context:
-            for _ in generate_batch(weights, prompt, new_tokens, vocab_size, gens, **settings):
+            for _ in generate_batch(weights, prompt, new_tokens, vocab_size, gens, decode=decode, **settings):
                 pass
 
     contenders = {(f"BladeGPT{' (auto)' if p == chosen else ''}", p): lambda n, p=p: ours(p, n) for p in precisions}
     compile_s = None
     if compile_available(dev)[0]:
-        weights, context = variants[chosen]
-        variants["compiled"] = torch.compile(weights, dynamic=True), context
+        weights, context, _ = variants[chosen]
+        variants["compiled"] = weights, context, compile_decode(weights)
         start = time.perf_counter()
-        ours("compiled", 1)  # compiles the prefill and the decode step
+        for n in samples:  # compiles the decode step for each batch size
+            ours("compiled", n)
         compile_s = time.perf_counter() - start
         contenders[("BladeGPT compiled", chosen)] = lambda n: ours("compiled", n)
     try:

@@ -26,7 +26,8 @@ DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, S
 
 class KVCache:
     """Keys and values of the tokens seen so far: per layer one (B, nh, max_len, hs) buffer, allocated
-    once (in the dtype the first keys arrive in) and written in place."""
+    once (in the dtype the first keys arrive in) and written in place. Attention reads only the
+    filled part, so its length grows by one each step: the fastest eager step."""
 
     def __init__(self, n_layer: int, max_len: int):
         self.max_len = max_len
@@ -34,8 +35,16 @@ class KVCache:
         self.v: list[torch.Tensor | None] = [None] * n_layer
         self.pos = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new (B, nh, T, hs) keys/values; return all of them so far (B, nh, pos+T, hs)."""
+    def positions(self, T: int) -> torch.Tensor:
+        """Where the next T tokens go (the model adds their position embeddings)."""
+        if self.pos + T > self.max_len:
+            raise ValueError(f"sequence of {self.pos + T} tokens exceeds block size {self.max_len}")
+        device = None if self.k[0] is None else self.k[0].device
+        return torch.arange(self.pos, self.pos + T, device=device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store the new (B, nh, T, hs) keys/values; return all of them so far (B, nh, pos+T, hs), and
+        no mask: they are all seen, the new ones causally."""
         B, nh, T, hs = k.shape
         if self.k[layer] is None:
             self.k[layer] = k.new_empty(B, nh, self.max_len, hs)
@@ -43,7 +52,7 @@ class KVCache:
         end = self.pos + T
         self.k[layer][:, :, self.pos : end] = k
         self.v[layer][:, :, self.pos : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end], None
 
     def advance(self, n: int) -> None:
         self.pos += n
@@ -55,6 +64,49 @@ class KVCache:
         """One prompt's cache (batch 1) copied to n rows, so n samples continue from one prefill."""
         self.k = [k.expand(n, -1, -1, -1).contiguous() for k in self.k]
         self.v = [v.expand(n, -1, -1, -1).contiguous() for v in self.v]
+
+
+class StaticKVCache(KVCache):
+    """gpt-fast's and transformers' static cache: buffers for `rows` samples over the whole context,
+    allocated once and zeroed, written at positions held as a tensor, attention over all of them
+    under a mask. A one-token step then has the same shapes and memory addresses every time, which is
+    what a compiled step needs to never recompile and what CUDA graphs replay."""
+
+    def __init__(self, n_layer: int, max_len: int, rows: int):
+        super().__init__(n_layer, max_len)
+        self.rows = rows
+        self.where: torch.Tensor | None = None  # positions of the tokens of the coming forward pass
+        self.slots: torch.Tensor | None = None
+
+    def seat(self, T: int, device: torch.device) -> None:
+        """Place the next T tokens (before the forward pass, outside any compiled code)."""
+        if self.pos + T > self.max_len:
+            raise ValueError(f"sequence of {self.pos + T} tokens exceeds block size {self.max_len}")
+        if self.slots is None:
+            self.slots = torch.arange(self.max_len, device=device)
+        self.where = torch.arange(self.pos, self.pos + T, device=device)
+
+    def positions(self, T: int) -> torch.Tensor:
+        return self.where
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write the new keys/values into rows 0..B-1 at their positions; return the whole buffers and
+        the (T, max_len) mask of what each new token sees. Zeroed buffers keep unwritten slots finite,
+        so their zero weight in attention stays zero."""
+        B, nh, T, hs = k.shape
+        if self.k[layer] is None:
+            self.k[layer] = k.new_zeros(self.rows, nh, self.max_len, hs)
+            self.v[layer] = v.new_zeros(self.rows, nh, self.max_len, hs)
+            torch._dynamo.mark_static_address(self.k[layer])  # CUDA graphs read them in place, never copied
+            torch._dynamo.mark_static_address(self.v[layer])
+        self.k[layer][:B].index_copy_(2, self.where, k)
+        self.v[layer][:B].index_copy_(2, self.where, v)
+        return self.k[layer][:B], self.v[layer][:B], self.slots <= self.where[:, None]
+
+    def repeat(self, n: int) -> None:
+        """Row 0's prefill copied to the other rows, in place (the buffers keep their addresses)."""
+        for buffer in self.k + self.v:
+            buffer[1:n] = buffer[:1]
 
 
 def check_settings(num_samples: int, max_new_tokens: int, temperature: float, top_k: int | None,
@@ -110,11 +162,23 @@ def sample_next_token(
     return (pick if ids is None else ids.gather(-1, pick)).squeeze(-1)
 
 
-def _logits(model: GPT, idx: torch.Tensor, n_vocab: int, kv_cache=None) -> torch.Tensor:
-    """Logits of the last position of each row (B, n_vocab): padding ids past the tokenizer's
-    vocabulary, which it cannot decode, are left out."""
+def _logits(model, idx: torch.Tensor, n_vocab: int, kv_cache: KVCache | None = None) -> torch.Tensor:
+    """Logits of the last position of each row (B, n_vocab), the cache moved past idx: padding ids
+    past the tokenizer's vocabulary, which it cannot decode, are left out."""
+    if isinstance(kv_cache, StaticKVCache):
+        kv_cache.seat(idx.size(1), idx.device)
     logits, _ = model(idx, kv_cache=kv_cache)
+    if kv_cache is not None:
+        kv_cache.advance(idx.size(1))
     return logits[:, -1, :n_vocab]
+
+
+def compile_decode(model: GPT):
+    """The one-token step compiled for a StaticKVCache: one graph of fixed shapes, never recompiled as
+    the text grows; on CUDA replayed as a CUDA graph (mode reduce-overhead: one launch a token instead of
+    hundreds, the fix gpt-fast and transformers' static cache use for launch-bound decoding)."""
+    cuda = model.transformer.wte.weight.device.type == "cuda"
+    return torch.compile(model, dynamic=False, fullgraph=True, mode="reduce-overhead" if cuda else None)
 
 
 @torch.inference_mode()
@@ -127,11 +191,13 @@ def generate_batch(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    decode=None,
 ) -> Iterator[torch.Tensor]:
     """Yield, step by step, one new token per sample (a tensor of len(generators) ids).
 
     The prompt is run once and its cache copied to every row (nanochat's engine does the same);
-    then all rows decode together, one batched forward pass a token.
+    then all rows decode together, one batched forward pass a token. `decode` (compile_decode's) runs
+    the one-token steps over a static cache; the prompt and each window slide run eager.
     """
     block, n = model.config.block_size, len(generators)
     device = model.transformer.wte.weight.device
@@ -139,7 +205,8 @@ def generate_batch(
     seq = torch.empty(n, len(prompt) + max_new_tokens, dtype=torch.long, device=device)
     seq[:, : len(prompt)] = torch.tensor(prompt, device=device)
     length = len(prompt)
-    cache = KVCache(model.config.n_layer, block)
+    cache = KVCache(model.config.n_layer, block) if decode is None else StaticKVCache(model.config.n_layer, block, n)
+    step = model if decode is None else decode
     with sdpa_kernel(DECODE_BACKENDS):
         logits = _logits(model, seq[:1, :length], n_vocab, cache)
         if n > 1:
@@ -154,7 +221,9 @@ def generate_batch(
                 cache.reset()
                 logits = _logits(model, seq[:, length - block // 2 : length], n_vocab, cache)
             else:
-                logits = _logits(model, seq[:, length - 1 : length], n_vocab, cache)
+                if device.type == "cuda" and decode is not None:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's logits are used up
+                logits = _logits(step, seq[:, length - 1 : length], n_vocab, cache)
 
 
 def generate(

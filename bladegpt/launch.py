@@ -108,7 +108,7 @@ def train(
                     _check_unused(run_dir)
                     record = {
                         "dataset": str(plan.data.folder.resolve()), "dataset_fingerprint": plan.data.fingerprint,
-                        "preset": None if init_from else preset or DEFAULT_PRESET, "init_from": init_from,
+                        "preset": preset, "init_from": init_from,  # neither: the default, sized to the text
                         "origin": plan.origin, "model": plan.model_cfg.to_dict(), "train": plan.train_cfg.to_dict(),
                     }
                     runs.write_run(run_dir, record)

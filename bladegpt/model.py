@@ -13,17 +13,19 @@ from bladegpt.config import ModelConfig
 ATTENTION_IMPLS = ("manual", "sdpa")
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout_p: float) -> torch.Tensor:
-    """Causal attention of T new queries over S >= T keys, the last T of which are theirs."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout_p: float,
+           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of T new queries over S >= T keys, the last T of which are theirs; or, where a
+    (T, S) mask is given (a static cache), over the keys it allows."""
     T, S = q.size(-2), k.size(-2)
+    if impl == "sdpa" and mask is None and T == S:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if mask is None and T > 1:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     if impl == "sdpa":
-        if T == S:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
-    if T > 1:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
         att = att.masked_fill(~mask, float("-inf"))
     att = F.softmax(att, dim=-1)
     if dropout_p > 0:
@@ -48,9 +50,10 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        mask = None
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
-        y = attend(q, k, v, self.impl, self.dropout if self.training else 0.0)
+            k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs), and a (T, S) mask or None
+        y = attend(q, k, v, self.impl, self.dropout if self.training else 0.0, mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -129,17 +132,21 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None):
-        """Logits for every position (B, T, vocab), and the mean loss when targets are given."""
+        """Logits for every position (B, T, vocab), and the mean loss when targets are given.
+
+        With a kv_cache the tokens sit at the cache's positions (engine.py): their keys and values are
+        written there and they attend to everything before; moving the cache on is its caller's job.
+        """
         B, T = idx.size()
-        start = kv_cache.pos if kv_cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        if kv_cache is not None:
+            pos = kv_cache.positions(T)
+        elif T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds block size {self.config.block_size}")
+        else:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, kv_cache)
-        if kv_cache is not None:
-            kv_cache.advance(T)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
         if targets is None:
             return logits, None

@@ -54,7 +54,8 @@ def generate_table(result: dict) -> Table:
         ratio = f"{r['tok_per_s'] / peer[r['samples']]:.2f}x" if r["samples"] in peer else "-"
         table.add_row(r["generator"], r["precision"], str(r["samples"]), f"{r['tok_per_s']:,.0f}", ratio)
     if result.get("compile_s") is not None:
-        table.caption += f"\ncompiled: torch.compile of the model, {result['compile_s']:.0f} s once before its first token"
+        table.caption += (f"\ncompiled: the one-token step over a static cache (a CUDA graph on CUDA), "
+                          f"{result['compile_s']:.0f} s to compile it once per batch size")
     if result.get("peer"):
         table.caption += "\n" + result["peer"]
     return table

@@ -168,6 +168,16 @@ def sparkline(values: list[float], width: int = 10) -> str:
     return "".join(SPARK[round((v - low) / (high - low) * (len(SPARK) - 1)) if high > low else 0] for v in values)
 
 
+def _start(saved: dict) -> str:
+    """How a run started: from a model, a named preset, or the default sized to its text."""
+    if saved.get("init_from"):
+        return f"from {Path(saved['init_from']).name}"
+    if saved.get("preset"):
+        return saved["preset"]
+    model = saved.get("model", {})
+    return f"sized {model.get('n_layer', '?')}x{model.get('n_embd', '?')}"
+
+
 def summarize(run_dir: Path) -> dict:
     """One run at a glance: where it started, how far it got, its best val loss, and its state."""
     run_dir = Path(run_dir)
@@ -202,7 +212,7 @@ def summarize(run_dir: Path) -> dict:
     return {
         "run": str(run_dir),
         "dataset": Path(saved["dataset"]).name,
-        "start": f"from {Path(saved['init_from']).name}" if saved.get("init_from") else saved.get("preset") or "?",
+        "start": _start(saved),
         "step": step,
         "steps": None if budget is not None else steps,
         "time_budget_s": budget,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bladegpt.engine import generate_batch, prompt_ids, stream_text
+from bladegpt.engine import compile_decode, generate_batch, prompt_ids, stream_text
 from bladegpt.model import GPT
 from bladegpt.runtime import _cached, autocast, bf16_supported, choose_precision, cpu_model
 
@@ -98,6 +98,7 @@ class Sampler:
         if self.precision == "bf16":  # this model is ours alone: cast it in place, no copy
             self.model.to(torch.bfloat16)
         self.step_s: dict[int, float] = {}  # eager decode step time by batch rows, timed once (see _maybe_compile)
+        self.decode = None  # the compiled one-token step, once compiled
 
     def batch_size(self, n: int) -> int:
         """How many samples decode together: all of them, unless their KV cache would pass CACHE_BYTES."""
@@ -128,7 +129,7 @@ class Sampler:
     def _maybe_compile(self, steps: int, rows: int) -> None:
         """Compile the decode step when asked, or (auto) when the steps ahead, timed eager here, would
         save more than compiling costs."""
-        if self.compile == "off" or getattr(self.model, "_orig_mod", None) is not None:
+        if self.compile == "off" or self.decode is not None:
             return
         if self.compile == "auto":
             if rows not in self.step_s:  # the model as it is (its weights already in their precision)
@@ -139,14 +140,14 @@ class Sampler:
                 return
             self.say(f"Compiling the decode step: {steps:,} steps at ~{step_s * 1e3:.1f} ms would save more than "
                      f"the ~{cost:.0f} s it takes (--compile off skips it).")
-        self.model = torch.compile(self.model, dynamic=True)
+        self.decode = compile_decode(self.model)
 
     def _samples(self, ids, num_samples, step, max_new_tokens, temperature, top_k, top_p, seed):
         vocab = self.tokenizer.vocab_size
         for first in range(0, num_samples, step):
             rows = range(first, min(first + step, num_samples))
             gens = [torch.Generator(self.device).manual_seed(seed + i) for i in rows]
-            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, temperature, top_k, top_p)
+            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, temperature, top_k, top_p, self.decode)
             if first == 0:  # stream sample 0, keep the others' tokens
                 yield 0, ""
                 kept: list[torch.Tensor] = []

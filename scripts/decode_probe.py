@@ -33,6 +33,7 @@ with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16), backends:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             model(token, kv_cache=cache)
+            cache.advance(1)
             torch.cuda.synchronize()
             times.append((time.perf_counter() - t0) * 1e3)
         print(f"{mode:8s} {label}: median {statistics.median(times):.2f} ms/token, total {sum(times):.0f} ms", flush=True)

@@ -24,6 +24,7 @@ def test_runs_lists_each_runs_start_progress_best_and_state(corpus, workdir, mon
     train(data, "nano", TINY_MODEL, TINY_TRAIN, compile="off")  # finished
     train(data, "nano", TINY_MODEL, TINY_TRAIN, compile="off", reporter=CtrlCAt())  # interrupted
     train(None, None, None, {**TINY_TRAIN, "steps": 10}, compile="off", init_from="runs/tales-1")
+    train(data, None, TINY_MODEL, TINY_TRAIN, compile="off")  # no preset: the default, sized to the text
     curve = iter([3.0, 2.0, 2.5, 2.6, 2.7])
     monkeypatch.setattr(Trainer, "evaluate", lambda self: (next(curve), next(iter([1.5]))))
     train(data, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 100, "patience": 3}, compile="off")  # stopped early
@@ -33,11 +34,11 @@ def test_runs_lists_each_runs_start_progress_best_and_state(corpus, workdir, mon
     result = invoke("runs", "--json")
     assert result.exit_code == 0, result.output
     rows = {row["run"].split("/")[-1]: row for row in json.loads(result.stdout)}
-    assert [rows[name]["state"] for name in ("tales-1", "tales-2", "tales-3", "tales-4", "broken")] == \
+    assert [rows[name]["state"] for name in ("tales-1", "tales-2", "tales-3", "tales-5", "broken")] == \
         ["finished", "interrupted", "finished", "stopped early", "no checkpoint"]
     assert (rows["tales-1"]["step"], rows["tales-1"]["steps"], rows["tales-1"]["start"]) == (30, 30, "nano")
-    assert rows["tales-3"]["start"] == "from tales-1"
-    assert (rows["tales-4"]["best_val_loss"], rows["tales-4"]["best_step"], rows["tales-4"]["step"]) == (2.0, 20, 50)
+    assert rows["tales-3"]["start"] == "from tales-1" and rows["tales-4"]["start"] == "sized 2x32"
+    assert (rows["tales-5"]["best_val_loss"], rows["tales-5"]["best_step"], rows["tales-5"]["step"]) == (2.0, 20, 50)
     assert len(rows["tales-1"]["val_bpb"]) == 3 and rows["tales-2"]["step"] == 15
     table = invoke("runs")
     assert table.exit_code == 0 and "Runs" in table.output and "tales-3" in table.output
