@@ -12,7 +12,6 @@ import typer
 from rich.console import Console
 
 from bladegpt import __version__
-from bladegpt.config import DEFAULT_BPE_VOCAB
 from bladegpt.errors import UserError
 
 app = typer.Typer(
@@ -83,7 +82,7 @@ def prepare(
     inputs: Annotated[list[Path], typer.Argument(help="Text files, or folders of .txt files.")],
     tokenizer: Annotated[str, typer.Option(help="bpe (trained on this corpus), gpt2, or char.")] = "bpe",
     tokenizer_from: Annotated[Optional[str], typer.Option(help="Encode with this model's tokenizer instead: gpt2 (or another GPT-2 name or hub id), a Hugging Face folder, or a BladeGPT run; for train --init-from.")] = None,
-    vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size (shrunk for small corpora).")] = DEFAULT_BPE_VOCAB,
+    vocab_size: Annotated[Optional[int], typer.Option(help="BPE vocabulary size [default: sized to the text, at most 4096].")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of the text kept for validation (its end).")] = 0.1,
     out: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: datasets/NAME].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the dataset already at the folder (earlier runs cannot resume on it).")] = False,
@@ -109,7 +108,8 @@ def prepare(
         ("characters", f"{m['chars']:,}"),
         ("tokens", f"{m['train_tokens'] + m['val_tokens']:,}"),
         ("tokenizer", m["tokenizer"]),
-        ("vocabulary", f"{m['vocab_size']:,}"),
+        ("vocabulary", f"{m['vocab_size']:,}" + (" (sized to the text; --vocab-size N to choose)"
+                                                  if vocab_size is None and m["tokenizer"] == "bpe" else "")),
         ("bytes per token", f"{m['bytes'] / (m['train_tokens'] + m['val_tokens']):.2f}"),
         ("train tokens", f"{m['train_tokens']:,}"),
         ("val tokens", f"{m['val_tokens']:,}"),

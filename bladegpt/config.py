@@ -13,8 +13,15 @@ class ConfigError(UserError, ValueError):
     """A setting the user chose cannot work; the message says which and what to do."""
 
 
-# prepare's BPE vocabulary unless --vocab-size says otherwise (shrunk for small corpora).
+# prepare's BPE vocabulary unless --vocab-size says otherwise: this for big texts, smaller for small
+# ones (tokenizer.bpe_vocab_size).
 DEFAULT_BPE_VOCAB = 4096
+SMALL_TEXT_VOCAB = 2048
+# Below this many bytes of training text the default model is narrower and shallower, and its
+# vocabulary at most SMALL_TEXT_VOCAB: on officer_k (59 KB) and witcher (140 KB) 4 layers x 192
+# followed mini's val curve step for step (officer_k: 2.331 vs 2.330 bpb at step 231) at 2.3x its
+# speed: a small text is data-bound, not model-bound (docs/benchmarks.md).
+SMALL_TEXT_BYTES = 250_000
 
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
@@ -204,13 +211,11 @@ SCRATCH_PASSES = 50
 SCRATCH_DROPOUT = 0.2
 SCRATCH_BUDGET_S = 10 * 60  # a run that would take longer is cut to this, and says how to get the rest
 SCRATCH_EVALS = 15  # evaluations over a run: patience 3 then stops within a fifth of the run past its best
-
-
-# Below this many bytes of training text the default model is narrower and shallower: on officer_k
-# (59 KB) and witcher (140 KB) 4 layers x 192 followed mini's val curve step for step (officer_k:
-# 2.331 vs 2.330 bpb at step 231) at 2.3x its speed: a small text is data-bound, not model-bound
+# Muon for the blocks' matrices: on witcher (2,048 ids) 1.972 bpb where AdamW reached 2.011; on
+# officer_k 2.148 where AdamW reached 2.139 (within an evaluation's noise), in half the steps
 # (docs/benchmarks.md).
-SMALL_TEXT_BYTES = 250_000
+SCRATCH_OPTIMIZER = "muon"
+
 SMALL_TEXT_SHAPE = dict(n_layer=4, n_head=4, n_embd=192)
 SHAPE_FLAGS = ("n_layer", "n_head", "n_embd")
 
@@ -242,6 +247,10 @@ def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, to
         sized["warmup_steps"] = min(preset_train.get("warmup_steps", 100), max(10, steps // 20))
         notes.append(f"--steps {steps:,}: about {SCRATCH_PASSES} passes over the {train_tokens:,} training tokens "
                      "(early stopping ends it at its best)")
+    if "optimizer" not in chosen:
+        sized["optimizer"] = SCRATCH_OPTIMIZER
+        notes.append(f"--optimizer {SCRATCH_OPTIMIZER}: Muon for the blocks' matrices learns a small text "
+                     "better than AdamW alone")
     steps = chosen.get("steps") or sized.get("steps") or preset_train.get("steps", TrainConfig.steps)
     if "eval_interval" not in chosen:
         sized["eval_interval"] = max(10, steps // SCRATCH_EVALS)

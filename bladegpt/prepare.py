@@ -22,11 +22,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bladegpt.config import DEFAULT_BPE_VOCAB
 from bladegpt.data import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
 from bladegpt.files import fsync, publish_dir, temp_dir
 from bladegpt.tokenizer import CharTokenizer, Tokenizer, bpe_vocab_size, tokenizer_from_dict, train_tokenizer
 
+MIN_VOCAB, MAX_VOCAB = 257, 0xD7FF  # a BPE's ids must stay below the surrogate code points (tokenizer.py)
 PIECE_CHARS = 1 << 20  # text encoded as one piece (4 MB measured slower: less overlap)
 READ_BYTES = 1 << 20  # bytes read from a file at a time
 SAMPLE_BYTES = 32 << 20  # a corpus BPE trains on at most this much text, drawn evenly across the corpus
@@ -201,7 +201,8 @@ class Corpus:
         return sorted(seen)
 
 
-def build_tokenizer(corpus: Corpus, kind: str, vocab_size: int, tokenizer_from: str | None) -> Tokenizer:
+def build_tokenizer(corpus: Corpus, kind: str, vocab_size: int | None, tokenizer_from: str | None) -> Tokenizer:
+    """The dataset's tokenizer; a corpus BPE of `vocab_size` ids, or with None sized to the text."""
     if tokenizer_from is not None:
         from bladegpt.pretrained import load_tokenizer_from
 
@@ -209,9 +210,10 @@ def build_tokenizer(corpus: Corpus, kind: str, vocab_size: int, tokenizer_from: 
     if kind == "char":
         return CharTokenizer(corpus.alphabet())
     if kind == "bpe":
-        vocab_size = bpe_vocab_size(vocab_size, min(corpus.val_start, SAMPLE_BYTES))
+        if vocab_size is None:
+            vocab_size = bpe_vocab_size(min(corpus.val_start, SAMPLE_BYTES))
         return train_tokenizer(kind, corpus.sample(), vocab_size)
-    return train_tokenizer(kind, "", vocab_size)
+    return train_tokenizer(kind, "")
 
 
 def split_pieces(corpus: Corpus) -> Iterator[tuple[str, str]]:
@@ -318,7 +320,7 @@ def prepare(
     inputs: list[Path],
     out_dir: Path | None = None,
     tokenizer: str = "bpe",
-    vocab_size: int = DEFAULT_BPE_VOCAB,
+    vocab_size: int | None = None,
     val_fraction: float = 0.1,
     progress: Callable[[int, int], None] | None = None,
     force: bool = False,
@@ -332,6 +334,9 @@ def prepare(
     `progress(done, total)` is called with bytes of text encoded so far.
     """
     started = time.perf_counter()
+    if vocab_size is not None and not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+        raise DataError(f"--vocab-size must be between {MIN_VOCAB} (the 256 bytes and one merge) and "
+                        f"{MAX_VOCAB:,}, got {vocab_size:,}; leave it out to size it to the text.")
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(inputs, tokenizer_from)
     check_out_dir(out_dir, force)
     corpus = Corpus(find_text_files(inputs), val_fraction)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tiktoken
 
-from bladegpt.config import DEFAULT_BPE_VOCAB
+from bladegpt.config import DEFAULT_BPE_VOCAB, SMALL_TEXT_BYTES, SMALL_TEXT_VOCAB
 from bladegpt.errors import UserError
 
 KINDS = ("bpe", "gpt2", "char")
@@ -183,17 +183,18 @@ def train_tokenizer(kind: str, text: str, vocab_size: int = DEFAULT_BPE_VOCAB) -
     raise TokenizerError(f"Unknown tokenizer '{kind}'; choose one of: {', '.join(KINDS)}.")
 
 
-def bpe_vocab_size(requested: int, n_bytes: int) -> int:
-    """Shrink the BPE vocabulary for small corpora, so each token is seen often enough to learn.
+def bpe_vocab_size(n_bytes: int) -> int:
+    """A corpus BPE's vocabulary sized to its text, so each token is seen often enough to learn.
 
-    About one new token per 32 bytes of text, at least 512, a multiple of 64. Measured from scratch
-    on officer_k (59 KB): 512 ids 2.285 bpb, 1,024 2.207, 2,048 2.159, 3,583 (all the merges it
-    has) 2.43, memorised within 72 steps; witcher (140 KB): 768 2.072, 1,536 2.054, 4,096 2.059 in
-    half the time. A longer token carries more text per prediction and per context window, until
-    the rarest ones are seen too seldom to learn (docs/benchmarks.md).
+    About one new token per 32 bytes of training text, at least 512, at most 2,048 under 250 KB of
+    text (the texts the small default model trains on) and 4,096 above; a multiple of 64. Measured
+    from scratch (docs/benchmarks.md): officer_k (59 KB) 512 ids 2.285 bpb, 1,024 2.207, 2,048
+    2.139, 3,583 (every merge it has) 2.43, memorised within 72 steps; witcher (140 KB) 2,048 2.011,
+    3,072 {W3}, 4,096 2.037 at its best schedule. A longer token carries more text per prediction
+    and per context window, until the rarest ones are seen too seldom to learn.
     """
-    cap = max(512, 256 + n_bytes // 32)
-    return max(257, min(requested, cap // 64 * 64))
+    cap = DEFAULT_BPE_VOCAB if n_bytes >= SMALL_TEXT_BYTES else SMALL_TEXT_VOCAB
+    return min(cap, max(512, 256 + n_bytes // 32) // 64 * 64)
 
 
 def tokenizer_from_dict(data: dict) -> Tokenizer:

@@ -3,11 +3,15 @@
 and how much sampled text is copied from the training text (the share of 50-character spans of
 samples with fixed seeds that occur verbatim in it). Prints the CPU it ran on.
 
-    python scripts/voice.py [TEXT ...]      (default: corpora/officer_k.txt corpora/witcher.txt tinyshakespeare)
+    python scripts/voice.py [--keep DIR] [TEXT ...]      (default: corpora/officer_k.txt corpora/witcher.txt tinyshakespeare)
+
+--keep DIR keeps each text's dataset and run in DIR/NAME (to sample from it later); otherwise they go
+to a temporary folder, removed after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -39,12 +43,29 @@ def verbatim_share(samples: str, text: str) -> float:
     return sum(span in text for span in spans) / max(1, len(spans))
 
 
+def workspace(keep: Path | None, name: str):
+    """The folder a text's dataset and run go to: DIR/NAME kept, or a temporary one."""
+    if keep is None:
+        return tempfile.TemporaryDirectory()
+    folder = keep / name
+    if folder.exists():  # never into an earlier run's folder
+        sys.exit(f"{folder} already exists; choose another --keep folder.")
+    folder.mkdir(parents=True)
+    return contextlib.nullcontext(str(folder))
+
+
 def main() -> None:
-    texts = [Path(t).resolve() for t in sys.argv[1:]] or TEXTS
+    args = sys.argv[1:]
+    keep = None
+    if args[:1] == ["--keep"]:
+        if len(args) < 2:
+            sys.exit("--keep needs a folder: python scripts/voice.py --keep DIR [TEXT ...]")
+        keep, args = Path(args[1]).resolve(), args[2:]
+    texts = [Path(t).resolve() for t in args] or TEXTS
     print(f"{cpu_model()}, {os.cpu_count()} cores", flush=True)
     rows = []
     for path in texts:
-        with tempfile.TemporaryDirectory() as tmp:
+        with workspace(keep, path.stem) as tmp:
             tmp = Path(tmp)
             start = time.perf_counter()
             bladegpt("prepare", str(path), cwd=tmp)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bladegpt import prepare as prepare_module
-from bladegpt.data import TokenData
+from bladegpt.data import DataError, TokenData
 from bladegpt.prepare import Corpus, prepare
 from tests.conftest import corpus_text
 from tests.safety import REPO
@@ -66,6 +66,17 @@ def test_the_bpe_learns_from_a_bounded_sample_drawn_across_the_corpus(workdir, m
     first = prepare([folder], out_dir=workdir / "a", tokenizer="bpe", vocab_size=512)
     second = prepare([folder], out_dir=workdir / "b", tokenizer="bpe", vocab_size=512)
     assert (first.out_dir / "tokenizer.json").read_text() == (second.out_dir / "tokenizer.json").read_text()
+
+
+def test_the_vocabulary_is_sized_to_the_text_unless_chosen(workdir):
+    text = REPO / "corpora" / "officer_k.txt"
+    sized = TokenData(prepare([text], out_dir=workdir / "sized").out_dir)
+    assert sized.meta["vocab_size"] == 2048  # tokenizer.bpe_vocab_size for its 59 KB of training text
+    chosen = TokenData(prepare([text], out_dir=workdir / "chosen", vocab_size=3000).out_dir)
+    assert chosen.meta["vocab_size"] == 3000  # the flag wins over the sizing
+    with pytest.raises(DataError, match="--vocab-size must be between 257"):
+        prepare([text], out_dir=workdir / "tiny", vocab_size=100)
+    assert not (workdir / "tiny").exists()
 
 
 PEAK = """

@@ -45,11 +45,11 @@ def test_char_rejects_unseen_characters():
         tok.encode("abz")
 
 
-def test_bpe_vocab_shrinks_for_small_corpora():
-    assert bpe_vocab_size(4096, 10_000_000) == bpe_vocab_size(4096, 150_000) == 4096
-    assert bpe_vocab_size(4096, 59_013) == 2048  # officer_k's training text: the best of 512-3,583 ids measured
-    assert bpe_vocab_size(4096, 10_000) == 512
-    assert bpe_vocab_size(300, 59_013) == 300  # a smaller request is kept
+def test_bpe_vocab_is_sized_to_the_text():
+    assert bpe_vocab_size(10_000_000) == bpe_vocab_size(250_000) == 4096
+    assert bpe_vocab_size(140_483) == 2048  # witcher's training text: 2,048 beat 3,072 and 4,096
+    assert bpe_vocab_size(59_013) == 2048  # officer_k's: the best of 512-3,583 ids measured
+    assert bpe_vocab_size(10_000) == 512
 
 
 def test_unknown_kind_is_a_clear_error():

@@ -139,8 +139,10 @@ def test_default_run_is_sized_to_the_text():
     train_cfg, notes = sized_to_text({}, 30_000, 3_000, 4096, {"steps": 250, "warmup_steps": 25, "batch_size": 32})
     assert train_cfg["steps"] == -(-SCRATCH_PASSES * 30_000 // 4096) and train_cfg["eval_iters"] == 2
     assert train_cfg["eval_interval"] * 10 <= train_cfg["steps"] and any("passes" in n for n in notes)
-    flags, _ = sized_to_text({"steps": 77, "eval_iters": 9, "lr": None}, 30_000, 3_000, 4096, {"steps": 250})
-    assert flags["steps"] == 77 and flags["eval_iters"] == 9  # every flag wins over its choice
+    assert train_cfg["optimizer"] == "muon" and any("--optimizer muon" in n for n in notes)
+    flags, _ = sized_to_text({"steps": 77, "eval_iters": 9, "lr": None, "optimizer": "adamw"}, 30_000, 3_000, 4096,
+                             {"steps": 250})
+    assert (flags["steps"], flags["eval_iters"], flags["optimizer"]) == (77, 9, "adamw")  # every flag wins over its choice
     big, _ = sized_to_text({}, 8_000_000, 800_000, 4096, {"steps": 250})
     assert big["eval_iters"] == 20  # a big val split is sampled, not read whole
     assert big["steps"] == -(-SCRATCH_PASSES * 8_000_000 // 4096)
