@@ -186,12 +186,12 @@ def train_tokenizer(kind: str, text: str, vocab_size: int = DEFAULT_BPE_VOCAB) -
 def bpe_vocab_size(n_bytes: int) -> int:
     """A corpus BPE's vocabulary sized to its text, so each token is seen often enough to learn.
 
-    About one new token per 32 bytes of training text, at least 512, at most 2,048 under 250 KB of
+    About one new token per 32 bytes of training text, at least 512, at most 3,072 under 250 KB of
     text (the texts the small default model trains on) and 4,096 above; a multiple of 64. Measured
-    from scratch (docs/benchmarks.md): officer_k (59 KB) 512 ids 2.285 bpb, 1,024 2.207, 2,048
-    2.139, 3,583 (every merge it has) 2.43, memorised within 72 steps; witcher (140 KB) 2,048 2.011,
-    3,072 {W3}, 4,096 2.037 at its best schedule. A longer token carries more text per prediction
-    and per context window, until the rarest ones are seen too seldom to learn.
+    from scratch (docs/benchmarks.md): officer_k (59 KB, AdamW) 512 ids 2.285 bpb, 1,024 2.207,
+    2,048 2.139, 3,583 (every merge it has) 2.43, memorised within 72 steps; witcher (140 KB, Muon)
+    2,048 1.972, 3,072 1.921, 4,096 2.035. A longer token carries more text per prediction and per
+    context window, until the rarest ones are seen too seldom to learn.
     """
     cap = DEFAULT_BPE_VOCAB if n_bytes >= SMALL_TEXT_BYTES else SMALL_TEXT_VOCAB
     return min(cap, max(512, 256 + n_bytes // 32) // 64 * 64)
