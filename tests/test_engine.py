@@ -132,8 +132,9 @@ def test_compiled_decode_gives_the_reference_tokens(model, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_static_step_compiles_once_and_keeps_each_seeds_text(model):
-    """The compiled one-token step over a static cache: one graph for a whole generation (through two
-    window slides), and every sampled row is still exactly what its seed gives alone."""
+    """The compiled one-token step over a static cache: one graph for every generation (through two
+    window slides, and again over a new cache), and each sampled row is still exactly what its seed
+    gives alone."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -144,6 +145,8 @@ def test_compiled_static_step_compiles_once_and_keeps_each_seeds_text(model):
     decode = compile_decode(model)
     gens = [torch.Generator().manual_seed(20 + i) for i in range(3)]
     rows = torch.stack(list(generate_batch(model, [7, 8], 30, 60, gens, 1.0, 20, decode=decode)), 1)
+    again = [torch.Generator().manual_seed(20 + i) for i in range(3)]  # a new cache, the same graph
+    assert torch.stack(list(generate_batch(model, [7, 8], 30, 60, again, 1.0, 20, decode=decode)), 1).equal(rows)
     assert counters["stats"]["unique_graphs"] == 1
     for i, row in enumerate(rows.tolist()):
         assert row == generate_reference(model, [7, 8], 30, 60, torch.Generator().manual_seed(20 + i), 1.0, 20)
