@@ -35,11 +35,10 @@ class KVCache:
         self.v: list[torch.Tensor | None] = [None] * n_layer
         self.pos = 0
 
-    def positions(self, T: int) -> torch.Tensor:
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
         """Where the next T tokens go (the model adds their position embeddings)."""
         if self.pos + T > self.max_len:
             raise ValueError(f"sequence of {self.pos + T} tokens exceeds block size {self.max_len}")
-        device = None if self.k[0] is None else self.k[0].device
         return torch.arange(self.pos, self.pos + T, device=device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
@@ -86,8 +85,8 @@ class StaticKVCache(KVCache):
             self.slots = torch.arange(self.max_len, device=device)
         self.where = torch.arange(self.pos, self.pos + T, device=device)
 
-    def positions(self, T: int) -> torch.Tensor:
-        return self.where
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        return self.where  # placed by seat()
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write the new keys/values into rows 0..B-1 at their positions; return the whole buffers and

@@ -139,7 +139,7 @@ class GPT(nn.Module):
         """
         B, T = idx.size()
         if kv_cache is not None:
-            pos = kv_cache.positions(T)
+            pos = kv_cache.positions(T, idx.device)
         elif T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds block size {self.config.block_size}")
         else:
