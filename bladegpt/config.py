@@ -249,8 +249,8 @@ def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, to
                      "(early stopping ends it at its best)")
     if "optimizer" not in chosen:
         sized["optimizer"] = SCRATCH_OPTIMIZER
-        notes.append(f"--optimizer {SCRATCH_OPTIMIZER}: Muon for the blocks' matrices learns a small text "
-                     "better than AdamW alone")
+        notes.append(f"--optimizer {SCRATCH_OPTIMIZER}: Muon for the blocks' matrices learnt the texts measured "
+                     "as well as AdamW alone or better, in fewer steps")
     steps = chosen.get("steps") or sized.get("steps") or preset_train.get("steps", TrainConfig.steps)
     if "eval_interval" not in chosen:
         sized["eval_interval"] = max(10, steps // SCRATCH_EVALS)

@@ -26,10 +26,12 @@ def compile_pays(remaining_s: float, device_type: str) -> tuple[bool, float, flo
     return remaining_s * COMPILE_GAIN > cost, remaining_s * COMPILE_GAIN, cost
 
 
-def fit_to_budget(cfg: TrainConfig, step: int, elapsed: float, per_step: float, budget_s: float) -> bool:
-    """Shorten the schedule in place so the run ends within `budget_s`; False when it already fits."""
-    if elapsed + (cfg.steps - step) * per_step <= budget_s:
+def fit_to_budget(cfg: TrainConfig, step: int, elapsed: float, per_step: float, budget_s: float, full_steps: int) -> bool:
+    """Set the schedule's length so the run ends within `budget_s`, never past `full_steps` (its
+    length before any cut), in place; False when it stays as it is."""
+    steps = min(full_steps, max(step + 1, step + int((budget_s - elapsed) / per_step)))
+    if steps == cfg.steps:
         return False
-    cfg.steps = max(step + 1, step + int((budget_s - elapsed) / per_step))
-    cfg.eval_interval = max(10, cfg.steps // SCRATCH_EVALS)
+    cfg.steps = steps
+    cfg.eval_interval = max(10, steps // SCRATCH_EVALS)
     return True

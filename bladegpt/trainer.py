@@ -29,6 +29,7 @@ from bladegpt.signals import StopSignals
 
 PROBE_STEPS = 6  # eager steps timed before "auto" decides whether compiling pays
 ESTIMATE_STEPS = 3  # steps timed before the run says how long it will take
+RETIME_STEPS = 8  # steps timed after the compile decision, to fit a budgeted run again at its settled speed
 
 
 class Reporter:
@@ -91,6 +92,7 @@ class Trainer:
         self.elapsed = 0.0  # wall seconds of training so far, over all resumes
         self.early = EarlyStopping(train_cfg.patience)
         self.budget_s: float | None = None  # see budget()
+        self.full_steps = train_cfg.steps  # the schedule before any cut to the budget
         self.on_resize = lambda cfg: None
         self.sample_precision: str | None = None
         self.metrics = MetricsLog(run_dir, ddp.main)
@@ -266,18 +268,30 @@ class Trainer:
         text, on a big text); `on_resize(cfg)` records the new schedule so that --resume follows it."""
         self.budget_s, self.on_resize = seconds, on_resize
 
-    def estimate(self, step_s: float) -> None:
-        """The expected time, measured: a run's first steps say what the rest will take."""
-        cfg, full = self.cfg, self.cfg.steps
+    def estimate(self, step_s: float, retimed: bool = False) -> None:
+        """The expected time, measured: a run's first steps say what the rest will take. Timed again
+        once the compile decision is made (`retimed`), a budgeted run is fitted again, both ways: a
+        compiled step, or a machine that was busy for the first steps, gives it back what it cut."""
+        cfg, before = self.cfg, self.cfg.steps
         step_s = self.ddp.broadcast(step_s)  # every rank plans with the same numbers
         per_step = seconds_per_step(cfg, step_s)
-        if self.budget_s is not None and fit_to_budget(cfg, self.step, self.elapsed, per_step, self.budget_s):
+        if self.budget_s is not None and fit_to_budget(cfg, self.step, self.elapsed, per_step, self.budget_s,
+                                                       self.full_steps):
             self.on_resize(cfg)
-            self.reporter.message(f"All {full:,} steps would take about {duration((full - self.step) * per_step)} "
-                                  f"here, so this run trains {cfg.steps:,} (about {duration(self.budget_s)}); for "
-                                  f"the whole schedule pass --steps {full}.")
-        self.reporter.message(f"{step_s:.2f} s a step here: about {duration((cfg.steps - self.step) * per_step)} "
-                              f"for the {cfg.steps - self.step:,} steps left, evaluations included.")
+            full = self.full_steps
+            if cfg.steps == full:
+                self.reporter.message(f"Timed again at step {self.step}: all {full:,} steps fit in "
+                                      f"{duration(self.budget_s)} after all.")
+            else:
+                self.reporter.message(
+                    f"{'Timed again: a' if retimed else 'A'}ll {full:,} steps would take about "
+                    f"{duration((full - self.step) * per_step)} here, so this run trains {cfg.steps:,} (about "
+                    f"{duration(self.budget_s)}); for the whole schedule pass --steps {full}.")
+        elif retimed:
+            return  # nothing changed: the first estimate stands
+        if cfg.steps != before or not retimed:
+            self.reporter.message(f"{step_s:.2f} s a step here: about {duration((cfg.steps - self.step) * per_step)} "
+                                  f"for the {cfg.steps - self.step:,} steps left, evaluations included.")
 
     def maybe_compile(self, probe_times: list[float]) -> None:
         """Compile now if the measured eager speed says the rest of the run repays the compile."""
@@ -340,12 +354,14 @@ class Trainer:
                 self.elapsed += dt
                 interval_tokens += self.tokens_per_step
                 interval_time += dt
-                if len(probe) < PROBE_STEPS:
+                if len(probe) < PROBE_STEPS + RETIME_STEPS:
                     probe.append(dt)
                     if len(probe) == ESTIMATE_STEPS and cfg.time_budget_s is None:
                         self.estimate(statistics.median(probe[1:]))  # the first step pays for warm-up
                     if len(probe) == PROBE_STEPS and self.compile_mode == "auto":
                         self.maybe_compile(probe[1:])
+                    if len(probe) == PROBE_STEPS + RETIME_STEPS and self.budget_s is not None:
+                        self.estimate(statistics.median(probe[PROBE_STEPS + 1:]), retimed=True)  # past any compile
                 if self.step % cfg.log_interval == 0:
                     self.tok_per_s = interval_tokens / interval_time
                     mfu = self.tok_per_s * self.flops_per_step / self.tokens_per_step / self.peak

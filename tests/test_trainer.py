@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from bladegpt.checkpoint import load_checkpoint
 from bladegpt.config import ConfigError, TrainConfig
 from bladegpt.prepare import prepare
 from bladegpt.launch import train
-from bladegpt.trainer import Reporter
+from bladegpt.trainer import Reporter, Trainer
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 
@@ -165,6 +166,29 @@ class Said(Reporter):
 
     def message(self, text):
         self.lines.append(text)
+
+
+def test_a_cut_run_timed_again_gets_back_what_a_slow_start_cut(corpus, workdir, monkeypatch):
+    """The first steps ran slow (a busy machine, or eager before a compile): the run is cut to fit the
+    budget, then timed again at its settled speed it trains its whole schedule after all."""
+    prepare([corpus], tokenizer="char")
+    monkeypatch.setattr("bladegpt.launch.SCRATCH_BUDGET_S", 8.0)
+    monkeypatch.setattr("bladegpt.config.SCRATCH_PASSES", 1)  # the shortest sized run: 100 steps
+    clock = [0.0]  # the trainer's clock, advanced by the steps alone: 0.3 s for the first three, then 0.01
+    monkeypatch.setattr("bladegpt.trainer.time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    step = Trainer.train_step
+
+    def slow_start(self):
+        clock[0] += 0.3 if self.step < 3 else 0.01
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", slow_start)
+    said = Said()
+    result = train(None, None, TINY_MODEL, {"sample_tokens": 0, "patience": 0}, compile="off", reporter=said)
+    text = " ".join(said.lines)
+    assert "for the whole schedule pass --steps" in text and "Timed again at step 14" in text
+    saved = json.loads((result.run_dir / "run.json").read_text())
+    assert result.step == saved["train"]["steps"] == 100  # the whole sized schedule, recorded for --resume
 
 
 def test_a_default_run_too_long_for_the_budget_is_cut_and_resumes_to_the_cut(corpus, workdir, monkeypatch):
