@@ -116,6 +116,13 @@ class TokenData:
         y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix.tolist()]).long()
         return x, y
 
+    def covering_starts(self, split: str, block_size: int):
+        """Starts of back-to-back windows over the whole split: each token is a target exactly once
+        (but the first, and a tail shorter than a window)."""
+        import torch
+
+        return torch.arange((len(self.splits[split]) - 1) // block_size) * block_size
+
     def random_starts(self, split: str, shape: tuple[int, ...], block_size: int, generator):
         import torch
 

@@ -168,6 +168,33 @@ class Said(Reporter):
         self.lines.append(text)
 
 
+def test_a_small_val_split_is_read_whole_each_token_once(corpus, workdir, monkeypatch):
+    """An evaluation whose batches can hold the whole val split reads it back to back, so the val loss
+    does not depend on the run's seed; a larger split is sampled (eval_iters batches)."""
+    from bladegpt.data import TokenData
+
+    data = TokenData(prepare([corpus], tokenizer="char").out_dir)
+    T = TINY_MODEL["block_size"]
+    read = []
+    batch = TokenData.batch
+
+    def reading(self, split, ix, block_size):
+        if split == "val":
+            read.append(ix)
+        return batch(self, split, ix, block_size)
+
+    monkeypatch.setattr(TokenData, "batch", reading)
+    windows = (len(data.splits["val"]) - 1) // T
+    train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 10, "eval_interval": 10, "eval_iters": windows},
+          compile="off")
+    starts = torch.cat(read).tolist()
+    assert starts == [i * T for i in range(windows)]  # each val token a target once
+    read.clear()
+    train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 10, "eval_interval": 10, "eval_iters": 1,
+                                     "batch_size": 2}, compile="off")
+    assert sum(len(ix) for ix in read) == 2 < windows  # too big for one batch of 2: sampled
+
+
 def test_a_cut_run_timed_again_gets_back_what_a_slow_start_cut(corpus, workdir, monkeypatch):
     """The first steps ran slow (a busy machine, or eager before a compile): the run is cut to fit the
     budget, then timed again at its settled speed it trains its whole schedule after all."""
