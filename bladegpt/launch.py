@@ -86,6 +86,7 @@ def train(
     ddp = Distributed.from_env()
     reporter = reporter if reporter is not None and ddp.main else Reporter()  # only rank 0 speaks
     lock, run_dir, created, record = None, None, False, None
+    finished = False
     with StopSignals() as signals:
         try:
             if resume:
@@ -129,12 +130,18 @@ def train(
                 reporter.message("Sized to the text: " + "; ".join(plan.notes) + ". Each flag overrides its choice.")
             if plan.budget_s is not None:
                 trainer.budget(plan.budget_s, lambda cfg: record and runs.write_run(run_dir, {**record, "train": cfg.to_dict()}))
-            return trainer.run()
+            result = trainer.run()
+            finished = True
+            return result
         finally:
             if lock is not None:
                 _remove_if_unused(run_dir, created)
                 lock.release()
             if ddp.world > 1 and dist.is_initialized():
+                # Leave together: a gloo rank whose peer closed its sockets first can abort (CI saw a
+                # SIGABRT once). Not after an error, where the other rank may never come.
+                if finished:
+                    dist.barrier()
                 dist.destroy_process_group()
 
 
