@@ -34,12 +34,17 @@ class KVCache:
         self.k: list[torch.Tensor | None] = [None] * n_layer
         self.v: list[torch.Tensor | None] = [None] * n_layer
         self.pos = 0
+        self.where: torch.Tensor | None = None  # positions of the tokens of the coming forward pass
 
-    def positions(self, T: int, device: torch.device) -> torch.Tensor:
-        """Where the next T tokens go (the model adds their position embeddings)."""
+    def seat(self, T: int, device: torch.device) -> None:
+        """Place the next T tokens, before the forward pass (outside any compiled code)."""
         if self.pos + T > self.max_len:
             raise ValueError(f"sequence of {self.pos + T} tokens exceeds block size {self.max_len}")
-        return torch.arange(self.pos, self.pos + T, device=device)
+        self.where = torch.arange(self.pos, self.pos + T, device=device)
+
+    def positions(self) -> torch.Tensor:
+        """Where the seated tokens go (the model adds their position embeddings)."""
+        return self.where
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store the new (B, nh, T, hs) keys/values; return all of them so far (B, nh, pos+T, hs), and
@@ -74,19 +79,12 @@ class StaticKVCache(KVCache):
     def __init__(self, n_layer: int, max_len: int, rows: int):
         super().__init__(n_layer, max_len)
         self.rows = rows
-        self.where: torch.Tensor | None = None  # positions of the tokens of the coming forward pass
-        self.slots: torch.Tensor | None = None
+        self.slots: torch.Tensor | None = None  # every position, for the mask
 
     def seat(self, T: int, device: torch.device) -> None:
-        """Place the next T tokens (before the forward pass, outside any compiled code)."""
-        if self.pos + T > self.max_len:
-            raise ValueError(f"sequence of {self.pos + T} tokens exceeds block size {self.max_len}")
+        super().seat(T, device)
         if self.slots is None:
             self.slots = torch.arange(self.max_len, device=device)
-        self.where = torch.arange(self.pos, self.pos + T, device=device)
-
-    def positions(self, T: int, device: torch.device) -> torch.Tensor:
-        return self.where  # placed by seat()
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write the new keys/values into rows 0..B-1 at their positions; return the whole buffers and
@@ -164,7 +162,7 @@ def sample_next_token(
 def _logits(model, idx: torch.Tensor, n_vocab: int, kv_cache: KVCache | None = None) -> torch.Tensor:
     """Logits of the last position of each row (B, n_vocab), the cache moved past idx: padding ids
     past the tokenizer's vocabulary, which it cannot decode, are left out."""
-    if isinstance(kv_cache, StaticKVCache):
+    if kv_cache is not None:
         kv_cache.seat(idx.size(1), idx.device)
     logits, _ = model(idx, kv_cache=kv_cache)
     if kv_cache is not None:

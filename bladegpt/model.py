@@ -134,12 +134,12 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None):
         """Logits for every position (B, T, vocab), and the mean loss when targets are given.
 
-        With a kv_cache the tokens sit at the cache's positions (engine.py): their keys and values are
-        written there and they attend to everything before; moving the cache on is its caller's job.
+        With a kv_cache the tokens sit where the cache has seated them (engine.py): their keys and values
+        are written there and they attend to everything before; seating and moving it on is its caller's job.
         """
         B, T = idx.size()
         if kv_cache is not None:
-            pos = kv_cache.positions(T, idx.device)
+            pos = kv_cache.positions()
         elif T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds block size {self.config.block_size}")
         else:

@@ -20,13 +20,13 @@ COMPILE_MODES = ("auto", "on", "off")
 # for the mini shape: 18 s a batch size with a cold inductor cache (3 s warm); a step 27-37% shorter
 # for one sample, 11% for eight. `auto` compiles only when the steps ahead repay the cold compile.
 DECODE_COMPILE_COST_S = {"cpu": 20.0, "cuda": 45.0}
+CACHE_BYTES = 256 * 2**20  # most KV cache one batch of samples may hold; more samples run in turns
+MAX_BATCH = 64
 
 
 def compile_gain(rows: int) -> float:
     """The share of a decode step compiling saves, as measured (above)."""
     return 0.25 if rows == 1 else 0.1
-CACHE_BYTES = 256 * 2**20  # most KV cache one batch of samples may hold; more samples run in turns
-MAX_BATCH = 64
 
 
 def in_precision(model: GPT, precision: str, cast: bool):

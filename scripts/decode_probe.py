@@ -32,6 +32,7 @@ with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16), backends:
         for _ in range(100):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
+            cache.seat(1, token.device)
             model(token, kv_cache=cache)
             cache.advance(1)
             torch.cuda.synchronize()

@@ -22,8 +22,7 @@ def test_kv_cache_logits_equal_full_forward(model, attention, static):
     cache = StaticKVCache(2, 16, rows=2) if static else KVCache(2, 16)
 
     def forward(part):
-        if static:
-            cache.seat(part.size(1), part.device)
+        cache.seat(part.size(1), part.device)
         logits, _ = model(part, kv_cache=cache)
         cache.advance(part.size(1))
         return logits
