@@ -98,6 +98,16 @@ class TokenData:
         """What runs record of their data (datasets from before fingerprints are hashed now)."""
         return self.meta.get("fingerprint") or fingerprint(self.folder)
 
+    @property
+    def train_bytes(self) -> int:
+        """Bytes of training text (datasets from before meta.json recorded them are counted here)."""
+        if "train_bytes" in self.meta:
+            return self.meta["train_bytes"]
+        import torch
+
+        lengths = torch.tensor([len(self.tokenizer.token_bytes(i)) for i in range(self.tokenizer.vocab_size)])
+        return int(lengths[self.splits["train"].long()].sum())
+
     def check_fits(self, block_size: int) -> None:
         for split, tokens in self.splits.items():
             if len(tokens) <= block_size + 1:

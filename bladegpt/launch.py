@@ -151,7 +151,7 @@ def _new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan
     token_data = TokenData(data_dir)
     notes, budget = [], None
     if preset is None:
-        model_overrides, notes = sized_model(model_overrides, token_data.meta["train_bytes"])
+        model_overrides, notes = sized_model(model_overrides, token_data.train_bytes)
         model_cfg, _ = from_preset(DEFAULT_PRESET, model_overrides)
         base = PRESETS[DEFAULT_PRESET].train
         batch = (train_overrides or {}).get("batch_size") or base["batch_size"]

@@ -33,6 +33,15 @@ def test_prepare_takes_folders_and_is_deterministic(workdir):
     assert (workdir / "one" / "val.bin").read_bytes() == (workdir / "two" / "val.bin").read_bytes()
 
 
+def test_train_bytes_of_a_dataset_from_before_they_were_recorded(corpus):
+    folder = prepare([corpus], tokenizer="bpe", vocab_size=300).out_dir
+    recorded = TokenData(folder).train_bytes
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["train_bytes"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    assert TokenData(folder).train_bytes == recorded == meta["bytes"] - meta["val_bytes"]
+
+
 def test_batches_are_shifted_by_one(corpus):
     data = TokenData(prepare([corpus], tokenizer="char").out_dir)
     ix = data.random_starts("train", (4,), 8, torch.Generator().manual_seed(0))
