@@ -78,7 +78,7 @@ def load_checkpoint(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer
         tokenizer = tokenizer_from_dict(json.loads(metadata["tokenizer"]))
         _check_shape(config, path)  # before building: a config claiming 10^6 layers would take minutes
         model = GPT(config, attention=attention)
-        model.load_state_dict(_untie(load_file(str(path))))  # strict: names and shapes must match
+        model.load_state_dict(_untie(load_file(str(path)), config))  # strict: names and shapes must match
     except (SafetensorError, KeyError, TypeError, json.JSONDecodeError, TokenizerError, RuntimeError) as e:
         raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or train again.") from None
     info = json.loads(metadata.get("info", "{}"))
@@ -93,14 +93,17 @@ def _check_shape(config: ModelConfig, path: Path) -> None:
     embedding = shapes.get("transformer.wte.weight") or shapes.get("lm_head.weight")
     layers = {int(m.group(1)) for name in shapes if (m := re.match(r"transformer\.h\.(\d+)\.", name))}
     found = (len(layers), embedding, shapes.get("transformer.wpe.weight"))
-    claimed = (config.n_layer, (config.vocab_size, config.n_embd), (config.block_size, config.n_embd))
+    positions = (config.block_size, config.n_embd) if config.positions == "learned" else None
+    claimed = (config.n_layer, (config.vocab_size, config.n_embd), positions)
     if found != claimed:
         raise RuntimeError(f"its config says {config.n_layer} layers, vocabulary {config.vocab_size}, "
                            f"{config.n_embd} wide, block {config.block_size}, but its tensors disagree")
 
 
-def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _untie(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """safetensors keeps one name of a tied pair; give the tensor to both names."""
+    if not config.tie_embeddings:
+        return state
     wte, head = "transformer.wte.weight", "lm_head.weight"
     if head in state and wte not in state:
         state[wte] = state[head]

@@ -23,7 +23,13 @@ SMALL_TEXT_VOCAB = 3072
 # speed: a small text is data-bound, not model-bound (docs/benchmarks.md).
 SMALL_TEXT_BYTES = 250_000
 
-ACTIVATIONS = ("gelu", "gelu_tanh")
+ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+# The families a model can compute, as configuration: gpt2 is GPT-2's block (BladeGPT's own models
+# too); llama, qwen2 and qwen3 are the Llama block (RMSNorm, RoPE, SwiGLU, grouped heads), qwen2 with
+# q/k/v biases, qwen3 with per-head q/k RMSNorm. The name says which exports a model takes.
+ARCHS = ("gpt2", "llama", "qwen2", "qwen3")
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -35,6 +41,9 @@ def padded_vocab(n: int, multiple: int = 64) -> int:
 
 @dataclass
 class ModelConfig:
+    """One decoder-only transformer, GPT-2's or the Llama family's, as data (litgpt's way): every field
+    is saved with a checkpoint, and a field missing from an old checkpoint means GPT-2's block."""
+
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
     block_size: int = 256
     n_layer: int = 6
@@ -42,28 +51,53 @@ class ModelConfig:
     n_embd: int = 384
     dropout: float = 0.0
     bias: bool = False  # GPT-2 has biases in every Linear and LayerNorm; our own models train without
-    activation: str = "gelu"  # "gelu" (exact, erf) or "gelu_tanh" (GPT-2's approximation, HF's "gelu_new")
-    layer_norm_eps: float = 1e-5
+    activation: str = "gelu"  # "gelu" (exact, erf), "gelu_tanh" (GPT-2's, HF's "gelu_new"), "swiglu" (SiLU-gated MLP)
+    layer_norm_eps: float = 1e-5  # the norm's epsilon, LayerNorm's or RMSNorm's
+    arch: str = "gpt2"
+    norm: str = "layernorm"  # or "rmsnorm" (Zhang & Sennrich 2019; computed in fp32, as Llama)
+    positions: str = "learned"  # or "rope" (Su et al. 2021, HF's half-split layout)
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # Llama 3's {"rope_type": "llama3", "factor", "low_freq_factor", ...}
+    n_kv_head: int | None = None  # grouped-query attention (Ainslie et al. 2023); None: as many as n_head
+    head_size: int | None = None  # None: n_embd // n_head; Qwen3 sets its own (128 at 1024 / 16 heads)
+    intermediate_size: int | None = None  # the MLP's width; None: 4 * n_embd
+    qkv_bias: bool = False  # biases on q, k, v only (Qwen2)
+    qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (Qwen3)
+    tie_embeddings: bool = True  # the output head is the token embedding (GPT-2, SmolLM2, Llama 3.2)
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
+        for name, value, allowed in (("activation", self.activation, ACTIVATIONS), ("norm", self.norm, NORMS),
+                                     ("positions", self.positions, POSITIONS), ("arch", self.arch, ARCHS)):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}.")
         if not 0 < self.layer_norm_eps < 1:
             raise ConfigError(f"layer_norm_eps must be a small positive number, got {self.layer_norm_eps}.")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "kv_heads", "head_dim", "mlp_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.n_embd % self.n_head:
+        if self.head_size is None and self.n_embd % self.n_head:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}); "
                 "change --n-embd or --n-head."
             )
+        if self.n_head % self.kv_heads:
+            raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.kv_heads}).")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ConfigError(f"RoPE needs an even head size, got {self.head_dim}.")
         if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_size(self) -> int:
+        return self.intermediate_size or 4 * self.n_embd
 
     def attention_shape(self, batch: int) -> tuple[int, int, int, int]:
         """(B, nh, T, hs) of one forward pass over `batch` sequences: what attention is timed at."""

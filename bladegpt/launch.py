@@ -171,7 +171,7 @@ def _new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan
 
 def _finetune_plan(source, data, preset, model_overrides, train_overrides, requested) -> Plan:
     """The model and its tokenizer come from the source; the context may shrink, dropout may be set."""
-    from bladegpt.pretrained import load_pretrained
+    from bladegpt.sources import load_pretrained
 
     overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
     shape = sorted(set(overrides) - {"block_size", "dropout"})
@@ -197,7 +197,8 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
     train_cfg = finetune_config(train_overrides, model_cfg.n_embd, len(token_data.splits["train"]),
                                 len(token_data.splits["val"]), block)
     initial = pretrained.model.state_dict()
-    initial["transformer.wpe.weight"] = initial["transformer.wpe.weight"][:block]  # crop the context (nanoGPT's crop_block_size)
+    if "transformer.wpe.weight" in initial:  # learned positions: crop the context (nanoGPT's crop_block_size)
+        initial["transformer.wpe.weight"] = initial["transformer.wpe.weight"][:block]
     return Plan(model_cfg, train_cfg, token_data, {k: v or "auto" for k, v in requested.items()},
                 initial=initial, origin=pretrained.description)
 

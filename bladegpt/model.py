@@ -1,4 +1,9 @@
-"""The GPT: GPT-2's architecture in one readable file. Pure: no I/O, no device choices."""
+"""The GPT: GPT-2's block and the Llama family's in one readable file. Pure: no I/O, no device choices.
+
+Which block is configuration (config.ModelConfig), as in litgpt: LayerNorm or RMSNorm, learned
+positions or RoPE, a GELU or SwiGLU MLP, full or grouped-query attention, Qwen2's q/k/v biases and
+Qwen3's q/k norm. Module names are GPT-2's for every family, so old checkpoints load as they are.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +20,20 @@ ATTENTION_IMPLS = ("manual", "sdpa")
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout_p: float,
            mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal attention of T new queries over S >= T keys, the last T of which are theirs; or, where a
-    (T, S) mask is given (a static cache), over the keys it allows."""
+    """Causal attention of T new queries (B, nh, T, hs) over S >= T keys (B, nkv, S, hs), the last T of
+    which are theirs; or, where a (T, S) mask is given (a static cache), over the keys it allows. With
+    fewer kv heads than query heads (GQA), query head h reads kv head h // (nh / nkv)."""
     T, S = q.size(-2), k.size(-2)
+    gqa = k.size(1) != q.size(1)
     if impl == "sdpa" and mask is None and T == S:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
     if mask is None and T > 1:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+    if gqa:
+        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
     if mask is not None:
         att = att.masked_fill(~mask, float("-inf"))
@@ -33,56 +43,128 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout
     return att @ v  # (B, nh, T, hs)
 
 
+class RMSNorm(nn.Module):
+    """y = w * x / sqrt(mean(x^2) + eps), computed in fp32 and cast back before the weight (Llama's, and
+    transformers' LlamaRMSNorm)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).to(x.dtype)
+
+
+def make_norm(config: ModelConfig, dim: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(dim, config.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=config.layer_norm_eps, bias=config.bias)
+
+
+def rope_frequencies(config: ModelConfig) -> torch.Tensor:
+    """RoPE's inverse frequencies (head_dim / 2,): 1 / theta^(2i/d) (Su et al. 2021), with Llama 3's
+    "llama3" scaling where configured (transformers' _compute_llama3_parameters: long wavelengths divided
+    by `factor`, short ones kept, the band between interpolated)."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    scaling = config.rope_scaling
+    if not scaling:
+        return inv_freq
+    factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / lo, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    middle = ~(wavelen < old_len / hi) & ~(wavelen > old_len / lo)
+    return torch.where(middle, smoothed, scaled)
+
+
+def rope_tables(config: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (block_size, head_dim) in fp32 for every position, half-split as transformers lays
+    them out (the first half of a head pairs with the second)."""
+    inv_freq = rope_frequencies(config).to(device)
+    freqs = torch.arange(config.block_size, device=device).float()[:, None] * inv_freq[None, :]  # (T, hs/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, hs)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each head of x (B, nh, T, hs) by its position's angles, cos/sin (T, hs)."""
+    half = x.size(-1) // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int, impl: str):
         super().__init__()
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.sizes = (q_size, kv_size, kv_size)
+        self.c_attn = nn.Linear(config.n_embd, sum(self.sizes), bias=config.bias or config.qkv_bias)
+        self.c_proj = nn.Linear(q_size, config.n_embd, bias=config.bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.layer_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.layer_norm_eps)
+        self.qk_norm = config.qk_norm
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head = config.n_head
         self.dropout = config.dropout
         self.layer_idx = layer_idx
         self.impl = impl
 
-    def forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+    def forward(self, x: torch.Tensor, rope=None, kv_cache=None) -> torch.Tensor:
+        B, T, _ = x.size()
+        q, k, v = self.c_attn(x).split(self.sizes, dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         mask = None
         if kv_cache is not None:
-            k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs), and a (T, S) mask or None
+            k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs), and a (T, S) mask or None
         y = attend(q, k, v, self.impl, self.dropout if self.training else 0.0, mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
+    """GPT-2's Linear-GELU-Linear, or the Llama family's SwiGLU, down(silu(gate(x)) * up(x)) (Shazeer
+    2020), with gate and up as one matmul (c_fc's first and second halves)."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.swiglu = config.activation == "swiglu"
+        hidden = config.mlp_size
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
         # Our own models use the exact (erf) GELU, as nanoGPT: GPT-2's tanh approximation measured
         # 4.7x slower on an AVX-512 CPU (0.70 vs 0.15 ms on a 768x512 activation). Models imported
         # from GPT-2 keep its tanh GELU ("gelu_tanh"), so they compute exactly what they learned.
         self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
+            return self.dropout(self.c_proj(F.silu(gate) * up))
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int, impl: str):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, layer_idx, impl)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x: torch.Tensor, rope=None, kv_cache=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, kv_cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -92,23 +174,37 @@ class GPT(nn.Module):
         if attention not in ATTENTION_IMPLS:
             raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(Block(config, i, attention) for i in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
-            )
-        )
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.positions == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(drop=nn.Dropout(config.dropout),
+                       h=nn.ModuleList(Block(config, i, attention) for i in range(config.n_layer)),
+                       ln_f=make_norm(config, config.n_embd))
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
         self.apply(self._init_weights)
         # Residual projections add to the stream once per layer twice: scale them so the
         # stream's variance does not grow with depth (GPT-2 paper).
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """(Re)compute RoPE's cos/sin tables beside the weights: after loading weights into a model built on
+        the meta device, or a change of context. Not saved with the weights: they follow from the config."""
+        if self.config.positions != "rope":
+            return
+        cos, sin = rope_tables(self.config, self.transformer.wte.weight.device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def tie_weights(self) -> None:
+        """Tie wte and lm_head again (load_state_dict(assign=True) loads each name alone)."""
+        if self.config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -129,7 +225,9 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings are left out by default, as in nanoGPT's MFU."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if non_embedding and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None):
         """Logits for every position (B, T, vocab), and the mean loss when targets are given.
@@ -144,9 +242,15 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {T} tokens exceeds block size {self.config.block_size}")
         else:
             pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs) each
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, kv_cache)
+            x = block(x, rope, kv_cache)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
         if targets is None:
             return logits, None

@@ -204,7 +204,7 @@ class Corpus:
 def build_tokenizer(corpus: Corpus, kind: str, vocab_size: int | None, tokenizer_from: str | None) -> Tokenizer:
     """The dataset's tokenizer; a corpus BPE of `vocab_size` ids, or with None sized to the text."""
     if tokenizer_from is not None:
-        from bladegpt.pretrained import load_tokenizer_from
+        from bladegpt.sources import load_tokenizer_from
 
         return load_tokenizer_from(tokenizer_from)
     if kind == "char":

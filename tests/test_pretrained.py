@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from bladegpt.checkpoint import load_checkpoint, save_checkpoint
 from bladegpt.prepare import prepare
 from bladegpt.launch import train
-from bladegpt.pretrained import load_pretrained
+from bladegpt.sources import load_pretrained
 from tests.conftest import corpus_text
 from tests.safety import assert_one_line_error, invoke
 
@@ -160,9 +160,9 @@ def test_init_from_mistakes_are_one_line(hf_cache, workdir, corpus, tmp_path):
     assert_one_line_error(invoke("train", "--init-from", folder), "another tokenizer", "--tokenizer-from")
     assert_one_line_error(invoke("train", "--init-from", folder, "--n-layer", "4"), "drop --n-layer")
     assert_one_line_error(invoke("train", "--init-from", folder, "--preset", "mini"), "drop --preset")
-    llama = json.loads((folder / "config.json").read_text()) | {"model_type": "llama"}
-    (folder / "config.json").write_text(json.dumps(llama))
-    assert_one_line_error(invoke("train", "--init-from", folder), "not GPT-2")
+    falcon = json.loads((folder / "config.json").read_text()) | {"model_type": "falcon"}
+    (folder / "config.json").write_text(json.dumps(falcon))
+    assert_one_line_error(invoke("train", "--init-from", folder), "holds a falcon model", "qwen3")
     assert_one_line_error(invoke("train", "--init-from", tmp_path / "nowhere"), "No such file or folder")
     (workdir / "runs").mkdir(exist_ok=True)
     assert_one_line_error(invoke("train", "--init-from", "runs/nothing"), "No such file or folder: runs/nothing")

@@ -1,0 +1,167 @@
+"""Where a pretrained model comes from: one front door for `train --init-from` and `prepare --tokenizer-from`.
+
+- a BladeGPT run or checkpoint;
+- a GGUF file (llama.cpp, LM Studio; arch llama, qwen2, qwen3 or gpt2): gguf.py;
+- `ollama:NAME[:TAG]`, the model layer of ollama's local store: ollama.py;
+- a Hugging Face folder or repo id (GPT-2, Llama, Qwen2, Qwen3), the cache first: hub.py finds it, hf.py reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bladegpt.config import ModelConfig
+from bladegpt.model import GPT
+from bladegpt.runs import BEST, LAST, RUN_FILE, resolve_checkpoint
+from bladegpt.sources.hub import GPT2_REPOS, SourceError, hf_folder
+from bladegpt.tokenizer import TiktokenTokenizer, Tokenizer
+
+FAMILY_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+
+__all__ = ["Pretrained", "SourceError", "load_pretrained", "load_tokenizer_from", "build_model"]
+
+
+@dataclass
+class Pretrained:
+    model: GPT  # on the CPU, in fp32
+    tokenizer: Tokenizer
+    description: str  # what was loaded and from where, its size and quantization, for the start of a run
+
+
+def is_bladegpt(source: str) -> bool:
+    path = Path(source)
+    if path.is_file():
+        return not is_gguf(path)
+    return (path / RUN_FILE).is_file() or (path / LAST).is_file() or (path / BEST).is_file()
+
+
+def is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def gguf_path(source: str) -> Path | None:
+    """The GGUF file SOURCE names (a path, or an ollama: model), or None when it names none."""
+    if source.startswith("ollama:"):
+        from bladegpt.sources.ollama import ollama_blob
+
+        return ollama_blob(source.removeprefix("ollama:"))
+    path = Path(source).expanduser()
+    if path.is_file() and is_gguf(path):
+        return path
+    if source.endswith(".gguf"):
+        if not path.is_file():
+            raise SourceError(f"No such file: {source}; check the path.")
+        raise SourceError(f"{source} is not a GGUF file (it does not start with 'GGUF'); it may be damaged or "
+                          "still downloading: fetch it again.")
+    return None
+
+
+def build_model(config: ModelConfig, state: dict[str, torch.Tensor], where: str) -> GPT:
+    """A model holding `state` (BladeGPT's names, fp32) without a second copy: built on the meta device,
+    then the tensors assigned; every name and shape must fit."""
+    if not config.tie_embeddings and "lm_head.weight" not in state:
+        config.tie_embeddings = True  # no head of its own: transformers' loaders tie it too
+        state["lm_head.weight"] = state.get("transformer.wte.weight")
+    with torch.device("meta"):  # no random init of weights about to be replaced
+        model = GPT(config)
+    try:
+        model.load_state_dict(state, assign=True)  # strict: every name and shape
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise SourceError(f"{where}'s weights do not fit its configuration ({first}); download the model again.") from None
+    model.tie_weights()
+    model.reset_buffers()
+    return model.eval()
+
+
+def load_pretrained(source: str) -> Pretrained:
+    """The model and tokenizer of SOURCE: a BladeGPT checkpoint or run, a GGUF file, an ollama model, a
+    Hugging Face folder, or a hub name. Errors are SourceError (one line)."""
+    from bladegpt.checkpoint import load_checkpoint
+
+    if is_bladegpt(source):
+        path = resolve_checkpoint(Path(source))
+        model, tokenizer, info = load_checkpoint(path)
+        step = f", step {info['step']}" if "step" in info else ""
+        return Pretrained(model, tokenizer, f"BladeGPT {size(model)} from {path}{step}")
+    gguf_file = gguf_path(source)
+    if gguf_file is not None:
+        from bladegpt.sources.gguf import load_gguf
+
+        return load_gguf(gguf_file, source)
+    folder = hf_folder(source, weights=True)
+    model, family, cfg = hf_model(folder)
+    tokenizer = folder_tokenizer(folder, model.config)
+    return Pretrained(model, tokenizer, f"{family} {size(model)} from {folder} ({_dtype(cfg)} weights)")
+
+
+def hf_model(folder: Path) -> tuple[GPT, str, dict]:
+    """The model of a Hugging Face folder, its family's name, and its config.json."""
+    from bladegpt.sources import hf
+
+    cfg = hf.read_config(folder)
+    if cfg.get("model_type") == "gpt2":
+        config = hf.model_config(folder, cfg)
+        return build_model(config, hf.gpt2_state_dict(hf.read_tensors(folder)), str(folder)), "GPT-2", cfg
+    config = hf.model_config(folder, cfg, hf.embedding_rows(folder))
+    state = hf.llama_state_dict(hf.read_tensors(folder), config)
+    return build_model(config, state, str(folder)), FAMILY_NAMES[cfg["model_type"]], cfg
+
+
+def load_tokenizer_from(source: str) -> Tokenizer:
+    """SOURCE's tokenizer, without loading (or downloading) its weights."""
+    from bladegpt.checkpoint import CheckpointError, read_metadata
+    from bladegpt.tokenizer import TokenizerError, tokenizer_from_dict
+
+    if is_bladegpt(source):
+        path = resolve_checkpoint(Path(source))
+        try:
+            return tokenizer_from_dict(json.loads(read_metadata(path)["tokenizer"]))
+        except (KeyError, json.JSONDecodeError, TokenizerError) as e:
+            raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint.") from None
+    gguf_file = gguf_path(source)
+    if gguf_file is not None:
+        from bladegpt.sources.gguf import gguf_tokenizer
+
+        return gguf_tokenizer(gguf_file)
+    if source in GPT2_REPOS:
+        return TiktokenTokenizer.gpt2()  # GPT-2's own BPE ships with BladeGPT, verified by hash
+    from bladegpt.sources import hf
+
+    folder = hf_folder(source, weights=False)
+    cfg = hf.read_config(folder)
+    return folder_tokenizer(folder, hf.model_config(folder, cfg))
+
+
+def folder_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
+    """GPT-2's BPE (tiktoken) where the folder's tokenizer is GPT-2's, or it has none and GPT-2's vocabulary
+    size; otherwise the folder's own tokenizer.json through Hugging Face's tokenizers."""
+    from bladegpt.sources.gpt2 import is_gpt2_tokenizer
+
+    present = [name for name in ("vocab.json", "merges.txt", "tokenizer.json") if (folder / name).is_file()]
+    if config.arch == "gpt2" and ((not present and config.vocab_size == 50257) or (present and is_gpt2_tokenizer(folder))):
+        return TiktokenTokenizer.gpt2()
+    from bladegpt.hf_tokenizer import HFTokenizer
+    from bladegpt.tokenizer import TokenizerError
+
+    try:
+        return HFTokenizer.from_folder(folder)
+    except TokenizerError as e:
+        raise SourceError(str(e)) from None
+
+
+def size(model: GPT) -> str:
+    n = model.num_params(non_embedding=False)
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def _dtype(cfg: dict) -> str:
+    return str(cfg.get("torch_dtype") or cfg.get("dtype") or "fp32").replace("float32", "fp32").replace("bfloat16", "bf16")

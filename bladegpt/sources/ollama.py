@@ -1,0 +1,80 @@
+"""ollama's local store: `ollama:NAME[:TAG]` to the GGUF file of its model layer.
+
+Layout (ollama's manifest/paths.go, types/model/name.go; shared/research/llama-family.md §5.1): the root
+is $OLLAMA_MODELS, else ~/.ollama/models, else the Linux service's /usr/share/ollama/.ollama/models; a
+model's manifest is manifests/<host>/<namespace>/<model>/<tag> (defaults registry.ollama.ai, library,
+latest), JSON whose layer of media type application/vnd.ollama.image.model names the weights' blob,
+blobs/sha256-<hex>, a plain GGUF file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from bladegpt.sources.hub import SourceError
+
+MODEL_LAYER = "application/vnd.ollama.image.model"
+DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
+
+
+def store_roots() -> list[Path]:
+    """Where ollama keeps models: OLLAMA_MODELS alone when set, else the user's and the service's places."""
+    if os.environ.get("OLLAMA_MODELS"):
+        return [Path(os.environ["OLLAMA_MODELS"]).expanduser()]
+    return [Path("~/.ollama/models").expanduser(), Path("/usr/share/ollama/.ollama/models")]
+
+
+def manifest_parts(name: str) -> tuple[str, ...]:
+    """NAME[:TAG] as the manifest's path parts: smollm2:135m -> registry.ollama.ai/library/smollm2/135m."""
+    model, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
+    parts = model.split("/")
+    if len(parts) == 1:
+        parts = [DEFAULT_HOST, DEFAULT_NAMESPACE, *parts]
+    elif len(parts) == 2:
+        parts = [DEFAULT_HOST, *parts]
+    return (*parts, tag or DEFAULT_TAG)
+
+
+def installed(roots: list[Path]) -> list[str]:
+    """The models of the stores, as `ollama list` names them (library models without host and namespace)."""
+    names = []
+    for root in roots:
+        for manifest in sorted((root / "manifests").glob("*/*/*/*")):
+            host, namespace, model, tag = manifest.relative_to(root / "manifests").parts
+            prefix = "" if (host, namespace) == (DEFAULT_HOST, DEFAULT_NAMESPACE) else f"{host}/{namespace}/"
+            names.append(f"{prefix}{model}:{tag}")
+    return names
+
+
+def ollama_blob(name: str) -> Path:
+    """The GGUF file of `ollama:NAME[:TAG]`; one line listing the installed models when it is not there."""
+    if not name.strip() or ".." in name.split("/") or name.startswith("/"):
+        raise SourceError(f"ollama:{name} is not a model name; write it as ollama list shows it, e.g. ollama:smollm2:135m.")
+    roots = store_roots()
+    parts = manifest_parts(name)
+    for root in roots:
+        manifest = root.joinpath("manifests", *parts)
+        if manifest.is_file():
+            return _model_layer(root, manifest, name)
+    have = installed(roots)
+    where = " or ".join(str(r) for r in roots)
+    listing = f"the store has: {', '.join(have)}" if have else "the store has no models"
+    raise SourceError(f"ollama:{name} is not in ollama's store ({where}); {listing}. Pull it first (ollama pull "
+                      f"{name}) or set OLLAMA_MODELS to the store's folder.")
+
+
+def _model_layer(root: Path, manifest: Path, name: str) -> Path:
+    try:
+        layers = json.loads(manifest.read_text())["layers"]
+        digest = next(layer["digest"] for layer in layers if layer.get("mediaType") == MODEL_LAYER)
+    except StopIteration:
+        raise SourceError(f"ollama:{name} has no model layer (it may be an adapter or a cloud model); "
+                          "start from a model with weights.") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise SourceError(f"ollama:{name}'s manifest {manifest} cannot be read ({e}); pull the model again.") from None
+    blob = root / "blobs" / str(digest).replace(":", "-")
+    if not blob.is_file():
+        raise SourceError(f"ollama:{name}'s weights ({blob}) are missing from the store; pull the model again.")
+    return blob
