@@ -206,6 +206,10 @@ def tokenizer_from_dict(data: dict) -> Tokenizer:
     if kind == "bpe":
         ranks = {base64.b64decode(t): i for i, t in enumerate(data["tokens"])}
         return TiktokenTokenizer("bpe", ranks, data["pattern"])
+    if kind == "hf":  # a pretrained model's own tokenizer
+        from bladegpt.hf_tokenizer import HFTokenizer
+
+        return HFTokenizer.from_dict(data)
     raise TokenizerError(f"Unknown tokenizer kind {kind!r} in tokenizer file; prepare the data again.")
 
 

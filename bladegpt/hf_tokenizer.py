@@ -1,0 +1,328 @@
+"""Pretrained models' own tokenizers, run by Hugging Face's `tokenizers` (the Rust library they ship for).
+
+Built from a model folder's tokenizer.json, or rebuilt from a GGUF file's vocabulary the way llama.cpp
+reads it (src/llama-vocab.cpp: the split rules that `tokenizer.ggml.pre` names, the token types, bos/eos).
+Byte-level BPE only (Llama 3, Qwen2/2.5/3, SmolLM/SmolLM2, GPT-2): SentencePiece vocabularies are refused.
+The whole tokenizer travels in `to_dict`, so a dataset or checkpoint never needs its source again.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as RustTokenizer
+
+from bladegpt.bytelevel import byte_chars
+from bladegpt.tokenizer import Tokenizer, TokenizerError
+
+# GGUF token types (gguf-py constants.py TokenType).
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(1, 7)
+
+# llama.cpp's split rules (llm_tokenizer_bpe), each applied to the pieces the one before left.
+GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+LLAMA3_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")  # one digit a token
+
+
+@dataclass(frozen=True)
+class Split:
+    """How a GGUF vocabulary cuts text before BPE: llama.cpp's rules for one `tokenizer.ggml.pre`."""
+
+    regexes: tuple[str, ...]
+    ignore_merges: bool = False  # a piece that is a whole token is taken whole (llama.cpp LLAMA3)
+    add_bos: bool = False  # llama.cpp's default when the file has no tokenizer.ggml.add_bos_token
+    nfc: bool = False  # Qwen's own tokenizer.json normalizes to NFC first (llama.cpp does not)
+
+
+LLAMA3 = Split((LLAMA3_SPLIT,), ignore_merges=True, add_bos=True)
+GPT2 = Split((GPT2_SPLIT,))
+SMOLLM = Split((r"\p{N}", GPT2_SPLIT))  # StarCoder's rule: every digit alone, then GPT-2's
+SPLITS = {
+    "llama3": LLAMA3, "llama-v3": LLAMA3, "llama-bpe": LLAMA3, "falcon3": LLAMA3,
+    "smaug-bpe": Split((LLAMA3_SPLIT,)), "dbrx": Split((LLAMA3_SPLIT,)),
+    "qwen2": Split((QWEN2_SPLIT,), nfc=True), "deepseek-r1-qwen": Split((QWEN2_SPLIT,), nfc=True),
+    "smollm": SMOLLM, "starcoder": SMOLLM, "refact": SMOLLM, "codeshell": SMOLLM,
+    "gpt-2": GPT2, "phi-2": GPT2, "mpt": GPT2, "olmo": GPT2, "roberta-bpe": GPT2,
+    # A file without a known split (llama.cpp warns "generation quality will be degraded"; ollama writes it
+    # for tokenizers it does not recognize): split as llama.cpp then does, so ids match what it runs.
+    "default": Split((r"[\p{P}\$\+<=>\^~\|]+", GPT2_SPLIT, r"\p{N}+", r"[0-9][0-9][0-9]")),
+}
+
+
+class HFTokenizer(Tokenizer):
+    """A `tokenizers.Tokenizer` behind BladeGPT's interface.
+
+    `encode` never adds bos (`add_bos` says whether the model expects one first) and encodes special
+    tokens written in the text (`<|im_start|>`) as their ids, as transformers does. `token_bytes` of a
+    special token is b"": it stands for no text, so bits per byte count the text's bytes only.
+    """
+
+    kind = "hf"
+
+    def __init__(self, tokenizer: RustTokenizer, bos_id: int | None = None, eos_id: int | None = None,
+                 add_bos: bool = False, chat_template: str | None = None, unused: Iterator[int] = ()):
+        self.tokenizer = tokenizer
+        self.vocab_size = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+        for name, token_id in (("bos", bos_id), ("eos", eos_id)):
+            if token_id is not None and not 0 <= token_id < self.vocab_size:
+                raise TokenizerError(f"The tokenizer's {name} id {token_id} is outside its {self.vocab_size:,} "
+                                     "tokens; the tokenizer files are damaged: download them again.")
+        self.bos_id, self.eos_id, self.eot_id = bos_id, eos_id, eos_id
+        self.add_bos = bool(add_bos and bos_id is not None)
+        self.chat_template = chat_template
+        self.unused = frozenset(unused)  # GGUF padding entries ([PAD123]): ids no text encodes to
+        added = tokenizer.get_added_tokens_decoder()
+        self.special_ids = {i for i, token in added.items() if token.special}
+        self._added = {i: token.content for i, token in added.items()}
+        self._bytes: list[bytes] | None = None
+
+    # -- building ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> HFTokenizer:
+        """A Hugging Face model folder's tokenizer: tokenizer.json, with bos/eos, add_bos and the chat
+        template from tokenizer_config.json (else special_tokens_map.json, generation_config.json, config.json)."""
+        folder = Path(folder)
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+                raise TokenizerError(f"{folder} has vocab.json and merges.txt but no tokenizer.json; write one with "
+                                     "transformers: AutoTokenizer.from_pretrained(FOLDER).save_pretrained(FOLDER).")
+            raise TokenizerError(f"{folder} has no tokenizer.json; download the model's tokenizer files too.")
+        try:
+            text = path.read_text(encoding="utf-8")
+            spec = json.loads(text)
+            tokenizer = RustTokenizer.from_str(text)
+        except Exception as e:  # OSError, UnicodeDecodeError, JSONDecodeError, or the Rust parser's Exception
+            raise TokenizerError(f"Cannot read {path} ({_first_line(e)}); download the model's tokenizer again.") from None
+        _check_byte_level(spec, path)
+        config = _read_json(folder / "tokenizer_config.json")
+        sources = [config, _read_json(folder / "special_tokens_map.json")]
+        numbers = [_read_json(folder / "generation_config.json"), _read_json(folder / "config.json")]
+
+        def token_id(name: str) -> int | None:
+            for source in sources:
+                token = source.get(f"{name}_token")
+                token = token.get("content") if isinstance(token, dict) else token
+                if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+                    return tokenizer.token_to_id(token)
+            for source in numbers:
+                value = source.get(f"{name}_token_id")
+                value = value[0] if isinstance(value, list) and value else value
+                if isinstance(value, int) and not isinstance(value, bool):
+                    return value
+            return None
+
+        bos_id, add_bos = token_id("bos"), config.get("add_bos_token") is True
+        template_bos = _template_bos(spec)
+        if template_bos is not None:  # the post-processor is what transformers runs: it decides
+            add_bos = template_bos is not False
+            bos_id = template_bos if template_bos is not False else bos_id
+        return cls(tokenizer, bos_id, token_id("eos"), add_bos, _chat_template(folder, config))
+
+    @classmethod
+    def from_gguf(cls, meta: dict) -> HFTokenizer:
+        """A GGUF file's tokenizer from its metadata (key -> value, as `read_gguf_metadata` gives):
+        byte-level BPE (`tokenizer.ggml.model` gpt2) split as llama.cpp splits for `tokenizer.ggml.pre`."""
+        model = meta.get("tokenizer.ggml.model")
+        if model == "llama":
+            raise TokenizerError("SentencePiece-vocabulary GGUF files (tokenizer.ggml.model = llama: Llama 2, Mistral, "
+                                 "TinyLlama) are not supported yet; start from a byte-level BPE model (Llama 3, "
+                                 "Qwen2, SmolLM2).")
+        if model != "gpt2":
+            what = f"a {model!r} vocabulary" if model else "no tokenizer"
+            raise TokenizerError(f"The GGUF file has {what}; BladeGPT reads byte-level BPE vocabularies "
+                                 "(tokenizer.ggml.model = gpt2), as Llama 3, Qwen2 and SmolLM2 files have.")
+        name = meta.get("tokenizer.ggml.pre") or "default"
+        split = SPLITS.get(name)
+        if split is None:
+            raise TokenizerError(f"The GGUF file's pre-tokenizer {name!r} (tokenizer.ggml.pre) is not one BladeGPT "
+                                 f"knows; supported: {', '.join(SPLITS)}.")
+        tokens, types, merges = (meta.get(f"tokenizer.ggml.{key}") for key in ("tokens", "token_type", "merges"))
+        types = [NORMAL] * len(tokens) if types is None and isinstance(tokens, list) else types
+        if not (_strings(tokens) and _strings(merges) and isinstance(types, list) and len(types) == len(tokens)):
+            raise TokenizerError("The GGUF file's vocabulary is incomplete (tokenizer.ggml.tokens, token_type and "
+                                 "merges); the file is damaged: download it again.")
+        n = len(tokens)
+        while n and types[n - 1] == UNUSED:  # padding to the embedding's rows: no token of the tokenizer
+            n -= 1
+        vocab = {tokens[i]: i for i in range(n)}
+        cuts = [m.find(" ", 1) for m in merges]  # "a b", cut as llama.cpp cuts it
+        try:
+            if -1 in cuts:
+                raise ValueError(f"merge {merges[cuts.index(-1)]!r} is not two tokens")
+            bpe = models.BPE(vocab, [(m[:c], m[c + 1 :]) for m, c in zip(merges, cuts)], fuse_unk=False,
+                             byte_fallback=False, ignore_merges=split.ignore_merges)
+        except Exception as e:  # a merge of tokens the vocabulary lacks
+            raise TokenizerError(f"The GGUF file's merges do not fit its tokens ({_first_line(e)}); the file is "
+                                 "damaged: download it again.") from None
+        tokenizer = RustTokenizer(bpe)
+        if split.nfc:
+            tokenizer.normalizer = normalizers.NFC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in split.regexes]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+        tokenizer.decoder = decoders.ByteLevel()
+        # Tokens llama.cpp matches whole in the text: control ones as special tokens, user-defined as plain.
+        for i in range(n):
+            if types[i] in (CONTROL, UNKNOWN, USER_DEFINED) and vocab.get(tokens[i]) == i:
+                token = AddedToken(tokens[i], special=types[i] != USER_DEFINED, normalized=False)
+                (tokenizer.add_tokens if types[i] == USER_DEFINED else tokenizer.add_special_tokens)([token])
+        add_bos = meta.get("tokenizer.ggml.add_bos_token", split.add_bos)
+        bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+        return cls(tokenizer, bos, eos, bool(add_bos), meta.get("tokenizer.chat_template"),
+                   [i for i in range(n) if types[i] == UNUSED])
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HFTokenizer:
+        try:
+            tokenizer = RustTokenizer.from_str(json.dumps(data["tokenizer"]))
+        except Exception as e:  # the Rust parser raises a plain Exception
+            raise TokenizerError(f"The saved tokenizer cannot be read ({_first_line(e)}); prepare the data again.") from None
+        return cls(tokenizer, data.get("bos_id"), data.get("eos_id"), data.get("add_bos", False),
+                   data.get("chat_template"), data.get("unused", ()))
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "tokenizer": json.loads(self.tokenizer.to_str()), "bos_id": self.bos_id,
+                "eos_id": self.eos_id, "add_bos": self.add_bos, "chat_template": self.chat_template,
+                "unused": sorted(self.unused)}
+
+    # -- using -----------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_bytes(self, text: str, dtype: str) -> bytes:
+        return self.encode_batch_bytes([text], dtype)[0]
+
+    def encode_batch_bytes(self, texts: list[str], dtype: str) -> list[bytes]:
+        """Each text's ids packed as token files store them; the texts are encoded on every core at once
+        (the Rust side releases the GIL), so prepare needs no worker processes for this kind."""
+        code = "H" if dtype == "uint16" else "I"
+        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        return [array.array(code, encoding.ids).tobytes() for encoding in encodings]
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of `ids`, special tokens written out (the sampler decides what to show)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if self._bytes is None:
+            self._bytes = self._byte_table()
+        return self._bytes[token_id]
+
+    def _byte_table(self) -> list[bytes]:
+        """Every id's UTF-8 bytes: byte-level characters mapped back to bytes; added tokens are their text;
+        special tokens, padding entries and ids no token has are b""."""
+        from_char = {ch: byte for byte, ch in byte_chars().items()}
+        table = []
+        for i in range(self.vocab_size):
+            token = self.tokenizer.id_to_token(i)
+            if token is None or i in self.special_ids or i in self.unused:
+                table.append(b"")
+            elif i in self._added:
+                table.append(self._added[i].encode("utf-8"))
+            else:
+                try:
+                    table.append(bytes(from_char[ch] for ch in token))
+                except KeyError:  # not spelled in byte-level characters: taken as text
+                    table.append(token.encode("utf-8"))
+        return table
+
+
+def read_gguf_metadata(path: Path) -> dict:
+    """A GGUF file's key/values as plain Python values (str, int, float, bool, or lists of them)."""
+    from gguf import GGUFReader, GGUFValueType
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:  # a short, damaged or non-GGUF file raises whatever the reader hits first
+        raise TokenizerError(f"Cannot read {path} as a GGUF file ({_first_line(e)}); check the path, or download "
+                             "the file again.") from None
+    meta = {}
+    for key, field in reader.fields.items():
+        kind = field.types[0] if field.types else None
+        if kind == GGUFValueType.ARRAY:
+            values = [field.parts[i] for i in field.data]
+            if field.types[-1] == GGUFValueType.STRING:
+                meta[key] = [bytes(v).decode("utf-8", errors="replace") for v in values]
+            else:
+                meta[key] = [x for v in values for x in v.tolist()]
+        elif kind == GGUFValueType.STRING:
+            meta[key] = bytes(field.parts[-1]).decode("utf-8", errors="replace")
+        elif kind is not None:
+            meta[key] = field.parts[-1].tolist()[0]
+    return meta
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _read_json(path: Path) -> dict:
+    """An optional JSON file of the folder; absent or unreadable is empty (tokenizer.json is what matters)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _parts(node: dict | None, key: str) -> Iterator[dict]:
+    """A tokenizer.json component and, for a Sequence, the ones inside it."""
+    if isinstance(node, dict):
+        yield node
+        for inner in node.get(key) or ():
+            yield from _parts(inner, key)
+
+
+def _check_byte_level(spec: dict, path: Path) -> None:
+    """Refuse tokenizers whose text BladeGPT could not split into pieces and cut back into bytes faithfully."""
+    model = spec.get("model") or {}
+    byte_level = model.get("type") == "BPE" and any(
+        p.get("type") == "ByteLevel" for p in _parts(spec.get("decoder"), "decoders"))
+    if not byte_level:
+        raise TokenizerError(f"{path} is not a byte-level BPE tokenizer (as Llama 3, Qwen2 and SmolLM2 have); "
+                             "SentencePiece-style tokenizers (Llama 2, Mistral, TinyLlama) are not supported yet.")
+    prefix = any(p.get("type") == "ByteLevel" and p.get("add_prefix_space")
+                 for p in _parts(spec.get("pre_tokenizer"), "pretokenizers"))
+    prefix = prefix or any(p.get("type") == "Prepend" for p in _parts(spec.get("normalizer"), "normalizers"))
+    if prefix:
+        raise TokenizerError(f"{path} adds a space before every text (add_prefix_space), which BladeGPT does "
+                             "not support yet; use a tokenizer without it.")
+
+
+def _template_bos(spec: dict) -> int | bool | None:
+    """The id the post-processor puts first in a single text, False when it puts none, None without a template."""
+    for part in _parts(spec.get("post_processor"), "processors"):
+        if part.get("type") == "TemplateProcessing":
+            first = (part.get("single") or [{}])[0]
+            if "SpecialToken" not in first:
+                return False
+            ids = (part.get("special_tokens") or {}).get(first["SpecialToken"].get("id"), {}).get("ids") or []
+            return ids[0] if ids and isinstance(ids[0], int) else False
+    return None
+
+
+def _chat_template(folder: Path, config: dict) -> str | None:
+    """tokenizer_config.json's chat_template (one, or the one named "default"), or chat_template.jinja."""
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if isinstance(template, str):
+        return template
+    try:
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return _read_json(folder / "chat_template.json").get("chat_template")
