@@ -50,6 +50,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
         model, tokenizer, info = load_checkpoint(source)
         out.parent.mkdir(parents=True, exist_ok=True)
         if format == "gguf":
+            _check_arch(model, format)
             name = source.parent.name if (source.parent / RUN_FILE).exists() else source.stem
             if adds_tokens(tokenizer) and tokenizer.vocab_size == model.config.vocab_size:
                 warn("This model has no spare vocabulary row, so the end-of-text token llama.cpp needs gets a "
@@ -61,6 +62,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
         return out
     _check_folder_target(out, source, force)
     model, tokenizer, info = load_checkpoint(source)
+    _check_arch(model, format)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(out, HF_FILES)
     try:
@@ -70,6 +72,12 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _check_arch(model: GPT, format: str) -> None:
+    if model.config.arch != "gpt2":
+        raise UserError(f"export --format {format} writes GPT-2's architecture, and this is a {model.config.arch} "
+                        "model; export it with --format safetensors (BladeGPT's own file) for now.")
 
 
 def _check_folder_target(out: Path, source: Path, force: bool) -> None:

@@ -312,7 +312,9 @@ def default_out_dir(inputs: list[Path], tokenizer_from: str | None = None) -> Pa
     first = Path(inputs[0])
     name = first.stem if first.is_file() else first.resolve().name
     if tokenizer_from:
-        name += "-" + re.sub(r"[^A-Za-z0-9._-]+", "-", Path(tokenizer_from.rstrip("/")).name)
+        source = Path(tokenizer_from.removeprefix("ollama:").replace(":", "-").rstrip("/\\"))
+        source = source.stem if source.suffix in (".gguf", ".safetensors") else source.name
+        name += "-" + re.sub(r"[^A-Za-z0-9._-]+", "-", source)
     return DATASETS_DIR / name
 
 

@@ -35,7 +35,7 @@ class Pretrained:
 def is_bladegpt(source: str) -> bool:
     path = Path(source)
     if path.is_file():
-        return not is_gguf(path)
+        return path.suffix != ".gguf" and not is_gguf(path)
     return (path / RUN_FILE).is_file() or (path / LAST).is_file() or (path / BEST).is_file()
 
 

@@ -204,7 +204,7 @@ def quantization(reader) -> str:
         kind = GGMLQuantizationType(t.tensor_type).name
         counts[kind] = counts.get(kind, 0) + int(t.n_elements)
     total = sum(counts.values())
-    top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
+    top = [kv for kv in sorted(counts.items(), key=lambda kv: -kv[1])[:3] if kv[1] >= 0.005 * total]
     return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in top)
 
 
