@@ -74,8 +74,19 @@ def build_folder(folder, family: str):
 
 
 def write_gguf(path, folder, pre: str, pads: int = 3, add_bos: bool | None = None):
-    """A GGUF holding the folder's tokenizer as llama.cpp's converter writes it: every token by id, typed
-    CONTROL (special), USER_DEFINED (added, not special) or NORMAL, padded with [PAD{i}] entries."""
+    """A GGUF holding the folder's tokenizer as llama.cpp's converter writes it (add_vocabulary)."""
+    writer = gguf.GGUFWriter(None, "llama")
+    add_vocabulary(writer, folder, pre, pads, add_bos)
+    writer.write_header_to_file(path=path)
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def add_vocabulary(writer, folder, pre: str, pads: int = 3, add_bos: bool | None = None) -> None:
+    """The folder's tokenizer as llama.cpp's converter writes it: every token by id, typed CONTROL
+    (special), USER_DEFINED (added, not special) or NORMAL, padded with [PAD{i}] entries."""
     spec = json.loads((folder / "tokenizer.json").read_text())
     tok = RustTokenizer.from_file(str(folder / "tokenizer.json"))
     added = tok.get_added_tokens_decoder()
@@ -85,7 +96,6 @@ def write_gguf(path, folder, pre: str, pads: int = 3, add_bos: bool | None = Non
              for i in range(n)] + [UNUSED] * pads
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     hf = transformers.AutoTokenizer.from_pretrained(folder)
-    writer = gguf.GGUFWriter(None, "llama")
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
@@ -97,11 +107,6 @@ def write_gguf(path, folder, pre: str, pads: int = 3, add_bos: bool | None = Non
     if add_bos is not None:
         writer.add_add_bos_token(add_bos)
     writer.add_chat_template(TEMPLATE)
-    writer.write_header_to_file(path=path)
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,105 @@
+"""A Llama-family model, end to end as a user runs it (issue #22): prepare with its tokenizer, train from it,
+then sample, chat, runs and export --format safetensors on the result; from a Hugging Face folder and
+from a GGUF file of the same model."""
+
+import json
+
+import pytest
+import torch
+
+from bladegpt.checkpoint import load_checkpoint
+from bladegpt.sources import load_pretrained
+from tests.families import logits_of, tiny_family, write_gguf
+from tests.safety import assert_one_line_error, invoke
+
+transformers = pytest.importorskip("transformers")
+from tests.test_hf_tokenizer import build_folder  # noqa: E402  (needs transformers)
+
+TINY = ["--steps", "6", "--block-size", "16", "--batch-size", "4", "--eval-interval", "3"]
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    """A tiny random SmolLM2-like model: its tokenizer (digits split, <|im_start|> specials) and weights."""
+    folder = build_folder(tmp_path_factory.mktemp("smol") / "tiny-smollm", "smollm")
+    vocab = json.loads((folder / "tokenizer.json").read_text())
+    size = max(vocab["model"]["vocab"].values()) + 1
+    model = tiny_family("llama-gqa-tied", vocab=(size + 63) // 64 * 64)
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_a_folder_and_its_gguf_load_the_same_model_and_tokenizer(llama_folder, tmp_path):
+    folder, source = llama_folder
+    from tests.test_hf_tokenizer import add_vocabulary
+
+    def vocabulary(writer):  # the folder's tokenizer, as llama.cpp's converter writes it
+        add_vocabulary(writer, folder, "smollm", pads=0, add_bos=False)
+
+    write_gguf(source, tmp_path / "tiny.gguf", tokenizer=vocabulary)
+    from_folder, from_gguf = load_pretrained(str(folder)), load_pretrained(str(tmp_path / "tiny.gguf"))
+    text = "The hunter counted 1234 coins. <|im_start|>user\nhi<|im_end|>"
+    assert from_folder.tokenizer.encode(text) == from_gguf.tokenizer.encode(text)
+    ids = from_folder.tokenizer.encode(text)
+    torch.testing.assert_close(logits_of(from_gguf.model, ids), logits_of(from_folder.model, ids), atol=1e-4, rtol=0)
+    assert "GGUF" in from_gguf.description and "F32" in from_gguf.description
+
+
+def test_fine_tune_sample_chat_runs_and_export(llama_folder, workdir, corpus):
+    folder, _ = llama_folder
+    assert invoke("prepare", corpus, "--tokenizer-from", folder).exit_code == 0
+    dataset = workdir / "datasets" / "tales-tiny-smollm"
+    assert json.loads((dataset / "meta.json").read_text())["vocab_size"] < 65536
+    result = invoke("train", "--init-from", folder, *TINY)
+    assert result.exit_code == 0, result.output
+    assert "Llama" in result.output and str(folder) in result.output
+    run = workdir / "runs" / "tales-tiny-smollm-1"
+    model, tokenizer, _ = load_checkpoint(run / "best.safetensors")
+    assert (model.config.arch, model.config.kv_heads, tokenizer.kind) == ("llama", 2, "hf")
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_loss" in m for m in metrics)
+    sampled = invoke("sample", "The hunter", "--max-new-tokens", "12", "--seed", "1", "--num-samples", "2")
+    assert sampled.exit_code == 0, sampled.output
+    assert sampled.output.count("The hunter") == 2
+    chat = invoke_input("Who are you?\n", "chat", "--max-new-tokens", "8", "--seed", "1")
+    assert chat.exit_code == 0, chat.output
+    listing = invoke("runs", "--json")
+    assert listing.exit_code == 0 and "tales-tiny-smollm-1" in listing.output
+    assert invoke("export", workdir / "voice.safetensors", "--format", "safetensors").exit_code == 0
+    again, _, _ = load_checkpoint(workdir / "voice.safetensors")
+    ids = tokenizer.encode("The hunter")
+    torch.testing.assert_close(logits_of(again, ids), logits_of(model, ids))
+
+
+def test_a_dataset_of_another_tokenizer_is_one_line(llama_folder, workdir, corpus):
+    folder, _ = llama_folder
+    assert invoke("prepare", corpus, "--tokenizer", "char").exit_code == 0
+    assert_one_line_error(invoke("train", "--init-from", folder, *TINY), "another tokenizer", "--tokenizer-from")
+    assert_one_line_error(invoke("train", "--init-from", folder, "--n-head", "2"), "drop --n-head")
+    assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_the_compiled_static_cache_step_writes_what_the_eager_one_writes(llama_folder):
+    from bladegpt.engine import compile_decode, generate_batch
+
+    folder, _ = llama_folder
+    model = load_pretrained(str(folder)).model
+    model.config.block_size = 24  # the window slides within 30 new tokens
+    model.reset_buffers()
+    prompt = [5, 6, 7, 8]
+
+    def run(decode):
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        return torch.stack(list(generate_batch(model, prompt, 30, model.config.vocab_size, gens, temperature=0.8,
+                                               decode=decode))).tolist()
+
+    assert run(compile_decode(model)) == run(None)
+
+
+def invoke_input(text, *args):
+    from typer.testing import CliRunner
+
+    from bladegpt.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], input=text)
