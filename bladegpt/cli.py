@@ -81,7 +81,7 @@ def root(
 def prepare(
     inputs: Annotated[list[Path], typer.Argument(help="Text files, or folders of .txt files.")],
     tokenizer: Annotated[str, typer.Option(help="bpe (trained on this corpus), gpt2, or char.")] = "bpe",
-    tokenizer_from: Annotated[Optional[str], typer.Option(help="Encode with this model's tokenizer instead: gpt2 (or another GPT-2 name or hub id), a Hugging Face folder, or a BladeGPT run; for train --init-from.")] = None,
+    tokenizer_from: Annotated[Optional[str], typer.Option(help="Encode with this model's tokenizer instead, for train --init-from: a Hugging Face repo id or folder (GPT-2, Llama, SmolLM2, Mistral, Qwen2, Qwen3), a .gguf file, ollama:NAME[:TAG], or a BladeGPT run.")] = None,
     vocab_size: Annotated[Optional[int], typer.Option(help="BPE vocabulary size [default: sized to the text, at most 4096].")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of the text kept for validation (its end).")] = 0.1,
     out: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: datasets/NAME].")] = None,
@@ -126,7 +126,7 @@ def prepare(
 def train(
     data: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: the latest prepared].")] = None,
     preset: Annotated[Optional[str], typer.Option(help="nano, mini, small or gpt2 (see the README) [default: mini].")] = None,
-    init_from: Annotated[Optional[str], typer.Option(help="Start from a pretrained model: gpt2, gpt2-medium, ... or a hub id, a Hugging Face folder, or a BladeGPT run or checkpoint.")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="Start from a pretrained model: a Hugging Face repo id or folder (gpt2, HuggingFaceTB/SmolLM2-135M, Llama 3.x, Qwen2/2.5/3...), a .gguf file, ollama:NAME[:TAG], or a BladeGPT run or checkpoint.")] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="Transformer blocks.")] = None,
     n_head: Annotated[Optional[int], typer.Option(help="Attention heads.")] = None,
     n_embd: Annotated[Optional[int], typer.Option(help="Embedding width.")] = None,

@@ -1,0 +1,72 @@
+"""The real model (issue #22): SmolLM2-135M-Instruct's Q4_1 GGUF, fetched once into a cache outside git.
+It imports with its quantization said, computes transformers' greedy continuation on the same dequantized
+weights, and a few fine-tuning steps on officer_k lower its val loss."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bladegpt.engine import generate
+from bladegpt.sources import load_pretrained
+from tests.realmodel import smollm2_gguf
+from tests.safety import invoke
+
+pytestmark = pytest.mark.slow
+transformers = pytest.importorskip("transformers")
+OFFICER_K = Path(__file__).resolve().parents[1] / "corpora" / "officer_k.txt"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    path = smollm2_gguf()
+    return path, load_pretrained(str(path))
+
+
+def test_smollm2_imports_as_it_is(smollm2):
+    path, pretrained = smollm2
+    cfg = pretrained.model.config
+    assert (cfg.arch, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.vocab_size, cfg.rope_theta,
+            cfg.tie_embeddings) == ("llama", 30, 576, 9, 3, 49152, 100000.0, True)
+    assert pretrained.model.num_params(non_embedding=False) == 134_515_008  # SmolLM2-135M's published count
+    assert "135M" in pretrained.description and "Q4_1" in pretrained.description and "GGUF" in pretrained.description
+
+
+def test_greedy_text_is_transformers_on_the_same_weights(smollm2):
+    path, pretrained = smollm2
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                               dtype=torch.float32).eval()
+    prompt = pretrained.tokenizer.encode("The officer closed the door and said")
+    with torch.no_grad():
+        expected = theirs.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[0, len(prompt):].tolist()
+    ours = list(generate(pretrained.model, prompt, 24, pretrained.tokenizer.vocab_size, temperature=0))
+    assert ours == expected, (pretrained.tokenizer.decode(ours), pretrained.tokenizer.decode(expected))
+
+
+def val_loss(model, dataset: Path, block: int = 128) -> float:
+    """Mean next-token loss (nats) over the val split read whole, back to back."""
+    meta = json.loads((dataset / "meta.json").read_text())
+    tokens = torch.from_numpy(np.fromfile(dataset / "val.bin", dtype=meta.get("dtype", "uint16")).astype(np.int64))
+    n = (len(tokens) - 1) // block
+    x = tokens[: n * block].view(n, block)
+    y = tokens[1 : n * block + 1].view(n, block)
+    with torch.no_grad():
+        return float(model(x, y)[1])
+
+
+def test_a_few_fine_tuning_steps_lower_officer_k_val_loss(smollm2, workdir):
+    path, pretrained = smollm2
+    assert invoke("prepare", OFFICER_K, "--tokenizer-from", path).exit_code == 0
+    dataset = next((workdir / "datasets").iterdir())
+    before = val_loss(pretrained.model, dataset)
+    result = invoke("train", "--init-from", path, "--steps", "4", "--block-size", "128", "--batch-size", "4",
+                    "--eval-interval", "4")
+    assert result.exit_code == 0, result.output
+    from bladegpt.checkpoint import load_checkpoint
+
+    model, _, _ = load_checkpoint(next((workdir / "runs").iterdir()) / "last.safetensors")
+    after = val_loss(model, dataset)
+    assert math.isfinite(after) and after < before - 0.01, (before, after)
