@@ -64,6 +64,8 @@ class ModelConfig:
     qkv_bias: bool = False  # biases on q, k, v only (Qwen2)
     qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (Qwen3)
     tie_embeddings: bool = True  # the output head is the token embedding (GPT-2, SmolLM2, Llama 3.2)
+    context_length: int | None = None  # RoPE: the longest context the weights learned, kept when a fine-tune
+    # trains on a shorter block_size, so exports offer the source's context; None: block_size
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("activation", self.activation, ACTIVATIONS), ("norm", self.norm, NORMS),

@@ -192,7 +192,9 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
     if block > source_cfg.block_size:
         raise ConfigError(f"--block-size {block} is longer than {source}'s context ({source_cfg.block_size}); "
                           f"use at most {source_cfg.block_size}.")
-    model_cfg = dataclasses.replace(source_cfg, block_size=block, dropout=overrides.get("dropout", 0.0))
+    context = source_cfg.context_length or source_cfg.block_size if source_cfg.positions == "rope" else None
+    model_cfg = dataclasses.replace(source_cfg, block_size=block, dropout=overrides.get("dropout", 0.0),
+                                    context_length=context)
     token_data.check_fits(block)
     train_cfg = finetune_config(train_overrides, model_cfg.n_embd, len(token_data.splits["train"]),
                                 len(token_data.splits["val"]), block)

@@ -1,0 +1,72 @@
+"""The Llama family back out: transformers' LlamaForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM (names,
+layout, config.json), the inverse of sources/hf.py's reading.
+
+config.json carries the 4.x keys (`rope_theta`, `rope_scaling` with `rope_type`), which transformers 4.x
+reads as they are and 5.x standardizes into `rope_parameters` (shared/research/llama-family.md §1.3).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bladegpt.model import GPT
+
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def llama_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """transformers' names: c_attn split into q/k/v_proj (and their biases), c_fc into gate/up_proj; fp32
+    copies (safetensors refuses tensors that share memory, which the splits would)."""
+    cfg = model.config
+    sd = model.state_dict()
+    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"], "model.norm.weight": sd["transformer.ln_f.weight"]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    for i in range(cfg.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        out[theirs + "input_layernorm.weight"] = sd[ours + "ln_1.weight"]
+        out[theirs + "post_attention_layernorm.weight"] = sd[ours + "ln_2.weight"]
+        for kind in ("weight", "bias"):
+            if ours + "attn.c_attn." + kind in sd:
+                for name, part in zip("qkv", sd[ours + "attn.c_attn." + kind].split((q, kv, kv))):
+                    out[f"{theirs}self_attn.{name}_proj.{kind}"] = part
+        out[theirs + "self_attn.o_proj.weight"] = sd[ours + "attn.c_proj.weight"]
+        if cfg.qk_norm:
+            out[theirs + "self_attn.q_norm.weight"] = sd[ours + "attn.q_norm.weight"]
+            out[theirs + "self_attn.k_norm.weight"] = sd[ours + "attn.k_norm.weight"]
+        gate, up = sd[ours + "mlp.c_fc.weight"].chunk(2)
+        out[theirs + "mlp.gate_proj.weight"], out[theirs + "mlp.up_proj.weight"] = gate, up
+        out[theirs + "mlp.down_proj.weight"] = sd[ours + "mlp.c_proj.weight"]
+    return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
+
+
+def llama_hf_config(model: GPT, bos: int | None, eos: int | None) -> dict:
+    """config.json of the transformers model computing what `model` computes."""
+    cfg = model.config
+    config = {
+        "architectures": [HF_ARCHITECTURES[cfg.arch]],
+        "model_type": cfg.arch,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.mlp_size,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.context_length or cfg.block_size,
+        "rms_norm_eps": cfg.layer_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": cfg.rope_scaling,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_dropout": 0.0,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "torch_dtype": "float32",
+    }
+    if cfg.arch == "llama":
+        config.update(attention_bias=False, mlp_bias=False)
+    else:
+        config.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layer)
+    return config
