@@ -70,3 +70,65 @@ def llama_hf_config(model: GPT, bos: int | None, eos: int | None) -> dict:
     else:
         config.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layer)
     return config
+
+
+# -- GGUF ------------------------------------------------------------------------------------------------
+
+# GGUF names of BladeGPT's block parts (llama.cpp's LLAMA/QWEN2/QWEN3 tensor lists, gguf-py constants.py).
+GGUF_NAMES = {"ln_1.weight": "attn_norm.weight", "attn.c_proj.weight": "attn_output.weight",
+              "attn.q_norm.weight": "attn_q_norm.weight", "attn.k_norm.weight": "attn_k_norm.weight",
+              "ln_2.weight": "ffn_norm.weight", "mlp.c_proj.weight": "ffn_down.weight"}
+
+
+def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """transformers' half-split q/k rows to llama.cpp's adjacent pairs, per head (its converter's
+    LlamaModel.permute, for arch llama only): rows (n, 2, hs/2) -> (n, hs/2, 2)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama_gguf_tensors(model: GPT, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+    """llama.cpp's tensors for a Llama-family model, fp32 in Linear's (out, in) order; `embedding` is the
+    token embedding with one row per GGUF token. No output.weight for a tied head (llama.cpp reuses
+    token_embd); Llama 3's scaling as rope_freqs.weight, one divisor per frequency pair."""
+    from bladegpt.model import rope_frequencies
+
+    cfg = model.config
+    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    out = {"token_embd.weight": embedding, "output_norm.weight": sd["transformer.ln_f.weight"]}
+    if not cfg.tie_embeddings:
+        out["output.weight"] = sd["lm_head.weight"]
+    if cfg.rope_scaling:
+        plain = rope_frequencies(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None}))
+        out["rope_freqs.weight"] = plain / rope_frequencies(cfg)
+    for i in range(cfg.n_layer):
+        ours = f"transformer.h.{i}."
+        for kind in ("weight", "bias"):
+            if ours + "attn.c_attn." + kind in sd:
+                wq, wk, wv = sd[ours + "attn.c_attn." + kind].split((q, kv, kv))
+                if cfg.arch == "llama":
+                    wq, wk = permute(wq, cfg.n_head), permute(wk, cfg.kv_heads)
+                out.update({f"blk.{i}.attn_q.{kind}": wq, f"blk.{i}.attn_k.{kind}": wk, f"blk.{i}.attn_v.{kind}": wv})
+        gate, up = sd[ours + "mlp.c_fc.weight"].chunk(2)
+        out[f"blk.{i}.ffn_gate.weight"], out[f"blk.{i}.ffn_up.weight"] = gate, up
+        for name, theirs in GGUF_NAMES.items():
+            if ours + name in sd:
+                out[f"blk.{i}.{theirs}"] = sd[ours + name]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def add_llama_keys(writer, model: GPT) -> None:
+    """The {arch}.* keys llama.cpp's converter writes for these families."""
+    cfg = model.config
+    writer.add_context_length(cfg.context_length or cfg.block_size)
+    writer.add_embedding_length(cfg.n_embd)
+    writer.add_block_count(cfg.n_layer)
+    writer.add_feed_forward_length(cfg.mlp_size)
+    writer.add_head_count(cfg.n_head)
+    writer.add_head_count_kv(cfg.kv_heads)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_key_length(cfg.head_dim)
+    writer.add_value_length(cfg.head_dim)
+    writer.add_layer_norm_rms_eps(cfg.layer_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
