@@ -196,7 +196,7 @@ class HFTokenizer(Tokenizer):
     # -- using -----------------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self._encodings([text])[0].ids
 
     def encode_bytes(self, text: str, dtype: str) -> bytes:
         return self.encode_batch_bytes([text], dtype)[0]
@@ -205,8 +205,14 @@ class HFTokenizer(Tokenizer):
         """Each text's ids packed as token files store them; the texts are encoded on every core at once
         (the Rust side releases the GIL), so prepare needs no worker processes for this kind."""
         code = "H" if dtype == "uint16" else "I"
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        return [array.array(code, encoding.ids).tobytes() for encoding in encodings]
+        return [array.array(code, encoding.ids).tobytes() for encoding in self._encodings(texts)]
+
+    def _encodings(self, texts: list[str]) -> list:
+        try:
+            return self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        except TypeError:  # a lone surrogate (undecodable bytes in a command line) is no UTF-8: "\ufffd", as tiktoken does
+            texts = [text.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for text in texts]
+            return self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
 
     def decode(self, ids: list[int]) -> str:
         """The text of `ids`, special tokens written out (the sampler decides what to show)."""

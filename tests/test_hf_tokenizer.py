@@ -182,6 +182,7 @@ def test_token_bytes_spell_the_text_and_specials_are_no_text(families, family):
     plain = unicodedata.normalize("NFC", re.sub(r"<\|[a-z_]+\|>|<tool_call>", "", MIXED))
     assert b"".join(tok.token_bytes(i) for i in tok.encode(plain)) == plain.encode("utf-8")
     assert all(tok.token_bytes(i) == b"" for i in tok.special_ids)
+    assert tok.encode("ab\udcff") == tok.encode("ab\ufffd")  # undecodable bytes in a prompt: no traceback
     assert tok.decode(tok.encode(MIXED)) == unicodedata.normalize("NFC", MIXED) if family == "qwen2" else MIXED
     if family == "qwen2":  # a user-defined added token is text, matched whole
         (user,) = tok.encode("<tool_call>")
@@ -275,7 +276,8 @@ def test_prepare_stores_a_wide_vocabulary_as_uint32(families, workdir, monkeypat
     tok = HFTokenizer.from_gguf(wide_vocabulary(read_gguf_metadata(families["smollm"][1])))
     assert tok.vocab_size > 65_536
     monkeypatch.setattr(bladegpt.pretrained, "load_tokenizer_from", lambda source: tok)
-    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 700)  # many pieces, encoded a batch at a time
+    monkeypatch.setattr(prepare_module, "HF_PIECE_CHARS", 700)  # many pieces...
+    monkeypatch.setattr(prepare_module, "HF_BATCH_PIECES", 2)  # ...in several batches
     text = corpus_text(200) + MIXED
     (workdir / "tales.txt").write_text(text)
     data = TokenData(prepare([workdir / "tales.txt"], tokenizer_from="wide").out_dir)
