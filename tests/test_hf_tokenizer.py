@@ -160,6 +160,7 @@ def test_the_split_follows_the_pre_name_not_the_vocabulary(families):
     assert pieces("gpt-2") == ["In", "Ġ2024", ",", "Ġx"]
     assert pieces("llama-bpe") == ["In", "Ġ", "202", "4", ",", "Ġx"]
     assert pieces("qwen2") == ["In", "Ġ", "2", "0", "2", "4", ",", "Ġx"]
+    assert pieces("") == pieces("default") == ["In", "Ġ", "202", "4", ",", "Ġx"]  # llama.cpp's list for no name
 
 
 def test_llama3_takes_a_whole_word_token_before_merging():
@@ -245,7 +246,8 @@ def test_unusable_gguf_vocabularies_are_one_line_errors(families, tmp_path):
              ({"tokenizer.ggml.merges": None}, "damaged"),
              ({"tokenizer.ggml.merges": ["Ġ zzz"]}, "merges do not fit"),
              ({"tokenizer.ggml.token_type": [1]}, "damaged"),
-             ({"tokenizer.ggml.eos_token_id": 10**6}, "outside")]
+             ({"tokenizer.ggml.eos_token_id": 10**6}, "eos id 1000000 is none of its"),
+             ({"tokenizer.ggml.bos_token_id": "1"}, "bos id '1' is none of its")]
     for change, message in cases:
         with pytest.raises(TokenizerError, match=message):
             HFTokenizer.from_gguf({**meta, **change})
