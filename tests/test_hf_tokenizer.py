@@ -63,10 +63,11 @@ def build_folder(folder, family: str):
     tok.train_from_iterator(TRAIN.splitlines(keepends=True), trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in spec.get("after", [])])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in spec.get("user", [])])
-    if spec.get("template"):
+    if spec.get("template"):  # as Llama 3's tokenizer.json has it
         bos = spec["bos"]
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+        template = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                 special_tokens=[(bos, tok.token_to_id(bos))])
+        tok.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), template])
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=spec.get("bos"), eos_token=spec["eos"])
     fast.chat_template = TEMPLATE
     fast.save_pretrained(folder)
@@ -288,6 +289,24 @@ def test_prepare_stores_a_wide_vocabulary_as_uint32(families, workdir, monkeypat
     assert ids == tok.encode(text) and max(ids) > 65_535  # the same ids as encoding the text whole
     assert data.meta["bytes"] == len(text.encode("utf-8"))
     assert sum(len(data.tokenizer.token_bytes(i)) for i in ids) == len(re.sub(r"<\|[a-z_]+\|>", "", text).encode("utf-8"))
+
+
+@pytest.mark.slow  # trains a tiny model
+def test_a_run_trains_and_samples_with_it(families, workdir, monkeypatch):
+    """prepare, train (bits per byte from token_bytes), a checkpoint, and sampling, with a pretrained tokenizer."""
+    import bladegpt.pretrained
+    from bladegpt.launch import train
+    from bladegpt.sampler import Sampler
+    from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+    tok = HFTokenizer.from_folder(families["llama-bpe"][0])
+    monkeypatch.setattr(bladegpt.pretrained, "load_tokenizer_from", lambda source: tok)
+    (workdir / "tales.txt").write_text(corpus_text(300))
+    prepare([workdir / "tales.txt"], tokenizer_from="tiny-llama3")
+    result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 20, "eval_interval": 20}, compile="off")
+    assert 0 < [r for r in result.history if "val_bpb" in r][-1]["val_bpb"] < 20
+    text = "".join(piece for _, piece in Sampler(result.run_dir / "best.safetensors").samples("The hunter", max_new_tokens=20))
+    assert isinstance(text, str) and text
 
 
 # -- the real model ------------------------------------------------------------------------------------
