@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import array
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,16 +66,16 @@ class HFTokenizer(Tokenizer):
     kind = "hf"
 
     def __init__(self, tokenizer: RustTokenizer, bos_id: int | None = None, eos_id: int | None = None,
-                 add_bos: bool = False, chat_template: str | None = None, unused: Iterator[int] = ()):
+                 add_bos: bool = False, chat_template: str | None = None, unused: Iterable[int] = ()):
         self.tokenizer = tokenizer
         self.vocab_size = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1
         for name, token_id in (("bos", bos_id), ("eos", eos_id)):
-            if token_id is not None and not 0 <= token_id < self.vocab_size:
-                raise TokenizerError(f"The tokenizer's {name} id {token_id} is outside its {self.vocab_size:,} "
+            if token_id is not None and not (type(token_id) is int and 0 <= token_id < self.vocab_size):
+                raise TokenizerError(f"The tokenizer's {name} id {token_id!r} is none of its {self.vocab_size:,} "
                                      "tokens; the tokenizer files are damaged: download them again.")
         self.bos_id, self.eos_id, self.eot_id = bos_id, eos_id, eos_id
         self.add_bos = bool(add_bos and bos_id is not None)
-        self.chat_template = chat_template
+        self.chat_template = chat_template if isinstance(chat_template, str) else None
         self.unused = frozenset(unused)  # GGUF padding entries ([PAD123]): ids no text encodes to
         added = tokenizer.get_added_tokens_decoder()
         self.special_ids = {i for i, token in added.items() if token.special}
@@ -196,7 +196,7 @@ class HFTokenizer(Tokenizer):
     # -- using -----------------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self._encodings([text])[0].ids
 
     def encode_bytes(self, text: str, dtype: str) -> bytes:
         return self.encode_batch_bytes([text], dtype)[0]
@@ -205,8 +205,14 @@ class HFTokenizer(Tokenizer):
         """Each text's ids packed as token files store them; the texts are encoded on every core at once
         (the Rust side releases the GIL), so prepare needs no worker processes for this kind."""
         code = "H" if dtype == "uint16" else "I"
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        return [array.array(code, encoding.ids).tobytes() for encoding in encodings]
+        return [array.array(code, encoding.ids).tobytes() for encoding in self._encodings(texts)]
+
+    def _encodings(self, texts: list[str]) -> list:
+        try:
+            return self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        except TypeError:  # a lone surrogate (undecodable bytes in a command line) is no UTF-8: "\ufffd", as tiktoken does
+            texts = [text.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for text in texts]
+            return self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
 
     def decode(self, ids: list[int]) -> str:
         """The text of `ids`, special tokens written out (the sampler decides what to show)."""

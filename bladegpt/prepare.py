@@ -28,6 +28,9 @@ from bladegpt.tokenizer import CharTokenizer, Tokenizer, bpe_vocab_size, tokeniz
 
 MIN_VOCAB, MAX_VOCAB = 257, 0xD7FF  # a BPE's ids must stay below the surrogate code points (tokenizer.py)
 PIECE_CHARS = 1 << 20  # text encoded as one piece (4 MB measured slower: less overlap)
+HF_PIECE_CHARS = 1 << 16  # ... by a pretrained model's tokenizer: as fast, and a 4 MB batch of them peaks at
+# 36 MB over the tokenizer, where four 1 MB pieces peaked at 230 MB (Hugging Face tokenizers, SmolLM2's)
+HF_BATCH_PIECES = 16  # pieces a core in a batch
 READ_BYTES = 1 << 20  # bytes read from a file at a time
 SAMPLE_BYTES = 32 << 20  # a corpus BPE trains on at most this much text, drawn evenly across the corpus
 SAMPLE_SPANS = 64  # ... in this many spans
@@ -216,10 +219,10 @@ def build_tokenizer(corpus: Corpus, kind: str, vocab_size: int | None, tokenizer
     return train_tokenizer(kind, "")
 
 
-def split_pieces(corpus: Corpus) -> Iterator[tuple[str, str]]:
+def split_pieces(corpus: Corpus, size: int) -> Iterator[tuple[str, str]]:
     """("train" or "val", piece) in corpus order, reading the corpus once: train's pieces, then val's."""
     for split, blocks in itertools.groupby(corpus.split_blocks(), key=lambda block: block[0]):
-        for piece in pieces((text for _, text in blocks), PIECE_CHARS):
+        for piece in pieces((text for _, text in blocks), size):
             yield split, piece
 
 
@@ -272,9 +275,9 @@ def encoded_pieces(tok: Tokenizer, items: Iterator[tuple[str, str]], dtype: str,
 
 def batch_encoded_pieces(tok: Tokenizer, items: Iterator[tuple[str, str]],
                          dtype: str) -> Iterator[tuple[str, str, bytes]]:
-    """(split, piece, its ids as bytes), in order: two pieces a core at a time, encoded by the tokenizer's
+    """(split, piece, its ids as bytes), in order: a batch of pieces at a time, encoded by the tokenizer's
     own threads (Hugging Face `tokenizers` releases the GIL while it encodes a batch)."""
-    while batch := list(itertools.islice(items, 2 * cores())):
+    while batch := list(itertools.islice(items, HF_BATCH_PIECES * cores())):
         encoded = tok.encode_batch_bytes([piece for _, piece in batch], dtype)
         for (split, piece), data in zip(batch, encoded):
             yield split, piece, data
@@ -290,7 +293,8 @@ def encode_corpus(corpus: Corpus, tok: Tokenizer, folder: Path, progress: Callab
     files = {split: open(folder / f"{split}.bin", "wb") for split in counts}
     try:
         parallel = corpus.bytes >= PARALLEL_MIN_BYTES
-        for split, piece, data in encoded_pieces(tok, split_pieces(corpus), dtype, parallel):
+        size = HF_PIECE_CHARS if tok.kind == "hf" else PIECE_CHARS
+        for split, piece, data in encoded_pieces(tok, split_pieces(corpus, size), dtype, parallel):
             files[split].write(data)
             digest.update(data)
             counts[split] += len(data) // itemsize

@@ -6,6 +6,7 @@ BPE. Also a folder of 10,000 small files against one file of the same bytes. Eac
 its own process, so its peak memory (max RSS) is its own. Prints the CPU it ran on.
 
     python scripts/prepare_bench.py [--size-mb 1024] [--text ../shared/data/tinyshakespeare.txt] [--corpus FILE]
+                                    [--gguf MODEL.gguf] [--rows floor,gpt2,hf]
 """
 
 from __future__ import annotations
@@ -38,6 +39,29 @@ start = time.perf_counter()
 prepare([sys.argv[1]], out_dir=sys.argv[2], tokenizer=sys.argv[3], force=True)
 print(time.perf_counter() - start)
 """
+# A pretrained model's tokenizer (Hugging Face tokenizers, kind "hf"), read from a GGUF file.
+HF_FLOOR = """
+import sys, time
+from bladegpt.hf_tokenizer import HFTokenizer, read_gguf_metadata
+tok = HFTokenizer.from_gguf(read_gguf_metadata(sys.argv[2])).tokenizer
+start = time.perf_counter()
+with open(sys.argv[1], encoding="utf-8") as f:
+    while piece := f.read(1 << 20):
+        tok.encode(piece, add_special_tokens=False)  # one sequence: one thread
+print(time.perf_counter() - start)
+"""
+PREPARE_HF = """
+import sys, time
+import bladegpt.pretrained
+from bladegpt.hf_tokenizer import HFTokenizer, read_gguf_metadata
+from bladegpt.prepare import prepare
+tok = HFTokenizer.from_gguf(read_gguf_metadata(sys.argv[3]))
+bladegpt.pretrained.load_tokenizer_from = lambda source: tok  # the tokenizer prepare --tokenizer-from would load
+start = time.perf_counter()
+prepare([sys.argv[1]], out_dir=sys.argv[2], tokenizer_from=sys.argv[3], force=True)
+print(time.perf_counter() - start)
+"""
+ROWS = ("gpt2", "bpe", "char", "many", "hf")  # besides the floor, always timed
 MEASURE = """
 import resource, subprocess, sys
 out = subprocess.run([sys.executable, "-c", sys.argv[1], *sys.argv[2:]], capture_output=True, text=True, check=True)
@@ -81,7 +105,10 @@ def main() -> None:
     parser.add_argument("--text", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"))
     parser.add_argument("--corpus", help="use this file instead of building one")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--gguf", help="also time this GGUF file's tokenizer (kind hf), e.g. SmolLM2's")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"which rows, of {','.join(ROWS)}")
     args = parser.parse_args()
+    wanted = set(args.rows.split(",")) - ({"hf"} if args.gguf is None else set())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.corpus:
@@ -95,9 +122,16 @@ def main() -> None:
         floor = mb / seconds
         rows.append({"row": "tiktoken gpt2, one thread (the floor)", "mb_s": floor, "peak_mb": peak, "seconds": seconds})
         for kind in ("gpt2", "bpe", "char"):
-            seconds, peak = run(PREPARE, str(big), str(tmp / f"out-{kind}"), kind)
-            rows.append({"row": f"prepare --tokenizer {kind}", "mb_s": mb / seconds, "peak_mb": peak, "seconds": seconds})
-        if many is not None:
+            if kind in wanted:
+                seconds, peak = run(PREPARE, str(big), str(tmp / f"out-{kind}"), kind)
+                rows.append({"row": f"prepare --tokenizer {kind}", "mb_s": mb / seconds, "peak_mb": peak, "seconds": seconds})
+        if "hf" in wanted:
+            name = Path(args.gguf).name
+            seconds, peak = run(HF_FLOOR, str(big), args.gguf)
+            rows.append({"row": f"tokenizers, one thread ({name})", "mb_s": mb / seconds, "peak_mb": peak, "seconds": seconds})
+            seconds, peak = run(PREPARE_HF, str(big), str(tmp / "out-hf"), args.gguf)
+            rows.append({"row": f"prepare, kind hf ({name})", "mb_s": mb / seconds, "peak_mb": peak, "seconds": seconds})
+        if many is not None and "many" in wanted:
             many_mb = sum(p.stat().st_size for p in many.iterdir()) / 1e6
             one = tmp / "one.txt"
             one.write_bytes(b"\n\n".join(p.read_bytes() for p in sorted(many.iterdir())))
@@ -105,10 +139,10 @@ def main() -> None:
                 seconds, peak = run(PREPARE, str(path), str(tmp / "out-many"), "gpt2")
                 rows.append({"row": f"prepare --tokenizer gpt2, {label} ({size:,.0f} MB)", "mb_s": size / seconds,
                              "peak_mb": peak, "seconds": seconds})
-        print(f"{'':<52} {'MB/s':>7} {'x floor':>8} {'peak MB':>8} {'seconds':>8}")
+        print(f"{'':<60} {'MB/s':>7} {'x floor':>8} {'peak MB':>8} {'seconds':>8}")
         for r in rows:
             r["x_floor"] = r["mb_s"] / floor
-            print(f"{r['row']:<52} {r['mb_s']:>7.1f} {r['x_floor']:>7.2f}x {r['peak_mb']:>8.0f} {r['seconds']:>8.1f}")
+            print(f"{r['row']:<60} {r['mb_s']:>7.1f} {r['x_floor']:>7.2f}x {r['peak_mb']:>8.0f} {r['seconds']:>8.1f}")
         if args.json:
             Path(args.json).write_text(json.dumps({"cpu": cpu_model(), "corpus_mb": mb, "rows": rows}, indent=2))
 

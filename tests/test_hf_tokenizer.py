@@ -63,10 +63,11 @@ def build_folder(folder, family: str):
     tok.train_from_iterator(TRAIN.splitlines(keepends=True), trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in spec.get("after", [])])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in spec.get("user", [])])
-    if spec.get("template"):
+    if spec.get("template"):  # as Llama 3's tokenizer.json has it
         bos = spec["bos"]
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+        template = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                 special_tokens=[(bos, tok.token_to_id(bos))])
+        tok.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), template])
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=spec.get("bos"), eos_token=spec["eos"])
     fast.chat_template = TEMPLATE
     fast.save_pretrained(folder)
@@ -165,6 +166,7 @@ def test_the_split_follows_the_pre_name_not_the_vocabulary(families):
     assert pieces("gpt-2") == ["In", "Ġ2024", ",", "Ġx"]
     assert pieces("llama-bpe") == ["In", "Ġ", "202", "4", ",", "Ġx"]
     assert pieces("qwen2") == ["In", "Ġ", "2", "0", "2", "4", ",", "Ġx"]
+    assert pieces("") == pieces("default") == ["In", "Ġ", "202", "4", ",", "Ġx"]  # llama.cpp's list for no name
 
 
 def test_llama3_takes_a_whole_word_token_before_merging():
@@ -187,6 +189,7 @@ def test_token_bytes_spell_the_text_and_specials_are_no_text(families, family):
     plain = unicodedata.normalize("NFC", re.sub(r"<\|[a-z_]+\|>|<tool_call>", "", MIXED))
     assert b"".join(tok.token_bytes(i) for i in tok.encode(plain)) == plain.encode("utf-8")
     assert all(tok.token_bytes(i) == b"" for i in tok.special_ids)
+    assert tok.encode("ab\udcff") == tok.encode("ab\ufffd")  # undecodable bytes in a prompt: no traceback
     assert tok.decode(tok.encode(MIXED)) == unicodedata.normalize("NFC", MIXED) if family == "qwen2" else MIXED
     if family == "qwen2":  # a user-defined added token is text, matched whole
         (user,) = tok.encode("<tool_call>")
@@ -249,7 +252,8 @@ def test_unusable_gguf_vocabularies_are_one_line_errors(families, tmp_path):
              ({"tokenizer.ggml.merges": None}, "damaged"),
              ({"tokenizer.ggml.merges": ["Ġ zzz"]}, "merges do not fit"),
              ({"tokenizer.ggml.token_type": [1]}, "damaged"),
-             ({"tokenizer.ggml.eos_token_id": 10**6}, "outside")]
+             ({"tokenizer.ggml.eos_token_id": 10**6}, "eos id 1000000 is none of its"),
+             ({"tokenizer.ggml.bos_token_id": "1"}, "bos id '1' is none of its")]
     for change, message in cases:
         with pytest.raises(TokenizerError, match=message):
             HFTokenizer.from_gguf({**meta, **change})
@@ -280,7 +284,8 @@ def test_prepare_stores_a_wide_vocabulary_as_uint32(families, workdir, monkeypat
     tok = HFTokenizer.from_gguf(wide_vocabulary(read_gguf_metadata(families["smollm"][1])))
     assert tok.vocab_size > 65_536
     monkeypatch.setattr(bladegpt.pretrained, "load_tokenizer_from", lambda source: tok)
-    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 700)  # many pieces, encoded a batch at a time
+    monkeypatch.setattr(prepare_module, "HF_PIECE_CHARS", 700)  # many pieces...
+    monkeypatch.setattr(prepare_module, "HF_BATCH_PIECES", 2)  # ...in several batches
     text = corpus_text(200) + MIXED
     (workdir / "tales.txt").write_text(text)
     data = TokenData(prepare([workdir / "tales.txt"], tokenizer_from="wide").out_dir)
@@ -289,6 +294,24 @@ def test_prepare_stores_a_wide_vocabulary_as_uint32(families, workdir, monkeypat
     assert ids == tok.encode(text) and max(ids) > 65_535  # the same ids as encoding the text whole
     assert data.meta["bytes"] == len(text.encode("utf-8"))
     assert sum(len(data.tokenizer.token_bytes(i)) for i in ids) == len(re.sub(r"<\|[a-z_]+\|>", "", text).encode("utf-8"))
+
+
+@pytest.mark.slow  # trains a tiny model
+def test_a_run_trains_and_samples_with_it(families, workdir, monkeypatch):
+    """prepare, train (bits per byte from token_bytes), a checkpoint, and sampling, with a pretrained tokenizer."""
+    import bladegpt.pretrained
+    from bladegpt.launch import train
+    from bladegpt.sampler import Sampler
+    from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+    tok = HFTokenizer.from_folder(families["llama-bpe"][0])
+    monkeypatch.setattr(bladegpt.pretrained, "load_tokenizer_from", lambda source: tok)
+    (workdir / "tales.txt").write_text(corpus_text(300))
+    prepare([workdir / "tales.txt"], tokenizer_from="tiny-llama3")
+    result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 20, "eval_interval": 20}, compile="off")
+    assert 0 < [r for r in result.history if "val_bpb" in r][-1]["val_bpb"] < 20
+    text = "".join(piece for _, piece in Sampler(result.run_dir / "best.safetensors").samples("The hunter", max_new_tokens=20))
+    assert isinstance(text, str) and text
 
 
 # -- the real model ------------------------------------------------------------------------------------
