@@ -128,7 +128,7 @@ class HFTokenizer(Tokenizer):
 
     @classmethod
     def from_gguf(cls, meta: dict) -> HFTokenizer:
-        """A GGUF file's tokenizer from its metadata (key -> value, as `read_gguf_metadata` gives):
+        """A GGUF file's tokenizer from its metadata (key -> value, as sources.gguf.metadata gives):
         byte-level BPE (`tokenizer.ggml.model` gpt2) split as llama.cpp splits for `tokenizer.ggml.pre`."""
         model = meta.get("tokenizer.ggml.model")
         if model == "llama":
@@ -240,31 +240,6 @@ class HFTokenizer(Tokenizer):
                 except KeyError:  # not spelled in byte-level characters: taken as text
                     table.append(token.encode("utf-8"))
         return table
-
-
-def read_gguf_metadata(path: Path) -> dict:
-    """A GGUF file's key/values as plain Python values (str, int, float, bool, or lists of them)."""
-    from gguf import GGUFReader, GGUFValueType
-
-    try:
-        reader = GGUFReader(path)
-    except Exception as e:  # a short, damaged or non-GGUF file raises whatever the reader hits first
-        raise TokenizerError(f"Cannot read {path} as a GGUF file ({_first_line(e)}); check the path, or download "
-                             "the file again.") from None
-    meta = {}
-    for key, field in reader.fields.items():
-        kind = field.types[0] if field.types else None
-        if kind == GGUFValueType.ARRAY:
-            values = [field.parts[i] for i in field.data]
-            if field.types[-1] == GGUFValueType.STRING:
-                meta[key] = [bytes(v).decode("utf-8", errors="replace") for v in values]
-            else:
-                meta[key] = [x for v in values for x in v.tolist()]
-        elif kind == GGUFValueType.STRING:
-            meta[key] = bytes(field.parts[-1]).decode("utf-8", errors="replace")
-        elif kind is not None:
-            meta[key] = field.parts[-1].tolist()[0]
-    return meta
 
 
 def _strings(value) -> bool:

@@ -42,7 +42,8 @@ print(time.perf_counter() - start)
 # A pretrained model's tokenizer (Hugging Face tokenizers, kind "hf"), read from a GGUF file.
 HF_FLOOR = """
 import sys, time
-from bladegpt.hf_tokenizer import HFTokenizer, read_gguf_metadata
+from bladegpt.hf_tokenizer import HFTokenizer
+from bladegpt.sources.gguf import read_metadata as read_gguf_metadata
 tok = HFTokenizer.from_gguf(read_gguf_metadata(sys.argv[2])).tokenizer
 start = time.perf_counter()
 with open(sys.argv[1], encoding="utf-8") as f:
@@ -52,11 +53,12 @@ print(time.perf_counter() - start)
 """
 PREPARE_HF = """
 import sys, time
-import bladegpt.pretrained
-from bladegpt.hf_tokenizer import HFTokenizer, read_gguf_metadata
+import bladegpt.sources
+from bladegpt.hf_tokenizer import HFTokenizer
+from bladegpt.sources.gguf import read_metadata as read_gguf_metadata
 from bladegpt.prepare import prepare
 tok = HFTokenizer.from_gguf(read_gguf_metadata(sys.argv[3]))
-bladegpt.pretrained.load_tokenizer_from = lambda source: tok  # the tokenizer prepare --tokenizer-from would load
+bladegpt.sources.load_tokenizer_from = lambda source: tok  # the tokenizer prepare --tokenizer-from would load
 start = time.perf_counter()
 prepare([sys.argv[1]], out_dir=sys.argv[2], tokenizer_from=sys.argv[3], force=True)
 print(time.perf_counter() - start)

@@ -11,7 +11,8 @@ import torch
 
 from bladegpt import prepare as prepare_module
 from bladegpt.data import TokenData
-from bladegpt.hf_tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, HFTokenizer, read_gguf_metadata
+from bladegpt.hf_tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, HFTokenizer
+from bladegpt.sources.gguf import read_metadata as read_gguf_metadata
 from bladegpt.prepare import prepare
 from bladegpt.tokenizer import TokenizerError, load_tokenizer, tokenizer_from_dict
 from tests.conftest import corpus_text
@@ -258,7 +259,9 @@ def test_unusable_gguf_vocabularies_are_one_line_errors(families, tmp_path):
         with pytest.raises(TokenizerError, match=message):
             HFTokenizer.from_gguf({**meta, **change})
     (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 40)
-    with pytest.raises(TokenizerError, match="Cannot read .*bad.gguf as a GGUF file"):
+    from bladegpt.sources import SourceError
+
+    with pytest.raises(SourceError, match="bad.gguf is not a readable GGUF file"):
         read_gguf_metadata(tmp_path / "bad.gguf")
 
 
@@ -279,11 +282,11 @@ def test_padding_entries_are_no_text(families):
 
 
 def test_prepare_stores_a_wide_vocabulary_as_uint32(families, workdir, monkeypatch):
-    import bladegpt.pretrained
+    import bladegpt.sources
 
     tok = HFTokenizer.from_gguf(wide_vocabulary(read_gguf_metadata(families["smollm"][1])))
     assert tok.vocab_size > 65_536
-    monkeypatch.setattr(bladegpt.pretrained, "load_tokenizer_from", lambda source: tok)
+    monkeypatch.setattr(bladegpt.sources, "load_tokenizer_from", lambda source: tok)
     monkeypatch.setattr(prepare_module, "HF_PIECE_CHARS", 700)  # many pieces...
     monkeypatch.setattr(prepare_module, "HF_BATCH_PIECES", 2)  # ...in several batches
     text = corpus_text(200) + MIXED
@@ -299,13 +302,13 @@ def test_prepare_stores_a_wide_vocabulary_as_uint32(families, workdir, monkeypat
 @pytest.mark.slow  # trains a tiny model
 def test_a_run_trains_and_samples_with_it(families, workdir, monkeypatch):
     """prepare, train (bits per byte from token_bytes), a checkpoint, and sampling, with a pretrained tokenizer."""
-    import bladegpt.pretrained
+    import bladegpt.sources
     from bladegpt.launch import train
     from bladegpt.sampler import Sampler
     from tests.conftest import TINY_MODEL, TINY_TRAIN
 
     tok = HFTokenizer.from_folder(families["llama-bpe"][0])
-    monkeypatch.setattr(bladegpt.pretrained, "load_tokenizer_from", lambda source: tok)
+    monkeypatch.setattr(bladegpt.sources, "load_tokenizer_from", lambda source: tok)
     (workdir / "tales.txt").write_text(corpus_text(300))
     prepare([workdir / "tales.txt"], tokenizer_from="tiny-llama3")
     result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 20, "eval_interval": 20}, compile="off")

@@ -41,20 +41,37 @@ def open_gguf(path: Path):
 
     try:
         return gguf.GGUFReader(str(path))
-    except (ValueError, OSError, IndexError, KeyError, UnicodeDecodeError) as e:
+    except Exception as e:  # a short, damaged or non-GGUF file raises whatever the reader hits first
         raise SourceError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); it may be truncated or "
                           "damaged: fetch it again.") from None
 
 
 def metadata(reader, skip: tuple[str, ...] = ()) -> dict:
-    """Every key/value of the file as plain Python values (str, int, float, bool, lists of them)."""
+    """Every key/value of the file as plain Python values (str, int, float, bool, lists of them); strings
+    that are not UTF-8 (a damaged vocabulary) are read with U+FFFD, never raised on."""
+    from gguf import GGUFValueType
+
     meta = {}
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name.startswith(skip):
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or (skip and key.startswith(skip)):
             continue
-        value = field.contents()
-        meta[name] = value.tolist() if isinstance(value, np.ndarray) else value
+        kind = field.types[0] if field.types else None
+        if kind == GGUFValueType.ARRAY:
+            values = [field.parts[i] for i in field.data]
+            if field.types[-1] == GGUFValueType.STRING:
+                meta[key] = [bytes(v).decode("utf-8", errors="replace") for v in values]
+            else:
+                meta[key] = [x for v in values for x in v.tolist()]
+        elif kind == GGUFValueType.STRING:
+            meta[key] = bytes(field.parts[-1]).decode("utf-8", errors="replace")
+        elif kind is not None:
+            meta[key] = field.parts[-1].tolist()[0]
     return meta
+
+
+def read_metadata(path: Path) -> dict:
+    """A GGUF file's key/values (metadata); SourceError (one line) when it is not a readable GGUF file."""
+    return metadata(open_gguf(Path(path)))
 
 
 def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
