@@ -25,11 +25,13 @@ def check_frame(frame: str) -> None:
 
 class Conversation:
     def __init__(self, sampler: Sampler, frame: str = "quotes", seed: int = 0, max_new_tokens: int = 200,
-                 temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None):
+                 temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None,
+                 min_p: float | None = None):
         check_frame(frame)
         self.sampler, self.seed, self.turn = sampler, seed, 0
         self.open, self.close = FRAMES[frame]
-        self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+        self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             min_p=min_p)
         self.text = ""
 
     def reply(self, line: str) -> Iterator[str]:

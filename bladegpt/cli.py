@@ -28,6 +28,7 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(help="A .safetensors file
 TemperatureOpt = Annotated[float, typer.Option(help="0 is greedy; higher is wilder.")]
 TopKOpt = Annotated[Optional[int], typer.Option(help="Sample only from the k likeliest tokens.")]
 TopPOpt = Annotated[Optional[float], typer.Option(help="Sample only from the smallest set with this much probability.")]
+MinPOpt = Annotated[Optional[float], typer.Option(help="Sample only tokens at least this share as likely as the likeliest, e.g. 0.05.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 DecodePrecisionOpt = Annotated[str, typer.Option(help="auto (the faster here for generation, measured), bf16 or fp32.")]
 DecodeCompileOpt = Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")]
@@ -188,6 +189,7 @@ def sample(
     temperature: TemperatureOpt = 0.8,
     top_k: TopKOpt = 200,
     top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed, same text [default: random].")] = None,
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
@@ -198,11 +200,11 @@ def sample(
     from bladegpt.sampler import Sampler
 
     seed = random.randrange(2**31) if seed is None else seed
-    check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed)
+    check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p)
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · {sampler.precision}[/]", highlight=False)
     current = None
-    for i, piece in sampler.samples(prompt, num_samples, max_new_tokens, temperature, top_k, top_p, seed):
+    for i, piece in sampler.samples(prompt, num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p):
         if i != current:
             if current is not None:
                 sys.stdout.write("\n" + "-" * 40 + "\n")
@@ -222,6 +224,7 @@ def chat(
     temperature: TemperatureOpt = 0.8,
     top_k: TopKOpt = 200,
     top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed and same lines, same conversation [default: random].")] = None,
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
@@ -233,10 +236,10 @@ def chat(
     from bladegpt.sampler import Sampler
 
     seed = random.randrange(2**31) if seed is None else seed
-    check_settings(1, max_new_tokens, temperature, top_k, top_p, seed)
+    check_settings(1, max_new_tokens, temperature, top_k, top_p, seed, min_p)
     check_frame(frame)  # before the model loads
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
-    talk = Conversation(sampler, frame, seed, max_new_tokens, temperature, top_k, top_p)
+    talk = Conversation(sampler, frame, seed, max_new_tokens, temperature, top_k, top_p, min_p)
     interactive = sys.stdin.isatty()
     if interactive:
         err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · Ctrl-D to end[/]", highlight=False)
