@@ -105,6 +105,8 @@ def prepare(
         result = prepare_data(inputs, out, tokenizer, vocab_size, val_fraction,
                               progress=lambda done, total: progress.update(task, completed=done, total=total),
                               force=force, tokenizer_from=tokenizer_from)
+    for note in result.notes:
+        console.print(note, style="yellow", highlight=False, soft_wrap=True, markup=False)
     m = result.meta
     table = Table(title=f"Prepared {', '.join(Path(s).name for s in m['sources'][:3])}"
                         + (f" and {len(m['sources']) - 3} more" if len(m["sources"]) > 3 else ""))

@@ -1,12 +1,15 @@
 """Bytes that are not UTF-8 at every edge (issue #28, items 1 and 4): prompts and typed lines, file and
 folder names under a strict or an ASCII locale, and text files saved in UTF-16 or UTF-32."""
 
+import codecs
 import os
 import subprocess
 import sys
 
 import pytest
 
+from bladegpt import prepare as prepare_module
+from bladegpt.data import TokenData
 from bladegpt.encoding import as_text, read_typed
 from bladegpt.launch import train
 from bladegpt.prepare import prepare
@@ -102,3 +105,77 @@ def test_names_that_are_not_utf8_work_in_every_command(tmp_path, env):
         assert (tmp_path / os.fsdecode(name)).is_file()
     code, out = run("sample", "--checkpoint", b"runs/n\xe9/best.safetensors", cwd=tmp_path, env=env)
     assert code == 1 and len(out.strip().splitlines()) == 1 and "runs/n" in out, out
+
+
+ENCODED = ["utf-16", "utf-16-be-bom", "utf-16-le", "utf-16-be", "utf-32", "utf-32-be-bom", "utf-8-sig"]
+
+
+def encode_as(text: str, how: str) -> bytes:
+    """`text` in an encoding, with a byte-order mark where `how` says -bom (or the codec writes one)."""
+    if how.endswith("-bom"):
+        codec = how.removesuffix("-bom")
+        return codecs.BOM_UTF16_BE + text.encode(codec) if codec == "utf-16-be" else codecs.BOM_UTF32_BE + text.encode(codec)
+    return text.encode(how)
+
+
+def decoded(folder) -> str:
+    data = TokenData(folder)
+    return "".join(data.tokenizer.decode(data.splits[s].tolist()) for s in ("train", "val"))
+
+
+@pytest.mark.parametrize("how", ENCODED)
+def test_utf16_and_utf32_files_are_read_as_text(workdir, monkeypatch, how):
+    """The issue's instance: a file Windows Notepad saves as "Unicode" (UTF-16-LE with a BOM) was
+    refused as binary. Each of UTF-16/32, with a byte-order mark or UTF-16/32 by its NUL pattern, and
+    UTF-8 with a BOM, gives the dataset the same text in UTF-8 gives (BOM never trained on), also read
+    in blocks of 7 bytes, which split characters and UTF-16 surrogate pairs (the emoji)."""
+    text = corpus_text(60) + "Unicode: café, naïve, “quoted” 😀 and 日本.\r\n" * 3
+    (workdir / "plain.txt").write_text(text, encoding="utf-8")
+    (workdir / "saved.txt").write_bytes(encode_as(text, how))
+    plain = prepare([workdir / "plain.txt"], out_dir=workdir / "plain", tokenizer="char")
+    saved = prepare([workdir / "saved.txt"], out_dir=workdir / "saved", tokenizer="char")
+    assert decoded(saved.out_dir) == decoded(plain.out_dir) == text
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (saved.out_dir / name).read_bytes() == (plain.out_dir / name).read_bytes(), name
+    assert saved.meta["bytes"] == plain.meta["bytes"] and saved.meta["val_tokens"] == plain.meta["val_tokens"]
+    monkeypatch.setattr(prepare_module, "READ_BYTES", 7)
+    assert "".join(prepare_module.TextFile.open(workdir / "saved.txt").blocks()) == text
+    if how == "utf-8-sig":
+        assert saved.notes == []
+    else:
+        assert len(saved.notes) == 1 and ("UTF-16" in saved.notes[0] or "UTF-32" in saved.notes[0])
+        assert saved.meta["source_encodings"][0].startswith("utf-")
+
+
+def test_a_notepad_file_from_the_cli_and_a_sampled_bpe(workdir, monkeypatch):
+    """From the CLI the encoding is said in one line; a corpus BPE trained on spans drawn across a large
+    UTF-16 file (spans mapped into its bytes) still encodes every byte of the text."""
+    from typer.testing import CliRunner
+
+    from bladegpt.cli import app
+
+    text = corpus_text(400)
+    (workdir / "notes.txt").write_bytes(codecs.BOM_UTF16_LE + text.replace("\n", "\r\n").encode("utf-16-le"))
+    result = CliRunner().invoke(app, ["prepare", "notes.txt", "--tokenizer", "char"])
+    assert result.exit_code == 0, result.output
+    assert "as UTF-16 (little-endian) (its byte-order mark)" in result.output
+    monkeypatch.setattr(prepare_module, "SAMPLE_BYTES", 4096)  # the BPE learns from 64 spans of 64 bytes
+    bpe = prepare([workdir / "notes.txt"], out_dir=workdir / "bpe", vocab_size=300)
+    assert decoded(bpe.out_dir) == text.replace("\n", "\r\n")
+
+
+@pytest.mark.parametrize(
+    "data, fragments",
+    [
+        (codecs.BOM_UTF16_LE + "ok\n".encode("utf-16-le") + b"\x00\xd8" + "x\n".encode("utf-16-le"),
+         ["not valid UTF-16 (little-endian)", "iconv -f UTF-16-LE -t UTF-8"]),  # a lone high surrogate
+        ("café\n".encode("latin-1") * 50, ["is not UTF-8 text", "iconv -f latin1"]),
+        (bytes(range(256)) * 8, ["looks binary"]),
+        (codecs.BOM_UTF32_LE + b"\x00\x00\x11\x00" * 10, ["not valid UTF-32 (little-endian)"]),
+    ],
+)
+def test_files_in_other_encodings_are_one_line(workdir, data, fragments):
+    from tests.safety import assert_one_line_error, invoke
+
+    (workdir / "odd.txt").write_bytes(data)
+    assert_one_line_error(invoke("prepare", workdir / "odd.txt"), *fragments)
