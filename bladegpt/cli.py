@@ -97,6 +97,7 @@ def prepare(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
     from rich.table import Table
 
+    from bladegpt.frames import Frame
     from bladegpt.prepare import prepare as prepare_data
 
     with Progress(TextColumn("[bold]encode"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -121,6 +122,7 @@ def prepare(
         ("bytes per token", f"{m['bytes'] / (m['train_tokens'] + m['val_tokens']):.2f}"),
         ("train tokens", f"{m['train_tokens']:,}"),
         ("val tokens", f"{m['val_tokens']:,}"),
+        ("chat frame", Frame.from_dict(m["chat_frame"]).describe()),
         ("took", f"{m['seconds']:.1f} s ({m['bytes'] / 1e6 / max(m['encode_seconds'], 1e-9):.1f} MB/s encoding)"),
         ("written to", str(result.out_dir)),
     ]:
@@ -230,7 +232,7 @@ def sample(
 @friendly
 def chat(
     checkpoint: CheckpointOpt = None,
-    frame: Annotated[str, typer.Option(help="How dialogue is written: quotes (\"...\" lines, as the shipped corpora) or lines.")] = "quotes",
+    frame: Annotated[Optional[str], typer.Option(help="How the talk is written: quotes (\"...\" lines), play (NAME: lines) or lines [default: the corpus's, found when it was prepared].")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 200,
     temperature: TemperatureOpt = 0.8,
     top_k: TopKOpt = 200,
@@ -242,20 +244,22 @@ def chat(
     compile: DecodeCompileOpt = "auto",
 ) -> None:
     """Talk with the voice: type a line, it answers in the text's voice. Ctrl-D or Ctrl-C ends."""
-    from bladegpt.chat import Conversation, check_frame
+    from bladegpt.chat import Conversation, recorded_frame
     from bladegpt.encoding import keep_typed_bytes, read_typed
     from bladegpt.engine import check_settings
+    from bladegpt.frames import check_kind, choose
     from bladegpt.sampler import Sampler
 
     seed = random.randrange(2**31) if seed is None else seed
     check_settings(1, max_new_tokens, temperature, top_k, top_p, seed, min_p)
-    check_frame(frame)  # before the model loads
+    check_kind(frame)  # before the model loads
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
-    talk = Conversation(sampler, frame, seed, max_new_tokens, temperature, top_k, top_p, min_p)
+    chosen, source = choose(frame, recorded_frame(sampler.checkpoint), sampler.tokenizer.encode)
+    talk = Conversation(sampler, chosen, seed, max_new_tokens, temperature, top_k, top_p, min_p)
     interactive = sys.stdin.isatty()
     keep_typed_bytes()
-    if interactive:
-        err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · Ctrl-D to end[/]", highlight=False)
+    err_console.print(f"{sampler.checkpoint} · frame {chosen.describe()} ({source}) · seed {seed}"
+                      + (" · Ctrl-D to end" if interactive else ""), style="dim", highlight=False, markup=False)
     try:
         while True:
             try:

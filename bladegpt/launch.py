@@ -112,6 +112,7 @@ def train(
                         "dataset": str(plan.data.folder.resolve()), "dataset_fingerprint": plan.data.fingerprint,
                         "preset": preset, "init_from": init_from,  # neither: the default, sized to the text
                         "origin": plan.origin, "model": plan.model_cfg.to_dict(), "train": plan.train_cfg.to_dict(),
+                        "chat_frame": plan.data.meta.get("chat_frame"),  # how chat writes the talk (frames.py)
                     }
                     runs.write_run(run_dir, record)
                 run_dir = Path(ddp.broadcast(str(run_dir) if run_dir else None))

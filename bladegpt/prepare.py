@@ -25,6 +25,7 @@ from pathlib import Path
 from bladegpt.data import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
 from bladegpt.encoding import NAMES, UNIT, sniff, utf8_name
 from bladegpt.files import fsync, publish_dir, temp_dir
+from bladegpt.frames import FrameCounter
 from bladegpt.tokenizer import CharTokenizer, Tokenizer, bpe_vocab_size, tokenizer_from_dict, train_tokenizer
 
 MIN_VOCAB, MAX_VOCAB = 257, 0xD7FF  # a BPE's ids must stay below the surrogate code points (tokenizer.py)
@@ -322,17 +323,19 @@ def encoded_pieces(tok: Tokenizer, items: Iterator[tuple[str, str]], dtype: str,
 
 
 def encode_corpus(corpus: Corpus, tok: Tokenizer, folder: Path, progress: Callable[[int, int], None] | None) -> dict:
-    """Encode the corpus piece by piece, writing train.bin and val.bin as the ids come."""
+    """Encode the corpus piece by piece, writing train.bin and val.bin as the ids come; meanwhile tell
+    how the text writes dialogue (frames.py), for chat."""
     dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
     itemsize = 2 if dtype == "uint16" else 4
     counts, chars, text_bytes = {"train": 0, "val": 0}, {"train": 0, "val": 0}, {"train": 0, "val": 0}
     digest = hashlib.sha256()  # the same hash as data.fingerprint: train.bin, val.bin, tokenizer.json
-    done = 0
+    done, frames = 0, FrameCounter()
     files = {split: open(folder / f"{split}.bin", "wb") for split in counts}
     try:
         parallel = corpus.bytes >= PARALLEL_MIN_BYTES
         for split, piece, data in encoded_pieces(tok, split_pieces(corpus), dtype, parallel):
             files[split].write(data)
+            frames.feed(piece)
             digest.update(data)
             counts[split] += len(data) // itemsize
             n = utf8_size(piece)
@@ -344,7 +347,8 @@ def encode_corpus(corpus: Corpus, tok: Tokenizer, folder: Path, progress: Callab
     finally:
         for f in files.values():
             f.close()
-    return {"counts": counts, "chars": chars, "bytes": text_bytes, "digest": digest, "dtype": dtype}
+    return {"counts": counts, "chars": chars, "bytes": text_bytes, "digest": digest, "dtype": dtype,
+            "frame": frames.frame()}
 
 
 def default_out_dir(inputs: list[Path], tokenizer_from: str | None = None) -> Path:
@@ -424,6 +428,7 @@ def prepare(
             "bytes": written["bytes"]["train"] + written["bytes"]["val"],
             "train_bytes": written["bytes"]["train"],
             "val_bytes": written["bytes"]["val"],
+            "chat_frame": written["frame"].to_dict(),
             "encode_seconds": round(encode_seconds, 3),
             "seconds": round(time.perf_counter() - started, 3),
         }
