@@ -1,5 +1,5 @@
-"""Talk with a voice: each line you type joins the text, framed as the corpus frames dialogue, and
-the model writes the next line in its own voice.
+"""Talk with a voice: each line you type joins the text, framed as the corpus frames dialogue
+(frames.py), and the model writes the next turn in its own voice.
 
 The whole exchange is the prompt of every reply; when it outgrows the model's context, the oldest
 part slides out (the generator keeps the last `block_size` tokens).
@@ -7,47 +7,62 @@ part slides out (the generator keeps the last `block_size` tokens).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
-from bladegpt.errors import UserError
+from bladegpt.data import META_FILE
+from bladegpt.frames import Frame
+from bladegpt.runs import RUN_FILE
 from bladegpt.sampler import Sampler
 
-# How a line of dialogue is written. "quotes": a line of its own inside double quotes, as the shipped
-# corpora (officer_k, witcher) write speech; "lines": one plain line each.
-FRAMES = {"quotes": ('"', '"'), "lines": ("", "\n")}
 KEEP_CHARS = 100_000  # far more than any context here holds; the rest is never read again
 
 
-def check_frame(frame: str) -> None:
-    if frame not in FRAMES:
-        raise UserError(f"Unknown --frame '{frame}'; choose one of: {', '.join(FRAMES)}.")
+def recorded_frame(checkpoint: Path) -> Frame | None:
+    """The frame recorded for the corpus a checkpoint learned from: in its run's run.json, else in
+    the run's dataset's meta.json; None for runs and datasets from before frames were recorded."""
+    try:
+        saved = json.loads((Path(checkpoint).parent / RUN_FILE).read_text(encoding="utf-8"))
+        if "chat_frame" in saved:
+            return Frame.from_dict(saved["chat_frame"])
+        meta = json.loads((Path(saved["dataset"]) / META_FILE).read_text(encoding="utf-8"))
+        return Frame.from_dict(meta.get("chat_frame"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no run, no dataset, damaged: none
+        return None
 
 
 class Conversation:
-    def __init__(self, sampler: Sampler, frame: str = "quotes", seed: int = 0, max_new_tokens: int = 200,
-                 temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None):
-        check_frame(frame)
-        self.sampler, self.seed, self.turn = sampler, seed, 0
-        self.open, self.close = FRAMES[frame]
-        self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    def __init__(self, sampler: Sampler, frame: Frame, seed: int = 0, max_new_tokens: int = 200,
+                 temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None,
+                 min_p: float | None = None):
+        self.sampler, self.frame, self.seed, self.turn = sampler, frame, seed, 0
+        self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             min_p=min_p)
         self.text = ""
 
     def reply(self, line: str) -> Iterator[str]:
-        """The model's answer to `line`, piece by piece, ending where its line of dialogue closes.
+        """The model's answer to `line`, piece by piece, ending where its turn closes.
         The text it answers from is encoded first, so a line the tokenizer cannot take fails at once."""
-        text = self.text[-KEEP_CHARS:] + f"{self.open}{line.strip()}{self.close}\n\n{self.open}"
+        text = self.text[-KEEP_CHARS:] + self.frame.user(line.strip()) + self.frame.turn()
         pieces = self.sampler.stream(text, seed=self.seed + self.turn, **self.settings)
         self.text, self.turn = text, self.turn + 1
         return self._until_closed(pieces)
 
     def _until_closed(self, pieces: Iterator[str]) -> Iterator[str]:
-        answer = ""
+        """The answer as it comes, cut where the frame closes the turn; the end of a piece that may be
+        the start of a longer close (a play's blank line) waits for the next piece."""
+        answer, shown, close = "", 0, self.frame.close()
         for piece in pieces:
             answer += piece
-            end = answer.find(self.close)
-            if end >= 0:  # the model closed its line: show it up to there
-                yield piece[: len(piece) - (len(answer) - end)]
+            end = answer.find(close)
+            if end >= 0:  # the model closed its turn: show it up to there
                 answer = answer[:end]
                 break
-            yield piece
-        self.text += f"{answer.strip()}{self.close}\n\n"
+            hold = next((k for k in range(len(close) - 1, 0, -1) if answer.endswith(close[:k])), 0)
+            if len(answer) - hold > shown:
+                yield answer[shown : len(answer) - hold]
+                shown = len(answer) - hold
+        if len(answer) > shown:
+            yield answer[shown:]
+        self.text += f"{answer.strip()}{self.frame.after()}"

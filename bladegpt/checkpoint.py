@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file, save_model
 
 from bladegpt import __version__
 from bladegpt.config import ModelConfig
+from bladegpt.encoding import openable
 from bladegpt.errors import UserError
 from bladegpt.files import atomic_write, commit, stage, temp_path
 from bladegpt.model import GPT
@@ -58,7 +59,7 @@ def read_metadata(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}; train a model first with `bladegpt train`.")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with openable(path) as name, safe_open(name, framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
@@ -78,7 +79,8 @@ def load_checkpoint(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer
         tokenizer = tokenizer_from_dict(json.loads(metadata["tokenizer"]))
         _check_shape(config, path)  # before building: a config claiming 10^6 layers would take minutes
         model = GPT(config, attention=attention)
-        model.load_state_dict(_untie(load_file(str(path)), config))  # strict: names and shapes must match
+        with openable(path) as name:
+            model.load_state_dict(_untie(load_file(name), config))  # strict: names and shapes must match
     except (SafetensorError, KeyError, TypeError, json.JSONDecodeError, TokenizerError, RuntimeError) as e:
         raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or train again.") from None
     info = json.loads(metadata.get("info", "{}"))
@@ -88,7 +90,7 @@ def load_checkpoint(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer
 
 def _check_shape(config: ModelConfig, path: Path) -> None:
     """The config's shape must be the stored tensors' shape (cheap: reads the header only)."""
-    with safe_open(str(path), framework="pt") as f:
+    with openable(path) as name, safe_open(name, framework="pt") as f:
         shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     embedding = shapes.get("transformer.wte.weight") or shapes.get("lm_head.weight")
     layers = {int(m.group(1)) for name in shapes if (m := re.match(r"transformer\.h\.(\d+)\.", name))}
@@ -170,7 +172,8 @@ def load_train_state(path: Path) -> tuple[list[dict], dict[str, torch.Tensor], d
     """(one state_dict per optimizer, other tensors, info) as saved by save_training."""
     metadata = read_metadata(path)
     try:
-        flat = load_file(str(path))
+        with openable(path) as name:
+            flat = load_file(name)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path} is damaged ({e}); start a new run.") from None
     groups = json.loads(metadata["param_groups"])

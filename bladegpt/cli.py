@@ -28,6 +28,7 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(help="A .safetensors file
 TemperatureOpt = Annotated[float, typer.Option(help="0 is greedy; higher is wilder.")]
 TopKOpt = Annotated[Optional[int], typer.Option(help="Sample only from the k likeliest tokens.")]
 TopPOpt = Annotated[Optional[float], typer.Option(help="Sample only from the smallest set with this much probability.")]
+MinPOpt = Annotated[Optional[float], typer.Option(help="Sample only tokens at least this share as likely as the likeliest, e.g. 0.05.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 DecodePrecisionOpt = Annotated[str, typer.Option(help="auto (the faster here for generation, measured), bf16 or fp32.")]
 DecodeCompileOpt = Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")]
@@ -57,7 +58,9 @@ def friendly(command):
 
 
 def fail(message: str) -> None:
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)  # one line, however narrow the terminal
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line, however narrow the terminal
     raise typer.Exit(code=1) from None
 
 
@@ -74,6 +77,9 @@ def root(
     ] = None,
 ) -> None:
     """Train a small GPT on text you love, on the machine you have, and sample in its voice."""
+    from bladegpt.encoding import show_any_name
+
+    show_any_name()  # a file name that is not UTF-8, or a terminal that cannot show a character, never fails a print
 
 
 @app.command()
@@ -91,6 +97,7 @@ def prepare(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
     from rich.table import Table
 
+    from bladegpt.frames import Frame
     from bladegpt.prepare import prepare as prepare_data
 
     with Progress(TextColumn("[bold]encode"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -99,6 +106,8 @@ def prepare(
         result = prepare_data(inputs, out, tokenizer, vocab_size, val_fraction,
                               progress=lambda done, total: progress.update(task, completed=done, total=total),
                               force=force, tokenizer_from=tokenizer_from)
+    for note in result.notes:
+        console.print(note, style="yellow", highlight=False, soft_wrap=True, markup=False)
     m = result.meta
     table = Table(title=f"Prepared {', '.join(Path(s).name for s in m['sources'][:3])}"
                         + (f" and {len(m['sources']) - 3} more" if len(m["sources"]) > 3 else ""))
@@ -113,6 +122,7 @@ def prepare(
         ("bytes per token", f"{m['bytes'] / (m['train_tokens'] + m['val_tokens']):.2f}"),
         ("train tokens", f"{m['train_tokens']:,}"),
         ("val tokens", f"{m['val_tokens']:,}"),
+        ("chat frame", Frame.from_dict(m["chat_frame"]).describe()),
         ("took", f"{m['seconds']:.1f} s ({m['bytes'] / 1e6 / max(m['encode_seconds'], 1e-9):.1f} MB/s encoding)"),
         ("written to", str(result.out_dir)),
     ]:
@@ -188,21 +198,26 @@ def sample(
     temperature: TemperatureOpt = 0.8,
     top_k: TopKOpt = 200,
     top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed, same text [default: random].")] = None,
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
     compile: DecodeCompileOpt = "auto",
 ) -> None:
     """Stream new text from a trained model (several samples are generated together, in one batch)."""
+    from bladegpt.encoding import read_typed
     from bladegpt.engine import check_settings
     from bladegpt.sampler import Sampler
 
     seed = random.randrange(2**31) if seed is None else seed
-    check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed)
+    prompt, note = read_typed(prompt, "prompt")
+    if note:
+        err_console.print(note, style="yellow", highlight=False, soft_wrap=True, markup=False)
+    check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p)
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · {sampler.precision}[/]", highlight=False)
     current = None
-    for i, piece in sampler.samples(prompt, num_samples, max_new_tokens, temperature, top_k, top_p, seed):
+    for i, piece in sampler.samples(prompt, num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p):
         if i != current:
             if current is not None:
                 sys.stdout.write("\n" + "-" * 40 + "\n")
@@ -217,29 +232,34 @@ def sample(
 @friendly
 def chat(
     checkpoint: CheckpointOpt = None,
-    frame: Annotated[str, typer.Option(help="How dialogue is written: quotes (\"...\" lines, as the shipped corpora) or lines.")] = "quotes",
+    frame: Annotated[Optional[str], typer.Option(help="How the talk is written: quotes (\"...\" lines), play (NAME: lines) or lines [default: the corpus's, found when it was prepared].")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 200,
     temperature: TemperatureOpt = 0.8,
     top_k: TopKOpt = 200,
     top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed and same lines, same conversation [default: random].")] = None,
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
     compile: DecodeCompileOpt = "auto",
 ) -> None:
     """Talk with the voice: type a line, it answers in the text's voice. Ctrl-D or Ctrl-C ends."""
-    from bladegpt.chat import Conversation, check_frame
+    from bladegpt.chat import Conversation, recorded_frame
+    from bladegpt.encoding import keep_typed_bytes, read_typed
     from bladegpt.engine import check_settings
+    from bladegpt.frames import check_kind, choose
     from bladegpt.sampler import Sampler
 
     seed = random.randrange(2**31) if seed is None else seed
-    check_settings(1, max_new_tokens, temperature, top_k, top_p, seed)
-    check_frame(frame)  # before the model loads
+    check_settings(1, max_new_tokens, temperature, top_k, top_p, seed, min_p)
+    check_kind(frame)  # before the model loads
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
-    talk = Conversation(sampler, frame, seed, max_new_tokens, temperature, top_k, top_p)
+    chosen, source = choose(frame, recorded_frame(sampler.checkpoint), sampler.tokenizer.encode)
+    talk = Conversation(sampler, chosen, seed, max_new_tokens, temperature, top_k, top_p, min_p)
     interactive = sys.stdin.isatty()
-    if interactive:
-        err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · Ctrl-D to end[/]", highlight=False)
+    keep_typed_bytes()
+    err_console.print(f"{sampler.checkpoint} · frame {chosen.describe()} ({source}) · seed {seed}"
+                      + (" · Ctrl-D to end" if interactive else ""), style="dim", highlight=False, markup=False)
     try:
         while True:
             try:
@@ -248,6 +268,9 @@ def chat(
                 break
             if not line.strip():
                 continue
+            line, note = read_typed(line, "line")
+            if note:
+                err_console.print(note, style="yellow", highlight=False, soft_wrap=True, markup=False)
             try:
                 pieces = talk.reply(line)
             except UserError as e:  # a line the tokenizer cannot take: say so, keep talking

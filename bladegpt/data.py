@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from bladegpt.encoding import openable
 from bladegpt.errors import UserError
 from bladegpt.tokenizer import TokenizerError, load_tokenizer
 
@@ -42,7 +43,7 @@ def fingerprint(folder: Path) -> str:
 def read_meta(folder: Path) -> dict:
     path = Path(folder) / META_FILE
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
         if meta["dtype"] not in ("uint16", "uint32"):
             raise ValueError(f"unknown dtype {meta['dtype']!r}")
         for key in ("vocab_size", "train_tokens", "val_tokens"):
@@ -67,7 +68,8 @@ def _map_tokens(path: Path, n_tokens: int, dtype):
                         f"({n_tokens * itemsize:,} bytes); the dataset is damaged: prepare it again.")
     if n_tokens == 0:
         return torch.empty(0, dtype=dtype)
-    return torch.from_file(str(path), shared=False, size=n_tokens, dtype=dtype)  # private map: never written
+    with openable(path) as name:  # private map: never written
+        return torch.from_file(name, shared=False, size=n_tokens, dtype=dtype)
 
 
 class TokenData:

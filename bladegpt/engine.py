@@ -107,8 +107,9 @@ class StaticKVCache(KVCache):
 
 
 def check_settings(num_samples: int, max_new_tokens: int, temperature: float, top_k: int | None,
-                   top_p: float | None, seed: int) -> None:
-    """Refuse sampling settings that cannot work, in one line each, before a model is loaded."""
+                   top_p: float | None, seed: int, min_p: float | None = None) -> None:
+    """Refuse sampling settings that cannot work, in one line each, before a model is loaded. Every
+    setting this accepts samples (sample_next_token's limits)."""
     if num_samples < 1 or max_new_tokens < 1:
         raise UserError("--num-samples and --max-new-tokens must be at least 1.")
     if not 0 <= temperature < math.inf:  # also refuses NaN
@@ -117,6 +118,8 @@ def check_settings(num_samples: int, max_new_tokens: int, temperature: float, to
         raise UserError(f"--top-k must be at least 1 (1 is greedy), got {top_k}.")
     if top_p is not None and not 0 < top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], e.g. 0.9, got {top_p}.")
+    if min_p is not None and not 0 <= min_p <= 1:
+        raise UserError(f"--min-p must be in [0, 1] (0 keeps every token, 1 is greedy), e.g. 0.05, got {min_p}.")
     check_seed(seed)
 
 
@@ -126,8 +129,21 @@ def sample_next_token(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
 ) -> torch.Tensor:
-    """One token id per row of (B, V) logits; temperature 0 is greedy.
+    """One token id per row of (B, V) logits, of any float dtype; temperature 0 is greedy.
+
+    In this order: top-k keeps the k likeliest (k past the vocabulary keeps all of it); min-p keeps
+    the tokens whose probability is at least min_p times the likeliest one's, measured on the model's
+    own probabilities before temperature (Nguyen et al. 2024, "Turning Up the Heat: Min-p Sampling",
+    arXiv 2407.01082; llama.cpp's default order), so a high temperature flattens only what it keeps;
+    then temperature divides the logits; top-p keeps the smallest set of the likeliest whose
+    probability reaches top_p (Holtzman et al. 2019, nucleus sampling).
+
+    Any setting check_settings accepts samples: the logits are shifted so the largest is 0 before the
+    temperature divides them, so a tiny temperature sends the rest to -inf (greedy; ties share the
+    draw) and a huge one makes them all near 0 (uniform over what is kept), never inf - inf. +inf logits
+    share all the probability; NaN counts as -inf.
 
     Each row draws from its own generator (one for all rows if a single one is given), so a row's
     text depends on its seed alone, not on how many rows are sampled beside it. A row costs one
@@ -138,16 +154,26 @@ def sample_next_token(
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float()
+    logits = logits.masked_fill(logits.isnan(), -math.inf)
     ids = None  # where the columns come from, when they are a sorted subset of the vocabulary
     if top_k is not None and top_k < logits.size(-1):
         logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), likeliest first
-    logits = logits / temperature  # after top-k, which a positive temperature does not change
+    top = logits.amax(dim=-1, keepdim=True)
+    # Each row's largest becomes 0. A row whose largest is +inf keeps only its +inf ids (0, the rest
+    # -inf), a row of -inf keeps all (uniform): the limits softmax tends to, where l - top is inf - inf.
+    logits = torch.where(top.isinf(), (logits == top).float().log(), logits - top)
+    if min_p is not None and min_p > 0:
+        logits = logits.masked_fill(logits < math.log(min_p), -math.inf)  # p / p_max < min_p
+    # Kept where it and its reciprocal are normal float32 numbers: a temperature that rounds to 0 or inf
+    # there would make 0 / 0 or -inf / inf.
+    tiny = torch.finfo(torch.float32).tiny
+    logits = logits / min(max(temperature, tiny), 1 / tiny)
     if top_p is not None and top_p < 1.0:
         if ids is None:
             logits, ids = torch.sort(logits, descending=True, dim=-1)
         probs = logits.softmax(dim=-1)
         drop = probs.cumsum(dim=-1) - probs > top_p  # mass before this token already exceeds top_p
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits = logits.masked_fill(drop, -math.inf)
     cdf = logits.softmax(dim=-1).cumsum(dim=-1)  # (B, n), never decreasing
     total = cdf[:, -1:]
     generators = generator if isinstance(generator, list) else [generator] * len(cdf)
@@ -188,6 +214,7 @@ def generate_batch(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
     decode=None,
 ) -> Iterator[torch.Tensor]:
     """Yield, step by step, one new token per sample (a tensor of len(generators) ids).
@@ -210,7 +237,7 @@ def generate_batch(
             cache.repeat(n)
             logits = logits.expand(n, -1)
         for _ in range(max_new_tokens):
-            token = sample_next_token(logits, generators, temperature, top_k, top_p)
+            token = sample_next_token(logits, generators, temperature, top_k, top_p, min_p)
             yield token
             seq[:, length] = token
             length += 1
@@ -232,9 +259,10 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
 ) -> Iterator[int]:
     """Yield new token ids of one sample, one at a time, with a KV cache."""
-    for token in generate_batch(model, prompt, max_new_tokens, n_vocab, [generator], temperature, top_k, top_p):
+    for token in generate_batch(model, prompt, max_new_tokens, n_vocab, [generator], temperature, top_k, top_p, min_p):
         yield int(token[0])
 
 
@@ -248,6 +276,7 @@ def generate_reference(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
 ) -> list[int]:
     """The slow, obviously right generator: recompute the whole window for every token."""
     block = model.config.block_size
@@ -260,7 +289,7 @@ def generate_reference(
             start = len(tokens) - block // 2
         with sdpa_kernel(DECODE_BACKENDS):
             logits = _logits(model, torch.tensor([tokens[start:]], device=device), n_vocab)
-        token = int(sample_next_token(logits, generator, temperature, top_k, top_p)[0])
+        token = int(sample_next_token(logits, generator, temperature, top_k, top_p, min_p)[0])
         out.append(token)
         tokens.append(token)
     return out

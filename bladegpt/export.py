@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from bladegpt.bytelevel import bpe_merges, spell
 from bladegpt.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from bladegpt.encoding import as_text
 from bladegpt.errors import UserError
 from bladegpt.files import atomic_write, publish_dir, temp_dir
 from bladegpt.model import GPT
@@ -51,12 +52,12 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
         out.parent.mkdir(parents=True, exist_ok=True)
         if format == "gguf":
             _check_arch(model, format)
-            name = source.parent.name if (source.parent / RUN_FILE).exists() else source.stem
+            name = as_text(source.parent.name if (source.parent / RUN_FILE).exists() else source.stem)[0]  # GGUF strings are UTF-8
             if adds_tokens(tokenizer) and tokenizer.vocab_size == model.config.vocab_size:
                 warn("This model has no spare vocabulary row, so the end-of-text token llama.cpp needs gets a "
                      "zero row: llama.cpp may end a text early now and then (about 2 in 1,000 tokens measured "
                      "on a char model). Models trained by this version always have a spare row.")
-            atomic_write(out, lambda tmp: write_gguf(tmp, model, tokenizer, dtype or "f16", name, str(source)))
+            atomic_write(out, lambda tmp: write_gguf(tmp, model, tokenizer, dtype or "f16", name, as_text(str(source))[0]))
         else:
             save_checkpoint(out, model, tokenizer, **info, exported_from=str(source))
         return out
@@ -173,11 +174,11 @@ def hf_config(model: GPT, eos: int | None) -> dict:
 def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
     cfg = model.config
     eos = tokenizer.encoding.eot_token if isinstance(tokenizer, TiktokenTokenizer) and tokenizer.special_tokens else None
-    (out / "config.json").write_text(json.dumps(hf_config(model, eos), indent=2))
+    (out / "config.json").write_text(json.dumps(hf_config(model, eos), indent=2), encoding="utf-8")
     # Ids past the tokenizer's vocabulary are padding for speed: never generate them.
     generation = {"suppress_tokens": list(range(tokenizer.vocab_size, cfg.vocab_size)),
                   "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
     atomic_write(out / "model.safetensors", lambda tmp: save_file(hf_state_dict(model), tmp, metadata={"format": "pt"}))
 
 
@@ -209,7 +210,7 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
 
 
 def write_hf_tokenizer(out: Path, tokenizer: Tokenizer, max_length: int) -> None:
-    (out / "tokenizer.json").write_text(hf_tokenizer_json(tokenizer))
+    (out / "tokenizer.json").write_text(hf_tokenizer_json(tokenizer), encoding="utf-8")
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": max_length,
@@ -218,4 +219,4 @@ def write_hf_tokenizer(out: Path, tokenizer: Tokenizer, max_length: int) -> None
     }
     if tokenizer.kind == "gpt2":
         config.update(bos_token=GPT2_EOT, eos_token=GPT2_EOT, unk_token=GPT2_EOT)
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")

@@ -27,6 +27,7 @@ from bladegpt.config import (
 from bladegpt.data import DataError, TokenData, latest_dataset
 from bladegpt.prepare import default_out_dir
 from bladegpt.distributed import Distributed, init_distributed
+from bladegpt.encoding import utf8_name
 from bladegpt.errors import UserError
 from bladegpt.files import temp_path
 from bladegpt.runtime import (
@@ -111,6 +112,7 @@ def train(
                         "dataset": str(plan.data.folder.resolve()), "dataset_fingerprint": plan.data.fingerprint,
                         "preset": preset, "init_from": init_from,  # neither: the default, sized to the text
                         "origin": plan.origin, "model": plan.model_cfg.to_dict(), "train": plan.train_cfg.to_dict(),
+                        "chat_frame": plan.data.meta.get("chat_frame"),  # how chat writes the talk (frames.py)
                     }
                     runs.write_run(run_dir, record)
                 run_dir = Path(ddp.broadcast(str(run_dir) if run_dir else None))
@@ -252,7 +254,7 @@ def _device(ddp: Distributed, plan: Plan, requested: dict):
 def _claim_run_dir(run: Path | None, data_dir: Path) -> tuple[Path, bool]:
     """The folder a new run trains in, and whether this call made it."""
     if run is None:
-        return runs.new_run_dir(data_dir.name), True
+        return runs.new_run_dir(utf8_name(data_dir.name)), True
     run_dir = Path(run)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run {run_dir} is a file; give --run a folder name.")

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bladegpt.data import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
+from bladegpt.encoding import NAMES, UNIT, sniff, utf8_name
 from bladegpt.files import fsync, publish_dir, temp_dir
+from bladegpt.frames import FrameCounter
 from bladegpt.tokenizer import CharTokenizer, Tokenizer, bpe_vocab_size, tokenizer_from_dict, train_tokenizer
 
 MIN_VOCAB, MAX_VOCAB = 257, 0xD7FF  # a BPE's ids must stay below the surrogate code points (tokenizer.py)
@@ -32,6 +34,7 @@ HF_PIECE_CHARS = 1 << 16  # ... by a pretrained model's tokenizer: as fast, and 
 # 36 MB over the tokenizer, where four 1 MB pieces peaked at 230 MB (Hugging Face tokenizers, SmolLM2's)
 HF_BATCH_PIECES = 16  # pieces a core in a batch
 READ_BYTES = 1 << 20  # bytes read from a file at a time
+SNIFF_BYTES = 1 << 16  # bytes a file's encoding is told from
 SAMPLE_BYTES = 32 << 20  # a corpus BPE trains on at most this much text, drawn evenly across the corpus
 SAMPLE_SPANS = 64  # ... in this many spans
 SEPARATOR = "\n\n"  # between files
@@ -47,6 +50,7 @@ _SPACE_CUT = re.compile(r"(?<=\S)(?= \S)")
 class PrepareResult:
     out_dir: Path
     meta: dict
+    notes: list[str]  # one line each, to print: how files that are not UTF-8 were read
 
 
 def find_text_files(inputs: list[Path]) -> list[Path]:
@@ -66,24 +70,68 @@ def find_text_files(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def file_blocks(path: Path, start: int = 0, length: int | None = None) -> Iterator[str]:
-    """A text file's characters in blocks, checked as they are read: UTF-8, no NUL bytes, no BOM."""
-    decoder = codecs.getincrementaldecoder("utf-8")("ignore" if start else "strict")
-    offset, left = start, length
+@dataclass
+class TextFile:
+    """A corpus file: its encoding (sniffed: UTF-8 unless a byte-order mark or UTF-16's NUL pattern says
+    UTF-16 or UTF-32), where its text starts (after any BOM, never trained on), and its text's size in
+    UTF-8 bytes, the unit prepare counts in (measured by one read when the file is not UTF-8)."""
+
+    path: Path
+    encoding: str
+    start: int
+    size: int
+    text_bytes: int
+    how: str
+
+    @classmethod
+    def open(cls, path: Path) -> TextFile:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+        encoding, start, how = sniff(head)
+        size = path.stat().st_size
+        file = cls(path, encoding, start, size, size - start, how)
+        if encoding != "utf-8":
+            file.text_bytes = sum(utf8_size(block) for block in file.blocks())
+        return file
+
+    def note(self) -> str | None:
+        """One line saying how a file that is not UTF-8 was read."""
+        if self.encoding == "utf-8":
+            return None
+        return f"Read {self.path} as {NAMES[self.encoding]} (its {self.how}), decoded to text before encoding."
+
+    def blocks(self, at: int = 0, length: int | None = None) -> Iterator[str]:
+        """The text in blocks, from `at` for about `length` bytes of it (UTF-8 bytes; in a UTF-16 or
+        UTF-32 file mapped to its own bytes in proportion, on a character's first byte)."""
+        if self.encoding == "utf-8":
+            return file_blocks(self.path, self.encoding, self.start, self.start + at, length)
+        unit, ratio = UNIT[self.encoding], (self.size - self.start) / max(self.text_bytes, 1)
+        at = round(at * ratio) // unit * unit
+        length = None if length is None else max(unit, round(length * ratio) // unit * unit)
+        return file_blocks(self.path, self.encoding, self.start, self.start + at, length)
+
+
+def file_blocks(path: Path, encoding: str = "utf-8", text_start: int = 0, start: int = 0,
+                length: int | None = None) -> Iterator[str]:
+    """A text file's characters in blocks, checked as they are read: decodable, no NUL characters.
+    The incremental decoder carries a character (or a UTF-16 surrogate pair) split across two reads;
+    read from inside the text (start past text_start), a character cut at the start is skipped."""
+    decoder = codecs.getincrementaldecoder(encoding)("ignore" if start > text_start else "strict")
+    offset, left = max(start, text_start), length
     with open(path, "rb") as f:
-        f.seek(start)
+        f.seek(offset)
         while left is None or left > 0:
             data = f.read(READ_BYTES if left is None else min(READ_BYTES, left))
             if not data:
                 break
-            if b"\x00" in data:
-                raise DataError(f"{path} looks binary (it has NUL bytes); prepare takes UTF-8 text files.")
             try:
-                text = decoder.decode(data)
+                text = "\x00" if encoding == "utf-8" and b"\x00" in data else decoder.decode(data)
             except UnicodeDecodeError as e:
-                raise DataError(f"{path} is not UTF-8 text (bad byte at offset {offset + e.start}); convert it, "
-                                f"e.g. `iconv -f latin1 -t utf-8 {path.name}`.") from None
-            yield text.removeprefix("\ufeff") if offset == 0 else text
+                raise DataError(_undecodable(path, encoding, f"a bad byte at offset {offset + e.start}")) from None
+            if "\x00" in text:
+                raise DataError(f"{path} looks binary (it has NUL bytes); prepare takes text files: UTF-8, or "
+                                "UTF-16 or UTF-32 (which it recognises by their byte-order mark).")
+            yield text
             offset += len(data)
             if left is not None:
                 left -= len(data)
@@ -91,7 +139,15 @@ def file_blocks(path: Path, start: int = 0, length: int | None = None) -> Iterat
             try:
                 decoder.decode(b"", final=True)
             except UnicodeDecodeError:
-                raise DataError(f"{path} is not UTF-8 text (it ends inside a character); convert it to UTF-8.") from None
+                raise DataError(_undecodable(path, encoding, "it ends inside a character")) from None
+
+
+def _undecodable(path: Path, encoding: str, where: str) -> str:
+    if encoding == "utf-8":
+        return (f"{path} is not UTF-8 text ({where}); convert it, e.g. `iconv -f latin1 -t utf-8 {path.name}` "
+                "(or -f UTF-16 if it was saved as Unicode without a byte-order mark).")
+    return (f"{path} is not valid {NAMES[encoding]} text ({where}); convert it to UTF-8, e.g. "
+            f"`iconv -f {encoding.upper()} -t UTF-8 {path.name}`.")
 
 
 def utf8_size(text: str) -> int:
@@ -144,19 +200,19 @@ class Corpus:
     def __init__(self, files: list[Path], val_fraction: float):
         if not 0.0 < val_fraction < 0.5:
             raise DataError(f"--val-fraction must be between 0 and 0.5, got {val_fraction}.")
-        self.files = files
-        self.sizes = [f.stat().st_size for f in files]
+        self.files = [TextFile.open(Path(f)) for f in files]
+        self.sizes = [f.text_bytes for f in self.files]
         self.bytes = sum(self.sizes) + len(SEPARATOR) * (len(files) - 1)
         self.val_start = int(self.bytes * (1.0 - val_fraction))  # in bytes; moved to the next line break
 
     def blocks(self) -> Iterator[str]:
-        for i, path in enumerate(self.files):
+        for i, file in enumerate(self.files):
             empty = True
-            for block in file_blocks(path):
+            for block in file.blocks():
                 empty = empty and not block.strip()
                 yield block
             if empty:
-                raise DataError(f"{path} is empty; give prepare a file with text in it.")
+                raise DataError(f"{file.path} is empty; give prepare a file with text in it.")
             if i < len(self.files) - 1:
                 yield SEPARATOR
 
@@ -191,7 +247,7 @@ class Corpus:
         for start in starts:
             i = max(k for k in range(len(self.files)) if offsets[k] <= start)
             at = start - offsets[i]
-            text = "".join(file_blocks(self.files[i], at, span))
+            text = "".join(self.files[i].blocks(at, span))
             whole = text.split("\n")[1 if at else 0 : -1]  # drop the lines the span cuts into
             if whole:
                 yield "\n".join(whole) + "\n"
@@ -284,18 +340,20 @@ def batch_encoded_pieces(tok: Tokenizer, items: Iterator[tuple[str, str]],
 
 
 def encode_corpus(corpus: Corpus, tok: Tokenizer, folder: Path, progress: Callable[[int, int], None] | None) -> dict:
-    """Encode the corpus piece by piece, writing train.bin and val.bin as the ids come."""
+    """Encode the corpus piece by piece, writing train.bin and val.bin as the ids come; meanwhile tell
+    how the text writes dialogue (frames.py), for chat."""
     dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
     itemsize = 2 if dtype == "uint16" else 4
     counts, chars, text_bytes = {"train": 0, "val": 0}, {"train": 0, "val": 0}, {"train": 0, "val": 0}
     digest = hashlib.sha256()  # the same hash as data.fingerprint: train.bin, val.bin, tokenizer.json
-    done = 0
+    done, frames = 0, FrameCounter()
     files = {split: open(folder / f"{split}.bin", "wb") for split in counts}
     try:
         parallel = corpus.bytes >= PARALLEL_MIN_BYTES
         size = HF_PIECE_CHARS if tok.kind == "hf" else PIECE_CHARS
         for split, piece, data in encoded_pieces(tok, split_pieces(corpus, size), dtype, parallel):
             files[split].write(data)
+            frames.feed(piece)
             digest.update(data)
             counts[split] += len(data) // itemsize
             n = utf8_size(piece)
@@ -307,14 +365,15 @@ def encode_corpus(corpus: Corpus, tok: Tokenizer, folder: Path, progress: Callab
     finally:
         for f in files.values():
             f.close()
-    return {"counts": counts, "chars": chars, "bytes": text_bytes, "digest": digest, "dtype": dtype}
+    return {"counts": counts, "chars": chars, "bytes": text_bytes, "digest": digest, "dtype": dtype,
+            "frame": frames.frame()}
 
 
 def default_out_dir(inputs: list[Path], tokenizer_from: str | None = None) -> Path:
     """datasets/NAME after the first input; NAME-SOURCE when encoded with a pretrained model's tokenizer,
     so it sits beside the text's own dataset instead of replacing it."""
     first = Path(inputs[0])
-    name = first.stem if first.is_file() else first.resolve().name
+    name = utf8_name(first.stem if first.is_file() else first.resolve().name)
     if tokenizer_from:
         source = Path(tokenizer_from.removeprefix("ollama:").replace(":", "-").rstrip("/\\"))
         source = source.stem if source.suffix in (".gguf", ".safetensors") else source.name
@@ -382,12 +441,14 @@ def prepare(
             "train_tokens": counts["train"],
             "val_tokens": counts["val"],
             "fingerprint": written["digest"].hexdigest()[:16],
-            "sources": [str(f) for f in corpus.files],
+            "sources": [str(f.path) for f in corpus.files],
+            "source_encodings": [f.encoding for f in corpus.files],
             "val_fraction": val_fraction,
             "chars": written["chars"]["train"] + written["chars"]["val"],
             "bytes": written["bytes"]["train"] + written["bytes"]["val"],
             "train_bytes": written["bytes"]["train"],
             "val_bytes": written["bytes"]["val"],
+            "chat_frame": written["frame"].to_dict(),
             "encode_seconds": round(encode_seconds, 3),
             "seconds": round(time.perf_counter() - started, 3),
         }
@@ -396,12 +457,12 @@ def prepare(
         publish_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return PrepareResult(out_dir, meta)
+    return PrepareResult(out_dir, meta, [note for f in corpus.files if (note := f.note())])
 
 
 def _write_meta(folder: Path, meta: dict) -> None:
     """meta.json last, then every file and the folder flushed to disk before the rename publishes them."""
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     for path in folder.iterdir():
         fsync(path)
     fsync(folder)

@@ -47,7 +47,7 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         if self.main:
-            with open(self.path, "a") as f:
+            with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record, allow_nan=False) + "\n")
 
 

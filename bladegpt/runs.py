@@ -72,7 +72,7 @@ def read_run(run_dir: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{run_dir} is not a training run (no {RUN_FILE}); point --run at a folder under {RUNS_DIR}/.")
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
         if not (isinstance(saved, dict) and isinstance(saved["dataset"], str)
                 and isinstance(saved["model"], dict) and isinstance(saved["train"], dict)):
             raise TypeError("missing or wrong-typed fields")
@@ -92,7 +92,7 @@ def cut_metrics(run_dir: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             if json.loads(line)["step"] <= step:
                 kept.append(line)
@@ -189,7 +189,7 @@ def summarize(run_dir: Path) -> dict:
     info = _saved_info(run_dir / STATE) or {}
     evals = []
     if (run_dir / METRICS).is_file():
-        for line in (run_dir / METRICS).read_text().splitlines():
+        for line in (run_dir / METRICS).read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:

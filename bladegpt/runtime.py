@@ -56,7 +56,7 @@ def _cached(key: str, compute):
     """Return compute() once per machine and key, remembered in the cache folder."""
     path = cache_dir() / "measurements.json"
     try:
-        cache = json.loads(path.read_text())
+        cache = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         cache = {}
     if key not in cache:
@@ -64,7 +64,7 @@ def _cached(key: str, compute):
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")
             os.replace(tmp, path)
     return cache[key]
 
@@ -103,7 +103,7 @@ def device_name(device: torch.device) -> str:
 
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "CPU"

@@ -120,6 +120,7 @@ class Sampler:
         top_k: int | None = 200,
         top_p: float | None = None,
         seed: int = 0,
+        min_p: float | None = None,
     ) -> Iterator[tuple[int, str]]:
         """(sample number, text piece) pairs: sample 0 piece by piece as it is generated, every other
         sample whole once its batch is done. Sample i is what seed + i gives on its own.
@@ -129,7 +130,8 @@ class Sampler:
         ids = prompt_ids(self.tokenizer, prompt)
         step = self.batch_size(num_samples)
         self._maybe_compile(max_new_tokens * -(-num_samples // step), step)
-        return self._samples(ids, num_samples, step, max_new_tokens, temperature, top_k, top_p, seed)
+        knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        return self._samples(ids, num_samples, step, max_new_tokens, knobs, seed)
 
     def _maybe_compile(self, steps: int, rows: int) -> None:
         """Compile the decode step when asked, or (auto) when the steps ahead, timed eager here, would
@@ -147,12 +149,12 @@ class Sampler:
                      f"the ~{cost:.0f} s it takes (--compile off skips it).")
         self.decode = compile_decode(self.model)
 
-    def _samples(self, ids, num_samples, step, max_new_tokens, temperature, top_k, top_p, seed):
+    def _samples(self, ids, num_samples, step, max_new_tokens, knobs, seed):
         vocab = self.tokenizer.vocab_size
         for first in range(0, num_samples, step):
             rows = range(first, min(first + step, num_samples))
             gens = [torch.Generator(self.device).manual_seed(seed + i) for i in rows]
-            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, temperature, top_k, top_p, self.decode)
+            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, **knobs, decode=self.decode)
             if first == 0:  # stream sample 0, keep the others' tokens
                 yield 0, ""
                 kept: list[torch.Tensor] = []
@@ -172,6 +174,6 @@ class Sampler:
                 yield i, self.tokenizer.decode(tokens)
 
     def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 200,
-               top_p: float | None = None, seed: int = 0) -> Iterator[str]:
+               top_p: float | None = None, seed: int = 0, min_p: float | None = None) -> Iterator[str]:
         """Text pieces of one sample as they are generated (the prompt itself is not repeated)."""
-        return (piece for _, piece in self.samples(prompt, 1, max_new_tokens, temperature, top_k, top_p, seed))
+        return (piece for _, piece in self.samples(prompt, 1, max_new_tokens, temperature, top_k, top_p, seed, min_p))

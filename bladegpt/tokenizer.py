@@ -58,7 +58,7 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False))
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
 
 
 class CharTokenizer(Tokenizer):
@@ -215,7 +215,7 @@ def tokenizer_from_dict(data: dict) -> Tokenizer:
 
 def load_tokenizer(path: Path) -> Tokenizer:
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise TypeError(f"a JSON {type(data).__name__}, not an object")
         return tokenizer_from_dict(data)

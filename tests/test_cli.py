@@ -53,6 +53,26 @@ def test_quick_start(corpus, workdir):
     assert result.exit_code == 1 and "Unknown precision" in result.output
 
 
+@pytest.mark.slow
+def test_sampling_knobs_at_their_limits_from_the_cli(corpus, workdir):
+    """sample --temperature 1e-40 once failed with an index past the vocabulary; now it is greedy, and
+    the other knobs' limits give the text their definitions say."""
+    invoke("prepare", corpus, "--tokenizer", "char")
+    invoke("train", *TINY)
+    text = lambda *knobs: invoke("sample", "The", "--max-new-tokens", "30", "--seed", "4", *knobs)
+    greedy = text("--temperature", "0")
+    assert greedy.exit_code == 0, greedy.output
+    for knobs in (["--temperature", "1e-40"], ["--top-k", "1"], ["--min-p", "1"], ["--top-p", "1e-9"]):
+        assert text(*knobs).stdout == greedy.stdout, knobs
+    plain = text("--top-k", "1000000")  # past the vocabulary: all of it
+    assert plain.stdout == text("--top-k", "1000000", "--min-p", "0", "--top-p", "1").stdout
+    hot = text("--temperature", "1e300", "--min-p", "0.5")
+    assert hot.exit_code == 0 and len(hot.stdout) > 30, hot.output
+    talk = CliRunner().invoke(app, ["chat", "--frame", "lines", "--temperature", "1e-40", "--min-p", "0.1",
+                                    "--max-new-tokens", "10"], input="The hunter\n")
+    assert talk.exit_code == 0 and "Traceback" not in talk.output, talk.output
+
+
 def test_resume_from_the_cli(corpus, workdir):
     invoke("prepare", corpus, "--tokenizer", "char")
     first = invoke("train", *TINY, "--optimizer", "muon")
@@ -105,6 +125,10 @@ def test_damaged_checkpoint_and_unseen_characters(corpus, workdir):
         (["sample", "--top-p", "0"], "--top-p must be in (0, 1]"),
         (["sample", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["sample", "--temperature", "nan"], "--temperature must be 0"),
+        (["sample", "--temperature", "inf"], "--temperature must be 0"),
+        (["sample", "--min-p", "-0.1"], "--min-p must be in [0, 1]"),
+        (["sample", "--min-p", "1.01"], "--min-p must be in [0, 1]"),
+        (["chat", "--min-p", "nan"], "--min-p must be in [0, 1]"),
         (["sample", "--seed", str(2**70)], "--seed must be between 0 and"),
         (["sample", "--num-samples", "0"], "--num-samples and --max-new-tokens must be at least 1"),
         (["bench", "--steps", "0"], "must be at least 1"),

@@ -149,3 +149,70 @@ def test_compiled_static_step_compiles_once_and_keeps_each_seeds_text(model):
     assert counters["stats"]["unique_graphs"] == 1
     for i, row in enumerate(rows.tolist()):
         assert row == generate_reference(model, [7, 8], 30, 60, torch.Generator().manual_seed(20 + i), 1.0, 20)
+
+
+def _draws(logits, n=400, seed=0, **knobs) -> torch.Tensor:
+    """n draws of each row of logits, (n, B)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([sample_next_token(logits, g, **knobs) for _ in range(n)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_every_knob_at_its_limits_samples_by_its_definition(dtype):
+    """The limits check_settings accepts, each against its definition: a temperature that rounds to 0
+    in float32 is greedy (it once overflowed into an index past the vocabulary), a huge one is uniform
+    over what is kept, top-k 1 and top-p near 0 and min-p 1 are greedy, top-k past the vocabulary and
+    top-p 1 and min-p 0 change nothing, in any float dtype the model hands back."""
+    torch.manual_seed(0)
+    logits = (torch.stack([torch.randperm(200) for _ in range(8)]) / 16 - 6).to(dtype)  # exact, no ties
+    greedy = logits.float().argmax(-1).expand(50, -1)
+    for tiny in (1e-40, 1e-300, 5e-324):
+        assert _draws(logits, 50, temperature=tiny).equal(greedy)
+    tie = torch.tensor([[1.0, 5.0, 5.0, 2.0]], dtype=dtype)  # the limit of softmax(l / T): the tied top ids, evenly
+    assert set(_draws(tie, 100, temperature=1e-40).flatten().tolist()) == {1, 2}
+    for knobs in (dict(top_k=1), dict(top_p=1e-9), dict(min_p=1.0), dict(temperature=1e-6, top_k=10**9)):
+        assert _draws(logits, 50, **knobs).equal(greedy), knobs
+    plain = _draws(logits, 50, seed=3)
+    for knobs in (dict(top_k=200), dict(top_k=10**9), dict(top_p=1.0), dict(min_p=0.0)):
+        assert _draws(logits, 50, seed=3, **knobs).equal(plain), knobs
+    for huge in (1e30, 1e308):  # all 200 near-equal: every id comes up
+        draws = _draws(logits[:1], 4000, temperature=huge)
+        assert draws.unique().numel() == 200 and draws.flatten().bincount().max() < 60
+        kept = _draws(logits[:1], 200, temperature=huge, top_k=3)  # uniform over the three kept
+        assert set(kept.flatten().tolist()) == set(logits[0].float().topk(3).indices.tolist())
+
+
+def test_min_p_keeps_what_is_at_least_min_p_as_likely_as_the_top_before_temperature():
+    """min-p (Nguyen et al. 2024): p >= min_p * p_max, on the model's own probabilities; temperature
+    then reshapes only those."""
+    probs = torch.tensor([0.5, 0.3, 0.1, 0.06, 0.04])
+    logits = probs.log().expand(2000, -1)
+    g = torch.Generator().manual_seed(0)
+    freq = lambda **knobs: torch.bincount(sample_next_token(logits, g, **knobs), minlength=5) / 2000
+    assert torch.allclose(freq(min_p=0.2), torch.tensor([0.5, 0.3, 0.1, 0, 0]) / 0.9, atol=0.03)  # 0.1 = 0.2 * 0.5 kept
+    assert freq(min_p=0.21)[2:].sum() == 0
+    hot = freq(min_p=0.5, temperature=1e9)  # the same two kept however hot, then uniform among them
+    assert hot[2:].sum() == 0 and torch.allclose(hot[:2], torch.tensor([0.5, 0.5]), atol=0.04)
+    assert freq(top_p=0.75)[2:].sum() == 0  # top-p after temperature, as before: 0.5 + 0.3 reach it
+
+
+def test_infinite_and_nan_logits_still_sample():
+    """-inf is never drawn, at any temperature; +inf (an fp16 overflow) always wins; NaN counts as -inf;
+    a row with nothing finite draws uniformly instead of failing."""
+    inf = float("inf")
+    logits = torch.tensor([[0.0, -inf, 1.0, float("nan")], [-inf, inf, 3e38, 0.0], [-inf, -inf, -inf, -inf]])
+    for knobs in (dict(), dict(temperature=1e308), dict(temperature=1e-40), dict(top_p=0.99), dict(min_p=0.01)):
+        draws = _draws(logits, 200, **knobs)
+        assert not ({1, 3} & set(draws[:, 0].tolist())), knobs
+        assert draws[:, 1].eq(1).all(), knobs
+        assert draws[:, 2].lt(4).all(), knobs
+    assert set(_draws(logits, 200)[:, 2].tolist()) == {0, 1, 2, 3}
+    assert set(_draws(logits.half(), 200, top_k=2)[:, 0].tolist()) == {0, 2}
+
+
+def test_min_p_goes_through_the_cached_and_the_reference_generator(model):
+    gens = lambda: torch.Generator().manual_seed(9)
+    fast = list(generate(model, [7], 30, 60, gens(), temperature=1.5, min_p=0.9))
+    assert fast == generate_reference(model, [7], 30, 60, gens(), temperature=1.5, min_p=0.9)
+    assert fast != list(generate(model, [7], 30, 60, gens(), temperature=1.5))
+    assert list(generate(model, [7], 30, 60, gens(), min_p=1.0)) == generate_reference(model, [7], 30, 60, temperature=0)

