@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from bladegpt import strictjson
 from bladegpt.bytelevel import bpe_merges, spell
 from bladegpt.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from bladegpt.errors import UserError
@@ -165,11 +166,11 @@ def hf_config(model: GPT, eos: int | None) -> dict:
 def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
     cfg = model.config
     eos = tokenizer.encoding.eot_token if isinstance(tokenizer, TiktokenTokenizer) and tokenizer.special_tokens else None
-    (out / "config.json").write_text(json.dumps(hf_config(model, eos), indent=2))
+    (out / "config.json").write_text(strictjson.dumps(hf_config(model, eos), indent=2))
     # Ids past the tokenizer's vocabulary are padding for speed: never generate them.
     generation = {"suppress_tokens": list(range(tokenizer.vocab_size, cfg.vocab_size)),
                   "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    (out / "generation_config.json").write_text(strictjson.dumps(generation, indent=2))
     atomic_write(out / "model.safetensors", lambda tmp: save_file(hf_state_dict(model), tmp, metadata={"format": "pt"}))
 
 
@@ -210,4 +211,4 @@ def write_hf_tokenizer(out: Path, tokenizer: Tokenizer, max_length: int) -> None
     }
     if tokenizer.kind == "gpt2":
         config.update(bos_token=GPT2_EOT, eos_token=GPT2_EOT, unk_token=GPT2_EOT)
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (out / "tokenizer_config.json").write_text(strictjson.dumps(config, indent=2))

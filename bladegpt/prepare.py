@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import hashlib
 import itertools
-import json
 import multiprocessing
 import os
 import re
@@ -22,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from bladegpt import strictjson
 from bladegpt.data import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
 from bladegpt.files import fsync, publish_dir, temp_dir
 from bladegpt.tokenizer import CharTokenizer, Tokenizer, bpe_vocab_size, tokenizer_from_dict, train_tokenizer
@@ -381,7 +381,7 @@ def prepare(
 
 def _write_meta(folder: Path, meta: dict) -> None:
     """meta.json last, then every file and the folder flushed to disk before the rename publishes them."""
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    (folder / META_FILE).write_text(strictjson.dumps(meta, indent=2))
     for path in folder.iterdir():
         fsync(path)
     fsync(folder)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from bladegpt import strictjson
 from bladegpt.runs import METRICS
 
 
@@ -48,7 +48,7 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if self.main:
             with open(self.path, "a") as f:
-                f.write(json.dumps(record, allow_nan=False) + "\n")
+                f.write(strictjson.dumps(record) + "\n")
 
 
 def train_record(step: int, loss: float, lr: float, tok_per_s: float, mfu: float, elapsed: float) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import tiktoken
 
+from bladegpt import strictjson
 from bladegpt.config import DEFAULT_BPE_VOCAB, SMALL_TEXT_BYTES, SMALL_TEXT_VOCAB
 from bladegpt.errors import UserError
 
@@ -58,7 +59,7 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False))
+        Path(path).write_text(strictjson.dumps(self.to_dict(), ensure_ascii=False))
 
 
 class CharTokenizer(Tokenizer):
