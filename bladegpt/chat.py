@@ -33,7 +33,8 @@ class Conversation:
         self.text = ""
 
     def reply(self, line: str) -> Iterator[str]:
-        """The model's answer to `line`, piece by piece, ending where its line of dialogue closes.
+        """The model's answer to `line`, piece by piece, ending where its line of dialogue closes (or
+        where it ends the text: the end-of-text token, never printed).
         The text it answers from is encoded first, so a line the tokenizer cannot take fails at once."""
         text = self.text[-KEEP_CHARS:] + f"{self.open}{line.strip()}{self.close}\n\n{self.open}"
         pieces = self.sampler.stream(text, seed=self.seed + self.turn, **self.settings)

@@ -248,7 +248,7 @@ class Trainer:
             self.sample_precision = decode_precision(self.model, self.device, cast=False)  # (weights never cast)
         with autocast(self.device, self.sample_precision):
             ids = list(generate(self.model, prompt_ids(tok, ""), self.cfg.sample_tokens, tok.vocab_size,
-                                gen, temperature=0.8, top_k=200))
+                                gen, temperature=0.8, top_k=200, stop=tok.eot_id))
         self.model.train()
         return tok.decode(ids)
 
