@@ -42,7 +42,8 @@ class Conversation:
         self.text = ""
 
     def reply(self, line: str) -> Iterator[str]:
-        """The model's answer to `line`, piece by piece, ending where its turn closes.
+        """The model's answer to `line`, piece by piece, ending where its turn closes (or where it ends the
+        text: the end-of-text token, never printed).
         The text it answers from is encoded first, so a line the tokenizer cannot take fails at once."""
         text = self.text[-KEEP_CHARS:] + self.frame.user(line.strip()) + self.frame.turn()
         pieces = self.sampler.stream(text, seed=self.seed + self.turn, **self.settings)

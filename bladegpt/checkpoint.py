@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file, save_model
 
-from bladegpt import __version__
+from bladegpt import __version__, strictjson
 from bladegpt.config import ModelConfig
 from bladegpt.encoding import openable
 from bladegpt.errors import UserError
@@ -39,9 +39,9 @@ def _checkpoint_writer(model: GPT, tokenizer: Tokenizer, info: dict):
     metadata = {
         "format": FORMAT,
         "bladegpt_version": __version__,
-        "config": json.dumps(model.config.to_dict()),
-        "tokenizer": json.dumps(tokenizer.to_dict(), ensure_ascii=False),
-        "info": json.dumps(info),
+        "config": strictjson.dumps(model.config.to_dict()),
+        "tokenizer": strictjson.dumps(tokenizer.to_dict(), ensure_ascii=False),
+        "info": strictjson.dumps(info),
     }
     return lambda tmp: _io(save_model, model, tmp, metadata=metadata)
 
@@ -163,8 +163,8 @@ def _state_writer(optimizers: list[torch.optim.Optimizer], tensors: dict[str, to
     flat = {f"opt{i}.{idx}.{name}": t.detach().cpu().contiguous()
             for i, opt in enumerate(states) for idx, s in opt["state"].items() for name, t in s.items()}
     flat.update({name: t.cpu().contiguous() for name, t in tensors.items()})
-    metadata = {"format": FORMAT, "param_groups": json.dumps([opt["param_groups"] for opt in states]),
-                "info": json.dumps(info)}
+    metadata = {"format": FORMAT, "param_groups": strictjson.dumps([opt["param_groups"] for opt in states]),
+                "info": strictjson.dumps(info)}
     return lambda tmp: _io(save_file, flat, tmp, metadata=metadata)
 
 

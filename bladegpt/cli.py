@@ -299,21 +299,19 @@ def bench(
     json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON, nothing else.")] = False,
 ) -> None:
     """Time training steps up the speed ladder on this machine (random tokens, no dataset needed)."""
-    import json
-
-    from bladegpt import bench as benchmark
+    from bladegpt import bench as benchmark, strictjson
     from bladegpt.report import bench_table, generate_table
 
     if generate:
         result = benchmark.bench_generate(preset, device=device)
         if json_out:
-            print(json.dumps(result, indent=2))
+            print(strictjson.dumps(result, indent=2))
         else:
             console.print(generate_table(result))
         return
     names = [r.strip() for r in rungs.split(",")] if rungs else None
     if json_out:
-        print(json.dumps(benchmark.bench(preset, batch, block, steps, device, names), indent=2))
+        print(strictjson.dumps(benchmark.bench(preset, batch, block, steps, device, names), indent=2))
         return
     with console.status("Measuring (each rung runs in a fresh process; compiles take a while)..."):
         result = benchmark.bench(preset, batch, block, steps, device, names,
@@ -328,14 +326,13 @@ def runs_table(
     json_out: Annotated[bool, typer.Option("--json", help="Print the runs as JSON, nothing else.")] = False,
 ) -> None:
     """Compare runs at a glance: how each started, how far it got, its best val loss, its state."""
-    import json
-
+    from bladegpt import strictjson
     from bladegpt.report import runs_table as table
     from bladegpt.runs import list_runs
 
     found = list_runs(root)
     if json_out:
-        print(json.dumps(found, indent=2))
+        print(strictjson.dumps(found, indent=2))
     elif not found:
         console.print(f"No runs in {root}/ yet; start one with `bladegpt train`.")
     else:

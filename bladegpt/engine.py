@@ -216,12 +216,15 @@ def generate_batch(
     top_p: float | None = None,
     min_p: float | None = None,
     decode=None,
+    stop: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield, step by step, one new token per sample (a tensor of len(generators) ids).
 
     The prompt is run once and its cache copied to every row (nanochat's engine does the same);
     then all rows decode together, one batched forward pass a token. `decode` (compile_decode's) runs
-    the one-token steps over a static cache; the prompt and each window slide run eager.
+    the one-token steps over a static cache; the prompt and each window slide run eager. Once every
+    row has drawn `stop` (the end of text) generation ends; a row's tokens after its own `stop` are
+    not part of its sample (`until_stop`).
     """
     block, n = model.config.block_size, len(generators)
     device = model.transformer.wte.weight.device
@@ -236,9 +239,14 @@ def generate_batch(
         if n > 1:
             cache.repeat(n)
             logits = logits.expand(n, -1)
+        ended = torch.zeros(n, dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
             token = sample_next_token(logits, generators, temperature, top_k, top_p, min_p)
             yield token
+            if stop is not None:
+                ended |= token == stop
+                if bool(ended.all()):
+                    return
             seq[:, length] = token
             length += 1
             if cache.pos == block:  # the window is full: keep its last half and start again
@@ -260,9 +268,13 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
+    stop: int | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids of one sample, one at a time, with a KV cache."""
-    for token in generate_batch(model, prompt, max_new_tokens, n_vocab, [generator], temperature, top_k, top_p, min_p):
+    """Yield new token ids of one sample, one at a time, with a KV cache; the sample ends before `stop`."""
+    for token in generate_batch(model, prompt, max_new_tokens, n_vocab, [generator], temperature, top_k, top_p, min_p,
+                                stop=stop):
+        if int(token[0]) == stop:
+            return
         yield int(token[0])
 
 
@@ -277,8 +289,9 @@ def generate_reference(
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
+    stop: int | None = None,
 ) -> list[int]:
-    """The slow, obviously right generator: recompute the whole window for every token."""
+    """The slow, obviously right generator: recompute the whole window for every token; ends before `stop`."""
     block = model.config.block_size
     device = model.transformer.wte.weight.device
     tokens = list(prompt[-block:])
@@ -290,9 +303,16 @@ def generate_reference(
         with sdpa_kernel(DECODE_BACKENDS):
             logits = _logits(model, torch.tensor([tokens[start:]], device=device), n_vocab)
         token = int(sample_next_token(logits, generator, temperature, top_k, top_p, min_p)[0])
+        if token == stop:
+            break
         out.append(token)
         tokens.append(token)
     return out
+
+
+def until_stop(tokens: list[int], stop: int | None) -> list[int]:
+    """A sample's tokens up to (not including) its first `stop`."""
+    return tokens[: tokens.index(stop)] if stop in tokens else tokens
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from bladegpt import strictjson
 from bladegpt.bytelevel import bpe_merges, spell
 from bladegpt.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from bladegpt.encoding import as_text
@@ -17,7 +18,7 @@ from bladegpt.errors import UserError
 from bladegpt.files import atomic_write, publish_dir, temp_dir
 from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, RUN_FILE, STATE, resolve_checkpoint
-from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, TiktokenTokenizer, Tokenizer
+from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, Tokenizer
 
 FORMATS = ("hf", "safetensors", "gguf")
 SUFFIXES = {"safetensors": ".safetensors", "gguf": ".gguf"}
@@ -57,6 +58,10 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
                 warn("This model has no spare vocabulary row, so the end-of-text token llama.cpp needs gets a "
                      "zero row: llama.cpp may end a text early now and then (about 2 in 1,000 tokens measured "
                      "on a char model). Models trained by this version always have a spare row.")
+            if tokenizer.eot_id is None:
+                warn("This model's tokenizer was saved before BladeGPT read <|endoftext|> as the document separator: "
+                     "BladeGPT reads that text as its characters, the GGUF file as its end of text. Prepare the "
+                     "text and train again for one meaning everywhere.")
             atomic_write(out, lambda tmp: write_gguf(tmp, model, tokenizer, dtype or "f16", name, as_text(str(source))[0]))
         else:
             save_checkpoint(out, model, tokenizer, **info, exported_from=str(source))
@@ -173,39 +178,38 @@ def hf_config(model: GPT, eos: int | None) -> dict:
 
 def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
     cfg = model.config
-    eos = tokenizer.encoding.eot_token if isinstance(tokenizer, TiktokenTokenizer) and tokenizer.special_tokens else None
-    (out / "config.json").write_text(json.dumps(hf_config(model, eos), indent=2), encoding="utf-8")
+    eos = tokenizer.eot_id  # generate() stops where BladeGPT's sampling stops
+    (out / "config.json").write_text(strictjson.dumps(hf_config(model, eos), indent=2), encoding="utf-8")
     # Ids past the tokenizer's vocabulary are padding for speed: never generate them.
     generation = {"suppress_tokens": list(range(tokenizer.vocab_size, cfg.vocab_size)),
                   "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
+    (out / "generation_config.json").write_text(strictjson.dumps(generation, indent=2), encoding="utf-8")
     atomic_write(out / "model.safetensors", lambda tmp: save_file(hf_state_dict(model), tmp, metadata={"format": "pt"}))
 
 
 def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
-    """A `tokenizers` JSON for any BladeGPT tokenizer: byte-level BPE for the BPEs, one id a character for char."""
-    from tokenizers import Regex, decoders, models, pre_tokenizers
+    """A `tokenizers` JSON for any BladeGPT tokenizer: byte-level BPE for the BPEs, one id a character for
+    char; `<|endoftext|>` a special token at the id BladeGPT gives it, matched in text before anything else."""
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
+    eot = {} if tokenizer.eot_id is None else {GPT2_EOT: tokenizer.eot_id}
     if isinstance(tokenizer, CharTokenizer):
         vocab = {ch: i for i, ch in enumerate(tokenizer.chars)}
-        hf = HFTokenizer(models.WordLevel(vocab, unk_token=None))
+        hf = HFTokenizer(models.WordLevel({**vocab, **eot}, unk_token=None))
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         hf.decoder = decoders.Fuse()
-        return hf.to_str()
-    vocab = {spell(token): rank for token, rank in tokenizer.ranks.items()}
-    hf = HFTokenizer(models.BPE(vocab, bpe_merges(tokenizer.ranks), fuse_unk=False, byte_fallback=False))
-    hf.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    hf.decoder = decoders.ByteLevel()
-    if tokenizer.special_tokens:
-        from tokenizers import AddedToken
-
-        hf.add_special_tokens([AddedToken(t, special=True) for t in tokenizer.special_tokens])
+    else:
+        vocab = {spell(token): rank for token, rank in tokenizer.ranks.items()}
+        hf = HFTokenizer(models.BPE({**vocab, **eot}, bpe_merges(tokenizer.ranks), fuse_unk=False, byte_fallback=False))
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([AddedToken(text, special=True) for text in eot])
     return hf.to_str()
 
 
@@ -217,6 +221,8 @@ def write_hf_tokenizer(out: Path, tokenizer: Tokenizer, max_length: int) -> None
         "clean_up_tokenization_spaces": False,
         "add_prefix_space": False,
     }
+    if tokenizer.eot_id is not None:
+        config.update(bos_token=GPT2_EOT, eos_token=GPT2_EOT)
     if tokenizer.kind == "gpt2":
-        config.update(bos_token=GPT2_EOT, eos_token=GPT2_EOT, unk_token=GPT2_EOT)
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        config.update(unk_token=GPT2_EOT)  # as GPT-2's own tokenizer_config
+    (out / "tokenizer_config.json").write_text(strictjson.dumps(config, indent=2), encoding="utf-8")

@@ -6,9 +6,15 @@ every BladeGPT tokenizer, so the file splits text into the same ids BladeGPT doe
 
 - GPT-2's BPE: its tokens and merges, pre-tokenizer `gpt-2`, end of text 50256.
 - a corpus BPE: tokens and merges rebuilt from tiktoken's ranks; its split is GPT-4's, which llama.cpp
-  knows as `llama-bpe`; an `<|endoftext|>` is added (llama.cpp needs an end-of-text id).
-- characters: one token a character, plus the lone bytes and merges that rebuild characters of
-  several UTF-8 bytes (so 'é' stays one id), and the added `<|endoftext|>`.
+  knows as `llama-bpe`; end of text its own last id.
+- characters: one token a character and the end of text, plus the lone bytes and merges that rebuild
+  characters of several UTF-8 bytes (so 'é' stays one id).
+
+The end of text is `<|endoftext|>`, a control token at the id BladeGPT trained, so the text
+`<|endoftext|>` is that one id here as in BladeGPT. A corpus BPE or char tokenizer saved before
+BladeGPT had the token reads that text as characters; its file gets an added `<|endoftext|>` (llama.cpp
+needs an end of text, and transformers' GGUF reader adds that very token to any GPT-2-type vocabulary
+without it), so there the text is the end of text, and export says so.
 
 Tokens the model has no id for (the added ones) take rows of the model's vocabulary padding, which
 training never targets, so their probability stays near zero: measured 6e-5 a token on witcher's char
@@ -48,15 +54,18 @@ class Vocab:
 
 def adds_tokens(tokenizer: Tokenizer) -> bool:
     """Whether the GGUF vocabulary needs tokens the model has no id for (an end of text, char pieces)."""
-    return isinstance(tokenizer, CharTokenizer) or not tokenizer.special_tokens
+    if isinstance(tokenizer, CharTokenizer):
+        return len(gguf_vocab(tokenizer).tokens) > tokenizer.vocab_size
+    return tokenizer.eot_id is None
 
 
 def gguf_vocab(tokenizer: Tokenizer) -> Vocab:
     """The tokenizer as llama.cpp's byte-level BPE; refuses (one line) one it cannot express exactly."""
     if isinstance(tokenizer, CharTokenizer):
-        own = [spell(ch.encode("utf-8")) for ch in tokenizer.chars]
+        has_eot = tokenizer.eot_id is not None
+        own = [spell(ch.encode("utf-8")) for ch in tokenizer.chars] + ([GPT2_EOT] if has_eot else [])
         extra, merges = char_pieces(tokenizer.chars)
-        tokens = own + extra + [GPT2_EOT]
+        tokens = own + extra + ([] if has_eot else [GPT2_EOT])
         if not merges:  # llama.cpp requires a merge list, and gguf cannot write an empty one:
             tokens.append(GPT2_EOT * 2)  # a merge no text can reach (control tokens are never merged)
             merges = [(GPT2_EOT, GPT2_EOT)]

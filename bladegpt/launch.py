@@ -30,6 +30,7 @@ from bladegpt.distributed import Distributed, init_distributed
 from bladegpt.encoding import utf8_name
 from bladegpt.errors import UserError
 from bladegpt.files import temp_path
+from bladegpt.runbook import describe_resume, resume_changes
 from bladegpt.runtime import (
     COMPILE_MODES,
     DeviceError,
@@ -56,6 +57,7 @@ class Plan:
     runtime: dict  # device, precision, attention, compile: the run's own or the flags'
     run_dir: Path | None = None
     saved_runtime: dict = field(default_factory=dict)
+    saved_train: TrainConfig | None = None  # a resumed run's settings before this resume's flags
     initial: dict | None = None  # weights to start from (--init-from), already cropped to the block
     origin: str | None = None  # what they are, for the start of the run
     notes: list[str] = field(default_factory=list)  # choices made for the user, printed at the start
@@ -124,6 +126,8 @@ def train(
                               plan.runtime["compile"], ddp, reporter, signals)
             if resume:
                 _resume(trainer, plan, requested, reporter)
+                if ddp.main:
+                    _record_resume(trainer, plan, reporter)
             elif plan.initial is not None:
                 trainer.model.load_state_dict(plan.initial)
                 plan.initial = None  # copied into the model: let the source's tensors go (0.5 GB for GPT-2)
@@ -218,13 +222,17 @@ def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan
         raise ConfigError(f"{run_dir} has no checkpoint to resume (it stopped before its first save); "
                           "start a new run with `bladegpt train`.")
     state = read_info(run_dir / runs.STATE)
+    given = {k: v for k, v in (train_overrides or {}).items() if v is not None}
     try:
         model_cfg = ModelConfig.from_dict(saved["model"])
-        train_cfg = TrainConfig.from_dict({**saved["train"], **{k: v for k, v in (train_overrides or {}).items()
-                                                                  if v is not None}})
+        saved_train = TrainConfig.from_dict(saved["train"])
+        train_cfg = TrainConfig.from_dict({**saved["train"], **given})
     except TypeError as e:
         raise ConfigError(f"{run_dir / runs.RUN_FILE} has settings this version cannot read ({e}); "
                           "start a new run.") from None
+    if given.get("seed", saved_train.seed) != saved_train.seed:
+        raise ConfigError(f"--resume continues {run_dir}'s own random streams (seed {saved_train.seed}); drop --seed, "
+                          "or start a new run with it.")
     data_dir = Path(saved["dataset"])
     try:
         token_data = TokenData(data_dir)
@@ -238,7 +246,7 @@ def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan
         raise DataError(f"{data_dir}'s vocabulary no longer fits {run_dir}'s model; start a new run on it.")
     saved_runtime = state.get("runtime", {})
     runtime = {k: requested[k] or saved_runtime.get(k) or "auto" for k in RUNTIME_FLAGS}
-    return Plan(model_cfg, train_cfg, token_data, runtime, run_dir, saved_runtime)
+    return Plan(model_cfg, train_cfg, token_data, runtime, run_dir, saved_runtime, saved_train=saved_train)
 
 
 def _device(ddp: Distributed, plan: Plan, requested: dict):
@@ -303,3 +311,15 @@ def _resume(trainer: Trainer, plan: Plan, requested: dict, reporter: Reporter) -
                             f"{trainer.early.stale_evals} evaluations); pass a larger --patience, or --patience 0, to continue it.")
         more = ("a longer --time" if cfg.time_budget_s is not None else "a larger --steps")
         raise UserError(f"{plan.run_dir} already finished at step {trainer.step}; pass {more} to continue it.")
+
+
+def _record_resume(trainer: Trainer, plan: Plan, reporter: Reporter) -> None:
+    """Settings a resume changed go into run.json (atomically), with the step they changed at, so that
+    run.json, `runs` and the display agree with what was done; one line says what changed."""
+    changes = resume_changes(plan.saved_train, trainer.cfg)
+    if not changes:
+        return
+    saved = runs.read_run(plan.run_dir)
+    history = [*saved.get("resumes", []), {"step": trainer.step, "changed": changes}]
+    runs.write_run(plan.run_dir, {**saved, "train": trainer.cfg.to_dict(), "resumes": history})
+    reporter.message(describe_resume(plan.saved_train, trainer.cfg, trainer.step, trainer.elapsed))

@@ -19,6 +19,14 @@ def lr_at(step: int, cfg: TrainConfig, progress: float) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
 
+def schedule_progress(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """How far through the schedule `step` is (0 -> 1 past warmup): by steps, or by the clock under a
+    time budget (`elapsed` wall seconds)."""
+    if cfg.time_budget_s is not None:
+        return elapsed / cfg.time_budget_s
+    return (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+
+
 def set_lr(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig, lr: float) -> None:
     """The schedule's lr for AdamW; Muon follows the same curve from its own peak, cfg.muon_lr."""
     for optimizer in optimizers:

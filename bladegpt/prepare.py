@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import hashlib
 import itertools
-import json
 import multiprocessing
 import os
 import re
@@ -22,11 +21,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from bladegpt import strictjson
 from bladegpt.data import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
 from bladegpt.encoding import NAMES, UNIT, sniff, utf8_name
 from bladegpt.files import fsync, publish_dir, temp_dir
 from bladegpt.frames import FrameCounter
-from bladegpt.tokenizer import CharTokenizer, Tokenizer, bpe_vocab_size, tokenizer_from_dict, train_tokenizer
+from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, Tokenizer, bpe_vocab_size, tokenizer_from_dict, train_tokenizer
 
 MIN_VOCAB, MAX_VOCAB = 257, 0xD7FF  # a BPE's ids must stay below the surrogate code points (tokenizer.py)
 PIECE_CHARS = 1 << 20  # text encoded as one piece (4 MB measured slower: less overlap)
@@ -168,6 +168,12 @@ def whole_lines(blocks: Iterator[str]) -> Iterator[str]:
         yield buffer
 
 
+def outside_separator(text: str, cut: int) -> int:
+    """`cut`, or the start of the `<|endoftext|>` it would split (a separator is one token, never two halves)."""
+    start = text.find(GPT2_EOT, max(0, cut - len(GPT2_EOT) + 1), cut + len(GPT2_EOT) - 1)
+    return start if 0 <= start < cut else cut
+
+
 def cut_point(text: str, size: int) -> int | None:
     """Where to end a piece of `text` near `size` characters without changing its encoding."""
     for pattern in (_CUT, _SPACE_CUT):
@@ -188,6 +194,7 @@ def pieces(blocks: Iterator[str], size: int) -> Iterator[str]:
                 cut = len(buffer) - size if len(buffer) > 8 * size else None  # one unbroken run of text
                 if cut is None:
                     break
+                cut = outside_separator(buffer, cut)
             yield buffer[:cut]
             buffer = buffer[cut:]
     if buffer:
@@ -227,6 +234,7 @@ class Corpus:
                 newline = block.find("\n", at)
                 if newline != -1 and newline - at < 1000 and block[newline + 1 :].strip():
                     at = newline + 1
+                at = outside_separator(block, at)
                 yield "train", block[:at]
                 block, split = block[at:], "val"
             done += size
@@ -253,10 +261,15 @@ class Corpus:
                 yield "\n".join(whole) + "\n"
 
     def alphabet(self) -> list[str]:
-        """Every character of the corpus (val included, so val never has one train lacks), streamed."""
+        """Every character of the corpus (val included, so val never has one train lacks), streamed;
+        the separators' characters only where they also stand outside one."""
         seen: set[str] = set()
+        held = ""  # the end of the text so far, which may be the start of a separator
         for block in self.blocks():
-            seen.update(block)
+            parts = (held + block).split(GPT2_EOT)
+            held = parts[-1][-(len(GPT2_EOT) - 1) :]
+            seen.update(*parts[:-1], parts[-1][: len(parts[-1]) - len(held)])
+        seen.update(held)
         return sorted(seen)
 
 
@@ -414,7 +427,7 @@ def prepare(
     """
     started = time.perf_counter()
     if vocab_size is not None and not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
-        raise DataError(f"--vocab-size must be between {MIN_VOCAB} (the 256 bytes and one merge) and "
+        raise DataError(f"--vocab-size must be between {MIN_VOCAB} (the 256 bytes and the end of text) and "
                         f"{MAX_VOCAB:,}, got {vocab_size:,}; leave it out to size it to the text.")
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(inputs, tokenizer_from)
     check_out_dir(out_dir, force)
@@ -437,6 +450,7 @@ def prepare(
             "tokenizer": tok.kind,
             "tokenizer_from": tokenizer_from,
             "vocab_size": tok.vocab_size,
+            "eot_id": tok.eot_id,  # what `<|endoftext|>` in the text became (None: characters, before it existed)
             "dtype": written["dtype"],
             "train_tokens": counts["train"],
             "val_tokens": counts["val"],
@@ -462,7 +476,7 @@ def prepare(
 
 def _write_meta(folder: Path, meta: dict) -> None:
     """meta.json last, then every file and the folder flushed to disk before the rename publishes them."""
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    (folder / META_FILE).write_text(strictjson.dumps(meta, indent=2), encoding="utf-8")
     for path in folder.iterdir():
         fsync(path)
     fsync(folder)

@@ -76,7 +76,7 @@ def runs_table(rows: list[dict]) -> Table:
         best = r["best_val_loss"] is not None
         table.add_row(
             name, r["dataset"], r["start"], f"{r['step']:,}{planned}",
-            f"{r['best_val_loss']:.3f}" if best else "-", f"{r['best_val_bpb']:.3f}" if best else "-",
+            f"{r['best_val_loss']:.3f}" if best else "-", f"{r['best_val_bpb']:.3f}" if r["best_val_bpb"] is not None else "-",
             f"{r['best_step']:,}" if best else "-",
             f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
             f"[{colors.get(r['state'], 'red')}]{r['state']}[/]", sparkline(r["val_bpb"]),

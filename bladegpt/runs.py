@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from bladegpt import strictjson
 from bladegpt.errors import UserError
 from bladegpt.files import atomic_write_text
 
@@ -83,7 +84,7 @@ def read_run(run_dir: Path) -> dict:
 
 
 def write_run(run_dir: Path, record: dict) -> None:
-    atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps(record, indent=2))
+    atomic_write_text(Path(run_dir) / RUN_FILE, strictjson.dumps(record, indent=2))
 
 
 def cut_metrics(run_dir: Path, step: int) -> None:
@@ -194,7 +195,9 @@ def summarize(run_dir: Path) -> dict:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "val_bpb" in record and record["step"] <= info.get("step", 0):
+            # null (or NaN, from older versions) is no value: such an evaluation is never the best
+            if (isinstance(record, dict) and strictjson.number(record.get("val_loss")) is not None
+                    and isinstance(record.get("step"), int) and record["step"] <= info.get("step", 0)):
                 evals.append(record)
     best = min(evals, key=lambda r: r["val_loss"], default=None)
     steps, budget, step = train.get("steps"), train.get("time_budget_s"), info.get("step", 0)
@@ -217,11 +220,11 @@ def summarize(run_dir: Path) -> dict:
         "steps": None if budget is not None else steps,
         "time_budget_s": budget,
         "best_val_loss": best["val_loss"] if best else None,
-        "best_val_bpb": best["val_bpb"] if best else None,
+        "best_val_bpb": strictjson.number(best.get("val_bpb")) if best else None,
         "best_step": best["step"] if best else None,
         "elapsed_s": info.get("elapsed"),
         "state": state,
-        "val_bpb": [r["val_bpb"] for r in evals],
+        "val_bpb": [bpb for r in evals if (bpb := strictjson.number(r.get("val_bpb"))) is not None],
     }
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bladegpt import strictjson
 from bladegpt.errors import UserError
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -64,7 +65,7 @@ def _cached(key: str, compute):
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")
+            tmp.write_text(strictjson.dumps(cache, indent=1), encoding="utf-8")
             os.replace(tmp, path)
     return cache[key]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bladegpt.engine import compile_decode, generate_batch, prompt_ids, stream_text
+from bladegpt.engine import compile_decode, generate_batch, prompt_ids, stream_text, until_stop
 from bladegpt.model import GPT
 from bladegpt.runtime import _cached, autocast, bf16_supported, choose_precision, cpu_model
 
@@ -123,7 +123,8 @@ class Sampler:
         min_p: float | None = None,
     ) -> Iterator[tuple[int, str]]:
         """(sample number, text piece) pairs: sample 0 piece by piece as it is generated, every other
-        sample whole once its batch is done. Sample i is what seed + i gives on its own.
+        sample whole once its batch is done. Sample i is what seed + i gives on its own. A sample ends
+        at the end-of-text token (the document separator), which is never printed.
 
         The prompt is encoded now, so a prompt the tokenizer cannot take fails before any output.
         """
@@ -150,11 +151,11 @@ class Sampler:
         self.decode = compile_decode(self.model)
 
     def _samples(self, ids, num_samples, step, max_new_tokens, knobs, seed):
-        vocab = self.tokenizer.vocab_size
+        vocab, eot = self.tokenizer.vocab_size, self.tokenizer.eot_id
         for first in range(0, num_samples, step):
             rows = range(first, min(first + step, num_samples))
             gens = [torch.Generator(self.device).manual_seed(seed + i) for i in rows]
-            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, **knobs, decode=self.decode)
+            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, **knobs, decode=self.decode, stop=eot)
             if first == 0:  # stream sample 0, keep the others' tokens
                 yield 0, ""
                 kept: list[torch.Tensor] = []
@@ -162,16 +163,18 @@ class Sampler:
                 def first_row() -> Iterator[int]:
                     for tokens in steps:
                         kept.append(tokens)
+                        if int(tokens[0]) == eot:
+                            return
                         yield int(tokens[0])
 
                 for piece in stream_text(first_row(), self.tokenizer):
                     yield 0, piece
-                table = torch.stack(kept, dim=1).tolist() if kept else []
-                rest = table[1:]
+                kept.extend(steps)  # the other rows go on after sample 0 ended
+                rest = torch.stack(kept, dim=1).tolist()[1:] if kept else []
             else:
                 rest = torch.stack(list(steps), dim=1).tolist()
             for i, tokens in zip(rows[1:] if first == 0 else rows, rest):
-                yield i, self.tokenizer.decode(tokens)
+                yield i, self.tokenizer.decode(until_stop(tokens, eot))
 
     def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 200,
                top_p: float | None = None, seed: int = 0, min_p: float | None = None) -> Iterator[str]:

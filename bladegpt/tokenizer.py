@@ -1,6 +1,12 @@
 """Tokenizers behind one small interface: a corpus-trained BPE, GPT-2's BPE, and characters.
 
 All are saved as JSON (never pickle). The two BPEs run through tiktoken.
+
+`<|endoftext|>` in a text is the document separator, as gpt-2-simple's users write it between
+documents and as GPT-2 learned it: every kind encodes it as one id, `eot_id` (GPT-2's 50256; the
+last id of a corpus BPE or a char vocabulary), which sampling stops at and the exports name as their
+end of text. Tokenizers saved before the separator existed (a BPE or char file without
+"special_tokens") keep reading it as the characters it is spelled with, and have no `eot_id`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from pathlib import Path
 
 import tiktoken
 
+from bladegpt import strictjson
 from bladegpt.config import DEFAULT_BPE_VOCAB, SMALL_TEXT_BYTES, SMALL_TEXT_VOCAB
 from bladegpt.errors import UserError
 
@@ -36,10 +43,18 @@ class TokenizerError(UserError, ValueError):
 
 
 class Tokenizer:
-    """Encodes text to ids and back; `token_bytes` gives each id's UTF-8 bytes (for bits per byte)."""
+    """Encodes text to ids and back; `token_bytes` gives each id's UTF-8 bytes (for bits per byte).
+
+    `eot_id` is the id of the end-of-text token, the document separator that sampling stops at and
+    exports name as their end of text (`<|endoftext|>` in BladeGPT's own kinds); None when the
+    vocabulary has none. Its bytes are the separator's text, so decode gives back the text that was
+    encoded and bits per byte counts the separator as the bytes it takes in the file (the same
+    denominator for every tokenizer, and for datasets prepared before, which spelled it out).
+    """
 
     kind: str
     vocab_size: int
+    eot_id: int | None = None
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -58,29 +73,46 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+        Path(path).write_text(strictjson.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
 
 
 class CharTokenizer(Tokenizer):
+    """One id a character, then (unless `eot` is False, as in files saved before it) `<|endoftext|>`."""
+
     kind = "char"
 
-    def __init__(self, chars: list[str]):
+    def __init__(self, chars: list[str], eot: bool = True):
         self.chars = chars
-        self.vocab_size = len(chars)
+        self.eot_id = len(chars) if eot else None
+        self.vocab_size = len(chars) + int(eot)
+        self._pieces = chars + [GPT2_EOT] if eot else chars
         self._ids = {ch: i for i, ch in enumerate(chars)}
         self._table = {ord(ch): i for i, ch in enumerate(chars)}
 
     @classmethod
     def train(cls, text: str) -> CharTokenizer:
-        return cls(sorted(set(text)))
+        return cls(sorted(set("".join(text.split(GPT2_EOT)))))
 
     def encode(self, text: str) -> list[int]:
+        if self.eot_id is None or GPT2_EOT not in text:
+            return self._encode_chars(text)
+        parts = text.split(GPT2_EOT)
+        ids = self._encode_chars(parts[0])
+        for part in parts[1:]:
+            ids.append(self.eot_id)
+            ids.extend(self._encode_chars(part))
+        return ids
+
+    def _check_seen(self, text: str) -> None:
         unseen = set(text) - self._ids.keys()
         if unseen:
             raise TokenizerError(
                 f"The text has characters this char tokenizer never saw in training: "
                 f"{''.join(sorted(unseen))!r}; remove them, or prepare the corpus with --tokenizer bpe."
             )
+
+    def _encode_chars(self, text: str) -> list[int]:
+        self._check_seen(text)
         if self.vocab_size >= 0xD800:  # ids would fall among the surrogate code points
             return [self._ids[ch] for ch in text]
         # At C speed: translate each character into the one whose code point is its id, read those as ints.
@@ -89,13 +121,14 @@ class CharTokenizer(Tokenizer):
         return ids.tolist()
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self.chars[token_id].encode("utf-8")
+        return self._pieces[token_id].encode("utf-8")
 
     def decode(self, ids: list[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
+        return "".join(self._pieces[i] for i in ids)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "chars": self.chars}
+        specials = {} if self.eot_id is None else {"special_tokens": {GPT2_EOT: self.eot_id}}
+        return {"kind": self.kind, "chars": self.chars, **specials}
 
 
 class TiktokenTokenizer(Tokenizer):
@@ -110,34 +143,39 @@ class TiktokenTokenizer(Tokenizer):
             name=f"bladegpt-{kind}", pat_str=pattern, mergeable_ranks=ranks, special_tokens=self.special_tokens
         )
         self.vocab_size = self.encoding.n_vocab
+        self.eot_id = self.special_tokens.get(GPT2_EOT)
 
     @classmethod
     def train(cls, texts: str | Iterable[str], vocab_size: int) -> TiktokenTokenizer:
-        """A BPE learned from a text, or from texts streamed one after another (never all in memory)."""
+        """A BPE of `vocab_size` ids learned from a text, or from texts streamed one after another (never
+        all in memory): the last id is `<|endoftext|>`, and the merges learn the text between separators,
+        as encode splits it."""
         import rustbpe
 
         texts = [texts] if isinstance(texts, str) else texts
-        lines = (line for text in texts for line in text.splitlines(keepends=True))
+        parts = (part for text in texts for line in text.splitlines(keepends=True)
+                 for part in line.split(GPT2_EOT) if part)
         trainer = rustbpe.Tokenizer()
-        trainer.train_from_iterator(lines, vocab_size, pattern=BPE_PATTERN)
+        trainer.train_from_iterator(parts, vocab_size - 1, pattern=BPE_PATTERN)
         ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
-        return cls("bpe", ranks, BPE_PATTERN)
+        return cls("bpe", ranks, BPE_PATTERN, {GPT2_EOT: len(ranks)})
 
     @classmethod
     def gpt2(cls) -> TiktokenTokenizer:
         return cls("gpt2", _gpt2_ranks(), GPT2_PATTERN, {GPT2_EOT: 50256})
 
     def encode(self, text: str) -> list[int]:
-        return self.encoding.encode_ordinary(text)
+        if not self.special_tokens:  # saved before the separator: its text is ordinary text
+            return self.encoding.encode_ordinary(text)
+        return self.encoding.encode(text, allowed_special="all")
 
     def encode_bytes(self, text: str, dtype: str) -> bytes:
         """GPT-2's ids are packed straight from tiktoken's buffer, never as Python ints (measured 72 vs
-        84 ms a megabyte). That path also scans for special tokens, and with none (a corpus BPE) the scan
-        costs more than it saves (163 vs 73 ms): those take the list. Special-token text is ordinary
-        text either way, as in encode_ordinary."""
+        84 ms a megabyte). That path also scans for special tokens, and with none (a corpus BPE saved
+        before the separator) the scan costs more than it saves (163 vs 73 ms): those take the list."""
         if not self.special_tokens:
             return super().encode_bytes(text, dtype)
-        return self.encoding.encode_to_numpy(text, disallowed_special=()).astype(dtype).tobytes()
+        return self.encoding.encode_to_numpy(text, allowed_special="all").astype(dtype).tobytes()
 
     def decode(self, ids: list[int]) -> str:
         return self.encoding.decode(ids, errors="replace")
@@ -153,6 +191,7 @@ class TiktokenTokenizer(Tokenizer):
             "kind": self.kind,
             "pattern": self.pattern,
             "tokens": [base64.b64encode(t).decode("ascii") for t in tokens],
+            **({"special_tokens": self.special_tokens} if self.special_tokens else {}),
         }
 
 
@@ -197,15 +236,29 @@ def bpe_vocab_size(n_bytes: int) -> int:
     return min(cap, max(512, 256 + n_bytes // 32) // 64 * 64)
 
 
+def _has_eot(data: dict, n: int) -> bool:
+    """Whether a saved vocabulary of `n` ordinary ids ends with `<|endoftext|>` (files saved before it
+    have no "special_tokens"); anything else there is damage."""
+    specials = data.get("special_tokens")
+    if specials is None:
+        return False
+    if specials != {GPT2_EOT: n}:
+        raise TokenizerError(f"The tokenizer file's special tokens {specials!r} are not BladeGPT's "
+                             f"({{{GPT2_EOT!r}: {n}}}); prepare the data again.")
+    return True
+
+
 def tokenizer_from_dict(data: dict) -> Tokenizer:
     kind = data.get("kind")
     if kind == "char":
-        return CharTokenizer(list(data["chars"]))
-    if kind == "gpt2":
+        chars = list(data["chars"])
+        return CharTokenizer(chars, eot=_has_eot(data, len(chars)))
+    if kind == "gpt2":  # GPT-2's `<|endoftext|>` (50256) has always been in its vocabulary
         return TiktokenTokenizer.gpt2()
     if kind == "bpe":
         ranks = {base64.b64decode(t): i for i, t in enumerate(data["tokens"])}
-        return TiktokenTokenizer("bpe", ranks, data["pattern"])
+        specials = {GPT2_EOT: len(ranks)} if _has_eot(data, len(ranks)) else None
+        return TiktokenTokenizer("bpe", ranks, data["pattern"], specials)
     if kind == "hf":  # a pretrained model's own tokenizer
         from bladegpt.hf_tokenizer import HFTokenizer
 

@@ -21,7 +21,7 @@ from bladegpt.engine import generate, prompt_ids
 from bladegpt.errors import UserError
 from bladegpt.model import GPT, flops_per_token
 from bladegpt.pacing import compile_pays, duration, fit_to_budget, seconds_per_step
-from bladegpt.optim import lr_at, make_optimizers, set_lr
+from bladegpt.optim import lr_at, make_optimizers, schedule_progress, set_lr
 from bladegpt.runbook import EarlyStopping, MetricsLog, eval_record, train_record
 from bladegpt.runtime import Runtime, autocast, compile_available, peak_flops, synchronize
 from bladegpt.sampler import decode_precision
@@ -175,10 +175,7 @@ class Trainer:
 
     def progress(self) -> float:
         """How far through the schedule: by steps, or by the clock under a time budget."""
-        cfg = self.cfg
-        if cfg.time_budget_s is not None:
-            return self.elapsed / cfg.time_budget_s
-        return (self.step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return schedule_progress(self.cfg, self.step, self.elapsed)
 
     def done(self) -> bool:
         if self.early.stop:
@@ -251,7 +248,7 @@ class Trainer:
             self.sample_precision = decode_precision(self.model, self.device, cast=False)  # (weights never cast)
         with autocast(self.device, self.sample_precision):
             ids = list(generate(self.model, prompt_ids(tok, ""), self.cfg.sample_tokens, tok.vocab_size,
-                                gen, temperature=0.8, top_k=200))
+                                gen, temperature=0.8, top_k=200, stop=tok.eot_id))
         self.model.train()
         return tok.decode(ids)
 
