@@ -316,13 +316,17 @@ def until_stop(tokens: list[int], stop: int | None) -> list[int]:
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """The prompt's ids; an empty prompt starts from a line break, as a new paragraph would."""
+    """The prompt's ids; an empty prompt starts from a line break, as a new paragraph would. A tokenizer
+    whose model expects a beginning-of-text token first (add_bos: Llama 3) gets it, as its own
+    tokenizer would add it."""
     ids = tokenizer.encode(prompt) if prompt else []
     if not ids:
         try:
             ids = tokenizer.encode("\n")
         except ValueError:
             ids = [0]
+    if tokenizer.add_bos and tokenizer.bos_id is not None and ids[0] != tokenizer.bos_id:
+        ids = [tokenizer.bos_id, *ids]
     return ids
 
 

@@ -55,6 +55,8 @@ class Tokenizer:
     kind: str
     vocab_size: int
     eot_id: int | None = None
+    bos_id: int | None = None  # a pretrained model's beginning of text, put before a prompt where add_bos
+    add_bos: bool = False  # (Llama 3 expects <|begin_of_text|> first; SmolLM2 and Qwen add none)
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError

@@ -103,3 +103,14 @@ def invoke_input(text, *args):
     from bladegpt.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args], input=text)
+
+
+def test_a_prompt_starts_with_bos_where_the_model_expects_one(tmp_path):
+    from bladegpt.engine import prompt_ids
+    from bladegpt.hf_tokenizer import HFTokenizer
+
+    llama3 = HFTokenizer.from_folder(build_folder(tmp_path / "llama3", "llama-bpe"))
+    smollm = HFTokenizer.from_folder(build_folder(tmp_path / "smollm", "smollm"))
+    assert llama3.add_bos and prompt_ids(llama3, "The hunter") == [llama3.bos_id, *llama3.encode("The hunter")]
+    assert prompt_ids(llama3, "<|begin_of_text|>Hi") == llama3.encode("<|begin_of_text|>Hi")  # never twice
+    assert not smollm.add_bos and prompt_ids(smollm, "The hunter") == smollm.encode("The hunter")
