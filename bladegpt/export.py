@@ -52,7 +52,6 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
         model, tokenizer, info = load_checkpoint(source)
         out.parent.mkdir(parents=True, exist_ok=True)
         if format == "gguf":
-            _check_arch(model, format)
             name = as_text(source.parent.name if (source.parent / RUN_FILE).exists() else source.stem)[0]  # GGUF strings are UTF-8
             if adds_tokens(tokenizer) and tokenizer.vocab_size == model.config.vocab_size:
                 warn("This model has no spare vocabulary row, so the end-of-text token llama.cpp needs gets a "
@@ -68,22 +67,15 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
         return out
     _check_folder_target(out, source, force)
     model, tokenizer, info = load_checkpoint(source)
-    _check_arch(model, format)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(out, HF_FILES)
     try:
         write_hf_model(tmp, model, tokenizer)
-        write_hf_tokenizer(tmp, tokenizer, model.config.block_size)
+        write_hf_tokenizer(tmp, tokenizer, model.config.context_length or model.config.block_size)
         publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _check_arch(model: GPT, format: str) -> None:
-    if model.config.arch != "gpt2":
-        raise UserError(f"export --format {format} writes GPT-2's architecture, and this is a {model.config.arch} "
-                        "model; export it with --format safetensors (BladeGPT's own file) for now.")
 
 
 def _check_folder_target(out: Path, source: Path, force: bool) -> None:
@@ -177,8 +169,21 @@ def hf_config(model: GPT, eos: int | None) -> dict:
 
 
 def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
+    """config.json, generation_config.json and model.safetensors of GPT2LMHeadModel, or of the Llama
+    family's class for a Llama-family model (export_llama.py)."""
     cfg = model.config
     eos = tokenizer.eot_id  # generate() stops where BladeGPT's sampling stops
+    if cfg.arch != "gpt2":
+        from bladegpt.export_llama import llama_hf_config, llama_hf_state_dict
+
+        config, state = llama_hf_config(model, tokenizer.bos_id, eos), llama_hf_state_dict(model)
+        generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos, "pad_token_id": eos}
+        if tokenizer.vocab_size < cfg.vocab_size:
+            generation["suppress_tokens"] = list(range(tokenizer.vocab_size, cfg.vocab_size))
+        (out / "config.json").write_text(strictjson.dumps(config, indent=2), encoding="utf-8")
+        (out / "generation_config.json").write_text(strictjson.dumps(generation, indent=2), encoding="utf-8")
+        atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        return
     (out / "config.json").write_text(strictjson.dumps(hf_config(model, eos), indent=2), encoding="utf-8")
     # Ids past the tokenizer's vocabulary are padding for speed: never generate them.
     generation = {"suppress_tokens": list(range(tokenizer.vocab_size, cfg.vocab_size)),
@@ -214,6 +219,10 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
 
 
 def write_hf_tokenizer(out: Path, tokenizer: Tokenizer, max_length: int) -> None:
+    if tokenizer.kind == "hf":
+        from bladegpt.export_llama import write_pretrained_tokenizer
+
+        return write_pretrained_tokenizer(out, tokenizer, max_length)
     (out / "tokenizer.json").write_text(hf_tokenizer_json(tokenizer), encoding="utf-8")
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",

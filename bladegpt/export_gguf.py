@@ -35,11 +35,11 @@ from bladegpt.errors import UserError
 from bladegpt.model import GPT
 from bladegpt.tokenizer import BPE_PATTERN, GPT2_EOT, GPT2_PATTERN, CharTokenizer, TiktokenTokenizer, Tokenizer
 
-DTYPES = ("f32", "f16", "q8_0")
+DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")  # what the gguf package writes; K-quants: llama-quantize
 SOURCE_KEY = "bladegpt.exported_from"  # marks a file BladeGPT wrote: --force may replace only those
 # llama.cpp's names for the split patterns BladeGPT's BPEs use (llama-vocab.cpp; transformers reads the same).
 PRE_TOKENIZERS = {GPT2_PATTERN: "gpt-2", BPE_PATTERN: "llama-bpe"}
-NORMAL, CONTROL = 1, 3  # tokenizer.ggml.token_type values
+NORMAL, CONTROL, UNUSED = 1, 3, 5  # tokenizer.ggml.token_type values
 
 
 @dataclass
@@ -50,6 +50,9 @@ class Vocab:
     pre: str
     eos: int
     n_own: int
+    bos: int | None = None  # None: the end of text, as GPT-2
+    add_bos: bool = False  # BladeGPT's own prompts start with the text itself
+    chat_template: str | None = None
 
 
 def adds_tokens(tokenizer: Tokenizer) -> bool:
@@ -61,6 +64,10 @@ def adds_tokens(tokenizer: Tokenizer) -> bool:
 
 def gguf_vocab(tokenizer: Tokenizer) -> Vocab:
     """The tokenizer as llama.cpp's byte-level BPE; refuses (one line) one it cannot express exactly."""
+    if tokenizer.kind == "hf":
+        from bladegpt.export_llama import hf_vocab
+
+        return hf_vocab(tokenizer)
     if isinstance(tokenizer, CharTokenizer):
         has_eot = tokenizer.eot_id is not None
         own = [spell(ch.encode("utf-8")) for ch in tokenizer.chars] + ([GPT2_EOT] if has_eot else [])
@@ -137,10 +144,14 @@ def _encode(name: str, tensor: torch.Tensor, dtype: str):
     import gguf
 
     data = tensor.numpy().astype(np.float32)
-    if dtype == "f32" or data.ndim == 1 or name == "position_embd.weight":
+    if dtype == "f32" or data.ndim == 1 or name in ("position_embd.weight", "rope_freqs.weight"):
         return data, gguf.GGMLQuantizationType.F32
-    if dtype == "q8_0" and data.shape[-1] % 32 == 0:
-        return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    if dtype == "f16":
+        return data.astype(np.float16), gguf.GGMLQuantizationType.F16
+    qtype = gguf.GGMLQuantizationType[dtype.upper()]
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    if data.shape[-1] % block == 0:
+        return gguf.quants.quantize(data, qtype), qtype
     return data.astype(np.float16), gguf.GGMLQuantizationType.F16
 
 
@@ -153,17 +164,31 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
         raise UserError(f"Unknown --dtype '{dtype}' for GGUF; choose one of: {', '.join(DTYPES)}.")
     cfg = model.config
     vocab = gguf_vocab(tokenizer)
-    writer = gguf.GGUFWriter(None, "gpt2")
+    writer = gguf.GGUFWriter(None, cfg.arch)
     writer.add_name(name)
     writer.add_string(SOURCE_KEY, source)
-    writer.add_block_count(cfg.n_layer)
-    writer.add_context_length(cfg.block_size)
-    writer.add_embedding_length(cfg.n_embd)
-    writer.add_feed_forward_length(4 * cfg.n_embd)
-    writer.add_head_count(cfg.n_head)
-    writer.add_layer_norm_eps(cfg.layer_norm_eps)
+    if cfg.arch == "gpt2":
+        writer.add_block_count(cfg.n_layer)
+        writer.add_context_length(cfg.block_size)
+        writer.add_embedding_length(cfg.n_embd)
+        writer.add_feed_forward_length(4 * cfg.n_embd)
+        writer.add_head_count(cfg.n_head)
+        writer.add_layer_norm_eps(cfg.layer_norm_eps)
+        tensors = gguf_tensors(model, vocab)
+    else:
+        from bladegpt.export_llama import add_llama_keys, llama_gguf_tensors
+
+        rows = cfg.vocab_size  # llama.cpp wants a token for every row: padding rows get [PAD] entries
+        if len(vocab.tokens) > rows:
+            raise UserError("This model's vocabulary has no spare rows for the tokens llama.cpp needs; export "
+                            "--format hf instead.")
+        vocab.types += [UNUSED] * (rows - len(vocab.tokens))
+        vocab.tokens += [f"[PAD{i}]" for i in range(len(vocab.tokens), rows)]
+        add_llama_keys(writer, model, rows)
+        tensors = llama_gguf_tensors(model, model.transformer.wte.weight.detach().float())
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                  "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}
     writer.add_file_type(file_types[dtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_tokenizer_model("gpt2")
@@ -171,10 +196,12 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
     writer.add_token_merges([f"{a} {b}" for a, b in vocab.merges])
-    writer.add_bos_token_id(vocab.eos)
+    writer.add_bos_token_id(vocab.eos if vocab.bos is None else vocab.bos)
     writer.add_eos_token_id(vocab.eos)
-    writer.add_add_bos_token(False)  # BladeGPT prompts start with the text itself
-    for tensor_name, tensor in gguf_tensors(model, vocab).items():
+    writer.add_add_bos_token(vocab.add_bos)
+    if vocab.chat_template:
+        writer.add_chat_template(vocab.chat_template)
+    for tensor_name, tensor in tensors.items():
         data, qtype = _encode(tensor_name, tensor, dtype)
         writer.add_tensor(tensor_name, data, raw_dtype=qtype)
     writer.write_header_to_file(path=Path(path))

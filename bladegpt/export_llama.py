@@ -117,7 +117,7 @@ def llama_gguf_tensors(model: GPT, embedding: torch.Tensor) -> dict[str, torch.T
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def add_llama_keys(writer, model: GPT) -> None:
+def add_llama_keys(writer, model: GPT, n_tokens: int) -> None:
     """The {arch}.* keys llama.cpp's converter writes for these families."""
     cfg = model.config
     writer.add_context_length(cfg.context_length or cfg.block_size)
@@ -131,4 +131,86 @@ def add_llama_keys(writer, model: GPT) -> None:
     writer.add_key_length(cfg.head_dim)
     writer.add_value_length(cfg.head_dim)
     writer.add_layer_norm_rms_eps(cfg.layer_norm_eps)
-    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_vocab_size(n_tokens)
+
+
+# llama.cpp's pre-tokenizer names for the splits these models' tokenizer.json files spell (convert_hf_to_gguf
+# hashes their output to the same names): Llama 3's and Qwen2's regexes as Hugging Face writes them.
+HF_SPLITS = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+}
+
+
+def gguf_pre(spec: dict) -> str:
+    """The `tokenizer.ggml.pre` name of a tokenizer.json's split, so llama.cpp splits text as the model does;
+    UserError (one line) for a split llama.cpp has no name for."""
+    from bladegpt.errors import UserError
+    from bladegpt.hf_tokenizer import SPLITS
+
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [step.get("type") for step in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+        return "smollm"
+    if kinds[-1:] == ["ByteLevel"] and set(kinds[:-1]) == {"Split"}:
+        regexes = tuple(step["pattern"].get("Regex", "") for step in steps[:-1])
+        if len(regexes) == 1 and regexes[0] in HF_SPLITS:
+            return HF_SPLITS[regexes[0]]
+        for name in ("llama-bpe", "qwen2", "smollm", "gpt-2", "smaug-bpe", "default"):
+            if SPLITS[name].regexes == regexes:
+                return name
+        for name, split in SPLITS.items():
+            if split.regexes == regexes:
+                return name
+    raise UserError("This tokenizer splits text in a way llama.cpp has no name for (tokenizer.ggml.pre), so a GGUF "
+                    "file would tokenize differently; export --format hf instead.")
+
+
+def hf_vocab(tokenizer):
+    """A pretrained model's tokenizer (kind hf) as llama.cpp's converter writes it: every id's token,
+    CONTROL for special tokens, USER_DEFINED for added ones, UNUSED for padding entries, the merges, the
+    split's name, bos/eos, whether bos is added, the chat template."""
+    import json
+
+    from bladegpt.export_gguf import Vocab
+    from bladegpt.hf_tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED
+
+    spec = json.loads(tokenizer.tokenizer.to_str())
+    added = tokenizer.tokenizer.get_added_tokens_decoder()
+    tokens, types = [], []
+    for i in range(tokenizer.vocab_size):
+        token = tokenizer.tokenizer.id_to_token(i)
+        tokens.append(token if token is not None else f"[PAD{i}]")
+        types.append(UNUSED if token is None or i in tokenizer.unused else CONTROL if i in tokenizer.special_ids
+                     else USER_DEFINED if i in added else NORMAL)
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"].get("merges", [])]
+    eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.eot_id
+    return Vocab(tokens, types, merges, gguf_pre(spec), eos if eos is not None else 0, tokenizer.vocab_size,
+                 bos=tokenizer.bos_id, add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template)
+
+
+def write_pretrained_tokenizer(out, tokenizer, max_length: int) -> None:
+    """A pretrained model's tokenizer (kind hf) back as the files transformers reads: its tokenizer.json
+    (with a template adding bos where the model expects one and the file had none, as Llama 3's), and
+    tokenizer_config.json naming bos/eos and carrying the chat template."""
+    from tokenizers import processors
+
+    from bladegpt import strictjson
+
+    rust = tokenizer.tokenizer
+    if tokenizer.add_bos and rust.post_processor is None:
+        bos = rust.id_to_token(tokenizer.bos_id)
+        rust = type(rust).from_str(rust.to_str())
+        rust.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                             special_tokens=[(bos, tokenizer.bos_id)])
+    (out / "tokenizer.json").write_text(rust.to_str(), encoding="utf-8")
+    name = lambda i: None if i is None else rust.id_to_token(i)  # noqa: E731
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
+              "clean_up_tokenization_spaces": False, "bos_token": name(tokenizer.bos_id),
+              "eos_token": name(tokenizer.eos_id), "add_bos_token": tokenizer.add_bos}
+    if tokenizer.chat_template:
+        config["chat_template"] = tokenizer.chat_template
+    (out / "tokenizer_config.json").write_text(strictjson.dumps(config, indent=2), encoding="utf-8")
