@@ -1,5 +1,5 @@
-"""Text at the edges that is not UTF-8: prompts and typed lines, file and folder names, output streams,
-and text files saved in UTF-16 or UTF-32.
+"""Text at the edges that is not UTF-8: prompts and typed lines, file and folder names, output streams
+(text files in other encodings: textfile.py).
 
 Python hands over bytes that are not UTF-8 in argv, file names and (where the locale says so) stdin
 as lone surrogates, U+DC80..U+DCFF, one per byte (PEP 383). Such a str fails wherever it is encoded
@@ -102,32 +102,3 @@ def openable(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-
-# Byte-order marks, the longer first (UTF-32-LE's begins with UTF-16-LE's): codec, and a name to say.
-BOMS = [(codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
-        (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")]
-NAMES = {"utf-8": "UTF-8", "utf-16-le": "UTF-16 (little-endian)", "utf-16-be": "UTF-16 (big-endian)",
-         "utf-32-le": "UTF-32 (little-endian)", "utf-32-be": "UTF-32 (big-endian)"}
-UNIT = {"utf-8": 1, "utf-16-le": 2, "utf-16-be": 2, "utf-32-le": 4, "utf-32-be": 4}  # bytes a character starts on
-
-
-def sniff(head: bytes) -> tuple[str, int, str]:
-    """The encoding of a text file from its first bytes: (Python codec, bytes of byte-order mark to
-    skip, how it was told). A BOM says it (what Windows Notepad writes for "Unicode", UTF-16-LE);
-    without one, UTF-16 and UTF-32 show as NUL bytes at every second (fourth) position, where text
-    in Latin scripts has its high bytes; anything else is read as UTF-8 (and checked as it is read)."""
-    for bom, codec in BOMS:
-        if head.startswith(bom):
-            return codec, len(bom), "byte-order mark"
-    n = len(head) // 4 * 4
-    if n < 8 or b"\x00" not in head[:n]:
-        return "utf-8", 0, "default"
-    nul = [head[i:n:4].count(0) / (n // 4) for i in range(4)]  # share of NULs at each position mod 4
-    patterns = {"utf-32-le": (nul[2] > 0.9 and nul[3] > 0.9 and nul[0] < 0.5),
-                "utf-32-be": (nul[0] > 0.9 and nul[1] > 0.9 and nul[3] < 0.5),
-                "utf-16-le": (min(nul[1], nul[3]) > 0.5 and max(nul[0], nul[2]) < 0.1),
-                "utf-16-be": (min(nul[0], nul[2]) > 0.5 and max(nul[1], nul[3]) < 0.1)}
-    for codec, seen in patterns.items():
-        if seen:
-            return codec, 0, "NUL-byte pattern, no byte-order mark"
-    return "utf-8", 0, "default"

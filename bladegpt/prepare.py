@@ -7,7 +7,6 @@ encoded on every core (worker processes) and written as it comes, so memory is b
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import itertools
 import multiprocessing
@@ -23,9 +22,10 @@ from pathlib import Path
 
 from bladegpt import strictjson
 from bladegpt.data import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
-from bladegpt.encoding import NAMES, UNIT, sniff, utf8_name
+from bladegpt.encoding import utf8_name
 from bladegpt.files import fsync, publish_dir, temp_dir
 from bladegpt.frames import FrameCounter
+from bladegpt.textfile import TextFile, utf8_size
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, Tokenizer, bpe_vocab_size, tokenizer_from_dict, train_tokenizer
 
 MIN_VOCAB, MAX_VOCAB = 257, 0xD7FF  # a BPE's ids must stay below the surrogate code points (tokenizer.py)
@@ -33,8 +33,6 @@ PIECE_CHARS = 1 << 20  # text encoded as one piece (4 MB measured slower: less o
 HF_PIECE_CHARS = 1 << 16  # ... by a pretrained model's tokenizer: as fast, and a 4 MB batch of them peaks at
 # 36 MB over the tokenizer, where four 1 MB pieces peaked at 230 MB (Hugging Face tokenizers, SmolLM2's)
 HF_BATCH_PIECES = 16  # pieces a core in a batch
-READ_BYTES = 1 << 20  # bytes read from a file at a time
-SNIFF_BYTES = 1 << 16  # bytes a file's encoding is told from
 SAMPLE_BYTES = 32 << 20  # a corpus BPE trains on at most this much text, drawn evenly across the corpus
 SAMPLE_SPANS = 64  # ... in this many spans
 SEPARATOR = "\n\n"  # between files
@@ -68,91 +66,6 @@ def find_text_files(inputs: list[Path]) -> list[Path]:
         else:
             raise DataError(f"No such file or folder: {path}; check the path.")
     return files
-
-
-@dataclass
-class TextFile:
-    """A corpus file: its encoding (sniffed: UTF-8 unless a byte-order mark or UTF-16's NUL pattern says
-    UTF-16 or UTF-32), where its text starts (after any BOM, never trained on), and its text's size in
-    UTF-8 bytes, the unit prepare counts in (measured by one read when the file is not UTF-8)."""
-
-    path: Path
-    encoding: str
-    start: int
-    size: int
-    text_bytes: int
-    how: str
-
-    @classmethod
-    def open(cls, path: Path) -> TextFile:
-        with open(path, "rb") as f:
-            head = f.read(SNIFF_BYTES)
-        encoding, start, how = sniff(head)
-        size = path.stat().st_size
-        file = cls(path, encoding, start, size, size - start, how)
-        if encoding != "utf-8":
-            file.text_bytes = sum(utf8_size(block) for block in file.blocks())
-        return file
-
-    def note(self) -> str | None:
-        """One line saying how a file that is not UTF-8 was read."""
-        if self.encoding == "utf-8":
-            return None
-        return f"Read {self.path} as {NAMES[self.encoding]} (its {self.how}), decoded to text before encoding."
-
-    def blocks(self, at: int = 0, length: int | None = None) -> Iterator[str]:
-        """The text in blocks, from `at` for about `length` bytes of it (UTF-8 bytes; in a UTF-16 or
-        UTF-32 file mapped to its own bytes in proportion, on a character's first byte)."""
-        if self.encoding == "utf-8":
-            return file_blocks(self.path, self.encoding, self.start, self.start + at, length)
-        unit, ratio = UNIT[self.encoding], (self.size - self.start) / max(self.text_bytes, 1)
-        at = round(at * ratio) // unit * unit
-        length = None if length is None else max(unit, round(length * ratio) // unit * unit)
-        return file_blocks(self.path, self.encoding, self.start, self.start + at, length)
-
-
-def file_blocks(path: Path, encoding: str = "utf-8", text_start: int = 0, start: int = 0,
-                length: int | None = None) -> Iterator[str]:
-    """A text file's characters in blocks, checked as they are read: decodable, no NUL characters.
-    The incremental decoder carries a character (or a UTF-16 surrogate pair) split across two reads;
-    read from inside the text (start past text_start), a character cut at the start is skipped."""
-    decoder = codecs.getincrementaldecoder(encoding)("ignore" if start > text_start else "strict")
-    offset, left = max(start, text_start), length
-    with open(path, "rb") as f:
-        f.seek(offset)
-        while left is None or left > 0:
-            data = f.read(READ_BYTES if left is None else min(READ_BYTES, left))
-            if not data:
-                break
-            try:
-                text = "\x00" if encoding == "utf-8" and b"\x00" in data else decoder.decode(data)
-            except UnicodeDecodeError as e:
-                raise DataError(_undecodable(path, encoding, f"a bad byte at offset {offset + e.start}")) from None
-            if "\x00" in text:
-                raise DataError(f"{path} looks binary (it has NUL bytes); prepare takes text files: UTF-8, or "
-                                "UTF-16 or UTF-32 (which it recognises by their byte-order mark).")
-            yield text
-            offset += len(data)
-            if left is not None:
-                left -= len(data)
-        if length is None:
-            try:
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError:
-                raise DataError(_undecodable(path, encoding, "it ends inside a character")) from None
-
-
-def _undecodable(path: Path, encoding: str, where: str) -> str:
-    if encoding == "utf-8":
-        return (f"{path} is not UTF-8 text ({where}); convert it, e.g. `iconv -f latin1 -t utf-8 {path.name}` "
-                "(or -f UTF-16 if it was saved as Unicode without a byte-order mark).")
-    return (f"{path} is not valid {NAMES[encoding]} text ({where}); convert it to UTF-8, e.g. "
-            f"`iconv -f {encoding.upper()} -t UTF-8 {path.name}`.")
-
-
-def utf8_size(text: str) -> int:
-    """Bytes of `text` in UTF-8, without encoding it when it is ASCII (isascii is O(1) in CPython)."""
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def whole_lines(blocks: Iterator[str]) -> Iterator[str]:
