@@ -346,7 +346,7 @@ def export(
     checkpoint: CheckpointOpt = None,
     format: Annotated[str, typer.Option("--format", help="hf (a transformers folder), safetensors (one file), "
                                         "or gguf (llama.cpp, ollama, LM Studio).")] = "hf",
-    dtype: Annotated[Optional[str], typer.Option(help="GGUF weights: f32, f16 or q8_0 [default: f16].")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="GGUF weights: f32, f16, bf16, q8_0, q4_0 or q4_1 [default: f16].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at OUT.")] = False,
 ) -> None:
     """Hand a trained model to the rest of the ecosystem (transformers, llama.cpp, or one file)."""
