@@ -70,3 +70,12 @@ def test_a_few_fine_tuning_steps_lower_officer_k_val_loss(smollm2, workdir):
     model, _, _ = load_checkpoint(next((workdir / "runs").iterdir()) / "last.safetensors")
     after = val_loss(model, dataset)
     assert math.isfinite(after) and after < before - 0.01, (before, after)
+    # issue #24: the fine-tuned voice exports to GGUF, and transformers' greedy text from that file is ours
+    out = workdir / "voice.gguf"
+    assert invoke("export", out, "--format", "gguf", "--dtype", "f32").exit_code == 0
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(workdir, gguf_file="voice.gguf", dtype=torch.float32)
+    tokenizer = pretrained.tokenizer
+    prompt = tokenizer.encode("I close the door.")
+    with torch.no_grad():
+        expected = theirs.eval().generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)[0, len(prompt):]
+    assert list(generate(model, prompt, 20, tokenizer.vocab_size, temperature=0)) == expected.tolist()
