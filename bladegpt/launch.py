@@ -320,6 +320,7 @@ def _record_resume(trainer: Trainer, plan: Plan, reporter: Reporter) -> None:
     if not changes:
         return
     saved = runs.read_run(plan.run_dir)
-    history = [*saved.get("resumes", []), {"step": trainer.step, "changed": changes}]
+    earlier = saved.get("resumes") if isinstance(saved.get("resumes"), list) else []
+    history = [*earlier, {"step": trainer.step, "changed": changes}]
     runs.write_run(plan.run_dir, {**saved, "train": trainer.cfg.to_dict(), "resumes": history})
     reporter.message(describe_resume(plan.saved_train, trainer.cfg, trainer.step, trainer.elapsed))
