@@ -153,6 +153,7 @@ def train(
     compile: Annotated[Optional[str], typer.Option(help="auto, on or off (auto: only if the run repays it) [default: auto; on --resume, the run's own].")] = None,
     run: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/DATASET-N, a new one].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the given (or latest) run exactly.")] = False,
+    tracker: Annotated[Optional[str], typer.Option(help="Also log the run to tensorboard or wandb (needs bladegpt[tensorboard] or bladegpt[wandb]; WANDB_MODE=offline keeps W&B local).")] = None,
 ) -> None:
     """Train a GPT on a prepared dataset, with a live display; Ctrl-C saves and stops."""
     from bladegpt.config import parse_duration
@@ -169,7 +170,7 @@ def train(
                     warmup_steps=warmup_steps, eval_interval=eval_interval, eval_iters=eval_iters, patience=patience,
                     log_interval=log_interval, sample_tokens=sample_tokens, seed=seed)
     result = train_model(data, preset, model, training, device, precision, attention, compile, resume, run,
-                         reporter=TrainDisplay(console), init_from=init_from)
+                         reporter=TrainDisplay(console), init_from=init_from, tracker=tracker)
     if result.interrupted:
         raise typer.Exit(code=130)
     if not Distributed.from_env().main:
