@@ -314,6 +314,8 @@ def runs_table(
     from bladegpt.report import runs_table as table
     from bladegpt.runs import RUNS_DIR, latest_run, run_folders, summarize
 
+    if bpb and plot is None:
+        raise UserError("--bpb sets the unit of --plot's curves; add --plot FILE.png, or drop --bpb.")
     if plot is not None:
         from bladegpt.plot import check_out, plot as draw
 

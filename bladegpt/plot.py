@@ -113,7 +113,7 @@ def plot(run_dirs: list[Path], out: Path, bpb: bool = False) -> Path:
     if not run_dirs:
         raise UserError("No runs to plot; train one with `bladegpt train`, or name run folders after --plot FILE.")
     try:
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
     except ImportError:
         raise UserError("--plot needs matplotlib, which is not installed: pip install 'bladegpt[plot]'.") from None
     runs = [curves(d, bpb) for d in run_dirs]
@@ -127,52 +127,49 @@ def plot(run_dirs: list[Path], out: Path, bpb: bool = False) -> Path:
     by_time = fig.add_subplot(grid[0, 1], sharey=by_step)
     longest = max((p[1] for c in runs for p in c.train + c.val + c.copied if not math.isnan(p[1])), default=0.0)
     scale, unit = _time_unit(longest)
-    unit_name = "bits per byte" if bpb else "loss (nats per token)"
-    palette = [f"C{i}" for i in range(10)]
     for i, c in enumerate(runs):
-        color = palette[i % len(palette)]
-        label = "" if len(runs) == 1 else f"{c.name} "
-        for ax, x in ((by_step, 0), (by_time, 1)):
-            div = 1.0 if x == 0 else scale
-            if c.train:
-                ax.plot([p[x] / div for p in c.train], [p[2] for p in c.train], color=color, alpha=0.45,
-                        linewidth=1.2, label=f"{label}train")
-            if c.val:
-                ax.plot([p[x] / div for p in c.val], [p[2] for p in c.val], color=color, marker="o", markersize=3.5,
-                        linewidth=2, label=f"{label}val")
-                best = min(c.val, key=lambda p: p[2])
-                ax.plot(best[x] / div, best[2], marker="*", markersize=16, color=color, markeredgecolor="black",
-                        linestyle="none", label=f"{label}best val {best[2]:.3f} at step {best[0]:,}")
-                if c.stopped_early:
-                    last = c.val[-1]
-                    ax.axvline(last[x] / div, color=color, linestyle=":", linewidth=1.5,
-                               label=f"{label}stopped early at step {last[0]:,}")
-    by_step.set_xlabel("step")
-    by_time.set_xlabel(f"wall time ({unit}, training and evaluation)")
-    by_step.set_ylabel(unit_name)
+        for ax, x, div in ((by_step, 0, 1.0), (by_time, 1, scale)):
+            _draw(ax, c, x, div, f"C{i % 10}", "" if len(runs) == 1 else f"{c.name} ")
+    by_step.set(xlabel="step", ylabel="bits per byte" if bpb else "loss (nats per token)")
+    by_time.set(xlabel=f"wall time ({unit}, training and evaluation)")
     by_time.tick_params(labelleft=False)
     _fit_y(by_step, runs)
-    for ax in (by_step, by_time):
-        ax.grid(alpha=0.3)
     by_step.legend(fontsize="small", loc="best")
     if copy_row:
-        for x, ax in ((0, fig.add_subplot(grid[1, 0], sharex=by_step)), (1, fig.add_subplot(grid[1, 1], sharex=by_time))):
-            div = 1.0 if x == 0 else scale
+        for x, ax, div in ((0, fig.add_subplot(grid[1, 0], sharex=by_step), 1.0),
+                           (1, fig.add_subplot(grid[1, 1], sharex=by_time), scale)):
             for i, c in enumerate(runs):
                 if c.copied:
-                    ax.plot([p[x] / div for p in c.copied], [100 * p[2] for p in c.copied],
-                            color=palette[i % len(palette)], marker="o", markersize=3)
-            ax.set_ylabel("sampled spans copied (%)" if x == 0 else "")
-            ax.set_xlabel("step" if x == 0 else f"wall time ({unit})")
+                    ax.plot([p[x] / div for p in c.copied], [100 * p[2] for p in c.copied], color=f"C{i % 10}",
+                            marker="o", markersize=3)
+            ax.set(xlabel="step" if x == 0 else f"wall time ({unit})", ylabel="sampled spans copied (%)" if x == 0 else "")
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
     if len(runs) == 1:
-        title = f"{runs[0].name}: train and val {'bits per byte' if bpb else 'loss'}  ({runs[0].title})"
+        fig.suptitle(f"{runs[0].name}: train and val {'bits per byte' if bpb else 'loss'}  ({runs[0].title})")
     else:
-        title = f"{len(runs)} runs: {', '.join(c.name for c in runs)}"
-    fig.suptitle(title)
+        names = [c.name for c in runs]
+        fig.suptitle(f"{len(runs)} runs: {', '.join(names[:6])}" + (f" and {len(names) - 6} more" if len(names) > 6 else ""))
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": f"{SOFTWARE} {__version__}"}))
     return out
+
+
+def _draw(ax, c: Curves, x: int, div: float, color: str, label: str) -> None:
+    """One run on one panel: x is 0 for steps, 1 for seconds (divided by `div` into the axis's unit)."""
+    if c.train:
+        ax.plot([p[x] / div for p in c.train], [p[2] for p in c.train], color=color, alpha=0.45, linewidth=1.2,
+                label=f"{label}train")
+    if c.val:
+        ax.plot([p[x] / div for p in c.val], [p[2] for p in c.val], color=color, marker="o", markersize=3.5,
+                linewidth=2, label=f"{label}val")
+        best = min(c.val, key=lambda p: p[2])
+        ax.plot(best[x] / div, best[2], marker="*", markersize=16, color=color, markeredgecolor="black",
+                linestyle="none", label=f"{label}best val {best[2]:.3f} at step {best[0]:,}")
+        if c.stopped_early:
+            last = c.val[-1]
+            ax.axvline(last[x] / div, color=color, linestyle=":", linewidth=1.5,
+                       label=f"{label}stopped early at step {last[0]:,}")
+    ax.grid(alpha=0.3)
 
 
 def _fit_y(ax, runs: list[Curves]) -> None:

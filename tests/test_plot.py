@@ -106,6 +106,7 @@ def test_plot_replaces_its_own_picture_and_nothing_else(workdir):
     assert_one_line_error(invoke("runs", "--plot", "curves.jpg", run), ".png")
     assert_one_line_error(invoke("runs", "--plot", "nowhere/curves.png", run), "No folder nowhere")
     assert_one_line_error(invoke("runs", "--plot", "x.png", workdir / "runs" / "tales-9"), "No run at")
+    assert_one_line_error(invoke("runs", "--bpb", run), "--bpb", "--plot FILE.png")
 
 
 def test_plot_without_runs_or_losses_is_one_line(workdir):
