@@ -133,7 +133,7 @@ def train(
                 reporter.message(f"Starting from {plan.origin}.")
             if plan.notes:
                 reporter.message("Sized to the text: " + "; ".join(plan.notes) + ". Each flag overrides its choice.")
-            if ddp.main:
+            if ddp.main and tracker is not None:
                 settings = {**runs.read_run(run_dir), "runtime": trainer.runtime_record()}
                 tracking = trainer.metrics.tracker = open_tracker(tracker, run_dir, settings, trainer.step,
                                                                   reporter.message)

@@ -4,6 +4,7 @@ Pinned to the CPU in fp32, so a GPU machine runs the same comparison (bf16 would
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from bladegpt.checkpoint import load_checkpoint
 from bladegpt.prepare import prepare
 from bladegpt.launch import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
+from tests.safety import REPO
 from tests.test_tracker import board
 
 SETTINGS = {**TINY_TRAIN, "steps": 12, "accum": 4, "eval_interval": 6, "log_interval": 2, "batch_size": 8}
@@ -34,7 +36,7 @@ def test_two_ranks_match_one_process(corpus, workdir):
     data = prepare([corpus], tokenizer="char").out_dir
     (workdir / "rank.py").write_text(RANK_SCRIPT)
     subprocess.run([*torchrun, "--standalone", "--nproc_per_node=2", "rank.py", str(data), "runs/ddp"],
-                   check=True, timeout=300)
+                   check=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's code
     single = train(data, "nano", TINY_MODEL, SETTINGS, device="cpu", precision="fp32", compile="off",
                    run=workdir / "runs" / "single")
 

@@ -112,13 +112,15 @@ def read_wandb(path):
 
 
 def test_wandb_offline_writes_its_run_folder(corpus, workdir, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(name, str(workdir / "wandb-home"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     data = prepare([corpus], tokenizer="char").out_dir
     told = Told()
     train(data, "nano", TINY_MODEL, SETTINGS, compile="off", tracker="wandb", reporter=told)
+    assert not [m for m in told.messages if "W&B stopped" in m], told.messages
+    wandb.teardown()  # what the process's exit does: W&B writes its file in the background until then
     run = workdir / "runs" / "tales-1"
     run_id = (run / "wandb" / "bladegpt-run-id").read_text()
     [log] = (run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
