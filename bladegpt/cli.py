@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bladegpt import __version__
 from bladegpt.errors import UserError
@@ -58,8 +59,6 @@ def friendly(command):
 
 
 def fail(message: str) -> None:
-    from rich.markup import escape
-
     err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line, however narrow the terminal
     raise typer.Exit(code=1) from None
 
@@ -162,6 +161,7 @@ def train(
     compile: Annotated[Optional[str], typer.Option(help="auto, on or off (auto: only if the run repays it) [default: auto; on --resume, the run's own].")] = None,
     run: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/DATASET-N, a new one].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the given (or latest) run exactly.")] = False,
+    tracker: Annotated[Optional[str], typer.Option(help="Also log the run to tensorboard or wandb (needs bladegpt[tensorboard] or bladegpt[wandb]; WANDB_MODE=offline keeps W&B local).")] = None,
 ) -> None:
     """Train a GPT on a prepared dataset, with a live display; Ctrl-C saves and stops."""
     from bladegpt.config import parse_duration
@@ -178,7 +178,7 @@ def train(
                     warmup_steps=warmup_steps, eval_interval=eval_interval, eval_iters=eval_iters, patience=patience,
                     log_interval=log_interval, sample_tokens=sample_tokens, seed=seed)
     result = train_model(data, preset, model, training, device, precision, attention, compile, resume, run,
-                         reporter=TrainDisplay(console), init_from=init_from)
+                         reporter=TrainDisplay(console), init_from=init_from, tracker=tracker)
     if result.interrupted:
         raise typer.Exit(code=130)
     if not Distributed.from_env().main:
@@ -322,19 +322,30 @@ def bench(
 @app.command("runs")
 @friendly
 def runs_table(
-    root: Annotated[Path, typer.Argument(help="The runs folder.")] = Path("runs"),
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Run folders, or folders of runs [default: runs/; with --plot, the latest run].", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the runs as JSON, nothing else.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Draw the runs' train and val curves against step and wall time into this PNG (needs bladegpt[plot]).")] = None,
+    bpb: Annotated[bool, typer.Option("--bpb", help="With --plot: bits per byte instead of loss, comparable across tokenizers.")] = False,
 ) -> None:
     """Compare runs at a glance: how each started, how far it got, its best val loss, its state."""
     from bladegpt import strictjson
     from bladegpt.report import runs_table as table
-    from bladegpt.runs import list_runs
+    from bladegpt.runs import RUNS_DIR, latest_run, run_folders, summarize
 
-    found = list_runs(root)
+    if bpb and plot is None:
+        raise UserError("--bpb sets the unit of --plot's curves; add --plot FILE.png, or drop --bpb.")
+    if plot is not None:
+        from bladegpt.plot import check_out, plot as draw
+
+        check_out(plot)  # before looking for runs: a wrong file name is the first thing to say
+        written = draw(run_folders(paths) if paths else [latest_run()], plot, bpb)
+        console.print(f"Wrote {written}.")
+        return
+    found = [summarize(p) for p in run_folders(paths or [RUNS_DIR])]
     if json_out:
         print(strictjson.dumps(found, indent=2))
     elif not found:
-        console.print(f"No runs in {root}/ yet; start one with `bladegpt train`.")
+        console.print(f"No runs in {', '.join(f'{p}/' for p in paths or [RUNS_DIR])} yet; start one with `bladegpt train`.")
     else:
         console.print(table(found))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from bladegpt.runtime import (
     set_matmul_precision,
 )
 from bladegpt.signals import StopSignals
+from bladegpt.tracker import FOLDERS as TRACKER_FOLDERS, check_tracker, open_tracker
 from bladegpt.trainer import Reporter, Trainer, TrainResult
 
 RUNTIME_FLAGS = ("device", "precision", "attention", "compile")
@@ -77,18 +79,21 @@ def train(
     run: Path | None = None,
     reporter: Reporter | None = None,
     init_from: str | None = None,
+    tracker: str | None = None,
 ) -> TrainResult:
     """Train a GPT on a prepared dataset: a new run in runs/, or `resume` the given (or latest) run.
 
     `init_from` starts from a pretrained model (see pretrained.py) instead of random weights.
     Runtime flags left as None mean: the run's own choice when resuming, else "auto".
+    `tracker` (tensorboard or wandb) also sends the run to that tracker, from the main process.
     """
     requested = dict(device=device, precision=precision, attention=attention, compile=compile)
     if compile is not None and compile not in COMPILE_MODES:
         raise ConfigError(f"Unknown --compile '{compile}'; choose one of: {', '.join(COMPILE_MODES)}.")
+    check_tracker(tracker)
     ddp = Distributed.from_env()
     reporter = reporter if reporter is not None and ddp.main else Reporter()  # only rank 0 speaks
-    lock, run_dir, created, record = None, None, False, None
+    lock, run_dir, created, record, tracking = None, None, False, None, None
     finished = False
     with StopSignals() as signals:
         try:
@@ -134,12 +139,18 @@ def train(
                 reporter.message(f"Starting from {plan.origin}.")
             if plan.notes:
                 reporter.message("Sized to the text: " + "; ".join(plan.notes) + ". Each flag overrides its choice.")
+            if ddp.main and tracker is not None:
+                settings = {**runs.read_run(run_dir), "runtime": trainer.runtime_record()}
+                tracking = trainer.metrics.tracker = open_tracker(tracker, run_dir, settings, trainer.step,
+                                                                  reporter.message)
             if plan.budget_s is not None:
                 trainer.budget(plan.budget_s, lambda cfg: record and runs.write_run(run_dir, {**record, "train": cfg.to_dict()}))
             result = trainer.run()
             finished = True
             return result
         finally:
+            if tracking is not None:
+                tracking.close(failed=not finished)
             if lock is not None:
                 _remove_if_unused(run_dir, created)
                 lock.release()
@@ -267,7 +278,7 @@ def _claim_run_dir(run: Path | None, data_dir: Path) -> tuple[Path, bool]:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run {run_dir} is a file; give --run a folder name.")
     if run_dir.is_dir():
-        ours = RUN_FILES | set(CHECKPOINTS)
+        ours = RUN_FILES | set(CHECKPOINTS) | set(TRACKER_FOLDERS)
         ours |= {temp_path(Path(name)).name for name in ours}  # a crash may leave a staged copy
         if not {p.name for p in run_dir.iterdir()} <= ours:
             raise ConfigError(f"{run_dir} exists and is not a run folder; give --run a new folder name "
@@ -281,13 +292,22 @@ def _check_unused(run_dir: Path) -> None:
     """Checked under the lock: a run folder with a checkpoint belongs to its run."""
     if any((run_dir / name).exists() for name in CHECKPOINTS):
         raise ConfigError(f"{run_dir} already holds a run; pick another --run, or add --resume to continue it.")
-    (run_dir / runs.METRICS).unlink(missing_ok=True)  # from a start that died before its first checkpoint
+    _remove_started(run_dir)  # from a start that died before its first checkpoint
+
+
+def _remove_started(run_dir: Path) -> None:
+    """What a start writes before its first checkpoint: the metrics and the trackers' folders."""
+    (run_dir / runs.METRICS).unlink(missing_ok=True)
+    for name in TRACKER_FOLDERS:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
 
 
 def _remove_if_unused(run_dir: Path, created: bool) -> None:
     """A run that stopped before its first checkpoint leaves nothing behind (only what it wrote is removed)."""
     if any((run_dir / name).exists() for name in CHECKPOINTS):
         return
+    _remove_started(run_dir)
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     if created and not any(run_dir.iterdir()):

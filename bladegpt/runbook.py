@@ -12,6 +12,7 @@ from bladegpt.config import TrainConfig
 from bladegpt.optim import lr_at, schedule_progress
 from bladegpt.pacing import duration
 from bladegpt.runs import METRICS
+from bladegpt.tracker import Tracker
 
 
 @dataclass
@@ -44,15 +45,23 @@ class EarlyStopping:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON line per log or evaluation, written by the main process only."""
+    """metrics.jsonl: one JSON line per log or evaluation, written by the main process only, which
+    also hands each record, and each evaluation's sample, to the run's tracker (train --tracker)."""
 
     def __init__(self, run_dir: Path, main: bool):
         self.path, self.main = Path(run_dir) / METRICS, main
+        self.tracker: Tracker | None = None  # attached by launch.train on the main process
 
     def write(self, record: dict) -> None:
         if self.main:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(strictjson.dumps(record) + "\n")
+            if self.tracker is not None:
+                self.tracker.log(record)
+
+    def sample(self, step: int, text: str | None) -> None:
+        if self.tracker is not None and text:
+            self.tracker.text(step, text)
 
 
 def train_record(step: int, loss: float, lr: float, tok_per_s: float, mfu: float, elapsed: float) -> dict:

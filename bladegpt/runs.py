@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -188,17 +189,8 @@ def summarize(run_dir: Path) -> dict:
         saved = {"dataset": "?", "train": {}}
     train = saved.get("train", {})
     info = _saved_info(run_dir / STATE) or {}
-    evals = []
-    if (run_dir / METRICS).is_file():
-        for line in (run_dir / METRICS).read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            # null (or NaN, from older versions) is no value: such an evaluation is never the best
-            if (isinstance(record, dict) and strictjson.number(record.get("val_loss")) is not None
-                    and isinstance(record.get("step"), int) and record["step"] <= info.get("step", 0)):
-                evals.append(record)
+    evals = [r for r in read_metrics(run_dir) if is_number(r.get("val_loss")) and is_number(r.get("val_bpb"))
+             and r["step"] <= info.get("step", 0)]
     best = min(evals, key=lambda r: r["val_loss"], default=None)
     steps, budget, step = train.get("steps"), train.get("time_budget_s"), info.get("step", 0)
     patience, stale = train.get("patience", 0), info.get("stale_evals", 0)
@@ -228,7 +220,39 @@ def summarize(run_dir: Path) -> dict:
     }
 
 
-def list_runs(root: Path = RUNS_DIR) -> list[dict]:
-    """Every run folder under root, oldest first."""
-    folders = [p for p in Path(root).iterdir() if (p / RUN_FILE).is_file()] if Path(root).is_dir() else []
-    return [summarize(p) for p in sorted(folders, key=lambda p: (p / RUN_FILE).stat().st_mtime)]
+def run_folders(paths: list[Path]) -> list[Path]:
+    """The runs named: each path a run folder, or a folder of runs (its runs, oldest first)."""
+    found = []
+    for path in map(Path, paths):
+        if (path / RUN_FILE).is_file():
+            found.append(path)
+        elif path.is_dir():
+            inside = [p for p in path.iterdir() if (p / RUN_FILE).is_file()]
+            found += sorted(inside, key=lambda p: (p / RUN_FILE).stat().st_mtime)
+        elif path != RUNS_DIR:
+            raise UserError(f"No run at {path}; name a run folder (runs/NAME-N) or a folder of runs.")
+    return found
+
+
+def is_number(value) -> bool:
+    """A value a chart can place: metrics.jsonl writes a non-finite one as null."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's records, each with an int `step`, in file order. Read tolerantly: a line cut short
+    by a crash, or a record of a kind this version does not know, is passed over; values may be null."""
+    path = Path(run_dir) / METRICS
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
+            records.append(record)
+    return records

@@ -411,6 +411,7 @@ class Trainer:
         self.elapsed += time.perf_counter() - t0  # evaluation is part of the run's wall time
         record = eval_record(self.step, self.last_loss, self.lr, self.tok_per_s, val_loss, val_bpb, self.elapsed)
         self.metrics.write(record)
+        self.metrics.sample(self.step, sample)
         self.save()
         if improved:
             self.save_best(val_loss)

@@ -4,6 +4,7 @@ Pinned to the CPU in fp32, so a GPU machine runs the same comparison (bf16 would
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,13 +15,16 @@ from bladegpt.checkpoint import load_checkpoint
 from bladegpt.prepare import prepare
 from bladegpt.launch import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
+from tests.safety import REPO
+from tests.test_tracker import board
 
 SETTINGS = {**TINY_TRAIN, "steps": 12, "accum": 4, "eval_interval": 6, "log_interval": 2, "batch_size": 8}
 
 RANK_SCRIPT = f"""
 import os, sys, torch
 from bladegpt.launch import train
-result = train(sys.argv[1], "nano", {TINY_MODEL!r}, {SETTINGS!r}, device="cpu", precision="fp32", compile="off", run=sys.argv[2])
+result = train(sys.argv[1], "nano", {TINY_MODEL!r}, {SETTINGS!r}, device="cpu", precision="fp32", compile="off", run=sys.argv[2],
+               tracker="tensorboard")
 flat = torch.cat([p.detach().flatten() for p in result.model.parameters()])
 torch.save(flat, f"{{sys.argv[2]}}-rank{{os.environ['RANK']}}.pt")
 """
@@ -32,7 +36,7 @@ def test_two_ranks_match_one_process(corpus, workdir):
     data = prepare([corpus], tokenizer="char").out_dir
     (workdir / "rank.py").write_text(RANK_SCRIPT)
     subprocess.run([*torchrun, "--standalone", "--nproc_per_node=2", "rank.py", str(data), "runs/ddp"],
-                   check=True, timeout=300)
+                   check=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's code
     single = train(data, "nano", TINY_MODEL, SETTINGS, device="cpu", precision="fp32", compile="off",
                    run=workdir / "runs" / "single")
 
@@ -47,6 +51,10 @@ def test_two_ranks_match_one_process(corpus, workdir):
         assert ddp_losses[step] == pytest.approx(loss, abs=2e-3), step
     single_flat = torch.cat([p.detach().flatten() for p in single.model.parameters()])
     assert torch.allclose(ranks[0], single_flat, atol=1e-3)
+
+    [events] = (workdir / "runs" / "ddp" / "tensorboard").iterdir()  # only rank 0 logs to the tracker
+    values, _ = board(events.parent)
+    assert [s for s, _ in values["train/loss"]] == sorted(ddp_losses)
 
     model, _, info = load_checkpoint(workdir / "runs" / "ddp" / "last.safetensors")  # loads in one process
     assert info["step"] == 12
