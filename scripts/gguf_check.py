@@ -3,8 +3,11 @@
 Needs llama.cpp's Python binding, built from source (about 5 minutes on 2 cores this way):
     CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
         -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 pip install llama-cpp-python
-Then, for any checkpoint (default: the latest run's best):
-    python scripts/gguf_check.py [--checkpoint runs/NAME/best.safetensors] [--tokens 300]
+Then, for any checkpoint (default: the latest run's best), or any --init-from source (a GGUF file, an HF folder):
+    python scripts/gguf_check.py [--checkpoint runs/NAME/best.safetensors | --source FILE.gguf] [--tokens 300]
+
+With --source FILE.gguf it first compares BladeGPT's tokenizer, read from the file, with llama.cpp's own
+on the same file (digits included).
 
 It exports f32, f16 and q8_0 files and, for each, compares with BladeGPT:
 - token ids for mixed text (punctuation, digits, Unicode, runs of spaces and newlines);
@@ -43,7 +46,7 @@ TEXTS = [
 
 def tanh_gelu(model):
     model = copy.deepcopy(model)
-    for block in model.transformer.h:
+    for block in model.transformer.h:  # GPT-2's block: llama.cpp computes its GELU with the tanh approximation
         block.mlp.gelu = torch.nn.GELU(approximate="tanh")
     return model.eval()
 
@@ -85,14 +88,32 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--source", default=None, help="any --init-from source instead of a checkpoint")
+    parser.add_argument("--dtypes", default="f32,f16,q8_0")
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--prompt", default="\n")
     args = parser.parse_args()
 
-    source = resolve_checkpoint(args.checkpoint)
-    model, tokenizer, _ = load_checkpoint(source)
+    tmpdir = tempfile.TemporaryDirectory()
+    if args.source:
+        from bladegpt.checkpoint import save_checkpoint
+        from bladegpt.sources import gguf_path, load_pretrained
+
+        pretrained = load_pretrained(args.source)
+        model, tokenizer = pretrained.model, pretrained.tokenizer
+        source = Path(tmpdir.name) / "source.safetensors"
+        save_checkpoint(source, model, tokenizer)
+        if gguf_path(args.source) is not None:  # the source file's vocabulary, read by both
+            llm = llama_cpp.Llama(str(gguf_path(args.source)), vocab_only=True, verbose=False)
+            texts = TEXTS + ["In 2024, 3.14159 of 1,000,000 people paid $42.50 at 10:30pm.", "x=12345678 v2.0.1"]
+            ok = sum(llm.tokenize(t.encode(), add_bos=False, special=False) == tokenizer.encode(t) for t in texts)
+            print(f"{pretrained.description}\n  source file: token ids equal llama.cpp's for {ok}/{len(texts)} texts")
+            del llm
+    else:
+        source = resolve_checkpoint(args.checkpoint)
+        model, tokenizer, _ = load_checkpoint(source)
     model.eval()
-    same = tanh_gelu(model)
+    same = tanh_gelu(model) if model.config.arch == "gpt2" else model
     cfg, n_own = model.config, tokenizer.vocab_size
     print(f"CPU: {cpu_model()} | llama-cpp-python {llama_cpp.__version__} | {source}")
     print(f"model: {cfg.n_layer} layers, {cfg.n_embd} wide, block {cfg.block_size}, {tokenizer.kind} tokenizer "
@@ -106,8 +127,8 @@ def main() -> None:
     print(f"BladeGPT exact GELU vs tanh GELU: largest logit difference {(exact - approx).abs().max():.2e} "
           f"(logits span {exact.min():.1f}..{exact.max():.1f}); greedy {agreement(ours, ours_tanh)}")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        for dtype in ("f32", "f16", "q8_0"):
+    with tmpdir as tmp:
+        for dtype in args.dtypes.split(","):
             path = export(Path(tmp) / f"voice-{dtype}.gguf", source, "gguf", dtype=dtype)
             llm = llama_cpp.Llama(str(path), n_ctx=cfg.block_size, n_batch=cfg.block_size, logits_all=True,
                                   verbose=False, seed=0)
