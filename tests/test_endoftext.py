@@ -62,7 +62,7 @@ def test_every_kind_has_one_separator_id_on_every_path(workdir, monkeypatch, kin
     # bits per byte counts the separator as the 13 bytes it takes in the file: the dataset's bytes
     assert sum(len(tok.token_bytes(i)) for i in one.splits["train"].tolist()) == one.meta["train_bytes"]
     monkeypatch.setattr(prepare_module, "PIECE_CHARS", 300)
-    monkeypatch.setattr(prepare_module, "READ_BYTES", 97)
+    monkeypatch.setattr("bladegpt.textfile.READ_BYTES", 97)
     monkeypatch.setattr(prepare_module, "PARALLEL_MIN_BYTES", 0)
     many = TokenData(prepare([workdir / "docs.txt"], out_dir=workdir / "many", tokenizer=kind, vocab_size=400).out_dir)
     for split in ("train", "val"):
