@@ -189,8 +189,8 @@ def summarize(run_dir: Path) -> dict:
         saved = {"dataset": "?", "train": {}}
     train = saved.get("train", {})
     info = _saved_info(run_dir / STATE) or {}
-    evals = [r for r in read_metrics(run_dir) if is_number(r.get("val_loss")) and is_number(r.get("val_bpb"))
-             and r["step"] <= info.get("step", 0)]
+    # null (or NaN, from older versions) is no value: such an evaluation is never the best
+    evals = [r for r in read_metrics(run_dir) if is_number(r.get("val_loss")) and r["step"] <= info.get("step", 0)]
     best = min(evals, key=lambda r: r["val_loss"], default=None)
     steps, budget, step = train.get("steps"), train.get("time_budget_s"), info.get("step", 0)
     patience, stale = train.get("patience", 0), info.get("stale_evals", 0)
