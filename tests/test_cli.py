@@ -68,7 +68,8 @@ def test_sampling_knobs_at_their_limits_from_the_cli(corpus, workdir):
     plain = text("--top-k", "1000000")  # past the vocabulary: all of it
     assert plain.stdout == text("--top-k", "1000000", "--min-p", "0", "--top-p", "1").stdout
     hot = text("--temperature", "1e300", "--min-p", "0.5")
-    assert hot.exit_code == 0 and len(hot.stdout) > 30, hot.output
+    # near-uniform over what min-p keeps: a sample, not greedy's text (it may draw the end of text early)
+    assert hot.exit_code == 0 and hot.stdout != greedy.stdout, hot.output
     talk = CliRunner().invoke(app, ["chat", "--frame", "lines", "--temperature", "1e-40", "--min-p", "0.1",
                                     "--max-new-tokens", "10"], input="The hunter\n")
     assert talk.exit_code == 0 and "Traceback" not in talk.output, talk.output
