@@ -69,3 +69,20 @@ def cli(*args, cwd: Path, timeout: float = 300, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "bladegpt", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def poison_weights_at(monkeypatch, step: int) -> None:
+    """Fill a weight with NaN just before training step `step`: the loss turns NaN from there on."""
+    import torch
+
+    from bladegpt.trainer import Trainer
+
+    real_step = Trainer.train_step
+
+    def poisoned(self):
+        if self.step == step:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned)

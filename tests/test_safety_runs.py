@@ -20,7 +20,7 @@ from bladegpt.errors import UserError
 from bladegpt.launch import train
 from bladegpt.trainer import Reporter, Trainer, TrainingDiverged
 from tests.conftest import TINY_MODEL, TINY_TRAIN
-from tests.safety import REPO, TINY_CLI, assert_one_line_error, cli, invoke, mounted
+from tests.safety import REPO, TINY_CLI, assert_one_line_error, cli, invoke, mounted, poison_weights_at
 
 EXACT = dict(device="cpu", precision="fp32", attention="manual", compile="off")
 SCHEDULE = {**TINY_TRAIN, "steps": 30, "eval_interval": 10}
@@ -137,15 +137,7 @@ def test_new_run_folders_are_race_free(tmp_path):
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(corpus, workdir, monkeypatch):
     prepare([corpus], tokenizer="char")
-    real_step = Trainer.train_step
-
-    def poisoned(self):
-        if self.step == 12:
-            with torch.no_grad():
-                next(self.model.parameters()).fill_(float("nan"))
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    poison_weights_at(monkeypatch, 12)
     with pytest.raises(TrainingDiverged, match="NaN or infinite by step 15.*last good checkpoint.*lower --lr"):
         train(None, "nano", TINY_MODEL, SCHEDULE, compile="off")
     run_dir = workdir / "runs" / "tales-1"

@@ -14,7 +14,7 @@ from bladegpt.prepare import prepare
 from bladegpt.runbook import MetricsLog
 from bladegpt.trainer import Trainer, TrainingDiverged
 from tests.conftest import TINY_MODEL, TINY_TRAIN
-from tests.safety import invoke
+from tests.safety import invoke, poison_weights_at
 
 
 def strict(text: str):
@@ -45,15 +45,7 @@ def test_a_nan_loss_leaves_only_strict_json(corpus, workdir, monkeypatch):
     """The issue's instance: the loss turns NaN, the run stops in one line, and every file it wrote reads
     as strict JSON."""
     prepare([corpus], tokenizer="char")
-    real_step = Trainer.train_step
-
-    def poisoned(self):
-        if self.step == 12:
-            with torch.no_grad():
-                next(self.model.parameters()).fill_(float("nan"))
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    poison_weights_at(monkeypatch, 12)
     with pytest.raises(TrainingDiverged):
         train(None, "nano", TINY_MODEL, TINY_TRAIN, compile="off")
     for text in written_json(workdir / "runs" / "tales-1"):
