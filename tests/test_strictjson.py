@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 from safetensors import safe_open
 
 from bladegpt import bench as bench_module
