@@ -161,7 +161,7 @@ def train(
     compile: Annotated[Optional[str], typer.Option(help="auto, on or off (auto: only if the run repays it) [default: auto; on --resume, the run's own].")] = None,
     run: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/DATASET-N, a new one].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the given (or latest) run exactly.")] = False,
-    tracker: Annotated[Optional[str], typer.Option(help="Also log the run to tensorboard or wandb (needs bladegpt[tensorboard] or bladegpt[wandb]; WANDB_MODE=offline keeps W&B local).")] = None,
+    tracker: Annotated[Optional[str], typer.Option(help="Also log the run to tensorboard or wandb (needs pip install 'bladegpt\\[tensorboard]' or 'bladegpt\\[wandb]'; WANDB_MODE=offline keeps W&B local).")] = None,
 ) -> None:
     """Train a GPT on a prepared dataset, with a live display; Ctrl-C saves and stops."""
     from bladegpt.config import parse_duration
@@ -324,7 +324,7 @@ def bench(
 def runs_table(
     paths: Annotated[Optional[list[Path]], typer.Argument(help="Run folders, or folders of runs [default: runs/; with --plot, the latest run].", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the runs as JSON, nothing else.")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Draw the runs' train and val curves against step and wall time into this PNG (needs bladegpt[plot]).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Draw the runs' train and val curves against step and wall time into this PNG (needs pip install 'bladegpt\\[plot]').")] = None,
     bpb: Annotated[bool, typer.Option("--bpb", help="With --plot: bits per byte instead of loss, comparable across tokenizers.")] = False,
 ) -> None:
     """Compare runs at a glance: how each started, how far it got, its best val loss, its state."""

@@ -76,7 +76,8 @@ class ModelConfig:
             raise ConfigError(f"layer_norm_eps must be a small positive number, got {self.layer_norm_eps}.")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "kv_heads", "head_dim", "mlp_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+                flag = f" (--{name.replace('_', '-')})" if name in ("block_size", "n_layer", "n_head", "n_embd") else ""
+                raise ConfigError(f"{name}{flag} must be at least 1, got {getattr(self, name)}.")
         if self.head_size is None and self.n_embd % self.n_head:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}); "

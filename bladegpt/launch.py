@@ -205,7 +205,10 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
                         f"its tokenizer: `bladegpt prepare {' '.join(files)} --tokenizer-from {source}` (it writes "
                         f"{default_out_dir(files, source)}), then train again.")
     source_cfg = pretrained.model.config
-    block = overrides.get("block_size") or min(source_cfg.block_size, FINETUNE_BLOCK)
+    block = overrides["block_size"] if "block_size" in overrides else min(source_cfg.block_size, FINETUNE_BLOCK)
+    if block < 1:
+        raise ConfigError(f"--block-size must be between 1 and {source_cfg.block_size} (the source's context), "
+                          f"got {block}.")
     if block > source_cfg.block_size:
         raise ConfigError(f"--block-size {block} is longer than {source}'s context ({source_cfg.block_size}); "
                           f"use at most {source_cfg.block_size}.")

@@ -114,3 +114,16 @@ def test_a_prompt_starts_with_bos_where_the_model_expects_one(tmp_path):
     assert llama3.add_bos and prompt_ids(llama3, "The hunter") == [llama3.bos_id, *llama3.encode("The hunter")]
     assert prompt_ids(llama3, "<|begin_of_text|>Hi") == llama3.encode("<|begin_of_text|>Hi")  # never twice
     assert not smollm.add_bos and prompt_ids(smollm, "The hunter") == smollm.encode("The hunter")
+
+
+def test_fine_tune_context_mistakes_and_a_gguf_as_checkpoint_are_one_line(llama_folder, workdir, corpus):
+    """Found by a new user: --block-size 0 ran at the default context; a GGUF given to sample --checkpoint
+    was called damaged."""
+    folder, source = llama_folder
+    assert invoke("prepare", corpus, "--tokenizer-from", folder).exit_code == 0
+    for bad in ("0", "-5"):
+        assert_one_line_error(invoke("train", "--init-from", folder, "--block-size", bad), "--block-size must be between 1")
+    assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
+    write_gguf(source, workdir / "voice.gguf")
+    assert_one_line_error(invoke("sample", "Hi", "--checkpoint", workdir / "voice.gguf"), "is a GGUF file",
+                          "--init-from")

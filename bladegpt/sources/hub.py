@@ -104,7 +104,7 @@ def hf_folder(source: str, weights: bool) -> Path:
     if _offline():
         raise SourceError(f"{source} is not in the Hugging Face cache ({_cache_dir()}) and HF_HUB_OFFLINE is set: "
                           f"download it on a connected machine (`hf download {repos[0]}`) and copy the cache here, "
-                          "or pass a local folder or .gguf file to --init-from.")
+                          "or pass a local folder or .gguf file instead.")
     try:
         folder = Path(snapshot_download(repos[0], cache_dir=_cache_dir(), allow_patterns=wanted[:-1] if weights else wanted))
         if weights and not weight_files(folder):  # older repos have only the pickle-format file
