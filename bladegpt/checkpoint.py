@@ -54,19 +54,13 @@ def _io(save, *args, **kwargs) -> None:
         raise OSError(errno.EIO, str(e).removeprefix("Error while serializing: "), args[1]) from None
 
 
-def _is_gguf(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
-
-
 def read_metadata(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}; train a model first with `bladegpt train`.")
-    if _is_gguf(path):
+    from bladegpt.sources import is_gguf
+
+    if is_gguf(path):
         raise CheckpointError(f"{path} is a GGUF file, not a BladeGPT checkpoint; start a run from it with `bladegpt "
                               f"train --init-from {path}`, or give a run folder or .safetensors checkpoint.")
     try:
