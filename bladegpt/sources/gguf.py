@@ -238,14 +238,17 @@ def gguf_tokenizer(path: Path, meta: dict | None = None):
         raise SourceError(f"{path}: {e}") from None
 
 
-def gguf_model(path: Path, where: str | None = None):
+def gguf_model(path: Path, where: str | None = None, reader=None, meta: dict | None = None):
     """(model, metadata, reader) of a GGUF file: weights dequantized to fp32 one tensor at a time into a
-    model built on the meta device (the file itself is memory-mapped, never read whole)."""
+    model built on the meta device (the file itself is memory-mapped, never read whole). A reader and
+    metadata already read are reused: parsing the file costs seconds (SmolLM2's 98k vocabulary strings)."""
     from bladegpt.sources import build_model
 
     where = where or str(path)
-    reader = open_gguf(path)
-    meta = metadata(reader)
+    if reader is None:
+        reader = open_gguf(path)
+    if meta is None:
+        meta = metadata(reader)
     config = gguf_config(meta, reader, where)
     if config.arch == "gpt2":
         state = gpt2_state_dict(reader, config)
@@ -257,13 +260,15 @@ def gguf_model(path: Path, where: str | None = None):
 
 
 def load_gguf(path: Path, source: str):
-    """A Pretrained from a GGUF file (or an ollama: model, whose blob `path` is): the tokenizer first, so a
-    vocabulary BladeGPT cannot read is said before the weights are read."""
+    """A Pretrained from a GGUF file (or an ollama: model, whose blob `path` is): the file parsed once, the
+    tokenizer built first, so a vocabulary BladeGPT cannot read is said before the weights are read."""
     from bladegpt.sources import Pretrained, size
 
     where = source if source.startswith("ollama:") else str(path)
-    tokenizer = gguf_tokenizer(path)
-    model, meta, reader = gguf_model(path, where)
+    reader = open_gguf(path)
+    meta = metadata(reader)
+    tokenizer = gguf_tokenizer(path, meta)
+    model, _, _ = gguf_model(path, where, reader, meta)
     name = meta.get("general.name") or path.stem
     mb = math.ceil(path.stat().st_size / 1e6)
     origin = f" ({path})" if source.startswith("ollama:") else ""
