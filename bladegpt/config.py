@@ -35,7 +35,7 @@ ARCHS = ("gpt2", "llama", "qwen2", "qwen3")
 def padded_vocab(n: int, multiple: int = 64) -> int:
     """Round the vocabulary up: matmuls run faster on multiples of 64 (nanoGPT's 50304). At least one
     row is always spare: never a target, training teaches the model never to predict it, and a GGUF
-    export gives that row to the end-of-text token llama.cpp needs (export_gguf.py)."""
+    export gives that row to the end-of-text token llama.cpp needs (export/gguf.py)."""
     return (n + multiple) // multiple * multiple
 
 

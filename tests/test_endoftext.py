@@ -174,7 +174,7 @@ def test_hf_export_reads_the_separator_as_bladegpt_does(workdir, kind):
 def test_gguf_export_reads_the_separator_as_bladegpt_does(workdir, kind):
     gguf = pytest.importorskip("gguf")
     transformers = pytest.importorskip("transformers")
-    from bladegpt.export_gguf import CONTROL, write_gguf
+    from bladegpt.export.gguf import CONTROL, write_gguf
 
     tok, model = tokenizer_and_model(kind)
     write_gguf(workdir / "voice.gguf", model, tok, "f32")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.cli import app
-from bladegpt.export_gguf import gguf_tensors, gguf_vocab
+from bladegpt.export.gguf import gguf_tensors, gguf_vocab
 from bladegpt.launch import train
 from bladegpt.prepare import prepare
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
@@ -132,7 +132,7 @@ def test_gguf_target_rules(trained):
 def test_gpt2_shaped_model_with_biases(tmp_path):
     """A GPT-2 fine-tune's shape: biases everywhere, tanh GELU, vocabulary 50257 unpadded."""
     from bladegpt.config import ModelConfig
-    from bladegpt.export_gguf import write_gguf
+    from bladegpt.export.gguf import write_gguf
     from bladegpt.model import GPT
     from bladegpt.tokenizer import TiktokenTokenizer
 

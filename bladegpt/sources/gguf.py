@@ -28,7 +28,7 @@ LLAMA_NAMES = {
     "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
-# GGUF names -> BladeGPT's (arch gpt2, as export_gguf.py writes them).
+# GGUF names -> BladeGPT's (arch gpt2, as export/gguf.py writes them).
 GPT2_NAMES = {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj", "ffn_norm": "ln_2",
               "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
 # Llama 3.1/3.2's llama3 scaling band (config.json's low/high_freq_factor, original_max_position_embeddings):

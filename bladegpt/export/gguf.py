@@ -65,7 +65,7 @@ def adds_tokens(tokenizer: Tokenizer) -> bool:
 def gguf_vocab(tokenizer: Tokenizer) -> Vocab:
     """The tokenizer as llama.cpp's byte-level BPE; refuses (one line) one it cannot express exactly."""
     if tokenizer.kind == "hf":
-        from bladegpt.export_llama import hf_vocab
+        from bladegpt.export.llama import hf_vocab
 
         return hf_vocab(tokenizer)
     if isinstance(tokenizer, CharTokenizer):
@@ -176,7 +176,7 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
         writer.add_layer_norm_eps(cfg.layer_norm_eps)
         tensors = gguf_tensors(model, vocab)
     else:
-        from bladegpt.export_llama import add_llama_keys, llama_gguf_tensors
+        from bladegpt.export.llama import add_llama_keys, llama_gguf_tensors
 
         rows = cfg.vocab_size  # llama.cpp wants a token for every row: padding rows get [PAD] entries
         if len(vocab.tokens) > rows:

@@ -34,7 +34,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
 
     `force` replaces only an earlier export, never anything else. `dtype` is GGUF's (default f16).
     """
-    from bladegpt.export_gguf import DTYPES, adds_tokens, exported_by_us, write_gguf
+    from bladegpt.export.gguf import DTYPES, adds_tokens, exported_by_us, write_gguf
 
     if format not in FORMATS:
         raise UserError(f"Unknown export format '{format}'; choose one of: {', '.join(FORMATS)}.")
@@ -170,11 +170,11 @@ def hf_config(model: GPT, eos: int | None) -> dict:
 
 def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
     """config.json, generation_config.json and model.safetensors of GPT2LMHeadModel, or of the Llama
-    family's class for a Llama-family model (export_llama.py)."""
+    family's class for a Llama-family model (export/llama.py)."""
     cfg = model.config
     eos = tokenizer.eot_id  # generate() stops where BladeGPT's sampling stops
     if cfg.arch != "gpt2":
-        from bladegpt.export_llama import llama_hf_config, llama_hf_state_dict
+        from bladegpt.export.llama import llama_hf_config, llama_hf_state_dict
 
         config, state = llama_hf_config(model, tokenizer.bos_id, eos), llama_hf_state_dict(model)
         generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos, "pad_token_id": eos}
@@ -220,7 +220,7 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
 
 def write_hf_tokenizer(out: Path, tokenizer: Tokenizer, max_length: int) -> None:
     if tokenizer.kind == "hf":
-        from bladegpt.export_llama import write_pretrained_tokenizer
+        from bladegpt.export.llama import write_pretrained_tokenizer
 
         return write_pretrained_tokenizer(out, tokenizer, max_length)
     (out / "tokenizer.json").write_text(hf_tokenizer_json(tokenizer), encoding="utf-8")

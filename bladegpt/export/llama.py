@@ -175,7 +175,7 @@ def hf_vocab(tokenizer):
     split's name, bos/eos, whether bos is added, the chat template."""
     import json
 
-    from bladegpt.export_gguf import Vocab
+    from bladegpt.export.gguf import Vocab
     from bladegpt.hf_tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED
 
     spec = json.loads(tokenizer.tokenizer.to_str())
