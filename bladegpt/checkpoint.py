@@ -43,6 +43,12 @@ def _checkpoint_writer(model: GPT, tokenizer: Tokenizer, info: dict):
         "tokenizer": strictjson.dumps(tokenizer.to_dict(), ensure_ascii=False),
         "info": strictjson.dumps(info),
     }
+    lora = getattr(model, "lora", None)
+    if lora is not None:  # a LoRA run: its adapters and where its base is, not the base's weights
+        from bladegpt.lora import adapter_state
+
+        metadata["lora"] = strictjson.dumps(lora.to_dict())
+        return lambda tmp: _io(save_file, adapter_state(model), tmp, metadata=metadata)
     return lambda tmp: _io(save_model, model, tmp, metadata=metadata)
 
 
@@ -77,8 +83,16 @@ def read_metadata(path: Path) -> dict:
 
 
 def load_checkpoint(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer, dict]:
-    """The model (on CPU, eval mode), its tokenizer, and the info saved with it."""
+    """The model (on CPU, eval mode), its tokenizer, and the info saved with it. A LoRA checkpoint's model is
+    its base with the adapters merged in (the base is loaded from where the run found it)."""
     metadata = read_metadata(path)
+    if "lora" in metadata:
+        from bladegpt.lora import load_base, merge
+
+        lora, config, tokenizer, tensors, info = read_adapters(path, metadata)
+        model = merge(_adapted(load_base(lora, config, str(path)), lora, tensors, path))
+        model.set_attention(attention)
+        return model.eval(), tokenizer, info
     try:
         config = ModelConfig.from_dict(json.loads(metadata["config"]))
         tokenizer = tokenizer_from_dict(json.loads(metadata["tokenizer"]))
@@ -91,6 +105,53 @@ def load_checkpoint(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer
     info = json.loads(metadata.get("info", "{}"))
     model.eval()
     return model, tokenizer, info
+
+
+def read_adapters(path: Path, metadata: dict | None = None):
+    """A LoRA checkpoint's parts, without its base: (LoraConfig, ModelConfig, tokenizer, adapter tensors by
+    BladeGPT's names, info). A checkpoint of a whole model is a CheckpointError."""
+    from bladegpt.lora import LoraConfig
+
+    metadata = read_metadata(path) if metadata is None else metadata
+    if "lora" not in metadata:
+        raise CheckpointError(f"{path} holds a whole model, not LoRA adapters; train adapters with `bladegpt train "
+                              "--init-from SOURCE --lora`, or export this model with --format hf or gguf.")
+    try:
+        lora = LoraConfig.from_dict(json.loads(metadata["lora"]))
+        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        tokenizer = tokenizer_from_dict(json.loads(metadata["tokenizer"]))
+        with openable(path) as name:
+            tensors = load_file(name)
+    except (SafetensorError, KeyError, TypeError, ValueError, TokenizerError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or train again.") from None
+    return lora, config, tokenizer, tensors, json.loads(metadata.get("info", "{}"))
+
+
+def _adapted(model: GPT, lora, tensors: dict[str, torch.Tensor], path: Path) -> GPT:
+    """The base `model` with the saved adapters attached."""
+    from bladegpt.lora import attach, load_adapters
+
+    attach(model, lora)
+    try:
+        load_adapters(model, tensors)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or train again.") from None
+    return model
+
+
+def restore_adapters(model: GPT, path: Path) -> dict:
+    """Copy a LoRA checkpoint's adapters into a model adapted the same way (a resume); returns its info."""
+    from bladegpt.lora import load_adapters
+
+    lora, _, _, tensors, info = read_adapters(path)
+    if lora != model.lora:
+        raise CheckpointError(f"{path}'s adapters ({lora.describe()}) are not this run's; resume the run they "
+                              "belong to, or start a new one.")
+    try:
+        load_adapters(model, tensors)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or start a new run.") from None
+    return info
 
 
 def _check_shape(config: ModelConfig, path: Path) -> None:

@@ -162,13 +162,21 @@ def train(
     run: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/DATASET-N, a new one].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the given (or latest) run exactly.")] = False,
     tracker: Annotated[Optional[str], typer.Option(help="Also log the run to tensorboard or wandb (needs pip install 'bladegpt\\[tensorboard]' or 'bladegpt\\[wandb]'; WANDB_MODE=offline keeps W&B local).")] = None,
+    lora: Annotated[bool, typer.Option("--lora", help="With --init-from: keep the model frozen and train LoRA adapters (small checkpoints, a fraction of the memory; lr 10x by default).")] = False,
+    lora_rank: Annotated[Optional[int], typer.Option(help="LoRA's rank [default: 16].")] = None,
+    lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA's alpha; adapters are scaled by alpha / rank [default: 2 x rank].")] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the adapters' input [default: 0.05].")] = None,
+    lora_targets: Annotated[Optional[str], typer.Option(help="Comma-separated linears to adapt [default: attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj, all].")] = None,
+    lora_base_dtype: Annotated[Optional[str], typer.Option(help="bf16 (half the memory) or fp32: how the frozen base's matrices are stored [default: bf16].")] = None,
 ) -> None:
     """Train a GPT on a prepared dataset, with a live display; Ctrl-C saves and stops."""
     from bladegpt.config import parse_duration
     from bladegpt.display import TrainDisplay
     from bladegpt.distributed import Distributed
     from bladegpt.launch import train as train_model
+    from bladegpt.lora import lora_config
 
+    adapters = lora_config(lora, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_base_dtype)
     model = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout)
     budget = parse_duration(time) if time else None
     if budget is not None and steps is None:
@@ -178,7 +186,7 @@ def train(
                     warmup_steps=warmup_steps, eval_interval=eval_interval, eval_iters=eval_iters, patience=patience,
                     log_interval=log_interval, sample_tokens=sample_tokens, seed=seed)
     result = train_model(data, preset, model, training, device, precision, attention, compile, resume, run,
-                         reporter=TrainDisplay(console), init_from=init_from, tracker=tracker)
+                         reporter=TrainDisplay(console), init_from=init_from, tracker=tracker, lora=adapters)
     if result.interrupted:
         raise typer.Exit(code=130)
     if not Distributed.from_env().main:
@@ -353,10 +361,11 @@ def runs_table(
 @app.command()
 @friendly
 def export(
-    out: Annotated[Path, typer.Argument(help="Folder (hf), or .safetensors or .gguf file to write.")],
+    out: Annotated[Path, typer.Argument(help="Folder (hf, peft), or .safetensors or .gguf file to write.")],
     checkpoint: CheckpointOpt = None,
     format: Annotated[str, typer.Option("--format", help="hf (a transformers folder), safetensors (one file), "
-                                        "or gguf (llama.cpp, ollama, LM Studio).")] = "hf",
+                                        "gguf (llama.cpp, ollama, LM Studio), or peft (a LoRA run's adapters alone); "
+                                        "a LoRA run's adapters are merged into the others.")] = "hf",
     dtype: Annotated[Optional[str], typer.Option(help="GGUF weights: f32, f16, bf16, q8_0, q4_0 or q4_1 [default: f16].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at OUT.")] = False,
 ) -> None:
@@ -368,6 +377,10 @@ def export(
     if format == "hf":
         console.print(f"Wrote {written}/. Load it with:\n"
                       f"  AutoModelForCausalLM.from_pretrained(\"{written}\"), AutoTokenizer.from_pretrained(\"{written}\")")
+    elif format == "peft":
+        console.print(f"Wrote {written}/ (adapter_model.safetensors, adapter_config.json). Load it onto its base with:\n"
+                      f"  PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), \"{written}\"); "
+                      f"for llama.cpp: convert_lora_to_gguf.py {written} --base BASE_FOLDER")
     elif format == "gguf":
         console.print(f"Wrote {written}. Run it with llama.cpp:  llama-cli -m {written} -p \"Your prompt\"\n"
                       f"or ollama: a Modelfile holding `FROM ./{written.name}`, then  ollama create my-voice -f Modelfile")

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from bladegpt import runs
@@ -31,6 +32,8 @@ from bladegpt.distributed import Distributed, init_distributed
 from bladegpt.encoding import utf8_name
 from bladegpt.errors import UserError
 from bladegpt.files import temp_path
+from bladegpt.lora import LoraConfig
+from bladegpt.model import GPT
 from bladegpt.runbook import describe_resume, resume_changes
 from bladegpt.runtime import (
     COMPILE_MODES,
@@ -64,6 +67,7 @@ class Plan:
     origin: str | None = None  # what they are, for the start of the run
     notes: list[str] = field(default_factory=list)  # choices made for the user, printed at the start
     budget_s: float | None = None  # a default run longer than this is cut to it once its speed is measured
+    model: GPT | None = None  # the model itself, built here (a LoRA run's frozen base with its adapters)
 
 
 def train(
@@ -80,12 +84,14 @@ def train(
     reporter: Reporter | None = None,
     init_from: str | None = None,
     tracker: str | None = None,
+    lora: LoraConfig | None = None,
 ) -> TrainResult:
     """Train a GPT on a prepared dataset: a new run in runs/, or `resume` the given (or latest) run.
 
     `init_from` starts from a pretrained model (see pretrained.py) instead of random weights.
     Runtime flags left as None mean: the run's own choice when resuming, else "auto".
     `tracker` (tensorboard or wandb) also sends the run to that tracker, from the main process.
+    `lora` trains LoRA adapters on the frozen `init_from` model instead of all its weights (lora.py).
     """
     requested = dict(device=device, precision=precision, attention=attention, compile=compile)
     if compile is not None and compile not in COMPILE_MODES:
@@ -100,14 +106,20 @@ def train(
             if resume:
                 if init_from is not None:
                     raise ConfigError("--resume continues a run from its own checkpoint; drop --init-from.")
+                if lora is not None:
+                    raise ConfigError("--resume continues a run with its own adapters (or none); drop --lora "
+                                      "and the --lora-* flags.")
                 plan = _resume_plan(run, data, model_overrides, train_overrides, requested)
                 run_dir = plan.run_dir
                 if ddp.main:
                     lock = runs.RunLock(run_dir)
                     recover_training(run_dir)
             elif init_from is not None:
-                plan = _finetune_plan(init_from, data, preset, model_overrides, train_overrides, requested)
+                plan = _finetune_plan(init_from, data, preset, model_overrides, train_overrides, requested, lora)
             else:
+                if lora is not None:
+                    raise ConfigError("--lora trains adapters on a pretrained model; add --init-from SOURCE "
+                                      "(a model from the hub, a .gguf file, ollama:NAME or a run), or drop --lora.")
                 plan = _new_plan(data, preset, model_overrides, train_overrides, requested)
             dev = _device(ddp, plan, requested)
             if not resume:
@@ -121,6 +133,8 @@ def train(
                         "origin": plan.origin, "model": plan.model_cfg.to_dict(), "train": plan.train_cfg.to_dict(),
                         "chat_frame": plan.data.meta.get("chat_frame"),  # how chat writes the talk (frames.py)
                     }
+                    if plan.model is not None and getattr(plan.model, "lora", None) is not None:
+                        record["lora"] = plan.model.lora.to_dict()
                     runs.write_run(run_dir, record)
                 run_dir = Path(ddp.broadcast(str(run_dir) if run_dir else None))
             prec = choose_precision(dev, plan.runtime["precision"])
@@ -128,7 +142,8 @@ def train(
             shape = plan.model_cfg.attention_shape(plan.train_cfg.micro_batch)
             attn = ddp.broadcast(choose_attention(dev, prec, shape, plan.runtime["attention"]))
             trainer = Trainer(plan.model_cfg, plan.train_cfg, plan.data, run_dir, Runtime(dev, prec, attn, False),
-                              plan.runtime["compile"], ddp, reporter, signals)
+                              plan.runtime["compile"], ddp, reporter, signals, model=plan.model)
+            plan.model = None
             if resume:
                 _resume(trainer, plan, requested, reporter)
                 if ddp.main:
@@ -136,6 +151,7 @@ def train(
             elif plan.initial is not None:
                 trainer.model.load_state_dict(plan.initial)
                 plan.initial = None  # copied into the model: let the source's tensors go (0.5 GB for GPT-2)
+            if not resume and plan.origin is not None:
                 reporter.message(f"Starting from {plan.origin}.")
             if plan.notes:
                 reporter.message("Sized to the text: " + "; ".join(plan.notes) + ". Each flag overrides its choice.")
@@ -186,8 +202,9 @@ def _new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan
                 budget_s=budget)
 
 
-def _finetune_plan(source, data, preset, model_overrides, train_overrides, requested) -> Plan:
-    """The model and its tokenizer come from the source; the context may shrink, dropout may be set."""
+def _finetune_plan(source, data, preset, model_overrides, train_overrides, requested, lora=None) -> Plan:
+    """The model and its tokenizer come from the source; the context may shrink, dropout may be set. With
+    `lora` the source stays frozen (its block matrices in lora.base_dtype) under trained adapters."""
     from bladegpt.sources import load_pretrained
 
     overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
@@ -219,10 +236,29 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
     train_cfg = finetune_config(train_overrides, model_cfg.n_embd, len(token_data.splits["train"]),
                                 len(token_data.splits["val"]), block)
     initial = pretrained.model.state_dict()
+    runtime = {k: v or "auto" for k, v in requested.items()}
+    if lora is not None:
+        return _lora_plan(lora, source, pretrained.description, initial, model_cfg, train_cfg, token_data, runtime,
+                          train_overrides)
     if "transformer.wpe.weight" in initial:  # learned positions: crop the context (nanoGPT's crop_block_size)
         initial["transformer.wpe.weight"] = initial["transformer.wpe.weight"][:block]
-    return Plan(model_cfg, train_cfg, token_data, {k: v or "auto" for k, v in requested.items()},
-                initial=initial, origin=pretrained.description)
+    return Plan(model_cfg, train_cfg, token_data, runtime, initial=initial, origin=pretrained.description)
+
+
+def _lora_plan(lora, source, origin, state, model_cfg, train_cfg, token_data, runtime, train_overrides) -> Plan:
+    """A LoRA run: the source's own tensors become the frozen base (no second copy), the adapters start at
+    zero, and the lr is LoRA's unless given."""
+    from bladegpt.lora import LR_SCALE, attach, base_source, fingerprint, shaped, trainable
+
+    lora = dataclasses.replace(lora, base=base_source(source), base_fingerprint=fingerprint(state))
+    model = attach(shaped(state, model_cfg, origin), lora, torch.Generator().manual_seed(train_cfg.seed))
+    total = sum(p.numel() for p in model.parameters())
+    origin += (f"; LoRA {lora.describe()}: {trainable(model) / 1e6:.2f}M trained parameters "
+               f"({100 * trainable(model) / total:.1f}%)")
+    if (train_overrides or {}).get("lr") is None:
+        train_cfg = dataclasses.replace(train_cfg, lr=train_cfg.lr * LR_SCALE)
+        origin += f", at lr {train_cfg.lr:.2g} (about {LR_SCALE}x a full fine-tune's, as LoRA learns best; --lr overrides)"
+    return Plan(model_cfg, train_cfg, token_data, runtime, origin=origin, model=model)
 
 
 def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan:
@@ -260,7 +296,14 @@ def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan
         raise DataError(f"{data_dir}'s vocabulary no longer fits {run_dir}'s model; start a new run on it.")
     saved_runtime = state.get("runtime", {})
     runtime = {k: requested[k] or saved_runtime.get(k) or "auto" for k in RUNTIME_FLAGS}
-    return Plan(model_cfg, train_cfg, token_data, runtime, run_dir, saved_runtime, saved_train=saved_train)
+    model = None
+    if saved.get("lora"):  # the base again, checked against its fingerprint, with adapters to restore into
+        from bladegpt.lora import attach, load_base
+
+        lora = LoraConfig.from_dict(saved["lora"])
+        model = attach(load_base(lora, model_cfg, str(run_dir)), lora)
+    return Plan(model_cfg, train_cfg, token_data, runtime, run_dir, saved_runtime, saved_train=saved_train,
+                model=model)
 
 
 def _device(ddp: Distributed, plan: Plan, requested: dict):

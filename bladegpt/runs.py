@@ -173,7 +173,8 @@ def sparkline(values: list[float], width: int = 10) -> str:
 def _start(saved: dict) -> str:
     """How a run started: from a model, a named preset, or the default sized to its text."""
     if saved.get("init_from"):
-        return f"from {Path(saved['init_from']).name}"
+        lora = saved.get("lora")
+        return f"from {Path(saved['init_from']).name}" + (f", LoRA r{lora.get('rank')}" if isinstance(lora, dict) else "")
     if saved.get("preset"):
         return saved["preset"]
     model = saved.get("model", {})

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bladegpt import runs
-from bladegpt.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_training
+from bladegpt.checkpoint import load_checkpoint, load_train_state, restore_adapters, save_checkpoint, save_training
 from bladegpt.config import ConfigError, ModelConfig, TrainConfig
 from bladegpt.data import TokenData
 from bladegpt.distributed import Distributed
@@ -72,6 +72,7 @@ class Trainer:
         ddp: Distributed,
         reporter: Reporter,
         signals: StopSignals | None = None,
+        model: GPT | None = None,
     ):
         self.model_cfg, self.cfg, self.data, self.run_dir = model_cfg, train_cfg, data, run_dir
         self.runtime, self.compile_mode, self.ddp, self.reporter = runtime, compile_mode, ddp, reporter
@@ -84,7 +85,11 @@ class Trainer:
             )
         self.local_accum = train_cfg.accum // ddp.world
         torch.manual_seed(train_cfg.seed)
-        self.model = GPT(model_cfg, attention=runtime.attention).to(self.device)
+        if model is None:
+            model = GPT(model_cfg, attention=runtime.attention)
+        else:  # built by the caller (a LoRA run's frozen base and adapters): only its trainable tensors train
+            model.set_attention(runtime.attention)
+        self.model = model.to(self.device)
         self.optimizers = make_optimizers(self.model, train_cfg, self.device, runtime.precision)
         self.batch_gen = torch.Generator().manual_seed(train_cfg.seed)
         torch.manual_seed(train_cfg.seed + ddp.rank)  # dropout differs across ranks
@@ -153,11 +158,14 @@ class Trainer:
                             f"--run {self.run_dir}`.") from None
 
     def restore(self) -> None:
-        model, _, info = load_checkpoint(self.run_dir / runs.LAST)
+        if getattr(self.model, "lora", None) is not None:
+            info = restore_adapters(self.model, self.run_dir / runs.LAST)
+        else:
+            model, _, info = load_checkpoint(self.run_dir / runs.LAST)
+            self.model.load_state_dict(model.state_dict())
         opt_states, tensors, state = load_train_state(self.run_dir / runs.STATE)
         if info.get("step") != state["step"]:
             raise ConfigError(f"{self.run_dir} has checkpoint and state from different steps; start a new run.")
-        self.model.load_state_dict(model.state_dict())
         if len(opt_states) != len(self.optimizers):
             raise ConfigError(f"{self.run_dir}'s state holds {len(opt_states)} optimizers, this run has "
                               f"{len(self.optimizers)}; resume with the run's own settings or start a new run.")

@@ -1,4 +1,5 @@
-"""Export a trained model: a Hugging Face GPT-2 folder, or one self-describing safetensors file."""
+"""Export a trained model: a Hugging Face GPT-2 folder, or one self-describing safetensors file; a LoRA run's
+adapters merged into those, or alone as peft writes them (peft.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from safetensors.torch import save_file
 
 from bladegpt import strictjson
 from bladegpt.bytelevel import bpe_merges, spell
-from bladegpt.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from bladegpt.checkpoint import load_checkpoint, read_adapters, read_metadata, save_checkpoint
 from bladegpt.encoding import as_text
 from bladegpt.errors import UserError
 from bladegpt.files import atomic_write, publish_dir, temp_dir
@@ -20,7 +21,7 @@ from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, RUN_FILE, STATE, resolve_checkpoint
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, Tokenizer
 
-FORMATS = ("hf", "safetensors", "gguf")
+FORMATS = ("hf", "safetensors", "gguf", "peft")
 SUFFIXES = {"safetensors": ".safetensors", "gguf": ".gguf"}
 # What an hf export folder holds: --force may replace a folder of these, and nothing else.
 HF_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
@@ -44,6 +45,19 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
         raise UserError(f"Unknown --dtype '{dtype}'; choose one of: {', '.join(DTYPES)}.")
     source = resolve_checkpoint(checkpoint)
     out = Path(out)
+    if format == "peft":
+        from bladegpt.export.peft import FILES, write_peft
+
+        _check_folder_target(out, source, force, FILES)
+        read_adapters(source)  # a whole model is one line before any folder is made
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir(out, FILES)
+        try:
+            write_peft(tmp, source)
+            publish_dir(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
     if format in SUFFIXES:
         suffix = SUFFIXES[format]
         out = out if out.suffix == suffix else out.with_name(out.name + suffix)
@@ -78,7 +92,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
     return out
 
 
-def _check_folder_target(out: Path, source: Path, force: bool) -> None:
+def _check_folder_target(out: Path, source: Path, force: bool, files: set[str] = HF_FILES) -> None:
     """An export folder is new, empty, or (with --force) an earlier export: never the current folder,
     the run being exported, or a folder holding anything else."""
     resolved, run = out.resolve(), source.resolve().parent
@@ -94,7 +108,7 @@ def _check_folder_target(out: Path, source: Path, force: bool) -> None:
         raise UserError(f"{out} is a file; name a folder for the Hugging Face export (or use --format safetensors).")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    if not {p.name for p in out.iterdir()} <= HF_FILES:
+    if not {p.name for p in out.iterdir()} <= files:
         raise UserError(f"{out} holds files BladeGPT did not export; name another folder (--force replaces "
                         "only an earlier export).")
     if not force:
