@@ -238,6 +238,7 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
     initial = pretrained.model.state_dict()
     runtime = {k: v or "auto" for k, v in requested.items()}
     if lora is not None:
+        pretrained.model = None  # its tensors live on in `initial` alone, which _lora_plan empties
         return _lora_plan(lora, source, pretrained.description, initial, model_cfg, train_cfg, token_data, runtime,
                           train_overrides)
     if "transformer.wpe.weight" in initial:  # learned positions: crop the context (nanoGPT's crop_block_size)
@@ -251,7 +252,9 @@ def _lora_plan(lora, source, origin, state, model_cfg, train_cfg, token_data, ru
     from bladegpt.lora import LR_SCALE, attach, base_source, fingerprint, shaped, trainable
 
     lora = dataclasses.replace(lora, base=base_source(source), base_fingerprint=fingerprint(state))
-    model = attach(shaped(state, model_cfg, origin), lora, torch.Generator().manual_seed(train_cfg.seed))
+    model = shaped(state, model_cfg, origin)
+    state.clear()  # the model holds the only references: attach frees each fp32 matrix as its bf16 copy arrives
+    attach(model, lora, torch.Generator().manual_seed(train_cfg.seed))
     total = sum(p.numel() for p in model.parameters())
     origin += (f"; LoRA {lora.describe()}: {trainable(model) / 1e6:.2f}M trained parameters "
                f"({100 * trainable(model) / total:.1f}%)")
