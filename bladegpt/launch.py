@@ -215,7 +215,12 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
                           "(--block-size may shrink the context, --dropout may be set).")
     data_dir = Path(data) if data is not None else latest_dataset()
     token_data = TokenData(data_dir)  # before loading weights: a mismatch should not wait for them
-    pretrained = load_pretrained(source)
+    matrices = torch.float32
+    if lora is not None:  # a frozen base in bf16 is loaded so, never whole in fp32
+        from bladegpt.lora import BASE_DTYPES
+
+        matrices = BASE_DTYPES[lora.base_dtype]
+    pretrained = load_pretrained(source, matrices)
     if token_data.tokenizer.to_dict() != pretrained.tokenizer.to_dict():
         files = token_data.meta.get("sources") or ["FILE"]
         raise DataError(f"{data_dir} was encoded with another tokenizer than {source}'s; encode the text with "

@@ -246,7 +246,7 @@ def load_base(cfg: LoraConfig, config, where: str) -> GPT:
     from bladegpt.sources import load_pretrained
 
     try:
-        pretrained = load_pretrained(cfg.base)
+        pretrained = load_pretrained(cfg.base, BASE_DTYPES[cfg.base_dtype])
     except UserError as e:
         raise CheckpointError(f"{where} holds LoRA adapters for the base model {cfg.base}, which cannot be loaded: "
                               f"{e}") from None

@@ -142,3 +142,13 @@ def test_lora_mistakes_are_one_line(base, corpus, workdir):
     assert run.exit_code == 0, run.output
     assert_one_line_error(invoke("export", workdir / "adapter", "--format", "peft"), "whole model", "--format hf")
     assert_one_line_error(invoke("train", "--resume", "--lora"), "drop --lora")
+
+
+def test_a_bf16_base_is_loaded_in_bf16_and_found_again(base, corpus, workdir):
+    result = lora_run(base, corpus, base_dtype="bf16", dropout=0.0)
+    block = result.model.transformer.h[0]
+    assert block.mlp.c_fc.weight.dtype == torch.bfloat16 and block.mlp.c_fc.lora_A.dtype == torch.float32
+    assert result.model.transformer.wte.weight.dtype == torch.float32
+    result.model.eval()
+    merged, _, _ = load_checkpoint(result.run_dir / "last.safetensors")  # the same bf16 base, its fingerprint
+    torch.testing.assert_close(logits_of(merged, IDS), logits_of(result.model, IDS), atol=1e-5, rtol=0)

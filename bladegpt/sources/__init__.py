@@ -82,9 +82,10 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], where: str)
     return model.eval()
 
 
-def load_pretrained(source: str) -> Pretrained:
+def load_pretrained(source: str, matrices: torch.dtype = torch.float32) -> Pretrained:
     """The model and tokenizer of SOURCE: a BladeGPT checkpoint or run, a GGUF file, an ollama model, a
-    Hugging Face folder, or a hub name. Errors are SourceError (one line)."""
+    Hugging Face folder, or a hub name. Errors are SourceError (one line). A Llama-family model from a GGUF
+    file or a Hugging Face folder keeps its blocks' weight matrices in `matrices` (a LoRA run's bf16 base)."""
     from bladegpt.checkpoint import load_checkpoint
 
     if is_bladegpt(source):
@@ -96,14 +97,14 @@ def load_pretrained(source: str) -> Pretrained:
     if gguf_file is not None:
         from bladegpt.sources.gguf import load_gguf
 
-        return load_gguf(gguf_file, source)
+        return load_gguf(gguf_file, source, matrices)
     folder = hf_folder(source, weights=True)
-    model, family, cfg = hf_model(folder)
+    model, family, cfg = hf_model(folder, matrices)
     tokenizer = folder_tokenizer(folder, model.config)
     return Pretrained(model, tokenizer, f"{family} {size(model)} from {folder} ({_dtype(cfg)} weights)")
 
 
-def hf_model(folder: Path) -> tuple[GPT, str, dict]:
+def hf_model(folder: Path, matrices: torch.dtype = torch.float32) -> tuple[GPT, str, dict]:
     """The model of a Hugging Face folder, its family's name, and its config.json."""
     from bladegpt.sources import hf
 
@@ -112,7 +113,7 @@ def hf_model(folder: Path) -> tuple[GPT, str, dict]:
         config = hf.model_config(folder, cfg)
         return build_model(config, hf.gpt2_state_dict(hf.read_tensors(folder)), str(folder)), "GPT-2", cfg
     config = hf.model_config(folder, cfg, hf.embedding_rows(folder))
-    state = hf.llama_state_dict(hf.read_tensors(folder), config)
+    state = hf.llama_state_dict(hf.read_tensors(folder), config, matrices)
     return build_model(config, state, str(folder)), FAMILY_NAMES[cfg["model_type"]], cfg
 
 

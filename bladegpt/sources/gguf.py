@@ -238,7 +238,8 @@ def gguf_tokenizer(path: Path, meta: dict | None = None):
         raise SourceError(f"{path}: {e}") from None
 
 
-def gguf_model(path: Path, where: str | None = None, reader=None, meta: dict | None = None):
+def gguf_model(path: Path, where: str | None = None, reader=None, meta: dict | None = None,
+               matrices: torch.dtype = torch.float32):
     """(model, metadata, reader) of a GGUF file: weights dequantized to fp32 one tensor at a time into a
     model built on the meta device (the file itself is memory-mapped, never read whole). A reader and
     metadata already read are reused: parsing the file costs seconds (SmolLM2's 98k vocabulary strings)."""
@@ -255,11 +256,11 @@ def gguf_model(path: Path, where: str | None = None, reader=None, meta: dict | N
     else:
         from bladegpt.sources.hf import llama_state_dict
 
-        state = llama_state_dict(llama_tensors(reader, config), config)
+        state = llama_state_dict(llama_tensors(reader, config), config, matrices)
     return build_model(config, state, where), meta, reader
 
 
-def load_gguf(path: Path, source: str):
+def load_gguf(path: Path, source: str, matrices: torch.dtype = torch.float32):
     """A Pretrained from a GGUF file (or an ollama: model, whose blob `path` is): the file parsed once, the
     tokenizer built first, so a vocabulary BladeGPT cannot read is said before the weights are read."""
     from bladegpt.sources import Pretrained, size
@@ -268,7 +269,7 @@ def load_gguf(path: Path, source: str):
     reader = open_gguf(path)
     meta = metadata(reader)
     tokenizer = gguf_tokenizer(path, meta)
-    model, _, _ = gguf_model(path, where, reader, meta)
+    model, _, _ = gguf_model(path, where, reader, meta, matrices)
     name = meta.get("general.name") or path.stem
     mb = math.ceil(path.stat().st_size / 1e6)
     origin = f" ({path})" if source.startswith("ollama:") else ""

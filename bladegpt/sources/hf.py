@@ -178,12 +178,20 @@ JOINED = {"self_attn.q_proj": ("attn.c_attn", 0, 3), "self_attn.k_proj": ("attn.
           "self_attn.v_proj": ("attn.c_attn", 2, 3), "mlp.gate_proj": ("mlp.c_fc", 0, 2), "mlp.up_proj": ("mlp.c_fc", 1, 2)}
 
 
-def llama_state_dict(tensors, config: ModelConfig) -> dict[str, torch.Tensor]:
+BLOCK_MATRICES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+
+
+def llama_state_dict(tensors, config: ModelConfig, matrices: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """BladeGPT's state dict (fp32) from transformers' Llama/Qwen2/Qwen3 names, given as (name, tensor)
     pairs; q, k, v (and their biases) are stacked into c_attn, gate and up into c_fc, each as soon as
-    its parts are in, so no more than one layer's parts are held apart."""
+    its parts are in, so no more than one layer's parts are held apart. The blocks' weight matrices are
+    kept in `matrices` (bf16 for a LoRA run's frozen base: a 1.7B model never holds its 6.8 GB in fp32)."""
     ours: dict[str, torch.Tensor] = {}
     parts: dict[str, list] = {}
+
+    def block_matrix(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(matrices) if key.endswith(BLOCK_MATRICES) else tensor
+
     for name, tensor in tensors:
         tensor = tensor.float()
         if name == "lm_head.weight":
@@ -204,9 +212,10 @@ def llama_state_dict(tensors, config: ModelConfig) -> dict[str, torch.Tensor]:
                 pieces = parts.setdefault(key, [None] * count)
                 pieces[slot] = tensor
                 if all(p is not None for p in pieces):
-                    ours[key] = torch.cat(parts.pop(key), dim=0)
+                    ours[key] = block_matrix(key, torch.cat(parts.pop(key), dim=0))
             elif module in LLAMA_NAMES:
-                ours[f"transformer.h.{i}.{LLAMA_NAMES[module]}.{kind}"] = tensor
+                key = f"transformer.h.{i}.{LLAMA_NAMES[module]}.{kind}"
+                ours[key] = block_matrix(key, tensor)
             elif not module.endswith("rotary_emb"):
                 ours[f"unexpected.{name}"] = tensor  # load_state_dict names it
         else:
