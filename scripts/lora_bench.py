@@ -138,13 +138,16 @@ def fits(size: str) -> bool:
 
 
 def main() -> None:
+    global BATCH
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--steps", type=int, default=3, help="steps each memory run trains")
     parser.add_argument("--pairs", type=int, default=5, help="alternating full/LoRA steps timed for the ratio")
+    parser.add_argument("--batch", type=int, default=4, help="sequences of 256 tokens a step (4: the fine-tune default)")
     parser.add_argument("--one", nargs=2, metavar=("SIZE", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--interleaved", metavar="SIZE", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    BATCH = args.batch
     if args.one:
         print(json.dumps(one(*args.one, args.steps)))
         return
@@ -162,7 +165,7 @@ def main() -> None:
             if mode == "full" and not fits(size):
                 print(f"{size} full: not run, ~16 B a parameter does not fit in this machine's memory", flush=True)
                 continue
-            r = child("--one", size, mode, "--steps", str(args.steps))
+            r = child("--one", size, mode, "--steps", str(args.steps), "--batch", str(BATCH))
             results.append(r)
             if "error" in r:
                 print(f"{size} {mode}: failed: {r['error']}", flush=True)
@@ -171,7 +174,7 @@ def main() -> None:
                   f"{r['build_peak_gb']:.2f} GB building, {r['train_peak_gb']:.2f} GB training; steps "
                   f"{', '.join(f'{t:.1f}' for t in r['step_s'])} s (separate process)", flush=True)
         if fits(size):
-            r = child("--interleaved", size, "--pairs", str(args.pairs))
+            r = child("--interleaved", size, "--pairs", str(args.pairs), "--batch", str(BATCH))
             results.append(r)
             if "error" in r:
                 print(f"{size} interleaved: failed: {r['error']}", flush=True)

@@ -70,7 +70,8 @@ def test_checkpoints_hold_adapters_merge_exactly_and_sample(base, corpus, workdi
     merged, _, _ = load_checkpoint(last)  # the base from its folder, the adapters merged in
     torch.testing.assert_close(logits_of(merged, IDS), unmerged, atol=1e-5, rtol=0)
     assert not any(".lora_" in n for n in merged.state_dict())
-    assert torch.equal(logits_of(merge(result.model), IDS), logits_of(merged, IDS))
+    # the run's attention may be "manual" where auto timed it faster, the loaded model's is SDPA
+    torch.testing.assert_close(logits_of(merge(result.model), IDS), logits_of(merged, IDS), atol=1e-5, rtol=0)
 
     sampled = invoke("sample", "The hunter", "--max-new-tokens", "6", "--seed", "1")
     assert sampled.exit_code == 0 and "The hunter" in sampled.output, sampled.output
