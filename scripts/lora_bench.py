@@ -47,7 +47,7 @@ def cpu_name() -> str:
 def peak_rss_gb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
+            return int(line.split()[1]) / 1e6  # kB to GB, as /usr/bin/time's kB are read elsewhere in the docs
     return float("nan")
 
 
