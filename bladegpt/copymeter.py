@@ -26,6 +26,7 @@ in the user's cache folder), which holds the decoded text and the sorted index.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -42,7 +43,7 @@ MAX_HITS = 256  # indexed positions checked for one sample window
 TEXT_END = 0xFF  # stands for a document separator (or a token with no text) in the training text: no UTF-8 has it
 SAMPLE_END = 0xFE  # between samples in a query; differs from TEXT_END so that the two never match
 IN_MEMORY_BYTES = 16 * 2**20  # up to this much training text is indexed in memory each time, not cached
-DECODE_CHUNK = 1 << 22  # token ids decoded at once: ~16 MB of text and its index arrays
+DECODE_CHUNK = 1 << 20  # token ids decoded at once: ~4 MB of text, ~100 MB of index arrays
 PAIR_CHUNK = 1 << 21  # window hits checked at once (~100 MB of temporaries)
 MAGIC = b"BGCOPY1\n"
 HEADER = struct.Struct("<8sQQII16s")  # magic, text bytes, entries, window, stride, dataset fingerprint
@@ -102,8 +103,10 @@ class Copying:
 
 
 def percent(share: float) -> str:
-    """A share as a short percentage; a small share that is not zero never shows as 0%."""
-    return "0%" if share == 0 else "<1%" if share < 0.01 else f"{share:.0%}"
+    """A share as a short percentage; a share that is not 0 or 1 never shows as 0% or 100%."""
+    if share in (0, 1):
+        return f"{share:.0%}"
+    return "<1%" if share < 0.01 else ">99%" if share > 0.99 else f"{share:.0%}"
 
 
 def describe(share: float | None, longest: int | None) -> str:
@@ -259,7 +262,7 @@ def is_index_file(name: str) -> bool:
     return INDEX_FILE.fullmatch(name) is not None
 
 
-def _write_index(path: Path, ids: np.ndarray, tokenizer, fingerprint: str) -> None:
+def _write_index(path: Path, ids: np.ndarray, table, fingerprint: str) -> None:
     """Decode the token ids into `path` and index them, through a temporary file renamed into place."""
     from bladegpt.files import commit, fsync
 
@@ -275,7 +278,7 @@ def _write_index(path: Path, ids: np.ndarray, tokenizer, fingerprint: str) -> No
         with open(tmp, "wb") as f:
             f.write(bytes(HEADER.size))
             n = 0
-            for piece in decode_tokens(ids, byte_table(tokenizer)):
+            for piece in decode_tokens(ids, table):
                 f.write(piece.tobytes())
                 n += len(piece)
             f.write(bytes([TEXT_END]) * (_padded(n) - n))
@@ -325,21 +328,24 @@ def cached_locations(folder: Path, fingerprint: str) -> list[Path]:
     return [Path(folder) / name, cache_dir() / "copymeter" / name]
 
 
-def dataset_index(folder: Path, ids: np.ndarray, tokenizer, fingerprint: str, text_bytes: int) -> CopyIndex:
+def dataset_index(folder: Path, ids: np.ndarray, tokenizer: Callable[[], object], fingerprint: str,
+                  text_bytes: int) -> CopyIndex:
     """The index of a dataset's training text: built in memory for a small text; for a larger one, read
     from its cache file, or built into it (the dataset folder, or the user's cache where that is
-    read-only). Raises OSError only when neither place can be written."""
+    read-only). `tokenizer()` gives the dataset's tokenizer, loaded only to build. Raises OSError only
+    when neither place can be written."""
     if text_bytes <= IN_MEMORY_BYTES:
-        return CopyIndex.from_bytes(b"".join(p.tobytes() for p in decode_tokens(ids, byte_table(tokenizer))))
+        return CopyIndex.from_bytes(b"".join(p.tobytes() for p in decode_tokens(ids, byte_table(tokenizer()))))
     places = cached_locations(folder, fingerprint)
     for path in places:
         if (found := _read_index(path, fingerprint)) is not None:
             return found
     error: OSError | None = None
+    table = byte_table(tokenizer())
     for path in places:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_index(path, ids, tokenizer, fingerprint)
+            _write_index(path, ids, table, fingerprint)
         except OSError as e:
             error = error or e
             continue
@@ -372,7 +378,8 @@ def for_dataset(folder: Path, fingerprint: str | None = None) -> CopyIndex:
             n = meta["train_tokens"]
             ids = np.memmap(folder / "train.bin", dtype=dtype, mode="r", shape=(n,)) if n else np.empty(0, dtype)
             text_bytes = meta.get("train_bytes", 4 * n)
-            _INDEXES[key] = dataset_index(folder, ids, load_tokenizer(folder / TOKENIZER_FILE), actual, text_bytes)
+            tokenizer = functools.partial(load_tokenizer, folder / TOKENIZER_FILE)  # loaded only to build
+            _INDEXES[key] = dataset_index(folder, ids, tokenizer, actual, text_bytes)
         return _INDEXES[key]
 
 
