@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bladegpt.config import ModelConfig
+from bladegpt.loss import linear_cross_entropy
 
 ATTENTION_IMPLS = ("manual", "sdpa")
 
@@ -230,7 +231,8 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None):
-        """Logits for every position (B, T, vocab), and the mean loss when targets are given.
+        """Logits for every position (B, T, vocab) and None; or, given targets (B, T) (-1 ignored), None
+        and the mean cross-entropy in nats, computed without materialising the logits.
 
         With a kv_cache the tokens sit where the cache has seated them (engine.py): their keys and values
         are written there and they attend to everything before; seating and moving it on is its caller's job.
@@ -251,11 +253,11 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rope, kv_cache)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        x = self.transformer.ln_f(x)
         if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
-        return logits, loss
+            return self.lm_head(x), None  # (B, T, vocab)
+        # The loss a chunk of positions at a time: the (B, T, vocab) logits are never all in memory (loss.py).
+        return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
 
 
 def flops_per_token(config: ModelConfig, n_params: int) -> int:
