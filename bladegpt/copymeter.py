@@ -126,8 +126,9 @@ class CopyIndex:
     """
 
     def __init__(self, text: np.ndarray, n_bytes: int, keys: np.ndarray):
-        self.text, self.n_bytes, self.keys = text, n_bytes, keys
-        self.words = _words(text)
+        # plain arrays over the same memory: a memmap's indexing costs a wrapper on every lookup
+        self.text, self.n_bytes, self.keys = np.asarray(text), n_bytes, np.asarray(keys)
+        self.words = _words(self.text)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CopyIndex:
@@ -218,7 +219,8 @@ class CopyIndex:
         while len(live):
             qi, ti = q[live, None] + steps, t[live, None] + steps
             inside = (qi >= 0) & (qi < len(query)) & (ti >= 0) & (ti < self.n_bytes)
-            equal = inside & (query[np.clip(qi, 0, len(query) - 1)] == self.text[np.clip(ti, 0, self.n_bytes - 1)])
+            qi[~inside], ti[~inside] = 0, 0  # read anywhere; `inside` decides
+            equal = inside & (query[qi] == self.text[ti])
             run = np.where(equal.all(axis=1), STRIDE, np.argmin(equal, axis=1))
             length[live] += run
             q, t = q + STRIDE * direction, t + STRIDE * direction
