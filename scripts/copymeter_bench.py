@@ -4,7 +4,9 @@
 Builds a corpus (default 1 GB) from copies of a text, each copy with 1% of its lowercase letters made
 uppercase at random (so copies differ, and every window recurs in many places, as boilerplate does),
 prepares it with GPT-2's tokenizer, then, each step in a fresh process (its peak memory its own):
-indexes the dataset's train.bin (decode, hash, sort, write the cache file), opens the cached index,
+indexes the dataset's train.bin (decode, hash, sort, write the cache file; its peak anonymous memory
+sampled every 20 ms, beside the max RSS, which also counts the pages of the files it maps), opens the
+cached index,
 and measures samples against it: one unrelated 800-character sample, one with an 80-character span
 planted from the text, and 64 samples of 800 characters drawn from the text with changes, as
 `sample --num-samples 64` would give. Also the in-memory build of the text itself. Prints the CPU.
@@ -31,12 +33,23 @@ from bladegpt.runtime import cpu_model
 REPO = Path(__file__).resolve().parents[1]
 
 BUILD = """
-import json, sys, time
+import json, sys, threading, time
 import torch
 from bladegpt import copymeter, runtime
+peak = [0]
+def anon():  # the process's own memory, without the pages of files it maps (which the kernel can drop)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon"))
+def watch():
+    while True:
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.02)
+threading.Thread(target=watch, daemon=True).start()
+before = anon()
 start = time.perf_counter()
 index = copymeter.for_dataset(sys.argv[1])
-print(json.dumps({"seconds": time.perf_counter() - start, "entries": len(index.keys), "text_bytes": index.n_bytes}))
+print(json.dumps({"seconds": time.perf_counter() - start, "entries": len(index.keys), "text_bytes": index.n_bytes,
+                  "anon_mb_before": before / 1024, "anon_mb_peak": max(peak[0], anon()) / 1024}))
 """
 QUERY = """
 import json, random, sys, time
