@@ -19,7 +19,7 @@ and it answers exactly what the meter reports, since both measures start at 50 c
 shorter than that (common phrases) are not reported. A window that recurs more than MAX_HITS times at
 indexed positions (boilerplate repeated all through a corpus) has only its first MAX_HITS checked.
 
-A text up to IN_MEMORY_BYTES is indexed in memory each time (milliseconds); a larger one once per
+A text up to IN_MEMORY_BYTES is indexed in memory each time (tens of milliseconds); a larger one once per
 dataset, into `copymeter-FINGERPRINT.idx` beside its token files (or, where that folder is read-only,
 in the user's cache folder), which holds the decoded text and the sorted index.
 """
@@ -288,6 +288,8 @@ def _write_index(path: Path, ids: np.ndarray, table, fingerprint: str) -> None:
                 n += len(piece)
             f.write(bytes([TEXT_END]) * (_padded(n) - n))
         entries = _entries(n)
+        if entries >= 2**32:  # a key keeps the window's number in 32 bits
+            raise ValueError(f"the training text is {n / 2**30:.0f} GB, more than the 64 GB the copy meter indexes.")
         keys = np.empty(entries, dtype=np.uint64)
         if entries:
             words = np.memmap(tmp, dtype="<u8", mode="r", offset=HEADER.size, shape=(_padded(n) // 8,))
