@@ -145,6 +145,7 @@ class TrainConfig:
     log_interval: int = 10
     sample_tokens: int = 120  # printed at each eval so the voice can be watched; 0 = off
     seed: int = 1337
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum", "eval_interval", "eval_iters", "log_interval"):
@@ -162,6 +163,10 @@ class TrainConfig:
             raise ConfigError(f"learning rates must be positive, got lr {self.lr} and muon_lr {self.muon_lr}.")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"Unknown optimizer {self.optimizer!r}; use one of: {', '.join(OPTIMIZERS)}.")
+        if not 0 <= self.min_lr_ratio <= 1:  # also refuses NaN
+            raise ConfigError(f"--min-lr-ratio must be in [0, 1] (1 keeps the lr constant), got {self.min_lr_ratio}.")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"--weight-decay must be 0 or a positive number, e.g. 0.1, got {self.weight_decay}.")
         if self.time_budget_s is not None and not (0 < self.time_budget_s < math.inf):
             raise ConfigError("--time must be a positive, finite duration, e.g. --time 10m.")
         check_seed(self.seed)

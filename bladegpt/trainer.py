@@ -84,6 +84,7 @@ class Trainer:
         self.local_accum = train_cfg.accum // ddp.world
         torch.manual_seed(train_cfg.seed)
         self.model = GPT(model_cfg, attention=runtime.attention).to(self.device)
+        self.model.activation_checkpointing = train_cfg.activation_checkpointing
         self.optimizers = make_optimizers(self.model, train_cfg, self.device, runtime.precision)
         self.batch_gen = torch.Generator().manual_seed(train_cfg.seed)
         torch.manual_seed(train_cfg.seed + ddp.rank)  # dropout differs across ranks
@@ -328,7 +329,7 @@ class Trainer:
                                       f"less than a ~{cost:.0f} s first compile (force it with --compile on).")
                 return
         self.reporter.message("Compiling the model with torch.compile (the first steps take a while)...")
-        self.forward_model = torch.compile(self.forward_model)
+        self.model.compile_blocks()
         self.runtime.compile = True
 
     # -- the loop ----------------------------------------------------------------------------
