@@ -210,8 +210,10 @@ def sample(
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
     compile: DecodeCompileOpt = "auto",
+    copy_check: Annotated[Optional[bool], typer.Option("--copy-check/--no-copy-check", help="Say how much of the samples is copied verbatim from the training text [default: on where the run's dataset is at hand].", show_default=False)] = None,
 ) -> None:
     """Stream new text from a trained model (several samples are generated together, in one batch)."""
+    from bladegpt import copymeter
     from bladegpt.encoding import read_typed
     from bladegpt.engine import check_settings
     from bladegpt.sampler import Sampler
@@ -223,7 +225,11 @@ def sample(
     check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p, repetition_penalty)
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · {sampler.precision}[/]", highlight=False)
-    current = None
+    meter = copymeter.for_checkpoint(sampler.checkpoint) if copy_check is not False else None
+    if copy_check and meter is None:
+        err_console.print(f"No copy check: {sampler.checkpoint} is not in a run folder, so its training text is "
+                          "not known.", style="dim", highlight=False, markup=False)
+    current, texts = None, []
     for i, piece in sampler.samples(prompt, num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p,
                                     repetition_penalty):
         if i != current:
@@ -231,9 +237,25 @@ def sample(
                 sys.stdout.write("\n" + "-" * 40 + "\n")
             sys.stdout.write(prompt)
             current = i
+            texts.append("")
+        texts[-1] += piece
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    if meter is not None:
+        _copy_line(meter, texts)
+
+
+def _copy_line(meter, texts: list[str]) -> None:
+    """The copy meter's line after the samples, on stderr so that piped samples stay clean."""
+    index = meter.wait(timeout=1.0)
+    if meter.busy:
+        err_console.print("Indexing the training text for the copy check, once for this dataset "
+                          "(--no-copy-check skips it)...", style="dim", highlight=False)
+        index = meter.wait()
+    line = index.measure(texts).describe() if index is not None else f"No copy check: {meter.error}"
+    err_console.print(line, style="dim", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
