@@ -118,8 +118,9 @@ def synchronize(device: torch.device) -> None:
 
 
 def _matmul_flops(device: torch.device, dtype: torch.dtype, n: int, reps: int = 5) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    gen = torch.Generator(device).manual_seed(0)  # never the global stream: a run's dropout must not depend on a cache
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     a @ b
     best = float("inf")
     for _ in range(reps):
@@ -203,7 +204,8 @@ def _time_attention(device, precision, impl, shape, reps=5) -> float:
     from bladegpt.model import attend
 
     B, nh, T, hs = shape
-    q, k, v = (torch.randn(B, nh, T, hs, device=device, requires_grad=True) for _ in range(3))
+    gen = torch.Generator(device).manual_seed(0)  # never the global stream (see _matmul_flops)
+    q, k, v = (torch.randn(B, nh, T, hs, device=device, generator=gen).requires_grad_() for _ in range(3))
     times = []
     for i in range(reps + 2):
         synchronize(device)

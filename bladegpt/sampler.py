@@ -47,7 +47,8 @@ def _time_decode(model: GPT, device: torch.device, precision: str, cast: bool, s
     with torch.inference_mode(), context:
         cache = KVCache(model.config.n_layer, block)
         prefill = max(1, block // 2)
-        _logits(model, torch.randint(0, vocab, (rows, prefill), device=device), vocab, cache)
+        gen = torch.Generator(device).manual_seed(0)  # never the global stream: timing inside a run must not move it
+        _logits(model, torch.randint(0, vocab, (rows, prefill), device=device, generator=gen), vocab, cache)
         token = torch.zeros(rows, 1, dtype=torch.long, device=device)
         for i in range(min(steps + 2, block - prefill)):
             if device.type == "cuda":
