@@ -132,13 +132,21 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap * tanh(logits / cap): logits bounded to (-cap, cap) (Gemma 2, modded-nanogpt); None: as they are.
+    The one place the cap is applied, so the logits and the loss see the same values."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
 class MLP(nn.Module):
-    """GPT-2's Linear-GELU-Linear, or the Llama family's SwiGLU, down(silu(gate(x)) * up(x)) (Shazeer
-    2020), with gate and up as one matmul (c_fc's first and second halves)."""
+    """GPT-2's Linear-GELU-Linear, the Llama family's SwiGLU, down(silu(gate(x)) * up(x)) (Shazeer
+    2020), with gate and up as one matmul (c_fc's first and second halves), or ReLU², relu(x)^2 (So et
+    al. 2021, "Primer"; modded-nanogpt)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.swiglu = config.activation == "swiglu"
+        self.relu2 = config.activation == "relu2"
         hidden = config.mlp_size
         self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
         # Our own models use the exact (erf) GELU, as nanoGPT: GPT-2's tanh approximation measured
@@ -152,6 +160,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = self.c_fc(x).chunk(2, dim=-1)
             return self.dropout(self.c_proj(F.silu(gate) * up))
+        if self.relu2:
+            return self.dropout(self.c_proj(F.relu(self.c_fc(x)).square()))
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
@@ -190,6 +200,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init:  # each block starts as the identity (modded-nanogpt, nanochat)
+                    nn.init.zeros_(p)
         self.reset_buffers()
 
     def reset_buffers(self) -> None:
@@ -251,7 +263,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rope, kv_cache)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        logits = softcap(self.lm_head(self.transformer.ln_f(x)), self.config.logit_softcap)  # (B, T, vocab)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
