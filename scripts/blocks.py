@@ -5,11 +5,14 @@ and the share of sampled 50-character spans found verbatim in the text. Prints t
 row to --out as JSON, and skips jobs already there (a stopped measurement resumes).
 
 The default run's steps and warmup are passed as flags (the same numbers the default plan picks, or STEPS), so
-its 10-minute cut cannot act: on a shared machine that cut would make the loss depend on the other users' load.
+its 10-minute cut cannot act, and --compile off: on a shared machine that cut, and auto's choice to compile, would
+make the loss depend on the other users' load.
 With --jobs N, N runs at a time, each on one thread (on a loaded machine two threads of one run wait on each
 other); wall times are then side by side, comparable with each other, not with a run alone.
 
     python scripts/blocks.py [--out results/blocks.jsonl] [--jobs 2] officer_k:gpt2:1337 officer_k:modern:1337 ...
+
+Several invocations may share one --out: each job is claimed (in OUT.claims) before it starts, so none runs twice.
 
 TEXT is corpora/TEXT.txt, or tinyshakespeare (../shared/data); BLOCK is what `train --block` takes.
 """
@@ -60,10 +63,18 @@ def measure(job: str, work: Path, threads: int | None) -> dict:
     name, block, seed, *steps = job.split(":")
     path, data = text_path(name), work / name
     run = work / "runs" / job.replace(":", "-")
-    flags = ["--block", block, "--seed", seed, "--run", str(run), *planned(data, block, steps[0] if steps else None)]
+    flags = ["--block", block, "--seed", seed, "--run", str(run), "--compile", "off",
+             *planned(data, block, steps[0] if steps else None)]
     start = time.perf_counter()
     bladegpt("train", *flags, cwd=data, threads=threads)
-    wall = time.perf_counter() - start
+    return record(job, work, time.perf_counter() - start, threads)
+
+
+def record(job: str, work: Path, wall: float, threads: int | None) -> dict:
+    """The row of a finished run: its best val bpb, steps, wall, and the verbatim share of its samples."""
+    name, block, seed, *_ = job.split(":")
+    path, data = text_path(name), work / name
+    run = work / "runs" / job.replace(":", "-")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_bpb" in r]
     best = min(evals, key=lambda r: r["val_loss"])
@@ -83,6 +94,14 @@ def measure(job: str, work: Path, threads: int | None) -> dict:
 def main() -> None:
     args = sys.argv[1:]
     out, jobs = Path("results/blocks.jsonl"), 1
+    if args[:1] == ["--collect"]:  # rows for runs of WORK/runs that finished without their invocation
+        work, out = Path(args[1]), Path("results/blocks.jsonl")
+        for job in args[2:]:
+            metrics = (work / "runs" / job.replace(":", "-") / "metrics.jsonl").read_text().splitlines()
+            row = record(job, work, json.loads(metrics[-1])["elapsed"], 1)
+            with out.open("a") as f:
+                f.write(json.dumps({**row, "wall_is": "training loop only (collected)"}) + "\n")
+        return
     while args[:1] in (["--out"], ["--jobs"]):
         if args[0] == "--out":
             out = Path(args[1])
@@ -100,7 +119,14 @@ def main() -> None:
         bladegpt("prepare", str(text_path(name)), cwd=work / name)
         print(f"prepare {name}: {time.perf_counter() - start:.1f} s", flush=True)
 
+    claims = out.with_name(out.name + ".claims")
+
     def one(job: str) -> None:
+        with claims.open("a+") as f:  # O_APPEND: one line a claim, whole
+            f.seek(0)
+            if job in f.read().split("\n"):
+                return
+            f.write(job + "\n")
         row = measure(job, work, 1 if jobs > 1 else None)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
