@@ -12,6 +12,10 @@ other); wall times are then side by side, comparable with each other, not with a
 
     python scripts/blocks.py [--out results/blocks.jsonl] [--jobs 2] officer_k:gpt2:1337 officer_k:modern:1337 ...
 
+`--speed BLOCK ...` instead times forward + backward of the small-text default model (4 x 192, block 128, batch 32,
+2,112 ids, dropout 0.2) for each block, interleaved in rounds so a change in the machine's load falls on all of
+them: median ms per step and its ratio to the first block's.
+
 Several invocations may share one --out: each job is claimed (in OUT.claims) before it starts, so none runs twice.
 
 TEXT is corpora/TEXT.txt, or tinyshakespeare (../shared/data); BLOCK is what `train --block` takes.
@@ -91,8 +95,41 @@ def record(job: str, work: Path, wall: float, threads: int | None) -> dict:
     return row
 
 
+def speed(blocks: list[str], rounds: int = 3, steps: int = 3) -> None:
+    import statistics
+
+    import torch
+
+    from bladegpt.config import SMALL_TEXT_SHAPE, block_settings, from_preset
+    from bladegpt.model import GPT
+
+    torch.manual_seed(0)
+    models = {}
+    for block in blocks:
+        cfg, _ = from_preset("mini", {**SMALL_TEXT_SHAPE, "dropout": 0.2, "block": block})
+        cfg.vocab_size = 2112
+        models[block] = GPT(cfg)
+    x = torch.randint(0, 2112, (32, 128))
+    times = {b: [] for b in blocks}
+    for _ in range(rounds):
+        for block, model in models.items():
+            for i in range(steps + 1):
+                start = time.perf_counter()
+                _, loss = model(x, x)
+                loss.backward()
+                if i:  # the first step of each round warms up
+                    times[block].append(time.perf_counter() - start)
+    base = statistics.median(times[blocks[0]])
+    for block in blocks:
+        ms = statistics.median(times[block])
+        print(f"{block:<50} {1000 * ms:7.1f} ms/step  {ms / base:.2f}x  ({torch.get_num_threads()} threads)", flush=True)
+
+
 def main() -> None:
     args = sys.argv[1:]
+    if args[:1] == ["--speed"]:
+        print(f"{cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
+        return speed(args[1:])
     out, jobs = Path("results/blocks.jsonl"), 1
     if args[:1] == ["--collect"]:  # rows for runs of WORK/runs that finished without their invocation
         work, out = Path(args[1]), Path("results/blocks.jsonl")
