@@ -35,10 +35,10 @@ def recorded_frame(checkpoint: Path) -> Frame | None:
 class Conversation:
     def __init__(self, sampler: Sampler, frame: Frame, seed: int = 0, max_new_tokens: int = 200,
                  temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None,
-                 min_p: float | None = None):
+                 min_p: float | None = None, repetition_penalty: float | None = None):
         self.sampler, self.frame, self.seed, self.turn = sampler, frame, seed, 0
         self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             min_p=min_p)
+                             min_p=min_p, repetition_penalty=repetition_penalty)
         self.text = ""
 
     def reply(self, line: str) -> Iterator[str]:

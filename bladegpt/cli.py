@@ -30,6 +30,7 @@ TemperatureOpt = Annotated[float, typer.Option(help="0 is greedy; higher is wild
 TopKOpt = Annotated[Optional[int], typer.Option(help="Sample only from the k likeliest tokens.")]
 TopPOpt = Annotated[Optional[float], typer.Option(help="Sample only from the smallest set with this much probability.")]
 MinPOpt = Annotated[Optional[float], typer.Option(help="Sample only tokens at least this share as likely as the likeliest, e.g. 0.05.")]
+RepetitionOpt = Annotated[Optional[float], typer.Option(help="Discourage ids already in the text: their logits divided (or, if negative, multiplied) by this, e.g. 1.2 (CTRL's; off by default).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 DecodePrecisionOpt = Annotated[str, typer.Option(help="auto (the faster here for generation, measured), bf16 or fp32.")]
 DecodeCompileOpt = Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")]
@@ -200,6 +201,7 @@ def sample(
     top_k: TopKOpt = 200,
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
+    repetition_penalty: RepetitionOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed, same text [default: random].")] = None,
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
@@ -214,11 +216,12 @@ def sample(
     prompt, note = read_typed(prompt, "prompt")
     if note:
         err_console.print(note, style="yellow", highlight=False, soft_wrap=True, markup=False)
-    check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p)
+    check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p, repetition_penalty)
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · {sampler.precision}[/]", highlight=False)
     current = None
-    for i, piece in sampler.samples(prompt, num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p):
+    for i, piece in sampler.samples(prompt, num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p,
+                                    repetition_penalty):
         if i != current:
             if current is not None:
                 sys.stdout.write("\n" + "-" * 40 + "\n")
@@ -239,6 +242,7 @@ def chat(
     top_k: TopKOpt = 200,
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
+    repetition_penalty: RepetitionOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed and same lines, same conversation [default: random].")] = None,
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
@@ -252,11 +256,11 @@ def chat(
     from bladegpt.sampler import Sampler
 
     seed = random.randrange(2**31) if seed is None else seed
-    check_settings(1, max_new_tokens, temperature, top_k, top_p, seed, min_p)
+    check_settings(1, max_new_tokens, temperature, top_k, top_p, seed, min_p, repetition_penalty)
     check_kind(frame)  # before the model loads
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     chosen, source = choose(frame, recorded_frame(sampler.checkpoint), sampler.tokenizer.encode)
-    talk = Conversation(sampler, chosen, seed, max_new_tokens, temperature, top_k, top_p, min_p)
+    talk = Conversation(sampler, chosen, seed, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
     interactive = sys.stdin.isatty()
     keep_typed_bytes()
     err_console.print(f"{sampler.checkpoint} · frame {chosen.describe()} ({source}) · seed {seed}"

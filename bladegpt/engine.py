@@ -107,7 +107,8 @@ class StaticKVCache(KVCache):
 
 
 def check_settings(num_samples: int, max_new_tokens: int, temperature: float, top_k: int | None,
-                   top_p: float | None, seed: int, min_p: float | None = None) -> None:
+                   top_p: float | None, seed: int, min_p: float | None = None,
+                   repetition_penalty: float | None = None) -> None:
     """Refuse sampling settings that cannot work, in one line each, before a model is loaded. Every
     setting this accepts samples (sample_next_token's limits)."""
     if num_samples < 1 or max_new_tokens < 1:
@@ -120,6 +121,9 @@ def check_settings(num_samples: int, max_new_tokens: int, temperature: float, to
         raise UserError(f"--top-p must be in (0, 1], e.g. 0.9, got {top_p}.")
     if min_p is not None and not 0 <= min_p <= 1:
         raise UserError(f"--min-p must be in [0, 1] (0 keeps every token, 1 is greedy), e.g. 0.05, got {min_p}.")
+    if repetition_penalty is not None and not 0 < repetition_penalty < math.inf:
+        raise UserError(f"--repetition-penalty must be a positive number (1 is off; 1.1-1.3 discourages "
+                        f"repeats), got {repetition_penalty}.")
     check_seed(seed)
 
 
@@ -130,10 +134,15 @@ def sample_next_token(
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One token id per row of (B, V) logits, of any float dtype; temperature 0 is greedy.
 
-    In this order: top-k keeps the k likeliest (k past the vocabulary keeps all of it); min-p keeps
+    In this order: the repetition penalty divides the positive logits and multiplies the negative ones
+    of every id in that row's `seen` (B, S) ids, the text so far with its prompt, by the penalty (CTRL,
+    Keskar et al. 2019, arXiv 1909.05858, as transformers' RepetitionPenaltyLogitsProcessor; before
+    greedy too); top-k keeps the k likeliest (k past the vocabulary keeps all of it); min-p keeps
     the tokens whose probability is at least min_p times the likeliest one's, measured on the model's
     own probabilities before temperature (Nguyen et al. 2024, "Turning Up the Heat: Min-p Sampling",
     arXiv 2407.01082; llama.cpp's default order), so a high temperature flattens only what it keeps;
@@ -151,9 +160,13 @@ def sample_next_token(
     vocabulary entry (the race) measured 90 us a row for 4,096 ids, this 3 us. Top-k samples among
     the k likeliest only, which also spares the softmax and the cumulative sum over the rest.
     """
+    logits = logits.float()
+    if repetition_penalty is not None and repetition_penalty != 1.0 and seen is not None and seen.numel():
+        picked = logits.gather(-1, seen)
+        picked = torch.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
+        logits = logits.scatter(-1, seen, picked)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float()
     logits = logits.masked_fill(logits.isnan(), -math.inf)
     ids = None  # where the columns come from, when they are a sorted subset of the vocabulary
     if top_k is not None and top_k < logits.size(-1):
@@ -217,6 +230,7 @@ def generate_batch(
     min_p: float | None = None,
     decode=None,
     stop: int | None = None,
+    repetition_penalty: float | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield, step by step, one new token per sample (a tensor of len(generators) ids).
 
@@ -241,7 +255,8 @@ def generate_batch(
             logits = logits.expand(n, -1)
         ended = torch.zeros(n, dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
-            token = sample_next_token(logits, generators, temperature, top_k, top_p, min_p)
+            token = sample_next_token(logits, generators, temperature, top_k, top_p, min_p, repetition_penalty,
+                                      seq[:, :length] if repetition_penalty is not None else None)
             yield token
             if stop is not None:
                 ended |= token == stop
@@ -269,10 +284,11 @@ def generate(
     top_p: float | None = None,
     min_p: float | None = None,
     stop: int | None = None,
+    repetition_penalty: float | None = None,
 ) -> Iterator[int]:
     """Yield new token ids of one sample, one at a time, with a KV cache; the sample ends before `stop`."""
     for token in generate_batch(model, prompt, max_new_tokens, n_vocab, [generator], temperature, top_k, top_p, min_p,
-                                stop=stop):
+                                stop=stop, repetition_penalty=repetition_penalty):
         if int(token[0]) == stop:
             return
         yield int(token[0])
@@ -290,6 +306,7 @@ def generate_reference(
     top_p: float | None = None,
     min_p: float | None = None,
     stop: int | None = None,
+    repetition_penalty: float | None = None,
 ) -> list[int]:
     """The slow, obviously right generator: recompute the whole window for every token; ends before `stop`."""
     block = model.config.block_size
@@ -302,7 +319,8 @@ def generate_reference(
             start = len(tokens) - block // 2
         with sdpa_kernel(DECODE_BACKENDS):
             logits = _logits(model, torch.tensor([tokens[start:]], device=device), n_vocab)
-        token = int(sample_next_token(logits, generator, temperature, top_k, top_p, min_p)[0])
+        seen = torch.tensor([tokens], device=device)
+        token = int(sample_next_token(logits, generator, temperature, top_k, top_p, min_p, repetition_penalty, seen)[0])
         if token == stop:
             break
         out.append(token)

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bladegpt.config import ModelConfig
+from bladegpt.loss import linear_cross_entropy, softcapped
 
 ATTENTION_IMPLS = ("manual", "sdpa")
 
@@ -132,12 +133,6 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
-    """cap * tanh(logits / cap): logits bounded to (-cap, cap) (Gemma 2, modded-nanogpt); None: as they are.
-    The one place the cap is applied, so the logits and the loss see the same values."""
-    return logits if cap is None else cap * torch.tanh(logits / cap)
-
-
 class MLP(nn.Module):
     """GPT-2's Linear-GELU-Linear, the Llama family's SwiGLU, down(silu(gate(x)) * up(x)) (Shazeer
     2020), with gate and up as one matmul (c_fc's first and second halves), or ReLU², relu(x)^2 (So et
@@ -242,7 +237,8 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None):
-        """Logits for every position (B, T, vocab), and the mean loss when targets are given.
+        """Logits for every position (B, T, vocab) and None; or, given targets (B, T) (-1 ignored), None
+        and the mean cross-entropy in nats, computed without materialising the logits.
 
         With a kv_cache the tokens sit where the cache has seated them (engine.py): their keys and values
         are written there and they attend to everything before; seating and moving it on is its caller's job.
@@ -263,11 +259,12 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rope, kv_cache)
-        logits = softcap(self.lm_head(self.transformer.ln_f(x)), self.config.logit_softcap)  # (B, T, vocab)
+        x = self.transformer.ln_f(x)
+        cap = self.config.logit_softcap  # the same cap on both paths (loss.softcapped)
         if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
-        return logits, loss
+            return softcapped(self.lm_head(x), cap), None  # (B, T, vocab)
+        # The loss a chunk of positions at a time: the (B, T, vocab) logits are never all in memory (loss.py).
+        return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), cap)
 
 
 def flops_per_token(config: ModelConfig, n_params: int) -> int:

@@ -121,6 +121,7 @@ class Sampler:
         top_p: float | None = None,
         seed: int = 0,
         min_p: float | None = None,
+        repetition_penalty: float | None = None,
     ) -> Iterator[tuple[int, str]]:
         """(sample number, text piece) pairs: sample 0 piece by piece as it is generated, every other
         sample whole once its batch is done. Sample i is what seed + i gives on its own. A sample ends
@@ -131,7 +132,8 @@ class Sampler:
         ids = prompt_ids(self.tokenizer, prompt)
         step = self.batch_size(num_samples)
         self._maybe_compile(max_new_tokens * -(-num_samples // step), step)
-        knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                     repetition_penalty=repetition_penalty)
         return self._samples(ids, num_samples, step, max_new_tokens, knobs, seed)
 
     def _maybe_compile(self, steps: int, rows: int) -> None:
@@ -177,6 +179,8 @@ class Sampler:
                 yield i, self.tokenizer.decode(until_stop(tokens, eot))
 
     def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 200,
-               top_p: float | None = None, seed: int = 0, min_p: float | None = None) -> Iterator[str]:
+               top_p: float | None = None, seed: int = 0, min_p: float | None = None,
+               repetition_penalty: float | None = None) -> Iterator[str]:
         """Text pieces of one sample as they are generated (the prompt itself is not repeated)."""
-        return (piece for _, piece in self.samples(prompt, 1, max_new_tokens, temperature, top_k, top_p, seed, min_p))
+        return (piece for _, piece in self.samples(prompt, 1, max_new_tokens, temperature, top_k, top_p, seed, min_p,
+                                                   repetition_penalty))

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from bladegpt import runs
 from bladegpt.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_training
@@ -231,9 +230,9 @@ class Trainer:
         for i in range(self.ddp.rank, len(starts), self.ddp.world):
             x, y = self.data.batch("val", starts[i], T)
             with self.runtime.autocast():
-                logits, _ = self.model(x.to(self.device))
-            nats = F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten(), reduction="sum")
-            sums += torch.stack([nats.double().cpu(), torch.tensor(float(y.numel())), self.token_bytes[y].sum()])
+                _, loss = self.model(x.to(self.device), y.to(self.device))  # the mean over every position
+            nats = loss.double().cpu() * y.numel()
+            sums += torch.stack([nats, torch.tensor(float(y.numel())), self.token_bytes[y].sum()])
         self.model.train()
         nats, tokens, n_bytes = self.ddp.all_sum(sums).tolist()
         return nats / tokens, nats / (math.log(2) * n_bytes)

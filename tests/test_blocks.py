@@ -36,10 +36,13 @@ def test_each_block_option_trains(spec):
     assert losses[-1] < losses[0] - 1.0, losses
 
 
-def test_softcap_bounds_the_logits():
+def test_softcap_bounds_the_logits_and_the_loss_sees_the_same_logits():
     model = GPT(ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=8, logit_softcap=0.5))
-    logits, _ = model(torch.randint(0, 64, (1, 8)))
+    x = torch.randint(0, 64, (2, 8))
+    logits, _ = model(x)
     assert logits.abs().max() < 0.5
+    _, loss = model(x, x)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten()))
 
 
 def test_block_mistakes_are_one_line():

@@ -131,6 +131,8 @@ def test_damaged_checkpoint_and_unseen_characters(corpus, workdir):
         (["sample", "--min-p", "-0.1"], "--min-p must be in [0, 1]"),
         (["sample", "--min-p", "1.01"], "--min-p must be in [0, 1]"),
         (["chat", "--min-p", "nan"], "--min-p must be in [0, 1]"),
+        (["sample", "--repetition-penalty", "0"], "--repetition-penalty must be a positive number"),
+        (["chat", "--repetition-penalty", "inf"], "--repetition-penalty must be a positive number"),
         (["sample", "--seed", str(2**70)], "--seed must be between 0 and"),
         (["sample", "--num-samples", "0"], "--num-samples and --max-new-tokens must be at least 1"),
         (["bench", "--steps", "0"], "must be at least 1"),

@@ -216,3 +216,34 @@ def test_min_p_goes_through_the_cached_and_the_reference_generator(model):
     assert fast == generate_reference(model, [7], 30, 60, gens(), temperature=1.5, min_p=0.9)
     assert fast != list(generate(model, [7], 30, 60, gens(), temperature=1.5))
     assert list(generate(model, [7], 30, 60, gens(), min_p=1.0)) == generate_reference(model, [7], 30, 60, temperature=0)
+
+
+def test_repetition_penalty_follows_ctrls_definition_on_fixed_logits():
+    """CTRL (Keskar et al. 2019), as transformers' RepetitionPenaltyLogitsProcessor: an id already in the
+    text has its logit divided by the penalty if positive, multiplied if negative; others keep theirs."""
+    logits = torch.tensor([[2.0, -1.0, 0.5, 1.9]])
+    seen = torch.tensor([[0, 1, 1]])  # id 0 and id 1 (twice: penalised once, as transformers does)
+    assert int(sample_next_token(logits, temperature=0)) == 0
+    assert int(sample_next_token(logits, temperature=0, repetition_penalty=1.2, seen=seen)) == 3  # 2 / 1.2 < 1.9
+    assert int(sample_next_token(logits, temperature=0, repetition_penalty=1.0, seen=seen)) == 0  # 1 is off
+    probs = torch.tensor([[0.4, 0.1, 0.3, 0.2]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat([sample_next_token(probs.log(), g, repetition_penalty=2.0, seen=torch.tensor([[0]]))
+                       for _ in range(4000)])
+    expected = torch.tensor([0.4**2, 0.1, 0.3, 0.2])  # log 0.4 < 0, so doubled: p^2
+    assert torch.allclose(torch.bincount(draws, minlength=4) / 4000, expected / expected.sum(), atol=0.03)
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    scores = torch.randn(3, 50)
+    ids = torch.randint(0, 50, (3, 9))
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(ids, scores.clone())
+    assert torch.equal(sample_next_token(scores, temperature=0, repetition_penalty=1.3, seen=ids), theirs.argmax(-1))
+
+
+def test_repetition_penalty_goes_through_the_cached_and_the_reference_generator(model):
+    gens = lambda: torch.Generator().manual_seed(9)
+    fast = list(generate(model, [7, 3], 40, 60, gens(), temperature=0.9, repetition_penalty=1.5))
+    assert fast == generate_reference(model, [7, 3], 40, 60, gens(), temperature=0.9, repetition_penalty=1.5)
+    assert fast != list(generate(model, [7, 3], 40, 60, gens(), temperature=0.9))
+    greedy = generate_reference(model, [7], 40, 60, temperature=0, repetition_penalty=100.0)
+    assert len(set(greedy)) > len(set(generate_reference(model, [7], 40, 60, temperature=0)))

@@ -1,0 +1,105 @@
+"""The language-model loss from the final hidden states, a chunk of rows at a time.
+
+A plain `cross_entropy(lm_head(h))` materialises logits for every position: 1,024 tokens x 49,152 ids
+is 200 MB in fp32 for SmolLM2, and its softmax, log-softmax and their gradients as much again each.
+Here the head's matmul, the softmax and both of the head's gradients run one chunk of rows at a time,
+during the forward pass (the fused linear cross-entropy of Liger-Kernel and Apple's Cut Cross-Entropy,
+Wijmans et al. 2024): no extra matmul, and the only full-size buffers are the gradients themselves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMENTS = 2**23  # logits per chunk: 32 MB in fp32 (170 rows of SmolLM2's 49,152 ids)
+
+
+def chunk_rows(vocab: int) -> int:
+    return max(1, CHUNK_ELEMENTS // vocab)
+
+
+def softcapped(z: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap * tanh(z / cap) (Gemma 2, modded-nanogpt's logit soft-cap); z unchanged where cap is None."""
+    return z if cap is None else cap * torch.tanh(z / cap)
+
+
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """(n, V) fp32 logits of n rows; the matmul runs in the ambient autocast dtype, as lm_head would."""
+    return softcapped((h @ weight.t()).float(), cap)
+
+
+def _row_loss(z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row negative log-likelihood (n,) and logsumexp (n,); rows whose target is -1 count 0."""
+    valid = targets != -1
+    lse = torch.logsumexp(z, dim=-1)
+    picked = z.gather(1, targets.clamp(min=0)[:, None])[:, 0]
+    return torch.where(valid, lse - picked, 0.0), lse
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Loss and gradients of cross_entropy(softcap(h @ weight.T), targets) computed chunk by chunk in
+    the forward pass; backward only scales them by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, cap, mean):
+        n = h.size(0)
+        count = (targets != -1).sum().clamp(min=1) if mean else torch.ones((), dtype=torch.long)
+        scale = 1.0 / count.to(torch.float32)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        rows = chunk_rows(weight.size(0))
+        for start in range(0, n, rows):
+            hc, tc = h[start:start + rows], targets[start:start + rows]
+            raw = (hc @ weight.t()).float()  # (rows, V), in the ambient autocast dtype as lm_head would
+            tanh = torch.tanh(raw / cap) if cap is not None else None
+            z = cap * tanh if cap is not None else raw
+            nll, lse = _row_loss(z, tc)
+            total += nll.sum()
+            # d loss / d z = softmax(z) - onehot(target), per valid row, times the mean's 1/count
+            g = torch.exp(z.sub_(lse[:, None]))  # z is ours: reuse its memory for softmax
+            valid = (tc != -1).to(g.dtype)[:, None]  # (rows, 1)
+            g.scatter_add_(1, tc.clamp(min=0)[:, None], -valid)  # no boolean indexing: compiles without breaks
+            g.mul_(valid * scale)
+            if cap is not None:  # d (cap * tanh(u / cap)) / du = 1 - tanh^2 = 1 - (z_capped / cap)^2
+                g.mul_(1.0 - tanh.square())
+            g = g.to(torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type)
+                     else weight.dtype)
+            if need_h:
+                grad_h[start:start + rows] = (g @ weight.to(g.dtype)).to(h.dtype)  # (rows, C)
+            if need_w:
+                grad_w += (g.t() @ hc.to(g.dtype)).float()  # (V, C)
+        ctx.save_for_backward(grad_h if need_h else None, grad_w if need_w else None)
+        ctx.weight_dtype = weight.dtype
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        if grad_h is not None:
+            grad_h = grad_h * grad_out.to(grad_h.dtype)
+        if grad_w is not None:
+            grad_w = (grad_w * grad_out).to(ctx.weight_dtype)
+        return grad_h, grad_w, None, None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float | None = None,
+                         reduction: str = "mean") -> torch.Tensor:
+    """cross_entropy(softcap(h @ weight.T), targets, ignore_index=-1) without the full logits.
+
+    h: (N, C) hidden states; weight: (V, C) the output head; targets: (N,) ids, -1 ignored. Returns the
+    mean over counted rows ("mean") or their sum ("sum"), in fp32. Equal to the plain loss within fp32
+    rounding, values and gradients (tests/test_loss.py).
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(h, weight, targets, cap, reduction == "mean")
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    rows = chunk_rows(weight.size(0))
+    for start in range(0, h.size(0), rows):
+        total += _row_loss(_chunk_logits(h[start:start + rows], weight, cap), targets[start:start + rows])[0].sum()
+    if reduction == "sum":
+        return total
+    return total / (targets != -1).sum().clamp(min=1)
