@@ -1,6 +1,6 @@
-"""The modern block changes from scratch (issue #26): each trains, the default model takes the adopted block and
-exports as its Llama family with equal logits, the others refuse in one line, and checkpoints from before the
-block fields load as GPT-2's block and resume exactly."""
+"""The modern block changes from scratch (issue #26): each trains, `--block modern` on the default path exports as
+its Llama family with equal logits, the blocks no family computes refuse in one line, and checkpoints from before
+the block fields load as GPT-2's block and resume exactly."""
 
 import dataclasses
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bladegpt.checkpoint import load_checkpoint
-from bladegpt.config import BLOCK_CHANGES, BLOCKS, DEFAULT_BLOCK, ConfigError, ModelConfig, block_settings
+from bladegpt.config import BLOCK_CHANGES, BLOCKS, ConfigError, ModelConfig, block_settings
 from bladegpt.errors import UserError
 from bladegpt.export import export
 from bladegpt.launch import train
@@ -54,14 +54,16 @@ def test_block_mistakes_are_one_line():
         ModelConfig(logit_softcap=0.0)
 
 
-def test_default_model_takes_the_modern_block_and_presets_keep_gpt2s(corpus):
+def test_the_default_keeps_gpt2s_block_and_block_modern_takes_the_bundle(corpus):
     prepare([corpus], tokenizer="char")
     default = train(None, None, TINY_MODEL, {**TINY_TRAIN, "steps": 2}, compile="off")
     model, _, _ = load_checkpoint(default.run_dir / "last.safetensors")
-    assert model.config == ModelConfig(**{**model.config.to_dict(), **block_settings(DEFAULT_BLOCK, 32)})
-    preset = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 2}, compile="off")
-    model, _, _ = load_checkpoint(preset.run_dir / "last.safetensors")
+    assert model.config == ModelConfig(**{**model.config.to_dict(), **block_settings("gpt2", 32)})
     assert (model.config.arch, model.config.positions, model.config.norm) == ("gpt2", "learned", "layernorm")
+    modern = train(None, None, {**TINY_MODEL, "block": "modern"}, {**TINY_TRAIN, "steps": 2}, compile="off")
+    model, _, _ = load_checkpoint(modern.run_dir / "last.safetensors")
+    assert model.config == ModelConfig(**{**model.config.to_dict(), **block_settings("modern", 32)})
+    assert (model.config.arch, model.config.intermediate_size, model.config.zero_init) == ("qwen3", 64, True)
 
 
 @pytest.mark.parametrize("kind", ["bpe", "char"])
@@ -72,7 +74,8 @@ def test_a_modern_model_exports_as_its_family_with_equal_logits(workdir, kind):
 
     (workdir / "tales.txt").write_text(corpus_text(300) + "Café — naïve 😀 <|endoftext|> 12,345\n")
     prepare([workdir / "tales.txt"], tokenizer=kind, vocab_size=300)
-    run = train(None, None, {**TINY_MODEL, "block_size": 64}, {**TINY_TRAIN, "steps": 5}, compile="off").run_dir
+    run = train(None, None, {**TINY_MODEL, "block_size": 64, "block": "modern"}, {**TINY_TRAIN, "steps": 5},
+                compile="off").run_dir
     model, tokenizer, _ = load_checkpoint(run / "best.safetensors")
     text = "The hunter lit the lamp. Café — naïve 😀<|endoftext|>12,345"
     ids = tokenizer.encode(text)
