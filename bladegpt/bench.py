@@ -101,7 +101,9 @@ def run_rung(rung: Rung, model_cfg: ModelConfig, batch: int, steps: int, device_
     torch.manual_seed(0)
     model = GPT(model_cfg, attention=rung.attention).to(device)
     optimizers = make_optimizers(model, TrainConfig(), device)  # the optimizer `train` uses by default
-    forward = torch.compile(model) if rung.compile else model
+    if rung.compile:
+        model.compile_blocks()  # as train compiles: each block (regional compilation)
+    forward = model
     x = torch.randint(0, model_cfg.vocab_size, (batch, model_cfg.block_size), device=device)
     y = torch.randint(0, model_cfg.vocab_size, (batch, model_cfg.block_size), device=device)
     times = []
@@ -189,34 +191,65 @@ def bench(
 
 
 def _hf_twin(model: GPT):
-    """The same model as transformers' GPT2LMHeadModel, built from what `export --format hf` writes."""
+    """The same model as transformers' GPT2LMHeadModel, or LlamaForCausalLM / Qwen2ForCausalLM /
+    Qwen3ForCausalLM for the Llama family, built from what `export --format hf` writes."""
     import transformers
 
-    from bladegpt.export import hf_config, hf_state_dict
+    if model.config.arch == "gpt2":
+        from bladegpt.export import hf_config, hf_state_dict
 
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config.from_dict(hf_config(model, eos=None)))
-    hf.load_state_dict({k: v.to(hf.device) for k, v in hf_state_dict(model).items()}, strict=False)
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config.from_dict(hf_config(model, eos=None)))
+        state = hf_state_dict(model)
+    else:
+        from bladegpt.export.llama import llama_hf_config, llama_hf_state_dict
+
+        settings = llama_hf_config(model, bos=None, eos=None)
+        config = transformers.AutoConfig.for_model(settings.pop("model_type"), **settings)
+        hf = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        state = llama_hf_state_dict(model)
+    hf.load_state_dict({k: v.to(hf.device) for k, v in state.items()}, strict=False)
     return hf.to(model.transformer.wte.weight.device).eval()
+
+
+def source_model(source: str, block: int) -> GPT:
+    """A pretrained model (any --init-from source) with its context cut to `block`, as a fine-tune has it."""
+    from bladegpt.sources import load_pretrained
+
+    model = load_pretrained(source).model
+    if model.config.block_size > block:
+        if "wpe" in model.transformer:
+            model.transformer.wpe.weight.data = model.transformer.wpe.weight.data[:block]
+        model.config.block_size = block
+        model.reset_buffers()
+    return model
 
 
 def bench_generate(
     preset: str = "mini", device: str = "auto", new_tokens: int = 100, samples: tuple[int, ...] = (1, 8),
-    repeats: int = 5, vocab_size: int | None = None,
+    repeats: int = 5, vocab_size: int | None = None, source: str | None = None,
 ) -> dict:
     """Generation tokens/s (all samples together) of BladeGPT beside transformers' `generate` on the
     same weights: greedy for one sample, top-k sampling for several. BladeGPT runs at the precision
     `sample` picks here and at the other one, and compiled at the picked one (what `sample --compile`
     runs; its one-time compile is reported apart); transformers in fp32. Medians of `repeats` runs,
-    the contenders alternating so a slow spell of the machine hits all of them."""
+    the contenders alternating so a slow spell of the machine hits all of them. `source` times a
+    pretrained model (any --init-from source, e.g. SmolLM2's GGUF) instead of the preset's shape."""
     from bladegpt.engine import compile_decode, generate_batch
     from bladegpt.runtime import bf16_supported
     from bladegpt.sampler import decode_precision, in_precision
 
     dev = resolve_device(device)
-    model_cfg, _ = from_preset(preset)
-    model_cfg.vocab_size = vocab_size = vocab_size or default_vocab(preset)
     torch.manual_seed(0)
-    model = GPT(model_cfg).to(dev).eval()
+    if source is not None:
+        from bladegpt.config import FINETUNE_BLOCK
+
+        model = source_model(source, FINETUNE_BLOCK).to(dev).eval()
+        model_cfg = model.config
+        vocab_size = model_cfg.vocab_size
+    else:
+        model_cfg, _ = from_preset(preset)
+        model_cfg.vocab_size = vocab_size = vocab_size or default_vocab(preset)
+        model = GPT(model_cfg).to(dev).eval()
     prompt = torch.randint(0, vocab_size, (4,)).tolist()
     new_tokens = min(new_tokens, model_cfg.block_size - len(prompt))  # transformers' GPT-2 cannot slide past it
     chosen = decode_precision(model, dev)
@@ -272,6 +305,6 @@ def bench_generate(
         for (who, precision), t in times.items():
             rows.append({"generator": who, "precision": precision, "samples": n,
                          "tok_per_s": n * new_tokens / statistics.median(t)})
-    return {"device": device_name(dev), "preset": preset, "block": model_cfg.block_size, "vocab": vocab_size,
+    return {"device": device_name(dev), "preset": source or preset, "block": model_cfg.block_size, "vocab": vocab_size,
             "new_tokens": new_tokens, "prompt_tokens": len(prompt), "repeats": repeats, "torch": torch.__version__,
             "decode_precision": chosen, "compile_s": compile_s, "peer": peer, "rows": rows}

@@ -151,6 +151,9 @@ def train(
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
     time: Annotated[Optional[str], typer.Option("--time", help="Train for a time instead, e.g. 10m.")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warmup steps.")] = None,
+    min_lr_ratio: Annotated[Optional[float], typer.Option(help="The cosine schedule ends at lr times this (1: a constant lr).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW's decoupled weight decay on the matrices.")] = None,
+    activation_checkpointing: Annotated[Optional[bool], typer.Option("--activation-checkpointing", help="Recompute each block's activations in backward: about a third more compute, memory for long blocks.")] = None,
     eval_interval: Annotated[Optional[int], typer.Option(help="Evaluate every N steps.")] = None,
     eval_iters: Annotated[Optional[int], typer.Option(help="Batches per evaluation.")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop after N evaluations without a better val loss (0: never) [default: 3].")] = None,
@@ -177,7 +180,9 @@ def train(
         steps = 10**9  # the clock decides
     training = dict(batch_size=batch_size, accum=accum, lr=lr, optimizer=optimizer, muon_lr=muon_lr,
                     steps=steps, time_budget_s=budget,
-                    warmup_steps=warmup_steps, eval_interval=eval_interval, eval_iters=eval_iters, patience=patience,
+                    warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay,
+                    activation_checkpointing=activation_checkpointing,
+                    eval_interval=eval_interval, eval_iters=eval_iters, patience=patience,
                     log_interval=log_interval, sample_tokens=sample_tokens, seed=seed)
     result = train_model(data, preset, model, training, device, precision, attention, compile, resume, run,
                          reporter=TrainDisplay(console), init_from=init_from, tracker=tracker)
@@ -206,8 +211,10 @@ def sample(
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
     compile: DecodeCompileOpt = "auto",
+    copy_check: Annotated[Optional[bool], typer.Option("--copy-check/--no-copy-check", help="Say how much of the samples is copied verbatim from the training text [default: on where the run's dataset is at hand].", show_default=False)] = None,
 ) -> None:
     """Stream new text from a trained model (several samples are generated together, in one batch)."""
+    from bladegpt import copymeter
     from bladegpt.encoding import read_typed
     from bladegpt.engine import check_settings
     from bladegpt.sampler import Sampler
@@ -219,7 +226,11 @@ def sample(
     check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p, repetition_penalty)
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · {sampler.precision}[/]", highlight=False)
-    current = None
+    meter = copymeter.for_checkpoint(sampler.checkpoint) if copy_check is not False else None
+    if copy_check and meter is None:
+        err_console.print(f"No copy check: {sampler.checkpoint} is not in a run folder, so its training text is "
+                          "not known.", style="dim", highlight=False, markup=False)
+    current, texts = None, []
     for i, piece in sampler.samples(prompt, num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p,
                                     repetition_penalty):
         if i != current:
@@ -227,9 +238,25 @@ def sample(
                 sys.stdout.write("\n" + "-" * 40 + "\n")
             sys.stdout.write(prompt)
             current = i
+            texts.append("")
+        texts[-1] += piece
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    if meter is not None:
+        _copy_line(meter, texts)
+
+
+def _copy_line(meter, texts: list[str]) -> None:
+    """The copy meter's line after the samples, on stderr so that piped samples stay clean."""
+    index = meter.wait(timeout=1.0)
+    if meter.busy:
+        err_console.print("Indexing the training text for the copy check, once for this dataset "
+                          "(--no-copy-check skips it)...", style="dim", highlight=False)
+        index = meter.wait()
+    line = index.measure(texts).describe() if index is not None else f"No copy check: {meter.error}"
+    err_console.print(line, style="dim", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -301,14 +328,18 @@ def bench(
     device: DeviceOpt = "auto",
     rungs: Annotated[Optional[str], typer.Option(help="Comma-separated subset: vanilla,mixed,compile,flash,auto.")] = None,
     generate: Annotated[bool, typer.Option("--generate", help="Time generation instead, beside transformers' generate.")] = False,
+    init_from: Annotated[Optional[str], typer.Option(help="With --generate: time this pretrained model (a GGUF file, ollama:NAME, a Hugging Face folder or hub id) instead of the preset.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON, nothing else.")] = False,
 ) -> None:
     """Time training steps up the speed ladder on this machine (random tokens, no dataset needed)."""
     from bladegpt import bench as benchmark, strictjson
     from bladegpt.report import bench_table, generate_table
 
+    if init_from is not None and not generate:
+        fail("--init-from times generation of that model: add --generate (the training step beside "
+             "transformers' is scripts/finetune_bench.py).")
     if generate:
-        result = benchmark.bench_generate(preset, device=device)
+        result = benchmark.bench_generate(preset, device=device, source=init_from)
         if json_out:
             print(strictjson.dumps(result, indent=2))
         else:

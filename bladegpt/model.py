@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from bladegpt.config import ModelConfig
 from bladegpt.loss import linear_cross_entropy, softcapped
@@ -198,6 +199,10 @@ class GPT(nn.Module):
                 if config.zero_init:  # each block starts as the identity (modded-nanogpt, nanochat)
                     nn.init.zeros_(p)
         self.reset_buffers()
+        # Activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"):
+        # a training step holds one block's activations at a time, for about a third more compute. How
+        # to compute, not what: set by the trainer, never saved.
+        self.activation_checkpointing = False
 
     def reset_buffers(self) -> None:
         """(Re)compute RoPE's cos/sin tables beside the weights: after loading weights into a model built on
@@ -221,6 +226,14 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def compile_blocks(self) -> None:
+        """torch.compile each block for training and evaluation (regional compilation, PyTorch's recipe
+        for repeated layers: the blocks share one forward, so one compile serves all 30 of SmolLM2's).
+        Measured 1.36x a SmolLM2 training step on a 2-core CPU (RMSNorm, RoPE and SwiGLU fused); the
+        head's loss stays eager (loss.py). Generation with a KV cache keeps the eager blocks. The
+        compiled wrappers share the blocks' parameters and are not part of the state dict."""
+        self.__dict__["compiled_blocks"] = [torch.compile(block) for block in self.transformer.h]
 
     def set_attention(self, impl: str) -> None:
         """Switch manual/SDPA attention; the weights are the same either way."""
@@ -257,8 +270,13 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs) each
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, rope, kv_cache)
+        compiled = self.__dict__.get("compiled_blocks")
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for block in compiled if compiled and kv_cache is None else self.transformer.h:
+            if recompute:  # keep each block's input only; its activations are computed again in backward
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, kv_cache, use_reentrant=False)
+            else:
+                x = block(x, rope, kv_cache)
         x = self.transformer.ln_f(x)
         cap = self.config.logit_softcap  # the same cap on both paths (loss.softcapped)
         if targets is None:

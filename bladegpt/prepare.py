@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bladegpt import strictjson
+from bladegpt.copymeter import is_index_file
 from bladegpt.data import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
 from bladegpt.encoding import utf8_name
 from bladegpt.files import fsync, publish_dir, temp_dir
@@ -313,7 +314,8 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
         raise DataError(f"{out_dir} is a file; give --out a folder name for the dataset.")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         return
-    if not (out_dir / META_FILE).is_file() or not {p.name for p in out_dir.iterdir()} <= DATASET_FILES:
+    ours = [p.name in DATASET_FILES or is_index_file(p.name) for p in out_dir.iterdir()]  # the copy meter's index too
+    if not (out_dir / META_FILE).is_file() or not all(ours):
         raise DataError(f"{out_dir} exists and is not a dataset; choose another --out (prepare never writes "
                         "into a folder it did not make).")
     if not force:

@@ -61,15 +61,26 @@ def generate_table(result: dict) -> Table:
     return table
 
 
+def _copied(row: dict) -> str:
+    """The last eval sample's copy meter: the share of 50-character spans copied, and the longest copy."""
+    from bladegpt.copymeter import percent
+
+    if row.get("copied") is None:
+        return "-"
+    return percent(row["copied"]) + (f" {row['longest_copy']:,}ch" if row.get("longest_copy") else "")
+
+
 def runs_table(rows: list[dict]) -> Table:
     from bladegpt.runs import sparkline
 
     table = Table(title="Runs", caption="bpb: bits per byte of the validation text (lower is better), "
-                                        "best at its step; the curve is val bpb at each evaluation")
+                                        "best at its step; the curve is val bpb at each evaluation; copied: "
+                                        "the share of the last eval sample's 50-character spans found verbatim "
+                                        "in the training text, and its longest copy in characters")
     names = [Path(r["run"]).name for r in rows]
     table.add_column("run", no_wrap=True, min_width=max(map(len, names)))  # the one column never cut short
-    for col in ("data", "start", "steps", "val loss", "bpb", "best at", "wall", "state", "curve"):
-        table.add_column(col, justify="right" if col in ("steps", "val loss", "bpb", "best at", "wall") else "left")
+    for col in ("data", "start", "steps", "val loss", "bpb", "best at", "wall", "state", "curve", "copied"):
+        table.add_column(col, justify="right" if col in ("steps", "val loss", "bpb", "best at", "wall", "copied") else "left")
     colors = {"running": "cyan", "finished": "green", "stopped early": "green", "interrupted": "yellow"}
     for name, r in zip(names, rows):
         planned = f"/{r['steps']:,}" if r["steps"] else (f" of {r['time_budget_s']:.0f}s" if r["time_budget_s"] else "")
@@ -79,6 +90,6 @@ def runs_table(rows: list[dict]) -> Table:
             f"{r['best_val_loss']:.3f}" if best else "-", f"{r['best_val_bpb']:.3f}" if r["best_val_bpb"] is not None else "-",
             f"{r['best_step']:,}" if best else "-",
             f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
-            f"[{colors.get(r['state'], 'red')}]{r['state']}[/]", sparkline(r["val_bpb"]),
+            f"[{colors.get(r['state'], 'red')}]{r['state']}[/]", sparkline(r["val_bpb"]), _copied(r),
         )
     return table

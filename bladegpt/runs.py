@@ -192,6 +192,8 @@ def summarize(run_dir: Path) -> dict:
     # null (or NaN, from older versions) is no value: such an evaluation is never the best
     evals = [r for r in read_metrics(run_dir) if is_number(r.get("val_loss")) and r["step"] <= info.get("step", 0)]
     best = min(evals, key=lambda r: r["val_loss"], default=None)
+    measured = [r for r in evals if is_number(r.get("copied"))]  # the copy meter on the eval samples
+    copying = measured[-1] if measured else {}
     steps, budget, step = train.get("steps"), train.get("time_budget_s"), info.get("step", 0)
     patience, stale = train.get("patience", 0), info.get("stale_evals", 0)
     if _running(run_dir):
@@ -217,6 +219,8 @@ def summarize(run_dir: Path) -> dict:
         "elapsed_s": info.get("elapsed"),
         "state": state,
         "val_bpb": [bpb for r in evals if (bpb := strictjson.number(r.get("val_bpb"))) is not None],
+        "copied": copying.get("copied"),
+        "longest_copy": copying.get("longest_copy"),
     }
 
 

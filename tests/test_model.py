@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from bladegpt.checkpoint import load_checkpoint, save_checkpoint
@@ -69,3 +70,25 @@ def test_flops_per_token_known_case():
     n = model.num_params()
     assert n == 124_439_808 - 1024 * 768
     assert flops_per_token(cfg, n) == 6 * 123_653_376 + 12 * 12 * 12 * 64 * 1024  # 855,166,464
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_activation_checkpointing_gives_the_same_gradients(arch):
+    """Recomputing each block in backward is how, not what: loss and gradients equal, dropout included."""
+    llama = dict(arch="llama", norm="rmsnorm", positions="rope", activation="swiglu", n_kv_head=1) if arch == "llama" else {}
+    cfg = ModelConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1, **llama)
+    torch.manual_seed(0)
+    model = GPT(cfg).train()
+    idx, y = torch.randint(0, 64, (3, 8)), torch.randint(0, 64, (3, 8))
+    grads = []
+    for recompute in (False, True):
+        model.activation_checkpointing = recompute
+        model.zero_grad()
+        torch.manual_seed(5)  # the same dropout masks
+        _, loss = model(idx, y)
+        loss.backward()
+        grads.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+    assert "activation_checkpointing" not in str(model.state_dict().keys())

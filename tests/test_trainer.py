@@ -229,3 +229,20 @@ def test_a_default_run_too_long_for_the_budget_is_cut_and_resumes_to_the_cut(cor
     assert saved["train"]["steps"] == result.step < 100 and saved["model"]["dropout"] == 0.2
     with pytest.raises(Exception, match="already finished"):  # resume follows the cut schedule
         train(None, None, None, {}, resume=True, run=result.run_dir, compile="off")
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_eager(corpus):
+    """--compile on compiles each block (regional compilation); its steps give eager's losses, its
+    evaluations and samples run, and the checkpoint holds the same names as an eager run's."""
+    prepare([corpus], tokenizer="char")
+    settings = dict(steps=6, eval_interval=3, log_interval=1, sample_tokens=20)
+    eager = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, **settings}, device="cpu", precision="fp32", compile="off")
+    compiled = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, **settings}, device="cpu", precision="fp32", compile="on")
+    loss = lambda result: [r["loss"] for r in result.history if "val_loss" not in r]
+    assert loss(compiled) == pytest.approx(loss(eager), abs=2e-3)
+    val = lambda result: [r["val_loss"] for r in result.history if "val_loss" in r]
+    assert val(compiled) == pytest.approx(val(eager), abs=2e-3)
+    a, _, _ = load_checkpoint(eager.run_dir / "last.safetensors")
+    b, _, _ = load_checkpoint(compiled.run_dir / "last.safetensors")
+    assert a.state_dict().keys() == b.state_dict().keys()
