@@ -142,6 +142,7 @@ def train(
     n_embd: Annotated[Optional[int], typer.Option(help="Embedding width.")] = None,
     block_size: Annotated[Optional[int], typer.Option(help="Context length in tokens.")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout rate.")] = None,
+    block: Annotated[Optional[str], typer.Option(help="gpt2 (GPT-2's block: learned positions, LayerNorm, GELU), modern, or changes joined with +: rope, rmsnorm, qk-norm, swiglu, relu2, zero-init, softcap [default: gpt2].")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sequences per optimizer step (the batch the optimizer sees).")] = None,
     accum: Annotated[Optional[int], typer.Option(help="Split each step's batch into N micro-batches: same training, less memory.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW's).")] = None,
@@ -181,7 +182,7 @@ def train(
     from bladegpt.lora import lora_config
 
     adapters = lora_config(lora, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_base_dtype)
-    model = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout)
+    model = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout, block=block)
     budget = parse_duration(time) if time else None
     if budget is not None and steps is None:
         steps = 10**9  # the clock decides

@@ -23,13 +23,48 @@ SMALL_TEXT_VOCAB = 3072
 # speed: a small text is data-bound, not model-bound (docs/benchmarks.md).
 SMALL_TEXT_BYTES = 250_000
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu", "relu2")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 # The families a model can compute, as configuration: gpt2 is GPT-2's block (BladeGPT's own models
 # too); llama, qwen2 and qwen3 are the Llama block (RMSNorm, RoPE, SwiGLU, grouped heads), qwen2 with
 # q/k/v biases, qwen3 with per-head q/k RMSNorm. The name says which exports a model takes.
 ARCHS = ("gpt2", "llama", "qwen2", "qwen3")
+
+# The parts of GPT-2's block a from-scratch model may change (issue #26), as ModelConfig settings; `train
+# --block` joins them with "+" (rope+rmsnorm) or names a whole block. Sources and measured effects:
+# shared/research/finetune.md §3.3; what they do on BladeGPT's texts: docs/benchmarks.md.
+BLOCK_CHANGES = {
+    "rope": dict(positions="rope"),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "qk-norm": dict(qk_norm=True),
+    "swiglu": dict(activation="swiglu"),
+    "relu2": dict(activation="relu2"),
+    "zero-init": dict(zero_init=True),
+    "softcap": dict(logit_softcap=15.0),  # modded-nanogpt's 15 (2025-01-04_SoftCap)
+}
+# "modern" is the bundle that exports (as qwen3). Not the default: on officer_k and witcher it learnt 0.01-0.02 bpb
+# better at equal steps (one seed), within the seed's spread, at 1.08-1.16x GPT-2's time a step (docs/benchmarks.md).
+BLOCKS = {"gpt2": (), "modern": ("rope", "rmsnorm", "qk-norm", "swiglu", "zero-init")}
+
+
+def block_settings(spec: str, n_embd: int) -> dict:
+    """ModelConfig settings for `--block` (a name in BLOCKS, or changes joined with "+"). A block the Llama
+    family computes (RoPE, RMSNorm, SwiGLU, no soft-cap or ReLU²) is labelled llama, or qwen3 with QK-norm,
+    so it exports as one; SwiGLU's width is 8/3 of n_embd (Llama's: GPT-2's MLP parameter count)."""
+    names = BLOCKS[spec] if spec in BLOCKS else tuple(spec.split("+"))
+    unknown = [n for n in names if n not in BLOCK_CHANGES]
+    if unknown:
+        raise ConfigError(f"--block: unknown {unknown[0]!r}; use {' or '.join(BLOCKS)}, or changes joined with +: "
+                          f"{', '.join(BLOCK_CHANGES)}.")
+    if {"swiglu", "relu2"} <= set(names):
+        raise ConfigError("--block: swiglu and relu2 are both MLP activations; choose one.")
+    settings = {k: v for n in names for k, v in BLOCK_CHANGES[n].items()}
+    if settings.get("activation") == "swiglu":
+        settings["intermediate_size"] = max(64, round(8 * n_embd / 3 / 64) * 64)
+    if {"rope", "rmsnorm", "swiglu"} <= set(names) and "softcap" not in names:
+        settings["arch"] = "qwen3" if "qk-norm" in names else "llama"
+    return settings
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -51,7 +86,8 @@ class ModelConfig:
     n_embd: int = 384
     dropout: float = 0.0
     bias: bool = False  # GPT-2 has biases in every Linear and LayerNorm; our own models train without
-    activation: str = "gelu"  # "gelu" (exact, erf), "gelu_tanh" (GPT-2's, HF's "gelu_new"), "swiglu" (SiLU-gated MLP)
+    activation: str = "gelu"  # "gelu" (exact, erf), "gelu_tanh" (GPT-2's, HF's "gelu_new"), "swiglu" (SiLU-gated
+    # MLP), "relu2" (ReLU², relu(x)^2: So et al. 2021, modded-nanogpt)
     layer_norm_eps: float = 1e-5  # the norm's epsilon, LayerNorm's or RMSNorm's
     arch: str = "gpt2"
     norm: str = "layernorm"  # or "rmsnorm" (Zhang & Sennrich 2019; computed in fp32, as Llama)
@@ -66,6 +102,8 @@ class ModelConfig:
     tie_embeddings: bool = True  # the output head is the token embedding (GPT-2, SmolLM2, Llama 3.2)
     context_length: int | None = None  # RoPE: the longest context the weights learned, kept when a fine-tune
     # trains on a shorter block_size, so exports offer the source's context; None: block_size
+    zero_init: bool = False  # the residual output projections (c_proj) start at zero (modded-nanogpt, nanochat)
+    logit_softcap: float | None = None  # logits = cap * tanh(logits / cap) (Gemma 2; modded-nanogpt's 15)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("activation", self.activation, ACTIVATIONS), ("norm", self.norm, NORMS),
@@ -89,6 +127,8 @@ class ModelConfig:
             raise ConfigError(f"RoPE needs an even head size, got {self.head_dim}.")
         if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.logit_softcap is not None and not 0 < self.logit_softcap < math.inf:
+            raise ConfigError(f"logit_softcap must be a positive number or None (no cap), got {self.logit_softcap}.")
 
     @property
     def head_dim(self) -> int:
@@ -331,6 +371,8 @@ def from_preset(
         raise ConfigError(f"Unknown preset '{name}'; choose one of: {', '.join(PRESETS)}.")
     preset = PRESETS[name]
     model = {**preset.model, **{k: v for k, v in (model_overrides or {}).items() if v is not None}}
+    if "block" in model:
+        model.update(block_settings(model.pop("block"), model.get("n_embd", ModelConfig.n_embd)))
     train = {**preset.train, **{k: v for k, v in (train_overrides or {}).items() if v is not None}}
     return ModelConfig(**model), TrainConfig(**train)
 

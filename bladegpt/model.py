@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from bladegpt.config import ModelConfig
-from bladegpt.loss import linear_cross_entropy
+from bladegpt.loss import linear_cross_entropy, softcapped
 
 ATTENTION_IMPLS = ("manual", "sdpa")
 
@@ -135,12 +135,14 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GPT-2's Linear-GELU-Linear, or the Llama family's SwiGLU, down(silu(gate(x)) * up(x)) (Shazeer
-    2020), with gate and up as one matmul (c_fc's first and second halves)."""
+    """GPT-2's Linear-GELU-Linear, the Llama family's SwiGLU, down(silu(gate(x)) * up(x)) (Shazeer
+    2020), with gate and up as one matmul (c_fc's first and second halves), or ReLU², relu(x)^2 (So et
+    al. 2021, "Primer"; modded-nanogpt)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.swiglu = config.activation == "swiglu"
+        self.relu2 = config.activation == "relu2"
         hidden = config.mlp_size
         self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
         # Our own models use the exact (erf) GELU, as nanoGPT: GPT-2's tanh approximation measured
@@ -154,6 +156,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = self.c_fc(x).chunk(2, dim=-1)
             return self.dropout(self.c_proj(F.silu(gate) * up))
+        if self.relu2:
+            return self.dropout(self.c_proj(F.relu(self.c_fc(x)).square()))
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
@@ -192,6 +196,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init:  # each block starts as the identity (modded-nanogpt, nanochat)
+                    nn.init.zeros_(p)
         self.reset_buffers()
         # Activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"):
         # a training step holds one block's activations at a time, for about a third more compute. How
@@ -272,10 +278,11 @@ class GPT(nn.Module):
             else:
                 x = block(x, rope, kv_cache)
         x = self.transformer.ln_f(x)
+        cap = self.config.logit_softcap  # the same cap on both paths (loss.softcapped)
         if targets is None:
-            return self.lm_head(x), None  # (B, T, vocab)
+            return softcapped(self.lm_head(x), cap), None  # (B, T, vocab)
         # The loss a chunk of positions at a time: the (B, T, vocab) logits are never all in memory (loss.py).
-        return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), cap)
 
 
 def flops_per_token(config: ModelConfig, n_params: int) -> int:

@@ -1,11 +1,12 @@
 """nanoGPT parity and time-to-target on tinyshakespeare, char-level: prints wall times and val losses.
 
-Usage: python scripts/parity.py PATH/TO/tinyshakespeare.txt [--nanogpt PATH/TO/nanoGPT]
+Usage: python scripts/parity.py PATH/TO/tinyshakespeare.txt [--nanogpt PATH/TO/nanoGPT] [--block BLOCK] [--runs parity,beyond]
 
 Each run is a real `bladegpt train` subprocess, timed from launch to exit (start-up included).
 With --nanogpt (a checkout of karpathy/nanoGPT), nanoGPT's own CPU run from its README is
 timed first, on the same machine, and the ratios are taken against it; without it they are
-taken against the published 63 s, which was measured on a different machine.
+taken against the published 63 s, which was measured on a different machine. --block trains every run with
+that block (`train --block`: GPT-2's by default, as nanoGPT); --runs picks which of the runs below to time.
 """
 
 import argparse
@@ -60,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", nargs="?", default="../shared/data/tinyshakespeare.txt")
     parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout, to time it side by side")
+    parser.add_argument("--block", default="gpt2", help="train --block for every run (default gpt2, nanoGPT's)")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"which runs, comma-separated (default {','.join(RUNS)})")
     args = parser.parse_args()
     bladegpt = [sys.executable, "-m", "bladegpt"]  # works with or without the console script installed
     work = Path(tempfile.mkdtemp(prefix="bladegpt-parity-"))
@@ -71,7 +74,8 @@ def main() -> None:
         baseline, label = results["nanogpt"]["wall_s"], "nanoGPT here"
         print(f"nanogpt wall {baseline:6.1f} s  final val loss {results['nanogpt']['final_val_loss']:.4f}", flush=True)
     subprocess.run([*bladegpt, "prepare", str(corpus), "--tokenizer", "char"], cwd=work, check=True, capture_output=True)
-    for name, run_args in RUNS.items():
+    for name in args.runs.split(","):
+        run_args = [*RUNS[name], "--block", args.block]
         t0 = time.perf_counter()
         subprocess.run([*bladegpt, "train", *run_args, "--run", f"runs/{name}"], cwd=work, check=True, capture_output=True)
         wall = time.perf_counter() - t0

@@ -159,8 +159,8 @@ def test_default_model_is_sized_to_the_text():
     assert small == {**SMALL_TEXT_SHAPE, "dropout": SCRATCH_DROPOUT} and len(notes) == 2
     large, notes = sized_model({"n_layer": None}, SMALL_TEXT_BYTES)
     assert large == {"dropout": SCRATCH_DROPOUT} and len(notes) == 1  # the preset's own shape
-    mine, notes = sized_model({"n_embd": 512, "dropout": 0.0}, 1_000)
-    assert mine == {"n_embd": 512, "dropout": 0.0} and not notes  # any shape flag keeps the preset's shape
+    mine, notes = sized_model({"n_embd": 512, "dropout": 0.0, "block": "gpt2"}, 1_000)
+    assert mine == {"n_embd": 512, "dropout": 0.0, "block": "gpt2"} and not notes  # any shape flag keeps the preset's shape
 
 
 class Said(Reporter):

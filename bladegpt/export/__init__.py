@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from bladegpt import strictjson
 from bladegpt.bytelevel import bpe_merges, spell
 from bladegpt.checkpoint import load_checkpoint, read_adapters, read_metadata, save_checkpoint
+from bladegpt.config import ModelConfig
 from bladegpt.encoding import as_text
 from bladegpt.errors import UserError
 from bladegpt.files import atomic_write, publish_dir, temp_dir
@@ -66,6 +67,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
         model, tokenizer, info = load_checkpoint(source)
         out.parent.mkdir(parents=True, exist_ok=True)
         if format == "gguf":
+            check_family(model.config)
             name = as_text(source.parent.name if (source.parent / RUN_FILE).exists() else source.stem)[0]  # GGUF strings are UTF-8
             if adds_tokens(tokenizer) and tokenizer.vocab_size == model.config.vocab_size:
                 warn("This model has no spare vocabulary row, so the end-of-text token llama.cpp needs gets a "
@@ -81,6 +83,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
         return out
     _check_folder_target(out, source, force)
     model, tokenizer, info = load_checkpoint(source)
+    check_family(model.config)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(out, HF_FILES)
     try:
@@ -90,6 +93,20 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_family(cfg: ModelConfig) -> None:
+    """UserError (one line) for a block no Hugging Face or GGUF family computes: a soft-cap, ReLU², or GPT-2's
+    block with some of the Llama family's parts (`train --block`)."""
+    if cfg.logit_softcap is not None or cfg.activation == "relu2":
+        part = "caps its logits (softcap)" if cfg.logit_softcap is not None else "uses ReLU² (relu2)"
+        raise UserError(f"This model {part}, which no Hugging Face or GGUF model family computes; export --format "
+                        "safetensors, or train with --block modern for a model that exports.")
+    if cfg.arch == "gpt2" and (cfg.norm, cfg.positions, cfg.activation, cfg.qk_norm) not in (
+            ("layernorm", "learned", "gelu", False), ("layernorm", "learned", "gelu_tanh", False)):
+        raise UserError("This model's block is part GPT-2's, part the Llama family's (--block), which no Hugging Face "
+                        "or GGUF model family computes; export --format safetensors, or train with --block gpt2 or "
+                        "modern.")
 
 
 def _check_folder_target(out: Path, source: Path, force: bool, files: set[str] = HF_FILES) -> None:
