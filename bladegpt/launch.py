@@ -227,7 +227,9 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
                         f"its tokenizer: `bladegpt prepare {' '.join(files)} --tokenizer-from {source}` (it writes "
                         f"{default_out_dir(files, source)}), then train again.")
     source_cfg = pretrained.model.config
-    block = overrides["block_size"] if "block_size" in overrides else min(source_cfg.block_size, FINETUNE_BLOCK)
+    shortest = min(len(tokens) for tokens in token_data.splits.values())
+    fitting = 2 ** max(4, (shortest - 2).bit_length() - 1)  # the default context shrinks to fit a small split
+    block = overrides["block_size"] if "block_size" in overrides else min(source_cfg.block_size, FINETUNE_BLOCK, fitting)
     if block < 1:
         raise ConfigError(f"--block-size must be between 1 and {source_cfg.block_size} (the source's context), "
                           f"got {block}.")
@@ -240,6 +242,8 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
     token_data.check_fits(block)
     train_cfg, notes = finetune_config(train_overrides, model_cfg.n_embd, len(token_data.splits["train"]),
                                        len(token_data.splits["val"]), block)
+    if "block_size" not in overrides and block < min(source_cfg.block_size, FINETUNE_BLOCK):
+        notes.insert(0, f"--block-size {block}: the text's {shortest:,}-token split is too short for {FINETUNE_BLOCK}")
     initial = pretrained.model.state_dict()
     runtime = {k: v or "auto" for k, v in requested.items()}
     given = {k for k, v in (train_overrides or {}).items() if v is not None}
