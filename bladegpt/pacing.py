@@ -3,12 +3,14 @@ fits its time budget. Pure arithmetic on measured step times; the trainer says w
 
 from __future__ import annotations
 
-from bladegpt.config import SCRATCH_EVALS, TrainConfig
+from bladegpt.config import TrainConfig
 
 # First-compile cost we assume before deciding to compile (measured: 25-30 s on a 2-core CPU).
 COMPILE_COST_S = {"cpu": 30.0, "cuda": 45.0}
 # The step-time saving we count on from compiling; measured ~1.2x on CPU, so be conservative.
 COMPILE_GAIN = 0.15
+# A cut from-scratch run evaluates at most every 10 steps, as the sized plan does (config.sized_to_text).
+MIN_EVAL_INTERVAL = 10
 
 
 def duration(seconds: float) -> str:
@@ -26,12 +28,24 @@ def compile_pays(remaining_s: float, device_type: str) -> tuple[bool, float, flo
     return remaining_s * COMPILE_GAIN > cost, remaining_s * COMPILE_GAIN, cost
 
 
-def fit_to_budget(cfg: TrainConfig, step: int, elapsed: float, per_step: float, budget_s: float, full_steps: int) -> bool:
+def fit_to_budget(cfg: TrainConfig, step: int, elapsed: float, per_step: float, budget_s: float, full_steps: int,
+                  full_interval: int) -> bool:
     """Set the schedule's length so the run ends within `budget_s`, never past `full_steps` (its
-    length before any cut), in place; False when it stays as it is."""
+    length before any cut), in place, and its evaluation interval so that the cut run evaluates as often
+    as the plan did (`full_interval` over `full_steps`); False when it stays as it is."""
     steps = min(full_steps, max(step + 1, step + int((budget_s - elapsed) / per_step)))
     if steps == cfg.steps:
         return False
     cfg.steps = steps
-    cfg.eval_interval = max(10, steps // SCRATCH_EVALS)
+    cfg.eval_interval = eval_interval(steps, full_steps, full_interval)
     return True
+
+
+def eval_interval(steps: int, full_steps: int, full_interval: int) -> int:
+    """The interval that gives `steps` the evaluations `full_interval` gave `full_steps`: the plan's own
+    for the whole schedule; in a cut one never shorter than MIN_EVAL_INTERVAL steps (or the plan's own,
+    if that is shorter: a fine-tune's few long steps)."""
+    if steps >= full_steps:
+        return full_interval
+    evaluations = max(1, full_steps // full_interval)
+    return max(min(full_interval, MIN_EVAL_INTERVAL), steps // evaluations)

@@ -98,6 +98,7 @@ class Trainer:
         self.early = EarlyStopping(train_cfg.patience)
         self.budget_s: float | None = None  # see budget()
         self.full_steps = train_cfg.steps  # the schedule before any cut to the budget
+        self.full_interval = train_cfg.eval_interval  # and its evaluations
         self.on_resize = lambda cfg: None
         self.sample_precision: str | None = None
         self.copy_meter: copymeter.Background | None = None  # the eval samples' copy meter, made in the background
@@ -303,7 +304,7 @@ class Trainer:
         step_s = self.ddp.broadcast(step_s)  # every rank plans with the same numbers
         per_step = seconds_per_step(cfg, step_s)
         if self.budget_s is not None and fit_to_budget(cfg, self.step, self.elapsed, per_step, self.budget_s,
-                                                       self.full_steps):
+                                                       self.full_steps, self.full_interval):
             self.on_resize(cfg)
             full = self.full_steps
             if cfg.steps == full:

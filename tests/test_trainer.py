@@ -249,3 +249,21 @@ def test_compiled_training_follows_eager(corpus):
     a, _, _ = load_checkpoint(eager.run_dir / "last.safetensors")
     b, _, _ = load_checkpoint(compiled.run_dir / "last.safetensors")
     assert a.state_dict().keys() == b.state_dict().keys()
+
+
+def test_a_cut_schedule_keeps_the_plans_evaluations():
+    """A budget cut (and a retimed run given back its steps) evaluates as often as the plan did: a
+    fine-tune of 17 steps evaluating every 4 kept being evaluated every 10 steps once cut to 16."""
+    from bladegpt.config import TrainConfig
+    from bladegpt.pacing import fit_to_budget
+
+    cfg = TrainConfig(steps=17, eval_interval=4)
+    assert fit_to_budget(cfg, step=3, elapsed=40, per_step=42, budget_s=600, full_steps=17, full_interval=4)
+    assert (cfg.steps, cfg.eval_interval) == (16, 4)
+    assert fit_to_budget(cfg, step=6, elapsed=80, per_step=11, budget_s=600, full_steps=17, full_interval=4)
+    assert (cfg.steps, cfg.eval_interval) == (17, 4)  # given back: the plan's own schedule
+    cfg = TrainConfig(steps=1500, eval_interval=100)  # from scratch: 15 evaluations
+    assert fit_to_budget(cfg, step=10, elapsed=10, per_step=1, budget_s=600, full_steps=1500, full_interval=100)
+    assert (cfg.steps, cfg.eval_interval) == (600, 40)
+    assert fit_to_budget(cfg, step=10, elapsed=10, per_step=4, budget_s=600, full_steps=1500, full_interval=100)
+    assert (cfg.steps, cfg.eval_interval) == (157, 10)  # never more often than every 10 steps
