@@ -263,17 +263,20 @@ DEFAULT_PRESET = "mini"
 # fine-tune recipe"). Peers range from 2e-5 (TRL) to SmolLM2's own 1e-3 SFT and 1-5 passes
 # (../shared/research/finetune.md); on a 60 KB text the model starts copying within two or three passes,
 # so the recipe takes FINETUNE_PASSES passes, evaluates FINETUNE_EVALS times and keeps the best (early
-# stopping ends a run that has turned): on officer_k the best came at 1.2-1.5 passes (seed 1: 1.150 at
-# step 20 of 33, then 1.162, 1.185), at a constant 1.33e-4 (1.131 at step 24; a cosine from 1e-4, 1.138;
-# from 4e-4, 1.207 at step 8, then worse). A 512-token context (2 x 512 = 1,024 tokens a step): SmolLM2 reads
-# officer_k at 1.32 bpb with 256 tokens of context, 1.27 with 512 and 1.22 with 1,024, and fine-tuned at
-# 512 it reached 1.13 where at 256 it stopped at 1.17 (docs/benchmarks.md); attention's cost at 512 is
-# still small beside the weights' (+13% FLOPs a token). A text whose split is shorter gets a shorter one.
-FINETUNE_BLOCK = 512
-FINETUNE_PASSES = 1.5
-FINETUNE_EVALS = 6
+# stopping ends a run that has turned). Context decides a good part of the number: SmolLM2 reads officer_k
+# at 1.32 bpb with 256 tokens of context, 1.27 with 512 and 1.22 with 1,024; fine-tuned with 1,024 tokens a
+# step at a constant 1.33e-4 (seed 1), 4 x 256 stopped at 1.174, 2 x 512 at 1.150 (step 20, 1.2 passes),
+# 1 x 1,024 at 1.136 (step 12, 0.7 passes, then 1.140, 1.164): one pass with four evaluations keeps that
+# best and ends sooner. (A cosine from 1e-4 reached 1.138 where the constant 1.33e-4 reached 1.131 at
+# 2 x 512, seed 1337; from 4e-4, 1.207 at step 8, then worse.) Attention's cost at 1,024 is still small
+# beside the weights' (+26% FLOPs a token at SmolLM2-135M's width). A text whose split is shorter gets the
+# longest power-of-two context that fits, and a batch that keeps FINETUNE_TOKENS tokens a step.
+FINETUNE_BLOCK = 1024
+FINETUNE_TOKENS = 1024  # tokens a step: batch = FINETUNE_TOKENS // context
+FINETUNE_PASSES = 1.0
+FINETUNE_EVALS = 4
 FINETUNE_WIDTH = 576  # the width the lr was measured at (SmolLM2-135M); wider models get lr * 576 / width
-FINETUNE = dict(batch_size=2, lr=1.33e-4, warmup_steps=2, min_lr_ratio=1.0, weight_decay=0.0, beta2=0.95, patience=3)
+FINETUNE = dict(lr=1.33e-4, warmup_steps=2, min_lr_ratio=1.0, weight_decay=0.0, beta2=0.95, patience=3)
 
 
 def finetune_config(overrides: dict | None, n_embd: int, train_tokens: int, val_tokens: int,
@@ -282,13 +285,14 @@ def finetune_config(overrides: dict | None, n_embd: int, train_tokens: int, val_
     scaled to the model's width); returns the settings (the user's flags override each) and a line per
     choice made for the user, to print."""
     chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
-    batch = chosen.get("batch_size", FINETUNE["batch_size"])
+    batch = chosen.get("batch_size", max(1, FINETUNE_TOKENS // block_size))
     tokens_per_step = batch * block_size
-    steps = chosen.get("steps") or min(2000, max(20, math.ceil(FINETUNE_PASSES * train_tokens / tokens_per_step)))
+    steps = chosen.get("steps") or min(2000, max(10, round(FINETUNE_PASSES * train_tokens / tokens_per_step)))
     lr = FINETUNE["lr"] * FINETUNE_WIDTH / n_embd
     defaults = {
         **FINETUNE,
         "lr": lr,
+        "batch_size": batch,
         "steps": steps,
         "warmup_steps": min(FINETUNE["warmup_steps"], max(1, steps // 10)),
         "eval_interval": max(1, steps // FINETUNE_EVALS),

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bladegpt.config import FINETUNE, FINETUNE_BLOCK  # noqa: E402
+from bladegpt.config import FINETUNE_BLOCK, FINETUNE_TOKENS  # noqa: E402
 from bladegpt.runtime import autocast, choose_attention, choose_precision, device_name  # noqa: E402
 
 # transformers config.json fields of each shape (../shared/research/llama-family.md; GPT-2's own).
@@ -43,7 +43,7 @@ CONTENDERS = ("BladeGPT", "BladeGPT eager", "transformers")
 WARMUP = 2
 
 
-def build(name: str, block: int, precision: str):
+def build(name: str, block: int, batch: int, precision: str):
     """(BladeGPT model, transformers model) holding the same random weights, in training mode."""
     import transformers
 
@@ -59,7 +59,7 @@ def build(name: str, block: int, precision: str):
     pairs = list(hf.state_dict().items())
     state = gpt2_state_dict(pairs) if fields["model_type"] == "gpt2" else llama_state_dict(pairs, cfg)
     ours = build_model(cfg, state, name)
-    attention = choose_attention(torch.device("cpu"), precision, cfg.attention_shape(FINETUNE["batch_size"]))
+    attention = choose_attention(torch.device("cpu"), precision, cfg.attention_shape(batch))
     ours.set_attention(attention)
     return ours.train(), hf.train()
 
@@ -89,7 +89,7 @@ def stepper(who: str, ours, hf, x, y, precision: str, share: bool = True):
 
 
 def timing(name: str, block: int, batch: int, steps: int, precision: str) -> dict:
-    ours, hf = build(name, block, precision)
+    ours, hf = build(name, block, batch, precision)
     x = torch.randint(0, 49152 if name != "gpt2" else 50257, (batch, block))
     steps_of = {who: stepper(who, ours, hf, x, x, precision) for who in CONTENDERS}
     times = {who: [] for who in CONTENDERS}
@@ -129,7 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="smollm2-135m,smollm2-360m", help=f"comma-separated: {', '.join(SHAPES)}")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per contender, after 2 warm-up steps")
-    parser.add_argument("--batch", type=int, default=FINETUNE["batch_size"])
+    parser.add_argument("--batch", type=int, default=FINETUNE_TOKENS // FINETUNE_BLOCK)
     parser.add_argument("--block", type=int, default=FINETUNE_BLOCK)
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()

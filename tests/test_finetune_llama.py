@@ -130,10 +130,11 @@ def test_fine_tune_context_mistakes_and_a_gguf_as_checkpoint_are_one_line(llama_
 
 
 def test_the_recipes_choices_are_printed_and_each_flag_overrides_its_own():
-    from bladegpt.config import FINETUNE, FINETUNE_PASSES, finetune_config
+    from bladegpt.config import FINETUNE, FINETUNE_PASSES, FINETUNE_TOKENS, finetune_config
 
     cfg, notes = finetune_config(None, 576, train_tokens=16_700, val_tokens=1_900, block_size=256)
-    assert cfg.steps == -(-FINETUNE_PASSES * 16_700 // (FINETUNE["batch_size"] * 256))
+    assert cfg.batch_size * 256 == FINETUNE_TOKENS  # a shorter context gets a bigger batch
+    assert cfg.steps == round(FINETUNE_PASSES * 16_700 / FINETUNE_TOKENS)
     assert (cfg.lr, cfg.min_lr_ratio, cfg.weight_decay) == (FINETUNE["lr"], FINETUNE["min_lr_ratio"], FINETUNE["weight_decay"])
     said = " ".join(notes)
     assert f"--steps {cfg.steps}" in said and "--lr" in said and f"every {cfg.eval_interval} steps" in said
