@@ -322,6 +322,7 @@ SCRATCH_PASSES = 50
 SCRATCH_DROPOUT = 0.2
 SCRATCH_BUDGET_S = 10 * 60  # a run that would take longer is cut to this, and says how to get the rest
 SCRATCH_EVALS = 15  # evaluations over a run: patience 3 then stops within a fifth of the run past its best
+MIN_EVAL_INTERVAL = 10  # a from-scratch run (or one cut to its time budget) evaluates at most every 10 steps
 # Muon for the blocks' matrices: on witcher 1.972 bpb where AdamW reached 2.011 (2,048 ids), 1.921 at
 # 3,072 ids; on officer_k 2.148 where AdamW reached 2.139 (within an evaluation's noise), in half the
 # steps (docs/benchmarks.md).
@@ -364,7 +365,7 @@ def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, to
                      "as well as AdamW alone or better, in fewer steps")
     steps = chosen.get("steps") or sized.get("steps") or preset_train.get("steps", TrainConfig.steps)
     if "eval_interval" not in chosen:
-        sized["eval_interval"] = max(10, steps // SCRATCH_EVALS)
+        sized["eval_interval"] = max(MIN_EVAL_INTERVAL, steps // SCRATCH_EVALS)
     if "eval_iters" not in chosen:  # the val split read about once, never re-read 20 times over
         sized["eval_iters"] = min(20, max(2, math.ceil(val_tokens / tokens_per_step)))
     notes.append(f"evaluating every {sized.get('eval_interval', chosen.get('eval_interval'))} steps on "

@@ -3,14 +3,12 @@ fits its time budget. Pure arithmetic on measured step times; the trainer says w
 
 from __future__ import annotations
 
-from bladegpt.config import TrainConfig
+from bladegpt.config import MIN_EVAL_INTERVAL, TrainConfig
 
 # First-compile cost we assume before deciding to compile (measured: 25-30 s on a 2-core CPU).
 COMPILE_COST_S = {"cpu": 30.0, "cuda": 45.0}
 # The step-time saving we count on from compiling; measured ~1.2x on CPU, so be conservative.
 COMPILE_GAIN = 0.15
-# A cut from-scratch run evaluates at most every 10 steps, as the sized plan does (config.sized_to_text).
-MIN_EVAL_INTERVAL = 10
 
 
 def duration(seconds: float) -> str:

@@ -16,7 +16,7 @@ from bladegpt.model import GPT
 from bladegpt.prepare import prepare
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
 from tests.families import logits_of
-from tests.test_trainer import CtrlCAt
+from tests.test_trainer import CtrlCAt, assert_resume_follows
 
 
 @pytest.mark.parametrize("spec", [*BLOCK_CHANGES, *BLOCKS])
@@ -114,9 +114,4 @@ def test_checkpoints_from_before_the_block_fields_load_as_gpt2s_block_and_resume
     model, _, _ = load_checkpoint(cut.run_dir / "last.safetensors")
     assert model.config == dataclasses.replace(model.config, zero_init=False, logit_softcap=None, arch="gpt2")
     resumed = train(resume=True, run=cut.run_dir, compile="off")
-    before = [r for r in whole.history if r["step"] > 15]
-    after = [r for r in resumed.history if r["step"] > 15]
-    assert [r["step"] for r in before] == [r["step"] for r in after]
-    for a, b in zip(before, after):
-        assert a.get("val_loss") == b.get("val_loss")
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    assert_resume_follows(whole, resumed, 15)

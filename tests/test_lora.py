@@ -15,7 +15,7 @@ from bladegpt.prepare import prepare
 from bladegpt.sources import load_pretrained
 from tests.families import logits_of, tiny_family
 from tests.safety import assert_one_line_error, invoke
-from tests.test_trainer import CtrlCAt
+from tests.test_trainer import CtrlCAt, assert_resume_follows
 
 transformers = pytest.importorskip("transformers")
 from tests.test_hf_tokenizer import build_folder  # noqa: E402  (needs transformers)
@@ -85,12 +85,7 @@ def test_resume_follows_an_uninterrupted_run(base, corpus):
     assert cut.interrupted and cut.step == 3
     resumed = train(resume=True, run=cut.run_dir, compile="off")
     assert resumed.step == 6
-    before = [r for r in whole.history if r["step"] > 3]
-    after = [r for r in resumed.history if r["step"] > 3]
-    assert [r["step"] for r in before] == [r["step"] for r in after]
-    for a, b in zip(before, after):
-        assert a.get("val_loss") == b.get("val_loss")
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    assert_resume_follows(whole, resumed, 3)
 
 
 def test_merged_exports_and_the_peft_export_load_in_transformers(base, corpus, workdir):

@@ -42,6 +42,17 @@ def test_run_folder_metrics_and_checkpoints(corpus, workdir):
     assert all(r["val_bpb"] > 0 for r in evals)
 
 
+
+def assert_resume_follows(whole, resumed, cut: int) -> None:
+    """The resumed run's records after step `cut` are the uninterrupted run's: the same steps and
+    evaluations, losses within 1e-6."""
+    before = [r for r in whole.history if r["step"] > cut]
+    after = [r for r in resumed.history if r["step"] > cut]
+    assert [r["step"] for r in before] == [r["step"] for r in after]
+    for a, b in zip(before, after):
+        assert a.get("val_loss") == b.get("val_loss")
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+
 class CtrlCAt(Reporter):
     """Presses Ctrl-C (a real SIGINT) when the given step is logged."""
 
@@ -66,12 +77,7 @@ def test_ctrl_c_then_resume_follows_the_same_curve(corpus, optimizer):
     # the two fresh runs are the same run up to the cut (measuring this machine, done by whichever run came
     # first, once drew from the global random stream and moved the first run's dropout masks)
     assert [r["loss"] for r in cut.history] == [r["loss"] for r in whole.history if r["step"] <= 15]
-    before = [r for r in whole.history if r["step"] > 15]
-    after = [r for r in resumed.history if r["step"] > 15]
-    assert [r["step"] for r in before] == [r["step"] for r in after]
-    for a, b in zip(before, after):
-        assert a.get("val_loss") == b.get("val_loss")
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    assert_resume_follows(whole, resumed, 15)
 
 
 def test_accumulation_equals_a_bigger_batch(corpus):
