@@ -13,13 +13,19 @@ import torch
 
 from bladegpt.engine import compile_decode, generate_batch, prompt_ids, stream_text, until_stop
 from bladegpt.model import GPT
-from bladegpt.runtime import _cached, autocast, bf16_supported, choose_precision, cpu_model
+from bladegpt.quantize import int8_available, quantize_int8
+from bladegpt.runtime import DeviceError, _cached, autocast, bf16_supported, choose_precision, cpu_model
 
 COMPILE_MODES = ("auto", "on", "off")
+# What generation can run in: training's precisions, and int8 weights (quantize.py) for a model that is
+# generation's alone.
+DECODE_PRECISIONS = ("auto", "bf16", "fp32", "int8")
 # Compiling the decode step over a static cache (engine.compile_decode), measured on a 2-core Xeon
-# for the mini shape: 18 s a batch size with a cold inductor cache (3 s warm); a step 27-37% shorter
-# for one sample, 11% for eight. `auto` compiles only when the steps ahead repay the cold compile.
-DECODE_COMPILE_COST_S = {"cpu": 20.0, "cuda": 45.0}
+# for the mini shape (6 layers): 18 s a batch size with a cold inductor cache (3 s warm); a step 27-37%
+# shorter for one sample, 11% for eight. The graph holds every layer, so the cost grows with depth:
+# SmolLM2-135M (30 layers) took 152 s for two batch sizes on a 2-core EPYC. `auto` compiles only when
+# the steps ahead repay the cold compile, estimated per layer.
+DECODE_COMPILE_COST_S_PER_LAYER = {"cpu": 3.0, "cuda": 7.5}
 CACHE_BYTES = 256 * 2**20  # most KV cache one batch of samples may hold; more samples run in turns
 MAX_BATCH = 64
 
@@ -30,10 +36,13 @@ def compile_gain(rows: int) -> float:
 
 
 def in_precision(model: GPT, precision: str, cast: bool):
-    """The model and the context to generate in: bf16 weights (cast=True: half the bytes each step
-    reads, no per-step casts), bf16 autocast over fp32 weights (a model that is training), or fp32."""
+    """The model and the context to generate in: a copy with bf16 weights (cast=True: half the bytes each
+    step reads, no per-step casts) or int8 weights (a quarter), bf16 autocast over fp32 weights (a model
+    that is training), or fp32."""
     if precision == "bf16" and cast:
         return copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext()
+    if precision == "int8":
+        return quantize_int8(copy.deepcopy(model)), contextlib.nullcontext()
     return model, autocast(model.transformer.wte.weight.device, precision)
 
 
@@ -62,22 +71,45 @@ def _time_decode(model: GPT, device: torch.device, precision: str, cast: bool, s
     return sorted(times)[len(times) // 2]
 
 
+def check_decode_precision(device: torch.device, requested: str, cast: bool = True) -> str:
+    """`requested` if this device can generate in it (for auto: training's choice, fp32 or bf16, which
+    decode_precision refines by measuring); DeviceError in one line if not, before any model is loaded."""
+    if requested not in DECODE_PRECISIONS:
+        raise DeviceError(f"Unknown precision '{requested}'; choose one of: {', '.join(DECODE_PRECISIONS)}.")
+    if requested != "int8":
+        return choose_precision(device, requested)  # refuses bf16 where the device cannot run it
+    if not cast:
+        raise DeviceError("int8 weights are for generation only, not for a model that is training; use bf16 or fp32.")
+    if not int8_available(device):
+        raise DeviceError(f"This PyTorch {torch.__version__} has no int8 weight kernel (_weight_int8pack_mm) "
+                          f"for the {device.type}; use --precision fp32.")
+    return requested
+
+
 def decode_precision(model: GPT, device: torch.device, requested: str = "auto", cast: bool = True) -> str:
-    """bf16 or fp32 for generation, chosen by timing a one-token step of this model on this machine
-    (cached), with weights cast to bf16 (`cast`) or under autocast. Training's choice does not carry
-    over: a one-token step reads every weight for little arithmetic, and bf16 autocast, which speeds
-    up a training step, measured 2x slower for it on an AMX CPU (it re-casts the weights each step)."""
-    choice = choose_precision(device, requested)  # refuses bf16 where the device cannot run it
-    if requested != "auto" or not bf16_supported(device):
+    """bf16, fp32 or int8 for generation, chosen by timing a one-token step of this model on this machine
+    (cached): the fastest, where it beats fp32 by 10%. `cast`: the weights may be replaced (bf16 or int8
+    copies); otherwise (a model that is training) bf16 means autocast and int8 is not a choice. Training's
+    choice does not carry over: a one-token step reads every weight for little arithmetic, and bf16
+    autocast, which speeds up a training step, measured 2x slower for it on an AMX CPU (it re-casts the
+    weights each step), where int8 weights decoded SmolLM2-135M 1.9x faster than fp32 on an AVX2 EPYC
+    that has no bf16 matmul (docs/benchmarks.md).
+
+    Raises DeviceError for a precision this device cannot run, or int8 for a model that is training."""
+    choice = check_decode_precision(device, requested, cast)
+    candidates = ["fp32"] + (["bf16"] if bf16_supported(device) else []) + \
+                 (["int8"] if cast and int8_available(device) else [])
+    if requested != "auto" or len(candidates) == 1:
         return choice
     cfg = model.config
-    key = (f"decode-precision|{'cast' if cast else 'autocast'}|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
+    key = (f"decode-precision-v2|{'cast' if cast else 'autocast'}|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
            f"|{torch.get_num_threads()}|{torch.__version__}|{cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}"
            f"x{cfg.vocab_size}x{cfg.block_size}")
 
     def measure() -> str:
-        fp32, bf16 = (_time_decode(model, device, p, cast) for p in ("fp32", "bf16"))
-        return "bf16" if bf16 < 0.9 * fp32 else "fp32"
+        times = {p: _time_decode(model, device, p, cast) for p in candidates}
+        fastest = min(times, key=times.get)
+        return fastest if times[fastest] < 0.9 * times["fp32"] else "fp32"
 
     return _cached(key, measure)
 
@@ -97,12 +129,14 @@ class Sampler:
         self.compile, self.say = compile, say
         self.checkpoint = resolve_checkpoint(checkpoint)
         self.device = resolve_device(device)
-        choose_precision(self.device, precision)  # a precision this device cannot run: one line, before loading
+        check_decode_precision(self.device, precision)  # a precision this device cannot run: one line, before loading
         self.model, self.tokenizer, self.info = load_checkpoint(self.checkpoint)
         self.model.to(self.device).eval()
         self.precision = decode_precision(self.model, self.device, precision)
-        if self.precision == "bf16":  # this model is ours alone: cast it in place, no copy
+        if self.precision == "bf16":  # this model is ours alone: cast or quantize it in place, no copy
             self.model.to(torch.bfloat16)
+        elif self.precision == "int8":
+            quantize_int8(self.model)
         self.step_s: dict[int, float] = {}  # eager decode step time by batch rows, timed once (see _maybe_compile)
         self.decode = None  # the compiled one-token step, once compiled
 
@@ -146,7 +180,7 @@ class Sampler:
             if rows not in self.step_s:  # the model as it is (its weights already in their precision)
                 self.step_s[rows] = _time_decode(self.model, self.device, "fp32", cast=False, rows=rows)
             step_s = self.step_s[rows]
-            cost = DECODE_COMPILE_COST_S.get(self.device.type, 60.0)
+            cost = DECODE_COMPILE_COST_S_PER_LAYER.get(self.device.type, 10.0) * self.model.config.n_layer
             if steps * step_s * compile_gain(rows) <= cost:
                 return
             self.say(f"Compiling the decode step: {steps:,} steps at ~{step_s * 1e3:.1f} ms would save more than "

@@ -1,0 +1,61 @@
+"""What int8 weights cost in quality: a model's val bits per byte with its fp32 weights and with the int8
+weights `sample --precision int8` (or auto's choice of it) generates with, on a prepared dataset's whole
+val split (back-to-back windows of the model's context, each token a target once, as train evaluates).
+
+    python scripts/int8_bpb.py DATASET MODEL [--block 1024]
+
+MODEL is a checkpoint (.safetensors, e.g. a run's best.safetensors) or any --init-from source (a GGUF
+file, a Hugging Face folder or id); DATASET a folder `bladegpt prepare` made with that model's tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bladegpt.bench import source_model
+from bladegpt.data import TokenData
+from bladegpt.quantize import quantize_int8
+from bladegpt.runtime import cpu_model
+
+
+def val_bpb(model, data: TokenData, block: int) -> float:
+    lengths = torch.tensor([len(data.tokenizer.token_bytes(i)) for i in range(data.tokenizer.vocab_size)])
+    nats = n_bytes = 0.0
+    with torch.inference_mode():
+        for start in data.covering_starts("val", block).tolist():
+            x, y = data.batch("val", torch.tensor([start]), block)
+            logits, _ = model(x)
+            nats += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
+            n_bytes += lengths[y].sum().item()
+    return nats / (math.log(2) * n_bytes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("model")
+    parser.add_argument("--block", type=int, default=1024)
+    args = parser.parse_args()
+    if args.model.endswith(".safetensors"):
+        from bladegpt.checkpoint import load_checkpoint
+
+        model = load_checkpoint(Path(args.model))[0]
+    else:
+        model = source_model(args.model, args.block)
+    model.eval()
+    data = TokenData(args.dataset)
+    block = min(args.block, model.config.block_size)
+    print(f"{cpu_model()} · torch {torch.__version__} · {args.model} on {args.dataset}'s val split, windows of {block}")
+    fp32 = val_bpb(model, data, block)
+    int8 = val_bpb(quantize_int8(copy.deepcopy(model)), data, block)
+    print(f"fp32 {fp32:.4f} bpb · int8 weights {int8:.4f} bpb · int8 - fp32 {int8 - fp32:+.4f}")
+
+
+if __name__ == "__main__":
+    main()
