@@ -1,19 +1,19 @@
 """The real model (issue #22): SmolLM2-135M-Instruct's Q4_1 GGUF, fetched once into a cache outside git.
 It imports with its quantization said, computes transformers' greedy continuation on the same dequantized
-weights, and a few fine-tuning steps on officer_k lower its val loss."""
+weights, and keeps its loss with int8 weights. (Fine-tuning it: test_realmodel_finetune.py, a file of its
+own so the two halves run on two workers.)"""
 
-import json
-import math
+import copy
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bladegpt.engine import generate
+from bladegpt.quantize import quantize_int8
 from bladegpt.sources import load_pretrained
 from tests.realmodel import smollm2_gguf
-from tests.safety import invoke
 
 pytestmark = pytest.mark.slow
 transformers = pytest.importorskip("transformers")
@@ -46,37 +46,17 @@ def test_greedy_text_is_transformers_on_the_same_weights(smollm2):
     assert ours == expected, (pretrained.tokenizer.decode(ours), pretrained.tokenizer.decode(expected))
 
 
-def val_loss(model, dataset: Path, block: int = 128) -> float:
-    """Mean next-token loss (nats) over the val split read whole, back to back."""
-    meta = json.loads((dataset / "meta.json").read_text())
-    tokens = torch.from_numpy(np.fromfile(dataset / "val.bin", dtype=meta.get("dtype", "uint16")).astype(np.int64))
-    n = (len(tokens) - 1) // block
-    x = tokens[: n * block].view(n, block)
-    y = tokens[1 : n * block + 1].view(n, block)
-    with torch.no_grad():
-        return float(model(x, y)[1])
+def test_int8_weights_keep_its_loss_on_officer_k(smollm2):
+    """sample's int8 weights: SmolLM2's loss on a stretch of officer_k moves by under 0.01 nats a token
+    (measured +0.002 bpb on the whole val split: docs/benchmarks.md)."""
+    _, pretrained = smollm2
+    ids = torch.tensor(pretrained.tokenizer.encode(OFFICER_K.read_text(encoding="utf-8")[-6000:])[: 4 * 256 + 1])
+    x, y = ids[:-1].view(4, 256), ids[1:].view(4, 256)
 
+    def loss(model) -> float:
+        with torch.inference_mode():
+            return F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item()
 
-def test_a_few_fine_tuning_steps_lower_officer_k_val_loss(smollm2, workdir):
-    path, pretrained = smollm2
-    assert invoke("prepare", OFFICER_K, "--tokenizer-from", path).exit_code == 0
-    dataset = next((workdir / "datasets").iterdir())
-    before = val_loss(pretrained.model, dataset)
-    result = invoke("train", "--init-from", path, "--steps", "4", "--block-size", "128", "--batch-size", "4",
-                    "--eval-interval", "4")
-    assert result.exit_code == 0, result.output
-    from bladegpt.checkpoint import load_checkpoint
+    fp32, int8 = loss(pretrained.model), loss(quantize_int8(copy.deepcopy(pretrained.model)))
+    assert abs(int8 - fp32) < 0.01, (fp32, int8)
 
-    model, _, _ = load_checkpoint(next((workdir / "runs").iterdir()) / "last.safetensors")
-    after = val_loss(model, dataset)
-    assert math.isfinite(after) and after < before - 0.01, (before, after)
-    # issue #24: the fine-tuned voice exports to GGUF and reads back with the same greedy text. (That
-    # transformers reads our Llama-family GGUF exports is tested on tiny models, test_export_llama.py;
-    # loading a 135M GGUF in transformers again here cost CI about a minute.)
-    out = workdir / "voice.gguf"
-    assert invoke("export", out, "--format", "gguf", "--dtype", "f32").exit_code == 0
-    again = load_pretrained(str(out))
-    prompt = pretrained.tokenizer.encode("I close the door.")
-    assert again.tokenizer.encode("I close the door.") == prompt
-    expected = list(generate(model, prompt, 20, pretrained.tokenizer.vocab_size, temperature=0))
-    assert list(generate(again.model, prompt, 20, again.tokenizer.vocab_size, temperature=0)) == expected
