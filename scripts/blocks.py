@@ -13,8 +13,9 @@ other); wall times are then side by side, comparable with each other, not with a
     python scripts/blocks.py [--out results/blocks.jsonl] [--jobs 2] officer_k:gpt2:1337 officer_k:modern:1337 ...
 
 `--speed BLOCK ...` instead times forward + backward of the small-text default model (4 x 192, block 128, batch 32,
-2,112 ids, dropout 0.2) for each block, interleaved in rounds so a change in the machine's load falls on all of
-them: median ms per step and its ratio to the first block's.
+2,112 ids, dropout 0.2) for each block, eager and with its blocks compiled (as train compiles them), interleaved
+in rounds so a change in the machine's load falls on all of them: median ms per step and its ratio to the first
+block's (eager to eager, compiled to compiled).
 
 Several invocations may share one --out: each job is claimed (in OUT.claims) before it starts, so none runs twice.
 
@@ -106,23 +107,26 @@ def speed(blocks: list[str], rounds: int = 3, steps: int = 3) -> None:
     torch.manual_seed(0)
     models = {}
     for block in blocks:
-        cfg, _ = from_preset("mini", {**SMALL_TEXT_SHAPE, "dropout": 0.2, "block": block})
-        cfg.vocab_size = 2112
-        models[block] = GPT(cfg)
+        for compiled in (False, True):
+            cfg, _ = from_preset("mini", {**SMALL_TEXT_SHAPE, "dropout": 0.2, "block": block})
+            cfg.vocab_size = 2112
+            models[block + (" compiled" if compiled else "")] = model = GPT(cfg)
+            if compiled:  # as `train --compile on` (or auto's choice) runs it
+                model.compile_blocks()
     x = torch.randint(0, 2112, (32, 128))
-    times = {b: [] for b in blocks}
+    times = {name: [] for name in models}
     for _ in range(rounds):
-        for block, model in models.items():
+        for name, model in models.items():
             for i in range(steps + 1):
                 start = time.perf_counter()
                 _, loss = model(x, x)
                 loss.backward()
-                if i:  # the first step of each round warms up
-                    times[block].append(time.perf_counter() - start)
-    base = statistics.median(times[blocks[0]])
-    for block in blocks:
-        ms = statistics.median(times[block])
-        print(f"{block:<50} {1000 * ms:7.1f} ms/step  {ms / base:.2f}x  ({torch.get_num_threads()} threads)", flush=True)
+                if i:  # the first step of each round warms up (and compiles, in the first round)
+                    times[name].append(time.perf_counter() - start)
+    for name in models:
+        base = statistics.median(times[blocks[0] + (" compiled" if name.endswith(" compiled") else "")])
+        ms = statistics.median(times[name])
+        print(f"{name:<60} {1000 * ms:7.1f} ms/step  {ms / base:.2f}x  ({torch.get_num_threads()} threads)", flush=True)
 
 
 def main() -> None:
