@@ -128,12 +128,23 @@ class TokenData:
         y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix.tolist()]).long()
         return x, y
 
-    def covering_starts(self, split: str, block_size: int):
-        """Starts of back-to-back windows over the whole split: each token is a target exactly once
-        (but the first, and a tail shorter than a window)."""
+    def covering_windows(self, split: str, block_size: int):
+        """Windows over the whole split, each token a target exactly once (but the first): starts (W,) of
+        back-to-back windows, then, where a tail shorter than a window is left, one ending at the split's
+        end; and for each window how many of its first targets an earlier window already had (W,), to be
+        left out (0 but for that last one, whose targets before the tail then see a longer context). The
+        tail counts: officer_k's val split is 1,778 SmolLM2 tokens, and windows of 1,024 back to back
+        alone read 1,024 of them."""
         import torch
 
-        return torch.arange((len(self.splits[split]) - 1) // block_size) * block_size
+        targets = len(self.splits[split]) - 1
+        whole = targets // block_size
+        starts, skips = torch.arange(whole) * block_size, torch.zeros(whole, dtype=torch.long)
+        tail = targets - whole * block_size
+        if tail and whole:
+            starts = torch.cat([starts, torch.tensor([targets - block_size])])
+            skips = torch.cat([skips, torch.tensor([block_size - tail])])
+        return starts, skips
 
     def random_starts(self, split: str, shape: tuple[int, ...], block_size: int, generator):
         import torch

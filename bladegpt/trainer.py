@@ -228,24 +228,27 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Validation loss (nats/token) and bits per byte, on the same batches every time: the whole
-        val split, each token once, where it fits in eval_iters batches; else that many batches of
+        val split, each token once (data.covering_windows), where it fits in eval_iters batches; else that many batches of
         random windows. (Random windows over a small split count some tokens many times and others
         never, by the run's seed: officer_k's best val moved 0.12 bpb between two seeds.)"""
         cfg, T = self.cfg, self.model_cfg.block_size
-        whole = self.data.covering_starts("val", T)
+        whole, skips = self.data.covering_windows("val", T)
         if len(whole) <= cfg.eval_iters * cfg.batch_size:
-            starts = whole.split(cfg.micro_batch)
+            starts, skips = whole.split(cfg.micro_batch), skips.split(cfg.micro_batch)
         else:  # eval_iters batches, run as micro-batches: the same sequences whatever --accum is
             gen = torch.Generator().manual_seed(cfg.seed + 1)
             starts = self.data.random_starts("val", (cfg.eval_iters * cfg.accum, cfg.micro_batch), T, gen)
+            skips = torch.zeros_like(starts)
         sums = torch.zeros(3, dtype=torch.float64)  # nats, tokens, bytes
         self.model.eval()
         for i in range(self.ddp.rank, len(starts), self.ddp.world):
             x, y = self.data.batch("val", starts[i], T)
+            y = y.masked_fill(torch.arange(T) < skips[i][:, None], -1)  # targets an earlier window had
             with self.runtime.autocast():
-                _, loss = self.model(x.to(self.device), y.to(self.device))  # the mean over every position
-            nats = loss.double().cpu() * y.numel()
-            sums += torch.stack([nats, torch.tensor(float(y.numel())), self.token_bytes[y].sum()])
+                _, loss = self.model(x.to(self.device), y.to(self.device))  # the mean over the targets kept
+            kept = y >= 0
+            nats = loss.double().cpu() * kept.sum()
+            sums += torch.stack([nats, kept.sum().double(), self.token_bytes[y[kept]].sum()])
         self.model.train()
         nats, tokens, n_bytes = self.ddp.all_sum(sums).tolist()
         return nats / tokens, nats / (math.log(2) * n_bytes)

@@ -1,6 +1,6 @@
 """What int8 weights cost in quality: a model's val bits per byte with its fp32 weights and with the int8
 weights `sample --precision int8` (or auto's choice of it) generates with, on a prepared dataset's whole
-val split (back-to-back windows of the model's context, each token a target once, as train evaluates).
+val split (windows of the model's context, each token a target once, as train evaluates).
 
     python scripts/int8_bpb.py DATASET MODEL [--block 1024]
 
@@ -28,10 +28,11 @@ def val_bpb(model, data: TokenData, block: int) -> float:
     lengths = torch.tensor([len(data.tokenizer.token_bytes(i)) for i in range(data.tokenizer.vocab_size)])
     nats = n_bytes = 0.0
     with torch.inference_mode():
-        for start in data.covering_starts("val", block).tolist():
-            x, y = data.batch("val", torch.tensor([start]), block)
+        for start, skip in zip(*data.covering_windows("val", block)):
+            x, y = data.batch("val", start[None], block)
             logits, _ = model(x)
-            nats += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
+            y = y[:, skip:]  # targets an earlier window had
+            nats += F.cross_entropy(logits[:, skip:].flatten(0, 1).float(), y.flatten(), reduction="sum").item()
             n_bytes += lengths[y].sum().item()
     return nats / (math.log(2) * n_bytes)
 

@@ -79,3 +79,16 @@ def test_corpus_too_small_for_the_context(workdir):
 def test_no_dataset_yet(workdir):
     with pytest.raises(DataError, match="bladegpt prepare"):
         latest_dataset()
+
+
+@pytest.mark.parametrize("n_val, block", [(41, 8), (40, 8), (9, 8), (1778, 1024)])
+def test_covering_windows_make_each_val_token_a_target_once(workdir, n_val, block):
+    """Back-to-back windows, then one ending at the split's end for a tail: every target (all tokens but the
+    first) is scored once, none twice, the tail too (officer_k's 1,778 SmolLM2 val tokens at 1,024)."""
+    import torch
+
+    data = TokenData.__new__(TokenData)
+    data.splits = {"val": torch.arange(n_val)}
+    starts, skips = data.covering_windows("val", block)
+    scored = [s + 1 + j for s, k in zip(starts.tolist(), skips.tolist()) for j in range(k, block)]
+    assert sorted(scored) == scored == list(range(1, n_val))
