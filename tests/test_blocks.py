@@ -54,16 +54,19 @@ def test_block_mistakes_are_one_line():
         ModelConfig(logit_softcap=0.0)
 
 
-def test_the_default_keeps_gpt2s_block_and_block_modern_takes_the_bundle(corpus):
+def test_the_default_takes_the_modern_block_and_the_presets_keep_gpt2s(corpus):
+    """With no --preset a run gets the modern block (issue #26); a named preset, which reproduces nanoGPT,
+    and --block gpt2 keep GPT-2's."""
     prepare([corpus], tokenizer="char")
     default = train(None, None, TINY_MODEL, {**TINY_TRAIN, "steps": 2}, compile="off")
     model, _, _ = load_checkpoint(default.run_dir / "last.safetensors")
-    assert model.config == ModelConfig(**{**model.config.to_dict(), **block_settings("gpt2", 32)})
-    assert (model.config.arch, model.config.positions, model.config.norm) == ("gpt2", "learned", "layernorm")
-    modern = train(None, None, {**TINY_MODEL, "block": "modern"}, {**TINY_TRAIN, "steps": 2}, compile="off")
-    model, _, _ = load_checkpoint(modern.run_dir / "last.safetensors")
     assert model.config == ModelConfig(**{**model.config.to_dict(), **block_settings("modern", 32)})
     assert (model.config.arch, model.config.intermediate_size, model.config.zero_init) == ("qwen3", 64, True)
+    for preset, block in (("nano", None), (None, "gpt2")):
+        run = train(None, preset, {**TINY_MODEL, "block": block}, {**TINY_TRAIN, "steps": 2}, compile="off")
+        model, _, _ = load_checkpoint(run.run_dir / "last.safetensors")
+        assert model.config == ModelConfig(**{**model.config.to_dict(), **block_settings("gpt2", 32)})
+        assert (model.config.arch, model.config.positions, model.config.norm) == ("gpt2", "learned", "layernorm")
 
 
 @pytest.mark.parametrize("kind", ["bpe", "char"])
@@ -115,3 +118,13 @@ def test_checkpoints_from_before_the_block_fields_load_as_gpt2s_block_and_resume
     assert model.config == dataclasses.replace(model.config, zero_init=False, logit_softcap=None, arch="gpt2")
     resumed = train(resume=True, run=cut.run_dir, compile="off")
     assert_resume_follows(whole, resumed, 15)
+
+
+def test_a_named_block_takes_more_changes():
+    """--block modern+softcap: the bundle and the soft-cap, which no export family computes (so no arch)."""
+    modern = block_settings("modern", 192)
+    assert modern["arch"] == "qwen3"
+    assert block_settings("modern+softcap", 192) == {**{k: v for k, v in modern.items() if k != "arch"},
+                                                     "logit_softcap": 15.0}
+    with pytest.raises(ConfigError, match="choose one"):
+        block_settings("modern+relu2", 192)

@@ -159,12 +159,12 @@ def test_default_run_is_sized_to_the_text():
 
 
 def test_default_model_is_sized_to_the_text():
-    from bladegpt.config import SCRATCH_DROPOUT, SMALL_TEXT_BYTES, SMALL_TEXT_SHAPE, sized_model
+    from bladegpt.config import SCRATCH_BLOCK, SCRATCH_DROPOUT, SMALL_TEXT_BYTES, SMALL_TEXT_SHAPE, sized_model
 
     small, notes = sized_model({}, SMALL_TEXT_BYTES - 1)
-    assert small == {**SMALL_TEXT_SHAPE, "dropout": SCRATCH_DROPOUT} and len(notes) == 2
+    assert small == {**SMALL_TEXT_SHAPE, "dropout": SCRATCH_DROPOUT, "block": SCRATCH_BLOCK} and len(notes) == 3
     large, notes = sized_model({"n_layer": None}, SMALL_TEXT_BYTES)
-    assert large == {"dropout": SCRATCH_DROPOUT} and len(notes) == 1  # the preset's own shape
+    assert large == {"dropout": SCRATCH_DROPOUT, "block": SCRATCH_BLOCK} and len(notes) == 2  # the preset's own shape
     mine, notes = sized_model({"n_embd": 512, "dropout": 0.0, "block": "gpt2"}, 1_000)
     assert mine == {"n_embd": 512, "dropout": 0.0, "block": "gpt2"} and not notes  # any shape flag keeps the preset's shape
 
