@@ -175,7 +175,7 @@ def train(
     lora_base_dtype: Annotated[Optional[str], typer.Option(help="bf16 (half the memory) or fp32: how the frozen base's matrices are stored [default: bf16].")] = None,
 ) -> None:
     """Train a GPT on a prepared dataset, with a live display; Ctrl-C saves and stops."""
-    from bladegpt.config import parse_duration
+    from bladegpt.config import CLOCK_STEPS, parse_duration
     from bladegpt.display import TrainDisplay
     from bladegpt.distributed import Distributed
     from bladegpt.launch import train as train_model
@@ -185,7 +185,7 @@ def train(
     model = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout, block=block)
     budget = parse_duration(time) if time else None
     if budget is not None and steps is None:
-        steps = 10**9  # the clock decides
+        steps = CLOCK_STEPS  # the clock decides
     training = dict(batch_size=batch_size, accum=accum, lr=lr, optimizer=optimizer, muon_lr=muon_lr,
                     steps=steps, time_budget_s=budget,
                     warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay,

@@ -167,6 +167,14 @@ def check_seed(seed: int) -> None:
         raise ConfigError(f"--seed must be between 0 and {MAX_SEED - 1024}, got {seed}.")
 
 
+CLOCK_STEPS = 10**9  # `--time` without `--steps`: the clock ends the run, not the step count
+
+
+def by_the_clock(chosen: dict) -> bool:
+    """Whether the user's train settings let a --time budget alone end the run."""
+    return "time_budget_s" in chosen and chosen.get("steps", CLOCK_STEPS) >= CLOCK_STEPS
+
+
 @dataclass
 class TrainConfig:
     steps: int = 2000
@@ -183,6 +191,9 @@ class TrainConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0
     eval_interval: int = 250
+    # Under --time with no --eval-interval: how many evaluations the budget gets; the interval is set from
+    # the timed first steps (trainer.pace_evaluations), since the steps the clock allows are not known before.
+    evals_in_budget: int | None = None
     eval_iters: int = 20
     patience: int = 3  # stop after this many evaluations without a better val loss; 0 = never
     log_interval: int = 10
@@ -311,7 +322,11 @@ def finetune_config(overrides: dict | None, n_embd: int, train_tokens: int, val_
         schedule = ("constant" if cfg.min_lr_ratio == 1 else f"cosine to {cfg.min_lr_ratio:g}x")
         notes.append(f"--lr {lr:.2g} ({schedule}, --min-lr-ratio {cfg.min_lr_ratio:g}), warmup {cfg.warmup_steps} steps"
                      + (f", --weight-decay {cfg.weight_decay:g}" if "weight_decay" not in chosen else ""))
-    if "eval_interval" not in chosen:
+    if "eval_interval" not in chosen and by_the_clock(chosen):
+        cfg.evals_in_budget = FINETUNE_EVALS
+        notes.append(f"evaluating {FINETUNE_EVALS} times over the --time budget on {cfg.eval_iters} batches, keeping "
+                     f"the best (--patience {cfg.patience})")
+    elif "eval_interval" not in chosen:
         notes.append(f"evaluating every {cfg.eval_interval} steps on {cfg.eval_iters} batches, keeping the best "
                      f"(--patience {cfg.patience})")
     return cfg, notes
@@ -376,8 +391,13 @@ def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, to
         sized["eval_interval"] = max(MIN_EVAL_INTERVAL, steps // SCRATCH_EVALS)
     if "eval_iters" not in chosen:  # the val split read about once, never re-read 20 times over
         sized["eval_iters"] = min(20, max(2, math.ceil(val_tokens / tokens_per_step)))
-    notes.append(f"evaluating every {sized.get('eval_interval', chosen.get('eval_interval'))} steps on "
-                 f"{sized.get('eval_iters', chosen.get('eval_iters'))} batches ({val_tokens:,} val tokens)")
+    iters = sized.get("eval_iters", chosen.get("eval_iters"))
+    if "eval_interval" not in chosen and by_the_clock(chosen):
+        sized["evals_in_budget"] = SCRATCH_EVALS
+        notes.append(f"evaluating {SCRATCH_EVALS} times over the --time budget on {iters} batches ({val_tokens:,} val tokens)")
+    else:
+        notes.append(f"evaluating every {sized.get('eval_interval', chosen.get('eval_interval'))} steps on "
+                     f"{iters} batches ({val_tokens:,} val tokens)")
     return {**preset_train, **sized, **chosen}, notes
 
 

@@ -183,6 +183,16 @@ class Trainer:
         self.last_loss = state["last_loss"]
         self.early.load(state)
 
+    def pace_evaluations(self, step_s: float) -> None:
+        """Under --time, spread cfg.evals_in_budget evaluations over the steps the clock is expected to
+        allow, as timed now (the plan could not know them); set again after a resume, from its own timing."""
+        cfg = self.cfg
+        per_step = self.ddp.broadcast(seconds_per_step(cfg, step_s))
+        expected = self.step + max(0.0, cfg.time_budget_s - self.elapsed) / per_step
+        cfg.eval_interval = max(1, int(expected) // cfg.evals_in_budget)
+        self.reporter.message(f"About {int(expected):,} steps fit in {duration(cfg.time_budget_s)} here: "
+                              f"evaluating every {cfg.eval_interval} steps.")
+
     # -- pieces ------------------------------------------------------------------------------
 
     def progress(self) -> float:
@@ -389,6 +399,8 @@ class Trainer:
                     probe.append(dt)
                     if len(probe) == ESTIMATE_STEPS and cfg.time_budget_s is None:
                         self.estimate(statistics.median(probe[1:]))  # the first step pays for warm-up
+                    elif len(probe) == ESTIMATE_STEPS and cfg.evals_in_budget:
+                        self.pace_evaluations(statistics.median(probe[1:]))
                     if len(probe) == PROBE_STEPS and self.compile_mode == "auto":
                         self.maybe_compile(probe[1:])
                     if len(probe) == PROBE_STEPS + RETIME_STEPS and self.budget_s is not None:

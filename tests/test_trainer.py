@@ -275,3 +275,23 @@ def test_a_cut_schedule_keeps_the_plans_evaluations():
     assert (cfg.steps, cfg.eval_interval) == (600, 40)
     assert fit_to_budget(cfg, step=10, elapsed=10, per_step=4, budget_s=600, full_steps=1500, full_interval=100)
     assert (cfg.steps, cfg.eval_interval) == (157, 10)  # never more often than every 10 steps
+
+
+def test_a_time_budget_spreads_its_evaluations_over_the_steps_the_clock_allows(corpus, workdir):
+    """`train --time` with no --steps or --eval-interval: the plan cannot know how many steps fit, so the
+    interval is set from the first steps' timing (it once was a billion steps / 15: one evaluation, at the end)."""
+    from bladegpt.config import CLOCK_STEPS, FINETUNE_EVALS, SCRATCH_EVALS, finetune_config, sized_to_text
+
+    chosen = {"steps": CLOCK_STEPS, "time_budget_s": 3.0}
+    train_cfg, notes = sized_to_text(chosen, 10_000, 1_000, 512, {})
+    assert train_cfg["evals_in_budget"] == SCRATCH_EVALS and any("over the --time budget" in n for n in notes)
+    assert sized_to_text({**chosen, "eval_interval": 7}, 10_000, 1_000, 512, {})[0].get("evals_in_budget") is None
+    assert finetune_config(chosen, 576, 10_000, 1_000, 128)[0].evals_in_budget == FINETUNE_EVALS  # a fine-tune too
+    prepare([corpus], tokenizer="char")
+    said = Said()
+    result = train(None, None, TINY_MODEL, {**TINY_TRAIN, "steps": CLOCK_STEPS, "time_budget_s": 3.0, "patience": 0,
+                                            "eval_interval": None, "eval_iters": None}, compile="off", reporter=said)
+    evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if "val_loss" in r]
+    assert any("evaluating every" in line for line in said.lines)
+    assert len(evals) >= SCRATCH_EVALS // 2, [r["step"] for r in evals]
