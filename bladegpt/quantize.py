@@ -45,6 +45,7 @@ class Int8Linear(nn.Module):
         scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127  # (out,)
         self.register_buffer("weight", (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale)
+        self.register_buffer("scale_bf16", scale.to(torch.bfloat16), persistent=False)  # the packed kernel's, cast once
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
@@ -58,7 +59,7 @@ class Int8Linear(nn.Module):
             flat = x.reshape(rows, self.in_features).to(torch.bfloat16)
             # The custom op only where torch.compile traces: eager, its dispatch cost ~30 us a call (8% of a step)
             mm = int8_weight_mm if torch.compiler.is_compiling() else torch._weight_int8pack_mm
-            y = mm(flat, self.weight, self.scale.to(torch.bfloat16))
+            y = mm(flat, self.weight, self.scale_bf16)
             y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         else:
             y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
