@@ -20,6 +20,18 @@ def seconds_per_step(cfg: TrainConfig, step_s: float) -> float:
     return step_s * (1 + cfg.eval_iters / 3 / cfg.eval_interval)
 
 
+def paced_interval(elapsed: float, budget_s: float, evals_in_budget: int, step_s: float, eval_s: float) -> int:
+    """Steps to the next evaluation under a --time budget, so that the evaluations still owed (the
+    budget's `evals_in_budget` in proportion to the time left) fall evenly over the steps that fit in the
+    time left, with `step_s` seconds a step and `eval_s` an evaluation (both as measured so far).
+    Set again after each evaluation, so a machine that slows down (or speeds up) still gets them all."""
+    remaining = max(0.0, budget_s - elapsed)
+    owed = round(evals_in_budget * remaining / budget_s)
+    owed = max(1, min(owed, int(remaining / (step_s + eval_s))))  # no more than the time left can pay for
+    steps = (remaining - owed * eval_s) / max(step_s, 1e-9)
+    return max(1, int(steps) // owed)
+
+
 def compile_pays(remaining_s: float, device_type: str) -> tuple[bool, float, float]:
     """(worth it, time it would save, what the first compile costs) for a run with `remaining_s` to go."""
     cost = COMPILE_COST_S.get(device_type, 60.0)

