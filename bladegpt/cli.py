@@ -198,9 +198,16 @@ def train(
         raise typer.Exit(code=130)
     if not Distributed.from_env().main:
         return  # under torchrun, rank 0 speaks for all
-    best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-    console.print(f"Done: step {result.step}, best val loss {best}, {result.elapsed_s:.0f} s. "
-                  f"Next: [bold]bladegpt sample \"Once\"[/].")
+    from bladegpt.pacing import duration
+    from bladegpt.runs import summarize
+
+    run = summarize(result.run_dir)
+    best = "no evaluation"
+    if run["best_val_bpb"] is not None:
+        best = (f"best val {run['best_val_bpb']:.3f} bits per byte (loss {run['best_val_loss']:.4f}) "
+                f"at step {run['best_step']:,}")
+    console.print(f"Done: step {result.step:,}, {best}, {duration(result.elapsed_s)}. Next: [bold]bladegpt "
+                  f"sample --checkpoint {escape(str(result.run_dir))}[/], with your opening words after it.")
 
 
 @app.command()
