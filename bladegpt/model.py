@@ -46,8 +46,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout
 
 
 class RMSNorm(nn.Module):
-    """y = w * x / sqrt(mean(x^2) + eps), computed in fp32 and cast back before the weight (Llama's, and
-    transformers' LlamaRMSNorm)."""
+    """y = w * x / sqrt(mean(x^2) + eps), computed in fp32 and cast back before the weight: transformers'
+    LlamaRMSNorm, op for op. Four small ops, not F.rms_norm: on CPU that is the same ops and more behind
+    one call (a decode step's 576-wide norm: 31 us against 47 with the weight and casts around it)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -55,7 +56,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).to(x.dtype)
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
 
 
 def make_norm(config: ModelConfig, dim: int) -> nn.Module:
