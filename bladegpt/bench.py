@@ -230,13 +230,13 @@ def bench_generate(
 ) -> dict:
     """Generation tokens/s (all samples together) of BladeGPT beside transformers' `generate` on the
     same weights: greedy for one sample, top-k sampling for several. BladeGPT runs at the precision
-    `sample` picks here and at the others this device runs (fp32, bf16, int8 weights), and compiled
+    `sample` picks here and at the others this device runs (fp32, bf16, int8 and int4 weights), and compiled
     at the picked one (what `sample --compile` runs; its one-time compile is reported apart);
     transformers in fp32. Medians of `repeats` runs,
     the contenders alternating so a slow spell of the machine hits all of them. `source` times a
     pretrained model (any --init-from source, e.g. SmolLM2's GGUF) instead of the preset's shape."""
     from bladegpt.engine import compile_decode, generate_batch
-    from bladegpt.quantize import int8_available
+    from bladegpt.quantize import int4_available, int8_available
     from bladegpt.runtime import bf16_supported
     from bladegpt.sampler import decode_precision, in_precision
 
@@ -255,7 +255,7 @@ def bench_generate(
     prompt = torch.randint(0, vocab_size, (4,)).tolist()
     new_tokens = min(new_tokens, model_cfg.block_size - len(prompt))  # transformers' GPT-2 cannot slide past it
     chosen = decode_precision(model, dev)
-    runnable = {"fp32": True, "bf16": bf16_supported(dev), "int8": int8_available(dev)}
+    runnable = {"fp32": True, "bf16": bf16_supported(dev), "int8": int8_available(dev), "int4": int4_available(dev)}
     precisions = [chosen] + [p for p, ok in runnable.items() if ok and p != chosen]
     sampling = dict(temperature=0.8, top_k=200)
 

@@ -32,7 +32,7 @@ TopPOpt = Annotated[Optional[float], typer.Option(help="Sample only from the sma
 MinPOpt = Annotated[Optional[float], typer.Option(help="Sample only tokens at least this share as likely as the likeliest, e.g. 0.05.")]
 RepetitionOpt = Annotated[Optional[float], typer.Option(help="Discourage ids already in the text: their logits divided (or, if negative, multiplied) by this, e.g. 1.2 (CTRL's; off by default).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-DecodePrecisionOpt = Annotated[str, typer.Option(help="auto (the fastest here for generation, measured), bf16, fp32 or int8 (weights in int8, a quarter of fp32's bytes).")]
+DecodePrecisionOpt = Annotated[str, typer.Option(help="auto (the fastest here for generation, measured), bf16, fp32, int8 (weights in int8, a quarter of fp32's bytes) or int4 (an eighth, CPU only).")]
 DecodeCompileOpt = Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")]
 
 

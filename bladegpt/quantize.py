@@ -1,10 +1,14 @@
-"""Weight-only int8 for generation: a quarter of fp32's bytes for every weight a decode step reads.
+"""Weight-only int8 and int4 for generation: a quarter or an eighth of fp32's bytes for every weight a
+decode step reads.
 
 A one-token step multiplies one row by every weight of the model: it is bound by how fast memory
 delivers the weights, not by arithmetic (SmolLM2-135M decodes at ~6 GB/s of fp32 weights on a 2-core
 EPYC). Int8 weights with one fp32 scale per output channel (symmetric absmax, gpt-fast's
 WeightOnlyInt8QuantHandler and torchao's int8_weight_only) read 4x fewer bytes; activations stay in
 floating point, so only the weights are rounded: each to within half its channel's step, max|w| / 254.
+Int4 weights (`quantize(model, "int4")`) keep a scale and a zero for every 32 weights of a row (asymmetric
+min/max: llama.cpp's Q4_1 block, torchao's int4_weight_only layout), through PyTorch's packed CPU kernel:
+half int8's bytes, each weight within half its group's step, (max - min) / 30.
 """
 
 from __future__ import annotations
@@ -69,17 +73,92 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
+@torch.library.custom_op("bladegpt::int4_weight_mm", mutates_args=())
+def int4_weight_mm(x: torch.Tensor, weight: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:
+    """(rows, in) bf16 @ packed int4 (out, in / 2) -> (rows, out) bf16 by PyTorch's CPU kernel, opaque
+    to torch.compile as int8_weight_mm is."""
+    return torch._weight_int4pack_mm_for_cpu(x, weight, INT4_GROUP, scales_zeros)
+
+
+@int4_weight_mm.register_fake
+def _(x, weight, scales_zeros):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+INT4_GROUP = 32  # weights a scale and zero cover: llama.cpp's Q4_1 block (a Q4_1 GGUF's weights come back exactly)
+
+
+class Int4Linear(nn.Module):
+    """y = x W^T (+ b), W in 4 bits: each group of INT4_GROUP weights of a row is zero + (q - 8) * scale
+    with q in 0..15, scale = (max - min) / 15 and zero = min + 8 * scale (so min and max are exact). On CPU
+    only (`torch._weight_int4pack_mm_for_cpu`, bf16 activations and scales, fp32 accumulators); for many
+    rows (a prompt) W is dequantized for the float matmul. The kernel wants out % 16 == 0 and
+    in % INT4_GROUP == 0 (int4_fits)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        out, k = linear.weight.shape
+        groups = linear.weight.detach().float().view(out, k // INT4_GROUP, INT4_GROUP)
+        lo, hi = groups.amin(-1), groups.amax(-1)  # (out, groups)
+        scale = ((hi - lo) / 15).clamp(min=torch.finfo(torch.float32).tiny)
+        q = ((groups - lo[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.int32).view(out, k)
+        scales_zeros = torch.stack([scale, lo + 8 * scale], dim=-1).to(torch.bfloat16)  # (out, groups, 2)
+        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        self.register_buffer("scales_zeros", scales_zeros.transpose(0, 1).contiguous())  # (groups, out, 2): the kernel's
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.in_features, self.out_features = k, out
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """W as floats (out, in): the kernel's product with the identity, computed as the kernel does."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.weight.device)
+        return torch._weight_int4pack_mm_for_cpu(eye, self.weight, INT4_GROUP, self.scales_zeros).t().to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows <= PACKED_MAX_ROWS:
+            flat = x.reshape(rows, self.in_features).to(torch.bfloat16)
+            mm = int4_weight_mm if torch.compiler.is_compiling() else torch._weight_int4pack_mm_for_cpu
+            args = (flat, self.weight, self.scales_zeros) if mm is int4_weight_mm else \
+                (flat, self.weight, INT4_GROUP, self.scales_zeros)
+            y = mm(*args).to(x.dtype).view(*x.shape[:-1], self.out_features)
+        else:
+            y = F.linear(x, self.dequantized(x.dtype))
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 weights in groups of {INT4_GROUP}"
+
+
+def int4_fits(linear: nn.Linear) -> bool:
+    """Whether the int4 kernel takes this layer's shape (else it is quantized to int8)."""
+    return linear.out_features % 16 == 0 and linear.in_features % INT4_GROUP == 0
+
+
 def int8_available(device: torch.device) -> bool:
     """Whether this PyTorch runs weight-only int8 on the device (the packed CPU kernel, or the dequantizing path)."""
     return device.type != "cpu" or hasattr(torch, "_weight_int8pack_mm")
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear of `model` in place with an Int8Linear (generation only: no gradients).
-    Embeddings stay as they are: a lookup reads one row a token. A head tied to the embedding gets its
-    own int8 copy; the embedding keeps the float weights."""
+def int4_available(device: torch.device) -> bool:
+    """Whether this PyTorch runs weight-only int4 on the device (its packed CPU kernel; CPU only here)."""
+    return device.type == "cpu" and hasattr(torch, "_weight_int4pack_mm_for_cpu")
+
+
+def quantize(model: nn.Module, precision: str = "int8") -> nn.Module:
+    """Replace every nn.Linear of `model` in place with an Int8Linear, or an Int4Linear where the int4
+    kernel takes its shape (generation only: no gradients). Embeddings stay as they are: a lookup reads
+    one row a token. A head tied to the embedding gets its own quantized copy; the embedding keeps the
+    float weights."""
+    if precision not in ("int8", "int4"):
+        raise ValueError(f"precision must be int8 or int4, got {precision!r}")
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(module, name, Int8Linear(child).to(child.weight.device))
+                four = precision == "int4" and int4_fits(child)
+                setattr(module, name, (Int4Linear if four else Int8Linear)(child).to(child.weight.device))
     return model
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """quantize(model, "int8")."""
+    return quantize(model, "int8")

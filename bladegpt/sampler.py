@@ -13,13 +13,14 @@ import torch
 
 from bladegpt.engine import compile_decode, generate_batch, prompt_ids, stream_text, until_stop
 from bladegpt.model import GPT
-from bladegpt.quantize import int8_available, quantize_int8
+from bladegpt.quantize import int4_available, int8_available, quantize
 from bladegpt.runtime import DeviceError, _cached, autocast, bf16_supported, choose_precision, cpu_model
 
 COMPILE_MODES = ("auto", "on", "off")
-# What generation can run in: training's precisions, and int8 weights (quantize.py) for a model that is
-# generation's alone.
-DECODE_PRECISIONS = ("auto", "bf16", "fp32", "int8")
+# What generation can run in: training's precisions, and int8 or int4 weights (quantize.py) for a model
+# that is generation's alone.
+DECODE_PRECISIONS = ("auto", "bf16", "fp32", "int8", "int4")
+QUANTIZED = ("int8", "int4")
 # Compiling the decode step over a static cache (engine.compile_decode), measured on a 2-core Xeon
 # for the mini shape (6 layers): 18 s a batch size with a cold inductor cache (3 s warm); a step 27-37%
 # shorter for one sample, 11% for eight. The graph holds every layer, so the cost grows with depth:
@@ -41,8 +42,8 @@ def in_precision(model: GPT, precision: str, cast: bool):
     that is training), or fp32."""
     if precision == "bf16" and cast:
         return copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext()
-    if precision == "int8":
-        return quantize_int8(copy.deepcopy(model)), contextlib.nullcontext()
+    if precision in QUANTIZED:
+        return quantize(copy.deepcopy(model), precision), contextlib.nullcontext()
     return model, autocast(model.transformer.wte.weight.device, precision)
 
 
@@ -76,13 +77,16 @@ def check_decode_precision(device: torch.device, requested: str, cast: bool = Tr
     decode_precision refines by measuring); DeviceError in one line if not, before any model is loaded."""
     if requested not in DECODE_PRECISIONS:
         raise DeviceError(f"Unknown precision '{requested}'; choose one of: {', '.join(DECODE_PRECISIONS)}.")
-    if requested != "int8":
+    if requested not in QUANTIZED:
         return choose_precision(device, requested)  # refuses bf16 where the device cannot run it
     if not cast:
-        raise DeviceError("int8 weights are for generation only, not for a model that is training; use bf16 or fp32.")
-    if not int8_available(device):
+        raise DeviceError(f"{requested} weights are for generation only, not for a model that is training; use bf16 or fp32.")
+    if requested == "int8" and not int8_available(device):
         raise DeviceError(f"This PyTorch {torch.__version__} has no int8 weight kernel (_weight_int8pack_mm) "
                           f"for the {device.type}; use --precision fp32.")
+    if requested == "int4" and not int4_available(device):
+        raise DeviceError(f"int4 weights run on the CPU only (PyTorch's _weight_int4pack_mm_for_cpu), not on the "
+                          f"{device.type}; use --precision int8 or fp32.")
     return requested
 
 
@@ -135,8 +139,8 @@ class Sampler:
         self.precision = decode_precision(self.model, self.device, precision)
         if self.precision == "bf16":  # this model is ours alone: cast or quantize it in place, no copy
             self.model.to(torch.bfloat16)
-        elif self.precision == "int8":
-            quantize_int8(self.model)
+        elif self.precision in QUANTIZED:
+            quantize(self.model, self.precision)
         self.step_s: dict[int, float] = {}  # eager decode step time by batch rows, timed once (see _maybe_compile)
         self.decode = None  # the compiled one-token step, once compiled
 

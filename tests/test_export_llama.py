@@ -54,7 +54,9 @@ def test_gguf_export_loads_in_transformers_and_comes_back(tmp_path, tokenizer, f
     import gguf
 
     model = checkpoint(family, tokenizer, tmp_path)
-    out = export(tmp_path / "voice.gguf", tmp_path / "model.safetensors", format="gguf", dtype=dtype)
+    warned = []
+    out = export(tmp_path / "voice.gguf", tmp_path / "model.safetensors", format="gguf", dtype=dtype, warn=warned.append)
+    assert any("rounds away most of a fine-tune" in line for line in warned) == dtype.startswith("q4")
     fields = gguf.GGUFReader(out).fields
     arch = model.config.arch
     assert fields["general.architecture"].contents() == arch

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from bladegpt.config import ModelConfig
 from bladegpt.engine import generate, generate_reference
 from bladegpt.model import GPT
-from bladegpt.quantize import PACKED_MAX_ROWS, Int8Linear, quantize_int8
+from bladegpt.quantize import INT4_GROUP, PACKED_MAX_ROWS, Int4Linear, Int8Linear, quantize, quantize_int8
 from bladegpt.runtime import DeviceError
 from bladegpt import sampler
 
@@ -72,7 +72,10 @@ def test_decode_precision_int8_on_request_and_by_measurement(models, monkeypatch
     with pytest.raises(DeviceError, match="generation only"):
         sampler.decode_precision(model, cpu, "int8", cast=False)  # a model that is training keeps its weights
     with pytest.raises(DeviceError, match="Unknown precision"):
-        sampler.decode_precision(model, cpu, "int4")
+        sampler.decode_precision(model, cpu, "int3")
+    assert sampler.decode_precision(model, cpu, "int4") == "int4"  # on request only (see the int4 tests)
+    with pytest.raises(DeviceError, match="generation only"):
+        sampler.decode_precision(model, cpu, "int4", cast=False)
     timed = []
 
     def fake(step_s):
@@ -89,3 +92,60 @@ def test_decode_precision_int8_on_request_and_by_measurement(models, monkeypatch
     assert sampler.decode_precision(model, cpu) == "fp32"  # not 10% faster: the exact weights win
     timed.clear()
     assert sampler.decode_precision(model, cpu, cast=False) == "fp32" and not timed  # nothing else to measure
+
+
+def test_int4_weights_keep_each_groups_min_and_max_and_round_the_rest_to_half_a_step():
+    """Q4_1's scheme: per group of 32 weights of a row, 16 levels from its min to its max."""
+    torch.manual_seed(2)
+    linear = torch.nn.Linear(2 * INT4_GROUP, 32)
+    with torch.no_grad():
+        linear.weight[:, :INT4_GROUP] *= 50  # one group of each row much wider than the other
+    w = Int4Linear(linear).dequantized(torch.float32)
+    groups = linear.weight.detach().view(32, 2, INT4_GROUP)
+    step = (groups.amax(-1) - groups.amin(-1)) / 15  # (rows, groups)
+    error = (w.view(32, 2, INT4_GROUP) - groups).abs()
+    bf16 = 2 ** -8 * groups.abs().amax(-1)  # scale and zero are bf16: their rounding, carried to the weights
+    assert (error <= (step / 2 + bf16)[..., None]).all()
+    assert error[:, 0].max() > 10 * error[:, 1].max()  # each group its own step
+
+
+def test_int4_weights_of_a_q4_1_file_come_back_as_they_were():
+    """Weights a Q4_1 GGUF held (16 levels a group of 32, min and max among them) quantize to themselves,
+    but for bf16's rounding of the scale and zero."""
+    torch.manual_seed(3)
+    lo = torch.randn(32, 2, 1).to(torch.bfloat16).float()
+    d = torch.rand(32, 2, 1).to(torch.bfloat16).float() / 8
+    q = torch.randint(0, 16, (32, 2, INT4_GROUP)).float()
+    q[..., 0], q[..., 1] = 0, 15
+    linear = torch.nn.Linear(2 * INT4_GROUP, 32, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_((lo + d * q).view(32, -1))
+    w = Int4Linear(linear).dequantized(torch.float32)
+    assert torch.allclose(w, linear.weight, atol=0.02 * linear.weight.abs().max().item())
+
+
+@pytest.mark.parametrize("rows", [1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1])
+def test_int4_linear_multiplies_by_its_dequantized_weight(rows):
+    torch.manual_seed(4)
+    linear = torch.nn.Linear(64, 48)
+    q = Int4Linear(linear)
+    x = torch.randn(2, rows, 64)
+    exact = F.linear(x, q.dequantized(torch.float32), linear.bias)
+    y = q(x)
+    assert y.shape == exact.shape and y.dtype == torch.float32
+    assert torch.allclose(y, exact, rtol=2e-2, atol=2e-2 * exact.abs().max().item())
+
+
+def test_an_int4_model_takes_int8_where_the_kernel_cannot_and_samples_as_its_reference():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=64)).eval()  # a char vocabulary
+    q = quantize(copy.deepcopy(model), "int4")
+    assert isinstance(q.lm_head, Int8Linear)  # 65 outputs: the int4 kernel wants a multiple of 16
+    assert all(isinstance(b.mlp.c_fc, Int4Linear) for b in q.transformer.h)
+    idx = torch.randint(0, 65, (1, 12))
+    with torch.inference_mode():
+        ref, _ = model(idx)
+        got, _ = q(idx)
+    assert (got - ref).abs().max() < 0.1 * ref.abs().max()
+    fast = list(generate(q, [3, 1, 4, 1, 5], 10, 65, temperature=0))
+    assert fast == generate_reference(q, [3, 1, 4, 1, 5], 10, 65, temperature=0)

@@ -1,8 +1,8 @@
-"""What int8 weights cost in quality: a model's val bits per byte with its fp32 weights and with the int8
-weights `sample --precision int8` (or auto's choice of it) generates with, on a prepared dataset's whole
-val split (windows of the model's context, each token a target once, as train evaluates).
+"""What quantized weights cost in quality: a model's val bits per byte with its fp32 weights and with the
+int8 and int4 weights `sample --precision int8|int4` (or auto's choice) generates with, on a prepared
+dataset's whole val split (windows of the model's context, each token a target once, as train evaluates).
 
-    python scripts/int8_bpb.py DATASET MODEL [--block 1024]
+    python scripts/quant_bpb.py DATASET MODEL [--block 1024]
 
 MODEL is a checkpoint (.safetensors, e.g. a run's best.safetensors) or any --init-from source (a GGUF
 file, a Hugging Face folder or id); DATASET a folder `bladegpt prepare` made with that model's tokenizer.
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from bladegpt.bench import source_model
 from bladegpt.data import TokenData
-from bladegpt.quantize import quantize_int8
+from bladegpt.quantize import quantize
 from bladegpt.runtime import cpu_model
 
 
@@ -54,8 +54,10 @@ def main() -> None:
     block = min(args.block, model.config.block_size)
     print(f"{cpu_model()} · torch {torch.__version__} · {args.model} on {args.dataset}'s val split, windows of {block}")
     fp32 = val_bpb(model, data, block)
-    int8 = val_bpb(quantize_int8(copy.deepcopy(model)), data, block)
-    print(f"fp32 {fp32:.4f} bpb · int8 weights {int8:.4f} bpb · int8 - fp32 {int8 - fp32:+.4f}")
+    print(f"fp32 {fp32:.4f} bpb", flush=True)
+    for precision in ("int8", "int4"):
+        bpb = val_bpb(quantize(copy.deepcopy(model), precision), data, block)
+        print(f"{precision} weights {bpb:.4f} bpb · {precision} - fp32 {bpb - fp32:+.4f}", flush=True)
 
 
 if __name__ == "__main__":
