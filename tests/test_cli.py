@@ -47,7 +47,7 @@ def test_quick_start(corpus, workdir):
         mp.setattr("bladegpt.sampler.MAX_BATCH", 2)
         turns = invoke("sample", "The", "--num-samples", "3", "--max-new-tokens", "12", "--seed", "1")
     assert turns.stdout == three.stdout
-    for precision in ("fp32", "bf16", "int8"):
+    for precision in ("fp32", "bf16", "int8", "int4"):
         result = invoke("sample", "The", "--precision", precision, "--max-new-tokens", "3")
         assert result.exit_code == 0 or "bf16 is not supported" in result.output, result.output
     result = invoke("sample", "The", "--precision", "fp8")
