@@ -25,14 +25,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 # Options several commands share (sample, chat, export, bench).
-CheckpointOpt = Annotated[Optional[Path], typer.Option(help="A .safetensors file or run folder [default: latest run's best].")]
+CheckpointOpt = Annotated[Optional[Path], typer.Option(help="A .safetensors file or run folder \\[default: latest run's best].")]
 TemperatureOpt = Annotated[float, typer.Option(help="0 is greedy; higher is wilder.")]
 TopKOpt = Annotated[Optional[int], typer.Option(help="Sample only from the k likeliest tokens.")]
 TopPOpt = Annotated[Optional[float], typer.Option(help="Sample only from the smallest set with this much probability.")]
 MinPOpt = Annotated[Optional[float], typer.Option(help="Sample only tokens at least this share as likely as the likeliest, e.g. 0.05.")]
 RepetitionOpt = Annotated[Optional[float], typer.Option(help="Discourage ids already in the text: their logits divided (or, if negative, multiplied) by this, e.g. 1.2 (CTRL's; off by default).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-DecodePrecisionOpt = Annotated[str, typer.Option(help="auto (the fastest here for generation, measured), bf16, fp32, int8 (weights in int8, a quarter of fp32's bytes) or int4 (an eighth, CPU only).")]
+DecodePrecisionOpt = Annotated[str, typer.Option(help="auto (the fastest here for generation, measured), bf16, fp32, int8 (weights in int8, a quarter of fp32's bytes) or int4 (an eighth, CPU only; it can round away much of a fine-tune, docs/benchmarks.md).")]
 DecodeCompileOpt = Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")]
 
 
@@ -88,9 +88,9 @@ def prepare(
     inputs: Annotated[list[Path], typer.Argument(help="Text files, or folders of .txt files.")],
     tokenizer: Annotated[str, typer.Option(help="bpe (trained on this corpus), gpt2, or char.")] = "bpe",
     tokenizer_from: Annotated[Optional[str], typer.Option(help="Encode with this model's tokenizer instead, for train --init-from: a Hugging Face repo id or folder (GPT-2, Llama, SmolLM2, Mistral, Qwen2, Qwen3), a .gguf file, ollama:NAME[:TAG], or a BladeGPT run.")] = None,
-    vocab_size: Annotated[Optional[int], typer.Option(help="BPE vocabulary size [default: sized to the text, at most 4096].")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(help="BPE vocabulary size \\[default: sized to the text, at most 4096].")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of the text kept for validation (its end).")] = 0.1,
-    out: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: datasets/NAME].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Dataset folder \\[default: datasets/NAME].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the dataset already at the folder (earlier runs cannot resume on it).")] = False,
 ) -> None:
     """Turn text into a dataset: a tokenizer, train/val token files and their metadata."""
@@ -134,20 +134,20 @@ def prepare(
 @app.command()
 @friendly
 def train(
-    data: Annotated[Optional[Path], typer.Option(help="Dataset folder [default: the latest prepared].")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="nano, mini, small or gpt2 (see the README) [default: mini].")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset folder \\[default: the latest prepared].")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="nano, mini, small or gpt2 (see the README) \\[default: mini].")] = None,
     init_from: Annotated[Optional[str], typer.Option(help="Start from a pretrained model: a Hugging Face repo id or folder (gpt2, HuggingFaceTB/SmolLM2-135M, Llama 3.x, Qwen2/2.5/3...), a .gguf file, ollama:NAME[:TAG], or a BladeGPT run or checkpoint.")] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="Transformer blocks.")] = None,
     n_head: Annotated[Optional[int], typer.Option(help="Attention heads.")] = None,
     n_embd: Annotated[Optional[int], typer.Option(help="Embedding width.")] = None,
     block_size: Annotated[Optional[int], typer.Option(help="Context length in tokens.")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout rate.")] = None,
-    block: Annotated[Optional[str], typer.Option(help="gpt2 (GPT-2's block: learned positions, LayerNorm, GELU), modern, or changes joined with +: rope, rmsnorm, qk-norm, swiglu, relu2, zero-init, softcap [default: gpt2].")] = None,
+    block: Annotated[Optional[str], typer.Option(help="gpt2 (GPT-2's block: learned positions, LayerNorm, GELU), modern, or changes joined with +: rope, rmsnorm, qk-norm, swiglu, relu2, zero-init, softcap \\[default: gpt2].")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sequences per optimizer step (the batch the optimizer sees).")] = None,
     accum: Annotated[Optional[int], typer.Option(help="Split each step's batch into N micro-batches: same training, less memory.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW's).")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw, or muon: Muon for the blocks' matrices, fewer steps to a loss.")] = None,
-    muon_lr: Annotated[Optional[float], typer.Option(help="Muon's peak learning rate [default: 0.05].")] = None,
+    muon_lr: Annotated[Optional[float], typer.Option(help="Muon's peak learning rate \\[default: 0.05].")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
     time: Annotated[Optional[str], typer.Option("--time", help="Train for a time instead, e.g. 10m.")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warmup steps.")] = None,
@@ -156,23 +156,23 @@ def train(
     activation_checkpointing: Annotated[Optional[bool], typer.Option("--activation-checkpointing", help="Recompute each block's activations in backward: about a third more compute, memory for long blocks.")] = None,
     eval_interval: Annotated[Optional[int], typer.Option(help="Evaluate every N steps.")] = None,
     eval_iters: Annotated[Optional[int], typer.Option(help="Batches per evaluation.")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Stop after N evaluations without a better val loss (0: never) [default: 3].")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N evaluations without a better val loss (0: never) \\[default: 3].")] = None,
     log_interval: Annotated[Optional[int], typer.Option(help="Log every N steps.")] = None,
     sample_tokens: Annotated[Optional[int], typer.Option(help="Tokens sampled at each eval (0: none).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 or mps [default: auto; on --resume, the run's own].")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto, bf16 or fp32 [default: auto; on --resume, the run's own].")] = None,
-    attention: Annotated[Optional[str], typer.Option(help="auto, manual or sdpa [default: auto; on --resume, the run's own].")] = None,
-    compile: Annotated[Optional[str], typer.Option(help="auto, on or off (auto: only if the run repays it) [default: auto; on --resume, the run's own].")] = None,
-    run: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/DATASET-N, a new one].")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 or mps \\[default: auto; on --resume, the run's own].")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, bf16 or fp32 \\[default: auto; on --resume, the run's own].")] = None,
+    attention: Annotated[Optional[str], typer.Option(help="auto, manual or sdpa \\[default: auto; on --resume, the run's own].")] = None,
+    compile: Annotated[Optional[str], typer.Option(help="auto, on or off (auto: only if the run repays it) \\[default: auto; on --resume, the run's own].")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="Run folder \\[default: runs/DATASET-N, a new one].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the given (or latest) run exactly.")] = False,
     tracker: Annotated[Optional[str], typer.Option(help="Also log the run to tensorboard or wandb (needs pip install 'bladegpt\\[tensorboard]' or 'bladegpt\\[wandb]'; WANDB_MODE=offline keeps W&B local).")] = None,
     lora: Annotated[bool, typer.Option("--lora", help="With --init-from: keep the model frozen and train LoRA adapters (small checkpoints, a fraction of the memory; lr 10x by default).")] = False,
-    lora_rank: Annotated[Optional[int], typer.Option(help="LoRA's rank [default: 16].")] = None,
-    lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA's alpha; adapters are scaled by alpha / rank [default: 2 x rank].")] = None,
-    lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the adapters' input [default: 0.05].")] = None,
-    lora_targets: Annotated[Optional[str], typer.Option(help="Comma-separated linears to adapt [default: attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj, all].")] = None,
-    lora_base_dtype: Annotated[Optional[str], typer.Option(help="bf16 (half the memory) or fp32: how the frozen base's matrices are stored [default: bf16].")] = None,
+    lora_rank: Annotated[Optional[int], typer.Option(help="LoRA's rank \\[default: 16].")] = None,
+    lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA's alpha; adapters are scaled by alpha / rank \\[default: 2 x rank].")] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the adapters' input \\[default: 0.05].")] = None,
+    lora_targets: Annotated[Optional[str], typer.Option(help="Comma-separated linears to adapt \\[default: attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj, all].")] = None,
+    lora_base_dtype: Annotated[Optional[str], typer.Option(help="bf16 (half the memory) or fp32: how the frozen base's matrices are stored \\[default: bf16].")] = None,
 ) -> None:
     """Train a GPT on a prepared dataset, with a live display; Ctrl-C saves and stops."""
     from bladegpt.config import CLOCK_STEPS, parse_duration
@@ -222,11 +222,11 @@ def sample(
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
     repetition_penalty: RepetitionOpt = None,
-    seed: Annotated[Optional[int], typer.Option(help="Same seed, same text [default: random].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Same seed, same text \\[default: random].")] = None,
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
     compile: DecodeCompileOpt = "auto",
-    copy_check: Annotated[Optional[bool], typer.Option("--copy-check/--no-copy-check", help="Say how much of the samples is copied verbatim from the training text [default: on where the run's dataset is at hand].", show_default=False)] = None,
+    copy_check: Annotated[Optional[bool], typer.Option("--copy-check/--no-copy-check", help="Say how much of the samples is copied verbatim from the training text \\[default: on where the run's dataset is at hand].", show_default=False)] = None,
 ) -> None:
     """Stream new text from a trained model (several samples are generated together, in one batch)."""
     from bladegpt import copymeter
@@ -278,14 +278,14 @@ def _copy_line(meter, texts: list[str]) -> None:
 @friendly
 def chat(
     checkpoint: CheckpointOpt = None,
-    frame: Annotated[Optional[str], typer.Option(help="How the talk is written: quotes (\"...\" lines), play (NAME: lines) or lines [default: the corpus's, found when it was prepared].")] = None,
+    frame: Annotated[Optional[str], typer.Option(help="How the talk is written: quotes (\"...\" lines), play (NAME: lines) or lines \\[default: the corpus's, found when it was prepared].")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 200,
     temperature: TemperatureOpt = 0.8,
     top_k: TopKOpt = 200,
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
     repetition_penalty: RepetitionOpt = None,
-    seed: Annotated[Optional[int], typer.Option(help="Same seed and same lines, same conversation [default: random].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Same seed and same lines, same conversation \\[default: random].")] = None,
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
     compile: DecodeCompileOpt = "auto",
@@ -336,9 +336,9 @@ def chat(
 @app.command()
 @friendly
 def bench(
-    preset: Annotated[str, typer.Option(help="Model to time [default: the one `train` uses].")] = "mini",
-    batch: Annotated[Optional[int], typer.Option(help="Sequences per step [default: the preset's].")] = None,
-    block: Annotated[Optional[int], typer.Option(help="Context length [default: the preset's].")] = None,
+    preset: Annotated[str, typer.Option(help="Model to time \\[default: the one `train` uses].")] = "mini",
+    batch: Annotated[Optional[int], typer.Option(help="Sequences per step \\[default: the preset's].")] = None,
+    block: Annotated[Optional[int], typer.Option(help="Context length \\[default: the preset's].")] = None,
     steps: Annotated[int, typer.Option(help="Timed steps per rung, after 2 warm-up steps.")] = 10,
     device: DeviceOpt = "auto",
     rungs: Annotated[Optional[str], typer.Option(help="Comma-separated subset: vanilla,mixed,compile,flash,auto.")] = None,
@@ -373,7 +373,7 @@ def bench(
 @app.command("runs")
 @friendly
 def runs_table(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Run folders, or folders of runs [default: runs/; with --plot, the latest run].", show_default=False)] = None,
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Run folders, or folders of runs \\[default: runs/; with --plot, the latest run].", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the runs as JSON, nothing else.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Draw the runs' train and val curves against step and wall time into this PNG (needs pip install 'bladegpt\\[plot]').")] = None,
     bpb: Annotated[bool, typer.Option("--bpb", help="With --plot: bits per byte instead of loss, comparable across tokenizers.")] = False,
@@ -409,7 +409,7 @@ def export(
     format: Annotated[str, typer.Option("--format", help="hf (a transformers folder), safetensors (one file), "
                                         "gguf (llama.cpp, ollama, LM Studio), or peft (a LoRA run's adapters alone); "
                                         "a LoRA run's adapters are merged into the others.")] = "hf",
-    dtype: Annotated[Optional[str], typer.Option(help="GGUF weights: f32, f16, bf16, q8_0, q4_0 or q4_1 [default: f16].")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="GGUF weights: f32, f16, bf16, q8_0, q4_0 or q4_1 \\[default: f16].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at OUT.")] = False,
 ) -> None:
     """Hand a trained model to the rest of the ecosystem (transformers, llama.cpp, or one file)."""
@@ -419,16 +419,16 @@ def export(
                            warn=lambda line: console.print(line, style="yellow", soft_wrap=True))
     if format == "hf":
         console.print(f"Wrote {written}/. Load it with:\n"
-                      f"  AutoModelForCausalLM.from_pretrained(\"{written}\"), AutoTokenizer.from_pretrained(\"{written}\")")
+                      f"  AutoModelForCausalLM.from_pretrained(\"{written}\"), AutoTokenizer.from_pretrained(\"{written}\")", soft_wrap=True)
     elif format == "peft":
         console.print(f"Wrote {written}/ (adapter_model.safetensors, adapter_config.json). Load it onto its base with:\n"
                       f"  PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), \"{written}\"); "
-                      f"for llama.cpp: convert_lora_to_gguf.py {written} --base BASE_FOLDER")
+                      f"for llama.cpp: convert_lora_to_gguf.py {written} --base BASE_FOLDER", soft_wrap=True)
     elif format == "gguf":
         console.print(f"Wrote {written}. Run it with llama.cpp:  llama-cli -m {written} -p \"Your prompt\"\n"
-                      f"or ollama: a Modelfile holding `FROM ./{written.name}`, then  ollama create my-voice -f Modelfile")
+                      f"or ollama: a Modelfile holding `FROM ./{written.name}`, then  ollama create my-voice -f Modelfile", soft_wrap=True)
     else:
-        console.print(f"Wrote {written}. Sample from it with: bladegpt sample --checkpoint {written}")
+        console.print(f"Wrote {written}. Sample from it with: bladegpt sample --checkpoint {written}", soft_wrap=True)
 
 
 def main() -> None:

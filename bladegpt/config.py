@@ -170,6 +170,11 @@ def check_seed(seed: int) -> None:
 CLOCK_STEPS = 10**9  # `--time` without `--steps`: the clock ends the run, not the step count
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 step', '2 steps': a count in words a person would write."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def by_the_clock(chosen: dict) -> bool:
     """Whether the user's train settings let a --time budget alone end the run."""
     return "time_budget_s" in chosen and chosen.get("steps", CLOCK_STEPS) >= CLOCK_STEPS
@@ -194,6 +199,9 @@ class TrainConfig:
     # Under --time with no --eval-interval: how many evaluations the budget gets; the interval is set from
     # the timed first steps (trainer.pace_evaluations), since the steps the clock allows are not known before.
     evals_in_budget: int | None = None
+    # Under --time with no --warmup-steps: warmup is this share of the steps the clock allows, set from the
+    # same timing (a preset's 100 steps of warmup would be the whole of a one-minute run).
+    warmup_share: float | None = None
     eval_iters: int = 20
     patience: int = 3  # stop after this many evaluations without a better val loss; 0 = never
     log_interval: int = 10
@@ -320,14 +328,14 @@ def finetune_config(overrides: dict | None, n_embd: int, train_tokens: int, val_
                      f"at {batch} x {block_size} tokens a step")
     if "lr" not in chosen:
         schedule = ("constant" if cfg.min_lr_ratio == 1 else f"cosine to {cfg.min_lr_ratio:g}x")
-        notes.append(f"--lr {lr:.2g} ({schedule}, --min-lr-ratio {cfg.min_lr_ratio:g}), warmup {cfg.warmup_steps} steps"
+        notes.append(f"--lr {lr:.2g} ({schedule}, --min-lr-ratio {cfg.min_lr_ratio:g}), warmup {plural(cfg.warmup_steps, 'step')}"
                      + (f", --weight-decay {cfg.weight_decay:g}" if "weight_decay" not in chosen else ""))
     if "eval_interval" not in chosen and by_the_clock(chosen):
         cfg.evals_in_budget = FINETUNE_EVALS
         notes.append(f"evaluating {FINETUNE_EVALS} times over the --time budget on {cfg.eval_iters} batches, keeping "
                      f"the best (--patience {cfg.patience})")
     elif "eval_interval" not in chosen:
-        notes.append(f"evaluating every {cfg.eval_interval} steps on {cfg.eval_iters} batches, keeping the best "
+        notes.append(f"evaluating every {plural(cfg.eval_interval, 'step')} on {cfg.eval_iters} batches, keeping the best "
                      f"(--patience {cfg.patience})")
     return cfg, notes
 
@@ -339,6 +347,7 @@ SCRATCH_PASSES = 50
 SCRATCH_DROPOUT = 0.2
 SCRATCH_BUDGET_S = 10 * 60  # a run that would take longer is cut to this, and says how to get the rest
 SCRATCH_EVALS = 15  # evaluations over a run: patience 3 then stops within a fifth of the run past its best
+SCRATCH_WARMUP_SHARE = 1 / 20  # of the run's steps (at least 10 where they are planned, at most the preset's)
 MIN_EVAL_INTERVAL = 10  # a from-scratch run (or one cut to its time budget) evaluates at most every 10 steps
 # Muon for the blocks' matrices: on witcher 1.972 bpb where AdamW reached 2.011 (2,048 ids), 1.921 at
 # 3,072 ids; on officer_k 2.148 where AdamW reached 2.139 (within an evaluation's noise), in half the
@@ -379,7 +388,7 @@ def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, to
     if "steps" not in chosen and "time_budget_s" not in chosen:
         steps = max(100, math.ceil(SCRATCH_PASSES * train_tokens / tokens_per_step))
         sized["steps"] = steps
-        sized["warmup_steps"] = min(preset_train.get("warmup_steps", 100), max(10, steps // 20))
+        sized["warmup_steps"] = min(preset_train.get("warmup_steps", 100), max(10, int(steps * SCRATCH_WARMUP_SHARE)))
         notes.append(f"--steps {steps:,}: about {SCRATCH_PASSES} passes over the {train_tokens:,} training tokens "
                      "(early stopping ends it at its best)")
     if "optimizer" not in chosen:
@@ -392,11 +401,13 @@ def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, to
     if "eval_iters" not in chosen:  # the val split read about once, never re-read 20 times over
         sized["eval_iters"] = min(20, max(2, math.ceil(val_tokens / tokens_per_step)))
     iters = sized.get("eval_iters", chosen.get("eval_iters"))
+    if "warmup_steps" not in chosen and by_the_clock(chosen):
+        sized["warmup_share"] = SCRATCH_WARMUP_SHARE
     if "eval_interval" not in chosen and by_the_clock(chosen):
         sized["evals_in_budget"] = SCRATCH_EVALS
         notes.append(f"evaluating {SCRATCH_EVALS} times over the --time budget on {iters} batches ({val_tokens:,} val tokens)")
     else:
-        notes.append(f"evaluating every {sized.get('eval_interval', chosen.get('eval_interval'))} steps on "
+        notes.append(f"evaluating every {plural(sized.get('eval_interval', chosen.get('eval_interval')), 'step')} on "
                      f"{iters} batches ({val_tokens:,} val tokens)")
     return {**preset_train, **sized, **chosen}, notes
 

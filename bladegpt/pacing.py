@@ -12,7 +12,13 @@ COMPILE_GAIN = 0.15
 
 
 def duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    """'90 s', '2.5 min', '12 min', '1.5 h': a time as a person says it (90 s is not '2 min')."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    if minutes < 10:
+        return f"{minutes:.1f}".rstrip("0").rstrip(".") + " min"
+    return f"{minutes:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def seconds_per_step(cfg: TrainConfig, step_s: float) -> float:

@@ -13,7 +13,7 @@ import torch
 
 from bladegpt import copymeter, runs
 from bladegpt.checkpoint import load_checkpoint, load_train_state, restore_adapters, save_checkpoint, save_training
-from bladegpt.config import ConfigError, ModelConfig, TrainConfig
+from bladegpt.config import ConfigError, ModelConfig, TrainConfig, plural
 from bladegpt.data import TokenData
 from bladegpt.distributed import Distributed
 from bladegpt.engine import generate, prompt_ids
@@ -187,20 +187,27 @@ class Trainer:
         self.early.load(state)
 
     def pace_evaluations(self, step_s: float, eval_s: float | None = None) -> None:
-        """Under --time, spread cfg.evals_in_budget evaluations over the steps the clock is expected to
-        allow (the plan could not know them): first from the timed first steps, with an evaluation priced
-        at eval_iters/3 steps; again after each evaluation, from the measured step and evaluation times."""
+        """Under --time, size what the plan could not, since it did not know how many steps the clock
+        allows: warmup, cfg.warmup_share of them, and cfg.evals_in_budget evaluations spread over them.
+        First from the timed first steps, with an evaluation priced at eval_iters/3 steps; the evaluations
+        again after each one, from the measured step and evaluation times."""
         cfg = self.cfg
         first = eval_s is None
         if first:
             eval_s = step_s * cfg.eval_iters / 3  # forward passes only, about a third of a step each
         step_s, eval_s = self.ddp.broadcast(step_s), self.ddp.broadcast(eval_s)
-        cfg.eval_interval = paced_interval(self.elapsed, cfg.time_budget_s, cfg.evals_in_budget, step_s, eval_s)
-        self.next_eval = self.step + cfg.eval_interval
+        expected = int(self.step + max(0.0, cfg.time_budget_s - self.elapsed) / seconds_per_step(cfg, step_s))
+        said = []
+        if first and cfg.warmup_share:
+            cfg.warmup_steps = min(cfg.warmup_steps, max(1, int(expected * cfg.warmup_share)))
+            said.append(f"warming up over {plural(cfg.warmup_steps, 'step')}")
+        if cfg.evals_in_budget:
+            cfg.eval_interval = paced_interval(self.elapsed, cfg.time_budget_s, cfg.evals_in_budget, step_s, eval_s)
+            self.next_eval = self.step + cfg.eval_interval
+            said.append(f"evaluating every {plural(cfg.eval_interval, 'step')}")
         if first:
-            expected = self.step + max(0.0, cfg.time_budget_s - self.elapsed) / seconds_per_step(cfg, step_s)
-            self.reporter.message(f"About {int(expected):,} steps fit in {duration(cfg.time_budget_s)} here: "
-                                  f"evaluating every {cfg.eval_interval} steps.")
+            self.reporter.message(f"About {plural(expected, 'step')} fit in {duration(cfg.time_budget_s)} here: "
+                                  f"{' and '.join(said)}.")
 
     def eval_due(self) -> bool:
         if self.cfg.evals_in_budget:
@@ -414,7 +421,7 @@ class Trainer:
                     probe.append(dt)
                     if len(probe) == ESTIMATE_STEPS and cfg.time_budget_s is None:
                         self.estimate(statistics.median(probe[1:]))  # the first step pays for warm-up
-                    elif len(probe) == ESTIMATE_STEPS and cfg.evals_in_budget:
+                    elif len(probe) == ESTIMATE_STEPS and (cfg.evals_in_budget or cfg.warmup_share):
                         self.pace_evaluations(statistics.median(probe[1:]))
                     if len(probe) == PROBE_STEPS and self.compile_mode == "auto":
                         self.maybe_compile(probe[1:])

@@ -285,15 +285,20 @@ def test_a_time_budget_spreads_its_evaluations_over_the_steps_the_clock_allows(c
     chosen = {"steps": CLOCK_STEPS, "time_budget_s": 3.0}
     train_cfg, notes = sized_to_text(chosen, 10_000, 1_000, 512, {})
     assert train_cfg["evals_in_budget"] == SCRATCH_EVALS and any("over the --time budget" in n for n in notes)
+    assert train_cfg["warmup_share"] and "warmup_steps" not in sized_to_text(chosen, 10_000, 1_000, 512, {})[0]
     assert sized_to_text({**chosen, "eval_interval": 7}, 10_000, 1_000, 512, {})[0].get("evals_in_budget") is None
     assert finetune_config(chosen, 576, 10_000, 1_000, 128)[0].evals_in_budget == FINETUNE_EVALS  # a fine-tune too
     prepare([corpus], tokenizer="char")
     said = Said()
     result = train(None, None, TINY_MODEL, {**TINY_TRAIN, "steps": CLOCK_STEPS, "time_budget_s": 3.0, "patience": 0,
-                                            "eval_interval": None}, compile="off", reporter=said)
+                                            "eval_interval": None, "warmup_steps": None}, compile="off", reporter=said)
     evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if "val_loss" in r]
     assert any("evaluating every" in line for line in said.lines)
+    # warmup sized to what fits, not the preset's (a one-minute run of the mini preset was all warmup)
+    assert any("warming up over" in line for line in said.lines)
+    lrs = [json.loads(line)["lr"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(lrs) > 0.9 * TINY_TRAIN["lr"] and lrs[-1] < 0.5 * TINY_TRAIN["lr"]  # warmed up, then decayed
     assert len(evals) >= SCRATCH_EVALS // 3, ([(r["step"], r["elapsed"]) for r in evals], said.lines)
 
 

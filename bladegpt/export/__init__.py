@@ -78,9 +78,9 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
                      "BladeGPT reads that text as its characters, the GGUF file as its end of text. Prepare the "
                      "text and train again for one meaning everywhere.")
             if dtype in ("q4_0", "q4_1"):
-                warn(f"{dtype} rounds each weight to 4 bits, which on a small model rounds away most of a fine-tune: "
-                     "SmolLM2-135M fine-tuned on officer_k gave back 0.086 of its 0.093 bpb gain in Q4_1's scheme "
-                     "(`sample --precision int4` hears it before you export); q8_0 kept it (+0.002 bpb).")
+                warn(f"{dtype} rounds each weight to 4 bits, which can cost a small model much of what it learnt "
+                     "(a SmolLM2-135M voice fine-tuned on officer_k gave back 0.086 of its 0.093 bpb gain; q8_0 "
+                     "cost it 0.002): `bladegpt sample --precision int4` lets you hear it before you export.")
             atomic_write(out, lambda tmp: write_gguf(tmp, model, tokenizer, dtype or "f16", name, as_text(str(source))[0]))
         else:
             save_checkpoint(out, model, tokenizer, **info, exported_from=str(source))
