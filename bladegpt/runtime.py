@@ -150,6 +150,25 @@ def cpu_peaks() -> dict[str, float]:
     return _cached(key, measure)
 
 
+def raise_cpu_peak(observed: float) -> float:
+    """The CPU's peak again, after a run computed faster than the cached one (measured once, maybe while the
+    machine was busy: MFU read 107% for a helper): measured anew, at least `observed` FLOP/s; cached."""
+    key = f"cpu-peaks-v2|{cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
+    peaks = cpu_peaks()
+    fresh = _matmul_flops(torch.device("cpu"), torch.float32, 2048, reps=8)
+    best = max(peaks.values())
+    name = max(peaks, key=peaks.get)
+    raised = {**peaks, name: max(best, fresh, observed)}
+    path = cache_dir() / "measurements.json"
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        cache = json.loads(path.read_text(encoding="utf-8"))
+        cache[key] = raised
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(strictjson.dumps(cache, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    return max(raised.values())
+
+
 def peak_flops(device: torch.device) -> float:
     """The device's best dense matmul FLOP/s, the denominator of MFU."""
     if device.type == "cuda":

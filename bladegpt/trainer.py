@@ -22,7 +22,7 @@ from bladegpt.model import GPT, flops_per_token
 from bladegpt.pacing import compile_pays, duration, fit_to_budget, paced_interval, seconds_per_step
 from bladegpt.optim import lr_at, make_optimizers, schedule_progress, set_lr
 from bladegpt.runbook import EarlyStopping, MetricsLog, eval_record, train_record
-from bladegpt.runtime import Runtime, autocast, compile_available, peak_flops, synchronize
+from bladegpt.runtime import Runtime, autocast, compile_available, peak_flops, raise_cpu_peak, synchronize
 from bladegpt.sampler import decode_precision
 from bladegpt.signals import StopSignals
 
@@ -429,7 +429,10 @@ class Trainer:
                         self.estimate(statistics.median(probe[PROBE_STEPS + 1:]), retimed=True)  # past any compile
                 if self.step % cfg.log_interval == 0:
                     self.tok_per_s = interval_tokens / interval_time
-                    mfu = self.tok_per_s * self.flops_per_step / self.tokens_per_step / self.peak
+                    flops = self.tok_per_s * self.flops_per_step / self.tokens_per_step
+                    if flops > self.peak and self.device.type == "cpu" and self.ddp.world == 1:
+                        self.peak = raise_cpu_peak(flops)  # the cached peak read low: MFU is never past 100%
+                    mfu = flops / self.peak
                     record = train_record(self.step, self.last_loss, self.lr, self.tok_per_s, mfu, self.elapsed)
                     interval_tokens, interval_time = 0, 0.0
                     self.metrics.write(record)
