@@ -283,6 +283,9 @@ def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan
         raise ConfigError("--resume continues a run on its own dataset; drop --data, or start a new run on the other one.")
     if any(v is not None for v in (model_overrides or {}).values()):
         raise ConfigError("--resume continues a run with its own model shape; drop the model flags or start a new run.")
+    if run is None and not any(Path(runs.RUNS_DIR).glob(f"*/{runs.LAST}")):
+        raise UserError(f"Nothing to resume: no run in {runs.RUNS_DIR}/ has a checkpoint yet; start one with "
+                        "`bladegpt train` (or name another with --run).")
     run_dir = Path(run) if run is not None else runs.latest_run()
     saved = runs.read_run(run_dir)
     if not (run_dir / runs.STATE).is_file():
@@ -392,7 +395,8 @@ def _resume(trainer: Trainer, plan: Plan, requested: dict, reporter: Reporter) -
         if trainer.early.stop:
             raise UserError(f"{plan.run_dir} stopped early at step {trainer.step} (val loss had not improved for "
                             f"{trainer.early.stale_evals} evaluations); pass a larger --patience, or --patience 0, to continue it.")
-        more = ("a longer --time" if cfg.time_budget_s is not None else "a larger --steps")
+        more = ("a longer --time (a run trained by the clock ends by the clock; --steps does not extend it)"
+                if cfg.time_budget_s is not None else "a larger --steps")
         raise UserError(f"{plan.run_dir} already finished at step {trainer.step}; pass {more} to continue it.")
 
 

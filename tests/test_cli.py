@@ -92,6 +92,7 @@ def test_resume_from_the_cli(corpus, workdir):
         (["sample", "hi"], "bladegpt train"),
         (["train", "--preset", "huge"], "Unknown preset"),
         (["train", "--optimizer", "sgd"], "Unknown optimizer 'sgd'; use one of: adamw, muon"),
+        (["train", "--resume"], "Nothing to resume: no run in runs/ has a checkpoint yet"),
     ],
 )
 def test_user_errors_are_one_line(workdir, corpus, args, message):
