@@ -283,10 +283,11 @@ def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan
         raise ConfigError("--resume continues a run on its own dataset; drop --data, or start a new run on the other one.")
     if any(v is not None for v in (model_overrides or {}).values()):
         raise ConfigError("--resume continues a run with its own model shape; drop the model flags or start a new run.")
-    if run is None and not any(Path(runs.RUNS_DIR).glob(f"*/{runs.LAST}")):
+    try:
+        run_dir = Path(run) if run is not None else runs.latest_run()
+    except UserError:
         raise UserError(f"Nothing to resume: no run in {runs.RUNS_DIR}/ has a checkpoint yet; start one with "
-                        "`bladegpt train` (or name another with --run).")
-    run_dir = Path(run) if run is not None else runs.latest_run()
+                        "`bladegpt train` (or name another with --run).") from None
     saved = runs.read_run(run_dir)
     if not (run_dir / runs.STATE).is_file():
         raise ConfigError(f"{run_dir} has no checkpoint to resume (it stopped before its first save); "

@@ -22,6 +22,7 @@ from torch import nn
 # (a 576 x 3,072 weight; 1.4x and 2.5x for the 576 x 49,152 head). Decode steps are 1-16 rows;
 # prompts (prefill) are longer.
 PACKED_MAX_ROWS = 16
+QUANTIZED = ("int8", "int4")  # the weight-only precisions quantize() makes
 
 
 @torch.library.custom_op("bladegpt::int8_weight_mm", mutates_args=())
@@ -117,10 +118,11 @@ class Int4Linear(nn.Module):
         rows = x.numel() // self.in_features
         if rows <= PACKED_MAX_ROWS:
             flat = x.reshape(rows, self.in_features).to(torch.bfloat16)
-            mm = int4_weight_mm if torch.compiler.is_compiling() else torch._weight_int4pack_mm_for_cpu
-            args = (flat, self.weight, self.scales_zeros) if mm is int4_weight_mm else \
-                (flat, self.weight, INT4_GROUP, self.scales_zeros)
-            y = mm(*args).to(x.dtype).view(*x.shape[:-1], self.out_features)
+            if torch.compiler.is_compiling():  # as Int8Linear: the custom op only where torch.compile traces
+                y = int4_weight_mm(flat, self.weight, self.scales_zeros)
+            else:
+                y = torch._weight_int4pack_mm_for_cpu(flat, self.weight, INT4_GROUP, self.scales_zeros)
+            y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         else:
             y = F.linear(x, self.dequantized(x.dtype))
         return y if self.bias is None else y + self.bias.to(y.dtype)
@@ -149,16 +151,11 @@ def quantize(model: nn.Module, precision: str = "int8") -> nn.Module:
     kernel takes its shape (generation only: no gradients). Embeddings stay as they are: a lookup reads
     one row a token. A head tied to the embedding gets its own quantized copy; the embedding keeps the
     float weights."""
-    if precision not in ("int8", "int4"):
-        raise ValueError(f"precision must be int8 or int4, got {precision!r}")
+    if precision not in QUANTIZED:
+        raise ValueError(f"precision must be one of {QUANTIZED}, got {precision!r}")
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 four = precision == "int4" and int4_fits(child)
                 setattr(module, name, (Int4Linear if four else Int8Linear)(child).to(child.weight.device))
     return model
-
-
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """quantize(model, "int8")."""
-    return quantize(model, "int8")

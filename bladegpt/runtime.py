@@ -53,20 +53,30 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _measurements() -> dict:
+    try:
+        return json.loads((cache_dir() / "measurements.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _remember(key: str, value) -> None:
+    """Store one measurement in the cache folder (atomically; a read-only cache only forgets it)."""
+    path = cache_dir() / "measurements.json"
+    cache = {**_measurements(), key: value}
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(strictjson.dumps(cache, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+
+
 def _cached(key: str, compute):
     """Return compute() once per machine and key, remembered in the cache folder."""
-    path = cache_dir() / "measurements.json"
-    try:
-        cache = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        cache = {}
+    cache = _measurements()
     if key not in cache:
         cache[key] = compute()
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(strictjson.dumps(cache, indent=1), encoding="utf-8")
-            os.replace(tmp, path)
+        _remember(key, cache[key])
     return cache[key]
 
 
@@ -138,8 +148,6 @@ def cpu_bf16_supported() -> bool:
 
 def cpu_peaks() -> dict[str, float]:
     """Measured matmul FLOP/s of this CPU in fp32 and (where supported) bf16; cached."""
-    key = f"cpu-peaks-v2|{cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
-
     def measure() -> dict[str, float]:
         cpu = torch.device("cpu")
         peaks = {"fp32": _matmul_flops(cpu, torch.float32, 2048, reps=8)}
@@ -147,26 +155,22 @@ def cpu_peaks() -> dict[str, float]:
             peaks["bf16"] = _matmul_flops(cpu, torch.bfloat16, 2048, reps=8)
         return peaks
 
-    return _cached(key, measure)
+    return _cached(_cpu_peaks_key(), measure)
+
+
+def _cpu_peaks_key() -> str:
+    return f"cpu-peaks-v2|{cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
 
 
 def raise_cpu_peak(observed: float) -> float:
     """The CPU's peak again, after a run computed faster than the cached one (measured once, maybe while the
     machine was busy: MFU read 107% for a helper): measured anew, at least `observed` FLOP/s; cached."""
-    key = f"cpu-peaks-v2|{cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
     peaks = cpu_peaks()
     fresh = _matmul_flops(torch.device("cpu"), torch.float32, 2048, reps=8)
-    best = max(peaks.values())
     name = max(peaks, key=peaks.get)
-    raised = {**peaks, name: max(best, fresh, observed)}
-    path = cache_dir() / "measurements.json"
-    with contextlib.suppress(OSError, json.JSONDecodeError):
-        cache = json.loads(path.read_text(encoding="utf-8"))
-        cache[key] = raised
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(strictjson.dumps(cache, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    return max(raised.values())
+    raised = {**peaks, name: max(peaks[name], fresh, observed)}
+    _remember(_cpu_peaks_key(), raised)
+    return raised[name]
 
 
 def peak_flops(device: torch.device) -> float:

@@ -13,14 +13,13 @@ import torch
 
 from bladegpt.engine import compile_decode, generate_batch, prompt_ids, stream_text, until_stop
 from bladegpt.model import GPT
-from bladegpt.quantize import int4_available, int8_available, quantize
+from bladegpt.quantize import QUANTIZED, int4_available, int8_available, quantize
 from bladegpt.runtime import DeviceError, _cached, autocast, bf16_supported, choose_precision, cpu_model
 
 COMPILE_MODES = ("auto", "on", "off")
 # What generation can run in: training's precisions, and int8 or int4 weights (quantize.py) for a model
 # that is generation's alone.
-DECODE_PRECISIONS = ("auto", "bf16", "fp32", "int8", "int4")
-QUANTIZED = ("int8", "int4")
+DECODE_PRECISIONS = ("auto", "bf16", "fp32", *QUANTIZED)
 # Compiling the decode step over a static cache (engine.compile_decode), measured on a 2-core Xeon
 # for the mini shape (6 layers): 18 s a batch size with a cold inductor cache (3 s warm); a step 27-37%
 # shorter for one sample, 11% for eight. The graph holds every layer, so the cost grows with depth:

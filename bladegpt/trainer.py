@@ -116,6 +116,7 @@ class Trainer:
         self.tokens_per_step = train_cfg.batch_size * model_cfg.block_size
         self.flops_per_step = flops_per_token(model_cfg, self.model.num_params()) * self.tokens_per_step
         self.peak = peak_flops(self.device)
+        self.peak_remeasured = False  # see the MFU in the training loop
         lengths = [len(data.tokenizer.token_bytes(i)) for i in range(data.tokenizer.vocab_size)]
         lengths += [0] * (model_cfg.vocab_size - len(lengths))
         self.token_bytes = torch.tensor(lengths, dtype=torch.float64)
@@ -196,7 +197,8 @@ class Trainer:
         if first:
             eval_s = step_s * cfg.eval_iters / 3  # forward passes only, about a third of a step each
         step_s, eval_s = self.ddp.broadcast(step_s), self.ddp.broadcast(eval_s)
-        expected = int(self.step + max(0.0, cfg.time_budget_s - self.elapsed) / seconds_per_step(cfg, step_s))
+        if first:
+            expected = int(self.step + max(0.0, cfg.time_budget_s - self.elapsed) / seconds_per_step(cfg, step_s))
         said = []
         if first and cfg.warmup_share:
             cfg.warmup_steps = min(cfg.warmup_steps, max(1, int(expected * cfg.warmup_share)))
@@ -431,7 +433,9 @@ class Trainer:
                     self.tok_per_s = interval_tokens / interval_time
                     flops = self.tok_per_s * self.flops_per_step / self.tokens_per_step
                     if flops > self.peak and self.device.type == "cpu" and self.ddp.world == 1:
-                        self.peak = raise_cpu_peak(flops)  # the cached peak read low: MFU is never past 100%
+                        # the cached peak read low: measured again once a run, and never below what ran
+                        self.peak = flops if self.peak_remeasured else raise_cpu_peak(flops)
+                        self.peak_remeasured = True
                     mfu = flops / self.peak
                     record = train_record(self.step, self.last_loss, self.lr, self.tok_per_s, mfu, self.elapsed)
                     interval_tokens, interval_time = 0, 0.0

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from bladegpt.config import ModelConfig
 from bladegpt.engine import generate, generate_reference
 from bladegpt.model import GPT
-from bladegpt.quantize import INT4_GROUP, PACKED_MAX_ROWS, Int4Linear, Int8Linear, quantize, quantize_int8
+from bladegpt.quantize import INT4_GROUP, PACKED_MAX_ROWS, Int4Linear, Int8Linear, quantize
 from bladegpt.runtime import DeviceError
 from bladegpt import sampler
 
@@ -25,11 +25,12 @@ def test_int8_weights_round_each_to_within_half_its_channels_step():
     assert error[3].max() > 10 * error[torch.arange(24) != 3].max()  # per channel, not per tensor
 
 
-@pytest.mark.parametrize("rows", [1, 8, PACKED_MAX_ROWS + 1, 40])  # the packed kernel, then the dequantized matmul
-def test_int8_linear_multiplies_by_its_dequantized_weight(rows):
+@pytest.mark.parametrize("layer", [Int8Linear, Int4Linear])
+@pytest.mark.parametrize("rows", [1, 8, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1, 40])  # the packed kernel, then the dequantized matmul
+def test_quantized_linear_multiplies_by_its_dequantized_weight(layer, rows):
     torch.manual_seed(1)
     linear = torch.nn.Linear(64, 96)
-    q = Int8Linear(linear)
+    q = layer(linear)
     x = torch.randn(2, rows, 64)
     exact = F.linear(x, q.dequantized(torch.float32), linear.bias)
     y = q(x)
@@ -42,7 +43,7 @@ def test_int8_linear_multiplies_by_its_dequantized_weight(rows):
 def models():
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
-    return model, quantize_int8(copy.deepcopy(model))
+    return model, quantize(copy.deepcopy(model), "int8")
 
 
 def test_an_int8_model_computes_what_the_float_one_does_and_reads_a_quarter_of_the_bytes(models):
@@ -122,18 +123,6 @@ def test_int4_weights_of_a_q4_1_file_come_back_as_they_were():
         linear.weight.copy_((lo + d * q).view(32, -1))
     w = Int4Linear(linear).dequantized(torch.float32)
     assert torch.allclose(w, linear.weight, atol=0.02 * linear.weight.abs().max().item())
-
-
-@pytest.mark.parametrize("rows", [1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1])
-def test_int4_linear_multiplies_by_its_dequantized_weight(rows):
-    torch.manual_seed(4)
-    linear = torch.nn.Linear(64, 48)
-    q = Int4Linear(linear)
-    x = torch.randn(2, rows, 64)
-    exact = F.linear(x, q.dequantized(torch.float32), linear.bias)
-    y = q(x)
-    assert y.shape == exact.shape and y.dtype == torch.float32
-    assert torch.allclose(y, exact, rtol=2e-2, atol=2e-2 * exact.abs().max().item())
 
 
 def test_an_int4_model_takes_int8_where_the_kernel_cannot_and_samples_as_its_reference():

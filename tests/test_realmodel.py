@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bladegpt.engine import generate
-from bladegpt.quantize import quantize_int8
+from bladegpt.quantize import quantize
 from bladegpt.sources import load_pretrained
 from tests.realmodel import smollm2_gguf
 
@@ -57,6 +57,6 @@ def test_int8_weights_keep_its_loss_on_officer_k(smollm2):
         with torch.inference_mode():
             return F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item()
 
-    fp32, int8 = loss(pretrained.model), loss(quantize_int8(copy.deepcopy(pretrained.model)))
+    fp32, int8 = loss(pretrained.model), loss(quantize(copy.deepcopy(pretrained.model), "int8"))
     assert abs(int8 - fp32) < 0.01, (fp32, int8)
 
