@@ -1,5 +1,5 @@
-"""GPT-2's block against the modern changes on the default path (issue #26): for each job TEXT:BLOCK:SEED[:STEPS],
-`bladegpt train --block BLOCK --seed SEED` on the text's default dataset (`bladegpt prepare TEXT`, made once per
+"""GPT-2's block against the modern changes on the default path (issue #26): for each job
+TEXT:BLOCK:SEED[:STEPS[:FLAGS]], `bladegpt train --block BLOCK --seed SEED` on the text's default dataset (`bladegpt prepare TEXT`, made once per
 text); prints the best val bits per byte, its step and the steps run, the wall time of train and its ms per step,
 and the share of sampled 50-character spans found verbatim in the text. Prints the CPU it ran on; appends each
 row to --out as JSON, and skips jobs already there (a stopped measurement resumes).
@@ -19,7 +19,8 @@ block's (eager to eager, compiled to compiled).
 
 Several invocations may share one --out: each job is claimed (in OUT.claims) before it starts, so none runs twice.
 
-TEXT is corpora/TEXT.txt, or tinyshakespeare (../shared/data); BLOCK is what `train --block` takes.
+TEXT is corpora/TEXT.txt, or tinyshakespeare (../shared/data); BLOCK is what `train --block` takes; FLAGS are more
+train flags, comma-separated, each as --flag=value (officer_k:modern:1::--weight-decay=0.5,--dropout=0.3).
 """
 
 from __future__ import annotations
@@ -65,11 +66,12 @@ def planned(data: Path, block: str, steps: str | None) -> list[str]:
 
 
 def measure(job: str, work: Path, threads: int | None) -> dict:
-    name, block, seed, *steps = job.split(":")
+    name, block, seed, *rest = job.split(":")
+    steps, extra = (rest + ["", ""])[:2]
     path, data = text_path(name), work / name
-    run = work / "runs" / job.replace(":", "-")
+    run = work / "runs" / job.replace(":", "-").replace(",", "").replace("=", "")
     flags = ["--block", block, "--seed", seed, "--run", str(run), "--compile", "off",
-             *planned(data, block, steps[0] if steps else None)]
+             *planned(data, block, steps or None), *[f for f in extra.split(",") if f]]
     start = time.perf_counter()
     bladegpt("train", *flags, cwd=data, threads=threads)
     return record(job, work, time.perf_counter() - start, threads)
@@ -79,7 +81,7 @@ def record(job: str, work: Path, wall: float, threads: int | None) -> dict:
     """The row of a finished run: its best val bpb, steps, wall, and the verbatim share of its samples."""
     name, block, seed, *_ = job.split(":")
     path, data = text_path(name), work / name
-    run = work / "runs" / job.replace(":", "-")
+    run = work / "runs" / job.replace(":", "-").replace(",", "").replace("=", "")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_bpb" in r]
     best = min(evals, key=lambda r: r["val_loss"])
@@ -138,7 +140,7 @@ def main() -> None:
     if args[:1] == ["--collect"]:  # rows for runs of WORK/runs that finished without their invocation
         work, out = Path(args[1]), Path("results/blocks.jsonl")
         for job in args[2:]:
-            metrics = (work / "runs" / job.replace(":", "-") / "metrics.jsonl").read_text().splitlines()
+            metrics = (work / "runs" / job.replace(":", "-").replace(",", "").replace("=", "") / "metrics.jsonl").read_text().splitlines()
             row = record(job, work, json.loads(metrics[-1])["elapsed"], 1)
             with out.open("a") as f:
                 f.write(json.dumps({**row, "wall_is": "training loop only (collected)"}) + "\n")
