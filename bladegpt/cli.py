@@ -153,6 +153,8 @@ def train(
     warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warmup steps.")] = None,
     min_lr_ratio: Annotated[Optional[float], typer.Option(help="The cosine schedule ends at lr times this (1: a constant lr).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW's decoupled weight decay on the matrices.")] = None,
+    sampling: Annotated[Optional[str], typer.Option(help="How a step's windows are drawn: random (anywhere, as nanoGPT) or epochs (each pass reads every window of the text once, in a random order).")] = None,
+    ema: Annotated[Optional[float], typer.Option(help="Evaluate and keep an average of the weights, updated each step with this decay (0.95 averages about the last 20 steps); 0 = off.")] = None,
     activation_checkpointing: Annotated[Optional[bool], typer.Option("--activation-checkpointing", help="Recompute each block's activations in backward: about a third more compute, memory for long blocks.")] = None,
     eval_interval: Annotated[Optional[int], typer.Option(help="Evaluate every N steps.")] = None,
     eval_iters: Annotated[Optional[int], typer.Option(help="Batches per evaluation.")] = None,
@@ -188,7 +190,7 @@ def train(
         steps = CLOCK_STEPS  # the clock decides
     training = dict(batch_size=batch_size, accum=accum, lr=lr, optimizer=optimizer, muon_lr=muon_lr,
                     steps=steps, time_budget_s=budget,
-                    warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay,
+                    warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, sampling=sampling, ema=ema,
                     activation_checkpointing=activation_checkpointing,
                     eval_interval=eval_interval, eval_iters=eval_iters, patience=patience,
                     log_interval=log_interval, sample_tokens=sample_tokens, seed=seed)

@@ -147,6 +147,30 @@ class TokenData:
         return starts, skips
 
     def random_starts(self, split: str, shape: tuple[int, ...], block_size: int, generator):
+        """Starts of windows drawn anywhere in the split, with replacement (nanoGPT's get_batch): over one
+        pass's worth of windows about 1 - 1/e = 63% of the tokens are read, some twice."""
         import torch
 
         return torch.randint(len(self.splits[split]) - block_size - 1, shape, generator=generator)
+
+    def epoch_starts(self, split: str, first: int, count: int, block_size: int, seed: int):
+        """Starts (count,) of windows first .. first + count - 1 of a sequence of epochs over the split: each
+        epoch is the back-to-back windows o, o + T, o + 2T, ... in a random order, so that it reads every token
+        of the split once but those of the slack (fewer than T, at the ends, where the offset o puts them).
+        The order and o come from (seed, epoch) alone: window i of the sequence is the same in a resumed run."""
+        import torch
+
+        targets = len(self.splits[split]) - 1
+        per_epoch = targets // block_size
+        slack = targets - per_epoch * block_size
+        epochs: dict[int, tuple[torch.Tensor, int]] = {}
+        starts = []
+        for i in range(first, first + count):
+            epoch, k = divmod(i, per_epoch)
+            if epoch not in epochs:
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+                offset = int(torch.randint(slack + 1, (), generator=gen))
+                epochs[epoch] = (torch.randperm(per_epoch, generator=gen), offset)
+            order, offset = epochs[epoch]
+            starts.append(offset + int(order[k]) * block_size)
+        return torch.tensor(starts, dtype=torch.long)

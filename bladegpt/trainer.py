@@ -16,6 +16,7 @@ from bladegpt.checkpoint import load_checkpoint, load_train_state, restore_adapt
 from bladegpt.config import ConfigError, ModelConfig, TrainConfig, plural
 from bladegpt.data import TokenData
 from bladegpt.distributed import Distributed
+from bladegpt.ema import WeightAverage
 from bladegpt.engine import generate, prompt_ids
 from bladegpt.errors import UserError
 from bladegpt.model import GPT, flops_per_token
@@ -91,6 +92,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.model.activation_checkpointing = train_cfg.activation_checkpointing
         self.optimizers = make_optimizers(self.model, train_cfg, self.device, runtime.precision)
+        self.average = WeightAverage(self.model, train_cfg.ema) if train_cfg.ema else None
         self.batch_gen = torch.Generator().manual_seed(train_cfg.seed)
         torch.manual_seed(train_cfg.seed + ddp.rank)  # dropout differs across ranks
         self.step = 0
@@ -144,6 +146,8 @@ class Trainer:
         tensors = {"rng.cpu": torch.get_rng_state(), "rng.batches": self.batch_gen.get_state()}
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.average is not None:
+            tensors.update(self.average.state())
         info = {"step": self.step, "elapsed": self.elapsed, "last_loss": self.last_loss, **self.early.state(),
                 "runtime": self.runtime_record()}
         with self.saving():
@@ -183,6 +187,9 @@ class Trainer:
         if self.device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.batch_gen.set_state(tensors["rng.batches"])
+        if self.average is not None and not self.average.load(tensors):
+            self.reporter.message("This run's state holds no average of its weights (it trained without --ema): "
+                                  "the average starts from its weights now.")
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.last_loss = state["last_loss"]
         self.early.load(state)
@@ -236,7 +243,11 @@ class Trainer:
         set_lr(self.optimizers, cfg, lr)
         # Every rank draws the whole global batch and keeps its share, so the data seen does
         # not depend on the number of processes, and one generator state resumes any of them.
-        starts = self.data.random_starts("train", (cfg.accum, cfg.micro_batch), T, self.batch_gen)
+        if cfg.sampling == "epochs":
+            first = self.step * cfg.batch_size
+            starts = self.data.epoch_starts("train", first, cfg.batch_size, T, cfg.seed).view(cfg.accum, cfg.micro_batch)
+        else:
+            starts = self.data.random_starts("train", (cfg.accum, cfg.micro_batch), T, self.batch_gen)
         mine = starts[self.ddp.rank * self.local_accum : (self.ddp.rank + 1) * self.local_accum]
         total = torch.zeros((), device=self.device)
         for micro, ix in enumerate(mine):
@@ -254,6 +265,8 @@ class Trainer:
         for optimizer in self.optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update()
         self.step += 1
         self.lr = lr
         return total
@@ -474,12 +487,24 @@ class Trainer:
             self.stop_requested = self.ddp.mean(float(self.stop_requested)) > 0
         return self.stop_requested
 
+    @contextmanager
+    def evaluated_weights(self):
+        """The weights evaluated, sampled and kept as best: the average under --ema, else the trained ones."""
+        if self.average is None:
+            yield
+        else:
+            with self.average.applied():
+                yield
+
     def eval_and_save(self) -> dict:
         t0 = time.perf_counter()
-        val_loss, val_bpb = self.evaluate()
-        self.check_finite(val_loss)
-        sample = self.sample()
-        improved = self.early.observe(val_loss, self.step)
+        with self.evaluated_weights():
+            val_loss, val_bpb = self.evaluate()
+            self.check_finite(val_loss)
+            sample = self.sample()
+            improved = self.early.observe(val_loss, self.step)
+            if improved:
+                self.save_best(val_loss)
         took = time.perf_counter() - t0
         self.eval_s = took if self.eval_s is None else min(self.eval_s, took)
         self.elapsed += took  # evaluation is part of the run's wall time
@@ -488,7 +513,5 @@ class Trainer:
         self.metrics.write(record)
         self.metrics.sample(self.step, sample)
         self.save()
-        if improved:
-            self.save_best(val_loss)
         self.reporter.eval(record, sample)
         return record

@@ -92,3 +92,27 @@ def test_covering_windows_make_each_val_token_a_target_once(workdir, n_val, bloc
     starts, skips = data.covering_windows("val", block)
     scored = [s + 1 + j for s, k in zip(starts.tolist(), skips.tolist()) for j in range(k, block)]
     assert sorted(scored) == scored == list(range(1, n_val))
+
+
+@pytest.mark.parametrize("n_train, block", [(41, 8), (40, 8), (16721, 1024)])
+def test_an_epoch_reads_every_window_once_in_a_resumable_order(workdir, n_train, block):
+    """Each epoch is the back-to-back windows at one offset, each once, in a random order; all but fewer
+    than `block` targets are read; the order is a function of (seed, window index) alone."""
+    import torch
+
+    data = TokenData.__new__(TokenData)
+    data.splits = {"train": torch.arange(n_train)}
+    per_epoch = (n_train - 1) // block
+    offsets, shuffled = set(), False
+    for epoch in range(4):
+        starts = data.epoch_starts("train", epoch * per_epoch, per_epoch, block, seed=7).tolist()
+        offset = min(starts)
+        offsets.add(offset)
+        assert sorted(starts) == [offset + k * block for k in range(per_epoch)]
+        shuffled |= starts != sorted(starts)
+        assert max(starts) + block <= n_train - 1  # every window has its targets
+        assert n_train - 1 - per_epoch * block < block
+    assert shuffled
+    whole = data.epoch_starts("train", 0, 5 * per_epoch + 14, block, seed=7)
+    assert torch.equal(data.epoch_starts("train", 5, 9, block, seed=7), whole[5:14])  # a resume draws the same
+    assert not torch.equal(data.epoch_starts("train", 0, per_epoch, block, seed=8), whole[:per_epoch])

@@ -138,8 +138,9 @@ def test_the_recipes_choices_are_printed_and_each_flag_overrides_its_own():
     assert (cfg.lr, cfg.min_lr_ratio, cfg.weight_decay) == (FINETUNE["lr"], FINETUNE["min_lr_ratio"], FINETUNE["weight_decay"])
     said = " ".join(notes)
     assert f"--steps {cfg.steps}" in said and "--lr" in said and f"every {cfg.eval_interval} steps" in said
+    assert cfg.sampling == "epochs" and "--sampling epochs" in said
     flags = dict(steps=7, lr=1e-5, min_lr_ratio=0.5, weight_decay=0.3, batch_size=2, eval_interval=3, patience=1,
-                 warmup_steps=0)
+                 warmup_steps=0, sampling="random")
     cfg, notes = finetune_config(flags, 576, train_tokens=16_700, val_tokens=1_900, block_size=256)
     assert {k: getattr(cfg, k) for k in flags} == flags
     assert notes == []  # nothing left to choose

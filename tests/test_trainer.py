@@ -325,3 +325,36 @@ def test_mfu_never_passes_100_percent_when_the_cached_peak_read_low(corpus, work
     result = train(None, None, TINY_MODEL, {**TINY_TRAIN, "steps": 12}, compile="off")
     mfus = [r["mfu"] for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines()) if "mfu" in r]
     assert mfus and all(0 < m <= 1 for m in mfus), mfus
+
+
+def test_an_averaged_run_keeps_the_average_as_best_and_resumes_exactly(corpus):
+    prepare([corpus], tokenizer="char")
+    settings, schedule = dict(dropout=0.1), {**TINY_TRAIN, "ema": 0.8, "patience": 0}
+    whole = train(None, "nano", {**TINY_MODEL, **settings}, schedule, compile="off")
+    plain = train(None, "nano", {**TINY_MODEL, **settings}, {**schedule, "ema": 0.0}, compile="off")
+    # the same training, evaluated on other weights
+    assert [r["loss"] for r in whole.history] == [r["loss"] for r in plain.history]
+    assert [r.get("val_loss") for r in whole.history] != [r.get("val_loss") for r in plain.history]
+    best, _, info = load_checkpoint(whole.run_dir / "best.safetensors")
+    last, _, _ = load_checkpoint(whole.run_dir / "last.safetensors")
+    assert info["val_loss"] == pytest.approx(whole.best_val_loss)
+    assert not torch.equal(best.lm_head.weight, last.lm_head.weight)  # best holds the average, last the weights
+    cut = train(None, "nano", {**TINY_MODEL, **settings}, schedule, compile="off", reporter=CtrlCAt(15))
+    resumed = train(resume=True, run=cut.run_dir, compile="off")
+    assert_resume_follows(whole, resumed, 15)
+
+
+def test_epochs_sampling_trains_and_resumes_exactly(corpus):
+    prepare([corpus], tokenizer="char")
+    settings, schedule = dict(dropout=0.1), {**TINY_TRAIN, "sampling": "epochs"}
+    whole = train(None, "nano", {**TINY_MODEL, **settings}, schedule, compile="off")
+    losses = [r["loss"] for r in whole.history if "val_loss" not in r]
+    assert losses[-1] < losses[0]
+    cut = train(None, "nano", {**TINY_MODEL, **settings}, schedule, compile="off", reporter=CtrlCAt(15))
+    resumed = train(resume=True, run=cut.run_dir, compile="off")
+    assert_resume_follows(whole, resumed, 15)
+
+
+def test_an_unknown_sampling_is_one_line():
+    with pytest.raises(ConfigError, match="Unknown --sampling 'shuffle'; use one of: random, epochs"):
+        TrainConfig(sampling="shuffle")
