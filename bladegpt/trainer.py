@@ -502,9 +502,7 @@ class Trainer:
             val_loss, val_bpb = self.evaluate()
             self.check_finite(val_loss)
             sample = self.sample()
-            improved = self.early.observe(val_loss, self.step)
-            if improved:
-                self.save_best(val_loss)
+        improved = self.early.observe(val_loss, self.step)
         took = time.perf_counter() - t0
         self.eval_s = took if self.eval_s is None else min(self.eval_s, took)
         self.elapsed += took  # evaluation is part of the run's wall time
@@ -512,6 +510,9 @@ class Trainer:
                              self.copy_check(sample))
         self.metrics.write(record)
         self.metrics.sample(self.step, sample)
-        self.save()
+        self.save()  # state and last first, best after: the order a crash at any write resumes from
+        if improved:
+            with self.evaluated_weights():
+                self.save_best(val_loss)
         self.reporter.eval(record, sample)
         return record
