@@ -144,15 +144,16 @@ def test_early_stopping_keeps_the_best_and_a_resume_can_go_on(corpus, monkeypatc
 
 
 def test_default_run_is_sized_to_the_text():
-    from bladegpt.config import SCRATCH_PASSES, sized_to_text
+    from bladegpt.config import SCRATCH_PASSES, SCRATCH_WEIGHT_DECAY, sized_to_text
 
     train_cfg, notes = sized_to_text({}, 30_000, 3_000, 4096, {"steps": 250, "warmup_steps": 25, "batch_size": 32})
     assert train_cfg["steps"] == -(-SCRATCH_PASSES * 30_000 // 4096) and train_cfg["eval_iters"] == 2
     assert train_cfg["eval_interval"] * 10 <= train_cfg["steps"] and any("passes" in n for n in notes)
     assert train_cfg["optimizer"] == "muon" and any("--optimizer muon" in n for n in notes)
-    flags, _ = sized_to_text({"steps": 77, "eval_iters": 9, "lr": None, "optimizer": "adamw"}, 30_000, 3_000, 4096,
-                             {"steps": 250})
-    assert (flags["steps"], flags["eval_iters"], flags["optimizer"]) == (77, 9, "adamw")  # every flag wins over its choice
+    assert train_cfg["weight_decay"] == SCRATCH_WEIGHT_DECAY and any("--weight-decay" in n for n in notes)
+    flags, _ = sized_to_text({"steps": 77, "eval_iters": 9, "lr": None, "optimizer": "adamw", "weight_decay": 0.05},
+                             30_000, 3_000, 4096, {"steps": 250})
+    assert (flags["steps"], flags["eval_iters"], flags["optimizer"], flags["weight_decay"]) == (77, 9, "adamw", 0.05)
     big, _ = sized_to_text({}, 8_000_000, 800_000, 4096, {"steps": 250})
     assert big["eval_iters"] == 20  # a big val split is sampled, not read whole
     assert big["steps"] == -(-SCRATCH_PASSES * 8_000_000 // 4096)
