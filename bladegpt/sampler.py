@@ -102,8 +102,10 @@ def decode_precision(model: GPT, device: torch.device, requested: str = "auto", 
     choice = check_decode_precision(device, requested, cast)
     candidates = ["fp32"] + (["bf16"] if bf16_supported(device) else []) + \
                  (["int8"] if cast and int8_available(device) else [])
-    if requested != "auto" or len(candidates) == 1:
+    if requested != "auto":
         return choice
+    if len(candidates) == 1:
+        return candidates[0]
     cfg = model.config
     key = (f"decode-precision-v2|{'cast' if cast else 'autocast'}|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
            f"|{torch.get_num_threads()}|{torch.__version__}|{cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}"
