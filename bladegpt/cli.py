@@ -152,7 +152,7 @@ def train(
     time: Annotated[Optional[str], typer.Option("--time", help="Train for a time instead, e.g. 10m.")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warmup steps.")] = None,
     min_lr_ratio: Annotated[Optional[float], typer.Option(help="The cosine schedule ends at lr times this (1: a constant lr).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW's decoupled weight decay on the matrices.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Decoupled weight decay on the matrices (AdamW's, and Muon's where it trains them) \\[default: 0.3 from scratch, 0 for a fine-tune, 0.1 with a --preset].")] = None,
     sampling: Annotated[Optional[str], typer.Option(help="How a step's windows are drawn: random (anywhere, with replacement, as nanoGPT) or epochs (each pass reads every window of the text once, in a random order) \\[default: epochs for a fine-tune, random from scratch].")] = None,
     ema: Annotated[Optional[float], typer.Option(help="Evaluate and keep an average of the weights, updated each step with this decay (0.95 averages about the last 20 steps); 0 = off.")] = None,
     activation_checkpointing: Annotated[Optional[bool], typer.Option("--activation-checkpointing", help="Recompute each block's activations in backward: about a third more compute, memory for long blocks.")] = None,

@@ -411,6 +411,11 @@ def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, to
         sized["warmup_steps"] = min(preset_train.get("warmup_steps", 100), max(10, int(steps * SCRATCH_WARMUP_SHARE)))
         notes.append(f"--steps {steps:,}: about {SCRATCH_PASSES} passes over the {train_tokens:,} training tokens "
                      "(early stopping ends it at its best)")
+    elif "warmup_steps" not in chosen and not by_the_clock(chosen):  # --steps N: warm up over its share of N
+        warmup = min(preset_train.get("warmup_steps", 100), max(1, int(chosen["steps"] * SCRATCH_WARMUP_SHARE)))
+        if warmup < preset_train.get("warmup_steps", 100):
+            sized["warmup_steps"] = warmup
+            notes.append(f"warmup {plural(warmup, 'step')}: a twentieth of --steps {chosen['steps']:,}")
     if "optimizer" not in chosen:
         sized["optimizer"] = SCRATCH_OPTIMIZER
         notes.append(f"--optimizer {SCRATCH_OPTIMIZER}: Muon for the blocks' matrices learnt the texts measured "

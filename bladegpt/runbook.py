@@ -103,7 +103,9 @@ def describe_resume(before: TrainConfig, after: TrainConfig, step: int, elapsed:
     last = lr_at(step - 1, before, schedule_progress(before, step - 1, elapsed)) if step else before.lr
     planned = lr_at(step, before, schedule_progress(before, step, elapsed))
     following = lr_at(step, after, schedule_progress(after, step, elapsed))
-    if math.isclose(planned, following, rel_tol=1e-9):
+    # another length plans the whole cosine again, even where the next step's lr happens to be the same
+    # (a run extended while still warming up)
+    if before.steps == after.steps and math.isclose(planned, following, rel_tol=1e-9):
         effect = "the learning-rate schedule is unchanged"
     else:
         effect = (f"the learning-rate schedule is planned again over the new settings, so the lr goes from "

@@ -409,6 +409,10 @@ class Trainer:
                 "world": self.ddp.world,
             }
         )
+        if self.average is not None:
+            self.reporter.message(f"Evaluating an average of the weights (--ema {cfg.ema:g}, about the last "
+                                  f"{plural(round(1 / (1 - cfg.ema)), 'step')}): val loss, samples and best.safetensors "
+                                  "are the average's; the train loss is the weights'.")
         usable_compile, why_not = compile_available(self.device)
         if self.compile_mode == "on" and not usable_compile:
             raise ConfigError(f"--compile on cannot work here: {why_not}; use --compile off.")

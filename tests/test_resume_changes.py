@@ -107,3 +107,18 @@ def test_a_resume_cannot_change_its_seed(corpus, workdir):
                   "16", "--batch-size", "4", "--eval-iters", "2", "--sample-tokens", "0", "--compile", "off",
                   "--steps", "10").exit_code == 0
     assert_one_line_error(invoke("train", "--resume", "--steps", "20", "--seed", "7"), "own random streams", "--seed")
+    # nor what its evaluations measure, nor the order of its windows
+    assert_one_line_error(invoke("train", "--resume", "--steps", "20", "--ema", "0.9"), "keeps", "--ema 0.0")
+    assert_one_line_error(invoke("train", "--resume", "--steps", "20", "--sampling", "epochs"), "keeps",
+                          "--sampling random")
+
+
+def test_a_run_extended_while_warming_up_is_told_its_schedule_is_planned_again():
+    """The next step's lr is the same (still warming up), but the cosine now ends 10 steps later."""
+    from bladegpt.config import TrainConfig
+    from bladegpt.runbook import describe_resume
+
+    line = describe_resume(TrainConfig(steps=20, warmup_steps=25), TrainConfig(steps=30, warmup_steps=25), 20, 5.0)
+    assert "--steps 30 (was 20)" in line and "planned again" in line
+    same = describe_resume(TrainConfig(steps=20, eval_interval=5), TrainConfig(steps=20, eval_interval=2), 10, 5.0)
+    assert "unchanged" in same

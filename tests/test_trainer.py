@@ -154,6 +154,9 @@ def test_default_run_is_sized_to_the_text():
     flags, _ = sized_to_text({"steps": 77, "eval_iters": 9, "lr": None, "optimizer": "adamw", "weight_decay": 0.05},
                              30_000, 3_000, 4096, {"steps": 250})
     assert (flags["steps"], flags["eval_iters"], flags["optimizer"], flags["weight_decay"]) == (77, 9, "adamw", 0.05)
+    assert flags["warmup_steps"] == 3  # --steps 77: warm up over a twentieth of them, not the preset's 25
+    short, said = sized_to_text({"steps": 20}, 30_000, 3_000, 4096, {"steps": 250, "warmup_steps": 25})
+    assert short["warmup_steps"] == 1 and any("a twentieth of --steps 20" in n for n in said)
     big, _ = sized_to_text({}, 8_000_000, 800_000, 4096, {"steps": 250})
     assert big["eval_iters"] == 20  # a big val split is sampled, not read whole
     assert big["steps"] == -(-SCRATCH_PASSES * 8_000_000 // 4096)
@@ -331,7 +334,9 @@ def test_mfu_never_passes_100_percent_when_the_cached_peak_read_low(corpus, work
 def test_an_averaged_run_keeps_the_average_as_best_and_resumes_exactly(corpus):
     prepare([corpus], tokenizer="char")
     settings, schedule = dict(dropout=0.1), {**TINY_TRAIN, "ema": 0.8, "patience": 0}
-    whole = train(None, "nano", {**TINY_MODEL, **settings}, schedule, compile="off")
+    said = Said()
+    whole = train(None, "nano", {**TINY_MODEL, **settings}, schedule, compile="off", reporter=said)
+    assert any("an average of the weights (--ema 0.8, about the last 5 steps)" in line for line in said.lines)
     plain = train(None, "nano", {**TINY_MODEL, **settings}, {**schedule, "ema": 0.0}, compile="off")
     # the same training, evaluated on other weights
     assert [r["loss"] for r in whole.history] == [r["loss"] for r in plain.history]
