@@ -154,7 +154,8 @@ def train(
             if not resume and plan.origin is not None:
                 reporter.message(f"Starting from {plan.origin}.")
             if plan.notes:
-                reporter.message("Sized to the text: " + "; ".join(plan.notes) + ". Each flag overrides its choice.")
+                reporter.message("Sized to the text (each flag overrides its choice):\n" +
+                                 "\n".join(f"  {note}" for note in plan.notes))
             if ddp.main and tracker is not None:
                 settings = {**runs.read_run(run_dir), "runtime": trainer.runtime_record()}
                 tracking = trainer.metrics.tracker = open_tracker(tracker, run_dir, settings, trainer.step,
