@@ -400,7 +400,7 @@ def runs_table(
     elif not found:
         console.print(f"No runs in {', '.join(f'{p}/' for p in paths or [RUNS_DIR])} yet; start one with `bladegpt train`.")
     else:
-        console.print(table(found))
+        console.print(table(found, console.width))
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 
 def bench_table(result: dict) -> Table:
@@ -70,7 +71,13 @@ def _copied(row: dict) -> str:
     return percent(row["copied"]) + (f" {row['longest_copy']:,}ch" if row.get("longest_copy") else "")
 
 
-def runs_table(rows: list[dict]) -> Table:
+# Left out, in this order, where the terminal is too narrow for every column to be read whole.
+RUNS_SPARE_COLUMNS = ("start", "curve", "val loss", "data")
+
+
+def runs_table(rows: list[dict], width: int = 200) -> Table:
+    """The runs, a row each; columns from RUNS_SPARE_COLUMNS are left out until the rest fit in `width`
+    characters (at 80 columns every column was cut to two letters)."""
     from bladegpt.runs import sparkline
 
     table = Table(title="Runs", caption="bpb: bits per byte of the validation text (lower is better), "
@@ -78,18 +85,34 @@ def runs_table(rows: list[dict]) -> Table:
                                         "the share of the last eval sample's 50-character spans found verbatim "
                                         "in the training text, and its longest copy in characters")
     names = [Path(r["run"]).name for r in rows]
-    table.add_column("run", no_wrap=True, min_width=max(map(len, names)))  # the one column never cut short
-    for col in ("data", "start", "steps", "val loss", "bpb", "best at", "wall", "state", "curve", "copied"):
-        table.add_column(col, justify="right" if col in ("steps", "val loss", "bpb", "best at", "wall", "copied") else "left")
     colors = {"running": "cyan", "finished": "green", "stopped early": "green", "interrupted": "yellow"}
+    cells = []
     for name, r in zip(names, rows):
         planned = f"/{r['steps']:,}" if r["steps"] else (f" of {r['time_budget_s']:.0f}s" if r["time_budget_s"] else "")
         best = r["best_val_loss"] is not None
-        table.add_row(
-            name, r["dataset"], r["start"], f"{r['step']:,}{planned}",
-            f"{r['best_val_loss']:.3f}" if best else "-", f"{r['best_val_bpb']:.3f}" if r["best_val_bpb"] is not None else "-",
-            f"{r['best_step']:,}" if best else "-",
-            f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
-            f"[{colors.get(r['state'], 'red')}]{r['state']}[/]", sparkline(r["val_bpb"]), _copied(r),
-        )
+        cells.append({
+            "run": name, "data": r["dataset"], "start": r["start"], "steps": f"{r['step']:,}{planned}",
+            "val loss": f"{r['best_val_loss']:.3f}" if best else "-",
+            "bpb": f"{r['best_val_bpb']:.3f}" if r["best_val_bpb"] is not None else "-",
+            "best at": f"{r['best_step']:,}" if best else "-",
+            "wall": f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
+            "state": f"[{colors.get(r['state'], 'red')}]{r['state']}[/]", "curve": sparkline(r["val_bpb"]),
+            "copied": _copied(r),
+        })
+    columns = ["run", "data", "start", "steps", "val loss", "bpb", "best at", "wall", "state", "curve", "copied"]
+
+    def needed(cols):  # each column's widest cell as shown, plus its borders and padding
+        return sum(max(len(c), *(Text.from_markup(row[c]).cell_len for row in cells)) + 3 for c in cols) + 1
+
+    for spare in RUNS_SPARE_COLUMNS:
+        if not cells or needed(columns) <= width:
+            break
+        columns.remove(spare)
+    for col in columns:
+        if col == "run":
+            table.add_column(col, no_wrap=True, min_width=max(map(len, names)))  # the one column never cut short
+        else:
+            table.add_column(col, justify="right" if col in ("steps", "val loss", "bpb", "best at", "wall", "copied") else "left")
+    for row in cells:
+        table.add_row(*(row[c] for c in columns))
     return table

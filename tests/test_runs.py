@@ -47,3 +47,23 @@ def test_runs_lists_each_runs_start_progress_best_and_state(corpus, workdir, mon
 def test_sparkline():
     assert sparkline([3.0, 2.0, 1.0]) == "█▅▁"  # 8 levels: the middle rounds up
     assert len(sparkline(list(range(40)))) == 10 and sparkline([]) == ""
+
+
+def test_the_runs_table_leaves_out_spare_columns_where_the_terminal_is_narrow():
+    """At 80 columns every one of eleven columns was cut to two letters; now the spare ones go first."""
+    from rich.console import Console
+
+    from bladegpt.report import RUNS_SPARE_COLUMNS, runs_table
+
+    row = dict(run="runs/officer_k-12", dataset="officer_k-SmolLM2-135M", start="SmolLM2-135M-Instruct.Q4_1.gguf",
+               steps=16, step=16, time_budget_s=None, best_val_loss=2.7672, best_val_bpb=1.0839, best_step=16,
+               elapsed_s=110.0, state="finished", val_bpb=[1.15, 1.12, 1.10, 1.08], copied=0.0, longest_copy=0)
+    wide, narrow = runs_table([row], 200), runs_table([row], 80)
+    assert [c.header for c in wide.columns][:3] == ["run", "data", "start"] and len(wide.columns) == 11
+    kept = [c.header for c in narrow.columns]
+    assert {"run", "steps", "bpb", "best at", "state", "copied"} <= set(kept)
+    assert set(kept) | set(RUNS_SPARE_COLUMNS) == {c.header for c in wide.columns}
+    console = Console(width=80, record=True)
+    console.print(narrow)
+    shown = console.export_text()
+    assert "officer_k-12" in shown and "1.084" in shown and "finished" in shown and "…" not in shown
