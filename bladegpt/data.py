@@ -163,14 +163,14 @@ class TokenData:
         targets = len(self.splits[split]) - 1
         per_epoch = targets // block_size
         slack = targets - per_epoch * block_size
-        epochs: dict[int, tuple[torch.Tensor, int]] = {}
         starts = []
         for i in range(first, first + count):
             epoch, k = divmod(i, per_epoch)
-            if epoch not in epochs:
+            key = (split, block_size, seed, epoch)
+            if getattr(self, "_epoch", (None,))[0] != key:  # drawn once an epoch, not once a step
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
                 offset = int(torch.randint(slack + 1, (), generator=gen))
-                epochs[epoch] = (torch.randperm(per_epoch, generator=gen), offset)
-            order, offset = epochs[epoch]
+                self._epoch = (key, torch.randperm(per_epoch, generator=gen), offset)
+            _, order, offset = self._epoch
             starts.append(offset + int(order[k]) * block_size)
         return torch.tensor(starts, dtype=torch.long)

@@ -187,9 +187,9 @@ class Trainer:
         if self.device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.batch_gen.set_state(tensors["rng.batches"])
-        if self.average is not None and not self.average.load(tensors):
-            self.reporter.message("This run's state holds no average of its weights (it trained without --ema): "
-                                  "the average starts from its weights now.")
+        if self.average is not None and not self.average.load(tensors):  # a resume keeps --ema, so it was saved
+            raise ConfigError(f"{self.run_dir / runs.STATE} holds no average of the weights that --ema "
+                              f"{self.cfg.ema:g} needs; the state is damaged: start a new run.")
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.last_loss = state["last_loss"]
         self.early.load(state)

@@ -65,11 +65,16 @@ def planned(data: Path, block: str, steps: str | None) -> list[str]:
             "--eval-interval", str(plan.train_cfg.eval_interval), "--eval-iters", str(plan.train_cfg.eval_iters)]
 
 
+def run_dir(job: str, work: Path) -> Path:
+    """Where a job's run goes: its name with ':' as '-', and its flags' ',' and '=' left out."""
+    return work / "runs" / job.replace(":", "-").replace(",", "").replace("=", "")
+
+
 def measure(job: str, work: Path, threads: int | None) -> dict:
     name, block, seed, *rest = job.split(":")
     steps, extra = (rest + ["", ""])[:2]
     path, data = text_path(name), work / name
-    run = work / "runs" / job.replace(":", "-").replace(",", "").replace("=", "")
+    run = run_dir(job, work)
     flags = ["--block", block, "--seed", seed, "--run", str(run), "--compile", "off",
              *planned(data, block, steps or None), *[f for f in extra.split(",") if f]]
     start = time.perf_counter()
@@ -81,7 +86,7 @@ def record(job: str, work: Path, wall: float, threads: int | None) -> dict:
     """The row of a finished run: its best val bpb, steps, wall, and the verbatim share of its samples."""
     name, block, seed, *_ = job.split(":")
     path, data = text_path(name), work / name
-    run = work / "runs" / job.replace(":", "-").replace(",", "").replace("=", "")
+    run = run_dir(job, work)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_bpb" in r]
     best = min(evals, key=lambda r: r["val_loss"])
@@ -140,7 +145,7 @@ def main() -> None:
     if args[:1] == ["--collect"]:  # rows for runs of WORK/runs that finished without their invocation
         work, out = Path(args[1]), Path("results/blocks.jsonl")
         for job in args[2:]:
-            metrics = (work / "runs" / job.replace(":", "-").replace(",", "").replace("=", "") / "metrics.jsonl").read_text().splitlines()
+            metrics = (run_dir(job, work) / "metrics.jsonl").read_text().splitlines()
             row = record(job, work, json.loads(metrics[-1])["elapsed"], 1)
             with out.open("a") as f:
                 f.write(json.dumps({**row, "wall_is": "training loop only (collected)"}) + "\n")
