@@ -36,6 +36,11 @@ DecodePrecisionOpt = Annotated[str, typer.Option(help="auto (the fastest here fo
 DecodeCompileOpt = Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")]
 
 
+# Options that take one word of a fixed list (or, as --block and --device, words of one): read in any case.
+CHOICES = {"tokenizer", "preset", "block", "optimizer", "sampling", "device", "precision", "attention", "compile",
+           "tracker", "lora_base_dtype", "frame", "format", "dtype"}
+
+
 def friendly(command):
     """Turn a UserError, or a file the system refused (permissions, a full disk), into one red line
     and exit code 1; Ctrl-C before work began into one line and 130. Anything else is a bug and
@@ -43,6 +48,8 @@ def friendly(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        kwargs = {name: value.lower() if name in CHOICES and isinstance(value, str) else value
+                  for name, value in kwargs.items()}
         try:
             return command(*args, **kwargs)
         except UserError as e:

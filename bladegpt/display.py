@@ -5,10 +5,16 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bladegpt.copymeter import describe
 from bladegpt.trainer import Reporter
+
+
+def _clock(seconds: float) -> str:
+    """m:ss (h:mm:ss past an hour), as the bar's time column writes it."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
 def _si(x: float) -> str:
@@ -21,7 +27,7 @@ class TrainDisplay(Reporter):
         self.progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[count]}"),
             TextColumn("{task.fields[stats]}"),
             TimeRemainingColumn(),
             console=self.console,
@@ -29,6 +35,13 @@ class TrainDisplay(Reporter):
         self.task = None
         self.stats = {"loss": "-", "val": "-", "lr": "-", "speed": "-", "mfu": "-"}
         self.by_time = False
+        self.total = 0
+
+    def _count(self, step: int, elapsed: float) -> str:
+        """Steps done of the planned steps; under --time, the step and the clock against the budget."""
+        if self.by_time:
+            return f"step {step:,}  {_clock(elapsed)}/{_clock(self.total)}"
+        return f"{step:,}/{self.total:,}"
 
     def _fields(self) -> str:
         s = self.stats
@@ -46,10 +59,10 @@ class TrainDisplay(Reporter):
                     f"~{passes:.1f} times" + ("; a small model starts to memorise somewhere past 20-50 passes: "
                                               "best.safetensors keeps the step with the lowest val loss, and early "
                                               "stopping ends the run past it" if passes > 20 else ""))
-        total = info["time_budget_s"] if self.by_time else info["steps"]
+        self.total = info["time_budget_s"] if self.by_time else info["steps"]
         self.progress.start()
-        self.task = self.progress.add_task("train", total=total, completed=0 if self.by_time else info["step"],
-                                           stats=self._fields())
+        self.task = self.progress.add_task("train", total=self.total, completed=0 if self.by_time else info["step"],
+                                           count=self._count(info["step"], 0.0), stats=self._fields())
 
     def message(self, text: str) -> None:
         self.console.print(f"[yellow]{escape(text)}[/]")
@@ -58,12 +71,13 @@ class TrainDisplay(Reporter):
         self.stats.update(loss=f"{r['loss']:.3f}", lr=f"{r['lr']:.2e}", speed=_si(r["tok_per_s"]),
                           mfu=f"{r['mfu']:.1%}" if r.get("mfu") is not None else "n/a")
         done = r["elapsed"] if self.by_time else r["step"]
-        self.progress.update(self.task, completed=done, stats=self._fields())
+        self.progress.update(self.task, completed=done, count=self._count(r["step"], r["elapsed"]), stats=self._fields())
 
     def eval(self, r: dict, sample: str | None) -> None:
         self.stats["val"] = f"{r['val_loss']:.3f}"
         # Evaluations move the bar too: a run shorter than --log-interval logs no step line.
-        self.progress.update(self.task, completed=r["elapsed"] if self.by_time else r["step"], stats=self._fields())
+        self.progress.update(self.task, completed=r["elapsed"] if self.by_time else r["step"],
+                             count=self._count(r["step"], r["elapsed"]), stats=self._fields())
         self.console.print(f"step {r['step']:>6}  val loss [bold cyan]{r['val_loss']:.4f}[/]  "
                            f"val bpb {r['val_bpb']:.4f}  ({r['elapsed']:.0f} s)")
         if sample:

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -53,6 +54,18 @@ def test_quick_start(corpus, workdir):
     result = invoke("sample", "The", "--precision", "fp8")
     assert result.exit_code == 1 and "Unknown precision" in result.output
 
+
+
+def test_choice_words_are_read_in_any_case(corpus, workdir):
+    assert invoke("prepare", corpus, "--tokenizer", "Char").exit_code == 0
+    loud = [{"nano": "NANO", "off": "Off"}.get(a, a) for a in TINY]
+    result = invoke("train", *loud, "--steps", "2", "--optimizer", "AdamW", "--sampling", "Epochs",
+                    "--block", "Modern", "--precision", "FP32", "--device", "CPU", "--run", "loud")
+    assert result.exit_code == 0, result.output
+    config = json.loads((workdir / "loud" / "run.json").read_text())
+    assert config["train"]["optimizer"] == "adamw" and config["train"]["sampling"] == "epochs"
+    result = invoke("sample", "The", "--checkpoint", "loud", "--precision", "FP32", "--max-new-tokens", "3")
+    assert result.exit_code == 0, result.output
 
 @pytest.mark.slow
 def test_sampling_knobs_at_their_limits_from_the_cli(corpus, workdir):

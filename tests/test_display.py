@@ -17,3 +17,15 @@ def test_a_run_shorter_than_the_log_interval_ends_with_a_full_bar(corpus):
     train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 3, "log_interval": 10}, compile="off", reporter=display)
     bars = [line for line in out.getvalue().splitlines() if line.startswith("train")]
     assert bars and "3/3" in bars[-1], out.getvalue()
+
+
+def test_a_run_by_the_clock_counts_steps_and_shows_the_clock_against_the_budget(corpus):
+    from bladegpt.config import CLOCK_STEPS
+
+    prepare([corpus], tokenizer="char")
+    out = io.StringIO()
+    display = TrainDisplay(Console(file=out, width=150, force_terminal=False))
+    result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": CLOCK_STEPS, "time_budget_s": 2.0},
+                   compile="off", reporter=display)
+    bars = [line for line in out.getvalue().splitlines() if line.startswith("train")]
+    assert bars and f"step {result.step:,}  0:0" in bars[-1] and "/0:02" in bars[-1], out.getvalue()
