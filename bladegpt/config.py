@@ -197,6 +197,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     sampling: str = "random"  # "random" windows (nanoGPT's) or "epochs": each pass reads every window once
     ema: float = 0.0  # decay of an average of the weights that is evaluated and kept as best; 0 = off
+    token_noise: float = 0.0  # share of input tokens replaced by draws from the text's unigram frequencies
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
@@ -236,6 +237,8 @@ class TrainConfig:
             raise ConfigError(f"--weight-decay must be 0 or a positive number, e.g. 0.1, got {self.weight_decay}.")
         if self.sampling not in SAMPLINGS:
             raise ConfigError(f"Unknown --sampling {self.sampling!r}; use one of: {', '.join(SAMPLINGS)}.")
+        if not 0 <= self.token_noise < 1:  # also refuses NaN
+            raise ConfigError(f"--token-noise must be a share of the input tokens in [0, 1), e.g. 0.1, got {self.token_noise}.")
         if not (self.ema == 0 or 0 < self.ema < 1):
             raise ConfigError(f"--ema must be 0 (off) or a decay between 0 and 1, e.g. 0.95, got {self.ema}.")
         if self.time_budget_s is not None and not (0 < self.time_budget_s < math.inf):

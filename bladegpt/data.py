@@ -54,6 +54,14 @@ def read_meta(folder: Path) -> dict:
     return meta
 
 
+def stream_seed(seed: int, stream: str, index: int) -> int:
+    """A 64-bit generator seed for draw `index` of the run's random stream `stream` (e.g. "token-noise"),
+    from its --seed alone: a resumed run, or another number of processes, draws the same; other streams and
+    other seeds draw independently (a hash, not seed + index, so that no two streams share seeds)."""
+    digest = hashlib.blake2b(f"{seed}:{stream}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
 def _map_tokens(path: Path, n_tokens: int, dtype):
     """The token file, memory-mapped read-only (a dataset on a read-only disk trains); its size must be
     what meta.json says, or it was damaged after prepare."""
@@ -128,6 +136,18 @@ class TokenData:
         y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix.tolist()]).long()
         return x, y
 
+    def unigram_noise(self, x, share: float, generator):
+        """x (B, T) with each token replaced, with probability `share`, by the token at a uniformly random
+        position of the train split: a draw from the text's own unigram frequencies. This is "unigram
+        noising" (Xie et al. 2017, "Data Noising as Smoothing in Neural Network Language Models", ICLR),
+        applied to the inputs only, the targets kept: the model cannot lean on any one token of its context."""
+        import torch
+
+        hit = torch.rand(x.shape, generator=generator) < share
+        data = self.splits["train"]
+        drawn = data[torch.randint(len(data), (int(hit.sum()),), generator=generator)].long()
+        return x.masked_scatter(hit, drawn)
+
     def covering_windows(self, split: str, block_size: int):
         """Windows over the whole split, each token a target exactly once (but the first): starts (W,) of
         back-to-back windows, then, where a tail shorter than a window is left, one ending at the split's
@@ -168,7 +188,7 @@ class TokenData:
             epoch, k = divmod(i, per_epoch)
             key = (split, block_size, seed, epoch)
             if getattr(self, "_epoch", (None,))[0] != key:  # drawn once an epoch, not once a step
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+                gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)  # any --seed fits 64 bits
                 offset = int(torch.randint(slack + 1, (), generator=gen))
                 self._epoch = (key, torch.randperm(per_epoch, generator=gen), offset)
             _, order, offset = self._epoch

@@ -14,7 +14,7 @@ import torch
 from bladegpt import copymeter, runs
 from bladegpt.checkpoint import load_checkpoint, load_train_state, restore_adapters, save_checkpoint, save_training
 from bladegpt.config import ConfigError, ModelConfig, TrainConfig, plural
-from bladegpt.data import TokenData
+from bladegpt.data import TokenData, stream_seed
 from bladegpt.distributed import Distributed
 from bladegpt.ema import WeightAverage
 from bladegpt.engine import generate, prompt_ids
@@ -252,6 +252,10 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for micro, ix in enumerate(mine):
             x, y = self.data.batch("train", ix, T)
+            if cfg.token_noise:  # drawn from (seed, step, micro-batch of the global batch): a resume draws the same
+                index = self.step * cfg.accum + self.ddp.rank * self.local_accum + micro
+                gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "token-noise", index))
+                x = self.data.unigram_noise(x, cfg.token_noise, gen)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.ddp.world > 1:  # all-reduce gradients only after the last micro-batch
                 self.ddp_model.require_backward_grad_sync = micro == self.local_accum - 1

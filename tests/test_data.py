@@ -116,3 +116,23 @@ def test_an_epoch_reads_every_window_once_in_a_resumable_order(workdir, n_train,
     whole = data.epoch_starts("train", 0, 5 * per_epoch + 14, block, seed=7)
     assert torch.equal(data.epoch_starts("train", 5, 9, block, seed=7), whole[5:14])  # a resume draws the same
     assert not torch.equal(data.epoch_starts("train", 0, per_epoch, block, seed=8), whole[:per_epoch])
+    big = data.epoch_starts("train", 0, per_epoch, block, seed=2**63 - 1025)  # the largest --seed fits 64 bits
+    assert sorted(big.tolist()) == [min(big.tolist()) + k * block for k in range(per_epoch)]
+
+
+def test_unigram_noise_replaces_a_share_of_tokens_by_draws_from_the_text():
+    from bladegpt.data import stream_seed
+
+    data = TokenData.__new__(TokenData)
+    data.splits = {"train": torch.tensor([7] * 300 + [9] * 100, dtype=torch.uint16)}  # 7 three times as common
+    x = torch.zeros(64, 128, dtype=torch.long)
+    noised = data.unigram_noise(x, 0.25, torch.Generator().manual_seed(stream_seed(1, "token-noise", 0)))
+    hit = noised != 0
+    assert 0.22 < hit.float().mean() < 0.28
+    assert set(noised[hit].tolist()) == {7, 9} and 2.5 < (noised == 7).sum() / (noised == 9).sum() < 3.5
+    again = data.unigram_noise(x, 0.25, torch.Generator().manual_seed(stream_seed(1, "token-noise", 0)))
+    assert torch.equal(noised, again) and torch.equal(x, torch.zeros_like(x))  # the same draw; x untouched
+    other = data.unigram_noise(x, 0.25, torch.Generator().manual_seed(stream_seed(1, "token-noise", 1)))
+    assert not torch.equal(noised, other)
+    assert len({stream_seed(s, name, i) for s in (1, 2) for name in ("a", "b") for i in range(3)}) == 12
+    assert all(0 <= stream_seed(2**63 - 1, "token-noise", i) < 2**64 for i in range(3))

@@ -18,7 +18,8 @@ from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import REPO
 from tests.test_tracker import board
 
-SETTINGS = {**TINY_TRAIN, "steps": 12, "accum": 4, "eval_interval": 6, "log_interval": 2, "batch_size": 8}
+SETTINGS = {**TINY_TRAIN, "steps": 12, "accum": 4, "eval_interval": 6, "log_interval": 2, "batch_size": 8,
+            "token_noise": 0.2}  # each rank noises its share of the batch as one process does the whole
 
 RANK_SCRIPT = f"""
 import os, sys, torch

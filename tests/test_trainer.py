@@ -364,3 +364,22 @@ def test_epochs_sampling_trains_and_resumes_exactly(corpus):
 def test_an_unknown_sampling_is_one_line():
     with pytest.raises(ConfigError, match="Unknown --sampling 'shuffle'; use one of: random, epochs"):
         TrainConfig(sampling="shuffle")
+
+
+def test_token_noise_trains_changes_only_the_inputs_and_resumes_exactly(corpus):
+    prepare([corpus], tokenizer="char")
+    settings, schedule = dict(dropout=0.1), {**TINY_TRAIN, "token_noise": 0.2}
+    whole = train(None, "nano", {**TINY_MODEL, **settings}, schedule, compile="off")
+    losses = [r["loss"] for r in whole.history if "val_loss" not in r]
+    assert losses[-1] < losses[0]
+    plain = train(None, "nano", {**TINY_MODEL, **settings}, {**schedule, "token_noise": 0.0}, compile="off")
+    assert [r["loss"] for r in whole.history] != [r["loss"] for r in plain.history]
+    cut = train(None, "nano", {**TINY_MODEL, **settings}, schedule, compile="off", reporter=CtrlCAt(15))
+    resumed = train(resume=True, run=cut.run_dir, compile="off")
+    assert_resume_follows(whole, resumed, 15)
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0, float("nan")])
+def test_a_token_noise_outside_0_to_1_is_one_line(share):
+    with pytest.raises(ConfigError, match=r"--token-noise must be a share of the input tokens in \[0, 1\)"):
+        TrainConfig(token_noise=share)
