@@ -190,7 +190,7 @@ def _new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan
         base = PRESETS[DEFAULT_PRESET].train
         batch = (train_overrides or {}).get("batch_size") or base["batch_size"]
         train, sized = sized_to_text(train_overrides, len(token_data.splits["train"]), len(token_data.splits["val"]),
-                                     batch * model_cfg.block_size, base)
+                                     batch * model_cfg.block_size, base, token_data.train_bytes)
         notes += sized
         given = {k for k, v in (train_overrides or {}).items() if v is not None}
         budget = None if given & {"steps", "time_budget_s"} else SCRATCH_BUDGET_S

@@ -144,21 +144,24 @@ def test_early_stopping_keeps_the_best_and_a_resume_can_go_on(corpus, monkeypatc
 
 
 def test_default_run_is_sized_to_the_text():
-    from bladegpt.config import SCRATCH_PASSES, SCRATCH_WEIGHT_DECAY, sized_to_text
+    from bladegpt.config import SCRATCH_PASSES, SCRATCH_TOKEN_NOISE, SCRATCH_WEIGHT_DECAY, sized_to_text
 
-    train_cfg, notes = sized_to_text({}, 30_000, 3_000, 4096, {"steps": 250, "warmup_steps": 25, "batch_size": 32})
+    train_cfg, notes = sized_to_text({}, 30_000, 3_000, 4096, {"steps": 250, "warmup_steps": 25, "batch_size": 32}, 120_000)
     assert train_cfg["steps"] == -(-SCRATCH_PASSES * 30_000 // 4096) and train_cfg["eval_iters"] == 2
     assert train_cfg["eval_interval"] * 10 <= train_cfg["steps"] and any("passes" in n for n in notes)
     assert train_cfg["optimizer"] == "muon" and any("--optimizer muon" in n for n in notes)
     assert train_cfg["weight_decay"] == SCRATCH_WEIGHT_DECAY and any("--weight-decay" in n for n in notes)
-    flags, _ = sized_to_text({"steps": 77, "eval_iters": 9, "lr": None, "optimizer": "adamw", "weight_decay": 0.05},
-                             30_000, 3_000, 4096, {"steps": 250})
-    assert (flags["steps"], flags["eval_iters"], flags["optimizer"], flags["weight_decay"]) == (77, 9, "adamw", 0.05)
+    assert train_cfg["token_noise"] == SCRATCH_TOKEN_NOISE and any("--token-noise" in n for n in notes)
+    flags, _ = sized_to_text({"steps": 77, "eval_iters": 9, "lr": None, "optimizer": "adamw", "weight_decay": 0.05,
+                              "token_noise": 0.0}, 30_000, 3_000, 4096, {"steps": 250}, 120_000)
+    assert (flags["steps"], flags["eval_iters"], flags["optimizer"], flags["weight_decay"], flags["token_noise"]) == (
+        77, 9, "adamw", 0.05, 0.0)
     assert flags["warmup_steps"] == 3  # --steps 77: warm up over a twentieth of them, not the preset's 25
-    short, said = sized_to_text({"steps": 20}, 30_000, 3_000, 4096, {"steps": 250, "warmup_steps": 25})
+    short, said = sized_to_text({"steps": 20}, 30_000, 3_000, 4096, {"steps": 250, "warmup_steps": 25}, 120_000)
     assert short["warmup_steps"] == 1 and any("a twentieth of --steps 20" in n for n in said)
-    big, _ = sized_to_text({}, 8_000_000, 800_000, 4096, {"steps": 250})
+    big, said = sized_to_text({}, 8_000_000, 800_000, 4096, {"steps": 250}, 32_000_000)
     assert big["eval_iters"] == 20  # a big val split is sampled, not read whole
+    assert "token_noise" not in big and not any("--token-noise" in n for n in said)  # read a few times, not 50
     assert big["steps"] == -(-SCRATCH_PASSES * 8_000_000 // 4096)
 
 
@@ -287,10 +290,10 @@ def test_a_time_budget_spreads_its_evaluations_over_the_steps_the_clock_allows(c
     from bladegpt.config import CLOCK_STEPS, FINETUNE_EVALS, SCRATCH_EVALS, finetune_config, sized_to_text
 
     chosen = {"steps": CLOCK_STEPS, "time_budget_s": 3.0}
-    train_cfg, notes = sized_to_text(chosen, 10_000, 1_000, 512, {})
+    train_cfg, notes = sized_to_text(chosen, 10_000, 1_000, 512, {}, 40_000)
     assert train_cfg["evals_in_budget"] == SCRATCH_EVALS and any("over the --time budget" in n for n in notes)
-    assert train_cfg["warmup_share"] and "warmup_steps" not in sized_to_text(chosen, 10_000, 1_000, 512, {})[0]
-    assert sized_to_text({**chosen, "eval_interval": 7}, 10_000, 1_000, 512, {})[0].get("evals_in_budget") is None
+    assert train_cfg["warmup_share"] and "warmup_steps" not in sized_to_text(chosen, 10_000, 1_000, 512, {}, 40_000)[0]
+    assert sized_to_text({**chosen, "eval_interval": 7}, 10_000, 1_000, 512, {}, 40_000)[0].get("evals_in_budget") is None
     assert finetune_config(chosen, 576, 10_000, 1_000, 128)[0].evals_in_budget == FINETUNE_EVALS  # a fine-tune too
     prepare([corpus], tokenizer="char")
     said = Said()
