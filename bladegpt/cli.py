@@ -149,7 +149,7 @@ def train(
     n_embd: Annotated[Optional[int], typer.Option(help="Embedding width.")] = None,
     block_size: Annotated[Optional[int], typer.Option(help="Context length in tokens.")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout rate.")] = None,
-    block: Annotated[Optional[str], typer.Option(help="gpt2 (GPT-2's block: learned positions, LayerNorm, GELU), modern, or changes joined with +: rope, rmsnorm, qk-norm, swiglu, relu2, zero-init, softcap \\[default: gpt2].")] = None,
+    block: Annotated[Optional[str], typer.Option(help="gpt2 (GPT-2's block: learned positions, LayerNorm, GELU), modern, or changes joined with +: rope, rmsnorm, qk-norm, swiglu, relu2, zero-init, softcap \\[default: modern from scratch, gpt2 with a --preset; a fine-tune keeps its model's].")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sequences per optimizer step (the batch the optimizer sees).")] = None,
     accum: Annotated[Optional[int], typer.Option(help="Split each step's batch into N micro-batches: same training, less memory.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW's).")] = None,

@@ -7,6 +7,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from bladegpt.config import plural
 from bladegpt.copymeter import describe
 from bladegpt.trainer import Reporter
 
@@ -21,17 +22,14 @@ def _si(x: float) -> str:
     return f"{x / 1e3:.1f}k" if x < 1e6 else f"{x / 1e6:.2f}M"
 
 
+BAR_WIDTH = 16
+ETA_WIDTH = 7  # TimeRemainingColumn's h:mm:ss
+
+
 class TrainDisplay(Reporter):
     def __init__(self, console: Console | None = None):
         self.console = console or Console()
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            TextColumn("{task.fields[count]}"),
-            TextColumn("{task.fields[stats]}"),
-            TimeRemainingColumn(),
-            console=self.console,
-        )
+        self.progress = Progress(console=self.console)
         self.task = None
         self.stats = {"loss": "-", "val": "-", "lr": "-", "speed": "-", "mfu": "-"}
         self.by_time = False
@@ -40,12 +38,22 @@ class TrainDisplay(Reporter):
     def _count(self, step: int, elapsed: float) -> str:
         """Steps done of the planned steps; under --time, the step and the clock against the budget."""
         if self.by_time:
-            return f"step {step:,}  {_clock(elapsed)}/{_clock(self.total)}"
+            return f"step {step:,} {_clock(elapsed)}/{_clock(self.total)}"
         return f"{step:,}/{self.total:,}"
 
-    def _fields(self) -> str:
+    def _fields(self, count: str) -> str:
+        """The stats after the bar, the last ones left out where the terminal is too narrow for them all:
+        the step count (and the ETA) are never what gets cut."""
         s = self.stats
-        return f"loss {s['loss']}  val {s['val']}  lr {s['lr']}  {s['speed']} tok/s  MFU {s['mfu']}"
+        parts = [f"loss {s['loss']}", f"val {s['val']}", f"lr {s['lr']}", f"{s['speed']} tok/s", f"MFU {s['mfu']}"]
+        room = self.console.width - len("train") - BAR_WIDTH - len(count) - (0 if self.by_time else ETA_WIDTH + 1) - 4
+        while len(parts) > 2 and len("  ".join(parts)) > room:
+            parts.pop()
+        return "  ".join(parts)
+
+    def _show(self, step: int, elapsed: float, completed: float) -> None:
+        count = self._count(step, elapsed)
+        self.progress.update(self.task, completed=completed, count=count, stats=self._fields(count))
 
     def start(self, info: dict) -> None:
         c = self.console
@@ -55,14 +63,18 @@ class TrainDisplay(Reporter):
         self.by_time = info["time_budget_s"] is not None
         if not self.by_time:
             passes = info["steps"] * info["tokens_per_step"] / max(1, info["train_tokens"])
-            c.print(f"[bold]Data[/] {info['steps']:,} steps read the {info['train_tokens']:,} training tokens "
+            c.print(f"[bold]Data[/] {plural(info['steps'], 'step')} read the {info['train_tokens']:,} training tokens "
                     f"~{passes:.1f} times" + ("; a small model starts to memorise somewhere past 20-50 passes: "
                                               "best.safetensors keeps the step with the lowest val loss, and early "
                                               "stopping ends the run past it" if passes > 20 else ""))
         self.total = info["time_budget_s"] if self.by_time else info["steps"]
+        # under --time the clock against the budget says what an ETA would
+        eta = () if self.by_time else (TimeRemainingColumn(),)
+        self.progress.columns = (TextColumn("[bold]train"), BarColumn(bar_width=BAR_WIDTH),
+                                 TextColumn("{task.fields[count]}"), *eta, TextColumn("{task.fields[stats]}"))
         self.progress.start()
-        self.task = self.progress.add_task("train", total=self.total, completed=0 if self.by_time else info["step"],
-                                           count=self._count(info["step"], 0.0), stats=self._fields())
+        self.task = self.progress.add_task("train", total=self.total, count="", stats="")
+        self._show(info["step"], 0.0, 0 if self.by_time else info["step"])
 
     def message(self, text: str) -> None:
         self.console.print(f"[yellow]{escape(text)}[/]")
@@ -70,14 +82,12 @@ class TrainDisplay(Reporter):
     def log(self, r: dict) -> None:
         self.stats.update(loss=f"{r['loss']:.3f}", lr=f"{r['lr']:.2e}", speed=_si(r["tok_per_s"]),
                           mfu=f"{r['mfu']:.1%}" if r.get("mfu") is not None else "n/a")
-        done = r["elapsed"] if self.by_time else r["step"]
-        self.progress.update(self.task, completed=done, count=self._count(r["step"], r["elapsed"]), stats=self._fields())
+        self._show(r["step"], r["elapsed"], r["elapsed"] if self.by_time else r["step"])
 
     def eval(self, r: dict, sample: str | None) -> None:
         self.stats["val"] = f"{r['val_loss']:.3f}"
         # Evaluations move the bar too: a run shorter than --log-interval logs no step line.
-        self.progress.update(self.task, completed=r["elapsed"] if self.by_time else r["step"],
-                             count=self._count(r["step"], r["elapsed"]), stats=self._fields())
+        self._show(r["step"], r["elapsed"], r["elapsed"] if self.by_time else r["step"])
         self.console.print(f"step {r['step']:>6}  val loss [bold cyan]{r['val_loss']:.4f}[/]  "
                            f"val bpb {r['val_bpb']:.4f}  ({r['elapsed']:.0f} s)")
         if sample:

@@ -305,7 +305,8 @@ def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan
     if given.get("seed", saved_train.seed) != saved_train.seed:
         raise ConfigError(f"--resume continues {run_dir}'s own random streams (seed {saved_train.seed}); drop --seed, "
                           "or start a new run with it.")
-    for name, what in (("ema", "its evaluations and best checkpoint measure"), ("sampling", "its windows follow")):
+    for name, what in (("ema", "its evaluations and best checkpoint measure"), ("sampling", "its windows follow"),
+                       ("optimizer", "its saved optimizer state belongs to")):
         if given.get(name, getattr(saved_train, name)) != getattr(saved_train, name):
             flag = f"--{name} {getattr(saved_train, name)}"
             raise ConfigError(f"--resume keeps {run_dir}'s {flag}, which {what}; drop --{name}, or start a new run "

@@ -80,10 +80,7 @@ def runs_table(rows: list[dict], width: int = 200) -> Table:
     characters (at 80 columns every column was cut to two letters)."""
     from bladegpt.runs import sparkline
 
-    table = Table(title="Runs", caption="bpb: bits per byte of the validation text (lower is better), "
-                                        "best at its step; the curve is val bpb at each evaluation; copied: "
-                                        "the share of the last eval sample's 50-character spans found verbatim "
-                                        "in the training text, and its longest copy in characters")
+    table = Table(title="Runs")
     names = [Path(r["run"]).name for r in rows]
     colors = {"running": "cyan", "finished": "green", "stopped early": "green", "interrupted": "yellow"}
     cells = []
@@ -108,6 +105,10 @@ def runs_table(rows: list[dict], width: int = 200) -> Table:
         if not cells or needed(columns) <= width:
             break
         columns.remove(spare)
+    table.caption = ("bpb: bits per byte of the validation text (lower is better), best at its step; "
+                     + ("the curve is val bpb at each evaluation; " if "curve" in columns else "")
+                     + "copied: the share of the last eval sample's 50-character spans found verbatim in the "
+                     "training text, and its longest copy in characters")
     for col in columns:
         if col == "run":
             table.add_column(col, no_wrap=True, min_width=max(map(len, names)))  # the one column never cut short

@@ -111,6 +111,9 @@ def test_a_resume_cannot_change_its_seed(corpus, workdir):
     assert_one_line_error(invoke("train", "--resume", "--steps", "20", "--ema", "0.9"), "keeps", "--ema 0.0")
     assert_one_line_error(invoke("train", "--resume", "--steps", "20", "--sampling", "epochs"), "keeps",
                           "--sampling random")
+    # nor the optimizer its state is for (it said "the state holds 1 optimizers, this run has 2")
+    assert_one_line_error(invoke("train", "--resume", "--steps", "20", "--optimizer", "muon"), "keeps",
+                          "--optimizer adamw")
 
 
 def test_a_run_extended_while_warming_up_is_told_its_schedule_is_planned_again():

@@ -67,3 +67,4 @@ def test_the_runs_table_leaves_out_spare_columns_where_the_terminal_is_narrow():
     console.print(narrow)
     shown = console.export_text()
     assert "officer_k-12" in shown and "1.084" in shown and "finished" in shown and "…" not in shown
+    assert ("the curve is" in wide.caption) and ("curve" in kept) == ("the curve is" in narrow.caption)

@@ -101,7 +101,7 @@ def test_accum_must_divide_the_batch():
 def test_resume_with_another_optimizer_is_refused(corpus):
     prepare([corpus], tokenizer="char")
     first = run(optimizer="muon")
-    with pytest.raises(ConfigError, match="holds 2 optimizers, this run has 1"):
+    with pytest.raises(ConfigError, match="--resume keeps .*--optimizer muon, which its saved optimizer state"):
         train(None, "nano", None, {"optimizer": "adamw"}, resume=True, run=first.run_dir, compile="off")
     resumed = train(None, "nano", None, {"steps": 40, "muon_lr": 0.02}, resume=True, run=first.run_dir, compile="off")
     assert resumed.step == 40  # with its own optimizers; a new --muon-lr is allowed, as a new --lr is
@@ -301,7 +301,7 @@ def test_a_time_budget_spreads_its_evaluations_over_the_steps_the_clock_allows(c
                                             "eval_interval": None, "warmup_steps": None}, compile="off", reporter=said)
     evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if "val_loss" in r]
-    assert any("evaluating every" in line for line in said.lines)
+    assert any("evaluating about 15 times as the clock allows, the first after" in line for line in said.lines)
     # warmup sized to what fits, not the preset's (a one-minute run of the mini preset was all warmup)
     assert any("warming up over" in line for line in said.lines)
     lrs = [json.loads(line)["lr"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
