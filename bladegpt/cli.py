@@ -107,12 +107,20 @@ def prepare(
     from bladegpt.frames import Frame
     from bladegpt.prepare import prepare as prepare_data
 
-    with Progress(TextColumn("[bold]encode"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
-        task = progress.add_task("encode", total=None)
-        result = prepare_data(inputs, out, tokenizer, vocab_size, val_fraction,
-                              progress=lambda done, total: progress.update(task, completed=done, total=total),
-                              force=force, tokenizer_from=tokenizer_from)
+    progress = Progress(TextColumn("[bold]encode"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=console, transient=True)
+    task = progress.add_task("encode", total=None)
+
+    def encoded(done: int, total: int) -> None:  # the bar starts with the encoding: a mistake found before it
+        progress.start()                           # leaves no blank line above its one-line error
+        progress.update(task, completed=done, total=total)
+
+    try:
+        result = prepare_data(inputs, out, tokenizer, vocab_size, val_fraction, progress=encoded, force=force,
+                              tokenizer_from=tokenizer_from)
+    finally:
+        if progress.live.is_started:  # stopping one never started still prints a blank line
+            progress.stop()
     for note in result.notes:
         console.print(note, style="yellow", highlight=False, soft_wrap=True, markup=False)
     m = result.meta
