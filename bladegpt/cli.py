@@ -169,7 +169,7 @@ def train(
     min_lr_ratio: Annotated[Optional[float], typer.Option(help="The cosine schedule ends at lr times this (1: a constant lr).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Decoupled weight decay on the matrices (AdamW's, and Muon's where it trains them) \\[default: 0.3 from scratch, 0 for a fine-tune, 0.1 with a --preset].")] = None,
     sampling: Annotated[Optional[str], typer.Option(help="How a step's windows are drawn: random (anywhere, with replacement, as nanoGPT) or epochs (each pass reads every window of the text once, in a random order) \\[default: epochs for a fine-tune, random from scratch].")] = None,
-    token_noise: Annotated[Optional[float], typer.Option(help="Replace this share of the input tokens by tokens drawn from the text's own frequencies (unigram noising; the targets stay) \\[default: 0.2 from scratch, 0 for a fine-tune or a --preset].")] = None,
+    token_noise: Annotated[Optional[float], typer.Option(help="Replace this share of the input tokens by tokens drawn from the text's own frequencies (unigram noising; the targets stay) \\[default: 0.2 from scratch on a text under 250 KB; else 0].")] = None,
     ema: Annotated[Optional[float], typer.Option(help="Evaluate and keep an average of the weights, updated each step with this decay (0.95 averages about the last 20 steps); 0 = off.")] = None,
     activation_checkpointing: Annotated[Optional[bool], typer.Option("--activation-checkpointing", help="Recompute each block's activations in backward: about a third more compute, memory for long blocks.")] = None,
     eval_interval: Annotated[Optional[int], typer.Option(help="Evaluate every N steps.")] = None,

@@ -409,8 +409,9 @@ def sized_model(overrides: dict | None, train_bytes: int) -> tuple[dict, list[st
 
 def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, tokens_per_step: int,
                   preset_train: dict, train_bytes: int) -> tuple[dict, list[str]]:
-    """The default run's steps and evaluation cadence from the text's size; returns the train settings
-    (the user's flags win over each) and a line per choice, to print."""
+    """The default run's steps, evaluation cadence and regularisation from the text's size (tokens, and
+    `train_bytes` of training text); returns the train settings (the user's flags win over each) and a line
+    per choice, to print."""
     chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
     sized, notes = {}, []
     if "steps" not in chosen and "time_budget_s" not in chosen:
