@@ -42,9 +42,9 @@ CHOICES = {"tokenizer", "preset", "block", "optimizer", "sampling", "device", "p
 
 
 def friendly(command):
-    """Turn a UserError, or a file the system refused (permissions, a full disk), into one red line
-    and exit code 1; Ctrl-C before work began into one line and 130. Anything else is a bug and
-    keeps its traceback."""
+    """Read the CHOICES options' words in lower case; turn a UserError, or a file the system refused
+    (permissions, a full disk), into one red line and exit code 1; Ctrl-C before work began into one line
+    and 130. Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):

@@ -213,9 +213,8 @@ class Trainer:
         if cfg.evals_in_budget:
             cfg.eval_interval = paced_interval(self.elapsed, cfg.time_budget_s, cfg.evals_in_budget, step_s, eval_s)
             self.next_eval = self.step + cfg.eval_interval
-            if first:  # paced again after each evaluation, from the measured times: the interval moves
-                said.append(f"evaluating about {cfg.evals_in_budget} times as the clock allows, the first after "
-                            f"{plural(cfg.eval_interval, 'step')}")
+            said.append(f"evaluating about {cfg.evals_in_budget} times as the clock allows, the first after "
+                        f"{plural(cfg.eval_interval, 'step')}")  # paced again after each one: the interval moves
         if first:
             self.reporter.message(f"About {plural(expected, 'step')} fit in {duration(cfg.time_budget_s)} here: "
                                   f"{' and '.join(said)}.")

@@ -73,8 +73,7 @@ def run_dir(job: str, work: Path) -> Path:
 def measure(job: str, work: Path, threads: int | None) -> dict:
     name, block, seed, *rest = job.split(":")
     steps, extra = (rest + ["", ""])[:2]
-    path, data = text_path(name), work / name
-    run = run_dir(job, work)
+    data, run = work / name, run_dir(job, work)
     flags = ["--block", block, "--seed", seed, "--run", str(run), "--compile", "off",
              *planned(data, block, steps or None), *[f for f in extra.split(",") if f]]
     start = time.perf_counter()
