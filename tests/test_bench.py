@@ -72,7 +72,7 @@ def test_generate_bench(tiny_preset):
 def test_generate_table_compares_with_transformers():
     from rich.console import Console
 
-    from bladegpt.report import generate_table
+    from bladegpt.cli.tables import generate_table
 
     row = lambda who, n, tps: {"generator": who, "precision": "fp32", "samples": n, "tok_per_s": tps}
     result = {"device": "a CPU", "preset": "mini", "vocab": 4096, "block": 128, "new_tokens": 100,

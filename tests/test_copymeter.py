@@ -9,7 +9,7 @@ import pytest
 from bladegpt import copymeter
 from bladegpt.copymeter import CopyIndex
 from bladegpt.data import DataError
-from bladegpt.display import TrainDisplay
+from bladegpt.cli.display import TrainDisplay
 from bladegpt.launch import train
 from bladegpt.prepare import prepare
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text

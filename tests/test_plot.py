@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from bladegpt.plot import DPI, HEIGHT, COPY_HEIGHT, WIDTH, curves
+from bladegpt.cli.plot import DPI, HEIGHT, COPY_HEIGHT, WIDTH, curves
 from tests.safety import assert_one_line_error, invoke
 
 pytest.importorskip("matplotlib")

@@ -53,7 +53,7 @@ def test_the_runs_table_leaves_out_spare_columns_where_the_terminal_is_narrow():
     """At 80 columns every one of eleven columns was cut to two letters; now the spare ones go first."""
     from rich.console import Console
 
-    from bladegpt.report import RUNS_SPARE_COLUMNS, runs_table
+    from bladegpt.cli.tables import RUNS_SPARE_COLUMNS, runs_table
 
     row = dict(run="runs/officer_k-12", dataset="officer_k-SmolLM2-135M", start="SmolLM2-135M-Instruct.Q4_1.gguf",
                steps=16, step=16, time_budget_s=None, best_val_loss=2.7672, best_val_bpb=1.0839, best_step=16,

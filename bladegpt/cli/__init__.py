@@ -194,7 +194,7 @@ def train(
 ) -> None:
     """Train a GPT on a prepared dataset, with a live display; Ctrl-C saves and stops."""
     from bladegpt.config import CLOCK_STEPS, parse_duration
-    from bladegpt.display import TrainDisplay
+    from bladegpt.cli.display import TrainDisplay
     from bladegpt.distributed import Distributed
     from bladegpt.launch import train as train_model
     from bladegpt.lora import lora_config
@@ -366,7 +366,7 @@ def bench(
 ) -> None:
     """Time training steps up the speed ladder on this machine (random tokens, no dataset needed)."""
     from bladegpt import bench as benchmark, strictjson
-    from bladegpt.report import bench_table, generate_table
+    from bladegpt.cli.tables import bench_table, generate_table
 
     if init_from is not None and not generate:
         fail("--init-from times generation of that model: add --generate (the training step beside "
@@ -398,13 +398,13 @@ def runs_table(
 ) -> None:
     """Compare runs at a glance: how each started, how far it got, its best val loss, its state."""
     from bladegpt import strictjson
-    from bladegpt.report import runs_table as table
+    from bladegpt.cli.tables import runs_table as table
     from bladegpt.runs import RUNS_DIR, latest_run, run_folders, summarize
 
     if bpb and plot is None:
         raise UserError("--bpb sets the unit of --plot's curves; add --plot FILE.png, or drop --bpb.")
     if plot is not None:
-        from bladegpt.plot import check_out, plot as draw
+        from bladegpt.cli.plot import check_out, plot as draw
 
         check_out(plot)  # before looking for runs: a wrong file name is the first thing to say
         written = draw(run_folders(paths) if paths else [latest_run()], plot, bpb)
