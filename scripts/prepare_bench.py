@@ -42,7 +42,7 @@ print(time.perf_counter() - start)
 # A pretrained model's tokenizer (Hugging Face tokenizers, kind "hf"), read from a GGUF file.
 HF_FLOOR = """
 import sys, time
-from bladegpt.hf_tokenizer import HFTokenizer
+from bladegpt.tokenizer.hf import HFTokenizer
 from bladegpt.sources.gguf import read_metadata as read_gguf_metadata
 tok = HFTokenizer.from_gguf(read_gguf_metadata(sys.argv[2])).tokenizer
 start = time.perf_counter()
@@ -54,7 +54,7 @@ print(time.perf_counter() - start)
 PREPARE_HF = """
 import sys, time
 import bladegpt.sources
-from bladegpt.hf_tokenizer import HFTokenizer
+from bladegpt.tokenizer.hf import HFTokenizer
 from bladegpt.sources.gguf import read_metadata as read_gguf_metadata
 from bladegpt.prepare import prepare
 tok = HFTokenizer.from_gguf(read_gguf_metadata(sys.argv[3]))

@@ -7,7 +7,7 @@ import torch
 
 from bladegpt.checkpoint import save_checkpoint
 from bladegpt.export import export
-from bladegpt.hf_tokenizer import HFTokenizer
+from bladegpt.tokenizer.hf import HFTokenizer
 from bladegpt.sources import load_pretrained
 from tests.families import FAMILIES, logits_of, tiny_family
 

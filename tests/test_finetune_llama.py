@@ -107,7 +107,7 @@ def invoke_input(text, *args):
 
 def test_a_prompt_starts_with_bos_where_the_model_expects_one(tmp_path):
     from bladegpt.engine import prompt_ids
-    from bladegpt.hf_tokenizer import HFTokenizer
+    from bladegpt.tokenizer.hf import HFTokenizer
 
     llama3 = HFTokenizer.from_folder(build_folder(tmp_path / "llama3", "llama-bpe"))
     smollm = HFTokenizer.from_folder(build_folder(tmp_path / "smollm", "smollm"))

@@ -11,7 +11,7 @@ import torch
 
 from bladegpt import prepare as prepare_module
 from bladegpt.data import TokenData
-from bladegpt.hf_tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, HFTokenizer
+from bladegpt.tokenizer.hf import CONTROL, NORMAL, UNUSED, USER_DEFINED, HFTokenizer
 from bladegpt.sources.gguf import read_metadata as read_gguf_metadata
 from bladegpt.prepare import prepare
 from bladegpt.tokenizer import TokenizerError, load_tokenizer, tokenizer_from_dict

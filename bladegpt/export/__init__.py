@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from bladegpt import strictjson
-from bladegpt.bytelevel import bpe_merges, spell
+from bladegpt.tokenizer.bytelevel import bpe_merges, spell
 from bladegpt.checkpoint import load_checkpoint, read_adapters, read_metadata, save_checkpoint
 from bladegpt.config import ModelConfig
 from bladegpt.encoding import as_text

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bladegpt.bytelevel import bpe_merges, char_pieces, spell
+from bladegpt.tokenizer.bytelevel import bpe_merges, char_pieces, spell
 from bladegpt.errors import UserError
 from bladegpt.model import GPT
 from bladegpt.tokenizer import BPE_PATTERN, GPT2_EOT, GPT2_PATTERN, CharTokenizer, TiktokenTokenizer, Tokenizer

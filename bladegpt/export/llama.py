@@ -146,7 +146,7 @@ def gguf_pre(spec: dict) -> str:
     """The `tokenizer.ggml.pre` name of a tokenizer.json's split, so llama.cpp splits text as the model does;
     UserError (one line) for a split llama.cpp has no name for."""
     from bladegpt.errors import UserError
-    from bladegpt.hf_tokenizer import SPLITS
+    from bladegpt.tokenizer.hf import SPLITS
 
     pre = spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
@@ -176,7 +176,7 @@ def hf_vocab(tokenizer):
     import json
 
     from bladegpt.export.gguf import Vocab
-    from bladegpt.hf_tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED
+    from bladegpt.tokenizer.hf import CONTROL, NORMAL, UNUSED, USER_DEFINED
 
     spec = json.loads(tokenizer.tokenizer.to_str())
     added = tokenizer.tokenizer.get_added_tokens_decoder()

@@ -150,7 +150,7 @@ def folder_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
     present = [name for name in ("vocab.json", "merges.txt", "tokenizer.json") if (folder / name).is_file()]
     if config.arch == "gpt2" and ((not present and config.vocab_size == 50257) or (present and is_gpt2_tokenizer(folder))):
         return TiktokenTokenizer.gpt2()
-    from bladegpt.hf_tokenizer import HFTokenizer
+    from bladegpt.tokenizer.hf import HFTokenizer
     from bladegpt.tokenizer import TokenizerError
 
     try:

@@ -227,7 +227,7 @@ def quantization(reader) -> str:
 
 
 def gguf_tokenizer(path: Path, meta: dict | None = None):
-    from bladegpt.hf_tokenizer import HFTokenizer
+    from bladegpt.tokenizer.hf import HFTokenizer
     from bladegpt.tokenizer import TokenizerError
 
     if meta is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as RustTokenizer
 
-from bladegpt.bytelevel import byte_chars
+from bladegpt.tokenizer.bytelevel import byte_chars
 from bladegpt.tokenizer import Tokenizer, TokenizerError
 
 # GGUF token types (gguf-py constants.py TokenType).

@@ -262,7 +262,7 @@ def tokenizer_from_dict(data: dict) -> Tokenizer:
         specials = {GPT2_EOT: len(ranks)} if _has_eot(data, len(ranks)) else None
         return TiktokenTokenizer("bpe", ranks, data["pattern"], specials)
     if kind == "hf":  # a pretrained model's own tokenizer
-        from bladegpt.hf_tokenizer import HFTokenizer
+        from bladegpt.tokenizer.hf import HFTokenizer
 
         return HFTokenizer.from_dict(data)
     raise TokenizerError(f"Unknown tokenizer kind {kind!r} in tokenizer file; prepare the data again.")
