@@ -11,8 +11,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from bladegpt.data import META_FILE
-from bladegpt.frames import Frame
+from bladegpt.data.dataset import META_FILE
+from bladegpt.data.frames import Frame
 from bladegpt.runs import RUN_FILE
 from bladegpt.sampler import Sampler
 

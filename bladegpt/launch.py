@@ -26,8 +26,8 @@ from bladegpt.config import (
     sized_model,
     sized_to_text,
 )
-from bladegpt.data import DataError, TokenData, latest_dataset
-from bladegpt.prepare import default_out_dir
+from bladegpt.data.dataset import DataError, TokenData, latest_dataset
+from bladegpt.data.prepare import default_out_dir
 from bladegpt.distributed import Distributed, init_distributed
 from bladegpt.encoding import utf8_name
 from bladegpt.errors import UserError

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
-from bladegpt import copymeter, runs
+from bladegpt import runs
+from bladegpt.data import copymeter
 from bladegpt.checkpoint import load_checkpoint, load_train_state, restore_adapters, save_checkpoint, save_training
 from bladegpt.config import ConfigError, ModelConfig, TrainConfig, plural
-from bladegpt.data import TokenData, stream_seed
+from bladegpt.data.dataset import TokenData, stream_seed
 from bladegpt.distributed import Distributed
 from bladegpt.ema import WeightAverage
 from bladegpt.engine import generate, prompt_ids

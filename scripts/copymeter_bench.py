@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD = """
 import json, sys, threading, time
 import torch
-from bladegpt import copymeter, runtime
+from bladegpt.data import copymeter
+from bladegpt import runtime
 peak = [0]
 def anon():  # the process's own memory, without the pages of files it maps (which the kernel can drop)
     with open("/proc/self/status") as f:
@@ -54,7 +55,8 @@ print(json.dumps({"seconds": time.perf_counter() - start, "entries": len(index.k
 QUERY = """
 import json, random, sys, time
 import torch  # loaded already wherever the meter runs (train, sample): not part of opening the index
-from bladegpt import copymeter, runtime
+from bladegpt.data import copymeter
+from bladegpt import runtime
 start = time.perf_counter()
 index = copymeter.for_dataset(sys.argv[1])
 opened = time.perf_counter() - start
@@ -82,7 +84,7 @@ print(json.dumps(out))
 """
 IN_MEMORY = """
 import json, sys, time
-from bladegpt.copymeter import CopyIndex
+from bladegpt.data.copymeter import CopyIndex
 data = open(sys.argv[1], "rb").read()
 times = []
 for _ in range(5):

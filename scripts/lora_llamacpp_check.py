@@ -35,7 +35,7 @@ def main() -> None:
     from bladegpt.export import export
     from bladegpt.launch import train
     from bladegpt.lora import LoraConfig
-    from bladegpt.prepare import prepare
+    from bladegpt.data.prepare import prepare
     from tests.conftest import corpus_text
     from tests.families import tiny_family, write_gguf
     from tests.test_hf_tokenizer import add_vocabulary, build_folder

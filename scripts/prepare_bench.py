@@ -34,7 +34,7 @@ print(time.perf_counter() - start)
 """
 PREPARE = """
 import sys, time
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 start = time.perf_counter()
 prepare([sys.argv[1]], out_dir=sys.argv[2], tokenizer=sys.argv[3], force=True)
 print(time.perf_counter() - start)
@@ -56,7 +56,7 @@ import sys, time
 import bladegpt.sources
 from bladegpt.tokenizer.hf import HFTokenizer
 from bladegpt.sources.gguf import read_metadata as read_gguf_metadata
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 tok = HFTokenizer.from_gguf(read_gguf_metadata(sys.argv[3]))
 bladegpt.sources.load_tokenizer_from = lambda source: tok  # the tokenizer prepare --tokenizer-from would load
 start = time.perf_counter()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bladegpt.bench import source_model
-from bladegpt.data import TokenData
+from bladegpt.data.dataset import TokenData
 from bladegpt.quantize import quantize
 from bladegpt.runtime import cpu_model
 

@@ -13,7 +13,7 @@ from bladegpt.errors import UserError
 from bladegpt.export import export
 from bladegpt.launch import train
 from bladegpt.model import GPT
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
 from tests.families import logits_of
 from tests.test_trainer import CtrlCAt, assert_resume_follows

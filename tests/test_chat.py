@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from bladegpt.cli import app
 from bladegpt.launch import train
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 
@@ -106,7 +106,7 @@ def test_a_play_is_talked_to_as_a_play(play):
 
 
 def test_each_corpus_gets_the_frame_it_writes():
-    from bladegpt.frames import detect
+    from bladegpt.data.frames import detect
     from tests.conftest import SHAKESPEARE, corpus_text
 
     corpora = Path(__file__).resolve().parents[1] / "corpora"
@@ -120,7 +120,7 @@ def test_each_corpus_gets_the_frame_it_writes():
 
 def test_a_turn_ends_where_the_frame_closes_it_even_across_pieces():
     from bladegpt.chat import Conversation
-    from bladegpt.frames import Frame
+    from bladegpt.data.frames import Frame
 
     class Pieces:  # a sampler that answers with fixed pieces
         def __init__(self, pieces):

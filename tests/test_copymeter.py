@@ -6,12 +6,12 @@ import random
 
 import pytest
 
-from bladegpt import copymeter
-from bladegpt.copymeter import CopyIndex
-from bladegpt.data import DataError
+from bladegpt.data import copymeter
+from bladegpt.data.copymeter import CopyIndex
+from bladegpt.data.dataset import DataError
 from bladegpt.cli.display import TrainDisplay
 from bladegpt.launch import train
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
 from tests.safety import invoke, read_only
 

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from bladegpt.data import DataError, TokenData, latest_dataset
-from bladegpt.prepare import prepare
+from bladegpt.data.dataset import DataError, TokenData, latest_dataset
+from bladegpt.data.prepare import prepare
 
 
 def test_prepare_writes_a_dataset(corpus, workdir):
@@ -121,7 +121,7 @@ def test_an_epoch_reads_every_window_once_in_a_resumable_order(workdir, n_train,
 
 
 def test_unigram_noise_replaces_a_share_of_tokens_by_draws_from_the_text():
-    from bladegpt.data import stream_seed
+    from bladegpt.data.dataset import stream_seed
 
     data = TokenData.__new__(TokenData)
     data.splits = {"train": torch.tensor([7] * 300 + [9] * 100, dtype=torch.uint16)}  # 7 three times as common

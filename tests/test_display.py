@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.cli.display import TrainDisplay
 from bladegpt.launch import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN

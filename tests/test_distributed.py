@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bladegpt.checkpoint import load_checkpoint
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.launch import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import REPO
@@ -65,7 +65,7 @@ def test_two_ranks_match_one_process(corpus, workdir):
 
 def test_accum_must_divide_across_ranks(corpus, monkeypatch):
     from bladegpt.config import ConfigError, ModelConfig, TrainConfig
-    from bladegpt.data import TokenData
+    from bladegpt.data.dataset import TokenData
     from bladegpt.runtime import Runtime
     from bladegpt.distributed import Distributed
     from bladegpt.trainer import Reporter, Trainer

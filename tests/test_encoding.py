@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from bladegpt import prepare as prepare_module
-from bladegpt.data import TokenData
+from bladegpt.data import prepare as prepare_module
+from bladegpt.data.dataset import TokenData
 from bladegpt.encoding import as_text, read_typed
 from bladegpt.launch import train
-from bladegpt.prepare import prepare
-from bladegpt.textfile import TextFile
+from bladegpt.data.prepare import prepare
+from bladegpt.data.textfile import TextFile
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
 from tests.safety import REPO
 
@@ -139,7 +139,7 @@ def test_utf16_and_utf32_files_are_read_as_text(workdir, monkeypatch, how):
     for name in ("train.bin", "val.bin", "tokenizer.json"):
         assert (saved.out_dir / name).read_bytes() == (plain.out_dir / name).read_bytes(), name
     assert saved.meta["bytes"] == plain.meta["bytes"] and saved.meta["val_tokens"] == plain.meta["val_tokens"]
-    monkeypatch.setattr("bladegpt.textfile.READ_BYTES", 7)
+    monkeypatch.setattr("bladegpt.data.textfile.READ_BYTES", 7)
     assert "".join(TextFile.open(workdir / "saved.txt").blocks()) == text
     if how == "utf-8-sig":
         assert saved.notes == []

@@ -9,14 +9,14 @@ import torch
 from typer.testing import CliRunner
 
 from bladegpt import engine
-from bladegpt import prepare as prepare_module
+from bladegpt.data import prepare as prepare_module
 from bladegpt.checkpoint import save_checkpoint
 from bladegpt.cli import app
 from bladegpt.config import ModelConfig, padded_vocab
-from bladegpt.data import TokenData
+from bladegpt.data.dataset import TokenData
 from bladegpt.engine import generate, generate_batch, generate_reference
 from bladegpt.model import GPT
-from bladegpt.prepare import outside_separator, pieces, prepare
+from bladegpt.data.prepare import outside_separator, pieces, prepare
 from bladegpt.tokenizer import GPT2_EOT, TokenizerError, tokenizer_from_dict, train_tokenizer
 from tests.conftest import corpus_text
 
@@ -62,7 +62,7 @@ def test_every_kind_has_one_separator_id_on_every_path(workdir, monkeypatch, kin
     # bits per byte counts the separator as the 13 bytes it takes in the file: the dataset's bytes
     assert sum(len(tok.token_bytes(i)) for i in one.splits["train"].tolist()) == one.meta["train_bytes"]
     monkeypatch.setattr(prepare_module, "PIECE_CHARS", 300)
-    monkeypatch.setattr("bladegpt.textfile.READ_BYTES", 97)
+    monkeypatch.setattr("bladegpt.data.textfile.READ_BYTES", 97)
     monkeypatch.setattr(prepare_module, "PARALLEL_MIN_BYTES", 0)
     many = TokenData(prepare([workdir / "docs.txt"], out_dir=workdir / "many", tokenizer=kind, vocab_size=400).out_dir)
     for split in ("train", "val"):

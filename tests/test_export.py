@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.cli import app
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.engine import generate
 from bladegpt.launch import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bladegpt.checkpoint import load_checkpoint
-from bladegpt.data import TokenData
+from bladegpt.data.dataset import TokenData
 from bladegpt.sources import load_pretrained
 from tests.safety import invoke
 

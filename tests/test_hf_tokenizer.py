@@ -9,11 +9,11 @@ import unicodedata
 import pytest
 import torch
 
-from bladegpt import prepare as prepare_module
-from bladegpt.data import TokenData
+from bladegpt.data import prepare as prepare_module
+from bladegpt.data.dataset import TokenData
 from bladegpt.tokenizer.hf import CONTROL, NORMAL, UNUSED, USER_DEFINED, HFTokenizer
 from bladegpt.sources.gguf import read_metadata as read_gguf_metadata
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.tokenizer import TokenizerError, load_tokenizer, tokenizer_from_dict
 from tests.conftest import corpus_text
 

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.launch import train
 from bladegpt.lora import LoraConfig, attach, merge
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.sources import load_pretrained
 from tests.families import logits_of, tiny_family
 from tests.safety import assert_one_line_error, invoke

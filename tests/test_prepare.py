@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from bladegpt import prepare as prepare_module
-from bladegpt.data import DataError, TokenData
-from bladegpt.prepare import Corpus, prepare
+from bladegpt.data import prepare as prepare_module
+from bladegpt.data.dataset import DataError, TokenData
+from bladegpt.data.prepare import Corpus, prepare
 from tests.conftest import corpus_text
 from tests.safety import REPO
 
@@ -33,7 +33,7 @@ def test_streamed_in_parallel_equals_encoding_the_whole_text(workdir, monkeypatc
     whole = "\n\n".join(p.read_text() for p in sorted(folder.iterdir()))
     one = TokenData(prepare([folder], out_dir=workdir / "one", tokenizer=kind, vocab_size=400).out_dir)
     monkeypatch.setattr(prepare_module, "PIECE_CHARS", 700)  # many pieces...
-    monkeypatch.setattr("bladegpt.textfile.READ_BYTES", 333)  # ...read in odd blocks...
+    monkeypatch.setattr("bladegpt.data.textfile.READ_BYTES", 333)  # ...read in odd blocks...
     monkeypatch.setattr(prepare_module, "PARALLEL_MIN_BYTES", 0)  # ...encoded by worker processes
     many = TokenData(prepare([folder], out_dir=workdir / "many", tokenizer=kind, vocab_size=400).out_dir)
     assert "".join(decoded(one).values()) == whole and decoded(many) == decoded(one)
@@ -81,7 +81,7 @@ def test_the_vocabulary_is_sized_to_the_text_unless_chosen(workdir):
 
 PEAK = """
 import resource, subprocess, sys
-subprocess.run([sys.executable, "-c", "from bladegpt.prepare import prepare; import sys; "
+subprocess.run([sys.executable, "-c", "from bladegpt.data.prepare import prepare; import sys; "
                 "prepare([sys.argv[1]], out_dir=sys.argv[2], tokenizer='gpt2')", *sys.argv[1:]], check=True)
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
 """

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from bladegpt.checkpoint import load_checkpoint, save_checkpoint
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.launch import train
 from bladegpt.sources import load_pretrained
 from tests.conftest import corpus_text

@@ -9,7 +9,7 @@ from bladegpt import runs
 from bladegpt.config import TrainConfig
 from bladegpt.launch import train
 from bladegpt.optim import lr_at, schedule_progress
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.trainer import Reporter
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import assert_one_line_error, invoke

@@ -4,7 +4,7 @@ import json
 import os
 import signal
 
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.launch import train
 from bladegpt.runs import sparkline
 from bladegpt.trainer import Reporter, Trainer

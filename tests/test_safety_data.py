@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from bladegpt.data import DataError, TokenData
-from bladegpt.prepare import prepare
+from bladegpt.data.dataset import DataError, TokenData
+from bladegpt.data.prepare import prepare
 from bladegpt.launch import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
 from tests.safety import REPO, TINY_CLI, assert_one_line_error, invoke, read_only
@@ -88,7 +88,7 @@ def replace(src, dst):
         os.kill(os.getpid(), signal.SIGKILL)  # the new dataset is written whole; die before it is published
     real(src, dst)
 os.replace = replace
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 prepare([sys.argv[1]], tokenizer="char", force=True)
 """
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from bladegpt import runs
 from bladegpt.checkpoint import load_checkpoint
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.errors import UserError
 from bladegpt.launch import train
 from bladegpt.trainer import Reporter, Trainer, TrainingDiverged

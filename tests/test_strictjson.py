@@ -9,7 +9,7 @@ from safetensors import safe_open
 from bladegpt import bench as bench_module
 from bladegpt import runs, strictjson
 from bladegpt.launch import train
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.runbook import MetricsLog
 from bladegpt.trainer import Trainer, TrainingDiverged
 from tests.conftest import TINY_MODEL, TINY_TRAIN

@@ -1,6 +1,6 @@
 import pytest
 
-from bladegpt.prepare import pieces
+from bladegpt.data.prepare import pieces
 from bladegpt.tokenizer import (
     CharTokenizer,
     TokenizerError,

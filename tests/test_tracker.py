@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from bladegpt.launch import train
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.runs import read_metrics
 from bladegpt.tracker import TensorBoard, scalars
 from bladegpt.trainer import Reporter

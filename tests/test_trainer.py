@@ -8,7 +8,7 @@ import torch
 
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.config import ConfigError, TrainConfig
-from bladegpt.prepare import prepare
+from bladegpt.data.prepare import prepare
 from bladegpt.launch import train
 from bladegpt.trainer import Reporter, Trainer
 from tests.conftest import TINY_MODEL, TINY_TRAIN
@@ -187,7 +187,7 @@ class Said(Reporter):
 def test_a_small_val_split_is_read_whole_each_token_once(corpus, workdir, monkeypatch):
     """An evaluation whose batches can hold the whole val split reads it back to back, so the val loss
     does not depend on the run's seed; a larger split is sampled (eval_iters batches)."""
-    from bladegpt.data import TokenData
+    from bladegpt.data.dataset import TokenData
 
     data = TokenData(prepare([corpus], tokenizer="char").out_dir)
     T = TINY_MODEL["block_size"]

@@ -104,8 +104,8 @@ def prepare(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
     from rich.table import Table
 
-    from bladegpt.frames import Frame
-    from bladegpt.prepare import prepare as prepare_data
+    from bladegpt.data.frames import Frame
+    from bladegpt.data.prepare import prepare as prepare_data
 
     progress = Progress(TextColumn("[bold]encode"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeRemainingColumn(), console=console, transient=True)
@@ -247,7 +247,7 @@ def sample(
     copy_check: Annotated[Optional[bool], typer.Option("--copy-check/--no-copy-check", help="Say how much of the samples is copied verbatim from the training text \\[default: on where the run's dataset is at hand].", show_default=False)] = None,
 ) -> None:
     """Stream new text from a trained model (several samples are generated together, in one batch)."""
-    from bladegpt import copymeter
+    from bladegpt.data import copymeter
     from bladegpt.encoding import read_typed
     from bladegpt.engine import check_settings
     from bladegpt.sampler import Sampler
@@ -312,7 +312,7 @@ def chat(
     from bladegpt.chat import Conversation, recorded_frame
     from bladegpt.encoding import keep_typed_bytes, read_typed
     from bladegpt.engine import check_settings
-    from bladegpt.frames import check_kind, choose
+    from bladegpt.data.frames import check_kind, choose
     from bladegpt.sampler import Sampler
 
     seed = random.randrange(2**31) if seed is None else seed

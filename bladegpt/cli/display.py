@@ -8,7 +8,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bladegpt.config import plural
-from bladegpt.copymeter import describe
+from bladegpt.data.copymeter import describe
 from bladegpt.trainer import Reporter
 
 

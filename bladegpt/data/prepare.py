@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bladegpt import strictjson
-from bladegpt.copymeter import is_index_file
-from bladegpt.data import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
+from bladegpt.data.copymeter import is_index_file
+from bladegpt.data.dataset import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
 from bladegpt.encoding import utf8_name
 from bladegpt.files import fsync, publish_dir, temp_dir
-from bladegpt.frames import FrameCounter
-from bladegpt.textfile import TextFile, utf8_size
+from bladegpt.data.frames import FrameCounter
+from bladegpt.data.textfile import TextFile, utf8_size
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, Tokenizer, bpe_vocab_size, tokenizer_from_dict, train_tokenizer
 
 MIN_VOCAB, MAX_VOCAB = 257, 0xD7FF  # a BPE's ids must stay below the surrogate code points (tokenizer.py)
