@@ -19,7 +19,7 @@ import torch
 
 from bladegpt.config import DEFAULT_BPE_VOCAB, ConfigError, ModelConfig, TrainConfig, from_preset
 from bladegpt.model import GPT, flops_per_token
-from bladegpt.optim import make_optimizers
+from bladegpt.train.optim import make_optimizers
 from bladegpt.runtime import (
     autocast,
     choose_attention,

@@ -57,7 +57,7 @@ def bladegpt(*args: str, cwd: Path, threads: int | None = None) -> str:
 
 def planned(data: Path, block: str, steps: str | None) -> list[str]:
     """The default plan's --steps and --warmup-steps for this dataset (or STEPS and its warmup)."""
-    from bladegpt.launch import _new_plan
+    from bladegpt.train import _new_plan
 
     train = {"steps": int(steps)} if steps else {}
     plan = _new_plan(data / "datasets" / next((data / "datasets").iterdir()).name, None, {"block": block}, train, {})

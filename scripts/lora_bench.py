@@ -62,7 +62,7 @@ def build(size: str, mode: str):
     from bladegpt.config import ModelConfig, TrainConfig
     from bladegpt.lora import LoraConfig, attach
     from bladegpt.model import GPT
-    from bladegpt.optim import make_optimizers
+    from bladegpt.train.optim import make_optimizers
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=49152, block_size=BLOCK, arch="llama", norm="rmsnorm", positions="rope",

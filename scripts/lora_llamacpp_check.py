@@ -33,7 +33,7 @@ def main() -> None:
 
     from bladegpt.checkpoint import load_checkpoint
     from bladegpt.export import export
-    from bladegpt.launch import train
+    from bladegpt.train import train
     from bladegpt.lora import LoraConfig
     from bladegpt.data.prepare import prepare
     from tests.conftest import corpus_text

@@ -75,7 +75,7 @@ def poison_weights_at(monkeypatch, step: int) -> None:
     """Fill a weight with NaN just before training step `step`: the loss turns NaN from there on."""
     import torch
 
-    from bladegpt.trainer import Trainer
+    from bladegpt.train.trainer import Trainer
 
     real_step = Trainer.train_step
 

@@ -11,7 +11,7 @@ from bladegpt.checkpoint import load_checkpoint
 from bladegpt.config import BLOCK_CHANGES, BLOCKS, ConfigError, ModelConfig, block_settings
 from bladegpt.errors import UserError
 from bladegpt.export import export
-from bladegpt.launch import train
+from bladegpt.train import train
 from bladegpt.model import GPT
 from bladegpt.data.prepare import prepare
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text

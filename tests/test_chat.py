@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bladegpt.cli import app
-from bladegpt.launch import train
+from bladegpt.train import train
 from bladegpt.data.prepare import prepare
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 

@@ -10,7 +10,7 @@ from bladegpt.data import copymeter
 from bladegpt.data.copymeter import CopyIndex
 from bladegpt.data.dataset import DataError
 from bladegpt.cli.display import TrainDisplay
-from bladegpt.launch import train
+from bladegpt.train import train
 from bladegpt.data.prepare import prepare
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
 from tests.safety import invoke, read_only

@@ -6,7 +6,7 @@ from rich.console import Console
 
 from bladegpt.data.prepare import prepare
 from bladegpt.cli.display import TrainDisplay
-from bladegpt.launch import train
+from bladegpt.train import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 

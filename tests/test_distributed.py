@@ -13,7 +13,7 @@ import torch
 
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.data.prepare import prepare
-from bladegpt.launch import train
+from bladegpt.train import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import REPO
 from tests.test_tracker import board
@@ -23,7 +23,7 @@ SETTINGS = {**TINY_TRAIN, "steps": 12, "accum": 4, "eval_interval": 6, "log_inte
 
 RANK_SCRIPT = f"""
 import os, sys, torch
-from bladegpt.launch import train
+from bladegpt.train import train
 result = train(sys.argv[1], "nano", {TINY_MODEL!r}, {SETTINGS!r}, device="cpu", precision="fp32", compile="off", run=sys.argv[2],
                tracker="tensorboard")
 flat = torch.cat([p.detach().flatten() for p in result.model.parameters()])
@@ -67,8 +67,8 @@ def test_accum_must_divide_across_ranks(corpus, monkeypatch):
     from bladegpt.config import ConfigError, ModelConfig, TrainConfig
     from bladegpt.data.dataset import TokenData
     from bladegpt.runtime import Runtime
-    from bladegpt.distributed import Distributed
-    from bladegpt.trainer import Reporter, Trainer
+    from bladegpt.train.distributed import Distributed
+    from bladegpt.train.trainer import Reporter, Trainer
 
     data = TokenData(prepare([corpus], tokenizer="char").out_dir)
     with pytest.raises(ConfigError, match="divisible by the number of processes"):
@@ -77,7 +77,7 @@ def test_accum_must_divide_across_ranks(corpus, monkeypatch):
 
 
 def test_more_ranks_than_gpus_is_one_clear_line(monkeypatch):
-    from bladegpt import distributed
+    from bladegpt.train import distributed
     from bladegpt.config import ConfigError
 
     monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bladegpt.ema import WeightAverage
+from bladegpt.train.ema import WeightAverage
 
 
 def model_at(value: float) -> torch.nn.Linear:

@@ -11,7 +11,7 @@ import pytest
 from bladegpt.data import prepare as prepare_module
 from bladegpt.data.dataset import TokenData
 from bladegpt.encoding import as_text, read_typed
-from bladegpt.launch import train
+from bladegpt.train import train
 from bladegpt.data.prepare import prepare
 from bladegpt.data.textfile import TextFile
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text

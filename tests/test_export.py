@@ -10,7 +10,7 @@ from bladegpt.checkpoint import load_checkpoint
 from bladegpt.cli import app
 from bladegpt.data.prepare import prepare
 from bladegpt.engine import generate
-from bladegpt.launch import train
+from bladegpt.train import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
 
 transformers = pytest.importorskip("transformers")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.cli import app
 from bladegpt.export.gguf import gguf_tensors, gguf_vocab
-from bladegpt.launch import train
+from bladegpt.train import train
 from bladegpt.data.prepare import prepare
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
 from tests.test_export import MIXED

@@ -303,7 +303,7 @@ def test_prepare_stores_a_wide_vocabulary_as_uint32(families, workdir, monkeypat
 def test_a_run_trains_and_samples_with_it(families, workdir, monkeypatch):
     """prepare, train (bits per byte from token_bytes), a checkpoint, and sampling, with a pretrained tokenizer."""
     import bladegpt.sources
-    from bladegpt.launch import train
+    from bladegpt.train import train
     from bladegpt.sampler import Sampler
     from tests.conftest import TINY_MODEL, TINY_TRAIN
 

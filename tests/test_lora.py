@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from bladegpt.checkpoint import load_checkpoint
-from bladegpt.launch import train
+from bladegpt.train import train
 from bladegpt.lora import LoraConfig, attach, merge
 from bladegpt.data.prepare import prepare
 from bladegpt.sources import load_pretrained

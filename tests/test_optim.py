@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from bladegpt.checkpoint import FORMAT, load_train_state, save_training
 from bladegpt.config import ConfigError, ModelConfig, TrainConfig
 from bladegpt.model import GPT
-from bladegpt.optim import lr_at, make_optimizers, set_lr
+from bladegpt.train.optim import lr_at, make_optimizers, set_lr
 from bladegpt.tokenizer import CharTokenizer
 from tests.conftest import TINY_MODEL
 
@@ -91,7 +91,7 @@ def test_state_saved_before_muon_still_loads(tmp_path):
 @pytest.mark.parametrize("ns_dtype", [torch.bfloat16, torch.float32])
 def test_muon_makes_pytorchs_update(ns_dtype):
     """Same steps as torch.optim.Muon: bit for bit in bf16 (PyTorch's own dtype), to fp32's precision in fp32."""
-    from bladegpt.optim import Muon
+    from bladegpt.train.optim import Muon
 
     torch.manual_seed(0)
     theirs_w = torch.randn(48, 16, requires_grad=True)

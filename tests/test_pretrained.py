@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from bladegpt.checkpoint import load_checkpoint, save_checkpoint
 from bladegpt.data.prepare import prepare
-from bladegpt.launch import train
+from bladegpt.train import train
 from bladegpt.sources import load_pretrained
 from tests.conftest import corpus_text
 from tests.safety import assert_one_line_error, invoke

@@ -5,9 +5,9 @@ import os
 import signal
 
 from bladegpt.data.prepare import prepare
-from bladegpt.launch import train
+from bladegpt.train import train
 from bladegpt.runs import sparkline
-from bladegpt.trainer import Reporter, Trainer
+from bladegpt.train.trainer import Reporter, Trainer
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import invoke
 

@@ -10,7 +10,7 @@ import pytest
 
 from bladegpt.data.dataset import DataError, TokenData
 from bladegpt.data.prepare import prepare
-from bladegpt.launch import train
+from bladegpt.train import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
 from tests.safety import REPO, TINY_CLI, assert_one_line_error, invoke, read_only
 

@@ -17,8 +17,8 @@ from bladegpt import runs
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.data.prepare import prepare
 from bladegpt.errors import UserError
-from bladegpt.launch import train
-from bladegpt.trainer import Reporter, Trainer, TrainingDiverged
+from bladegpt.train import train
+from bladegpt.train.trainer import Reporter, Trainer, TrainingDiverged
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import REPO, TINY_CLI, assert_one_line_error, cli, invoke, mounted, poison_weights_at
 
@@ -36,7 +36,7 @@ def replace(src, dst):
             os.kill(os.getpid(), signal.SIGKILL)
     real(src, dst)
 os.replace = replace
-from bladegpt.launch import train
+from bladegpt.train import train
 train(sys.argv[1], "nano", {TINY_MODEL!r}, {SCHEDULE!r}, run=sys.argv[2], **{EXACT!r})
 """
 
@@ -152,7 +152,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(corpus, wo
 def test_a_run_that_fails_to_start_leaves_no_folder(corpus, workdir, monkeypatch):
     prepare([corpus], tokenizer="char")
     assert_one_line_error(invoke("train", *TINY_CLI, "--attention", "fast"), "Unknown attention")
-    monkeypatch.setattr("bladegpt.launch.choose_attention", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr("bladegpt.train.choose_attention", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     result = invoke("train", *TINY_CLI)
     assert result.exit_code == 130 and "Traceback" not in result.output
     assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())

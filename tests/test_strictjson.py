@@ -8,10 +8,10 @@ from safetensors import safe_open
 
 from bladegpt import bench as bench_module
 from bladegpt import runs, strictjson
-from bladegpt.launch import train
+from bladegpt.train import train
 from bladegpt.data.prepare import prepare
-from bladegpt.runbook import MetricsLog
-from bladegpt.trainer import Trainer, TrainingDiverged
+from bladegpt.train.runbook import MetricsLog
+from bladegpt.train.trainer import Trainer, TrainingDiverged
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import invoke, poison_weights_at
 

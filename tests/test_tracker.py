@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from bladegpt.launch import train
+from bladegpt.train import train
 from bladegpt.data.prepare import prepare
 from bladegpt.runs import read_metrics
-from bladegpt.tracker import TensorBoard, scalars
-from bladegpt.trainer import Reporter
+from bladegpt.train.tracker import TensorBoard, scalars
+from bladegpt.train.trainer import Reporter
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import TINY_CLI, assert_one_line_error, invoke
 

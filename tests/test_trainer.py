@@ -9,8 +9,8 @@ import torch
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.config import ConfigError, TrainConfig
 from bladegpt.data.prepare import prepare
-from bladegpt.launch import train
-from bladegpt.trainer import Reporter, Trainer
+from bladegpt.train import train
+from bladegpt.train.trainer import Reporter, Trainer
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 
@@ -124,7 +124,7 @@ def test_bf16_training_runs_where_supported(corpus):
 
 
 def test_early_stopping_keeps_the_best_and_a_resume_can_go_on(corpus, monkeypatch):
-    from bladegpt.trainer import Trainer
+    from bladegpt.train.trainer import Trainer
 
     prepare([corpus], tokenizer="char")
     curve = iter([3.0, 2.0, 2.5, 2.4, 2.6, 2.7, 1.5, 1.4, 1.6, 1.7, 1.8])  # best at the 2nd evaluation, then 3 worse
@@ -217,10 +217,10 @@ def test_a_cut_run_timed_again_gets_back_what_a_slow_start_cut(corpus, workdir, 
     """The first steps ran slow (a busy machine, or eager before a compile): the run is cut to fit the
     budget, then timed again at its settled speed it trains its whole schedule after all."""
     prepare([corpus], tokenizer="char")
-    monkeypatch.setattr("bladegpt.launch.SCRATCH_BUDGET_S", 8.0)
+    monkeypatch.setattr("bladegpt.train.SCRATCH_BUDGET_S", 8.0)
     monkeypatch.setattr("bladegpt.config.SCRATCH_PASSES", 1)  # the shortest sized run: 100 steps
     clock = [0.0]  # the trainer's clock, advanced by the steps alone: 0.3 s for the first three, then 0.01
-    monkeypatch.setattr("bladegpt.trainer.time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr("bladegpt.train.trainer.time", SimpleNamespace(perf_counter=lambda: clock[0]))
     step = Trainer.train_step
 
     def slow_start(self):
@@ -238,7 +238,7 @@ def test_a_cut_run_timed_again_gets_back_what_a_slow_start_cut(corpus, workdir, 
 
 def test_a_default_run_too_long_for_the_budget_is_cut_and_resumes_to_the_cut(corpus, workdir, monkeypatch):
     prepare([corpus], tokenizer="char")
-    monkeypatch.setattr("bladegpt.launch.SCRATCH_BUDGET_S", 0.05)
+    monkeypatch.setattr("bladegpt.train.SCRATCH_BUDGET_S", 0.05)
     said = Said()
     result = train(None, None, TINY_MODEL, {"sample_tokens": 0, "patience": 0}, compile="off", reporter=said)
     text = " ".join(said.lines)
@@ -270,7 +270,7 @@ def test_a_cut_schedule_keeps_the_plans_evaluations():
     """A budget cut (and a retimed run given back its steps) evaluates as often as the plan did: a
     fine-tune of 17 steps evaluating every 4 kept being evaluated every 10 steps once cut to 16."""
     from bladegpt.config import TrainConfig
-    from bladegpt.pacing import fit_to_budget
+    from bladegpt.train.pacing import fit_to_budget
 
     cfg = TrainConfig(steps=17, eval_interval=4)
     assert fit_to_budget(cfg, step=3, elapsed=40, per_step=42, budget_s=600, full_steps=17, full_interval=4)
@@ -312,7 +312,7 @@ def test_a_time_budget_spreads_its_evaluations_over_the_steps_the_clock_allows(c
 def test_the_paced_interval_follows_the_measured_step_and_evaluation_times():
     """Re-set after each evaluation: a machine that slows down (CI's, under a parallel suite, went from
     the first steps' pace to a third of it) still gets the evaluations the budget owes."""
-    from bladegpt.pacing import paced_interval
+    from bladegpt.train.pacing import paced_interval
 
     assert paced_interval(0, 100, 10, step_s=1.0, eval_s=0.0) == 10
     assert paced_interval(0, 100, 10, step_s=1.0, eval_s=5.0) == 5  # evaluations take their share of the time
@@ -325,7 +325,7 @@ def test_the_paced_interval_follows_the_measured_step_and_evaluation_times():
 def test_mfu_never_passes_100_percent_when_the_cached_peak_read_low(corpus, workdir, monkeypatch):
     """A peak measured once while the machine was busy is cached for good; a run that computes faster
     measures it again (a helper saw MFU 107% and 115%)."""
-    import bladegpt.trainer as trainer_module
+    import bladegpt.train.trainer as trainer_module
 
     prepare([corpus], tokenizer="char")
     monkeypatch.setattr(trainer_module, "peak_flops", lambda device: 1.0)  # 1 FLOP/s: every step beats it

@@ -195,8 +195,8 @@ def train(
     """Train a GPT on a prepared dataset, with a live display; Ctrl-C saves and stops."""
     from bladegpt.config import CLOCK_STEPS, parse_duration
     from bladegpt.cli.display import TrainDisplay
-    from bladegpt.distributed import Distributed
-    from bladegpt.launch import train as train_model
+    from bladegpt.train.distributed import Distributed
+    from bladegpt.train import train as train_model
     from bladegpt.lora import lora_config
 
     adapters = lora_config(lora, lora_rank, lora_alpha, lora_dropout, lora_targets, lora_base_dtype)
@@ -216,7 +216,7 @@ def train(
         raise typer.Exit(code=130)
     if not Distributed.from_env().main:
         return  # under torchrun, rank 0 speaks for all
-    from bladegpt.pacing import duration
+    from bladegpt.train.pacing import duration
     from bladegpt.runs import summarize
 
     run = summarize(result.run_dir)

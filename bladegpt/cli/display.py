@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bladegpt.config import plural
 from bladegpt.data.copymeter import describe
-from bladegpt.trainer import Reporter
+from bladegpt.train.trainer import Reporter
 
 
 def _clock(seconds: float) -> str:

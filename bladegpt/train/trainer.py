@@ -16,17 +16,17 @@ from bladegpt.data import copymeter
 from bladegpt.checkpoint import load_checkpoint, load_train_state, restore_adapters, save_checkpoint, save_training
 from bladegpt.config import ConfigError, ModelConfig, TrainConfig, plural
 from bladegpt.data.dataset import TokenData, stream_seed
-from bladegpt.distributed import Distributed
-from bladegpt.ema import WeightAverage
+from bladegpt.train.distributed import Distributed
+from bladegpt.train.ema import WeightAverage
 from bladegpt.engine import generate, prompt_ids
 from bladegpt.errors import UserError
 from bladegpt.model import GPT, flops_per_token
-from bladegpt.pacing import compile_pays, duration, fit_to_budget, paced_interval, seconds_per_step
-from bladegpt.optim import lr_at, make_optimizers, schedule_progress, set_lr
-from bladegpt.runbook import EarlyStopping, MetricsLog, eval_record, train_record
+from bladegpt.train.pacing import compile_pays, duration, fit_to_budget, paced_interval, seconds_per_step
+from bladegpt.train.optim import lr_at, make_optimizers, schedule_progress, set_lr
+from bladegpt.train.runbook import EarlyStopping, MetricsLog, eval_record, train_record
 from bladegpt.runtime import Runtime, autocast, compile_available, peak_flops, raise_cpu_peak, synchronize
 from bladegpt.sampler import decode_precision
-from bladegpt.signals import StopSignals
+from bladegpt.train.signals import StopSignals
 
 PROBE_STEPS = 6  # eager steps timed before "auto" decides whether compiling pays
 ESTIMATE_STEPS = 3  # steps timed before the run says how long it will take

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from bladegpt import strictjson
 from bladegpt.config import TrainConfig
-from bladegpt.optim import lr_at, schedule_progress
-from bladegpt.pacing import duration
+from bladegpt.train.optim import lr_at, schedule_progress
+from bladegpt.train.pacing import duration
 from bladegpt.runs import METRICS
-from bladegpt.tracker import Tracker
+from bladegpt.train.tracker import Tracker
 
 
 @dataclass

@@ -28,13 +28,13 @@ from bladegpt.config import (
 )
 from bladegpt.data.dataset import DataError, TokenData, latest_dataset
 from bladegpt.data.prepare import default_out_dir
-from bladegpt.distributed import Distributed, init_distributed
+from bladegpt.train.distributed import Distributed, init_distributed
 from bladegpt.encoding import utf8_name
 from bladegpt.errors import UserError
 from bladegpt.files import temp_path
 from bladegpt.lora import LoraConfig
 from bladegpt.model import GPT
-from bladegpt.runbook import describe_resume, resume_changes
+from bladegpt.train.runbook import describe_resume, resume_changes
 from bladegpt.runtime import (
     COMPILE_MODES,
     DeviceError,
@@ -43,9 +43,9 @@ from bladegpt.runtime import (
     choose_precision,
     set_matmul_precision,
 )
-from bladegpt.signals import StopSignals
-from bladegpt.tracker import FOLDERS as TRACKER_FOLDERS, check_tracker, open_tracker
-from bladegpt.trainer import Reporter, Trainer, TrainResult
+from bladegpt.train.signals import StopSignals
+from bladegpt.train.tracker import FOLDERS as TRACKER_FOLDERS, check_tracker, open_tracker
+from bladegpt.train.trainer import Reporter, Trainer, TrainResult
 
 RUNTIME_FLAGS = ("device", "precision", "attention", "compile")
 CHECKPOINTS = (runs.LAST, runs.STATE, runs.BEST)
