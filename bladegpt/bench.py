@@ -235,10 +235,10 @@ def bench_generate(
     transformers in fp32. Medians of `repeats` runs,
     the contenders alternating so a slow spell of the machine hits all of them. `source` times a
     pretrained model (any --init-from source, e.g. SmolLM2's GGUF) instead of the preset's shape."""
-    from bladegpt.engine import compile_decode, generate_batch
-    from bladegpt.quantize import int4_available, int8_available
+    from bladegpt.generate.engine import compile_decode, generate_batch
+    from bladegpt.generate.quantize import int4_available, int8_available
     from bladegpt.runtime import bf16_supported
-    from bladegpt.sampler import decode_precision, in_precision
+    from bladegpt.generate.sampler import decode_precision, in_precision
 
     dev = resolve_device(device)
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ import torch
 from torch.nn.attention import sdpa_kernel
 
 from bladegpt.config import from_preset
-from bladegpt.engine import DECODE_BACKENDS, KVCache
+from bladegpt.generate.engine import DECODE_BACKENDS, KVCache
 from bladegpt.model import GPT
 
 mode = sys.argv[1] if len(sys.argv) > 1 else "default"

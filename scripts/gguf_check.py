@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bladegpt.checkpoint import load_checkpoint
-from bladegpt.engine import generate
+from bladegpt.generate.engine import generate
 from bladegpt.export import export
 from bladegpt.runs import resolve_checkpoint
 from bladegpt.runtime import cpu_model

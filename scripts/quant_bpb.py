@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from bladegpt.bench import source_model
 from bladegpt.data.dataset import TokenData
-from bladegpt.quantize import quantize
+from bladegpt.generate.quantize import quantize
 from bladegpt.runtime import cpu_model
 
 

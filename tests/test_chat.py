@@ -119,7 +119,7 @@ def test_each_corpus_gets_the_frame_it_writes():
 
 
 def test_a_turn_ends_where_the_frame_closes_it_even_across_pieces():
-    from bladegpt.chat import Conversation
+    from bladegpt.generate.chat import Conversation
     from bladegpt.data.frames import Frame
 
     class Pieces:  # a sampler that answers with fixed pieces

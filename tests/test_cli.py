@@ -45,7 +45,7 @@ def test_quick_start(corpus, workdir):
              for i in range(3)]
     assert texts == alone  # sample i of a batch is what seed + i gives alone
     with pytest.MonkeyPatch.context() as mp:  # many samples run in turns of a bounded batch
-        mp.setattr("bladegpt.sampler.MAX_BATCH", 2)
+        mp.setattr("bladegpt.generate.sampler.MAX_BATCH", 2)
         turns = invoke("sample", "The", "--num-samples", "3", "--max-new-tokens", "12", "--seed", "1")
     assert turns.stdout == three.stdout
     for precision in ("fp32", "bf16", "int8", "int4"):

@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bladegpt import engine
+from bladegpt.generate import engine
 from bladegpt.data import prepare as prepare_module
 from bladegpt.checkpoint import save_checkpoint
 from bladegpt.cli import app
 from bladegpt.config import ModelConfig, padded_vocab
 from bladegpt.data.dataset import TokenData
-from bladegpt.engine import generate, generate_batch, generate_reference
+from bladegpt.generate.engine import generate, generate_batch, generate_reference
 from bladegpt.model import GPT
 from bladegpt.data.prepare import outside_separator, pieces, prepare
 from bladegpt.tokenizer import GPT2_EOT, TokenizerError, tokenizer_from_dict, train_tokenizer

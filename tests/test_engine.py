@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bladegpt.config import ModelConfig
-from bladegpt.engine import KVCache, StaticKVCache, generate, generate_reference, sample_next_token, stream_text
+from bladegpt.generate.engine import KVCache, StaticKVCache, generate, generate_reference, sample_next_token, stream_text
 from bladegpt.model import GPT
 from bladegpt.tokenizer import train_tokenizer
 
@@ -98,7 +98,7 @@ def test_stream_text_holds_back_split_characters():
 def test_batched_samples_are_each_seeds_own_text(model, new_tokens):
     """One prefill, n rows decoding together: greedy rows all equal the reference, and sampled row i
     is exactly the text seed + i gives alone (through the window slide too)."""
-    from bladegpt.engine import generate_batch
+    from bladegpt.generate.engine import generate_batch
 
     greedy = torch.stack(list(generate_batch(model, [3, 1, 4], new_tokens, 60, [None] * 4, temperature=0)), 1)
     reference = generate_reference(model, [3, 1, 4], new_tokens, 60, temperature=0)
@@ -115,7 +115,7 @@ def test_batched_samples_are_each_seeds_own_text(model, new_tokens):
 def test_compiled_decode_gives_the_reference_tokens(model, tmp_path):
     """sample --compile on: the compiled decode step writes exactly the slow reference's greedy text."""
     from bladegpt.checkpoint import save_checkpoint
-    from bladegpt.sampler import Sampler
+    from bladegpt.generate.sampler import Sampler
 
     tok = train_tokenizer("char", "".join(chr(33 + i) for i in range(60)))
     save_checkpoint(tmp_path / "m.safetensors", model, tok, step=1)
@@ -137,7 +137,7 @@ def test_compiled_static_step_compiles_once_and_keeps_each_seeds_text(model):
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from bladegpt.engine import compile_decode, generate_batch
+    from bladegpt.generate.engine import compile_decode, generate_batch
 
     torch._dynamo.reset()
     counters.clear()

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.cli import app
 from bladegpt.data.prepare import prepare
-from bladegpt.engine import generate
+from bladegpt.generate.engine import generate
 from bladegpt.train import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text
 

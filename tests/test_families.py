@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bladegpt.config import ModelConfig
-from bladegpt.engine import generate, generate_reference
+from bladegpt.generate.engine import generate, generate_reference
 from bladegpt.model import GPT, rope_frequencies
 from bladegpt.sources import SourceError, hf_model
 from bladegpt.sources.gguf import gguf_model, unpermute

@@ -81,7 +81,7 @@ def test_a_dataset_of_another_tokenizer_is_one_line(llama_folder, workdir, corpu
 
 @pytest.mark.slow
 def test_the_compiled_static_cache_step_writes_what_the_eager_one_writes(llama_folder):
-    from bladegpt.engine import compile_decode, generate_batch
+    from bladegpt.generate.engine import compile_decode, generate_batch
 
     folder, _ = llama_folder
     model = load_pretrained(str(folder)).model
@@ -106,7 +106,7 @@ def invoke_input(text, *args):
 
 
 def test_a_prompt_starts_with_bos_where_the_model_expects_one(tmp_path):
-    from bladegpt.engine import prompt_ids
+    from bladegpt.generate.engine import prompt_ids
     from bladegpt.tokenizer.hf import HFTokenizer
 
     llama3 = HFTokenizer.from_folder(build_folder(tmp_path / "llama3", "llama-bpe"))

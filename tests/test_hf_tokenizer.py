@@ -304,7 +304,7 @@ def test_a_run_trains_and_samples_with_it(families, workdir, monkeypatch):
     """prepare, train (bits per byte from token_bytes), a checkpoint, and sampling, with a pretrained tokenizer."""
     import bladegpt.sources
     from bladegpt.train import train
-    from bladegpt.sampler import Sampler
+    from bladegpt.generate.sampler import Sampler
     from tests.conftest import TINY_MODEL, TINY_TRAIN
 
     tok = HFTokenizer.from_folder(families["llama-bpe"][0])

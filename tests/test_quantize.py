@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from bladegpt.config import ModelConfig
-from bladegpt.engine import generate, generate_reference
+from bladegpt.generate.engine import generate, generate_reference
 from bladegpt.model import GPT
-from bladegpt.quantize import INT4_GROUP, PACKED_MAX_ROWS, Int4Linear, Int8Linear, quantize
+from bladegpt.generate.quantize import INT4_GROUP, PACKED_MAX_ROWS, Int4Linear, Int8Linear, quantize
 from bladegpt.runtime import DeviceError
-from bladegpt import sampler
+from bladegpt.generate import sampler
 
 
 def test_int8_weights_round_each_to_within_half_its_channels_step():

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bladegpt.engine import generate
-from bladegpt.quantize import quantize
+from bladegpt.generate.engine import generate
+from bladegpt.generate.quantize import quantize
 from bladegpt.sources import load_pretrained
 from tests.realmodel import smollm2_gguf
 

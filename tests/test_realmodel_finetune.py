@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bladegpt.engine import generate
+from bladegpt.generate.engine import generate
 from bladegpt.sources import load_pretrained
 from tests.realmodel import smollm2_gguf
 from tests.safety import invoke

@@ -249,8 +249,8 @@ def sample(
     """Stream new text from a trained model (several samples are generated together, in one batch)."""
     from bladegpt.data import copymeter
     from bladegpt.encoding import read_typed
-    from bladegpt.engine import check_settings
-    from bladegpt.sampler import Sampler
+    from bladegpt.generate.engine import check_settings
+    from bladegpt.generate.sampler import Sampler
 
     seed = random.randrange(2**31) if seed is None else seed
     prompt, note = read_typed(prompt, "prompt")
@@ -309,11 +309,11 @@ def chat(
     compile: DecodeCompileOpt = "auto",
 ) -> None:
     """Talk with the voice: type a line, it answers in the text's voice. Ctrl-D or Ctrl-C ends."""
-    from bladegpt.chat import Conversation, recorded_frame
+    from bladegpt.generate.chat import Conversation, recorded_frame
     from bladegpt.encoding import keep_typed_bytes, read_typed
-    from bladegpt.engine import check_settings
+    from bladegpt.generate.engine import check_settings
     from bladegpt.data.frames import check_kind, choose
-    from bladegpt.sampler import Sampler
+    from bladegpt.generate.sampler import Sampler
 
     seed = random.randrange(2**31) if seed is None else seed
     check_settings(1, max_new_tokens, temperature, top_k, top_p, seed, min_p, repetition_penalty)

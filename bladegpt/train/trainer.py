@@ -18,14 +18,14 @@ from bladegpt.config import ConfigError, ModelConfig, TrainConfig, plural
 from bladegpt.data.dataset import TokenData, stream_seed
 from bladegpt.train.distributed import Distributed
 from bladegpt.train.ema import WeightAverage
-from bladegpt.engine import generate, prompt_ids
+from bladegpt.generate.engine import generate, prompt_ids
 from bladegpt.errors import UserError
 from bladegpt.model import GPT, flops_per_token
 from bladegpt.train.pacing import compile_pays, duration, fit_to_budget, paced_interval, seconds_per_step
 from bladegpt.train.optim import lr_at, make_optimizers, schedule_progress, set_lr
 from bladegpt.train.runbook import EarlyStopping, MetricsLog, eval_record, train_record
 from bladegpt.runtime import Runtime, autocast, compile_available, peak_flops, raise_cpu_peak, synchronize
-from bladegpt.sampler import decode_precision
+from bladegpt.generate.sampler import decode_precision
 from bladegpt.train.signals import StopSignals
 
 PROBE_STEPS = 6  # eager steps timed before "auto" decides whether compiling pays

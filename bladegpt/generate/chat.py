@@ -14,7 +14,7 @@ from pathlib import Path
 from bladegpt.data.dataset import META_FILE
 from bladegpt.data.frames import Frame
 from bladegpt.runs import RUN_FILE
-from bladegpt.sampler import Sampler
+from bladegpt.generate.sampler import Sampler
 
 KEEP_CHARS = 100_000  # far more than any context here holds; the rest is never read again
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from bladegpt.engine import compile_decode, generate_batch, prompt_ids, stream_text, until_stop
+from bladegpt.generate.engine import compile_decode, generate_batch, prompt_ids, stream_text, until_stop
 from bladegpt.model import GPT
-from bladegpt.quantize import QUANTIZED, int4_available, int8_available, quantize
+from bladegpt.generate.quantize import QUANTIZED, int4_available, int8_available, quantize
 from bladegpt.runtime import DeviceError, _cached, autocast, bf16_supported, choose_precision, cpu_model
 
 COMPILE_MODES = ("auto", "on", "off")
@@ -48,7 +48,7 @@ def in_precision(model: GPT, precision: str, cast: bool):
 
 def _time_decode(model: GPT, device: torch.device, precision: str, cast: bool, steps: int = 16, rows: int = 1) -> float:
     """Median seconds of a one-token step for `rows` samples with a half-full cache, as generation runs it."""
-    from bladegpt.engine import KVCache, _logits
+    from bladegpt.generate.engine import KVCache, _logits
 
     block, vocab = model.config.block_size, model.config.vocab_size
     times = []
