@@ -17,17 +17,13 @@ from safetensors.torch import load_file, save_file, save_model
 from bladegpt import __version__, strictjson
 from bladegpt.config import ModelConfig
 from bladegpt.encoding import openable
-from bladegpt.errors import UserError
+from bladegpt.errors import CheckpointError, UserError, TokenizerError
 from bladegpt.files import atomic_write, commit, stage, temp_path
 from bladegpt.model import GPT
 from bladegpt.runs import LAST, STATE
-from bladegpt.tokenizer import Tokenizer, TokenizerError, tokenizer_from_dict
+from bladegpt.tokenizer import Tokenizer, tokenizer_from_dict
 
 FORMAT = "bladegpt-1"
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that is missing, damaged or not BladeGPT's; the message says what to do."""
 
 
 def save_checkpoint(path: Path, model: GPT, tokenizer: Tokenizer, **info) -> None:

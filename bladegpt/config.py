@@ -6,11 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 
-from bladegpt.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A setting the user chose cannot work; the message says which and what to do."""
+from bladegpt.errors import ConfigError, UserError
 
 
 # prepare's BPE vocabulary unless --vocab-size says otherwise: this for big texts, smaller for small

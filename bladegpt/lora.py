@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bladegpt.config import ConfigError
+from bladegpt.errors import ConfigError
 from bladegpt.model import GPT
 
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # every linear of a block
@@ -241,8 +241,7 @@ def base_source(source: str) -> str:
 def load_base(cfg: LoraConfig, config, where: str) -> GPT:
     """The base model cfg's adapters were trained on, shaped as `config` (the run's context and dropout); a
     CheckpointError (one line) when it cannot be loaded, or its weights are no longer the ones trained on."""
-    from bladegpt.checkpoint import CheckpointError
-    from bladegpt.errors import UserError
+    from bladegpt.errors import CheckpointError, UserError
     from bladegpt.sources import load_pretrained
 
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bladegpt import strictjson
-from bladegpt.errors import UserError
+from bladegpt.errors import DeviceError, UserError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 ATTENTIONS = ("auto", "manual", "sdpa")
@@ -40,10 +40,6 @@ GPU_BF16_PEAKS = {
     "V100": 125e12,  # fp16; no bf16 on Volta
     "T4": 65e12,  # fp16
 }
-
-
-class DeviceError(UserError, RuntimeError):
-    """A device or runtime setting this machine cannot honour; the message says what to do."""
 
 
 def cache_dir() -> Path:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bladegpt.checkpoint import load_checkpoint
-from bladegpt.config import BLOCK_CHANGES, BLOCKS, ConfigError, ModelConfig, block_settings
-from bladegpt.errors import UserError
+from bladegpt.config import BLOCK_CHANGES, BLOCKS, ModelConfig, block_settings
+from bladegpt.errors import ConfigError, UserError
 from bladegpt.export import export
 from bladegpt.train import train
 from bladegpt.model import GPT

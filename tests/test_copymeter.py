@@ -8,7 +8,7 @@ import pytest
 
 from bladegpt.data import copymeter
 from bladegpt.data.copymeter import CopyIndex
-from bladegpt.data.dataset import DataError
+from bladegpt.errors import DataError
 from bladegpt.cli.display import TrainDisplay
 from bladegpt.train import train
 from bladegpt.data.prepare import prepare

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from bladegpt.data.dataset import DataError, TokenData, latest_dataset
+from bladegpt.data.dataset import TokenData, latest_dataset
+from bladegpt.errors import DataError
 from bladegpt.data.prepare import prepare
 
 

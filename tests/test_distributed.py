@@ -64,7 +64,8 @@ def test_two_ranks_match_one_process(corpus, workdir):
 
 
 def test_accum_must_divide_across_ranks(corpus, monkeypatch):
-    from bladegpt.config import ConfigError, ModelConfig, TrainConfig
+    from bladegpt.config import ModelConfig, TrainConfig
+    from bladegpt.errors import ConfigError
     from bladegpt.data.dataset import TokenData
     from bladegpt.runtime import Runtime
     from bladegpt.train.distributed import Distributed
@@ -78,7 +79,7 @@ def test_accum_must_divide_across_ranks(corpus, monkeypatch):
 
 def test_more_ranks_than_gpus_is_one_clear_line(monkeypatch):
     from bladegpt.train import distributed
-    from bladegpt.config import ConfigError
+    from bladegpt.errors import ConfigError
 
     monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -17,7 +17,8 @@ from bladegpt.data.dataset import TokenData
 from bladegpt.generate.engine import generate, generate_batch, generate_reference
 from bladegpt.model import GPT
 from bladegpt.data.prepare import outside_separator, pieces, prepare
-from bladegpt.tokenizer import GPT2_EOT, TokenizerError, tokenizer_from_dict, train_tokenizer
+from bladegpt.tokenizer import GPT2_EOT, tokenizer_from_dict, train_tokenizer
+from bladegpt.errors import TokenizerError
 from tests.conftest import corpus_text
 
 KINDS = ["gpt2", "bpe", "char"]

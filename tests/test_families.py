@@ -8,7 +8,8 @@ import torch
 from bladegpt.config import ModelConfig
 from bladegpt.generate.engine import generate, generate_reference
 from bladegpt.model import GPT, rope_frequencies
-from bladegpt.sources import SourceError, hf_model
+from bladegpt.sources import hf_model
+from bladegpt.errors import SourceError
 from bladegpt.sources.gguf import gguf_model, unpermute
 from tests.families import FAMILIES, LLAMA3, logits_of, permute, tiny_family, write_gguf
 

@@ -14,7 +14,8 @@ from bladegpt.data.dataset import TokenData
 from bladegpt.tokenizer.hf import CONTROL, NORMAL, UNUSED, USER_DEFINED, HFTokenizer
 from bladegpt.sources.gguf import read_metadata as read_gguf_metadata
 from bladegpt.data.prepare import prepare
-from bladegpt.tokenizer import TokenizerError, load_tokenizer, tokenizer_from_dict
+from bladegpt.tokenizer import load_tokenizer, tokenizer_from_dict
+from bladegpt.errors import TokenizerError
 from tests.conftest import corpus_text
 
 transformers = pytest.importorskip("transformers")
@@ -259,7 +260,7 @@ def test_unusable_gguf_vocabularies_are_one_line_errors(families, tmp_path):
         with pytest.raises(TokenizerError, match=message):
             HFTokenizer.from_gguf({**meta, **change})
     (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 40)
-    from bladegpt.sources import SourceError
+    from bladegpt.errors import SourceError
 
     with pytest.raises(SourceError, match="bad.gguf is not a readable GGUF file"):
         read_gguf_metadata(tmp_path / "bad.gguf")

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from bladegpt.checkpoint import FORMAT, load_train_state, save_training
-from bladegpt.config import ConfigError, ModelConfig, TrainConfig
+from bladegpt.config import ModelConfig, TrainConfig
+from bladegpt.errors import ConfigError
 from bladegpt.model import GPT
 from bladegpt.train.optim import lr_at, make_optimizers, set_lr
 from bladegpt.tokenizer import CharTokenizer

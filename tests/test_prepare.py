@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bladegpt.data import prepare as prepare_module
-from bladegpt.data.dataset import DataError, TokenData
+from bladegpt.data.dataset import TokenData
+from bladegpt.errors import DataError
 from bladegpt.data.prepare import Corpus, prepare
 from tests.conftest import corpus_text
 from tests.safety import REPO

@@ -8,7 +8,7 @@ from bladegpt.config import ModelConfig
 from bladegpt.generate.engine import generate, generate_reference
 from bladegpt.model import GPT
 from bladegpt.generate.quantize import INT4_GROUP, PACKED_MAX_ROWS, Int4Linear, Int8Linear, quantize
-from bladegpt.runtime import DeviceError
+from bladegpt.errors import DeviceError
 from bladegpt.generate import sampler
 
 

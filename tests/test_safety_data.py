@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from bladegpt.data.dataset import DataError, TokenData
+from bladegpt.data.dataset import TokenData
+from bladegpt.errors import DataError
 from bladegpt.data.prepare import prepare
 from bladegpt.train import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from bladegpt import runs
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.data.prepare import prepare
-from bladegpt.errors import UserError
+from bladegpt.errors import UserError, TrainingDiverged
 from bladegpt.train import train
-from bladegpt.train.trainer import Reporter, Trainer, TrainingDiverged
+from bladegpt.train.trainer import Reporter, Trainer
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import REPO, TINY_CLI, assert_one_line_error, cli, invoke, mounted, poison_weights_at
 

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from bladegpt.sources import SourceError, gguf_path, load_tokenizer_from
+from bladegpt.sources import gguf_path, load_tokenizer_from
+from bladegpt.errors import SourceError
 from bladegpt.sources.gguf import gguf_model
 from bladegpt.sources.ollama import manifest_parts, ollama_blob
 from tests.families import logits_of, tiny_family, write_gguf

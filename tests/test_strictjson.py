@@ -6,12 +6,12 @@ import math
 import pytest
 from safetensors import safe_open
 
-from bladegpt import bench as bench_module
-from bladegpt import runs, strictjson
+from bladegpt import bench as bench_module, runs, strictjson
 from bladegpt.train import train
 from bladegpt.data.prepare import prepare
 from bladegpt.train.runbook import MetricsLog
-from bladegpt.train.trainer import Trainer, TrainingDiverged
+from bladegpt.train.trainer import Trainer
+from bladegpt.errors import TrainingDiverged
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import invoke, poison_weights_at
 

@@ -1,14 +1,8 @@
 import pytest
 
 from bladegpt.data.prepare import pieces
-from bladegpt.tokenizer import (
-    CharTokenizer,
-    TokenizerError,
-    bpe_vocab_size,
-    load_tokenizer,
-    tokenizer_from_dict,
-    train_tokenizer,
-)
+from bladegpt.tokenizer import CharTokenizer, bpe_vocab_size, load_tokenizer, tokenizer_from_dict, train_tokenizer
+from bladegpt.errors import TokenizerError
 from tests.conftest import SHAKESPEARE, corpus_text
 
 MIXED = "Hello,  world!\n\n\tcafé — naïve 😀 3.14159 x=1000000 'tis don't   <|endoftext|>  \r\n end"

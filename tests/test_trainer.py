@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bladegpt.checkpoint import load_checkpoint
-from bladegpt.config import ConfigError, TrainConfig
+from bladegpt.config import TrainConfig
+from bladegpt.errors import ConfigError
 from bladegpt.data.prepare import prepare
 from bladegpt.train import train
 from bladegpt.train.trainer import Reporter, Trainer

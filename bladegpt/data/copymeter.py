@@ -368,7 +368,8 @@ _LOCK = threading.Lock()
 def for_dataset(folder: Path, fingerprint: str | None = None) -> CopyIndex:
     """The copy meter of a prepared dataset, built at most once per process. `fingerprint` (what a run
     recorded) must match the dataset's, or DataError says the dataset has changed."""
-    from bladegpt.data.dataset import DataError, TOKENIZER_FILE, fingerprint as hash_files, read_meta
+    from bladegpt.data.dataset import TOKENIZER_FILE, fingerprint as hash_files, read_meta
+    from bladegpt.errors import DataError
     from bladegpt.tokenizer import load_tokenizer
 
     folder = Path(folder)

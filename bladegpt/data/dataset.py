@@ -7,18 +7,14 @@ import json
 from pathlib import Path
 
 from bladegpt.encoding import openable
-from bladegpt.errors import UserError
-from bladegpt.tokenizer import TokenizerError, load_tokenizer
+from bladegpt.errors import DataError, UserError, TokenizerError
+from bladegpt.tokenizer import load_tokenizer
 
 DATASETS_DIR = Path("datasets")
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKEN_FILES = ("train.bin", "val.bin")
 DATASET_FILES = {META_FILE, TOKENIZER_FILE, *TOKEN_FILES}
-
-
-class DataError(UserError, ValueError):
-    """Input text or a dataset folder that cannot be used; the message says what to do."""
 
 
 def latest_dataset(root: Path = DATASETS_DIR) -> Path:

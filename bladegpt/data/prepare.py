@@ -22,7 +22,8 @@ from pathlib import Path
 
 from bladegpt import strictjson
 from bladegpt.data.copymeter import is_index_file
-from bladegpt.data.dataset import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE, DataError
+from bladegpt.data.dataset import DATASETS_DIR, DATASET_FILES, META_FILE, TOKENIZER_FILE
+from bladegpt.errors import DataError
 from bladegpt.encoding import utf8_name
 from bladegpt.files import fsync, publish_dir, temp_dir
 from bladegpt.data.frames import FrameCounter

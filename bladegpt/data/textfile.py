@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bladegpt.data.dataset import DataError
+from bladegpt.errors import DataError
 
 READ_BYTES = 1 << 20  # bytes read from a file at a time
 SNIFF_BYTES = 1 << 16  # bytes a file's encoding is told from

@@ -14,7 +14,8 @@ import torch
 from bladegpt.generate.engine import compile_decode, generate_batch, prompt_ids, stream_text, until_stop
 from bladegpt.model import GPT
 from bladegpt.generate.quantize import QUANTIZED, int4_available, int8_available, quantize
-from bladegpt.runtime import DeviceError, _cached, autocast, bf16_supported, choose_precision, cpu_model
+from bladegpt.runtime import _cached, autocast, bf16_supported, choose_precision, cpu_model
+from bladegpt.errors import DeviceError
 
 COMPILE_MODES = ("auto", "on", "off")
 # What generation can run in: training's precisions, and int8 or int4 weights (quantize.py) for a model

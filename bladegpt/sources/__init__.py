@@ -17,7 +17,8 @@ import torch
 from bladegpt.config import ModelConfig
 from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, RUN_FILE, resolve_checkpoint
-from bladegpt.sources.hub import GPT2_REPOS, SourceError, hf_folder
+from bladegpt.sources.hub import GPT2_REPOS, hf_folder
+from bladegpt.errors import SourceError
 from bladegpt.tokenizer import TiktokenTokenizer, Tokenizer
 
 FAMILY_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
@@ -119,8 +120,9 @@ def hf_model(folder: Path, matrices: torch.dtype = torch.float32) -> tuple[GPT, 
 
 def load_tokenizer_from(source: str) -> Tokenizer:
     """SOURCE's tokenizer, without loading (or downloading) its weights."""
-    from bladegpt.checkpoint import CheckpointError, read_metadata
-    from bladegpt.tokenizer import TokenizerError, tokenizer_from_dict
+    from bladegpt.checkpoint import read_metadata
+    from bladegpt.errors import CheckpointError, TokenizerError
+    from bladegpt.tokenizer import tokenizer_from_dict
 
     if is_bladegpt(source):
         path = resolve_checkpoint(Path(source))
@@ -151,7 +153,7 @@ def folder_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
     if config.arch == "gpt2" and ((not present and config.vocab_size == 50257) or (present and is_gpt2_tokenizer(folder))):
         return TiktokenTokenizer.gpt2()
     from bladegpt.tokenizer.hf import HFTokenizer
-    from bladegpt.tokenizer import TokenizerError
+    from bladegpt.errors import TokenizerError
 
     try:
         return HFTokenizer.from_folder(folder)

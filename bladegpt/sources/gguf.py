@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bladegpt.config import ConfigError, ModelConfig
-from bladegpt.sources.hub import SourceError
+from bladegpt.config import ModelConfig
+from bladegpt.errors import ConfigError, SourceError
 
 ARCHES = ("llama", "qwen2", "qwen3", "gpt2")
 # GGUF tensor names -> transformers' (llama family); q/k/v and gate/up are joined by hf.llama_state_dict.
@@ -228,7 +228,7 @@ def quantization(reader) -> str:
 
 def gguf_tokenizer(path: Path, meta: dict | None = None):
     from bladegpt.tokenizer.hf import HFTokenizer
-    from bladegpt.tokenizer import TokenizerError
+    from bladegpt.errors import TokenizerError
 
     if meta is None:
         meta = metadata(open_gguf(path))

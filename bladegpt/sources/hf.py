@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from bladegpt.config import ConfigError, ModelConfig
+from bladegpt.config import ModelConfig
+from bladegpt.errors import ConfigError, SourceError
 from bladegpt.encoding import openable
-from bladegpt.sources.hub import SourceError, weight_files
+from bladegpt.sources.hub import weight_files
 
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # GPT-2 stores (in, out)

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from bladegpt.errors import UserError
+from bladegpt.errors import SourceError, UserError
 
 # The names users know, and the hub repos that hold them (files fetched under either name sit in
 # different cache folders, so both are looked up).
@@ -26,10 +26,6 @@ TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_conf
 WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "model-*.safetensors", "pytorch_model.bin"]
 # A hub repo id: a name, or owner/name, of letters, digits, '-', '_' and '.' (huggingface_hub's rule).
 REPO_ID = re.compile(r"^(?:[\w\-.]{1,96}/)?[\w\-.]{1,96}$")
-
-
-class SourceError(UserError):
-    """An --init-from or --tokenizer-from source that cannot be used; the message says what to do."""
 
 
 def looks_like_path(source: str) -> bool:

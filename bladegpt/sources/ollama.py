@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from bladegpt.sources.hub import SourceError
+from bladegpt.errors import SourceError
 
 MODEL_LAYER = "application/vnd.ollama.image.model"
 DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"

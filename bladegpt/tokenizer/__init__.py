@@ -22,7 +22,7 @@ import tiktoken
 
 from bladegpt import strictjson
 from bladegpt.config import DEFAULT_BPE_VOCAB, SMALL_TEXT_BYTES, SMALL_TEXT_VOCAB
-from bladegpt.errors import UserError
+from bladegpt.errors import TokenizerError, UserError
 
 KINDS = ("bpe", "gpt2", "char")
 
@@ -36,10 +36,6 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 BPE_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
-
-
-class TokenizerError(UserError, ValueError):
-    """Text or a tokenizer file the tokenizer cannot handle; the message says what to do."""
 
 
 class Tokenizer:

@@ -15,7 +15,6 @@ from bladegpt.checkpoint import read_info, recover_training
 from bladegpt.config import (
     DEFAULT_PRESET,
     FINETUNE_BLOCK,
-    ConfigError,
     ModelConfig,
     TrainConfig,
     finetune_config,
@@ -26,23 +25,16 @@ from bladegpt.config import (
     sized_model,
     sized_to_text,
 )
-from bladegpt.data.dataset import DataError, TokenData, latest_dataset
+from bladegpt.errors import ConfigError, DataError, UserError, DeviceError
+from bladegpt.data.dataset import TokenData, latest_dataset
 from bladegpt.data.prepare import default_out_dir
 from bladegpt.train.distributed import Distributed, init_distributed
 from bladegpt.encoding import utf8_name
-from bladegpt.errors import UserError
 from bladegpt.files import temp_path
 from bladegpt.lora import LoraConfig
 from bladegpt.model import GPT
 from bladegpt.train.runbook import describe_resume, resume_changes
-from bladegpt.runtime import (
-    COMPILE_MODES,
-    DeviceError,
-    Runtime,
-    choose_attention,
-    choose_precision,
-    set_matmul_precision,
-)
+from bladegpt.runtime import COMPILE_MODES, Runtime, choose_attention, choose_precision, set_matmul_precision
 from bladegpt.train.signals import StopSignals
 from bladegpt.train.tracker import FOLDERS as TRACKER_FOLDERS, check_tracker, open_tracker
 from bladegpt.train.trainer import Reporter, Trainer, TrainResult

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from bladegpt.config import ConfigError
+from bladegpt.errors import ConfigError
 from bladegpt.runtime import resolve_device
 
 

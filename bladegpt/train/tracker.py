@@ -149,7 +149,7 @@ def _code(text: str) -> str:
 
 def check_tracker(kind: str | None) -> None:
     """A misspelt --tracker is the user's to fix before the run starts."""
-    from bladegpt.config import ConfigError
+    from bladegpt.errors import ConfigError
 
     if kind is not None and kind not in TRACKERS:
         raise ConfigError(f"Unknown --tracker '{kind}'; choose {' or '.join(TRACKERS)}.")

@@ -14,12 +14,12 @@ import torch
 from bladegpt import runs
 from bladegpt.data import copymeter
 from bladegpt.checkpoint import load_checkpoint, load_train_state, restore_adapters, save_checkpoint, save_training
-from bladegpt.config import ConfigError, ModelConfig, TrainConfig, plural
+from bladegpt.config import ModelConfig, TrainConfig, plural
+from bladegpt.errors import ConfigError, TrainingDiverged, UserError
 from bladegpt.data.dataset import TokenData, stream_seed
 from bladegpt.train.distributed import Distributed
 from bladegpt.train.ema import WeightAverage
 from bladegpt.generate.engine import generate, prompt_ids
-from bladegpt.errors import UserError
 from bladegpt.model import GPT, flops_per_token
 from bladegpt.train.pacing import compile_pays, duration, fit_to_budget, paced_interval, seconds_per_step
 from bladegpt.train.optim import lr_at, make_optimizers, schedule_progress, set_lr
@@ -41,10 +41,6 @@ class Reporter:
     def log(self, record: dict) -> None: ...
     def eval(self, record: dict, sample: str | None) -> None: ...
     def close(self) -> None: ...
-
-
-class TrainingDiverged(UserError):
-    """The loss went NaN or infinite; the message says what was kept and what to try."""
 
 
 @dataclass
