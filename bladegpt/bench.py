@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from bladegpt.config import DEFAULT_BPE_VOCAB, ModelConfig, TrainConfig, from_preset
+from bladegpt.config import ModelConfig, TrainConfig, from_preset
+from bladegpt.tokenizer.bpe import DEFAULT_BPE_VOCAB
 from bladegpt.errors import ConfigError
 from bladegpt.model import GPT, flops_per_token
 from bladegpt.train.optim import make_optimizers

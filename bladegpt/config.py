@@ -9,12 +9,8 @@ from dataclasses import dataclass, field, fields
 from bladegpt.errors import ConfigError, UserError
 
 
-# prepare's BPE vocabulary unless --vocab-size says otherwise: this for big texts, smaller for small
-# ones (tokenizer.bpe_vocab_size).
-DEFAULT_BPE_VOCAB = 4096
-SMALL_TEXT_VOCAB = 3072
 # Below this many bytes of training text the default model is narrower and shallower, and its
-# vocabulary at most SMALL_TEXT_VOCAB: on officer_k (59 KB) and witcher (140 KB) 4 layers x 192
+# vocabulary at most tokenizer/bpe.py's SMALL_TEXT_VOCAB: on officer_k (59 KB) and witcher (140 KB) 4 layers x 192
 # followed mini's val curve step for step (officer_k: 2.331 vs 2.330 bpb at step 231) at 2.3x its
 # speed: a small text is data-bound, not model-bound (docs/benchmarks.md).
 SMALL_TEXT_BYTES = 250_000

@@ -1,7 +1,8 @@
 import pytest
 
 from bladegpt.data.prepare import pieces
-from bladegpt.tokenizer import CharTokenizer, bpe_vocab_size, load_tokenizer, tokenizer_from_dict, train_tokenizer
+from bladegpt.tokenizer import CharTokenizer, load_tokenizer, tokenizer_from_dict, train_tokenizer
+from bladegpt.tokenizer.bpe import bpe_vocab_size
 from bladegpt.errors import TokenizerError
 from tests.conftest import SHAKESPEARE, corpus_text
 

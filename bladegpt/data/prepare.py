@@ -28,7 +28,8 @@ from bladegpt.encoding import utf8_name
 from bladegpt.files import fsync, publish_dir, temp_dir
 from bladegpt.data.frames import FrameCounter
 from bladegpt.data.textfile import TextFile, utf8_size
-from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, Tokenizer, bpe_vocab_size, tokenizer_from_dict, train_tokenizer
+from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, Tokenizer, tokenizer_from_dict, train_tokenizer
+from bladegpt.tokenizer.bpe import bpe_vocab_size
 
 MIN_VOCAB, MAX_VOCAB = 257, 0xD7FF  # a BPE's ids must stay below the surrogate code points (tokenizer.py)
 PIECE_CHARS = 1 << 20  # text encoded as one piece (4 MB measured slower: less overlap)

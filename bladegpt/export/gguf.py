@@ -33,7 +33,8 @@ import torch
 from bladegpt.tokenizer.bytelevel import bpe_merges, char_pieces, spell
 from bladegpt.errors import UserError
 from bladegpt.model import GPT
-from bladegpt.tokenizer import BPE_PATTERN, GPT2_EOT, GPT2_PATTERN, CharTokenizer, TiktokenTokenizer, Tokenizer
+from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, TiktokenTokenizer, Tokenizer
+from bladegpt.tokenizer.bpe import BPE_PATTERN, GPT2_PATTERN
 
 DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")  # what the gguf package writes; K-quants: llama-quantize
 SOURCE_KEY = "bladegpt.exported_from"  # marks a file BladeGPT wrote: --force may replace only those

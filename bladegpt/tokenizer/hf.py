@@ -18,7 +18,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as RustTokenizer
 
 from bladegpt.tokenizer.bytelevel import byte_chars
-from bladegpt.tokenizer import Tokenizer
+from bladegpt.tokenizer.base import Tokenizer
 from bladegpt.errors import TokenizerError
 
 # GGUF token types (gguf-py constants.py TokenType).
