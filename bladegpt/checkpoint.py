@@ -18,7 +18,7 @@ from bladegpt import __version__, strictjson
 from bladegpt.config import ModelConfig
 from bladegpt.encoding import openable
 from bladegpt.errors import CheckpointError, UserError, TokenizerError
-from bladegpt.files import atomic_write, commit, stage, temp_path
+from bladegpt.files import atomic_write, commit, is_gguf, stage, temp_path
 from bladegpt.model import GPT
 from bladegpt.runs import LAST, STATE
 from bladegpt.tokenizer import Tokenizer, tokenizer_from_dict
@@ -60,8 +60,6 @@ def read_metadata(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}; train a model first with `bladegpt train`.")
-    from bladegpt.sources import is_gguf
-
     if is_gguf(path):
         raise CheckpointError(f"{path} is a GGUF file, not a BladeGPT checkpoint; start a run from it with `bladegpt "
                               f"train --init-from {path}`, or give a run folder or .safetensors checkpoint.")
@@ -79,16 +77,12 @@ def read_metadata(path: Path) -> dict:
 
 
 def load_checkpoint(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer, dict]:
-    """The model (on CPU, eval mode), its tokenizer, and the info saved with it. A LoRA checkpoint's model is
-    its base with the adapters merged in (the base is loaded from where the run found it)."""
+    """The model (on CPU, eval mode), its tokenizer, and the info saved with it. A LoRA checkpoint holds no
+    whole model: sources.load_bladegpt finds its base again (any source) and merges the adapters in."""
     metadata = read_metadata(path)
     if "lora" in metadata:
-        from bladegpt.lora import load_base, merge
-
-        lora, config, tokenizer, tensors, info = read_adapters(path, metadata)
-        model = merge(_adapted(load_base(lora, config, str(path)), lora, tensors, path))
-        model.set_attention(attention)
-        return model.eval(), tokenizer, info
+        raise CheckpointError(f"{path} holds LoRA adapters, not a whole model; load it with its base "
+                              "(bladegpt sample, export, or train --init-from it).")
     try:
         config = ModelConfig.from_dict(json.loads(metadata["config"]))
         tokenizer = tokenizer_from_dict(json.loads(metadata["tokenizer"]))
@@ -121,18 +115,6 @@ def read_adapters(path: Path, metadata: dict | None = None):
     except (SafetensorError, KeyError, TypeError, ValueError, TokenizerError) as e:
         raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or train again.") from None
     return lora, config, tokenizer, tensors, json.loads(metadata.get("info", "{}"))
-
-
-def _adapted(model: GPT, lora, tensors: dict[str, torch.Tensor], path: Path) -> GPT:
-    """The base `model` with the saved adapters attached."""
-    from bladegpt.lora import attach, load_adapters
-
-    attach(model, lora)
-    try:
-        load_adapters(model, tensors)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or train again.") from None
-    return model
 
 
 def restore_adapters(model: GPT, path: Path) -> dict:

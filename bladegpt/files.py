@@ -96,3 +96,20 @@ def temp_dir(dest: Path, contents: set[str]) -> Path:
 def _holds_only(folder: Path, names: set[str]) -> bool:
     allowed = names | {temp_path(Path(name)).name for name in names}  # a write cut short leaves a staged copy
     return all(entry.name in allowed for entry in folder.iterdir())
+
+
+def cache_dir() -> Path:
+    """BladeGPT's own cache (measurements, copy-meter indexes): $BLADEGPT_CACHE, else ~/.cache/bladegpt."""
+    root = os.environ.get("BLADEGPT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bladegpt"
+    )
+    return Path(root)
+
+
+def is_gguf(path: Path) -> bool:
+    """Whether a file is GGUF, by its magic (a file of any name may be one)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False

@@ -228,39 +228,3 @@ def fingerprint(state: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}{tuple(state[name].shape)}".encode())
         digest.update(sample.float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def base_source(source: str) -> str:
-    """Where the base is found again: a path made absolute (runs move between folders), else the name as given."""
-    from pathlib import Path
-
-    path = Path(source).expanduser()
-    return str(path.resolve()) if not source.startswith("ollama:") and path.exists() else source
-
-
-def load_base(cfg: LoraConfig, config, where: str) -> GPT:
-    """The base model cfg's adapters were trained on, shaped as `config` (the run's context and dropout); a
-    CheckpointError (one line) when it cannot be loaded, or its weights are no longer the ones trained on."""
-    from bladegpt.errors import CheckpointError, UserError
-    from bladegpt.sources import load_pretrained
-
-    try:
-        pretrained = load_pretrained(cfg.base, BASE_DTYPES[cfg.base_dtype])
-    except UserError as e:
-        raise CheckpointError(f"{where} holds LoRA adapters for the base model {cfg.base}, which cannot be loaded: "
-                              f"{e}") from None
-    state = pretrained.model.state_dict()
-    if fingerprint(state) != cfg.base_fingerprint:
-        raise CheckpointError(f"{where} holds LoRA adapters for {cfg.base}, whose weights have changed since "
-                              "(another fingerprint), and adapters fit only the weights they learned on: put the "
-                              "original model back there, or train again from this one.")
-    return shaped(state, config, where)
-
-
-def shaped(state: dict[str, torch.Tensor], config, where: str) -> GPT:
-    """A base model's weights as a model of `config`, the run's shape (its context, dropout), sharing the tensors."""
-    from bladegpt.sources import build_model
-
-    if "transformer.wpe.weight" in state:  # learned positions: crop the context (nanoGPT's crop_block_size)
-        state = {**state, "transformer.wpe.weight": state["transformer.wpe.weight"][: config.block_size]}
-    return build_model(dataclasses.replace(config), state, where).train()

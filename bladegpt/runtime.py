@@ -20,6 +20,7 @@ import torch
 
 from bladegpt import strictjson
 from bladegpt.errors import DeviceError, UserError
+from bladegpt.files import cache_dir
 
 PRECISIONS = ("auto", "bf16", "fp32")
 ATTENTIONS = ("auto", "manual", "sdpa")
@@ -40,13 +41,6 @@ GPU_BF16_PEAKS = {
     "V100": 125e12,  # fp16; no bf16 on Volta
     "T4": 65e12,  # fp16
 }
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("BLADEGPT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bladegpt"
-    )
-    return Path(root)
 
 
 def _measurements() -> dict:

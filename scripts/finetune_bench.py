@@ -47,7 +47,7 @@ def build(name: str, block: int, batch: int, precision: str):
     """(BladeGPT model, transformers model) holding the same random weights, in training mode."""
     import transformers
 
-    from bladegpt.sources import build_model
+    from bladegpt.sources.base import build_model
     from bladegpt.sources.hf import gpt2_state_dict, llama_state_dict, model_config
 
     fields = {**(LLAMA_COMMON if SHAPES[name]["model_type"] == "llama" else {}), **SHAPES[name]}

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bladegpt.checkpoint import load_checkpoint
+from bladegpt.sources import load_bladegpt
 from bladegpt.generate.engine import generate
 from bladegpt.export import export
 from bladegpt.runs import resolve_checkpoint
@@ -111,7 +111,7 @@ def main() -> None:
             del llm
     else:
         source = resolve_checkpoint(args.checkpoint)
-        model, tokenizer, _ = load_checkpoint(source)
+        model, tokenizer, _ = load_bladegpt(source)
     model.eval()
     same = tanh_gelu(model) if model.config.arch == "gpt2" else model
     cfg, n_own = model.config, tokenizer.vocab_size

@@ -31,7 +31,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from bladegpt.checkpoint import load_checkpoint
+    from bladegpt.sources import load_bladegpt
     from bladegpt.export import export
     from bladegpt.train import train
     from bladegpt.lora import LoraConfig
@@ -66,7 +66,7 @@ def main() -> None:
     print((converted.stderr.strip().splitlines() or ["(no output)"])[-1])
     if converted.returncode != 0:
         sys.exit(f"convert_lora_to_gguf.py failed:\n{converted.stderr}")
-    model, tokenizer, _ = load_checkpoint(checkpoint)
+    model, tokenizer, _ = load_bladegpt(checkpoint)
     ids = tokenizer.encode("The hunter counted the coins before dawn.")
     with torch.no_grad():
         ours = model(torch.tensor([ids]))[0][0].float().numpy()

@@ -8,11 +8,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bladegpt.checkpoint import load_checkpoint
+from bladegpt.sources import load_bladegpt, load_pretrained
 from bladegpt.train import train
 from bladegpt.lora import LoraConfig, attach, merge
 from bladegpt.data.prepare import prepare
-from bladegpt.sources import load_pretrained
 from tests.families import logits_of, tiny_family
 from tests.safety import assert_one_line_error, invoke
 from tests.test_trainer import CtrlCAt, assert_resume_follows
@@ -67,7 +66,7 @@ def test_checkpoints_hold_adapters_merge_exactly_and_sample(base, corpus, workdi
     assert meta["base"] == str(base.resolve()) and meta["base_fingerprint"]
     result.model.eval()
     unmerged = logits_of(result.model, IDS)
-    merged, _, _ = load_checkpoint(last)  # the base from its folder, the adapters merged in
+    merged, _, _ = load_bladegpt(last)  # the base from its folder, the adapters merged in
     torch.testing.assert_close(logits_of(merged, IDS), unmerged, atol=1e-5, rtol=0)
     assert not any(".lora_" in n for n in merged.state_dict())
     # the run's attention may be "manual" where auto timed it faster, the loaded model's is SDPA
@@ -91,7 +90,7 @@ def test_resume_follows_an_uninterrupted_run(base, corpus):
 def test_merged_exports_and_the_peft_export_load_in_transformers(base, corpus, workdir):
     peft = pytest.importorskip("peft")
     result = lora_run(base, corpus, dropout=0.0)
-    merged, _, _ = load_checkpoint(result.run_dir / "best.safetensors")
+    merged, _, _ = load_bladegpt(result.run_dir / "best.safetensors")
     ours = logits_of(merged, IDS)
     assert invoke("export", workdir / "merged", "--format", "hf").exit_code == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(workdir / "merged")
@@ -146,5 +145,5 @@ def test_a_bf16_base_is_loaded_in_bf16_and_found_again(base, corpus, workdir):
     assert block.mlp.c_fc.weight.dtype == torch.bfloat16 and block.mlp.c_fc.lora_A.dtype == torch.float32
     assert result.model.transformer.wte.weight.dtype == torch.float32
     result.model.eval()
-    merged, _, _ = load_checkpoint(result.run_dir / "last.safetensors")  # the same bf16 base, its fingerprint
+    merged, _, _ = load_bladegpt(result.run_dir / "last.safetensors")  # the same bf16 base, its fingerprint
     torch.testing.assert_close(logits_of(merged, IDS), logits_of(result.model, IDS), atol=1e-5, rtol=0)

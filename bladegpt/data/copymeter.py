@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bladegpt.files import cache_dir
+
 SPAN = 50  # characters: the share counts spans this long, and the longest copy is reported from this length
 WINDOW, STRIDE = 32, 16  # bytes: a copy of WINDOW + STRIDE - 1 = 47 bytes or more holds an indexed window whole
 MAX_HITS = 256  # indexed positions checked for one sample window
@@ -329,8 +331,6 @@ def _read_index(path: Path, fingerprint: str) -> CopyIndex | None:
 
 def cached_locations(folder: Path, fingerprint: str) -> list[Path]:
     """Where a dataset's index may be: beside its token files, else in the user's cache folder."""
-    from bladegpt.runtime import cache_dir
-
     name = index_name(fingerprint)
     return [Path(folder) / name, cache_dir() / "copymeter" / name]
 

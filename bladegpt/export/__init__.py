@@ -13,13 +13,14 @@ from safetensors.torch import save_file
 
 from bladegpt import strictjson
 from bladegpt.tokenizer.bytelevel import bpe_merges, spell
-from bladegpt.checkpoint import load_checkpoint, read_adapters, read_metadata, save_checkpoint
+from bladegpt.checkpoint import read_adapters, read_metadata, save_checkpoint
 from bladegpt.config import ModelConfig
 from bladegpt.encoding import as_text
 from bladegpt.errors import UserError
 from bladegpt.files import atomic_write, publish_dir, temp_dir
 from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, RUN_FILE, STATE, resolve_checkpoint
+from bladegpt.sources import load_bladegpt
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, Tokenizer
 
 FORMATS = ("hf", "safetensors", "gguf", "peft")
@@ -64,7 +65,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
         out = out if out.suffix == suffix else out.with_name(out.name + suffix)
         ours = exported_by_us if format == "gguf" else _safetensors_export
         _check_file_target(out, source, force, ours)
-        model, tokenizer, info = load_checkpoint(source)
+        model, tokenizer, info = load_bladegpt(source)
         out.parent.mkdir(parents=True, exist_ok=True)
         if format == "gguf":
             check_family(model.config)
@@ -86,7 +87,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
             save_checkpoint(out, model, tokenizer, **info, exported_from=str(source))
         return out
     _check_folder_target(out, source, force)
-    model, tokenizer, info = load_checkpoint(source)
+    model, tokenizer, info = load_bladegpt(source)
     check_family(model.config)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(out, HF_FILES)

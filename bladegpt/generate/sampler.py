@@ -125,7 +125,7 @@ class Sampler:
 
     def __init__(self, checkpoint: Path | None = None, device: str = "auto", precision: str = "auto",
                  compile: str = "auto", say=lambda line: None):
-        from bladegpt.checkpoint import load_checkpoint
+        from bladegpt.sources import load_bladegpt
         from bladegpt.errors import UserError
         from bladegpt.runs import resolve_checkpoint
         from bladegpt.runtime import resolve_device
@@ -136,7 +136,7 @@ class Sampler:
         self.checkpoint = resolve_checkpoint(checkpoint)
         self.device = resolve_device(device)
         check_decode_precision(self.device, precision)  # a precision this device cannot run: one line, before loading
-        self.model, self.tokenizer, self.info = load_checkpoint(self.checkpoint)
+        self.model, self.tokenizer, self.info = load_bladegpt(self.checkpoint)
         self.model.to(self.device).eval()
         self.precision = decode_precision(self.model, self.device, precision)
         if self.precision == "bf16":  # this model is ours alone: cast or quantize it in place, no copy

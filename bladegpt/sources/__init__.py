@@ -9,28 +9,24 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from bladegpt.checkpoint import load_checkpoint, read_adapters, read_metadata
 from bladegpt.config import ModelConfig
+from bladegpt.errors import CheckpointError, SourceError, TokenizerError, UserError
+from bladegpt.files import is_gguf
+from bladegpt.lora import BASE_DTYPES, LoraConfig, attach, fingerprint, load_adapters, merge
 from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, RUN_FILE, resolve_checkpoint
+from bladegpt.sources.base import Pretrained, build_model, shaped, size
 from bladegpt.sources.hub import GPT2_REPOS, hf_folder
-from bladegpt.errors import SourceError
-from bladegpt.tokenizer import TiktokenTokenizer, Tokenizer
+from bladegpt.tokenizer import TiktokenTokenizer, Tokenizer, tokenizer_from_dict
 
 FAMILY_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 
-__all__ = ["Pretrained", "SourceError", "load_pretrained", "load_tokenizer_from", "build_model"]
-
-
-@dataclass
-class Pretrained:
-    model: GPT  # on the CPU, in fp32
-    tokenizer: Tokenizer
-    description: str  # what was loaded and from where, its size and quantization, for the start of a run
+__all__ = ["Pretrained", "load_bladegpt", "load_lora_base", "load_pretrained", "load_tokenizer_from"]
 
 
 def is_bladegpt(source: str) -> bool:
@@ -38,14 +34,6 @@ def is_bladegpt(source: str) -> bool:
     if path.is_file():
         return path.suffix != ".gguf" and not is_gguf(path)
     return (path / RUN_FILE).is_file() or (path / LAST).is_file() or (path / BEST).is_file()
-
-
-def is_gguf(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
 
 
 def gguf_path(source: str) -> Path | None:
@@ -65,33 +53,13 @@ def gguf_path(source: str) -> Path | None:
     return None
 
 
-def build_model(config: ModelConfig, state: dict[str, torch.Tensor], where: str) -> GPT:
-    """A model holding `state` (BladeGPT's names, fp32) without a second copy: built on the meta device,
-    then the tensors assigned; every name and shape must fit."""
-    if not config.tie_embeddings and "lm_head.weight" not in state:
-        config.tie_embeddings = True  # no head of its own: transformers' loaders tie it too
-        state["lm_head.weight"] = state.get("transformer.wte.weight")
-    with torch.device("meta"):  # no random init of weights about to be replaced
-        model = GPT(config)
-    try:
-        model.load_state_dict(state, assign=True)  # strict: every name and shape
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-        raise SourceError(f"{where}'s weights do not fit its configuration ({first}); download the model again.") from None
-    model.tie_weights()
-    model.reset_buffers()
-    return model.eval()
-
-
 def load_pretrained(source: str, matrices: torch.dtype = torch.float32) -> Pretrained:
     """The model and tokenizer of SOURCE: a BladeGPT checkpoint or run, a GGUF file, an ollama model, a
     Hugging Face folder, or a hub name. Errors are SourceError (one line). A Llama-family model from a GGUF
     file or a Hugging Face folder keeps its blocks' weight matrices in `matrices` (a LoRA run's bf16 base)."""
-    from bladegpt.checkpoint import load_checkpoint
-
     if is_bladegpt(source):
         path = resolve_checkpoint(Path(source))
-        model, tokenizer, info = load_checkpoint(path)
+        model, tokenizer, info = load_bladegpt(path)
         step = f", step {info['step']}" if "step" in info else ""
         return Pretrained(model, tokenizer, f"BladeGPT {size(model)} from {path}{step}")
     gguf_file = gguf_path(source)
@@ -103,6 +71,47 @@ def load_pretrained(source: str, matrices: torch.dtype = torch.float32) -> Pretr
     model, family, cfg = hf_model(folder, matrices)
     tokenizer = folder_tokenizer(folder, model.config)
     return Pretrained(model, tokenizer, f"{family} {size(model)} from {folder} ({_dtype(cfg)} weights)")
+
+
+def load_bladegpt(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer, dict]:
+    """A BladeGPT checkpoint's model (on CPU, eval mode), its tokenizer and info. A LoRA checkpoint's model is
+    its base, loaded from where the run found it (any source: the recursion lives here), with the adapters
+    merged in."""
+    metadata = read_metadata(path)
+    if "lora" not in metadata:
+        return load_checkpoint(path, attention)
+    lora, config, tokenizer, tensors, info = read_adapters(path, metadata)
+    model = attach(load_lora_base(lora, config, str(path)), lora)
+    try:
+        load_adapters(model, tensors)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or train again.") from None
+    model = merge(model)
+    model.set_attention(attention)
+    return model.eval(), tokenizer, info
+
+
+def load_lora_base(cfg: LoraConfig, config: ModelConfig, where: str) -> GPT:
+    """The base model cfg's adapters were trained on, shaped as `config` (the run's context and dropout); a
+    CheckpointError (one line) when it cannot be loaded, or its weights are no longer the ones trained on."""
+    try:
+        pretrained = load_pretrained(cfg.base, BASE_DTYPES[cfg.base_dtype])
+    except UserError as e:
+        raise CheckpointError(f"{where} holds LoRA adapters for the base model {cfg.base}, which cannot be loaded: "
+                              f"{e}") from None
+    state = pretrained.model.state_dict()
+    if fingerprint(state) != cfg.base_fingerprint:
+        raise CheckpointError(f"{where} holds LoRA adapters for {cfg.base}, whose weights have changed since "
+                              "(another fingerprint), and adapters fit only the weights they learned on: put the "
+                              "original model back there, or train again from this one.")
+    return shaped(state, config, where)
+
+
+def base_source(source: str) -> str:
+    """Where a LoRA run's base is found again: a path made absolute (runs move between folders), else the name
+    as given."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if not source.startswith("ollama:") and path.exists() else source
 
 
 def hf_model(folder: Path, matrices: torch.dtype = torch.float32) -> tuple[GPT, str, dict]:
@@ -120,10 +129,6 @@ def hf_model(folder: Path, matrices: torch.dtype = torch.float32) -> tuple[GPT, 
 
 def load_tokenizer_from(source: str) -> Tokenizer:
     """SOURCE's tokenizer, without loading (or downloading) its weights."""
-    from bladegpt.checkpoint import read_metadata
-    from bladegpt.errors import CheckpointError, TokenizerError
-    from bladegpt.tokenizer import tokenizer_from_dict
-
     if is_bladegpt(source):
         path = resolve_checkpoint(Path(source))
         try:
@@ -153,17 +158,11 @@ def folder_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
     if config.arch == "gpt2" and ((not present and config.vocab_size == 50257) or (present and is_gpt2_tokenizer(folder))):
         return TiktokenTokenizer.gpt2()
     from bladegpt.tokenizer.hf import HFTokenizer
-    from bladegpt.errors import TokenizerError
 
     try:
         return HFTokenizer.from_folder(folder)
     except TokenizerError as e:
         raise SourceError(str(e)) from None
-
-
-def size(model: GPT) -> str:
-    n = model.num_params(non_embedding=False)
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
 
 def _dtype(cfg: dict) -> str:

@@ -19,6 +19,7 @@ import torch
 
 from bladegpt.config import ModelConfig
 from bladegpt.errors import ConfigError, SourceError
+from bladegpt.sources.base import Pretrained, build_model, size
 
 ARCHES = ("llama", "qwen2", "qwen3", "gpt2")
 # GGUF tensor names -> transformers' (llama family); q/k/v and gate/up are joined by hf.llama_state_dict.
@@ -243,8 +244,6 @@ def gguf_model(path: Path, where: str | None = None, reader=None, meta: dict | N
     """(model, metadata, reader) of a GGUF file: weights dequantized to fp32 one tensor at a time into a
     model built on the meta device (the file itself is memory-mapped, never read whole). A reader and
     metadata already read are reused: parsing the file costs seconds (SmolLM2's 98k vocabulary strings)."""
-    from bladegpt.sources import build_model
-
     where = where or str(path)
     if reader is None:
         reader = open_gguf(path)
@@ -263,8 +262,6 @@ def gguf_model(path: Path, where: str | None = None, reader=None, meta: dict | N
 def load_gguf(path: Path, source: str, matrices: torch.dtype = torch.float32):
     """A Pretrained from a GGUF file (or an ollama: model, whose blob `path` is): the file parsed once, the
     tokenizer built first, so a vocabulary BladeGPT cannot read is said before the weights are read."""
-    from bladegpt.sources import Pretrained, size
-
     where = source if source.startswith("ollama:") else str(path)
     reader = open_gguf(path)
     meta = metadata(reader)

@@ -199,6 +199,7 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
     """The model and its tokenizer come from the source; the context may shrink, dropout may be set. With
     `lora` the source stays frozen (its block matrices in lora.base_dtype) under trained adapters."""
     from bladegpt.sources import load_pretrained
+    from bladegpt.sources.base import crop_positions
 
     overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
     shape = sorted(set(overrides) - {"block_size", "dropout"})
@@ -247,16 +248,16 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
                           train_overrides)
         plan.notes, plan.budget_s = notes, budget
         return plan
-    if "transformer.wpe.weight" in initial:  # learned positions: crop the context (nanoGPT's crop_block_size)
-        initial["transformer.wpe.weight"] = initial["transformer.wpe.weight"][:block]
-    return Plan(model_cfg, train_cfg, token_data, runtime, initial=initial, origin=pretrained.description, notes=notes,
+    return Plan(model_cfg, train_cfg, token_data, runtime, initial=crop_positions(initial, block), origin=pretrained.description, notes=notes,
                 budget_s=budget)
 
 
 def _lora_plan(lora, source, origin, state, model_cfg, train_cfg, token_data, runtime, train_overrides) -> Plan:
     """A LoRA run: the source's own tensors become the frozen base (no second copy), the adapters start at
     zero, and the lr is LoRA's unless given."""
-    from bladegpt.lora import LR_SCALE, attach, base_source, fingerprint, shaped, trainable
+    from bladegpt.lora import LR_SCALE, attach, fingerprint, trainable
+    from bladegpt.sources import base_source
+    from bladegpt.sources.base import shaped
 
     lora = dataclasses.replace(lora, base=base_source(source), base_fingerprint=fingerprint(state))
     model = shaped(state, model_cfg, origin)
@@ -318,10 +319,11 @@ def _resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan
     runtime = {k: requested[k] or saved_runtime.get(k) or "auto" for k in RUNTIME_FLAGS}
     model = None
     if saved.get("lora"):  # the base again, checked against its fingerprint, with adapters to restore into
-        from bladegpt.lora import attach, load_base
+        from bladegpt.lora import attach
+        from bladegpt.sources import load_lora_base
 
         lora = LoraConfig.from_dict(saved["lora"])
-        model = attach(load_base(lora, model_cfg, str(run_dir)), lora)
+        model = attach(load_lora_base(lora, model_cfg, str(run_dir)), lora)
     return Plan(model_cfg, train_cfg, token_data, runtime, run_dir, saved_runtime, saved_train=saved_train,
                 model=model)
 
