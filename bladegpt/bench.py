@@ -198,12 +198,12 @@ def _hf_twin(model: GPT):
     import transformers
 
     if model.config.arch == "gpt2":
-        from bladegpt.export import hf_config, hf_state_dict
+        from bladegpt.export.hf import hf_config, hf_state_dict
 
         hf = transformers.GPT2LMHeadModel(transformers.GPT2Config.from_dict(hf_config(model, eos=None)))
         state = hf_state_dict(model)
     else:
-        from bladegpt.export.llama import llama_hf_config, llama_hf_state_dict
+        from bladegpt.export.hf import llama_hf_config, llama_hf_state_dict
 
         settings = llama_hf_config(model, bos=None, eos=None)
         config = transformers.AutoConfig.for_model(settings.pop("model_type"), **settings)

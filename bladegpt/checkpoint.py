@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file, save_model
 from bladegpt import __version__, strictjson
 from bladegpt.config import ModelConfig
 from bladegpt.encoding import openable
-from bladegpt.errors import CheckpointError, UserError, TokenizerError
+from bladegpt.errors import CheckpointError, TokenizerError
 from bladegpt.files import atomic_write, commit, is_gguf, stage, temp_path
 from bladegpt.model import GPT
 from bladegpt.runs import LAST, STATE

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bladegpt import strictjson
-from bladegpt.errors import DeviceError, UserError
+from bladegpt.errors import DeviceError
 from bladegpt.files import cache_dir
 
 PRECISIONS = ("auto", "bf16", "fp32")

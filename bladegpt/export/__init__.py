@@ -1,5 +1,6 @@
-"""Export a trained model: a Hugging Face GPT-2 folder, or one self-describing safetensors file; a LoRA run's
-adapters merged into those, or alone as peft writes them (peft.py)."""
+"""Export a trained model, a module a format: a transformers folder (hf.py), a GGUF file (gguf.py), or one
+self-describing safetensors file; a LoRA run's adapters merged into those, or alone as peft writes them (peft.py).
+This front door checks the target and the family, then dispatches."""
 
 from __future__ import annotations
 
@@ -8,27 +9,23 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
-from bladegpt import strictjson
-from bladegpt.tokenizer.bytelevel import bpe_merges, spell
 from bladegpt.checkpoint import read_adapters, read_metadata, save_checkpoint
 from bladegpt.config import ModelConfig
 from bladegpt.encoding import as_text
 from bladegpt.errors import UserError
+from bladegpt.export.gguf import DTYPES, adds_tokens, exported_by_us, write_gguf
+from bladegpt.export.hf import write_hf_model, write_hf_tokenizer
+from bladegpt.export.peft import FILES as PEFT_FILES, write_peft
 from bladegpt.files import atomic_write, publish_dir, temp_dir
 from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, RUN_FILE, STATE, resolve_checkpoint
 from bladegpt.sources import load_bladegpt
-from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, Tokenizer
 
 FORMATS = ("hf", "safetensors", "gguf", "peft")
 SUFFIXES = {"safetensors": ".safetensors", "gguf": ".gguf"}
 # What an hf export folder holds: --force may replace a folder of these, and nothing else.
 HF_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
 RUN_CHECKPOINTS = {BEST, LAST, STATE}
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}  # ModelConfig.activation -> transformers' name
 
 
 def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force: bool = False,
@@ -37,8 +34,6 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
 
     `force` replaces only an earlier export, never anything else. `dtype` is GGUF's (default f16).
     """
-    from bladegpt.export.gguf import DTYPES, adds_tokens, exported_by_us, write_gguf
-
     if format not in FORMATS:
         raise UserError(f"Unknown export format '{format}'; choose one of: {', '.join(FORMATS)}.")
     if dtype is not None and format != "gguf":
@@ -48,12 +43,10 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
     source = resolve_checkpoint(checkpoint)
     out = Path(out)
     if format == "peft":
-        from bladegpt.export.peft import FILES, write_peft
-
-        _check_folder_target(out, source, force, FILES)
+        _check_folder_target(out, source, force, PEFT_FILES)
         read_adapters(source)  # a whole model is one line before any folder is made
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_dir(out, FILES)
+        tmp = temp_dir(out, PEFT_FILES)
         try:
             write_peft(tmp, source)
             publish_dir(tmp, out)
@@ -156,118 +149,3 @@ def _check_file_target(out: Path, source: Path, force: bool, exported: Callable[
                         "another file (--force replaces only an earlier export).")
     if not force:
         raise UserError(f"{out} already exists; add --force to overwrite it.")
-
-
-def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """GPT2LMHeadModel's names and layout: Conv1D weights are (in, out), so transpose Linear's."""
-    cfg = model.config
-    sd = model.state_dict()
-    out = {"transformer.wte.weight": sd["transformer.wte.weight"], "transformer.wpe.weight": sd["transformer.wpe.weight"]}
-    for name, tensor in sd.items():
-        if not name.startswith("transformer.h.") and not name.startswith("transformer.ln_f"):
-            continue
-        if name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
-            tensor = tensor.t()
-        out[name] = tensor
-    if not cfg.bias:  # GPT-2 has biases everywhere: zeros are exactly a model without them
-        for name in list(out):
-            if name.endswith(".weight") and ("ln_" in name or ".c_" in name):
-                bias = name[: -len("weight")] + "bias"
-                width = out[name].shape[-1] if ".c_" in name else out[name].shape[0]
-                out[bias] = torch.zeros(width)
-    return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
-
-
-def hf_config(model: GPT, eos: int | None) -> dict:
-    """config.json of GPT2LMHeadModel computing what `model` computes."""
-    cfg = model.config
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.block_size,
-        "n_ctx": cfg.block_size,
-        "n_embd": cfg.n_embd,
-        "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head,
-        "n_inner": None,
-        "activation_function": HF_ACTIVATIONS[cfg.activation],
-        "resid_pdrop": cfg.dropout,
-        "embd_pdrop": cfg.dropout,
-        "attn_pdrop": cfg.dropout,
-        "layer_norm_epsilon": cfg.layer_norm_eps,
-        "initializer_range": 0.02,
-        "tie_word_embeddings": True,
-        "bos_token_id": eos,
-        "eos_token_id": eos,
-        "torch_dtype": "float32",
-    }
-
-
-def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
-    """config.json, generation_config.json and model.safetensors of GPT2LMHeadModel, or of the Llama
-    family's class for a Llama-family model (export/llama.py)."""
-    cfg = model.config
-    eos = tokenizer.eot_id  # generate() stops where BladeGPT's sampling stops
-    if cfg.arch != "gpt2":
-        from bladegpt.export.llama import llama_hf_config, llama_hf_state_dict
-
-        config, state = llama_hf_config(model, tokenizer.bos_id, eos), llama_hf_state_dict(model)
-        generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos, "pad_token_id": eos}
-        if tokenizer.vocab_size < cfg.vocab_size:
-            generation["suppress_tokens"] = list(range(tokenizer.vocab_size, cfg.vocab_size))
-        (out / "config.json").write_text(strictjson.dumps(config, indent=2), encoding="utf-8")
-        (out / "generation_config.json").write_text(strictjson.dumps(generation, indent=2), encoding="utf-8")
-        atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        return
-    (out / "config.json").write_text(strictjson.dumps(hf_config(model, eos), indent=2), encoding="utf-8")
-    # Ids past the tokenizer's vocabulary are padding for speed: never generate them.
-    generation = {"suppress_tokens": list(range(tokenizer.vocab_size, cfg.vocab_size)),
-                  "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
-    (out / "generation_config.json").write_text(strictjson.dumps(generation, indent=2), encoding="utf-8")
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(hf_state_dict(model), tmp, metadata={"format": "pt"}))
-
-
-def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
-    """A `tokenizers` JSON for any BladeGPT tokenizer: byte-level BPE for the BPEs, one id a character for
-    char; `<|endoftext|>` a special token at the id BladeGPT gives it, matched in text before anything else."""
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
-    eot = {} if tokenizer.eot_id is None else {GPT2_EOT: tokenizer.eot_id}
-    if isinstance(tokenizer, CharTokenizer):
-        vocab = {ch: i for i, ch in enumerate(tokenizer.chars)}
-        hf = HFTokenizer(models.WordLevel({**vocab, **eot}, unk_token=None))
-        hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-        hf.decoder = decoders.Fuse()
-    else:
-        vocab = {spell(token): rank for token, rank in tokenizer.ranks.items()}
-        hf = HFTokenizer(models.BPE({**vocab, **eot}, bpe_merges(tokenizer.ranks), fuse_unk=False, byte_fallback=False))
-        hf.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-        hf.decoder = decoders.ByteLevel()
-    hf.add_special_tokens([AddedToken(text, special=True) for text in eot])
-    return hf.to_str()
-
-
-def write_hf_tokenizer(out: Path, tokenizer: Tokenizer, max_length: int) -> None:
-    if tokenizer.kind == "hf":
-        from bladegpt.export.llama import write_pretrained_tokenizer
-
-        return write_pretrained_tokenizer(out, tokenizer, max_length)
-    (out / "tokenizer.json").write_text(hf_tokenizer_json(tokenizer), encoding="utf-8")
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": max_length,
-        "clean_up_tokenization_spaces": False,
-        "add_prefix_space": False,
-    }
-    if tokenizer.eot_id is not None:
-        config.update(bos_token=GPT2_EOT, eos_token=GPT2_EOT)
-    if tokenizer.kind == "gpt2":
-        config.update(unk_token=GPT2_EOT)  # as GPT-2's own tokenizer_config
-    (out / "tokenizer_config.json").write_text(strictjson.dumps(config, indent=2), encoding="utf-8")

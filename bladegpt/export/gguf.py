@@ -1,7 +1,9 @@
-"""GGUF export: one file that llama.cpp, ollama and LM Studio run, as llama.cpp's architecture `gpt2`.
+"""GGUF export: one file that llama.cpp, ollama and LM Studio run, for every arch BladeGPT computes (the inverse
+of sources/gguf.py). GPT-2's block goes out as llama.cpp's architecture `gpt2`, the Llama family as `llama`,
+`qwen2` or `qwen3` with a pretrained model's own vocabulary (its converter's names, keys and q/k permutation).
 
-Written with `gguf`, llama.cpp's own Python writer, under the names and shapes llama.cpp's GPT-2 graph
-loads (src/models/gpt2.cpp). The vocabulary is a byte-level BPE (`tokenizer.ggml.model = gpt2`) for
+Written with `gguf`, llama.cpp's own Python writer, under the names and shapes llama.cpp's graphs
+load (src/models/gpt2.cpp). The vocabulary is a byte-level BPE (`tokenizer.ggml.model = gpt2`) for
 every BladeGPT tokenizer, so the file splits text into the same ids BladeGPT does:
 
 - GPT-2's BPE: its tokens and merges, pre-tokenizer `gpt-2`, end of text 50256.
@@ -24,23 +26,24 @@ reserved a padding row always have one; an older model without gets zero rows, a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bladegpt.tokenizer.bytelevel import bpe_merges, char_pieces, spell
 from bladegpt.errors import UserError
-from bladegpt.model import GPT
+from bladegpt.model import GPT, rope_frequencies
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, TiktokenTokenizer, Tokenizer
 from bladegpt.tokenizer.bpe import BPE_PATTERN, GPT2_PATTERN
+from bladegpt.tokenizer.bytelevel import bpe_merges, char_pieces, spell
+from bladegpt.tokenizer.hf import CONTROL, NORMAL, SPLITS, UNUSED, USER_DEFINED
 
 DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")  # what the gguf package writes; K-quants: llama-quantize
 SOURCE_KEY = "bladegpt.exported_from"  # marks a file BladeGPT wrote: --force may replace only those
 # llama.cpp's names for the split patterns BladeGPT's BPEs use (llama-vocab.cpp; transformers reads the same).
 PRE_TOKENIZERS = {GPT2_PATTERN: "gpt-2", BPE_PATTERN: "llama-bpe"}
-NORMAL, CONTROL, UNUSED = 1, 3, 5  # tokenizer.ggml.token_type values
 
 
 @dataclass
@@ -66,8 +69,6 @@ def adds_tokens(tokenizer: Tokenizer) -> bool:
 def gguf_vocab(tokenizer: Tokenizer) -> Vocab:
     """The tokenizer as llama.cpp's byte-level BPE; refuses (one line) one it cannot express exactly."""
     if tokenizer.kind == "hf":
-        from bladegpt.export.llama import hf_vocab
-
         return hf_vocab(tokenizer)
     if isinstance(tokenizer, CharTokenizer):
         has_eot = tokenizer.eot_id is not None
@@ -177,8 +178,6 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
         writer.add_layer_norm_eps(cfg.layer_norm_eps)
         tensors = gguf_tensors(model, vocab)
     else:
-        from bladegpt.export.llama import add_llama_keys, llama_gguf_tensors
-
         rows = cfg.vocab_size  # llama.cpp wants a token for every row: padding rows get [PAD] entries
         if len(vocab.tokens) > rows:
             raise UserError("This model's vocabulary has no spare rows for the tokens llama.cpp needs; export "
@@ -209,6 +208,116 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+# -- the Llama family (arch llama, qwen2, qwen3) -------------------------------------------------------------------
+
+# GGUF names of BladeGPT's block parts (llama.cpp's LLAMA/QWEN2/QWEN3 tensor lists, gguf-py constants.py).
+GGUF_NAMES = {"ln_1.weight": "attn_norm.weight", "attn.c_proj.weight": "attn_output.weight",
+              "attn.q_norm.weight": "attn_q_norm.weight", "attn.k_norm.weight": "attn_k_norm.weight",
+              "ln_2.weight": "ffn_norm.weight", "mlp.c_proj.weight": "ffn_down.weight"}
+
+
+def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """transformers' half-split q/k rows to llama.cpp's adjacent pairs, per head (its converter's
+    LlamaModel.permute, for arch llama only): rows (n, 2, hs/2) -> (n, hs/2, 2)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama_gguf_tensors(model: GPT, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+    """llama.cpp's tensors for a Llama-family model, fp32 in Linear's (out, in) order; `embedding` is the
+    token embedding with one row per GGUF token. No output.weight for a tied head (llama.cpp reuses
+    token_embd); Llama 3's scaling as rope_freqs.weight, one divisor per frequency pair."""
+    cfg = model.config
+    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    out = {"token_embd.weight": embedding, "output_norm.weight": sd["transformer.ln_f.weight"]}
+    if not cfg.tie_embeddings:
+        out["output.weight"] = sd["lm_head.weight"]
+    if cfg.rope_scaling:
+        plain = rope_frequencies(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None}))
+        out["rope_freqs.weight"] = plain / rope_frequencies(cfg)
+    for i in range(cfg.n_layer):
+        ours = f"transformer.h.{i}."
+        for kind in ("weight", "bias"):
+            if ours + "attn.c_attn." + kind in sd:
+                wq, wk, wv = sd[ours + "attn.c_attn." + kind].split((q, kv, kv))
+                if cfg.arch == "llama":
+                    wq, wk = permute(wq, cfg.n_head), permute(wk, cfg.kv_heads)
+                out.update({f"blk.{i}.attn_q.{kind}": wq, f"blk.{i}.attn_k.{kind}": wk, f"blk.{i}.attn_v.{kind}": wv})
+        gate, up = sd[ours + "mlp.c_fc.weight"].chunk(2)
+        out[f"blk.{i}.ffn_gate.weight"], out[f"blk.{i}.ffn_up.weight"] = gate, up
+        for name, theirs in GGUF_NAMES.items():
+            if ours + name in sd:
+                out[f"blk.{i}.{theirs}"] = sd[ours + name]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def add_llama_keys(writer, model: GPT, n_tokens: int) -> None:
+    """The {arch}.* keys llama.cpp's converter writes for these families."""
+    cfg = model.config
+    writer.add_context_length(cfg.context_length or cfg.block_size)
+    writer.add_embedding_length(cfg.n_embd)
+    writer.add_block_count(cfg.n_layer)
+    writer.add_feed_forward_length(cfg.mlp_size)
+    writer.add_head_count(cfg.n_head)
+    writer.add_head_count_kv(cfg.kv_heads)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_key_length(cfg.head_dim)
+    writer.add_value_length(cfg.head_dim)
+    writer.add_layer_norm_rms_eps(cfg.layer_norm_eps)
+    writer.add_vocab_size(n_tokens)
+
+
+# llama.cpp's pre-tokenizer names for the splits these models' tokenizer.json files spell (convert_hf_to_gguf
+# hashes their output to the same names): Llama 3's and Qwen2's regexes as Hugging Face writes them.
+HF_SPLITS = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+}
+
+
+def gguf_pre(spec: dict) -> str:
+    """The `tokenizer.ggml.pre` name of a tokenizer.json's split, so llama.cpp splits text as the model does;
+    UserError (one line) for a split llama.cpp has no name for."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [step.get("type") for step in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+        return "smollm"
+    if kinds[-1:] == ["ByteLevel"] and set(kinds[:-1]) == {"Split"}:
+        regexes = tuple(step["pattern"].get("Regex", "") for step in steps[:-1])
+        if len(regexes) == 1 and regexes[0] in HF_SPLITS:
+            return HF_SPLITS[regexes[0]]
+        for name in ("llama-bpe", "qwen2", "smollm", "gpt-2", "smaug-bpe", "default"):
+            if SPLITS[name].regexes == regexes:
+                return name
+        for name, split in SPLITS.items():
+            if split.regexes == regexes:
+                return name
+    raise UserError("This tokenizer splits text in a way llama.cpp has no name for (tokenizer.ggml.pre), so a GGUF "
+                    "file would tokenize differently; export --format hf instead.")
+
+
+def hf_vocab(tokenizer):
+    """A pretrained model's tokenizer (kind hf) as llama.cpp's converter writes it: every id's token,
+    CONTROL for special tokens, USER_DEFINED for added ones, UNUSED for padding entries, the merges, the
+    split's name, bos/eos, whether bos is added, the chat template."""
+    spec = json.loads(tokenizer.tokenizer.to_str())
+    added = tokenizer.tokenizer.get_added_tokens_decoder()
+    tokens, types = [], []
+    for i in range(tokenizer.vocab_size):
+        token = tokenizer.tokenizer.id_to_token(i)
+        tokens.append(token if token is not None else f"[PAD{i}]")
+        types.append(UNUSED if token is None or i in tokenizer.unused else CONTROL if i in tokenizer.special_ids
+                     else USER_DEFINED if i in added else NORMAL)
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"].get("merges", [])]
+    eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.eot_id
+    return Vocab(tokens, types, merges, gguf_pre(spec), eos if eos is not None else 0, tokenizer.vocab_size,
+                 bos=tokenizer.bos_id, add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template)
 
 
 def exported_by_us(path: Path) -> bool:

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from bladegpt.errors import SourceError, UserError
+from bladegpt.errors import SourceError
 
 # The names users know, and the hub repos that hold them (files fetched under either name sit in
 # different cache folders, so both are looked up).

@@ -14,6 +14,8 @@ from bladegpt.tokenizer.char import CharTokenizer
 from bladegpt.tokenizer.hf import HFTokenizer
 
 KINDS = ("bpe", "gpt2", "char")  # what prepare --tokenizer trains
+__all__ = ["GPT2_EOT", "CharTokenizer", "HFTokenizer", "TiktokenTokenizer", "Tokenizer", "load_tokenizer",
+           "tokenizer_from_dict", "train_tokenizer"]
 LOADERS = {"char": CharTokenizer, "bpe": TiktokenTokenizer, "gpt2": TiktokenTokenizer, "hf": HFTokenizer}
 
 
