@@ -245,7 +245,7 @@ def bench_generate(
     dev = resolve_device(device)
     torch.manual_seed(0)
     if source is not None:
-        from bladegpt.config import FINETUNE_BLOCK
+        from bladegpt.train.recipes import FINETUNE_BLOCK
 
         model = source_model(source, FINETUNE_BLOCK).to(dev).eval()
         model_cfg = model.config

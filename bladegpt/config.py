@@ -1,4 +1,5 @@
-"""Model and training configuration: dataclasses, named presets, validation."""
+"""Model and training configuration: the schema (dataclasses, validation, named presets, the --block grammar);
+the recipes that size a run to its text are train/recipes.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 
-from bladegpt.errors import ConfigError, UserError
+from bladegpt.errors import ConfigError
 
 
 # Below this many bytes of training text the default model is narrower and shallower, and its
@@ -165,16 +166,6 @@ CLOCK_STEPS = 10**9  # `--time` without `--steps`: the clock ends the run, not t
 SAMPLINGS = ("random", "epochs")
 
 
-def plural(n: int, noun: str) -> str:
-    """'1 step', '2 steps': a count in words a person would write."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
-
-
-def by_the_clock(chosen: dict) -> bool:
-    """Whether the user's train settings let a --time budget alone end the run."""
-    return "time_budget_s" in chosen and chosen.get("steps", CLOCK_STEPS) >= CLOCK_STEPS
-
-
 @dataclass
 class TrainConfig:
     steps: int = 2000
@@ -284,166 +275,6 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 DEFAULT_PRESET = "mini"
-
-# Fine-tuning from --init-from, chosen by measurement on SmolLM2-135M (docs/benchmarks.md, "The
-# fine-tune recipe"). Peers range from 2e-5 (TRL) to SmolLM2's own 1e-3 SFT and 1-5 passes
-# (../shared/research/finetune.md); on a 60 KB text the model starts copying within two or three passes,
-# so the recipe takes FINETUNE_PASSES passes, evaluates FINETUNE_EVALS times and keeps the best (early
-# stopping ends a run that has turned). Context decides a good part of the number: SmolLM2 reads officer_k
-# at 1.32 bpb with 256 tokens of context, 1.27 with 512 and 1.22 with 1,024; fine-tuned with 1,024 tokens a
-# step at a constant 1.33e-4 (seed 1), 4 x 256 stopped at 1.174, 2 x 512 at 1.150 (step 20, 1.2 passes),
-# 1 x 1,024 at 1.136 (step 12, 0.7 passes, then 1.140, 1.164): one pass with four evaluations keeps that
-# best and ends sooner. (A cosine from 1e-4 reached 1.138 where the constant 1.33e-4 reached 1.131 at
-# 2 x 512, seed 1337; from 4e-4, 1.207 at step 8, then worse.) Attention's cost at 1,024 is still small
-# beside the weights' (+26% FLOPs a token at SmolLM2-135M's width). A text whose split is shorter gets the
-# longest power-of-two context that fits, and a batch that keeps FINETUNE_TOKENS tokens a step.
-FINETUNE_BLOCK = 1024
-FINETUNE_TOKENS = 1024  # tokens a step: batch = FINETUNE_TOKENS // context
-FINETUNE_PASSES = 1.0
-FINETUNE_EVALS = 4
-FINETUNE_WIDTH = 576  # the width the lr was measured at (SmolLM2-135M); wider models get lr * 576 / width
-# Windows in epochs: one pass of random windows (nanoGPT's get_batch, with replacement) reads about 63% of
-# the text, some of it twice; an epoch reads all of it once. On officer_k (one pass, seeds 1 and 2) 1.090 and
-# 1.084 bpb against random windows' 1.127 and 1.118.
-FINETUNE = dict(lr=1.33e-4, warmup_steps=2, min_lr_ratio=1.0, weight_decay=0.0, beta2=0.95, patience=3,
-                sampling="epochs")
-
-
-def finetune_config(overrides: dict | None, n_embd: int, train_tokens: int, val_tokens: int,
-                    block_size: int) -> tuple[TrainConfig, list[str]]:
-    """The fine-tune recipe sized to the text (FINETUNE_PASSES passes, FINETUNE_EVALS evaluations, the lr
-    scaled to the model's width); returns the settings (the user's flags override each) and a line per
-    choice made for the user, to print."""
-    chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
-    batch = chosen.get("batch_size", max(1, FINETUNE_TOKENS // block_size))
-    tokens_per_step = batch * block_size
-    steps = chosen.get("steps") or min(2000, max(10, round(FINETUNE_PASSES * train_tokens / tokens_per_step)))
-    lr = FINETUNE["lr"] * FINETUNE_WIDTH / n_embd
-    defaults = {
-        **FINETUNE,
-        "lr": lr,
-        "batch_size": batch,
-        "steps": steps,
-        "warmup_steps": min(FINETUNE["warmup_steps"], max(1, steps // 10)),
-        "eval_interval": max(1, steps // FINETUNE_EVALS),
-        "eval_iters": min(20, max(2, math.ceil(val_tokens / tokens_per_step))),
-        "sample_tokens": 60,  # a SmolLM2 eval's sample costs more than its loss on a CPU
-    }
-    cfg = TrainConfig(**{**defaults, **chosen})
-    notes = []
-    if "steps" not in chosen and "time_budget_s" not in chosen:
-        notes.append(f"--steps {steps}: about {FINETUNE_PASSES} passes over the {train_tokens:,} training tokens "
-                     f"at {batch} x {block_size} tokens a step")
-    if "sampling" not in chosen:
-        notes.append(f"--sampling {cfg.sampling}: each pass reads every window of the text once, in a random order")
-    if "lr" not in chosen:
-        schedule = ("constant" if cfg.min_lr_ratio == 1 else f"cosine to {cfg.min_lr_ratio:g}x")
-        notes.append(f"--lr {lr:.2g} ({schedule}, --min-lr-ratio {cfg.min_lr_ratio:g}), warmup {plural(cfg.warmup_steps, 'step')}"
-                     + (f", --weight-decay {cfg.weight_decay:g}" if "weight_decay" not in chosen else ""))
-    if "eval_interval" not in chosen and by_the_clock(chosen):
-        cfg.evals_in_budget = FINETUNE_EVALS
-        notes.append(f"evaluating {FINETUNE_EVALS} times over the --time budget on {cfg.eval_iters} batches, keeping "
-                     f"the best (--patience {cfg.patience})")
-    elif "eval_interval" not in chosen:
-        notes.append(f"evaluating every {plural(cfg.eval_interval, 'step')} on {cfg.eval_iters} batches, keeping the best "
-                     f"(--patience {cfg.patience})")
-    return cfg, notes
-
-
-# Training from scratch with no flags: sized to the text (measured, docs/benchmarks.md "Does the
-# default run fit the text?"). Without dropout officer_k's val loss bottomed out after ~23 passes
-# (2.38 bpb); with dropout 0.2 it was still improving at 53 (2.335); early stopping ends it anyway.
-SCRATCH_PASSES = 50
-SCRATCH_DROPOUT = 0.2
-SCRATCH_BUDGET_S = 10 * 60  # a run that would take longer is cut to this, and says how to get the rest
-SCRATCH_EVALS = 15  # evaluations over a run: patience 3 then stops within a fifth of the run past its best
-SCRATCH_WARMUP_SHARE = 1 / 20  # of the run's steps (at least 10 where they are planned, at most the preset's)
-MIN_EVAL_INTERVAL = 10  # a from-scratch run (or one cut to its time budget) evaluates at most every 10 steps
-# Muon for the blocks' matrices: on witcher 1.972 bpb where AdamW reached 2.011 (2,048 ids), 1.921 at
-# 3,072 ids; on officer_k 2.148 where AdamW reached 2.139 (within an evaluation's noise), in half the
-# steps (docs/benchmarks.md).
-SCRATCH_OPTIMIZER = "muon"
-# The block of a from-scratch run with no flags (issue #26): see BLOCKS' comment for the rows.
-SCRATCH_BLOCK = "modern"
-# Weight decay three times the usual 0.1 (AdamW's matrices and, decoupled, Muon's): officer_k 2.147 and 2.141
-# bpb against 2.158 and 2.153 (seeds 1337, 1), witcher 1.939 and 1.945 against 1.944 and 1.954 (1337, 1); 0.6 no better,
-# 1.0 worse (docs/benchmarks.md, "Regularisation on the default path"). Kim et al. 2025 found the best decay
-# for data-limited pre-training far above 0.1.
-SCRATCH_WEIGHT_DECAY = 0.3
-# Unigram noising of the inputs (Xie et al. 2017; TrainConfig.token_noise): a fifth of the input tokens replaced by
-# draws from the text. On top of the rest of the default, officer_k 2.090 and 2.081 bpb against 2.147 and 2.141
-# (seeds 1337, 1; 0.1: 2.117, 2.099), witcher 1.895 and 1.892 against 1.939 and 1.945 (docs/benchmarks.md, "Unigram
-# noising"). Only under SMALL_TEXT_BYTES: a bigger text is read a few times within the time budget, not 50.
-SCRATCH_TOKEN_NOISE = 0.2
-
-SMALL_TEXT_SHAPE = dict(n_layer=4, n_head=4, n_embd=192)
-SHAPE_FLAGS = ("n_layer", "n_head", "n_embd")
-
-
-def sized_model(overrides: dict | None, train_bytes: int) -> tuple[dict, list[str]]:
-    """The default model's dropout and shape from the text's size; returns the model settings (the
-    user's flags win: any shape flag keeps the preset's shape for the rest) and a line per choice."""
-    chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
-    sized, notes = {}, []
-    if "dropout" not in chosen:
-        sized["dropout"] = SCRATCH_DROPOUT
-        notes.append(f"--dropout {SCRATCH_DROPOUT}: a few MB of text or less is memorised without it")
-    if "block" not in chosen:
-        sized["block"] = SCRATCH_BLOCK
-        notes.append(f"--block {SCRATCH_BLOCK}: RoPE, RMSNorm, QK-norm, SwiGLU and zero-initialised projections "
-                     "learnt every text measured better than GPT-2's block; it exports as qwen3")
-    if train_bytes < SMALL_TEXT_BYTES and not chosen.keys() & set(SHAPE_FLAGS):
-        sized.update(SMALL_TEXT_SHAPE)
-        notes.append(f"{SMALL_TEXT_SHAPE['n_layer']} layers x {SMALL_TEXT_SHAPE['n_embd']} wide: on a text this "
-                     f"small ({train_bytes / 1e3:,.0f} KB) it learns as well as a larger model, faster")
-    return {**sized, **chosen}, notes
-
-
-def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, tokens_per_step: int,
-                  preset_train: dict, train_bytes: int) -> tuple[dict, list[str]]:
-    """The default run's steps, evaluation cadence and regularisation from the text's size (tokens, and
-    `train_bytes` of training text); returns the train settings (the user's flags win over each) and a line
-    per choice, to print."""
-    chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
-    sized, notes = {}, []
-    if "steps" not in chosen and "time_budget_s" not in chosen:
-        steps = max(100, math.ceil(SCRATCH_PASSES * train_tokens / tokens_per_step))
-        sized["steps"] = steps
-        sized["warmup_steps"] = min(preset_train.get("warmup_steps", 100), max(10, int(steps * SCRATCH_WARMUP_SHARE)))
-        notes.append(f"--steps {steps:,}: about {SCRATCH_PASSES} passes over the {train_tokens:,} training tokens "
-                     "(early stopping ends it at its best)")
-    elif "warmup_steps" not in chosen and not by_the_clock(chosen):  # --steps N: warm up over its share of N
-        warmup = min(preset_train.get("warmup_steps", 100), max(1, int(chosen["steps"] * SCRATCH_WARMUP_SHARE)))
-        if warmup < preset_train.get("warmup_steps", 100):
-            sized["warmup_steps"] = warmup
-            notes.append(f"warmup {plural(warmup, 'step')}: a twentieth of --steps {chosen['steps']:,}")
-    if "optimizer" not in chosen:
-        sized["optimizer"] = SCRATCH_OPTIMIZER
-        notes.append(f"--optimizer {SCRATCH_OPTIMIZER}: Muon for the blocks' matrices learnt the texts measured "
-                     "as well as AdamW alone or better, in fewer steps")
-    if "weight_decay" not in chosen:
-        sized["weight_decay"] = SCRATCH_WEIGHT_DECAY
-        notes.append(f"--weight-decay {SCRATCH_WEIGHT_DECAY}: a small text learnt better with more than the usual 0.1")
-    if "token_noise" not in chosen and train_bytes < SMALL_TEXT_BYTES:  # a bigger text is read a few times, not 50
-        sized["token_noise"] = SCRATCH_TOKEN_NOISE
-        notes.append(f"--token-noise {SCRATCH_TOKEN_NOISE}: {SCRATCH_TOKEN_NOISE:.0%} of the input tokens replaced by tokens "
-                     "drawn from the text (unigram noising), so the model cannot lean on any one of them")
-    steps = chosen.get("steps") or sized.get("steps") or preset_train.get("steps", TrainConfig.steps)
-    if "eval_interval" not in chosen:
-        sized["eval_interval"] = max(MIN_EVAL_INTERVAL, steps // SCRATCH_EVALS)
-    if "eval_iters" not in chosen:  # the val split read about once, never re-read 20 times over
-        sized["eval_iters"] = min(20, max(2, math.ceil(val_tokens / tokens_per_step)))
-    iters = sized.get("eval_iters", chosen.get("eval_iters"))
-    if "warmup_steps" not in chosen and by_the_clock(chosen):
-        sized["warmup_share"] = SCRATCH_WARMUP_SHARE
-    if "eval_interval" not in chosen and by_the_clock(chosen):
-        sized["evals_in_budget"] = SCRATCH_EVALS
-        notes.append(f"evaluating {SCRATCH_EVALS} times over the --time budget on {iters} batches ({val_tokens:,} val tokens)")
-    else:
-        notes.append(f"evaluating every {plural(sized.get('eval_interval', chosen.get('eval_interval')), 'step')} on "
-                     f"{iters} batches ({val_tokens:,} val tokens)")
-    return {**preset_train, **sized, **chosen}, notes
-
 
 def from_preset(
     name: str, model_overrides: dict | None = None, train_overrides: dict | None = None

@@ -107,7 +107,8 @@ def speed(blocks: list[str], rounds: int = 3, steps: int = 3) -> None:
 
     import torch
 
-    from bladegpt.config import SMALL_TEXT_SHAPE, block_settings, from_preset
+    from bladegpt.config import block_settings, from_preset
+    from bladegpt.train.recipes import SMALL_TEXT_SHAPE
     from bladegpt.model import GPT
 
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bladegpt.config import FINETUNE_BLOCK, FINETUNE_TOKENS  # noqa: E402
+from bladegpt.train.recipes import FINETUNE_BLOCK, FINETUNE_TOKENS
 from bladegpt.runtime import autocast, choose_attention, choose_precision, device_name  # noqa: E402
 
 # transformers config.json fields of each shape (../shared/research/llama-family.md; GPT-2's own).

@@ -130,7 +130,7 @@ def test_fine_tune_context_mistakes_and_a_gguf_as_checkpoint_are_one_line(llama_
 
 
 def test_the_recipes_choices_are_printed_and_each_flag_overrides_its_own():
-    from bladegpt.config import FINETUNE, FINETUNE_PASSES, FINETUNE_TOKENS, finetune_config
+    from bladegpt.train.recipes import FINETUNE, FINETUNE_PASSES, FINETUNE_TOKENS, finetune_config
 
     cfg, notes = finetune_config(None, 576, train_tokens=16_700, val_tokens=1_900, block_size=256)
     assert cfg.batch_size * 256 == FINETUNE_TOKENS  # a shorter context gets a bigger batch

@@ -145,7 +145,7 @@ def test_early_stopping_keeps_the_best_and_a_resume_can_go_on(corpus, monkeypatc
 
 
 def test_default_run_is_sized_to_the_text():
-    from bladegpt.config import SCRATCH_PASSES, SCRATCH_TOKEN_NOISE, SCRATCH_WEIGHT_DECAY, sized_to_text
+    from bladegpt.train.recipes import SCRATCH_PASSES, SCRATCH_TOKEN_NOISE, SCRATCH_WEIGHT_DECAY, sized_to_text
 
     train_cfg, notes = sized_to_text({}, 30_000, 3_000, 4096, {"steps": 250, "warmup_steps": 25, "batch_size": 32}, 120_000)
     assert train_cfg["steps"] == -(-SCRATCH_PASSES * 30_000 // 4096) and train_cfg["eval_iters"] == 2
@@ -167,7 +167,8 @@ def test_default_run_is_sized_to_the_text():
 
 
 def test_default_model_is_sized_to_the_text():
-    from bladegpt.config import SCRATCH_BLOCK, SCRATCH_DROPOUT, SMALL_TEXT_BYTES, SMALL_TEXT_SHAPE, sized_model
+    from bladegpt.config import SMALL_TEXT_BYTES
+    from bladegpt.train.recipes import SCRATCH_BLOCK, SCRATCH_DROPOUT, SMALL_TEXT_SHAPE, sized_model
 
     small, notes = sized_model({}, SMALL_TEXT_BYTES - 1)
     assert small == {**SMALL_TEXT_SHAPE, "dropout": SCRATCH_DROPOUT, "block": SCRATCH_BLOCK} and len(notes) == 3
@@ -219,7 +220,7 @@ def test_a_cut_run_timed_again_gets_back_what_a_slow_start_cut(corpus, workdir, 
     budget, then timed again at its settled speed it trains its whole schedule after all."""
     prepare([corpus], tokenizer="char")
     monkeypatch.setattr("bladegpt.train.SCRATCH_BUDGET_S", 8.0)
-    monkeypatch.setattr("bladegpt.config.SCRATCH_PASSES", 1)  # the shortest sized run: 100 steps
+    monkeypatch.setattr("bladegpt.train.recipes.SCRATCH_PASSES", 1)  # the shortest sized run: 100 steps
     clock = [0.0]  # the trainer's clock, advanced by the steps alone: 0.3 s for the first three, then 0.01
     monkeypatch.setattr("bladegpt.train.trainer.time", SimpleNamespace(perf_counter=lambda: clock[0]))
     step = Trainer.train_step
@@ -288,7 +289,8 @@ def test_a_cut_schedule_keeps_the_plans_evaluations():
 def test_a_time_budget_spreads_its_evaluations_over_the_steps_the_clock_allows(corpus, workdir):
     """`train --time` with no --steps or --eval-interval: the plan cannot know how many steps fit, so the
     interval is set from the first steps' timing (it once was a billion steps / 15: one evaluation, at the end)."""
-    from bladegpt.config import CLOCK_STEPS, FINETUNE_EVALS, SCRATCH_EVALS, finetune_config, sized_to_text
+    from bladegpt.config import CLOCK_STEPS
+    from bladegpt.train.recipes import FINETUNE_EVALS, SCRATCH_EVALS, finetune_config, sized_to_text
 
     chosen = {"steps": CLOCK_STEPS, "time_budget_s": 3.0}
     train_cfg, notes = sized_to_text(chosen, 10_000, 1_000, 512, {}, 40_000)

@@ -12,19 +12,8 @@ import torch.distributed as dist
 
 from bladegpt import runs
 from bladegpt.checkpoint import read_info, recover_training
-from bladegpt.config import (
-    DEFAULT_PRESET,
-    FINETUNE_BLOCK,
-    ModelConfig,
-    TrainConfig,
-    finetune_config,
-    PRESETS,
-    SCRATCH_BUDGET_S,
-    from_preset,
-    padded_vocab,
-    sized_model,
-    sized_to_text,
-)
+from bladegpt.config import DEFAULT_PRESET, ModelConfig, TrainConfig, PRESETS, from_preset, padded_vocab
+from bladegpt.train.recipes import FINETUNE_BLOCK, finetune_config, SCRATCH_BUDGET_S, sized_model, sized_to_text
 from bladegpt.errors import ConfigError, DataError, UserError, DeviceError
 from bladegpt.data.dataset import TokenData, latest_dataset
 from bladegpt.data.prepare import default_out_dir

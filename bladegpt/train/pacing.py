@@ -3,12 +3,19 @@ fits its time budget. Pure arithmetic on measured step times; the trainer says w
 
 from __future__ import annotations
 
-from bladegpt.config import MIN_EVAL_INTERVAL, TrainConfig
+from bladegpt.config import TrainConfig
+
+MIN_EVAL_INTERVAL = 10  # a from-scratch run (or one cut to its time budget) evaluates at most every 10 steps
 
 # First-compile cost we assume before deciding to compile (measured: 25-30 s on a 2-core CPU).
 COMPILE_COST_S = {"cpu": 30.0, "cuda": 45.0}
 # The step-time saving we count on from compiling; measured ~1.2x on CPU, so be conservative.
 COMPILE_GAIN = 0.15
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 step', '2 steps': a count in words a person would write."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def duration(seconds: float) -> str:

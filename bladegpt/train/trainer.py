@@ -14,14 +14,14 @@ import torch
 from bladegpt import runs
 from bladegpt.data import copymeter
 from bladegpt.checkpoint import load_checkpoint, load_train_state, restore_adapters, save_checkpoint, save_training
-from bladegpt.config import ModelConfig, TrainConfig, plural
+from bladegpt.config import ModelConfig, TrainConfig
+from bladegpt.train.pacing import plural, compile_pays, duration, fit_to_budget, paced_interval, seconds_per_step
 from bladegpt.errors import ConfigError, TrainingDiverged, UserError
 from bladegpt.data.dataset import TokenData, stream_seed
 from bladegpt.train.distributed import Distributed
 from bladegpt.train.ema import WeightAverage
 from bladegpt.generate.engine import generate, prompt_ids
 from bladegpt.model import GPT, flops_per_token
-from bladegpt.train.pacing import compile_pays, duration, fit_to_budget, paced_interval, seconds_per_step
 from bladegpt.train.optim import lr_at, make_optimizers, schedule_progress, set_lr
 from bladegpt.train.runbook import EarlyStopping, MetricsLog, eval_record, train_record
 from bladegpt.runtime import Runtime, autocast, compile_available, peak_flops, raise_cpu_peak, synchronize
