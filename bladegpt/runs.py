@@ -1,4 +1,5 @@
-"""The runs folder: where each training run keeps its checkpoints and metrics, and which is latest."""
+"""The runs folder: where each training run keeps its checkpoints and metrics, which is latest, and a run
+folder's life (claimed, locked, left empty when a start dies before its first checkpoint)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 from bladegpt import strictjson
-from bladegpt.errors import UserError
-from bladegpt.files import atomic_write_text
+from bladegpt.encoding import utf8_name
+from bladegpt.errors import ConfigError, UserError
+from bladegpt.files import atomic_write_text, temp_path
 
 RUNS_DIR = Path("runs")
 RUN_FILE = "run.json"
@@ -19,6 +22,9 @@ LAST = "last.safetensors"
 STATE = "state.safetensors"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
+CHECKPOINTS = (LAST, STATE, BEST)
+RUN_FILES = {RUN_FILE, METRICS, LOCK}  # what a run folder holds before its first checkpoint
+TRACKER_FOLDERS = ("tensorboard", "wandb")  # what the trackers write inside a run folder
 
 
 def new_run_dir(name: str, root: Path = RUNS_DIR) -> Path:
@@ -62,6 +68,50 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing drops the flock; the file stays, harmless
             self.fd = None
+
+
+def claim_run_dir(run: Path | None, data_dir: Path) -> tuple[Path, bool]:
+    """The folder a new run trains in, and whether this call made it."""
+    if run is None:
+        return new_run_dir(utf8_name(data_dir.name)), True
+    run_dir = Path(run)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run {run_dir} is a file; give --run a folder name.")
+    if run_dir.is_dir():
+        ours = RUN_FILES | set(CHECKPOINTS) | set(TRACKER_FOLDERS)
+        ours |= {temp_path(Path(name)).name for name in ours}  # a crash may leave a staged copy
+        if not {p.name for p in run_dir.iterdir()} <= ours:
+            raise ConfigError(f"{run_dir} exists and is not a run folder; give --run a new folder name "
+                              "(BladeGPT never writes into folders it did not make).")
+        return run_dir, False
+    run_dir.mkdir(parents=True)
+    return run_dir, True
+
+
+def check_unused(run_dir: Path) -> None:
+    """Checked under the lock: a run folder with a checkpoint belongs to its run."""
+    if any((run_dir / name).exists() for name in CHECKPOINTS):
+        raise ConfigError(f"{run_dir} already holds a run; pick another --run, or add --resume to continue it.")
+    remove_started(run_dir)  # from a start that died before its first checkpoint
+
+
+def remove_started(run_dir: Path) -> None:
+    """What a start writes before its first checkpoint: the metrics and the trackers' folders."""
+    (run_dir / METRICS).unlink(missing_ok=True)
+    for name in TRACKER_FOLDERS:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+
+
+def remove_if_unused(run_dir: Path, created: bool) -> None:
+    """A run that stopped before its first checkpoint leaves nothing behind (only what it wrote is removed)."""
+    if any((run_dir / name).exists() for name in CHECKPOINTS):
+        return
+    remove_started(run_dir)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if created and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def read_run(run_dir: Path) -> dict:

@@ -57,10 +57,10 @@ def bladegpt(*args: str, cwd: Path, threads: int | None = None) -> str:
 
 def planned(data: Path, block: str, steps: str | None) -> list[str]:
     """The default plan's --steps and --warmup-steps for this dataset (or STEPS and its warmup)."""
-    from bladegpt.train import _new_plan
+    from bladegpt.train.plan import new_plan
 
     train = {"steps": int(steps)} if steps else {}
-    plan = _new_plan(data / "datasets" / next((data / "datasets").iterdir()).name, None, {"block": block}, train, {})
+    plan = new_plan(data / "datasets" / next((data / "datasets").iterdir()).name, None, {"block": block}, train, {})
     return ["--steps", str(plan.train_cfg.steps), "--warmup-steps", str(plan.train_cfg.warmup_steps),
             "--eval-interval", str(plan.train_cfg.eval_interval), "--eval-iters", str(plan.train_cfg.eval_iters)]
 

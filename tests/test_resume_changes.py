@@ -119,7 +119,7 @@ def test_a_resume_cannot_change_its_seed(corpus, workdir):
 def test_a_run_extended_while_warming_up_is_told_its_schedule_is_planned_again():
     """The next step's lr is the same (still warming up), but the cosine now ends 10 steps later."""
     from bladegpt.config import TrainConfig
-    from bladegpt.train.runbook import describe_resume
+    from bladegpt.train.resume import describe_resume
 
     line = describe_resume(TrainConfig(steps=20, warmup_steps=25), TrainConfig(steps=30, warmup_steps=25), 20, 5.0)
     assert "--steps 30 (was 20)" in line and "planned again" in line

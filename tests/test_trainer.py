@@ -219,7 +219,7 @@ def test_a_cut_run_timed_again_gets_back_what_a_slow_start_cut(corpus, workdir, 
     """The first steps ran slow (a busy machine, or eager before a compile): the run is cut to fit the
     budget, then timed again at its settled speed it trains its whole schedule after all."""
     prepare([corpus], tokenizer="char")
-    monkeypatch.setattr("bladegpt.train.SCRATCH_BUDGET_S", 8.0)
+    monkeypatch.setattr("bladegpt.train.plan.SCRATCH_BUDGET_S", 8.0)
     monkeypatch.setattr("bladegpt.train.recipes.SCRATCH_PASSES", 1)  # the shortest sized run: 100 steps
     clock = [0.0]  # the trainer's clock, advanced by the steps alone: 0.3 s for the first three, then 0.01
     monkeypatch.setattr("bladegpt.train.trainer.time", SimpleNamespace(perf_counter=lambda: clock[0]))
@@ -240,7 +240,7 @@ def test_a_cut_run_timed_again_gets_back_what_a_slow_start_cut(corpus, workdir, 
 
 def test_a_default_run_too_long_for_the_budget_is_cut_and_resumes_to_the_cut(corpus, workdir, monkeypatch):
     prepare([corpus], tokenizer="char")
-    monkeypatch.setattr("bladegpt.train.SCRATCH_BUDGET_S", 0.05)
+    monkeypatch.setattr("bladegpt.train.plan.SCRATCH_BUDGET_S", 0.05)
     said = Said()
     result = train(None, None, TINY_MODEL, {"sample_tokens": 0, "patience": 0}, compile="off", reporter=said)
     text = " ".join(said.lines)

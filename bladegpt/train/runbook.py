@@ -1,5 +1,4 @@
-"""What a run writes down as it trains: its metrics file, early stopping's record of the best, and what a
-resume changed."""
+"""What a run writes down as it trains: its metrics file, early stopping's record of the best."""
 
 from __future__ import annotations
 
@@ -8,9 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bladegpt import strictjson
-from bladegpt.config import TrainConfig
-from bladegpt.train.optim import lr_at, schedule_progress
-from bladegpt.train.pacing import duration
 from bladegpt.runs import METRICS
 from bladegpt.train.tracker import Tracker
 
@@ -76,38 +72,3 @@ def eval_record(step: int, loss: float | None, lr: float, tok_per_s: float, val_
     return {"step": step, "loss": round(loss, 5) if loss is not None else None, "lr": lr,
             "tok_per_s": round(tok_per_s, 1), "val_loss": round(val_loss, 5), "val_bpb": round(val_bpb, 5),
             "elapsed": round(elapsed, 3), **(copying or {})}
-
-
-def resume_changes(before: TrainConfig, after: TrainConfig) -> dict[str, list]:
-    """The settings a resume changed: {name: [before, after]}, as run.json records them."""
-    old, new = before.to_dict(), after.to_dict()
-    return {name: [old[name], new[name]] for name in old if old[name] != new[name]}
-
-
-def _shown(name: str, value) -> str:
-    if name == "time_budget_s":
-        return duration(value) if value is not None else "none"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def describe_resume(before: TrainConfig, after: TrainConfig, step: int, elapsed: float) -> str:
-    """One line: what a resume at `step` changed and what that does to the learning-rate schedule.
-
-    The cosine is a function of the step and the planned length (as nanoGPT's get_lr), so it is planned
-    again over the new settings: a longer run's lr climbs back up the curve. The line gives the lr the
-    last step used and the one the next step will, so the jump is never a surprise.
-    """
-    changes = resume_changes(before, after)
-    flags = ", ".join(f"--{'time' if k == 'time_budget_s' else k.replace('_', '-')} {_shown(k, new)} (was {_shown(k, old)})"
-                      for k, (old, new) in changes.items())
-    last = lr_at(step - 1, before, schedule_progress(before, step - 1, elapsed)) if step else before.lr
-    planned = lr_at(step, before, schedule_progress(before, step, elapsed))
-    following = lr_at(step, after, schedule_progress(after, step, elapsed))
-    # another length plans the whole cosine again, even where the next step's lr happens to be the same
-    # (a run extended while still warming up)
-    if before.steps == after.steps and math.isclose(planned, following, rel_tol=1e-9):
-        effect = "the learning-rate schedule is unchanged"
-    else:
-        effect = (f"the learning-rate schedule is planned again over the new settings, so the lr goes from "
-                  f"{last:.2e} at step {step} to {following:.2e} at step {step + 1}")
-    return f"Resuming at step {step} with {flags}: {effect} (recorded in run.json)."

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 TRACKERS = ("tensorboard", "wandb")
-FOLDERS = ("tensorboard", "wandb")  # what the trackers write inside a run folder
 NAMES = {"tensorboard": "TensorBoard", "wandb": "W&B"}
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "tok_per_s": "train/tok_per_s", "mfu": "train/mfu",
               "elapsed": "time/elapsed_s"}
