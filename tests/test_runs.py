@@ -7,7 +7,8 @@ import signal
 from bladegpt.data.prepare import prepare
 from bladegpt.train import train
 from bladegpt.runs import sparkline
-from bladegpt.train.trainer import Reporter, Trainer
+from bladegpt.train.evaluate import Evaluator
+from bladegpt.train.trainer import Reporter
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import invoke
 
@@ -26,7 +27,7 @@ def test_runs_lists_each_runs_start_progress_best_and_state(corpus, workdir, mon
     train(None, None, None, {**TINY_TRAIN, "steps": 10}, compile="off", init_from="runs/tales-1")
     train(data, None, TINY_MODEL, TINY_TRAIN, compile="off")  # no preset: the default, sized to the text
     curve = iter([3.0, 2.0, 2.5, 2.6, 2.7])
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: (next(curve), next(iter([1.5]))))
+    monkeypatch.setattr(Evaluator, "loss_and_bpb", lambda self, model: (next(curve), 1.5))
     train(data, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 100, "patience": 3}, compile="off")  # stopped early
     (workdir / "runs" / "broken").mkdir()
     (workdir / "runs" / "broken" / "run.json").write_text("{garbled")

@@ -10,7 +10,7 @@ from bladegpt import bench as bench_module, runs, strictjson
 from bladegpt.train import train
 from bladegpt.data.prepare import prepare
 from bladegpt.train.runbook import MetricsLog
-from bladegpt.train.trainer import Trainer
+from bladegpt.train.evaluate import Evaluator
 from bladegpt.errors import TrainingDiverged
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import invoke, poison_weights_at
@@ -56,8 +56,8 @@ def test_a_non_finite_metric_is_written_as_null_everywhere(corpus, workdir, monk
     an evaluation, and a speed) is null in metrics.jsonl and in `runs --json`, never a crash or a bare
     word; the curve and the best skip it."""
     prepare([corpus], tokenizer="char")
-    bpbs = iter([float("inf"), 1.5, float("nan")])
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: ({10: 3.0, 20: 2.0, 30: 2.5}[self.step], next(bpbs)))
+    evaluations = iter([(3.0, float("inf")), (2.0, 1.5), (2.5, float("nan"))])  # at steps 10, 20, 30
+    monkeypatch.setattr(Evaluator, "loss_and_bpb", lambda self, model: next(evaluations))
     result = train(None, "nano", TINY_MODEL, TINY_TRAIN, compile="off")
     assert result.step == 30
     records = [strict(line) for line in (result.run_dir / runs.METRICS).read_text().splitlines()]

@@ -125,11 +125,11 @@ def test_bf16_training_runs_where_supported(corpus):
 
 
 def test_early_stopping_keeps_the_best_and_a_resume_can_go_on(corpus, monkeypatch):
-    from bladegpt.train.trainer import Trainer
+    from bladegpt.train.evaluate import Evaluator
 
     prepare([corpus], tokenizer="char")
     curve = iter([3.0, 2.0, 2.5, 2.4, 2.6, 2.7, 1.5, 1.4, 1.6, 1.7, 1.8])  # best at the 2nd evaluation, then 3 worse
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: (next(curve), 1.0))
+    monkeypatch.setattr(Evaluator, "loss_and_bpb", lambda self, model: (next(curve), 1.0))
     messages = []
     reporter = type("R", (Reporter,), {"message": lambda self, text: messages.append(text)})()
     result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 100, "patience": 3}, compile="off",
@@ -275,14 +275,15 @@ def test_a_cut_schedule_keeps_the_plans_evaluations():
     from bladegpt.train.pacing import fit_to_budget
 
     cfg = TrainConfig(steps=17, eval_interval=4)
-    assert fit_to_budget(cfg, step=3, elapsed=40, per_step=42, budget_s=600, full_steps=17, full_interval=4)
-    assert (cfg.steps, cfg.eval_interval) == (16, 4)
-    assert fit_to_budget(cfg, step=6, elapsed=80, per_step=11, budget_s=600, full_steps=17, full_interval=4)
-    assert (cfg.steps, cfg.eval_interval) == (17, 4)  # given back: the plan's own schedule
+    cut = fit_to_budget(cfg, step=3, elapsed=40, per_step=42, budget_s=600, full_steps=17, full_interval=4)
+    assert (cut.steps, cut.eval_interval) == (16, 4) and cfg.steps == 17  # a new plan: the old one is as it was
+    back = fit_to_budget(cut, step=6, elapsed=80, per_step=11, budget_s=600, full_steps=17, full_interval=4)
+    assert (back.steps, back.eval_interval) == (17, 4)  # given back: the plan's own schedule
+    assert fit_to_budget(back, step=6, elapsed=80, per_step=11, budget_s=600, full_steps=17, full_interval=4) is None
     cfg = TrainConfig(steps=1500, eval_interval=100)  # from scratch: 15 evaluations
-    assert fit_to_budget(cfg, step=10, elapsed=10, per_step=1, budget_s=600, full_steps=1500, full_interval=100)
+    cfg = fit_to_budget(cfg, step=10, elapsed=10, per_step=1, budget_s=600, full_steps=1500, full_interval=100)
     assert (cfg.steps, cfg.eval_interval) == (600, 40)
-    assert fit_to_budget(cfg, step=10, elapsed=10, per_step=4, budget_s=600, full_steps=1500, full_interval=100)
+    cfg = fit_to_budget(cfg, step=10, elapsed=10, per_step=4, budget_s=600, full_steps=1500, full_interval=100)
     assert (cfg.steps, cfg.eval_interval) == (157, 10)  # never more often than every 10 steps
 
 
@@ -328,10 +329,10 @@ def test_the_paced_interval_follows_the_measured_step_and_evaluation_times():
 def test_mfu_never_passes_100_percent_when_the_cached_peak_read_low(corpus, workdir, monkeypatch):
     """A peak measured once while the machine was busy is cached for good; a run that computes faster
     measures it again (a helper saw MFU 107% and 115%)."""
-    import bladegpt.train.trainer as trainer_module
+    from bladegpt.train import runbook
 
     prepare([corpus], tokenizer="char")
-    monkeypatch.setattr(trainer_module, "peak_flops", lambda device: 1.0)  # 1 FLOP/s: every step beats it
+    monkeypatch.setattr(runbook, "peak_flops", lambda device: 1.0)  # 1 FLOP/s: every step beats it
     result = train(None, None, TINY_MODEL, {**TINY_TRAIN, "steps": 12}, compile="off")
     mfus = [r["mfu"] for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines()) if "mfu" in r]
     assert mfus and all(0 < m <= 1 for m in mfus), mfus

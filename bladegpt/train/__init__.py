@@ -111,7 +111,7 @@ def train(
                 tracking = trainer.metrics.tracker = open_tracker(tracker, run_dir, settings, trainer.step,
                                                                   reporter.message)
             if plan.budget_s is not None:
-                trainer.budget(plan.budget_s, lambda cfg: record and runs.write_run(run_dir, {**record, "train": cfg.to_dict()}))
+                trainer.pacer.budget(plan.budget_s, lambda cfg: record and runs.write_run(run_dir, {**record, "train": cfg.to_dict()}))
             result = trainer.run()
             finished = True
             return result

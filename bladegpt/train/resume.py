@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from bladegpt import runs
-from bladegpt.checkpoint import read_info
+from bladegpt.checkpoint import load_checkpoint, load_train_state, read_info, restore_adapters
 from bladegpt.config import ModelConfig, TrainConfig
 from bladegpt.data.dataset import TokenData
 from bladegpt.errors import ConfigError, DataError, UserError
@@ -74,8 +74,26 @@ def resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan:
                 model=model)
 
 
+def load_run_state(trainer: Trainer) -> None:
+    """The run's last checkpoint and training state, read back, checked against each other and against this
+    run, and loaded into the trainer."""
+    last, state_file = trainer.run_dir / runs.LAST, trainer.run_dir / runs.STATE
+    if getattr(trainer.model, "lora", None) is not None:
+        weights, info = None, restore_adapters(trainer.model, last)
+    else:
+        model, _, info = load_checkpoint(last)
+        weights = model.state_dict()
+    opt_states, tensors, state = load_train_state(state_file)
+    if info.get("step") != state["step"]:
+        raise ConfigError(f"{trainer.run_dir} has checkpoint and state from different steps; start a new run.")
+    if len(opt_states) != len(trainer.optimizers):
+        raise ConfigError(f"{trainer.run_dir}'s state holds {len(opt_states)} optimizers, this run has "
+                          f"{len(trainer.optimizers)}; resume with the run's own settings or start a new run.")
+    trainer.load_state_dict(weights, opt_states, tensors, state)
+
+
 def restore(trainer: Trainer, plan: Plan, requested: dict, reporter: Reporter) -> None:
-    trainer.restore()
+    load_run_state(trainer)
     if trainer.ddp.main:
         runs.cut_metrics(plan.run_dir, trainer.step)
     used = trainer.runtime_record()

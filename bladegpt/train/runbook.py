@@ -1,4 +1,5 @@
-"""What a run writes down as it trains: its metrics file, early stopping's record of the best."""
+"""What a run writes down as it trains: its metrics file, early stopping's record of the best, its throughput
+and MFU."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from bladegpt import strictjson
+from bladegpt.config import ModelConfig
+from bladegpt.model import flops_per_token
 from bladegpt.runs import METRICS
+from bladegpt.runtime import peak_flops, raise_cpu_peak
 from bladegpt.train.tracker import Tracker
 
 
@@ -72,3 +78,33 @@ def eval_record(step: int, loss: float | None, lr: float, tok_per_s: float, val_
     return {"step": step, "loss": round(loss, 5) if loss is not None else None, "lr": lr,
             "tok_per_s": round(tok_per_s, 1), "val_loss": round(val_loss, 5), "val_bpb": round(val_bpb, 5),
             "elapsed": round(elapsed, 3), **(copying or {})}
+
+
+class Throughput:
+    """Tokens a second over the steps since the last log, and the MFU they make: the model's FLOPs a token
+    (model.flops_per_token) against the device's peak (runtime.peak_flops, measured and cached; a CPU that
+    beats it has it measured again once a run, and never below what ran)."""
+
+    def __init__(self, model_cfg: ModelConfig, n_params: int, tokens_per_step: int, device: torch.device, world: int):
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_step = flops_per_token(model_cfg, n_params) * tokens_per_step
+        self.peak = peak_flops(device)
+        self.peak_remeasured = False
+        self.cpu_alone = device.type == "cpu" and world == 1
+        self.tokens, self.seconds = 0, 0.0  # since the last record
+        self.tok_per_s = 0.0
+
+    def add(self, seconds: float) -> None:
+        """One more step, which took `seconds`."""
+        self.tokens += self.tokens_per_step
+        self.seconds += seconds
+
+    def record(self) -> tuple[float, float]:
+        """(tokens a second, MFU) since the last record."""
+        self.tok_per_s = self.tokens / self.seconds
+        flops = self.tok_per_s * self.flops_per_step / self.tokens_per_step
+        if flops > self.peak and self.cpu_alone:  # the cached peak read low
+            self.peak = flops if self.peak_remeasured else raise_cpu_peak(flops)
+            self.peak_remeasured = True
+        self.tokens, self.seconds = 0, 0.0
+        return self.tok_per_s, flops / self.peak
