@@ -126,7 +126,7 @@ def test_a_turn_ends_where_the_frame_closes_it_even_across_pieces():
         def __init__(self, pieces):
             self.pieces, self.prompts = pieces, []
 
-        def stream(self, text, **settings):
+        def stream(self, text, settings):
             self.prompts.append(text)
             return iter(self.pieces)
 

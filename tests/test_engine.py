@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from bladegpt.config import ModelConfig
+from bladegpt.generate.settings import SampleSettings
 from bladegpt.generate.engine import KVCache, StaticKVCache, generate, generate_reference, sample_next_token, stream_text
 from bladegpt.model import GPT
 from bladegpt.tokenizer import train_tokenizer
@@ -121,11 +122,11 @@ def test_compiled_decode_gives_the_reference_tokens(model, tmp_path):
     save_checkpoint(tmp_path / "m.safetensors", model, tok, step=1)
     said = []
     sampler = Sampler(tmp_path / "m.safetensors", "cpu", "fp32", compile="on", say=said.append)
-    text = "".join(sampler.stream("!#", max_new_tokens=40, temperature=0))
+    text = "".join(sampler.stream("!#", SampleSettings(max_new_tokens=40, temperature=0)))
     assert sampler.decode is not None  # it did compile
     assert tok.encode(text) == generate_reference(model, tok.encode("!#"), 40, 60, temperature=0)
     auto = Sampler(tmp_path / "m.safetensors", "cpu", "fp32", compile="auto", say=said.append)
-    "".join(auto.stream("!#", max_new_tokens=40, temperature=0))
+    "".join(auto.stream("!#", SampleSettings(max_new_tokens=40, temperature=0)))
     assert auto.decode is None and not said  # 40 tokens never repay a compile
 
 

@@ -16,6 +16,7 @@ from bladegpt.sources.gguf import read_metadata as read_gguf_metadata
 from bladegpt.data.prepare import prepare
 from bladegpt.tokenizer import load_tokenizer, tokenizer_from_dict
 from bladegpt.errors import TokenizerError
+from bladegpt.generate.settings import SampleSettings
 from tests.conftest import corpus_text
 
 transformers = pytest.importorskip("transformers")
@@ -314,7 +315,7 @@ def test_a_run_trains_and_samples_with_it(families, workdir, monkeypatch):
     prepare([workdir / "tales.txt"], tokenizer_from="tiny-llama3")
     result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 20, "eval_interval": 20}, compile="off")
     assert 0 < [r for r in result.history if "val_bpb" in r][-1]["val_bpb"] < 20
-    text = "".join(piece for _, piece in Sampler(result.run_dir / "best.safetensors").samples("The hunter", max_new_tokens=20))
+    text = "".join(piece for _, piece in Sampler(result.run_dir / "best.safetensors").samples("The hunter", settings=SampleSettings(max_new_tokens=20)))
     assert isinstance(text, str) and text
 
 

@@ -249,14 +249,15 @@ def sample(
     """Stream new text from a trained model (several samples are generated together, in one batch)."""
     from bladegpt.data import copymeter
     from bladegpt.encoding import read_typed
-    from bladegpt.generate.engine import check_settings
     from bladegpt.generate.sampler import Sampler
+    from bladegpt.generate.settings import SampleSettings, check_samples
 
     seed = random.randrange(2**31) if seed is None else seed
     prompt, note = read_typed(prompt, "prompt")
     if note:
         err_console.print(note, style="yellow", highlight=False, soft_wrap=True, markup=False)
-    check_settings(num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p, repetition_penalty)
+    check_samples(num_samples)
+    settings = SampleSettings(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed)
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · {sampler.precision}[/]", highlight=False)
     meter = copymeter.for_checkpoint(sampler.checkpoint) if copy_check is not False else None
@@ -264,8 +265,7 @@ def sample(
         err_console.print(f"No copy check: {sampler.checkpoint} is not in a run folder, so its training text is "
                           "not known.", style="dim", highlight=False, markup=False)
     current, texts = None, []
-    for i, piece in sampler.samples(prompt, num_samples, max_new_tokens, temperature, top_k, top_p, seed, min_p,
-                                    repetition_penalty):
+    for i, piece in sampler.samples(prompt, num_samples, settings):
         if i != current:
             if current is not None:
                 sys.stdout.write("\n" + "-" * 40 + "\n")
@@ -311,16 +311,16 @@ def chat(
     """Talk with the voice: type a line, it answers in the text's voice. Ctrl-D or Ctrl-C ends."""
     from bladegpt.generate.chat import Conversation, recorded_frame
     from bladegpt.encoding import keep_typed_bytes, read_typed
-    from bladegpt.generate.engine import check_settings
     from bladegpt.data.frames import check_kind, choose
     from bladegpt.generate.sampler import Sampler
+    from bladegpt.generate.settings import SampleSettings
 
     seed = random.randrange(2**31) if seed is None else seed
-    check_settings(1, max_new_tokens, temperature, top_k, top_p, seed, min_p, repetition_penalty)
+    settings = SampleSettings(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed)
     check_kind(frame)  # before the model loads
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     chosen, source = choose(frame, recorded_frame(sampler.checkpoint), sampler.tokenizer.encode)
-    talk = Conversation(sampler, chosen, seed, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
+    talk = Conversation(sampler, chosen, settings)
     interactive = sys.stdin.isatty()
     keep_typed_bytes()
     err_console.print(f"{sampler.checkpoint} · frame {chosen.describe()} ({source}) · seed {seed}"

@@ -7,6 +7,7 @@ part slides out (the generator keeps the last `block_size` tokens).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from bladegpt.data.dataset import META_FILE
 from bladegpt.data.frames import Frame
 from bladegpt.runs import RUN_FILE
 from bladegpt.generate.sampler import Sampler
+from bladegpt.generate.settings import SampleSettings
 
 KEEP_CHARS = 100_000  # far more than any context here holds; the rest is never read again
 
@@ -33,12 +35,10 @@ def recorded_frame(checkpoint: Path) -> Frame | None:
 
 
 class Conversation:
-    def __init__(self, sampler: Sampler, frame: Frame, seed: int = 0, max_new_tokens: int = 200,
-                 temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None,
-                 min_p: float | None = None, repetition_penalty: float | None = None):
-        self.sampler, self.frame, self.seed, self.turn = sampler, frame, seed, 0
-        self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             min_p=min_p, repetition_penalty=repetition_penalty)
+    """Turns in the frame the corpus writes dialogue in, over a sliding text; turn n samples with seed + n."""
+
+    def __init__(self, sampler: Sampler, frame: Frame, settings: SampleSettings = SampleSettings()):
+        self.sampler, self.frame, self.settings, self.turn = sampler, frame, settings, 0
         self.text = ""
 
     def reply(self, line: str) -> Iterator[str]:
@@ -46,7 +46,7 @@ class Conversation:
         text: the end-of-text token, never printed).
         The text it answers from is encoded first, so a line the tokenizer cannot take fails at once."""
         text = self.text[-KEEP_CHARS:] + self.frame.user(line.strip()) + self.frame.turn()
-        pieces = self.sampler.stream(text, seed=self.seed + self.turn, **self.settings)
+        pieces = self.sampler.stream(text, dataclasses.replace(self.settings, seed=self.settings.seed + self.turn))
         self.text, self.turn = text, self.turn + 1
         return self._until_closed(pieces)
 

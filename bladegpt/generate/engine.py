@@ -13,8 +13,6 @@ from collections.abc import Iterator
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bladegpt.config import check_seed
-from bladegpt.errors import UserError
 from bladegpt.model import GPT
 from bladegpt.tokenizer import Tokenizer
 
@@ -106,27 +104,6 @@ class StaticKVCache(KVCache):
             buffer[1:n] = buffer[:1]
 
 
-def check_settings(num_samples: int, max_new_tokens: int, temperature: float, top_k: int | None,
-                   top_p: float | None, seed: int, min_p: float | None = None,
-                   repetition_penalty: float | None = None) -> None:
-    """Refuse sampling settings that cannot work, in one line each, before a model is loaded. Every
-    setting this accepts samples (sample_next_token's limits)."""
-    if num_samples < 1 or max_new_tokens < 1:
-        raise UserError("--num-samples and --max-new-tokens must be at least 1.")
-    if not 0 <= temperature < math.inf:  # also refuses NaN
-        raise UserError(f"--temperature must be 0 (greedy) or a positive number, got {temperature}.")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"--top-k must be at least 1 (1 is greedy), got {top_k}.")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], e.g. 0.9, got {top_p}.")
-    if min_p is not None and not 0 <= min_p <= 1:
-        raise UserError(f"--min-p must be in [0, 1] (0 keeps every token, 1 is greedy), e.g. 0.05, got {min_p}.")
-    if repetition_penalty is not None and not 0 < repetition_penalty < math.inf:
-        raise UserError(f"--repetition-penalty must be a positive number (1 is off; 1.1-1.3 discourages "
-                        f"repeats), got {repetition_penalty}.")
-    check_seed(seed)
-
-
 def sample_next_token(
     logits: torch.Tensor,
     generator: torch.Generator | list[torch.Generator] | None = None,
@@ -149,7 +126,7 @@ def sample_next_token(
     then temperature divides the logits; top-p keeps the smallest set of the likeliest whose
     probability reaches top_p (Holtzman et al. 2019, nucleus sampling).
 
-    Any setting check_settings accepts samples: the logits are shifted so the largest is 0 before the
+    Any setting SampleSettings accepts samples: the logits are shifted so the largest is 0 before the
     temperature divides them, so a tiny temperature sends the rest to -inf (greedy; ties share the
     draw) and a huge one makes them all near 0 (uniform over what is kept), never inf - inf. +inf logits
     share all the probability; NaN counts as -inf.

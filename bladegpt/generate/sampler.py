@@ -14,6 +14,7 @@ import torch
 from bladegpt.generate.engine import compile_decode, generate_batch, prompt_ids, stream_text, until_stop
 from bladegpt.model import GPT
 from bladegpt.generate.quantize import QUANTIZED, int4_available, int8_available, quantize
+from bladegpt.generate.settings import SampleSettings
 from bladegpt.runtime import _cached, autocast, bf16_supported, choose_precision, cpu_model
 from bladegpt.errors import DeviceError
 
@@ -152,30 +153,18 @@ class Sampler:
         per_row = 2 * cfg.n_layer * cfg.block_size * cfg.n_embd * (2 if self.precision == "bf16" else 4)
         return max(1, min(n, MAX_BATCH, CACHE_BYTES // per_row))
 
-    def samples(
-        self,
-        prompt: str,
-        num_samples: int = 1,
-        max_new_tokens: int = 200,
-        temperature: float = 0.8,
-        top_k: int | None = 200,
-        top_p: float | None = None,
-        seed: int = 0,
-        min_p: float | None = None,
-        repetition_penalty: float | None = None,
-    ) -> Iterator[tuple[int, str]]:
+    def samples(self, prompt: str, num_samples: int = 1, settings: SampleSettings = SampleSettings()
+                ) -> Iterator[tuple[int, str]]:
         """(sample number, text piece) pairs: sample 0 piece by piece as it is generated, every other
-        sample whole once its batch is done. Sample i is what seed + i gives on its own. A sample ends
-        at the end-of-text token (the document separator), which is never printed.
+        sample whole once its batch is done. Sample i is what settings.seed + i gives on its own. A sample
+        ends at the end-of-text token (the document separator), which is never printed.
 
         The prompt is encoded now, so a prompt the tokenizer cannot take fails before any output.
         """
         ids = prompt_ids(self.tokenizer, prompt)
         step = self.batch_size(num_samples)
-        self._maybe_compile(max_new_tokens * -(-num_samples // step), step)
-        knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                     repetition_penalty=repetition_penalty)
-        return self._samples(ids, num_samples, step, max_new_tokens, knobs, seed)
+        self._maybe_compile(settings.max_new_tokens * -(-num_samples // step), step)
+        return self._samples(ids, num_samples, step, settings)
 
     def _maybe_compile(self, steps: int, rows: int) -> None:
         """Compile the decode step when asked, or (auto) when the steps ahead, timed eager here, would
@@ -193,12 +182,13 @@ class Sampler:
                      f"the ~{cost:.0f} s it takes (--compile off skips it).")
         self.decode = compile_decode(self.model)
 
-    def _samples(self, ids, num_samples, step, max_new_tokens, knobs, seed):
+    def _samples(self, ids, num_samples, step, settings: SampleSettings):
         vocab, eot = self.tokenizer.vocab_size, self.tokenizer.eot_id
         for first in range(0, num_samples, step):
             rows = range(first, min(first + step, num_samples))
-            gens = [torch.Generator(self.device).manual_seed(seed + i) for i in rows]
-            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, **knobs, decode=self.decode, stop=eot)
+            gens = [torch.Generator(self.device).manual_seed(settings.seed + i) for i in rows]
+            steps = generate_batch(self.model, ids, settings.max_new_tokens, vocab, gens, **settings.knobs(),
+                                   decode=self.decode, stop=eot)
             if first == 0:  # stream sample 0, keep the others' tokens
                 yield 0, ""
                 kept: list[torch.Tensor] = []
@@ -219,9 +209,6 @@ class Sampler:
             for i, tokens in zip(rows[1:] if first == 0 else rows, rest):
                 yield i, self.tokenizer.decode(until_stop(tokens, eot))
 
-    def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 200,
-               top_p: float | None = None, seed: int = 0, min_p: float | None = None,
-               repetition_penalty: float | None = None) -> Iterator[str]:
+    def stream(self, prompt: str, settings: SampleSettings = SampleSettings()) -> Iterator[str]:
         """Text pieces of one sample as they are generated (the prompt itself is not repeated)."""
-        return (piece for _, piece in self.samples(prompt, 1, max_new_tokens, temperature, top_k, top_p, seed, min_p,
-                                                   repetition_penalty))
+        return (piece for _, piece in self.samples(prompt, 1, settings))

@@ -12,6 +12,7 @@ from bladegpt.data import copymeter
 from bladegpt.data.dataset import TokenData
 from bladegpt.generate.engine import generate, prompt_ids
 from bladegpt.generate.sampler import decode_precision
+from bladegpt.generate.settings import SampleSettings
 from bladegpt.model import GPT
 from bladegpt.runtime import Runtime, autocast
 from bladegpt.train.distributed import Distributed
@@ -72,8 +73,8 @@ class Evaluator:
         if self.sample_precision is None:  # generation's own choice, measured once: bf16 autocast or fp32
             self.sample_precision = decode_precision(model, self.device, cast=False)  # (weights never cast)
         with autocast(self.device, self.sample_precision):
-            ids = list(generate(model, prompt_ids(tok, ""), self.cfg.sample_tokens, tok.vocab_size,
-                                gen, temperature=0.8, top_k=200, stop=tok.eot_id))
+            ids = list(generate(model, prompt_ids(tok, ""), self.cfg.sample_tokens, tok.vocab_size, gen,
+                                **SampleSettings(self.cfg.sample_tokens).knobs(), stop=tok.eot_id))
         model.train()
         return tok.decode(ids)
 
