@@ -177,9 +177,6 @@ def resolve_checkpoint(checkpoint: Path | None, root: Path = RUNS_DIR) -> Path:
     return checkpoint
 
 
-SPARK = "▁▂▃▄▅▆▇█"
-
-
 def _saved_info(path: Path) -> dict | None:
     """The `info` a checkpoint's metadata holds, read from the safetensors header alone (no torch, no tensors)."""
     try:
@@ -208,16 +205,6 @@ def _running(run_dir: Path) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-def sparkline(values: list[float], width: int = 10) -> str:
-    """Values as bars, lowest ▁ to highest █, at most `width` of them (evenly picked, the last kept)."""
-    if not values:
-        return ""
-    if len(values) > width:
-        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
-    low, high = min(values), max(values)
-    return "".join(SPARK[round((v - low) / (high - low) * (len(SPARK) - 1)) if high > low else 0] for v in values)
 
 
 def _start(saved: dict) -> str:

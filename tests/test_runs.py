@@ -6,7 +6,7 @@ import signal
 
 from bladegpt.data.prepare import prepare
 from bladegpt.train import train
-from bladegpt.runs import sparkline
+from bladegpt.cli.tables import sparkline
 from bladegpt.train.evaluate import Evaluator
 from bladegpt.train.trainer import Reporter
 from tests.conftest import TINY_MODEL, TINY_TRAIN

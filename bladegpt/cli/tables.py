@@ -8,6 +8,32 @@ from rich.table import Table
 from rich.text import Text
 
 
+def prepared_table(result, vocab_sized: bool) -> Table:
+    """What `prepare` made: the text, its tokens and tokenizer, the chat frame found, the speed, the folder."""
+    from bladegpt.data.frames import Frame
+
+    m = result.meta
+    table = Table(title=f"Prepared {', '.join(Path(s).name for s in m['sources'][:3])}"
+                        + (f" and {len(m['sources']) - 3} more" if len(m["sources"]) > 3 else ""))
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    for label, value in [
+        ("characters", f"{m['chars']:,}"),
+        ("tokens", f"{m['train_tokens'] + m['val_tokens']:,}"),
+        ("tokenizer", m["tokenizer"]),
+        ("vocabulary", f"{m['vocab_size']:,}" + (" (sized to the text; --vocab-size N to choose)"
+                                                  if vocab_sized and m["tokenizer"] == "bpe" else "")),
+        ("bytes per token", f"{m['bytes'] / (m['train_tokens'] + m['val_tokens']):.2f}"),
+        ("train tokens", f"{m['train_tokens']:,}"),
+        ("val tokens", f"{m['val_tokens']:,}"),
+        ("chat frame", Frame.from_dict(m["chat_frame"]).describe()),
+        ("took", f"{m['seconds']:.1f} s ({m['bytes'] / 1e6 / max(m['encode_seconds'], 1e-9):.1f} MB/s encoding)"),
+        ("written to", str(result.out_dir)),
+    ]:
+        table.add_row(label, value)
+    return table
+
+
 def bench_table(result: dict) -> Table:
     table = Table(
         title=f"Training step, {result['preset']} preset ({result['params'] / 1e6:.1f}M params), "
@@ -78,8 +104,6 @@ RUNS_SPARE_COLUMNS = ("start", "curve", "val loss", "data")
 def runs_table(rows: list[dict], width: int = 200) -> Table:
     """The runs, a row each; columns from RUNS_SPARE_COLUMNS are left out until the rest fit in `width`
     characters (at 80 columns every column was cut to two letters)."""
-    from bladegpt.runs import sparkline
-
     table = Table(title="Runs")
     names = [Path(r["run"]).name for r in rows]
     colors = {"running": "cyan", "finished": "green", "stopped early": "green", "interrupted": "yellow"}
@@ -117,3 +141,16 @@ def runs_table(rows: list[dict], width: int = 200) -> Table:
     for row in cells:
         table.add_row(*(row[c] for c in columns))
     return table
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 10) -> str:
+    """Values as bars, lowest ▁ to highest █, at most `width` of them (evenly picked, the last kept)."""
+    if not values:
+        return ""
+    if len(values) > width:
+        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    low, high = min(values), max(values)
+    return "".join(SPARK[round((v - low) / (high - low) * (len(SPARK) - 1)) if high > low else 0] for v in values)

@@ -1,0 +1,88 @@
+"""The Typer app every command registers on, the options several commands share, and `friendly`: a user's
+mistake is one red line and exit code 1. No torch at import, so `bladegpt --help` stays instant."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from bladegpt import __version__
+from bladegpt.errors import UserError
+
+app = typer.Typer(
+    help="Train a small GPT on text you love, on the machine you have, and sample in its voice.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+# Options several commands share (sample, chat, export, bench).
+CheckpointOpt = Annotated[Optional[Path], typer.Option(help="A .safetensors file or run folder \\[default: latest run's best].")]
+TemperatureOpt = Annotated[float, typer.Option(help="0 is greedy; higher is wilder.")]
+TopKOpt = Annotated[Optional[int], typer.Option(help="Sample only from the k likeliest tokens.")]
+TopPOpt = Annotated[Optional[float], typer.Option(help="Sample only from the smallest set with this much probability.")]
+MinPOpt = Annotated[Optional[float], typer.Option(help="Sample only tokens at least this share as likely as the likeliest, e.g. 0.05.")]
+RepetitionOpt = Annotated[Optional[float], typer.Option(help="Discourage ids already in the text: their logits divided (or, if negative, multiplied) by this, e.g. 1.2 (CTRL's; off by default).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+DecodePrecisionOpt = Annotated[str, typer.Option(help="auto (the fastest here for generation, measured), bf16, fp32, int8 (weights in int8, a quarter of fp32's bytes) or int4 (an eighth, CPU only; it can round away much of a fine-tune, docs/benchmarks.md).")]
+DecodeCompileOpt = Annotated[str, typer.Option(help="auto (compile the decode step when the tokens asked for repay it), on or off.")]
+
+
+# Options that take one word of a fixed list (or, as --block and --device, words of one): read in any case.
+CHOICES = {"tokenizer", "preset", "block", "optimizer", "sampling", "device", "precision", "attention", "compile",
+           "tracker", "lora_base_dtype", "frame", "format", "dtype"}
+
+
+def friendly(command):
+    """Read the CHOICES options' words in lower case; turn a UserError, or a file the system refused
+    (permissions, a full disk), into one red line and exit code 1; Ctrl-C before work began into one line
+    and 130. Anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        kwargs = {name: value.lower() if name in CHOICES and isinstance(value, str) else value
+                  for name, value in kwargs.items()}
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            fail(str(e))
+        except OSError as e:
+            if e.filename is None:
+                raise
+            fail(f"Cannot write or read {e.filename}: {e.strerror}. Check its permissions and the free space "
+                 "on its disk, then run the command again.")
+        except KeyboardInterrupt:
+            err_console.print("Stopped.", highlight=False)
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def fail(message: str) -> None:
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line, however narrow the terminal
+    raise typer.Exit(code=1) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"bladegpt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", help="Show the version and exit.", callback=_version, is_eager=True)
+    ] = None,
+) -> None:
+    """Train a small GPT on text you love, on the machine you have, and sample in its voice."""
+    from bladegpt.encoding import show_any_name
+
+    show_any_name()  # a file name that is not UTF-8, or a terminal that cannot show a character, never fails a print

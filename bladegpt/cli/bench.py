@@ -1,0 +1,45 @@
+"""`bladegpt bench`: the speed ladder, or generation beside transformers, as a table or JSON."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from bladegpt.cli.app import DeviceOpt, app, console, fail, friendly
+
+@app.command()
+@friendly
+def bench(
+    preset: Annotated[str, typer.Option(help="Model to time \\[default: the one `train` uses].")] = "mini",
+    batch: Annotated[Optional[int], typer.Option(help="Sequences per step \\[default: the preset's].")] = None,
+    block: Annotated[Optional[int], typer.Option(help="Context length \\[default: the preset's].")] = None,
+    steps: Annotated[int, typer.Option(help="Timed steps per rung, after 2 warm-up steps.")] = 10,
+    device: DeviceOpt = "auto",
+    rungs: Annotated[Optional[str], typer.Option(help="Comma-separated subset: vanilla,mixed,compile,flash,auto.")] = None,
+    generate: Annotated[bool, typer.Option("--generate", help="Time generation instead, beside transformers' generate.")] = False,
+    init_from: Annotated[Optional[str], typer.Option(help="With --generate: time this pretrained model (a GGUF file, ollama:NAME, a Hugging Face folder or hub id) instead of the preset.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON, nothing else.")] = False,
+) -> None:
+    """Time training steps up the speed ladder on this machine (random tokens, no dataset needed)."""
+    from bladegpt import bench as benchmark, strictjson
+    from bladegpt.cli.tables import bench_table, generate_table
+
+    if init_from is not None and not generate:
+        fail("--init-from times generation of that model: add --generate (the training step beside "
+             "transformers' is scripts/finetune_bench.py).")
+    if generate:
+        result = benchmark.bench_generate(preset, device=device, source=init_from)
+        if json_out:
+            print(strictjson.dumps(result, indent=2))
+        else:
+            console.print(generate_table(result))
+        return
+    names = [r.strip() for r in rungs.split(",")] if rungs else None
+    if json_out:
+        print(strictjson.dumps(benchmark.bench(preset, batch, block, steps, device, names), indent=2))
+        return
+    with console.status("Measuring (each rung runs in a fresh process; compiles take a while)..."):
+        result = benchmark.bench(preset, batch, block, steps, device, names,
+                                 on_rung=lambda row: console.print(f"  measured [bold]{row['name']}[/]"))
+    console.print(bench_table(result))

@@ -1,0 +1,39 @@
+"""`bladegpt export`: a checkpoint handed to transformers, llama.cpp or peft, and how to load what was written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bladegpt.cli.app import CheckpointOpt, app, console, friendly
+
+@app.command()
+@friendly
+def export(
+    out: Annotated[Path, typer.Argument(help="Folder (hf, peft), or .safetensors or .gguf file to write.")],
+    checkpoint: CheckpointOpt = None,
+    format: Annotated[str, typer.Option("--format", help="hf (a transformers folder), safetensors (one file), "
+                                        "gguf (llama.cpp, ollama, LM Studio), or peft (a LoRA run's adapters alone); "
+                                        "a LoRA run's adapters are merged into the others.")] = "hf",
+    dtype: Annotated[Optional[str], typer.Option(help="GGUF weights: f32, f16, bf16, q8_0, q4_0 or q4_1 \\[default: f16].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at OUT.")] = False,
+) -> None:
+    """Hand a trained model to the rest of the ecosystem (transformers, llama.cpp, or one file)."""
+    from bladegpt.export import export as export_model
+
+    written = export_model(out, checkpoint, format, force, dtype,
+                           warn=lambda line: console.print(line, style="yellow", soft_wrap=True))
+    if format == "hf":
+        console.print(f"Wrote {written}/. Load it with:\n"
+                      f"  AutoModelForCausalLM.from_pretrained(\"{written}\"), AutoTokenizer.from_pretrained(\"{written}\")", soft_wrap=True)
+    elif format == "peft":
+        console.print(f"Wrote {written}/ (adapter_model.safetensors, adapter_config.json). Load it onto its base with:\n"
+                      f"  PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), \"{written}\"); "
+                      f"for llama.cpp: convert_lora_to_gguf.py {written} --base BASE_FOLDER", soft_wrap=True)
+    elif format == "gguf":
+        console.print(f"Wrote {written}. Run it with llama.cpp:  llama-cli -m {written} -p \"Your prompt\"\n"
+                      f"or ollama: a Modelfile holding `FROM ./{written.name}`, then  ollama create my-voice -f Modelfile", soft_wrap=True)
+    else:
+        console.print(f"Wrote {written}. Sample from it with: bladegpt sample --checkpoint {written}", soft_wrap=True)
