@@ -84,7 +84,7 @@ print(json.dumps(out))
 """
 IN_MEMORY = """
 import json, sys, time
-from bladegpt.data.copymeter import CopyIndex
+from bladegpt.data.copyindex import CopyIndex
 data = open(sys.argv[1], "rb").read()
 times = []
 for _ in range(5):

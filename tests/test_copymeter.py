@@ -7,7 +7,7 @@ import random
 import pytest
 
 from bladegpt.data import copymeter
-from bladegpt.data.copymeter import CopyIndex
+from bladegpt.data.copyindex import CopyIndex, percent
 from bladegpt.errors import DataError
 from bladegpt.cli.display import TrainDisplay
 from bladegpt.train import train
@@ -130,7 +130,7 @@ def test_train_sample_and_runs_report_the_copy_meter(dataset, workdir):
     assert "copied" not in quiet.output and quiet.stdout == sampled.stdout
     rows = json.loads(invoke("runs", "--json").stdout)
     assert rows[0]["copied"] == evals[-1]["copied"] and rows[0]["longest_copy"] == evals[-1]["longest_copy"]
-    assert copymeter.percent(evals[-1]["copied"]) in invoke("runs").output.split("tales-1")[1]
+    assert percent(evals[-1]["copied"]) in invoke("runs").output.split("tales-1")[1]
     for name in ("train.bin", "meta.json"):  # a dataset gone: the samples come, and one quiet line says why
         (dataset / name).rename(dataset / f"{name}.moved")
     gone = invoke("sample", "The", "--max-new-tokens", "20", "--seed", "1")

@@ -8,7 +8,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bladegpt.train.pacing import plural
-from bladegpt.data.copymeter import describe
+from bladegpt.data.copyindex import describe
 from bladegpt.train.trainer import Reporter
 
 

@@ -90,7 +90,7 @@ def generate_table(result: dict) -> Table:
 
 def _copied(row: dict) -> str:
     """The last eval sample's copy meter: the share of 50-character spans copied, and the longest copy."""
-    from bladegpt.data.copymeter import percent
+    from bladegpt.data.copyindex import percent
 
     if row.get("copied") is None:
         return "-"
