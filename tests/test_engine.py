@@ -107,7 +107,7 @@ def test_batched_samples_are_each_seeds_own_text(model, new_tokens):
     gens = [torch.Generator().manual_seed(10 + i) for i in range(5)]
     rows = torch.stack(list(generate_batch(model, [7], new_tokens, 60, gens, temperature=1.0, top_k=20)), 1)
     for i, row in enumerate(rows.tolist()):
-        alone = generate_reference(model, [7], new_tokens, 60, torch.Generator().manual_seed(10 + i), 1.0, 20)
+        alone = generate_reference(model, [7], new_tokens, 60, torch.Generator().manual_seed(10 + i), temperature=1.0, top_k=20)
         assert row == alone
     assert len({tuple(r) for r in rows.tolist()}) > 1
 
@@ -149,7 +149,8 @@ def test_compiled_static_step_compiles_once_and_keeps_each_seeds_text(model):
     assert torch.stack(list(generate_batch(model, [7, 8], 30, 60, again, 1.0, 20, decode=decode)), 1).equal(rows)
     assert counters["stats"]["unique_graphs"] == 1
     for i, row in enumerate(rows.tolist()):
-        assert row == generate_reference(model, [7, 8], 30, 60, torch.Generator().manual_seed(20 + i), 1.0, 20)
+        assert row == generate_reference(model, [7, 8], 30, 60, torch.Generator().manual_seed(20 + i), temperature=1.0,
+                                         top_k=20)
 
 
 def _draws(logits, n=400, seed=0, **knobs) -> torch.Tensor:

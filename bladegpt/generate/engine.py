@@ -256,16 +256,12 @@ def generate(
     max_new_tokens: int,
     n_vocab: int,
     generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
     stop: int | None = None,
-    repetition_penalty: float | None = None,
+    **knobs,
 ) -> Iterator[int]:
-    """Yield new token ids of one sample, one at a time, with a KV cache; the sample ends before `stop`."""
-    for token in generate_batch(model, prompt, max_new_tokens, n_vocab, [generator], temperature, top_k, top_p, min_p,
-                                stop=stop, repetition_penalty=repetition_penalty):
+    """Yield new token ids of one sample, one at a time, with a KV cache; the sample ends before `stop`.
+    `knobs` are sample_next_token's (temperature, top_k, top_p, min_p, repetition_penalty: SampleSettings.knobs())."""
+    for token in generate_batch(model, prompt, max_new_tokens, n_vocab, [generator], stop=stop, **knobs):
         if int(token[0]) == stop:
             return
         yield int(token[0])
@@ -278,12 +274,8 @@ def generate_reference(
     max_new_tokens: int,
     n_vocab: int,
     generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
     stop: int | None = None,
-    repetition_penalty: float | None = None,
+    **knobs,
 ) -> list[int]:
     """The slow, obviously right generator: recompute the whole window for every token; ends before `stop`."""
     block = model.config.block_size
@@ -297,7 +289,7 @@ def generate_reference(
         with sdpa_kernel(DECODE_BACKENDS):
             logits = _logits(model, torch.tensor([tokens[start:]], device=device), n_vocab)
         seen = torch.tensor([tokens], device=device)
-        token = int(sample_next_token(logits, generator, temperature, top_k, top_p, min_p, repetition_penalty, seen)[0])
+        token = int(sample_next_token(logits, generator, **knobs, seen=seen)[0])
         if token == stop:
             break
         out.append(token)
