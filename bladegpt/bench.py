@@ -24,6 +24,7 @@ from bladegpt.model import GPT, flops_per_token
 from bladegpt.train.optim import make_optimizers
 from bladegpt.runtime import (
     autocast,
+    bf16_supported,
     choose_attention,
     choose_precision,
     compile_available,
@@ -34,6 +35,12 @@ from bladegpt.runtime import (
     set_matmul_precision,
     synchronize,
 )
+from bladegpt.export.hf import hf_config, hf_state_dict, llama_hf_config, llama_hf_state_dict
+from bladegpt.sources import load_pretrained
+from bladegpt.generate.engine import compile_decode, generate_batch
+from bladegpt.generate.quantize import int4_available, int8_available
+from bladegpt.generate.sampler import decode_precision, in_precision
+from bladegpt.train.recipes import FINETUNE_BLOCK
 
 WARMUP_STEPS = 2
 
@@ -198,13 +205,9 @@ def _hf_twin(model: GPT):
     import transformers
 
     if model.config.arch == "gpt2":
-        from bladegpt.export.hf import hf_config, hf_state_dict
-
         hf = transformers.GPT2LMHeadModel(transformers.GPT2Config.from_dict(hf_config(model, eos=None)))
         state = hf_state_dict(model)
     else:
-        from bladegpt.export.hf import llama_hf_config, llama_hf_state_dict
-
         settings = llama_hf_config(model, bos=None, eos=None)
         config = transformers.AutoConfig.for_model(settings.pop("model_type"), **settings)
         hf = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
@@ -215,8 +218,6 @@ def _hf_twin(model: GPT):
 
 def source_model(source: str, block: int) -> GPT:
     """A pretrained model (any --init-from source) with its context cut to `block`, as a fine-tune has it."""
-    from bladegpt.sources import load_pretrained
-
     model = load_pretrained(source).model
     if model.config.block_size > block:
         if "wpe" in model.transformer:
@@ -237,16 +238,9 @@ def bench_generate(
     transformers in fp32. Medians of `repeats` runs,
     the contenders alternating so a slow spell of the machine hits all of them. `source` times a
     pretrained model (any --init-from source, e.g. SmolLM2's GGUF) instead of the preset's shape."""
-    from bladegpt.generate.engine import compile_decode, generate_batch
-    from bladegpt.generate.quantize import int4_available, int8_available
-    from bladegpt.runtime import bf16_supported
-    from bladegpt.generate.sampler import decode_precision, in_precision
-
     dev = resolve_device(device)
     torch.manual_seed(0)
     if source is not None:
-        from bladegpt.train.recipes import FINETUNE_BLOCK
-
         model = source_model(source, FINETUNE_BLOCK).to(dev).eval()
         model_cfg = model.config
         vocab_size = model_cfg.vocab_size

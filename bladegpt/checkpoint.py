@@ -22,6 +22,7 @@ from bladegpt.files import atomic_write, commit, is_gguf, stage, temp_path
 from bladegpt.model import GPT
 from bladegpt.runs import LAST, STATE
 from bladegpt.tokenizer import Tokenizer, tokenizer_from_dict
+from bladegpt.lora import LoraConfig, adapter_state, load_adapters
 
 FORMAT = "bladegpt-1"
 
@@ -41,7 +42,6 @@ def _checkpoint_writer(model: GPT, tokenizer: Tokenizer, info: dict):
     }
     lora = getattr(model, "lora", None)
     if lora is not None:  # a LoRA run: its adapters and where its base is, not the base's weights
-        from bladegpt.lora import adapter_state
 
         metadata["lora"] = strictjson.dumps(lora.to_dict())
         return lambda tmp: _io(save_file, adapter_state(model), tmp, metadata=metadata)
@@ -100,8 +100,6 @@ def load_checkpoint(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer
 def read_adapters(path: Path, metadata: dict | None = None):
     """A LoRA checkpoint's parts, without its base: (LoraConfig, ModelConfig, tokenizer, adapter tensors by
     BladeGPT's names, info). A checkpoint of a whole model is a CheckpointError."""
-    from bladegpt.lora import LoraConfig
-
     metadata = read_metadata(path) if metadata is None else metadata
     if "lora" not in metadata:
         raise CheckpointError(f"{path} holds a whole model, not LoRA adapters; train adapters with `bladegpt train "
@@ -119,8 +117,6 @@ def read_adapters(path: Path, metadata: dict | None = None):
 
 def restore_adapters(model: GPT, path: Path) -> dict:
     """Copy a LoRA checkpoint's adapters into a model adapted the same way (a resume); returns its info."""
-    from bladegpt.lora import load_adapters
-
     lora, _, _, tensors, info = read_adapters(path)
     if lora != model.lora:
         raise CheckpointError(f"{path}'s adapters ({lora.describe()}) are not this run's; resume the run they "

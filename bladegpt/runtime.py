@@ -21,6 +21,7 @@ import torch
 from bladegpt import strictjson
 from bladegpt.errors import DeviceError
 from bladegpt.files import cache_dir
+from bladegpt.model import attend
 
 PRECISIONS = ("auto", "bf16", "fp32")
 ATTENTIONS = ("auto", "manual", "sdpa")
@@ -61,7 +62,7 @@ def _remember(key: str, value) -> None:
         os.replace(tmp, path)
 
 
-def _cached(key: str, compute):
+def cached(key: str, compute):
     """Return compute() once per machine and key, remembered in the cache folder."""
     cache = _measurements()
     if key not in cache:
@@ -145,7 +146,7 @@ def cpu_peaks() -> dict[str, float]:
             peaks["bf16"] = _matmul_flops(cpu, torch.bfloat16, 2048, reps=8)
         return peaks
 
-    return _cached(_cpu_peaks_key(), measure)
+    return cached(_cpu_peaks_key(), measure)
 
 
 def _cpu_peaks_key() -> str:
@@ -171,7 +172,7 @@ def peak_flops(device: torch.device) -> float:
             if card in name:
                 return peak
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return _cached(f"gpu-peak|{name}", lambda: _matmul_flops(device, dtype, 8192))
+        return cached(f"gpu-peak|{name}", lambda: _matmul_flops(device, dtype, 8192))
     if device.type == "cpu":
         return max(cpu_peaks().values())
     return float("nan")  # no honest peak known for this device
@@ -214,8 +215,6 @@ def set_matmul_precision(device: torch.device, allow_tf32: bool) -> None:
 
 
 def _time_attention(device, precision, impl, shape, reps=5) -> float:
-    from bladegpt.model import attend
-
     B, nh, T, hs = shape
     gen = torch.Generator(device).manual_seed(0)  # never the global stream (see _matmul_flops)
     q, k, v = (torch.randn(B, nh, T, hs, device=device, generator=gen).requires_grad_() for _ in range(3))
@@ -239,7 +238,7 @@ def choose_attention(device: torch.device, precision: str, shape: tuple[int, int
     if requested != "auto":
         return requested
     key = f"attention|{device_name(device)}|{precision}|{shape}|{torch.__version__}"
-    return _cached(
+    return cached(
         key,
         lambda: min(("manual", "sdpa"), key=lambda impl: _time_attention(device, precision, impl, shape)),
     )
@@ -265,7 +264,6 @@ def compile_available(device: torch.device) -> tuple[bool, str]:
 @dataclass
 class Runtime:
     """Everything about *how* to run that does not change the model's math."""
-
     device: torch.device
     precision: str  # "bf16" or "fp32"
     attention: str  # "manual" or "sdpa"

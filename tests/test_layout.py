@@ -32,6 +32,9 @@ STAGES = [
     ["__main__"],
 ]
 RANK = {room: rank for rank, rooms in enumerate(STAGES) for room in rooms}
+# An import inside a function is for the CLI's instant --help (cli/), or a heavy dependency a caller may not need;
+# never to get around a cycle. The BladeGPT modules imported so outside cli/, each with its reason:
+LAZY = {"bladegpt/data/prepare.py": "sources (torch) only for --tokenizer-from: prepare stays torch-free"}
 
 
 def module_name(path: Path) -> str:
@@ -112,6 +115,21 @@ def test_no_import_cycles():
         if node not in state:
             visit(node, [])
     assert not cycles, "import cycles (function-level imports count):\n" + "\n".join(cycles)
+
+
+def test_function_level_imports_are_for_help_or_a_heavy_module():
+    wrong = []
+    for name, path in MODULES.items():
+        where = str(path.relative_to(ROOT))
+        if room(name) == "cli" or where in LAZY:
+            continue
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                wrong += [f"{where}:{n.lineno}" for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))
+                          and any(m.split(".")[0] == "bladegpt" for m in
+                                  ([n.module or ""] if isinstance(n, ast.ImportFrom) else [a.name for a in n.names]))]
+    assert not wrong, "BladeGPT modules imported inside functions (import them at the top, or name the reason in LAZY):\n" \
+        + "\n".join(wrong)
 
 
 def test_every_user_error_is_in_errors_py():

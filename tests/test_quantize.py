@@ -86,7 +86,7 @@ def test_decode_precision_int8_on_request_and_by_measurement(models, monkeypatch
         return time_decode
 
     monkeypatch.setattr(sampler, "bf16_supported", lambda device: False)
-    monkeypatch.setattr(sampler, "_cached", lambda key, compute: compute())
+    monkeypatch.setattr(sampler, "cached", lambda key, compute: compute())
     monkeypatch.setattr(sampler, "_time_decode", fake({"fp32": 1.0, "int8": 0.5}))
     assert sampler.decode_precision(model, cpu) == "int8"
     monkeypatch.setattr(sampler, "_time_decode", fake({"fp32": 1.0, "int8": 0.95}))

@@ -175,7 +175,7 @@ def sample_next_token(
     return (pick if ids is None else ids.gather(-1, pick)).squeeze(-1)
 
 
-def _logits(model, idx: torch.Tensor, n_vocab: int, kv_cache: KVCache | None = None) -> torch.Tensor:
+def last_logits(model, idx: torch.Tensor, n_vocab: int, kv_cache: KVCache | None = None) -> torch.Tensor:
     """Logits of the last position of each row (B, n_vocab), the cache moved past idx: padding ids
     past the tokenizer's vocabulary, which it cannot decode, are left out."""
     if kv_cache is not None:
@@ -226,7 +226,7 @@ def generate_batch(
     cache = KVCache(model.config.n_layer, block) if decode is None else StaticKVCache(model.config.n_layer, block, n)
     step = model if decode is None else decode
     with sdpa_kernel(DECODE_BACKENDS):
-        logits = _logits(model, seq[:1, :length], n_vocab, cache)
+        logits = last_logits(model, seq[:1, :length], n_vocab, cache)
         if n > 1:
             cache.repeat(n)
             logits = logits.expand(n, -1)
@@ -243,11 +243,11 @@ def generate_batch(
             length += 1
             if cache.pos == block:  # the window is full: keep its last half and start again
                 cache.reset()
-                logits = _logits(model, seq[:, length - block // 2 : length], n_vocab, cache)
+                logits = last_logits(model, seq[:, length - block // 2 : length], n_vocab, cache)
             else:
                 if device.type == "cuda" and decode is not None:
                     torch.compiler.cudagraph_mark_step_begin()  # the last step's logits are used up
-                logits = _logits(step, seq[:, length - 1 : length], n_vocab, cache)
+                logits = last_logits(step, seq[:, length - 1 : length], n_vocab, cache)
 
 
 def generate(
@@ -287,7 +287,7 @@ def generate_reference(
         if len(tokens) - start > block:
             start = len(tokens) - block // 2
         with sdpa_kernel(DECODE_BACKENDS):
-            logits = _logits(model, torch.tensor([tokens[start:]], device=device), n_vocab)
+            logits = last_logits(model, torch.tensor([tokens[start:]], device=device), n_vocab)
         seen = torch.tensor([tokens], device=device)
         token = int(sample_next_token(logits, generator, **knobs, seen=seen)[0])
         if token == stop:

@@ -11,12 +11,22 @@ from pathlib import Path
 
 import torch
 
-from bladegpt.generate.engine import compile_decode, generate_batch, prompt_ids, stream_text, until_stop
+from bladegpt.generate.engine import (
+    KVCache,
+    last_logits,
+    compile_decode,
+    generate_batch,
+    prompt_ids,
+    stream_text,
+    until_stop,
+)
 from bladegpt.model import GPT
 from bladegpt.generate.quantize import QUANTIZED, int4_available, int8_available, quantize
 from bladegpt.generate.settings import SampleSettings
-from bladegpt.runtime import _cached, autocast, bf16_supported, choose_precision, cpu_model
-from bladegpt.errors import DeviceError
+from bladegpt.runtime import cached, autocast, bf16_supported, choose_precision, cpu_model, resolve_device
+from bladegpt.errors import DeviceError, UserError
+from bladegpt.sources import load_bladegpt
+from bladegpt.runs import resolve_checkpoint
 
 COMPILE_MODES = ("auto", "on", "off")
 # What generation can run in: training's precisions, and int8 or int4 weights (quantize.py) for a model
@@ -50,8 +60,6 @@ def in_precision(model: GPT, precision: str, cast: bool):
 
 def _time_decode(model: GPT, device: torch.device, precision: str, cast: bool, steps: int = 16, rows: int = 1) -> float:
     """Median seconds of a one-token step for `rows` samples with a half-full cache, as generation runs it."""
-    from bladegpt.generate.engine import KVCache, _logits
-
     block, vocab = model.config.block_size, model.config.vocab_size
     times = []
     model, context = in_precision(model, precision, cast)
@@ -59,13 +67,13 @@ def _time_decode(model: GPT, device: torch.device, precision: str, cast: bool, s
         cache = KVCache(model.config.n_layer, block)
         prefill = max(1, block // 2)
         gen = torch.Generator(device).manual_seed(0)  # never the global stream: timing inside a run must not move it
-        _logits(model, torch.randint(0, vocab, (rows, prefill), device=device, generator=gen), vocab, cache)
+        last_logits(model, torch.randint(0, vocab, (rows, prefill), device=device, generator=gen), vocab, cache)
         token = torch.zeros(rows, 1, dtype=torch.long, device=device)
         for i in range(min(steps + 2, block - prefill)):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            _logits(model, token, vocab, cache)
+            last_logits(model, token, vocab, cache)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -118,19 +126,13 @@ def decode_precision(model: GPT, device: torch.device, requested: str = "auto", 
         fastest = min(times, key=times.get)
         return fastest if times[fastest] < 0.9 * times["fp32"] else "fp32"
 
-    return _cached(key, measure)
+    return cached(key, measure)
 
 
 class Sampler:
     """The latest run's best checkpoint unless one is named, ready to generate."""
-
     def __init__(self, checkpoint: Path | None = None, device: str = "auto", precision: str = "auto",
                  compile: str = "auto", say=lambda line: None):
-        from bladegpt.sources import load_bladegpt
-        from bladegpt.errors import UserError
-        from bladegpt.runs import resolve_checkpoint
-        from bladegpt.runtime import resolve_device
-
         if compile not in COMPILE_MODES:
             raise UserError(f"Unknown --compile '{compile}'; choose one of: {', '.join(COMPILE_MODES)}.")
         self.compile, self.say = compile, say

@@ -23,6 +23,11 @@ from bladegpt.runs import BEST, LAST, RUN_FILE, resolve_checkpoint
 from bladegpt.sources.base import Pretrained, build_model, shaped, size
 from bladegpt.sources.hub import GPT2_REPOS, hf_folder
 from bladegpt.tokenizer import TiktokenTokenizer, Tokenizer, tokenizer_from_dict
+from bladegpt.sources.ollama import ollama_blob
+from bladegpt.sources.gguf import gguf_tokenizer, load_gguf
+from bladegpt.sources.gpt2 import is_gpt2_tokenizer
+from bladegpt.tokenizer.hf import HFTokenizer
+from bladegpt.sources import hf
 
 FAMILY_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 
@@ -39,8 +44,6 @@ def is_bladegpt(source: str) -> bool:
 def gguf_path(source: str) -> Path | None:
     """The GGUF file SOURCE names (a path, or an ollama: model), or None when it names none."""
     if source.startswith("ollama:"):
-        from bladegpt.sources.ollama import ollama_blob
-
         return ollama_blob(source.removeprefix("ollama:"))
     path = Path(source).expanduser()
     if path.is_file() and is_gguf(path):
@@ -64,8 +67,6 @@ def load_pretrained(source: str, matrices: torch.dtype = torch.float32) -> Pretr
         return Pretrained(model, tokenizer, f"BladeGPT {size(model)} from {path}{step}")
     gguf_file = gguf_path(source)
     if gguf_file is not None:
-        from bladegpt.sources.gguf import load_gguf
-
         return load_gguf(gguf_file, source, matrices)
     folder = hf_folder(source, weights=True)
     model, family, cfg = hf_model(folder, matrices)
@@ -116,8 +117,6 @@ def base_source(source: str) -> str:
 
 def hf_model(folder: Path, matrices: torch.dtype = torch.float32) -> tuple[GPT, str, dict]:
     """The model of a Hugging Face folder, its family's name, and its config.json."""
-    from bladegpt.sources import hf
-
     cfg = hf.read_config(folder)
     if cfg.get("model_type") == "gpt2":
         config = hf.model_config(folder, cfg)
@@ -137,12 +136,9 @@ def load_tokenizer_from(source: str) -> Tokenizer:
             raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint.") from None
     gguf_file = gguf_path(source)
     if gguf_file is not None:
-        from bladegpt.sources.gguf import gguf_tokenizer
-
         return gguf_tokenizer(gguf_file)
     if source in GPT2_REPOS:
         return TiktokenTokenizer.gpt2()  # GPT-2's own BPE ships with BladeGPT, verified by hash
-    from bladegpt.sources import hf
 
     folder = hf_folder(source, weights=False)
     cfg = hf.read_config(folder)
@@ -152,12 +148,9 @@ def load_tokenizer_from(source: str) -> Tokenizer:
 def folder_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
     """GPT-2's BPE (tiktoken) where the folder's tokenizer is GPT-2's, or it has none and GPT-2's vocabulary
     size; otherwise the folder's own tokenizer.json through Hugging Face's tokenizers."""
-    from bladegpt.sources.gpt2 import is_gpt2_tokenizer
-
     present = [name for name in ("vocab.json", "merges.txt", "tokenizer.json") if (folder / name).is_file()]
     if config.arch == "gpt2" and ((not present and config.vocab_size == 50257) or (present and is_gpt2_tokenizer(folder))):
         return TiktokenTokenizer.gpt2()
-    from bladegpt.tokenizer.hf import HFTokenizer
 
     try:
         return HFTokenizer.from_folder(folder)

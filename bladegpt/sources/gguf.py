@@ -18,8 +18,11 @@ import numpy as np
 import torch
 
 from bladegpt.config import ModelConfig
-from bladegpt.errors import ConfigError, SourceError
+from bladegpt.errors import ConfigError, SourceError, TokenizerError
 from bladegpt.sources.base import Pretrained, build_model, size
+from bladegpt.model import rope_frequencies
+from bladegpt.tokenizer.hf import HFTokenizer
+from bladegpt.sources.hf import llama_state_dict
 
 ARCHES = ("llama", "qwen2", "qwen3", "gpt2")
 # GGUF tensor names -> transformers' (llama family); q/k/v and gate/up are joined by hf.llama_state_dict.
@@ -162,8 +165,6 @@ def gguf_config(meta: dict, reader, where: str) -> ModelConfig:
 def llama3_scaling(factors: torch.Tensor, theta: float, head_dim: int, where: str) -> dict:
     """Llama 3's rope_scaling from llama.cpp's rope_freqs (the divisor of each pair's frequency): the factor
     is the largest divisor, the band Llama 3.1/3.2's; refused unless it gives back every factor."""
-    from bladegpt.model import rope_frequencies
-
     scaling = {"rope_type": "llama3", "factor": float(factors.max()), **LLAMA3_BAND}
     plain = ModelConfig(n_head=1, n_embd=head_dim, positions="rope", rope_theta=theta)
     expected = rope_frequencies(plain) / rope_frequencies(ModelConfig(n_head=1, n_embd=head_dim, positions="rope",
@@ -228,9 +229,6 @@ def quantization(reader) -> str:
 
 
 def gguf_tokenizer(path: Path, meta: dict | None = None):
-    from bladegpt.tokenizer.hf import HFTokenizer
-    from bladegpt.errors import TokenizerError
-
     if meta is None:
         meta = metadata(open_gguf(path))
     try:
@@ -253,8 +251,6 @@ def gguf_model(path: Path, where: str | None = None, reader=None, meta: dict | N
     if config.arch == "gpt2":
         state = gpt2_state_dict(reader, config)
     else:
-        from bladegpt.sources.hf import llama_state_dict
-
         state = llama_state_dict(llama_tensors(reader, config), config, matrices)
     return build_model(config, state, where), meta, reader
 

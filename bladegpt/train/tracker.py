@@ -12,6 +12,8 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from bladegpt.errors import ConfigError
+
 TRACKERS = ("tensorboard", "wandb")
 NAMES = {"tensorboard": "TensorBoard", "wandb": "W&B"}
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "tok_per_s": "train/tok_per_s", "mfu": "train/mfu",
@@ -40,7 +42,6 @@ def scalars(record: dict) -> dict[str, float]:
 class Tracker:
     """One tracker's connection; subclasses send scalars and text. Any error it raises turns it off
     with one line through `say`, so a run never stops for its tracker."""
-
     name = "tracker"
 
     def __init__(self, say: Callable[[str], None]):
@@ -79,7 +80,6 @@ class Tracker:
 
 class TensorBoard(Tracker):
     """Event files in RUN/tensorboard/: `tensorboard --logdir runs` shows every run by its folder."""
-
     name = "tensorboard"
 
     def __init__(self, run_dir: Path, settings: dict, start_step: int, say: Callable[[str], None]):
@@ -107,7 +107,6 @@ class TensorBoard(Tracker):
 class WandB(Tracker):
     """A W&B run named after the run folder, in project $WANDB_PROJECT (default bladegpt); with
     WANDB_MODE=offline it is written to RUN/wandb/ only, for `wandb sync` later."""
-
     name = "wandb"
 
     def __init__(self, run_dir: Path, settings: dict, start_step: int, say: Callable[[str], None]):
@@ -148,8 +147,6 @@ def _code(text: str) -> str:
 
 def check_tracker(kind: str | None) -> None:
     """A misspelt --tracker is the user's to fix before the run starts."""
-    from bladegpt.errors import ConfigError
-
     if kind is not None and kind not in TRACKERS:
         raise ConfigError(f"Unknown --tracker '{kind}'; choose {' or '.join(TRACKERS)}.")
 
