@@ -186,7 +186,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_interval: int = 250
     # Under --time with no --eval-interval: how many evaluations the budget gets; the interval is set from
-    # the timed first steps (trainer.pace_evaluations), since the steps the clock allows are not known before.
+    # the timed first steps (train/pacing.py's Pacer.pace), since the steps the clock allows are not known before.
     evals_in_budget: int | None = None
     # Under --time with no --warmup-steps: warmup is this share of the steps the clock allows, set from the
     # same timing (a preset's 100 steps of warmup would be the whole of a one-minute run).

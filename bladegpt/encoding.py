@@ -1,5 +1,5 @@
 """Text at the edges that is not UTF-8: prompts and typed lines, file and folder names, output streams
-(text files in other encodings: textfile.py).
+(text files in other encodings: data/textfile.py).
 
 Python hands over bytes that are not UTF-8 in argv, file names and (where the locale says so) stdin
 as lone surrogates, U+DC80..U+DCFF, one per byte (PEP 383). Such a str fails wherever it is encoded

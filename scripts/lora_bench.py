@@ -31,7 +31,7 @@ SIZES = {
     "360M": dict(n_embd=960, n_layer=32, n_head=15, n_kv_head=5, intermediate_size=2560, rope_theta=100000.0),
     "1.7B": dict(n_embd=2048, n_layer=24, n_head=32, n_kv_head=32, intermediate_size=8192, rope_theta=130000.0),
 }
-BATCH, BLOCK = 4, 256  # the fine-tune default when the memory rows were measured (now 1 x 1,024: config.FINETUNE_BLOCK)
+BATCH, BLOCK = 4, 256  # the fine-tune default when the memory rows were measured (now 1 x 1,024: train/recipes.py FINETUNE_BLOCK)
 
 
 def cpu_name() -> str:

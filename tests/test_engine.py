@@ -161,7 +161,7 @@ def _draws(logits, n=400, seed=0, **knobs) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_every_knob_at_its_limits_samples_by_its_definition(dtype):
-    """The limits check_settings accepts, each against its definition: a temperature that rounds to 0
+    """The limits SampleSettings accepts, each against its definition: a temperature that rounds to 0
     in float32 is greedy (it once overflowed into an index past the vocabulary), a huge one is uniform
     over what is kept, top-k 1 and top-p near 0 and min-p 1 are greedy, top-k past the vocabulary and
     top-p 1 and min-p 0 change nothing, in any float dtype the model hands back."""

@@ -72,7 +72,7 @@ def test_the_bpe_learns_from_a_bounded_sample_drawn_across_the_corpus(workdir, m
 def test_the_vocabulary_is_sized_to_the_text_unless_chosen(workdir):
     text = REPO / "corpora" / "officer_k.txt"
     sized = TokenData(prepare([text], out_dir=workdir / "sized").out_dir)
-    assert sized.meta["vocab_size"] == 2048  # tokenizer.bpe_vocab_size for its 59 KB of training text
+    assert sized.meta["vocab_size"] == 2048  # tokenizer/bpe.py's bpe_vocab_size for its 59 KB of training text
     chosen = TokenData(prepare([text], out_dir=workdir / "chosen", vocab_size=3000).out_dir)
     assert chosen.meta["vocab_size"] == 3000  # the flag wins over the sizing
     with pytest.raises(DataError, match="--vocab-size must be between 257"):

@@ -1,5 +1,5 @@
 """Talk with a voice: each line you type joins the text, framed as the corpus frames dialogue
-(frames.py), and the model writes the next turn in its own voice.
+(data/frames.py), and the model writes the next turn in its own voice.
 
 The whole exchange is the prompt of every reply; when it outgrows the model's context, the oldest
 part slides out (the generator keeps the last `block_size` tokens).

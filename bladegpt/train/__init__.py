@@ -81,7 +81,7 @@ def train(
                         "dataset": str(plan.data.folder.resolve()), "dataset_fingerprint": plan.data.fingerprint,
                         "preset": preset, "init_from": init_from,  # neither: the default, sized to the text
                         "origin": plan.origin, "model": plan.model_cfg.to_dict(), "train": plan.train_cfg.to_dict(),
-                        "chat_frame": plan.data.meta.get("chat_frame"),  # how chat writes the talk (frames.py)
+                        "chat_frame": plan.data.meta.get("chat_frame"),  # how chat writes the talk (data/frames.py)
                     }
                     if plan.model is not None and getattr(plan.model, "lora", None) is not None:
                         record["lora"] = plan.model.lora.to_dict()
