@@ -94,6 +94,7 @@ class TiktokenTokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, data: dict) -> TiktokenTokenizer:
+        """The tokenizer `to_dict` saved: GPT-2's rebuilt from its verified files, a corpus BPE from its tokens."""
         if data["kind"] == "gpt2":  # GPT-2's `<|endoftext|>` (50256) has always been in its vocabulary
             return cls.gpt2()
         ranks = {base64.b64decode(t): i for i, t in enumerate(data["tokens"])}

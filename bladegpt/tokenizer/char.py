@@ -64,5 +64,6 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, data: dict) -> CharTokenizer:
+        """The tokenizer `to_dict` saved (a file saved before <|endoftext|> existed has none)."""
         chars = list(data["chars"])
         return cls(chars, eot=has_eot(data, len(chars)))

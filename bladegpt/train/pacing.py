@@ -129,6 +129,7 @@ class Pacer:
         return cfg
 
     def eval_due(self, cfg: TrainConfig, step: int) -> bool:
+        """Every eval_interval steps, or under --time where the last pacing put the next evaluation."""
         if cfg.evals_in_budget:
             return self.next_eval is not None and step >= self.next_eval
         return step % cfg.eval_interval == 0

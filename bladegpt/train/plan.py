@@ -134,6 +134,8 @@ def lora_plan(lora, source, origin, state, model_cfg, train_cfg, token_data, run
 
 
 def device_for(ddp: Distributed, plan: Plan, requested: dict):
+    """This process's device (its own GPU under torchrun); a resumed run's device this machine lacks is one line
+    naming --device cpu."""
     try:
         return init_distributed(ddp, plan.runtime["device"])
     except DeviceError:

@@ -93,6 +93,8 @@ def load_run_state(trainer: Trainer) -> None:
 
 
 def restore(trainer: Trainer, plan: Plan, requested: dict, reporter: Reporter) -> None:
+    """The trainer continues the run: its state loaded, metrics past its step cut, a changed runtime flag said,
+    and a run that already finished (or stopped early) refused in one line naming how to go on."""
     load_run_state(trainer)
     if trainer.ddp.main:
         runs.cut_metrics(plan.run_dir, trainer.step)

@@ -237,6 +237,7 @@ class Trainer:
         )
 
     def compile(self) -> None:
+        """torch.compile the blocks now (the Pacer decided it pays, or --compile on)."""
         self.reporter.message("Compiling the model with torch.compile (the first steps take a while)...")
         self.model.compile_blocks()
         self.runtime.compile = True
