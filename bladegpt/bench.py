@@ -198,7 +198,7 @@ def _hf_twin(model: GPT):
     if model.config.arch == "gpt2":
         from bladegpt.export import hf_config, hf_state_dict
 
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config.from_dict(hf_config(model, eos=None)))
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config.from_dict(hf_config(model, stop_ids=())))
         state = hf_state_dict(model)
     else:
         from bladegpt.export.llama import llama_hf_config, llama_hf_state_dict

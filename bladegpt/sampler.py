@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bladegpt.engine import compile_decode, generate_batch, prompt_ids, stream_text, until_stop
+from bladegpt.engine import compile_decode, generate_batch, prompt_ids, sample_text, stream_text, until_stop
 from bladegpt.model import GPT
 from bladegpt.quantize import QUANTIZED, int4_available, int8_available, quantize
 from bladegpt.runtime import DeviceError, _cached, autocast, bf16_supported, choose_precision, cpu_model
@@ -164,8 +164,9 @@ class Sampler:
         repetition_penalty: float | None = None,
     ) -> Iterator[tuple[int, str]]:
         """(sample number, text piece) pairs: sample 0 piece by piece as it is generated, every other
-        sample whole once its batch is done. Sample i is what seed + i gives on its own. A sample ends
-        at the end-of-text token (the document separator), which is never printed.
+        sample whole once its batch is done. Sample i is what seed + i gives on its own, printed alike. A
+        sample ends at any of the tokenizer's stop ids (the document separator, a model's own ends), which
+        are never printed.
 
         The prompt is encoded now, so a prompt the tokenizer cannot take fails before any output.
         """
@@ -193,11 +194,11 @@ class Sampler:
         self.decode = compile_decode(self.model)
 
     def _samples(self, ids, num_samples, step, max_new_tokens, knobs, seed):
-        vocab, eot = self.tokenizer.vocab_size, self.tokenizer.eot_id
+        vocab, stops = self.tokenizer.vocab_size, self.tokenizer.stop_ids
         for first in range(0, num_samples, step):
             rows = range(first, min(first + step, num_samples))
             gens = [torch.Generator(self.device).manual_seed(seed + i) for i in rows]
-            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, **knobs, decode=self.decode, stop=eot)
+            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, **knobs, decode=self.decode, stop=stops)
             if first == 0:  # stream sample 0, keep the others' tokens
                 yield 0, ""
                 kept: list[torch.Tensor] = []
@@ -205,7 +206,7 @@ class Sampler:
                 def first_row() -> Iterator[int]:
                     for tokens in steps:
                         kept.append(tokens)
-                        if int(tokens[0]) == eot:
+                        if int(tokens[0]) in stops:
                             return
                         yield int(tokens[0])
 
@@ -216,7 +217,7 @@ class Sampler:
             else:
                 rest = torch.stack(list(steps), dim=1).tolist()
             for i, tokens in zip(rows[1:] if first == 0 else rows, rest):
-                yield i, self.tokenizer.decode(until_stop(tokens, eot))
+                yield i, sample_text(until_stop(tokens, stops), self.tokenizer)
 
     def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 200,
                top_p: float | None = None, seed: int = 0, min_p: float | None = None,

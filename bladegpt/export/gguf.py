@@ -53,13 +53,28 @@ class Vocab:
     bos: int | None = None  # None: the end of text, as GPT-2
     add_bos: bool = False  # BladeGPT's own prompts start with the text itself
     chat_template: str | None = None
+    stops: tuple[int, ...] = ()  # other ids that end a text, written as eot then eom (llama.cpp's keys)
 
 
 def adds_tokens(tokenizer: Tokenizer) -> bool:
     """Whether the GGUF vocabulary needs tokens the model has no id for (an end of text, char pieces)."""
     if isinstance(tokenizer, CharTokenizer):
         return len(gguf_vocab(tokenizer).tokens) > tokenizer.vocab_size
-    return tokenizer.eot_id is None
+    return tokenizer.kind != "hf" and tokenizer.eot_id is None  # a pretrained vocabulary is written as it is
+
+
+def unstopped(tokenizer: Tokenizer) -> list[int]:
+    """Stop ids a GGUF file of this tokenizer would not make llama.cpp stop at: beyond its eos, eot and eom
+    keys, it finds end tokens by their text alone (hf_tokenizer.gguf_stop_ids)."""
+    from bladegpt.hf_tokenizer import gguf_stop_ids
+
+    if len(tokenizer.stop_ids) <= 3:
+        return []
+    vocab = gguf_vocab(tokenizer)
+    keys = dict(zip(("eos", "eot", "eom"), (vocab.eos, *vocab.stops)))
+    found = gguf_stop_ids({"tokenizer.ggml.tokens": vocab.tokens,
+                           **{f"tokenizer.ggml.{name}_token_id": i for name, i in keys.items()}})
+    return [i for i in tokenizer.stop_ids if i not in found]
 
 
 def gguf_vocab(tokenizer: Tokenizer) -> Vocab:
@@ -198,6 +213,8 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
     writer.add_token_merges([f"{a} {b}" for a, b in vocab.merges])
     writer.add_bos_token_id(vocab.eos if vocab.bos is None else vocab.bos)
     writer.add_eos_token_id(vocab.eos)
+    for add, token_id in zip((writer.add_eot_token_id, writer.add_eom_token_id), vocab.stops):
+        add(token_id)
     writer.add_add_bos_token(vocab.add_bos)
     if vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)

@@ -41,7 +41,7 @@ def llama_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
 
 
-def llama_hf_config(model: GPT, bos: int | None, eos: int | None) -> dict:
+def llama_hf_config(model: GPT, bos: int | None, eos: int | list[int] | None) -> dict:
     """config.json of the transformers model computing what `model` computes."""
     cfg = model.config
     config = {
@@ -172,7 +172,7 @@ def gguf_pre(spec: dict) -> str:
 def hf_vocab(tokenizer):
     """A pretrained model's tokenizer (kind hf) as llama.cpp's converter writes it: every id's token,
     CONTROL for special tokens, USER_DEFINED for added ones, UNUSED for padding entries, the merges, the
-    split's name, bos/eos, whether bos is added, the chat template."""
+    split's name, bos, the stop ids (eos, then eot and eom), whether bos is added, the chat template."""
     import json
 
     from bladegpt.export.gguf import Vocab
@@ -187,9 +187,9 @@ def hf_vocab(tokenizer):
         types.append(UNUSED if token is None or i in tokenizer.unused else CONTROL if i in tokenizer.special_ids
                      else USER_DEFINED if i in added else NORMAL)
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"].get("merges", [])]
-    eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.eot_id
-    return Vocab(tokens, types, merges, gguf_pre(spec), eos if eos is not None else 0, tokenizer.vocab_size,
-                 bos=tokenizer.bos_id, add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template)
+    stops = tokenizer.stop_ids or (0,)
+    return Vocab(tokens, types, merges, gguf_pre(spec), stops[0], tokenizer.vocab_size, bos=tokenizer.bos_id,
+                 add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template, stops=stops[1:3])
 
 
 def write_pretrained_tokenizer(out, tokenizer, max_length: int) -> None:
