@@ -185,19 +185,29 @@ def test_hf_export_lets_generate_stop_at_either(tmp_path, instruct):
         assert new.tolist() == [5, 6, stop]
 
 
-def test_gguf_export_writes_eos_and_eot_and_reads_them_back(tmp_path, instruct):
-    tok = HFTokenizer.from_folder(instruct)
+@pytest.mark.parametrize("source", ["instruct", "llama3"])
+def test_gguf_export_writes_eos_and_eot_and_reads_them_back(tmp_path, request, source):
+    tok = HFTokenizer.from_folder(request.getfixturevalue(source))
     family_checkpoint("llama-gqa-tied", tok, tmp_path)
-    out = export(tmp_path / "voice.gguf", tmp_path / "model.safetensors", format="gguf", dtype="f32")
+    warned = []
+    out = export(tmp_path / "voice.gguf", tmp_path / "model.safetensors", format="gguf", dtype="f32", warn=warned.append)
     fields = gguf.GGUFReader(out).fields
-    assert fields["tokenizer.ggml.eos_token_id"].contents() == 2
-    assert fields["tokenizer.ggml.eot_token_id"].contents() == 0
-    assert load_tokenizer_from(str(out)).stop_ids == (2, 0)
+    eos, eot = tok.stop_ids  # <|im_end|> and <|endoftext|>; <|eot_id|> and <|end_of_text|>
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == eos
+    assert fields["tokenizer.ggml.eot_token_id"].contents() == eot
+    assert "tokenizer.ggml.eom_token_id" not in fields and warned == []
+    assert load_tokenizer_from(str(out)).stop_ids == tok.stop_ids
 
 
-def test_gguf_export_names_stops_llama_cpp_would_miss(instruct):
+def test_gguf_export_names_stops_llama_cpp_would_miss(tmp_path, instruct):
     """Three stops fit the eos, eot and eom keys; a fourth llama.cpp finds only by its text."""
     source = HFTokenizer.from_folder(instruct)
     tok = HFTokenizer(source.tokenizer, 1, 2, stop_ids=[10, 11, 12])
     assert tok.stop_ids == (2, 10, 11, 12, 0) and unstopped(tok) == [12]
     assert unstopped(source) == []
+    family_checkpoint("llama-gqa-tied", tok, tmp_path)
+    warned = []
+    export(tmp_path / "voice.gguf", tmp_path / "model.safetensors", format="gguf", dtype="f32", warn=warned.append)
+    assert [line for line in warned if "will not stop at" in line] == [
+        f"llama.cpp reads at most three stop ids from a GGUF file and finds others by name only, so it will not "
+        f"stop at 12 {tok.decode([12])!r}, where BladeGPT does; export --format hf keeps them all."]

@@ -84,7 +84,8 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
             missed = unstopped(tokenizer)
             if missed:
                 warn(f"llama.cpp reads at most three stop ids from a GGUF file and finds others by name only, so "
-                     f"it will not stop at {', '.join(map(str, missed))}, where BladeGPT does; export --format hf "
+                     f"it will not stop at {', '.join(f'{i} {tokenizer.decode([i])!r}' for i in missed)}, where "
+                     "BladeGPT does; export --format hf "
                      "keeps them all.")
             atomic_write(out, lambda tmp: write_gguf(tmp, model, tokenizer, dtype or "f16", name, as_text(str(source))[0]))
         else:
