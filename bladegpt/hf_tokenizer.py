@@ -277,8 +277,8 @@ def gguf_stop_ids(meta: dict) -> list[int]:
     tokens = meta.get("tokenizer.ggml.tokens") or []
     keys = [meta.get(f"tokenizer.ggml.{name}_token_id") for name in EOG_KEYS]
     named = [i for i, token in enumerate(tokens) if token in EOG_TEXTS]
-    fim = [meta.get(f"tokenizer.ggml.{name}_token_id",
-                    next((i for i, token in enumerate(tokens) if token in texts), None)) for name, texts in EOG_FIM.items()]
+    fim = [meta.get(f"tokenizer.ggml.{name}_token_id", next((i for i, token in enumerate(tokens) if token in texts), None))
+           for name, texts in EOG_FIM.items()]
     return list(dict.fromkeys(i for i in (*keys, *named, *fim) if i is not None))
 
 

@@ -190,7 +190,8 @@ def test_gguf_export_writes_eos_and_eot_and_reads_them_back(tmp_path, request, s
     tok = HFTokenizer.from_folder(request.getfixturevalue(source))
     family_checkpoint("llama-gqa-tied", tok, tmp_path)
     warned = []
-    out = export(tmp_path / "voice.gguf", tmp_path / "model.safetensors", format="gguf", dtype="f32", warn=warned.append)
+    out = export(tmp_path / "voice.gguf", tmp_path / "model.safetensors", format="gguf", dtype="f32",
+                 warn=warned.append)
     fields = gguf.GGUFReader(out).fields
     eos, eot = tok.stop_ids  # <|im_end|> and <|endoftext|>; <|eot_id|> and <|end_of_text|>
     assert fields["tokenizer.ggml.eos_token_id"].contents() == eos
