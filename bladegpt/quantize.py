@@ -45,7 +45,7 @@ def int8_refusal(in_features: int, capability: str | None = None) -> str | None:
         multiple = 8  # ARM's NEON kernel is compiled in whatever the capability says
     if in_features % multiple == 0:
         return None
-    return (f"PyTorch's packed int8 kernel ({capability}) reads rows {multiple} values at a time and "
+    return (f"PyTorch's packed int8 kernel ({capability}) reads {multiple} values at a time: it "
             f"would crash the process on an input width of {in_features}, not a multiple of {multiple}")
 
 
@@ -204,7 +204,7 @@ def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], Non
                 fallbacks.setdefault(f"int8 weights, not int4: {why}", []).append(path)
             layer = (Int4Linear if precision == "int4" and why is None else Int8Linear)(child).to(child.weight.device)
             if isinstance(layer, Int8Linear) and layer.refusal and child.weight.device.type == "cpu":
-                fallbacks.setdefault(f"a dequantized copy of their int8 weights each step, slower: {layer.refusal}",
+                fallbacks.setdefault(f"dequantized int8 weights (slower): {layer.refusal}",
                                      []).append(path)
             setattr(module, name, layer)
     for why, paths in fallbacks.items():
