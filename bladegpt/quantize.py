@@ -27,10 +27,10 @@ from torch import nn
 PACKED_MAX_ROWS = 16
 QUANTIZED = ("int8", "int4")  # the weight-only precisions quantize() makes
 # The input width (K) PyTorch's packed int8 kernel needs a multiple of, by the CPU kernel it dispatches to
-# (aten/src/ATen/native/cpu/int8mm_kernel.cpp): the AVX512 one (AMX and AVX512-BF16 Xeons, Zen 4) reads 16
+# (aten/src/ATen/native/cpu/int8mm_kernel.cpp): the AVX512 one (AMX Xeons, AVX512-BF16 CPUs) reads 16
 # values of a row at a time with aligned loads (_mm256_load_si256 of bf16, _mm_load_si128 of int8), the AVX2
 # and ARM NEON ones 8; the scalar one any width. PyTorch checks none of it: another width reads past each
-# row and dies with SIGSEGV from 2 rows on (measured on a Zen 4 EPYC: width 24, 40, 72, 100 at 4 rows).
+# row and dies with SIGSEGV (measured on an AVX512-BF16 EPYC: widths 24, 36, 40, 72, 100 at 4 rows).
 INT8_WIDTH_MULTIPLE = {"AVX512": 16, "AVX2": 8, "DEFAULT": 1}
 INT8_ALIGN = 64  # bytes: the activations' start, for the aligned loads (PyTorch allocates on 64)
 
