@@ -146,10 +146,13 @@ def embedding_rows(folder: Path) -> int | None:
     for path in weight_files(folder):
         if path.suffix != ".safetensors":
             return None
-        with openable(path) as opened, safe_open(opened, framework="pt") as f:
-            for name in f.keys():
-                if name.endswith("embed_tokens.weight"):
-                    return f.get_slice(name).get_shape()[0]
+        try:
+            with openable(path) as opened, safe_open(opened, framework="pt") as f:
+                for name in f.keys():
+                    if name.endswith("embed_tokens.weight"):
+                        return f.get_slice(name).get_shape()[0]
+        except Exception:  # a damaged file: read_tensors names it when the weights are read
+            return None
     return None
 
 
