@@ -235,20 +235,20 @@ def test_a_split_gguf_is_read_from_its_first_part(tmp_path, workdir, corpus):
     assert_one_line_error(invoke("train", "--init-from", parts[0]), "is missing", parts[-1].name)
 
 
-@pytest.mark.parametrize("weights", ["safetensors", "bin"])
+@pytest.mark.parametrize("weights", ["safetensors", "bin", "legacy-bin"])
 def test_sharded_weights_are_read_whole(tmp_path, weights):
     from bladegpt.sources import hf_model
 
     source = tiny_family("qwen3-qknorm")
     source.save_pretrained(tmp_path, max_shard_size="100KB")
     index = "model.safetensors.index.json"
-    if weights == "bin":  # transformers 4's save_pretrained(safe_serialization=False): the same shards, pickled
+    if weights != "safetensors":  # transformers 4's save_pretrained(safe_serialization=False): the same, pickled
         from safetensors.torch import load_file
 
         spec = json.loads((tmp_path / index).read_text())
         for shard in set(spec["weight_map"].values()):
             torch.save(load_file(tmp_path / shard), tmp_path / shard.replace("model-", "pytorch_model-").replace(
-                ".safetensors", ".bin"))
+                ".safetensors", ".bin"), _use_new_zipfile_serialization=weights == "bin")  # legacy: torch < 1.6's
             (tmp_path / shard).unlink()
         spec["weight_map"] = {k: v.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
                               for k, v in spec["weight_map"].items()}

@@ -5,8 +5,9 @@ Format (llama.cpp convert_lora_to_gguf.py, src/llama-adapter.cpp, llama-graph.cp
 general.architecture (the base's), adapter.type "lora", adapter.lora.alpha; for a base tensor
 `blk.0.attn_q.weight`, the pair `blk.0.attn_q.weight.lora_a` (r, in) and `.lora_b` (out, r), in the base's
 GGUF names and row order (arch llama's q/k rows are permuted in lora_b, as in the base). llama.cpp computes
-W x + s B (A x) with s = alpha / r, or s = 1 where alpha is 0 (the user's --lora-scaled factor, 1 in
-ollama, is not in the file); merged, W + s B A is the same model.
+W x + s B (A x) with s = alpha / r, or s = 1 where alpha is 0, times a per-run factor that is not in the
+file (llama.cpp's --lora-scaled; ollama's runner applies every adapter at 1.0, ApplyLoraFromFile(..., 1.0,
+...)); merged, W + s B A is the same model.
 """
 
 from __future__ import annotations
