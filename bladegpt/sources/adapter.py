@@ -41,7 +41,8 @@ class Lora:
         return w + scale * (b @ a)
 
     def describe(self) -> str:
-        return f"LoRA adapter {self.path.name} (rank {self.rank}, alpha {self.alpha:g}, {len(self.pairs)} matrices)"
+        name = self.path.name[:19] if self.path.name.startswith("sha256-") else self.path.name  # an ollama blob
+        return f"LoRA adapter {name} (rank {self.rank}, alpha {self.alpha:g}, {len(self.pairs)} matrices)"
 
 
 def read_lora(path: Path, base_arch: str, base_tensors: dict, where: str) -> Lora:
