@@ -123,7 +123,8 @@ def peft_lora(source, seed: int = 1):
     return model.eval()
 
 
-def write_adapter(lora, path, arch: str = "llama", alpha: float = 8.0, extra: dict | None = None) -> None:
+def write_adapter(lora, path, arch: str = "llama", alpha: float = 8.0, extra: dict | None = None,
+                  invocation: list | None = None) -> None:
     """A LoRA adapter GGUF laid out as llama.cpp's convert_lora_to_gguf.py writes it: general.type adapter,
     adapter.lora.alpha, `<base tensor>.lora_a` (r, in) and `.lora_b` (out, r) in GGUF names, lora_b's q/k
     rows permuted for arch llama as the base's are."""
@@ -136,6 +137,8 @@ def write_adapter(lora, path, arch: str = "llama", alpha: float = 8.0, extra: di
     writer.add_type("adapter")
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", alpha)
+    if invocation:  # an activated LoRA's invocation tokens (llama.cpp's adapter.alora.invocation_tokens)
+        writer.add_array("adapter.alora.invocation_tokens", invocation)
     for name, p in lora.named_parameters():
         if "lora_" not in name:
             continue
@@ -189,6 +192,8 @@ def test_an_ollama_adapter_is_merged_into_its_base_as_peft_merges_it(tmp_path, m
     ("norm", "holds blk.0.attn_norm.weight"),
     ("shape", "does not fit its base"),
     ("half", "without its other half"),
+    ("embedding", "adapts the token embedding"),
+    ("alora", "activated LoRA (aLoRA)"),
 ])
 def test_an_ollama_adapter_that_cannot_be_merged_is_one_line(tmp_path, monkeypatch, workdir, corpus, case, fragment):
     import numpy as np
@@ -203,8 +208,11 @@ def test_an_ollama_adapter_that_cannot_be_merged_is_one_line(tmp_path, monkeypat
     else:
         lora = peft_lora(base)
     extra = {"norm": {"blk.0.attn_norm.weight": np.ones(64, dtype=np.float32)},
-             "half": {"blk.0.ffn_up.weight.extra.lora_a": np.ones((4, 64), dtype=np.float32)}}.get(case)
-    write_adapter(lora, tmp_path / "adapter.gguf", arch="qwen2" if case == "arch" else "llama", extra=extra)
+             "half": {"blk.0.ffn_up.weight.extra.lora_a": np.ones((4, 64), dtype=np.float32)},
+             "embedding": {"token_embd.weight.lora_a": np.ones((base.config.vocab_size, 4), dtype=np.float32),
+                           "token_embd.weight.lora_b": np.ones((64, 4), dtype=np.float32)}}.get(case)
+    write_adapter(lora, tmp_path / "adapter.gguf", arch="qwen2" if case == "arch" else "llama", extra=extra,
+                  invocation=[1, 2] if case == "alora" else None)
     monkeypatch.setenv("OLLAMA_MODELS", str(ollama_store(tmp_path / "store", tmp_path / "base.gguf",
                                                          adapters=[tmp_path / "adapter.gguf"])))
     assert_one_line_error(invoke("prepare", corpus, "--tokenizer-from", "ollama:tiny"), "ollama:tiny", fragment)
@@ -228,7 +236,11 @@ def test_a_split_gguf_is_read_from_its_first_part(tmp_path, workdir, corpus):
     torch.testing.assert_close(logits_of(pretrained.model, IDS), logits_of(source, IDS), atol=1e-4, rtol=0)
     assert f"in {len(parts)} parts" in pretrained.description
     assert_one_line_error(invoke("prepare", corpus, "--tokenizer-from", parts[1]), "part 2 of a model split",
-                          "-00001-of-")
+                          f"pass its first part, {parts[0]}")
+    renamed = parts[0].with_name("m.gguf")
+    renamed.write_bytes(parts[0].read_bytes())
+    assert_one_line_error(invoke("prepare", corpus, "--tokenizer-from", renamed), "part 1 of a model split",
+                          f"does not end in -00001-of-{len(parts):05d}.gguf")
     parts[-1].rename(tmp_path / "elsewhere.gguf")
     assert_one_line_error(invoke("prepare", corpus, "--tokenizer-from", parts[0]), "is missing", parts[-1].name)
     assert invoke("prepare", corpus, "--tokenizer", "char").exit_code == 0

@@ -71,9 +71,15 @@ def open_model(path: Path) -> Parts:
     if count <= 1:
         return Parts(first.fields, list(first.tensors), [path])
     number = int(meta.get("split.no", 0))
-    if number != 0 or not path.name.endswith(f"-00001-of-{count:05d}.gguf"):
-        raise SourceError(f"{path} is part {number + 1} of a model split in {count} parts; pass its first part "
-                          f"(named like ...-00001-of-{count:05d}.gguf), BladeGPT reads the others beside it.")
+    suffix = f"-{number + 1:05d}-of-{count:05d}.gguf"
+    if not path.name.endswith(suffix):
+        raise SourceError(f"{path} is part {number + 1} of a model split in {count} parts, but its name does not end "
+                          f"in {suffix}, by which llama.cpp and BladeGPT find the other parts; give the parts back "
+                          "their names.")
+    if number != 0:
+        first = path.with_name(path.name.removesuffix(suffix) + f"-00001-of-{count:05d}.gguf")
+        raise SourceError(f"{path} is part {number + 1} of a model split in {count} parts; pass its first part, "
+                          f"{first}: the others are read from beside it.")
     files = split_names(path, count)
     tensors = list(first.tensors)
     for i, part in enumerate(files[1:], start=1):
