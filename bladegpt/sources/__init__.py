@@ -1,8 +1,9 @@
 """Where a pretrained model comes from: one front door for `train --init-from` and `prepare --tokenizer-from`.
 
 - a BladeGPT run or checkpoint;
-- a GGUF file (llama.cpp, LM Studio; arch llama, qwen2, qwen3 or gpt2): gguf.py;
-- `ollama:NAME[:TAG]`, the model layer of ollama's local store: ollama.py;
+- a GGUF file (llama.cpp, LM Studio; arch llama, qwen2, qwen3 or gpt2), or the first of its split parts: gguf.py;
+- `ollama:NAME[:TAG]`, the model layer of ollama's local store with its ADAPTER layers merged: ollama.py,
+  adapter.py;
 - a Hugging Face folder or repo id (GPT-2, Llama, Qwen2, Qwen3), the cache first: hub.py finds it, hf.py reads it.
 """
 

@@ -1,5 +1,7 @@
-"""Reading a GGUF file (llama.cpp's format; ollama's and LM Studio's stores hold them): its config, its
-weights dequantized to fp32 one tensor at a time, and its tokenizer.
+"""Reading a GGUF file (llama.cpp's format; ollama's and LM Studio's stores hold them), or a model gguf-split
+cut into parts (`<prefix>-00001-of-0000N.gguf`, keys split.no / split.count / split.tensors.count: every
+key in the first part, the tensors spread over all): its config, its weights dequantized to fp32 one
+tensor at a time (with any LoRA adapters merged, adapter.py), and its tokenizer.
 
 Arches: llama, qwen2, qwen3 (the Llama block) and gpt2 (BladeGPT's own exports). llama.cpp's converter
 stores arch llama's q and k rows permuted for its interleaved RoPE (conversion/llama.py `permute`);
