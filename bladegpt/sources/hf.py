@@ -9,6 +9,7 @@ read with safetensors, or `torch.load(weights_only=True)`: never unpickled.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -132,7 +133,8 @@ def read_tensors(folder: Path):
                     for name in f.keys():
                         yield name, f.get_tensor(name)
             else:
-                yield from torch.load(path, map_location="cpu", weights_only=True, mmap=True).items()  # tensors only
+                mapped = zipfile.is_zipfile(path)  # torch < 1.6's legacy format cannot be memory-mapped
+                yield from torch.load(path, map_location="cpu", weights_only=True, mmap=mapped).items()  # tensors only
         except SourceError:
             raise
         except Exception as e:  # a damaged file raises whatever its reader raises
@@ -146,10 +148,13 @@ def embedding_rows(folder: Path) -> int | None:
     for path in weight_files(folder):
         if path.suffix != ".safetensors":
             return None
-        with openable(path) as opened, safe_open(opened, framework="pt") as f:
-            for name in f.keys():
-                if name.endswith("embed_tokens.weight"):
-                    return f.get_slice(name).get_shape()[0]
+        try:
+            with openable(path) as opened, safe_open(opened, framework="pt") as f:
+                for name in f.keys():
+                    if name.endswith("embed_tokens.weight"):
+                        return f.get_slice(name).get_shape()[0]
+        except Exception:  # a damaged file: read_tensors names it when the weights are read
+            return None
     return None
 
 
