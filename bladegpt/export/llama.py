@@ -86,10 +86,10 @@ def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def llama_gguf_tensors(model: GPT, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
-    """llama.cpp's tensors for a Llama-family model, fp32 in Linear's (out, in) order; `embedding` is the
-    token embedding with one row per GGUF token. No output.weight for a tied head (llama.cpp reuses
-    token_embd); Llama 3's scaling as rope_freqs.weight, one divisor per frequency pair."""
+def llama_gguf_tensors(model: GPT, embedding: torch.Tensor, head: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """llama.cpp's tensors for a Llama-family model, fp32 in Linear's (out, in) order; `embedding` (and an untied
+    `head`) have one row per GGUF token. No output.weight for a tied head (llama.cpp reuses token_embd); Llama
+    3's scaling as rope_freqs.weight, one divisor per frequency pair."""
     from bladegpt.model import rope_frequencies
 
     cfg = model.config
@@ -97,7 +97,7 @@ def llama_gguf_tensors(model: GPT, embedding: torch.Tensor) -> dict[str, torch.T
     q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     out = {"token_embd.weight": embedding, "output_norm.weight": sd["transformer.ln_f.weight"]}
     if not cfg.tie_embeddings:
-        out["output.weight"] = sd["lm_head.weight"]
+        out["output.weight"] = sd["lm_head.weight"] if head is None else head
     if cfg.rope_scaling:
         plain = rope_frequencies(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None}))
         out["rope_freqs.weight"] = plain / rope_frequencies(cfg)
