@@ -192,6 +192,26 @@ def hf_vocab(tokenizer):
                  bos=tokenizer.bos_id, add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template)
 
 
+STRIP_FLAGS = ("lstrip", "rstrip", "single_word")
+
+
+def unkept_flags(tokenizer) -> list[str]:
+    """A pretrained tokenizer's added tokens whose flags a GGUF file cannot hold, as 'TOKEN (flag, ...)': GGUF
+    keeps a token type alone, and llama.cpp sets lstrip/rstrip only for a few models it knows by name
+    (llama-vocab.cpp; llama.cpp#15842), so text around these tokens encodes to other ids there. `normalized`
+    counts only where the tokenizer has a normalizer (llama.cpp matches added tokens in the raw text)."""
+    import json
+
+    normalizes = json.loads(tokenizer.tokenizer.to_str()).get("normalizer") is not None
+    unkept = []
+    for _, token in sorted(tokenizer.tokenizer.get_added_tokens_decoder().items()):
+        flags = [flag for flag in STRIP_FLAGS if getattr(token, flag)] + (["normalized"] if normalizes and
+                                                                          token.normalized else [])
+        if flags:
+            unkept.append(f"{token.content} ({', '.join(flags)})")
+    return unkept
+
+
 def write_pretrained_tokenizer(out, tokenizer, max_length: int) -> None:
     """A pretrained model's tokenizer (kind hf) back as the files transformers reads: its tokenizer.json
     (with a template adding bos where the model expects one and the file had none, as Llama 3's), and
