@@ -73,6 +73,14 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
                 warn("This model has no spare vocabulary row, so the end-of-text token llama.cpp needs gets a "
                      "zero row: llama.cpp may end a text early now and then (about 2 in 1,000 tokens measured "
                      "on a char model). Models trained by this version always have a spare row.")
+            if tokenizer.kind == "hf":
+                from bladegpt.export.llama import unkept_flags
+
+                unkept = unkept_flags(tokenizer)
+                if unkept:
+                    warn(f"GGUF keeps no lstrip, rstrip, single_word or normalized flag of an added token, so llama.cpp "
+                         f"encodes the text around {len(unkept)} of them to other ids than BladeGPT does: "
+                         f"{'; '.join(unkept[:5])}{'; ...' if len(unkept) > 5 else ''}.")
             if tokenizer.eot_id is None and tokenizer.kind != "hf":
                 warn("This model's tokenizer was saved before BladeGPT read <|endoftext|> as the document separator: "
                      "BladeGPT reads that text as its characters, the GGUF file as its end of text. Prepare the "
