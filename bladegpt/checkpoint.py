@@ -5,6 +5,7 @@ Nothing here unpickles: a checkpoint file can hold tensors and strings, never co
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import re
@@ -84,13 +85,14 @@ def read_metadata(path: Path) -> dict:
 
 def load_checkpoint(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer, dict]:
     """The model (on CPU, eval mode), its tokenizer, and the info saved with it. A LoRA checkpoint's model is
-    its base with the adapters merged in (the base is loaded from where the run found it)."""
+    its base with the adapters merged in (the base is loaded from where the run found it, at its source's precision)."""
     metadata = read_metadata(path)
     if "lora" in metadata:
         from bladegpt.lora import load_base, merge
 
         lora, config, tokenizer, tensors, info = read_adapters(path, metadata)
-        model = merge(_adapted(load_base(lora, config, str(path)), lora, tensors, path))
+        base = load_base(lora, config, str(path), exact=True)
+        model = merge(_adapted(base, dataclasses.replace(lora, base_dtype="fp32"), tensors, path))
         model.set_attention(attention)
         return model.eval(), tokenizer, info
     try:

@@ -218,13 +218,18 @@ def trainable(model: GPT) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def fingerprint(state: dict[str, torch.Tensor]) -> str:
+def fingerprint(state: dict[str, torch.Tensor], matrices: torch.dtype | None = None) -> str:
     """A short hash of a model's weights as loaded (names, shapes, and FINGERPRINT_VALUES evenly spaced values
-    of each tensor): cheap on a 1.7B model, and it changes when the model is retrained, requantized or swapped."""
+    of each tensor): cheap on a 1.7B model, and it changes when the model is retrained, requantized or swapped.
+    `matrices` rounds the blocks' matrices' values first: an fp32 load's hash as a load in that dtype has it."""
+    from bladegpt.sources.hf import BLOCK_MATRICES
+
     digest = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().reshape(-1)
         sample = t[:: max(1, t.numel() // FINGERPRINT_VALUES)][:FINGERPRINT_VALUES]
+        if matrices is not None and name.endswith(BLOCK_MATRICES):
+            sample = sample.to(matrices)
         digest.update(f"{name}{tuple(state[name].shape)}".encode())
         digest.update(sample.float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -238,20 +243,25 @@ def base_source(source: str) -> str:
     return str(path.resolve()) if not source.startswith("ollama:") and path.exists() else source
 
 
-def load_base(cfg: LoraConfig, config, where: str) -> GPT:
+def load_base(cfg: LoraConfig, config, where: str, exact: bool = False) -> GPT:
     """The base model cfg's adapters were trained on, shaped as `config` (the run's context and dropout); a
-    CheckpointError (one line) when it cannot be loaded, or its weights are no longer the ones trained on."""
+    CheckpointError (one line) when it cannot be loaded, or its weights are no longer the ones trained on.
+
+    `exact` loads it at the precision its source holds (fp32 after dequantizing), for a merge: training's bf16
+    copy of the matrices is rounded (0.155 in the logits measured on SmolLM2-135M against peft on the base)."""
     from bladegpt.checkpoint import CheckpointError
     from bladegpt.errors import UserError
     from bladegpt.sources import load_pretrained
 
+    trained_in = BASE_DTYPES[cfg.base_dtype]
     try:
-        pretrained = load_pretrained(cfg.base, BASE_DTYPES[cfg.base_dtype])
+        pretrained = load_pretrained(cfg.base, torch.float32 if exact else trained_in)
     except UserError as e:
         raise CheckpointError(f"{where} holds LoRA adapters for the base model {cfg.base}, which cannot be loaded: "
                               f"{e}") from None
     state = pretrained.model.state_dict()
-    if fingerprint(state) != cfg.base_fingerprint:
+    # The run hashed the base as it loaded it: its matrices in trained_in (a Llama-family file) or fp32 (the others).
+    if cfg.base_fingerprint not in (fingerprint(state), fingerprint(state, trained_in)):
         raise CheckpointError(f"{where} holds LoRA adapters for {cfg.base}, whose weights have changed since "
                               "(another fingerprint), and adapters fit only the weights they learned on: put the "
                               "original model back there, or train again from this one.")

@@ -36,7 +36,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
 
     `force` replaces only an earlier export, never anything else. `dtype` is GGUF's (default f16).
     """
-    from bladegpt.export.gguf import DTYPES, adds_tokens, exported_by_us, write_gguf
+    from bladegpt.export.gguf import DTYPES, adds_tokens, exported_by_us, unstopped, write_gguf
 
     if format not in FORMATS:
         raise UserError(f"Unknown export format '{format}'; choose one of: {', '.join(FORMATS)}.")
@@ -73,7 +73,15 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
                 warn("This model has no spare vocabulary row, so the end-of-text token llama.cpp needs gets a "
                      "zero row: llama.cpp may end a text early now and then (about 2 in 1,000 tokens measured "
                      "on a char model). Models trained by this version always have a spare row.")
-            if tokenizer.eot_id is None:
+            if tokenizer.kind == "hf":
+                from bladegpt.export.llama import unkept_flags
+
+                unkept = unkept_flags(tokenizer)
+                if unkept:
+                    warn(f"GGUF keeps no lstrip, rstrip, single_word or normalized flag of an added token, so llama.cpp "
+                         f"encodes the text around {len(unkept)} of them to other ids than BladeGPT does: "
+                         f"{'; '.join(unkept[:5])}{'; ...' if len(unkept) > 5 else ''}.")
+            if tokenizer.eot_id is None and tokenizer.kind != "hf":
                 warn("This model's tokenizer was saved before BladeGPT read <|endoftext|> as the document separator: "
                      "BladeGPT reads that text as its characters, the GGUF file as its end of text. Prepare the "
                      "text and train again for one meaning everywhere.")
@@ -81,6 +89,12 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
                 warn(f"{dtype} rounds each weight to 4 bits, which can cost a small model much of what it learnt "
                      "(a SmolLM2-135M voice fine-tuned on officer_k gave back 0.086 of its 0.093 bpb gain; q8_0 "
                      "cost it 0.002): `bladegpt sample --precision int4` lets you hear it before you export.")
+            missed = unstopped(tokenizer)
+            if missed:
+                warn(f"llama.cpp reads at most three stop ids from a GGUF file and finds others by name only, so "
+                     f"it will not stop at {', '.join(f'{i} {tokenizer.decode([i])!r}' for i in missed)}, where "
+                     "BladeGPT does; export --format hf "
+                     "keeps them all.")
             atomic_write(out, lambda tmp: write_gguf(tmp, model, tokenizer, dtype or "f16", name, as_text(str(source))[0]))
         else:
             save_checkpoint(out, model, tokenizer, **info, exported_from=str(source))
@@ -177,8 +191,14 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
 
 
-def hf_config(model: GPT, eos: int | None) -> dict:
-    """config.json of GPT2LMHeadModel computing what `model` computes."""
+def eos_value(stop_ids: tuple[int, ...]) -> int | list[int] | None:
+    """`eos_token_id` as transformers reads it (config.json, generation_config.json): the one id, or the list
+    generate() stops at any of (as Llama 3.1's and Qwen2.5-Instruct's files write it)."""
+    return list(stop_ids) if len(stop_ids) > 1 else stop_ids[0] if stop_ids else None
+
+
+def hf_config(model: GPT, stop_ids: tuple[int, ...]) -> dict:
+    """config.json of GPT2LMHeadModel computing what `model` computes; bos is the first stop id, as GPT-2's."""
     cfg = model.config
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -197,8 +217,8 @@ def hf_config(model: GPT, eos: int | None) -> dict:
         "layer_norm_epsilon": cfg.layer_norm_eps,
         "initializer_range": 0.02,
         "tie_word_embeddings": True,
-        "bos_token_id": eos,
-        "eos_token_id": eos,
+        "bos_token_id": stop_ids[0] if stop_ids else None,
+        "eos_token_id": eos_value(stop_ids),
         "torch_dtype": "float32",
     }
 
@@ -207,22 +227,23 @@ def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
     """config.json, generation_config.json and model.safetensors of GPT2LMHeadModel, or of the Llama
     family's class for a Llama-family model (export/llama.py)."""
     cfg = model.config
-    eos = tokenizer.eot_id  # generate() stops where BladeGPT's sampling stops
+    stops = tokenizer.stop_ids  # generate() stops where BladeGPT's sampling stops
+    eos, pad = eos_value(stops), stops[0] if stops else None
     if cfg.arch != "gpt2":
         from bladegpt.export.llama import llama_hf_config, llama_hf_state_dict
 
         config, state = llama_hf_config(model, tokenizer.bos_id, eos), llama_hf_state_dict(model)
-        generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos, "pad_token_id": eos}
+        generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos, "pad_token_id": pad}
         if tokenizer.vocab_size < cfg.vocab_size:
             generation["suppress_tokens"] = list(range(tokenizer.vocab_size, cfg.vocab_size))
         (out / "config.json").write_text(strictjson.dumps(config, indent=2), encoding="utf-8")
         (out / "generation_config.json").write_text(strictjson.dumps(generation, indent=2), encoding="utf-8")
         atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         return
-    (out / "config.json").write_text(strictjson.dumps(hf_config(model, eos), indent=2), encoding="utf-8")
+    (out / "config.json").write_text(strictjson.dumps(hf_config(model, stops), indent=2), encoding="utf-8")
     # Ids past the tokenizer's vocabulary are padding for speed: never generate them.
     generation = {"suppress_tokens": list(range(tokenizer.vocab_size, cfg.vocab_size)),
-                  "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+                  "bos_token_id": pad, "eos_token_id": eos, "pad_token_id": pad}
     (out / "generation_config.json").write_text(strictjson.dumps(generation, indent=2), encoding="utf-8")
     atomic_write(out / "model.safetensors", lambda tmp: save_file(hf_state_dict(model), tmp, metadata={"format": "pt"}))
 

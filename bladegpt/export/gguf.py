@@ -16,8 +16,8 @@ BladeGPT had the token reads that text as characters; its file gets an added `<|
 needs an end of text, and transformers' GGUF reader adds that very token to any GPT-2-type vocabulary
 without it), so there the text is the end of text, and export says so.
 
-Tokens the model has no id for (the added ones) take rows of the model's vocabulary padding, which
-training never targets, so their probability stays near zero: measured 6e-5 a token on witcher's char
+Tokens the model has no id for (the added ones) take rows of the model's vocabulary padding (in turn, when
+they outnumber it: the file gets as many rows as tokens), which training never targets, so their probability stays near zero: measured 6e-5 a token on witcher's char
 model, where an untrained (zero) row gets 2e-3 (docs/benchmarks.md). Models trained since BladeGPT
 reserved a padding row always have one; an older model without gets zero rows, and export says so.
 """
@@ -53,13 +53,28 @@ class Vocab:
     bos: int | None = None  # None: the end of text, as GPT-2
     add_bos: bool = False  # BladeGPT's own prompts start with the text itself
     chat_template: str | None = None
+    stops: tuple[int, ...] = ()  # other ids that end a text, written as eot then eom (llama.cpp's keys)
 
 
 def adds_tokens(tokenizer: Tokenizer) -> bool:
     """Whether the GGUF vocabulary needs tokens the model has no id for (an end of text, char pieces)."""
     if isinstance(tokenizer, CharTokenizer):
         return len(gguf_vocab(tokenizer).tokens) > tokenizer.vocab_size
-    return tokenizer.eot_id is None
+    return tokenizer.kind != "hf" and tokenizer.eot_id is None  # a pretrained vocabulary is written as it is
+
+
+def unstopped(tokenizer: Tokenizer) -> list[int]:
+    """Stop ids a GGUF file of this tokenizer would not make llama.cpp stop at: beyond its eos, eot and eom
+    keys, it finds end tokens by their text alone (hf_tokenizer.gguf_stop_ids)."""
+    from bladegpt.tokenizer.hf import gguf_stop_ids
+
+    if len(tokenizer.stop_ids) <= 3:
+        return []
+    vocab = gguf_vocab(tokenizer)
+    keys = dict(zip(("eos", "eot", "eom"), (vocab.eos, *vocab.stops)))
+    found = gguf_stop_ids({"tokenizer.ggml.tokens": vocab.tokens,
+                           **{f"tokenizer.ggml.{name}_token_id": i for name, i in keys.items()}})
+    return [i for i in tokenizer.stop_ids if i not in found]
 
 
 def gguf_vocab(tokenizer: Tokenizer) -> Vocab:
@@ -178,14 +193,15 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
     else:
         from bladegpt.export.llama import add_llama_keys, llama_gguf_tensors
 
-        rows = cfg.vocab_size  # llama.cpp wants a token for every row: padding rows get [PAD] entries
-        if len(vocab.tokens) > rows:
-            raise UserError("This model's vocabulary has no spare rows for the tokens llama.cpp needs; export "
-                            "--format hf instead.")
+        # llama.cpp wants a token for every row: padding rows left over get [PAD] entries, and added tokens
+        # past the padding (a large char vocabulary's byte pieces) get more rows, as GPT-2's path gives them
+        rows = max(cfg.vocab_size, len(vocab.tokens))
         vocab.types += [UNUSED] * (rows - len(vocab.tokens))
         vocab.tokens += [f"[PAD{i}]" for i in range(len(vocab.tokens), rows)]
         add_llama_keys(writer, model, rows)
-        tensors = llama_gguf_tensors(model, model.transformer.wte.weight.detach().float())
+        grow = lambda weight: _rows(weight.detach().float(), vocab.n_own, rows)  # noqa: E731
+        head = None if cfg.tie_embeddings else grow(model.lm_head.weight)
+        tensors = llama_gguf_tensors(model, grow(model.transformer.wte.weight), head)
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                   "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                   "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}
@@ -198,6 +214,8 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
     writer.add_token_merges([f"{a} {b}" for a, b in vocab.merges])
     writer.add_bos_token_id(vocab.eos if vocab.bos is None else vocab.bos)
     writer.add_eos_token_id(vocab.eos)
+    for add, token_id in zip((writer.add_eot_token_id, writer.add_eom_token_id), vocab.stops):
+        add(token_id)
     writer.add_add_bos_token(vocab.add_bos)
     if vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)

@@ -41,7 +41,7 @@ def llama_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
 
 
-def llama_hf_config(model: GPT, bos: int | None, eos: int | None) -> dict:
+def llama_hf_config(model: GPT, bos: int | None, eos: int | list[int] | None) -> dict:
     """config.json of the transformers model computing what `model` computes."""
     cfg = model.config
     config = {
@@ -86,10 +86,10 @@ def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def llama_gguf_tensors(model: GPT, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
-    """llama.cpp's tensors for a Llama-family model, fp32 in Linear's (out, in) order; `embedding` is the
-    token embedding with one row per GGUF token. No output.weight for a tied head (llama.cpp reuses
-    token_embd); Llama 3's scaling as rope_freqs.weight, one divisor per frequency pair."""
+def llama_gguf_tensors(model: GPT, embedding: torch.Tensor, head: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """llama.cpp's tensors for a Llama-family model, fp32 in Linear's (out, in) order; `embedding` (and an untied
+    `head`) have one row per GGUF token. No output.weight for a tied head (llama.cpp reuses token_embd); Llama
+    3's scaling as rope_freqs.weight, one divisor per frequency pair."""
     from bladegpt.model import rope_frequencies
 
     cfg = model.config
@@ -97,7 +97,7 @@ def llama_gguf_tensors(model: GPT, embedding: torch.Tensor) -> dict[str, torch.T
     q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     out = {"token_embd.weight": embedding, "output_norm.weight": sd["transformer.ln_f.weight"]}
     if not cfg.tie_embeddings:
-        out["output.weight"] = sd["lm_head.weight"]
+        out["output.weight"] = sd["lm_head.weight"] if head is None else head
     if cfg.rope_scaling:
         plain = rope_frequencies(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None}))
         out["rope_freqs.weight"] = plain / rope_frequencies(cfg)
@@ -172,7 +172,7 @@ def gguf_pre(spec: dict) -> str:
 def hf_vocab(tokenizer):
     """A pretrained model's tokenizer (kind hf) as llama.cpp's converter writes it: every id's token,
     CONTROL for special tokens, USER_DEFINED for added ones, UNUSED for padding entries, the merges, the
-    split's name, bos/eos, whether bos is added, the chat template."""
+    split's name, bos, the stop ids (eos, then eot and eom), whether bos is added, the chat template."""
     import json
 
     from bladegpt.export.gguf import Vocab
@@ -187,9 +187,29 @@ def hf_vocab(tokenizer):
         types.append(UNUSED if token is None or i in tokenizer.unused else CONTROL if i in tokenizer.special_ids
                      else USER_DEFINED if i in added else NORMAL)
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"].get("merges", [])]
-    eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.eot_id
-    return Vocab(tokens, types, merges, gguf_pre(spec), eos if eos is not None else 0, tokenizer.vocab_size,
-                 bos=tokenizer.bos_id, add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template)
+    stops = tokenizer.stop_ids or (0,)
+    return Vocab(tokens, types, merges, gguf_pre(spec), stops[0], tokenizer.vocab_size, bos=tokenizer.bos_id,
+                 add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template, stops=stops[1:3])
+
+
+STRIP_FLAGS = ("lstrip", "rstrip", "single_word")
+
+
+def unkept_flags(tokenizer) -> list[str]:
+    """A pretrained tokenizer's added tokens whose flags a GGUF file cannot hold, as 'TOKEN (flag, ...)': GGUF
+    keeps a token type alone, and llama.cpp sets lstrip/rstrip only for a few models it knows by name
+    (llama-vocab.cpp; llama.cpp#15842), so text around these tokens encodes to other ids there. `normalized`
+    counts only where the tokenizer has a normalizer (llama.cpp matches added tokens in the raw text)."""
+    import json
+
+    normalizes = json.loads(tokenizer.tokenizer.to_str()).get("normalizer") is not None
+    unkept = []
+    for _, token in sorted(tokenizer.tokenizer.get_added_tokens_decoder().items()):
+        flags = [flag for flag in STRIP_FLAGS if getattr(token, flag)] + (["normalized"] if normalizes and
+                                                                          token.normalized else [])
+        if flags:
+            unkept.append(f"{token.content} ({', '.join(flags)})")
+    return unkept
 
 
 def write_pretrained_tokenizer(out, tokenizer, max_length: int) -> None:

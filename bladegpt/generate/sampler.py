@@ -6,14 +6,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from bladegpt.generate.engine import compile_decode, generate_batch, prompt_ids, stream_text, until_stop
+from bladegpt.generate.engine import compile_decode, generate_batch, prompt_ids, sample_text, stream_text, until_stop
 from bladegpt.model import GPT
-from bladegpt.generate.quantize import QUANTIZED, int4_available, int8_available, quantize
+from bladegpt.generate.quantize import QUANTIZED, int4_available, int8_available, packed_refusal, quantize
 from bladegpt.runtime import DeviceError, _cached, autocast, bf16_supported, choose_precision, cpu_model
 
 COMPILE_MODES = ("auto", "on", "off")
@@ -89,25 +89,30 @@ def check_decode_precision(device: torch.device, requested: str, cast: bool = Tr
     return requested
 
 
-def decode_precision(model: GPT, device: torch.device, requested: str = "auto", cast: bool = True) -> str:
+def decode_precision(model: GPT, device: torch.device, requested: str = "auto", cast: bool = True,
+                     say: Callable[[str], None] = lambda line: None) -> str:
     """bf16, fp32 or int8 for generation, chosen by timing a one-token step of this model on this machine
     (cached): the fastest, where it beats fp32 by 10%. `cast`: the weights may be replaced (bf16 or int8
     copies); otherwise (a model that is training) bf16 means autocast and int8 is not a choice. Training's
     choice does not carry over: a one-token step reads every weight for little arithmetic, and bf16
     autocast, which speeds up a training step, measured 2x slower for it on an AMX CPU (it re-casts the
     weights each step), where int8 weights decoded SmolLM2-135M 1.9x faster than fp32 on an AVX2 EPYC
-    that has no bf16 matmul (docs/benchmarks.md).
+    that has no bf16 matmul (docs/benchmarks.md). An int8 candidate whose layers PyTorch's packed kernel
+    cannot take (quantize.int8_refusal: it would crash, not lose) is never timed; `say` gets why.
 
     Raises DeviceError for a precision this device cannot run, or int8 for a model that is training."""
     choice = check_decode_precision(device, requested, cast)
-    candidates = ["fp32"] + (["bf16"] if bf16_supported(device) else []) + \
-                 (["int8"] if cast and int8_available(device) else [])
     if requested != "auto":
         return choice
+    int8 = cast and int8_available(device)
+    refusal = packed_refusal(model) if int8 else None
+    if refusal:
+        say(f"--precision auto leaves int8 weights out: {refusal}.")
+    candidates = ["fp32"] + (["bf16"] if bf16_supported(device) else []) + (["int8"] if int8 and not refusal else [])
     if len(candidates) == 1:
         return candidates[0]
     cfg = model.config
-    key = (f"decode-precision-v2|{'cast' if cast else 'autocast'}|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
+    key = (f"decode-precision-v3|{'cast' if cast else 'autocast'}|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
            f"|{torch.get_num_threads()}|{torch.__version__}|{cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}"
            f"x{cfg.vocab_size}x{cfg.block_size}")
 
@@ -137,11 +142,11 @@ class Sampler:
         check_decode_precision(self.device, precision)  # a precision this device cannot run: one line, before loading
         self.model, self.tokenizer, self.info = load_checkpoint(self.checkpoint)
         self.model.to(self.device).eval()
-        self.precision = decode_precision(self.model, self.device, precision)
+        self.precision = decode_precision(self.model, self.device, precision, say=say)
         if self.precision == "bf16":  # this model is ours alone: cast or quantize it in place, no copy
             self.model.to(torch.bfloat16)
         elif self.precision in QUANTIZED:
-            quantize(self.model, self.precision)
+            quantize(self.model, self.precision, say)
         self.step_s: dict[int, float] = {}  # eager decode step time by batch rows, timed once (see _maybe_compile)
         self.decode = None  # the compiled one-token step, once compiled
 
@@ -164,8 +169,9 @@ class Sampler:
         repetition_penalty: float | None = None,
     ) -> Iterator[tuple[int, str]]:
         """(sample number, text piece) pairs: sample 0 piece by piece as it is generated, every other
-        sample whole once its batch is done. Sample i is what seed + i gives on its own. A sample ends
-        at the end-of-text token (the document separator), which is never printed.
+        sample whole once its batch is done. Sample i is what seed + i gives on its own, printed alike. A
+        sample ends at any of the tokenizer's stop ids (the document separator, a model's own ends), which
+        are never printed.
 
         The prompt is encoded now, so a prompt the tokenizer cannot take fails before any output.
         """
@@ -193,11 +199,11 @@ class Sampler:
         self.decode = compile_decode(self.model)
 
     def _samples(self, ids, num_samples, step, max_new_tokens, knobs, seed):
-        vocab, eot = self.tokenizer.vocab_size, self.tokenizer.eot_id
+        vocab, stops = self.tokenizer.vocab_size, self.tokenizer.stop_ids
         for first in range(0, num_samples, step):
             rows = range(first, min(first + step, num_samples))
             gens = [torch.Generator(self.device).manual_seed(seed + i) for i in rows]
-            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, **knobs, decode=self.decode, stop=eot)
+            steps = generate_batch(self.model, ids, max_new_tokens, vocab, gens, **knobs, decode=self.decode, stop=stops)
             if first == 0:  # stream sample 0, keep the others' tokens
                 yield 0, ""
                 kept: list[torch.Tensor] = []
@@ -205,7 +211,7 @@ class Sampler:
                 def first_row() -> Iterator[int]:
                     for tokens in steps:
                         kept.append(tokens)
-                        if int(tokens[0]) == eot:
+                        if int(tokens[0]) in stops:
                             return
                         yield int(tokens[0])
 
@@ -216,7 +222,7 @@ class Sampler:
             else:
                 rest = torch.stack(list(steps), dim=1).tolist()
             for i, tokens in zip(rows[1:] if first == 0 else rows, rest):
-                yield i, self.tokenizer.decode(until_stop(tokens, eot))
+                yield i, sample_text(until_stop(tokens, stops), self.tokenizer)
 
     def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 200,
                top_p: float | None = None, seed: int = 0, min_p: float | None = None,

@@ -1,8 +1,9 @@
 """Where a pretrained model comes from: one front door for `train --init-from` and `prepare --tokenizer-from`.
 
 - a BladeGPT run or checkpoint;
-- a GGUF file (llama.cpp, LM Studio; arch llama, qwen2, qwen3 or gpt2): gguf.py;
-- `ollama:NAME[:TAG]`, the model layer of ollama's local store: ollama.py;
+- a GGUF file (llama.cpp, LM Studio; arch llama, qwen2, qwen3 or gpt2), or the first of its split parts: gguf.py;
+- `ollama:NAME[:TAG]`, the model layer of ollama's local store with its ADAPTER layers merged: ollama.py,
+  adapter.py;
 - a Hugging Face folder or repo id (GPT-2, Llama, Qwen2, Qwen3), the cache first: hub.py finds it, hf.py reads it.
 """
 
@@ -64,12 +65,31 @@ def gguf_path(source: str) -> Path | None:
     return None
 
 
+def ollama_adapters(source: str) -> list[Path]:
+    """The adapter blobs of an ollama: source (its Modelfile's ADAPTER layers); none for any other source."""
+    if not source.startswith("ollama:"):
+        return []
+    from bladegpt.sources.ollama import ollama_layers
+
+    return ollama_layers(source.removeprefix("ollama:"))[1]
+
+
+def check_vocabulary(tokenizer: Tokenizer, rows: int, where: str) -> None:
+    """A tokenizer whose ids the model's embedding cannot all look up is refused in one line, here rather
+    than as an index error at the first batch that holds such an id."""
+    if tokenizer.vocab_size > rows:
+        raise SourceError(f"{where}'s tokenizer has {tokenizer.vocab_size:,} ids but its model's token embedding "
+                          f"only {rows:,} rows, so ids from {rows:,} on have no embedding: the tokenizer is not this "
+                          "model's (or its files are damaged); download the model again, whole.")
+
+
 def build_model(config: ModelConfig, state: dict[str, torch.Tensor], where: str) -> GPT:
     """A model holding `state` (BladeGPT's names, fp32) without a second copy: built on the meta device,
     then the tensors assigned; every name and shape must fit."""
-    if not config.tie_embeddings and "lm_head.weight" not in state:
-        config.tie_embeddings = True  # no head of its own: transformers' loaders tie it too
-        state["lm_head.weight"] = state.get("transformer.wte.weight")
+    if not config.tie_embeddings and state.get("lm_head.weight") is None:
+        raise SourceError(f"{where} has an output layer of its own (tie_word_embeddings: false) but its weights hold "
+                          "no lm_head.weight; they are incomplete: download the model again (were the head meant to "
+                          "be the embedding, its config.json would say tie_word_embeddings: true).")
     with torch.device("meta"):  # no random init of weights about to be replaced
         model = GPT(config)
     try:
@@ -97,10 +117,10 @@ def load_pretrained(source: str, matrices: torch.dtype = torch.float32) -> Pretr
     if gguf_file is not None:
         from bladegpt.sources.gguf import load_gguf
 
-        return load_gguf(gguf_file, source, matrices)
+        return load_gguf(gguf_file, source, matrices, tuple(ollama_adapters(source)))
     folder = hf_folder(source, weights=True)
+    tokenizer = checked_folder_tokenizer(folder)  # before the weights: a mismatch should not wait for them
     model, family, cfg = hf_model(folder, matrices)
-    tokenizer = folder_tokenizer(folder, model.config)
     return Pretrained(model, tokenizer, f"{family} {size(model)} from {folder} ({_dtype(cfg)} weights)")
 
 
@@ -132,14 +152,22 @@ def load_tokenizer_from(source: str) -> Tokenizer:
     if gguf_file is not None:
         from bladegpt.sources.gguf import gguf_tokenizer
 
-        return gguf_tokenizer(gguf_file)
+        return gguf_tokenizer(gguf_file, adapters=tuple(ollama_adapters(source)),
+                              where=source if source.startswith("ollama:") else None)
     if source in GPT2_REPOS:
         return TiktokenTokenizer.gpt2()  # GPT-2's own BPE ships with BladeGPT, verified by hash
+    return checked_folder_tokenizer(hf_folder(source, weights=False))
+
+
+def checked_folder_tokenizer(folder: Path) -> Tokenizer:
+    """A Hugging Face folder's tokenizer, refused where it has more ids than the model's embedding has rows
+    (read from the weights' header where they are there, else config.json's vocab_size)."""
     from bladegpt.sources import hf
 
-    folder = hf_folder(source, weights=False)
-    cfg = hf.read_config(folder)
-    return folder_tokenizer(folder, hf.model_config(folder, cfg))
+    config = hf.model_config(folder, hf.read_config(folder), hf.embedding_rows(folder))
+    tokenizer = folder_tokenizer(folder, config)
+    check_vocabulary(tokenizer, config.vocab_size, str(folder))
+    return tokenizer
 
 
 def folder_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:

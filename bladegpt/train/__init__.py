@@ -33,6 +33,7 @@ from bladegpt.encoding import utf8_name
 from bladegpt.errors import UserError
 from bladegpt.files import temp_path
 from bladegpt.lora import LoraConfig
+from bladegpt.train.memory import GB, fit_micro_batch, memory_budget
 from bladegpt.model import GPT
 from bladegpt.train.runbook import describe_resume, resume_changes
 from bladegpt.runtime import (
@@ -41,6 +42,7 @@ from bladegpt.runtime import (
     Runtime,
     choose_attention,
     choose_precision,
+    resolve_device,
     set_matmul_precision,
 )
 from bladegpt.train.signals import StopSignals
@@ -245,6 +247,8 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
                                        len(token_data.splits["val"]), block)
     if "block_size" not in overrides and block < min(source_cfg.block_size, FINETUNE_BLOCK):
         notes.insert(0, f"--block-size {block}: the text's {shortest:,}-token split is too short for {FINETUNE_BLOCK}")
+    train_cfg, fitted = _fit_memory(train_cfg, model_cfg, lora, train_overrides, requested["device"] or "auto")
+    notes += fitted
     initial = pretrained.model.state_dict()
     runtime = {k: v or "auto" for k, v in requested.items()}
     given = {k for k, v in (train_overrides or {}).items() if v is not None}
@@ -259,6 +263,30 @@ def _finetune_plan(source, data, preset, model_overrides, train_overrides, reque
         initial["transformer.wpe.weight"] = initial["transformer.wpe.weight"][:block]
     return Plan(model_cfg, train_cfg, token_data, runtime, initial=initial, origin=pretrained.description, notes=notes,
                 budget_s=budget)
+
+
+def _fit_memory(train_cfg: TrainConfig, model_cfg: ModelConfig, lora: LoraConfig | None, train_overrides: dict | None,
+                device: str) -> tuple[TrainConfig, list[str]]:
+    """The fine-tune's micro-batch (--accum) and activation checkpointing sized to this machine's memory from
+    the model's shape (memory.py), the step's batch kept; the user's --accum or --activation-checkpointing
+    stays as given. Returns the settings and the line saying what was chosen (none when both were given)."""
+    given = {k for k, v in (train_overrides or {}).items() if v is not None}
+    if {"accum", "activation_checkpointing"} <= given:
+        return train_cfg, []
+    device = resolve_device(device)
+    budget = memory_budget(device)
+    fit = fit_micro_batch(model_cfg, train_cfg.batch_size, model_cfg.block_size, budget, lora,
+                          train_cfg.accum if "accum" in given else None,
+                          train_cfg.activation_checkpointing if "activation_checkpointing" in given else None)
+    train_cfg = dataclasses.replace(train_cfg, accum=fit.accum, activation_checkpointing=fit.checkpointing)
+    flags = f"--accum {fit.accum}" + (" --activation-checkpointing (a third more compute)" if fit.checkpointing else "")
+    share = "the GPU's free memory" if device.type == "cuda" else "a third of this machine's, at most what is free"
+    room = f"{fit.estimate / GB:.1f} GB estimated at its peak, within the {fit.budget / GB:.1f} GB a run may use ({share})"
+    if fit.estimate > fit.budget:
+        room = (f"{fit.estimate / GB:.1f} GB estimated at its peak, more than the {fit.budget / GB:.1f} GB a run may use "
+                f"({share}): it may swap or be stopped; {'a smaller model' if lora else '--lora or a smaller model'} "
+                "needs less")
+    return train_cfg, [f"{flags}: {train_cfg.micro_batch} x {model_cfg.block_size:,} tokens a forward pass, {room}"]
 
 
 def _lora_plan(lora, source, origin, state, model_cfg, train_cfg, token_data, runtime, train_overrides) -> Plan:

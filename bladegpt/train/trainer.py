@@ -18,7 +18,7 @@ from bladegpt.config import ConfigError, ModelConfig, TrainConfig, plural
 from bladegpt.data.dataset import TokenData, stream_seed
 from bladegpt.train.distributed import Distributed
 from bladegpt.train.ema import WeightAverage
-from bladegpt.generate.engine import generate, prompt_ids
+from bladegpt.generate.engine import generate, prompt_ids, sample_text
 from bladegpt.errors import UserError
 from bladegpt.model import GPT, flops_per_token
 from bladegpt.train.pacing import compile_pays, duration, fit_to_budget, paced_interval, seconds_per_step
@@ -315,9 +315,9 @@ class Trainer:
             self.sample_precision = decode_precision(self.model, self.device, cast=False)  # (weights never cast)
         with autocast(self.device, self.sample_precision):
             ids = list(generate(self.model, prompt_ids(tok, ""), self.cfg.sample_tokens, tok.vocab_size,
-                                gen, temperature=0.8, top_k=200, stop=tok.eot_id))
+                                gen, temperature=0.8, top_k=200, stop=tok.stop_ids))
         self.model.train()
-        return tok.decode(ids)
+        return sample_text(ids, tok)
 
     def copy_check(self, sample: str | None) -> dict:
         """How much of the eval sample is copied from the training text (runbook.eval_record's fields);
