@@ -166,6 +166,11 @@ CLOCK_STEPS = 10**9  # `--time` without `--steps`: the clock ends the run, not t
 SAMPLINGS = ("random", "epochs")
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 step', '2 steps': a count in words a person would write."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 @dataclass
 class TrainConfig:
     steps: int = 2000
@@ -205,10 +210,10 @@ class TrainConfig:
         if self.patience < 0:
             raise ConfigError(f"--patience must be 0 (off) or a number of evaluations, got {self.patience}.")
         if self.batch_size % self.accum:
-            options = ", ".join(str(n) for n in range(2, self.batch_size + 1) if self.batch_size % n == 0)
+            options = ", ".join(str(n) for n in range(1, self.batch_size + 1) if self.batch_size % n == 0)
             raise ConfigError(
-                f"--accum {self.accum} does not divide the batch of {self.batch_size} sequences; "
-                f"use an --accum that does ({options}) or change --batch-size."
+                f"--accum {self.accum} does not divide the batch of {plural(self.batch_size, 'sequence')}; "
+                f"use an --accum that does ({options}) or a --batch-size that --accum divides."
             )
         if not (0 < self.lr < math.inf and 0 < self.muon_lr < math.inf):
             raise ConfigError(f"learning rates must be positive, got lr {self.lr} and muon_lr {self.muon_lr}.")

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bladegpt.errors import ConfigError
-from bladegpt.model import GPT
+from bladegpt.model import BLOCK_MATRICES, GPT
 
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # every linear of a block
 BASE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -218,13 +218,16 @@ def trainable(model: GPT) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def fingerprint(state: dict[str, torch.Tensor]) -> str:
+def fingerprint(state: dict[str, torch.Tensor], matrices: torch.dtype | None = None) -> str:
     """A short hash of a model's weights as loaded (names, shapes, and FINGERPRINT_VALUES evenly spaced values
-    of each tensor): cheap on a 1.7B model, and it changes when the model is retrained, requantized or swapped."""
+    of each tensor): cheap on a 1.7B model, and it changes when the model is retrained, requantized or swapped.
+    `matrices` rounds the blocks' matrices' values first: an fp32 load's hash as a load in that dtype has it."""
     digest = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().reshape(-1)
         sample = t[:: max(1, t.numel() // FINGERPRINT_VALUES)][:FINGERPRINT_VALUES]
+        if matrices is not None and name.endswith(BLOCK_MATRICES):
+            sample = sample.to(matrices)
         digest.update(f"{name}{tuple(state[name].shape)}".encode())
         digest.update(sample.float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]

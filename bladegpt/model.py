@@ -18,6 +18,8 @@ from bladegpt.config import ModelConfig
 from bladegpt.loss import linear_cross_entropy, softcapped
 
 ATTENTION_IMPLS = ("manual", "sdpa")
+# The blocks' weight matrices, by the ends of their names: what LoRA adapts and a frozen base may keep in bf16.
+BLOCK_MATRICES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout_p: float,

@@ -62,14 +62,15 @@ GGUF_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "sel
               "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
 
 
-def write_gguf(model, path, dtype: str = "f32", tokenizer=None) -> None:
+def write_gguf(model, path, dtype: str = "f32", tokenizer=None, split_max_tensors: int = 0) -> None:
     """The model as llama.cpp's converter writes it; `tokenizer` (a callable taking the writer) adds a
-    vocabulary, else a plain byte-level one of the right size is written."""
+    vocabulary, else a plain byte-level one of the right size is written. With `split_max_tensors`, in
+    parts of that many tensors as gguf-split writes them (path-00001-of-0000N.gguf, split.* keys)."""
     import gguf
 
     cfg = model.config
     arch = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[cfg.model_type]
-    writer = gguf.GGUFWriter(str(path), arch)
+    writer = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     writer.add_name(f"tiny-{arch}")

@@ -83,3 +83,13 @@ def test_generate_table_compares_with_transformers():
     console.print(generate_table(result))
     text = console.export_text()
     assert "2.00x" in text and "1.00x" in text and "median of 5 runs" in text
+
+
+def test_a_step_faster_than_the_cached_peak_takes_the_peak_again(tiny_preset, monkeypatch):
+    """A peak cached while the machine was busy reads low: bench measures it again, never below what ran."""
+    monkeypatch.setattr(bench_module, "peak_flops", lambda device: 1.0)  # 1 FLOP/s: every step beats it
+    observed = []
+    monkeypatch.setattr(bench_module, "raise_cpu_peak", lambda flops: observed.append(flops) or 2 * flops)
+    result = bench_module.bench("nano", steps=1, rungs=["vanilla", "mixed"], device="cpu")
+    mfus = [r["mfu"] for r in result["rungs"] if r["available"]]
+    assert observed and mfus and all(0 < m <= 1 for m in mfus), mfus

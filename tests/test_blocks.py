@@ -128,3 +128,25 @@ def test_a_named_block_takes_more_changes():
                                                      "logit_softcap": 15.0}
     with pytest.raises(ConfigError, match="choose one"):
         block_settings("modern+relu2", 192)
+
+
+@pytest.mark.slow  # trains and exports a 400-character model
+def test_a_char_vocabulary_past_its_padding_exports_to_gguf(workdir):
+    """A char vocabulary's byte pieces outnumber its padding rows (a 66k-character one stopped with 'no spare
+    rows'): the file gets a row for every token, and reads back with the same ids and logits."""
+    pytest.importorskip("gguf")
+    from bladegpt.sources import load_pretrained
+
+    han = "".join(chr(0x4E00 + 7 * i) for i in range(300))  # 300 three-byte characters: 300+ pieces, 64 rows spare
+    (workdir / "tales.txt").write_text((corpus_text(100) + han + "\n") * 2)
+    prepare([workdir / "tales.txt"], tokenizer="char")
+    run = train(None, None, {**TINY_MODEL, "block_size": 32, "block": "modern"}, {**TINY_TRAIN, "steps": 2},
+                compile="off").run_dir
+    model, tokenizer, _ = load_checkpoint(run / "best.safetensors")
+    back = load_pretrained(str(export(workdir / "voice.gguf", run, format="gguf", dtype="f32")))
+    assert back.model.config.vocab_size > model.config.vocab_size  # grown past the padding
+    text = "The hunter " + han[:20]
+    ids = tokenizer.encode(text)
+    assert back.tokenizer.encode(text) == ids
+    n = model.config.vocab_size
+    torch.testing.assert_close(logits_of(back.model, ids)[..., :n], logits_of(model, ids), atol=1e-5, rtol=0)

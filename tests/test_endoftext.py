@@ -102,9 +102,9 @@ def test_generation_stops_at_the_end_of_text(tiny):
     free = list(generate(tiny, [3, 1, 4], 40, 60, temperature=0))
     stop = next(t for t in free[3:] if t not in free[:3])
     until = free[: free.index(stop)]
-    assert list(generate(tiny, [3, 1, 4], 40, 60, temperature=0, stop=stop)) == until
-    assert generate_reference(tiny, [3, 1, 4], 40, 60, temperature=0, stop=stop) == until
-    steps = list(generate_batch(tiny, [3, 1, 4], 40, 60, [None] * 3, temperature=0, stop=stop))
+    assert list(generate(tiny, [3, 1, 4], 40, 60, temperature=0, stop=(stop,))) == until
+    assert generate_reference(tiny, [3, 1, 4], 40, 60, temperature=0, stop=(stop,)) == until
+    steps = list(generate_batch(tiny, [3, 1, 4], 40, 60, [None] * 3, temperature=0, stop=(stop,)))
     assert len(steps) == len(until) + 1  # every row ended: no token more is computed
 
 

@@ -88,3 +88,25 @@ def test_llama3_scaling_travels_as_rope_freqs(tmp_path, tokenizer):
     import json
 
     assert json.loads((hf / "config.json").read_text())["rope_scaling"]["rope_type"] == "llama3"
+
+
+def test_added_tokens_flags_gguf_cannot_hold_are_named_in_one_line(tmp_path):
+    """GGUF holds a token type and no lstrip/rstrip/single_word/normalized (llama.cpp#15842): the ids llama.cpp gives
+    the text around such a token differ, and export says which tokens in one line instead of changing them silently."""
+    import json
+
+    folder = build_folder(tmp_path / "tok", "smollm")
+    plain = HFTokenizer.from_folder(folder)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    for token in spec["added_tokens"]:
+        token.update(lstrip=token["content"] == "<|im_start|>", rstrip=token["content"] == "<|im_end|>")
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    flagged = HFTokenizer.from_folder(folder)
+    assert flagged.encode(" <|im_start|>hi<|im_end|> x") != plain.encode(" <|im_start|>hi<|im_end|> x")  # it matters
+    for n, (tok, expected) in enumerate(((plain, []), (flagged, ["<|im_start|> (lstrip)", "<|im_end|> (rstrip)"]))):
+        checkpoint("llama-gqa-tied", tok, tmp_path / str(n))
+        said = []
+        export(tmp_path / f"{n}.gguf", tmp_path / str(n) / "model.safetensors", format="gguf", warn=said.append)
+        assert [line for line in said if "GGUF keeps no" in line] == ([] if not expected else [
+            "GGUF keeps no lstrip, rstrip, single_word or normalized flag of an added token, so llama.cpp encodes the "
+            f"text around 2 of them to other ids than BladeGPT does: {'; '.join(expected)}."])

@@ -135,7 +135,9 @@ def test_a_folder_encodes_as_transformers_does(families, family):
     for text in texts():
         assert ours.encode(text) == theirs(text, add_special_tokens=False)["input_ids"], text
         assert [ours.bos_id] * ours.add_bos + ours.encode(text) == theirs(text)["input_ids"]
-    assert (ours.bos_id, ours.eos_id, ours.eot_id) == (theirs.bos_token_id, theirs.eos_token_id, theirs.eos_token_id)
+    separator = theirs.get_vocab().get("<|endoftext|>")  # the document separator, where the vocabulary has it
+    assert (ours.bos_id, ours.eos_id, ours.eot_id) == (theirs.bos_token_id, theirs.eos_token_id, separator)
+    assert ours.stop_ids == tuple(dict.fromkeys(i for i in (theirs.eos_token_id, separator) if i is not None))
     assert ours.add_bos == (family == "llama-bpe") and ours.chat_template == TEMPLATE
     assert ours.vocab_size == len(theirs)
     specials = FAMILIES[family].get("first", []) + FAMILIES[family].get("after", [])

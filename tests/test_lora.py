@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from bladegpt.checkpoint import read_adapters
 from bladegpt.sources import load_bladegpt, load_pretrained
 from bladegpt.train import train
-from bladegpt.lora import LoraConfig, attach, merge
+from bladegpt.lora import LoraConfig, attach, load_adapters, merge
 from bladegpt.data.prepare import prepare
 from tests.families import logits_of, tiny_family
 from tests.safety import assert_one_line_error, invoke
@@ -144,6 +145,27 @@ def test_a_bf16_base_is_loaded_in_bf16_and_found_again(base, corpus, workdir):
     block = result.model.transformer.h[0]
     assert block.mlp.c_fc.weight.dtype == torch.bfloat16 and block.mlp.c_fc.lora_A.dtype == torch.float32
     assert result.model.transformer.wte.weight.dtype == torch.float32
-    result.model.eval()
-    merged, _, _ = load_bladegpt(result.run_dir / "last.safetensors")  # the same bf16 base, its fingerprint
-    torch.testing.assert_close(logits_of(merged, IDS), logits_of(result.model, IDS), atol=1e-5, rtol=0)
+    last = result.run_dir / "last.safetensors"
+    merged, _, _ = load_bladegpt(last)  # its fingerprint found again, the base read in fp32 for the merge
+    on_fp32 = attach(load_pretrained(str(base)).model, LoraConfig(base_dtype="fp32", dropout=0.0))
+    load_adapters(on_fp32, read_adapters(last)[3])
+    torch.testing.assert_close(logits_of(merged, IDS), logits_of(merge(on_fp32), IDS), atol=1e-5, rtol=0)
+    assert merged.transformer.h[0].mlp.c_fc.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merged_export_is_peft_on_the_base_at_its_own_precision(base, corpus, workdir, dtype):
+    """Training keeps a bf16 copy of the base; the merge reads the source again (measured 0.155 apart on
+    SmolLM2-135M before): an fp32 or bf16 base file gives what peft computes on it, in fp32."""
+    peft = pytest.importorskip("peft")
+    source = workdir / "base"
+    shutil.copytree(base, source)
+    transformers.AutoModelForCausalLM.from_pretrained(base, torch_dtype=dtype).save_pretrained(source)
+    result = lora_run(source, corpus, base_dtype="bf16", dropout=0.0)
+    for target, fmt in ((workdir / "merged", "hf"), (workdir / "adapter", "peft")):
+        done = invoke("export", target, "--format", fmt, "--checkpoint", result.run_dir / "last.safetensors")
+        assert done.exit_code == 0, done.output
+    merged = transformers.AutoModelForCausalLM.from_pretrained(workdir / "merged", torch_dtype=torch.float32)
+    on_base = peft.PeftModel.from_pretrained(
+        transformers.AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32), workdir / "adapter")
+    torch.testing.assert_close(logits_of(merged, IDS), logits_of(on_base.eval(), IDS), atol=1e-4, rtol=0)

@@ -1,4 +1,6 @@
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -7,7 +9,8 @@ import torch.nn.functional as F
 from bladegpt.config import ModelConfig
 from bladegpt.generate.engine import generate, generate_reference
 from bladegpt.model import GPT
-from bladegpt.generate.quantize import INT4_GROUP, PACKED_MAX_ROWS, Int4Linear, Int8Linear, quantize
+from bladegpt.generate import quantize as quantize_module
+from bladegpt.generate.quantize import INT4_GROUP, PACKED_MAX_ROWS, Int4Linear, Int8Linear, int4_refusal, int8_refusal, quantize
 from bladegpt.errors import DeviceError
 from bladegpt.generate import sampler
 
@@ -138,3 +141,82 @@ def test_an_int4_model_takes_int8_where_the_kernel_cannot_and_samples_as_its_ref
     assert (got - ref).abs().max() < 0.1 * ref.abs().max()
     fast = list(generate(q, [3, 1, 4, 1, 5], 10, 65, temperature=0))
     assert fast == generate_reference(q, [3, 1, 4, 1, 5], 10, 65, temperature=0)
+
+
+@pytest.mark.parametrize("capability, width, refused", [
+    ("AVX512", 16, False), ("AVX512", 576, False), ("AVX512", 24, True), ("AVX512", 100, True),  # AMX, AVX512-BF16
+    ("AVX2", 24, False), ("AVX2", 12, True), ("AVX2", 100, True),
+    ("VSX", 24, True),  # a kernel not read here: held to the widest known
+])
+def test_the_packed_int8_kernel_takes_only_widths_its_cpu_kind_reads_whole(capability, width, refused):
+    why = int8_refusal(width, capability)
+    assert (why is not None) == refused
+    if refused:
+        assert f"input width of {width}" in why and capability in why
+
+
+def test_the_int4_kernel_names_the_width_it_cannot_take():
+    assert int4_refusal(64, 96) is None
+    assert "65" in int4_refusal(64, 65)  # outputs: a multiple of 16
+    assert "40" in int4_refusal(40, 64)  # inputs: whole groups of 32
+
+
+@pytest.fixture
+def avx512(monkeypatch):
+    """This process's int8 kernel is the AVX512 one (AMX and AVX512-BF16 CPUs), whatever CPU runs the test."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+
+
+def test_a_width_the_int8_kernel_cannot_take_never_reaches_it(avx512, monkeypatch):
+    def crash(*args):
+        raise AssertionError("the packed kernel was called with a width it crashes on")
+
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", crash)
+    torch.manual_seed(4)
+    linear = torch.nn.Linear(36, 40)
+    q = Int8Linear(linear)
+    x = torch.randn(1, 4, 36)
+    assert torch.allclose(q(x), F.linear(x, q.dequantized(torch.float32), linear.bias), atol=1e-5)
+    said = []
+    quantize(GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=36)), "int8", said.append)
+    assert len(said) == 1 and "input width of 36" in said[0] and "dequantized" in said[0]  # one line, named
+
+
+def test_an_explicit_int4_says_which_layers_keep_int8():
+    said = []
+    quantize(GPT(ModelConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=64)), "int4", said.append)
+    assert any("(lm_head)" in line and "not int4" in line and "65" in line for line in said), said
+
+
+def test_int8_generation_at_a_width_the_kernel_cannot_take_runs_in_a_fresh_process():
+    """The crash itself, where this CPU's kernel has it (width 36 at 4 rows on AVX512 and AVX2): a process
+    of its own, so a regression fails this test instead of killing the suite."""
+    code = (
+        "import torch\n"
+        "from bladegpt.config import ModelConfig\nfrom bladegpt.model import GPT\n"
+        "from bladegpt.generate.quantize import quantize\nfrom bladegpt.generate.engine import generate_batch\n"
+        "torch.manual_seed(0)\n"
+        "m = quantize(GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=36)).eval(), 'int8')\n"
+        "gens = [torch.Generator().manual_seed(i) for i in range(4)]\n"
+        "print(len(list(generate_batch(m, [1, 2, 3], 8, 64, gens))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "8", (done.returncode, done.stderr[-2000:])
+
+
+def test_auto_skips_int8_where_the_kernel_cannot_take_the_width_and_says_why(avx512, monkeypatch):
+    timed, said = [], []
+
+    def time_decode(model, device, precision, cast, **_):
+        timed.append(precision)
+        return {"fp32": 1.0, "bf16": 0.95, "int8": 0.1}[precision]
+
+    monkeypatch.setattr(sampler, "_time_decode", time_decode)
+    monkeypatch.setattr(sampler, "cached", lambda key, compute: compute())
+    model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=36)).eval()
+    assert sampler.decode_precision(model, torch.device("cpu"), say=said.append) == "fp32"
+    assert "int8" not in timed
+    assert len(said) == 1 and "leaves int8 weights out" in said[0] and "input width of 36" in said[0]
+    timed.clear()
+    wide = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)).eval()
+    assert sampler.decode_precision(wide, torch.device("cpu"), say=said.append) == "int8" and "int8" in timed

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bladegpt.cli.app import DeviceOpt, app, console, fail, friendly
+from bladegpt.cli.app import DeviceOpt, app, console, err_console, fail, friendly
 
 @app.command()
 @friendly
@@ -20,14 +20,19 @@ def bench(
     generate: Annotated[bool, typer.Option("--generate", help="Time generation instead, beside transformers' generate.")] = False,
     init_from: Annotated[Optional[str], typer.Option(help="With --generate: time this pretrained model (a GGUF file, ollama:NAME, a Hugging Face folder or hub id) instead of the preset.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON, nothing else.")] = False,
+    remeasure: Annotated[bool, typer.Option("--remeasure", help="First take every measurement `auto` cached for this machine again (matmul peaks, attention; decode precision is measured again when next needed).")] = False,
 ) -> None:
     """Time training steps up the speed ladder on this machine (random tokens, no dataset needed)."""
     from bladegpt import bench as benchmark, strictjson
     from bladegpt.cli.tables import bench_table, generate_table
+    from bladegpt.runtime import remeasure as retake
 
     if init_from is not None and not generate:
         fail("--init-from times generation of that model: add --generate (the training step beside "
              "transformers' is scripts/finetune_bench.py).")
+    if remeasure:
+        with err_console.status("Re-measuring what `auto` cached for this machine..."):
+            retake(say=lambda line: err_console.print(line, style="dim", highlight=False))
     if generate:
         result = benchmark.bench_generate(preset, device=device, source=init_from)
         if json_out:

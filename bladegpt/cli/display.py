@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bladegpt.train.pacing import plural
+from bladegpt.config import plural
 from bladegpt.data.copyindex import describe
 from bladegpt.train.trainer import Reporter
 

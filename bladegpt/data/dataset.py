@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from bladegpt.encoding import openable
-from bladegpt.errors import DataError, UserError, TokenizerError
+from bladegpt.errors import DataError, TokenizerError
 from bladegpt.tokenizer import load_tokenizer
 
 DATASETS_DIR = Path("datasets")

@@ -367,7 +367,8 @@ def prepare(
             "tokenizer": tok.kind,
             "tokenizer_from": tokenizer_from,
             "vocab_size": tok.vocab_size,
-            "eot_id": tok.eot_id,  # what `<|endoftext|>` in the text became (None: characters, before it existed)
+            "eot_id": tok.eot_id,  # what `<|endoftext|>` in the text became (None: characters)
+            "stop_ids": list(tok.stop_ids),  # every id that ends a text, eos first
             "dtype": written["dtype"],
             "train_tokens": counts["train"],
             "val_tokens": counts["val"],

@@ -13,7 +13,7 @@ from bladegpt.checkpoint import read_adapters, read_metadata, save_checkpoint
 from bladegpt.config import ModelConfig
 from bladegpt.encoding import as_text
 from bladegpt.errors import UserError
-from bladegpt.export.gguf import DTYPES, adds_tokens, exported_by_us, write_gguf
+from bladegpt.export.gguf import DTYPES, adds_tokens, exported_by_us, unkept_flags, unstopped, write_gguf
 from bladegpt.export.hf import write_hf_model, write_hf_tokenizer
 from bladegpt.export.peft import FILES as PEFT_FILES, write_peft
 from bladegpt.files import atomic_write, publish_dir, temp_dir
@@ -67,7 +67,13 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
                 warn("This model has no spare vocabulary row, so the end-of-text token llama.cpp needs gets a "
                      "zero row: llama.cpp may end a text early now and then (about 2 in 1,000 tokens measured "
                      "on a char model). Models trained by this version always have a spare row.")
-            if tokenizer.eot_id is None:
+            if tokenizer.kind == "hf":
+                unkept = unkept_flags(tokenizer)
+                if unkept:
+                    warn(f"GGUF keeps no lstrip, rstrip, single_word or normalized flag of an added token, so llama.cpp "
+                         f"encodes the text around {len(unkept)} of them to other ids than BladeGPT does: "
+                         f"{'; '.join(unkept[:5])}{'; ...' if len(unkept) > 5 else ''}.")
+            if tokenizer.eot_id is None and tokenizer.kind != "hf":
                 warn("This model's tokenizer was saved before BladeGPT read <|endoftext|> as the document separator: "
                      "BladeGPT reads that text as its characters, the GGUF file as its end of text. Prepare the "
                      "text and train again for one meaning everywhere.")
@@ -75,6 +81,12 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
                 warn(f"{dtype} rounds each weight to 4 bits, which can cost a small model much of what it learnt "
                      "(a SmolLM2-135M voice fine-tuned on officer_k gave back 0.086 of its 0.093 bpb gain; q8_0 "
                      "cost it 0.002): `bladegpt sample --precision int4` lets you hear it before you export.")
+            missed = unstopped(tokenizer)
+            if missed:
+                warn(f"llama.cpp reads at most three stop ids from a GGUF file and finds others by name only, so "
+                     f"it will not stop at {', '.join(f'{i} {tokenizer.decode([i])!r}' for i in missed)}, where "
+                     "BladeGPT does; export --format hf "
+                     "keeps them all.")
             atomic_write(out, lambda tmp: write_gguf(tmp, model, tokenizer, dtype or "f16", name, as_text(str(source))[0]))
         else:
             save_checkpoint(out, model, tokenizer, **info, exported_from=str(source))

@@ -18,8 +18,8 @@ BladeGPT had the token reads that text as characters; its file gets an added `<|
 needs an end of text, and transformers' GGUF reader adds that very token to any GPT-2-type vocabulary
 without it), so there the text is the end of text, and export says so.
 
-Tokens the model has no id for (the added ones) take rows of the model's vocabulary padding, which
-training never targets, so their probability stays near zero: measured 6e-5 a token on witcher's char
+Tokens the model has no id for (the added ones) take rows of the model's vocabulary padding (in turn, when
+they outnumber it: the file gets as many rows as tokens), which training never targets, so their probability stays near zero: measured 6e-5 a token on witcher's char
 model, where an untrained (zero) row gets 2e-3 (docs/benchmarks.md). Models trained since BladeGPT
 reserved a padding row always have one; an older model without gets zero rows, and export says so.
 """
@@ -38,7 +38,7 @@ from bladegpt.model import GPT, rope_frequencies
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, TiktokenTokenizer, Tokenizer
 from bladegpt.tokenizer.bpe import BPE_PATTERN, GPT2_PATTERN
 from bladegpt.tokenizer.bytelevel import bpe_merges, char_pieces, spell
-from bladegpt.tokenizer.hf import CONTROL, NORMAL, SPLITS, UNUSED, USER_DEFINED
+from bladegpt.tokenizer.hf import CONTROL, NORMAL, SPLITS, UNUSED, USER_DEFINED, gguf_stop_ids
 
 DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")  # what the gguf package writes; K-quants: llama-quantize
 SOURCE_KEY = "bladegpt.exported_from"  # marks a file BladeGPT wrote: --force may replace only those
@@ -57,13 +57,26 @@ class Vocab:
     bos: int | None = None  # None: the end of text, as GPT-2
     add_bos: bool = False  # BladeGPT's own prompts start with the text itself
     chat_template: str | None = None
+    stops: tuple[int, ...] = ()  # other ids that end a text, written as eot then eom (llama.cpp's keys)
 
 
 def adds_tokens(tokenizer: Tokenizer) -> bool:
     """Whether the GGUF vocabulary needs tokens the model has no id for (an end of text, char pieces)."""
     if isinstance(tokenizer, CharTokenizer):
         return len(gguf_vocab(tokenizer).tokens) > tokenizer.vocab_size
-    return tokenizer.eot_id is None
+    return tokenizer.kind != "hf" and tokenizer.eot_id is None  # a pretrained vocabulary is written as it is
+
+
+def unstopped(tokenizer: Tokenizer) -> list[int]:
+    """Stop ids a GGUF file of this tokenizer would not make llama.cpp stop at: beyond its eos, eot and eom
+    keys, it finds end tokens by their text alone (tokenizer/hf.py's gguf_stop_ids)."""
+    if len(tokenizer.stop_ids) <= 3:
+        return []
+    vocab = gguf_vocab(tokenizer)
+    keys = dict(zip(("eos", "eot", "eom"), (vocab.eos, *vocab.stops)))
+    found = gguf_stop_ids({"tokenizer.ggml.tokens": vocab.tokens,
+                           **{f"tokenizer.ggml.{name}_token_id": i for name, i in keys.items()}})
+    return [i for i in tokenizer.stop_ids if i not in found]
 
 
 def gguf_vocab(tokenizer: Tokenizer) -> Vocab:
@@ -178,14 +191,15 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
         writer.add_layer_norm_eps(cfg.layer_norm_eps)
         tensors = gguf_tensors(model, vocab)
     else:
-        rows = cfg.vocab_size  # llama.cpp wants a token for every row: padding rows get [PAD] entries
-        if len(vocab.tokens) > rows:
-            raise UserError("This model's vocabulary has no spare rows for the tokens llama.cpp needs; export "
-                            "--format hf instead.")
+        # llama.cpp wants a token for every row: padding rows left over get [PAD] entries, and added tokens
+        # past the padding (a large char vocabulary's byte pieces) get more rows, as GPT-2's path gives them
+        rows = max(cfg.vocab_size, len(vocab.tokens))
         vocab.types += [UNUSED] * (rows - len(vocab.tokens))
         vocab.tokens += [f"[PAD{i}]" for i in range(len(vocab.tokens), rows)]
         add_llama_keys(writer, model, rows)
-        tensors = llama_gguf_tensors(model, model.transformer.wte.weight.detach().float())
+        grow = lambda weight: _rows(weight.detach().float(), vocab.n_own, rows)  # noqa: E731
+        head = None if cfg.tie_embeddings else grow(model.lm_head.weight)
+        tensors = llama_gguf_tensors(model, grow(model.transformer.wte.weight), head)
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                   "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                   "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}
@@ -198,6 +212,8 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
     writer.add_token_merges([f"{a} {b}" for a, b in vocab.merges])
     writer.add_bos_token_id(vocab.eos if vocab.bos is None else vocab.bos)
     writer.add_eos_token_id(vocab.eos)
+    for add, token_id in zip((writer.add_eot_token_id, writer.add_eom_token_id), vocab.stops):
+        add(token_id)
     writer.add_add_bos_token(vocab.add_bos)
     if vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)
@@ -224,16 +240,16 @@ def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def llama_gguf_tensors(model: GPT, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
-    """llama.cpp's tensors for a Llama-family model, fp32 in Linear's (out, in) order; `embedding` is the
-    token embedding with one row per GGUF token. No output.weight for a tied head (llama.cpp reuses
-    token_embd); Llama 3's scaling as rope_freqs.weight, one divisor per frequency pair."""
+def llama_gguf_tensors(model: GPT, embedding: torch.Tensor, head: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """llama.cpp's tensors for a Llama-family model, fp32 in Linear's (out, in) order; `embedding` (and an untied
+    `head`) have one row per GGUF token. No output.weight for a tied head (llama.cpp reuses token_embd); Llama
+    3's scaling as rope_freqs.weight, one divisor per frequency pair."""
     cfg = model.config
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
     q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     out = {"token_embd.weight": embedding, "output_norm.weight": sd["transformer.ln_f.weight"]}
     if not cfg.tie_embeddings:
-        out["output.weight"] = sd["lm_head.weight"]
+        out["output.weight"] = sd["lm_head.weight"] if head is None else head
     if cfg.rope_scaling:
         plain = rope_frequencies(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None}))
         out["rope_freqs.weight"] = plain / rope_frequencies(cfg)
@@ -305,7 +321,7 @@ def gguf_pre(spec: dict) -> str:
 def hf_vocab(tokenizer):
     """A pretrained model's tokenizer (kind hf) as llama.cpp's converter writes it: every id's token,
     CONTROL for special tokens, USER_DEFINED for added ones, UNUSED for padding entries, the merges, the
-    split's name, bos/eos, whether bos is added, the chat template."""
+    split's name, bos, the stop ids (eos, then eot and eom), whether bos is added, the chat template."""
     spec = json.loads(tokenizer.tokenizer.to_str())
     added = tokenizer.tokenizer.get_added_tokens_decoder()
     tokens, types = [], []
@@ -315,9 +331,27 @@ def hf_vocab(tokenizer):
         types.append(UNUSED if token is None or i in tokenizer.unused else CONTROL if i in tokenizer.special_ids
                      else USER_DEFINED if i in added else NORMAL)
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"].get("merges", [])]
-    eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.eot_id
-    return Vocab(tokens, types, merges, gguf_pre(spec), eos if eos is not None else 0, tokenizer.vocab_size,
-                 bos=tokenizer.bos_id, add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template)
+    stops = tokenizer.stop_ids or (0,)
+    return Vocab(tokens, types, merges, gguf_pre(spec), stops[0], tokenizer.vocab_size, bos=tokenizer.bos_id,
+                 add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template, stops=stops[1:3])
+
+
+STRIP_FLAGS = ("lstrip", "rstrip", "single_word")
+
+
+def unkept_flags(tokenizer) -> list[str]:
+    """A pretrained tokenizer's added tokens whose flags a GGUF file cannot hold, as 'TOKEN (flag, ...)': GGUF
+    keeps a token type alone, and llama.cpp sets lstrip/rstrip only for a few models it knows by name
+    (llama-vocab.cpp; llama.cpp#15842), so text around these tokens encodes to other ids there. `normalized`
+    counts only where the tokenizer has a normalizer (llama.cpp matches added tokens in the raw text)."""
+    normalizes = json.loads(tokenizer.tokenizer.to_str()).get("normalizer") is not None
+    unkept = []
+    for _, token in sorted(tokenizer.tokenizer.get_added_tokens_decoder().items()):
+        flags = [flag for flag in STRIP_FLAGS if getattr(token, flag)] + (["normalized"] if normalizes and
+                                                                          token.normalized else [])
+        if flags:
+            unkept.append(f"{token.content} ({', '.join(flags)})")
+    return unkept
 
 
 def exported_by_us(path: Path) -> bool:

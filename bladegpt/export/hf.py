@@ -50,7 +50,7 @@ def llama_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
 
 
-def llama_hf_config(model: GPT, bos: int | None, eos: int | None) -> dict:
+def llama_hf_config(model: GPT, bos: int | None, eos: int | list[int] | None) -> dict:
     """config.json of the transformers model computing what `model` computes."""
     cfg = model.config
     config = {
@@ -123,8 +123,14 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
 
 
-def hf_config(model: GPT, eos: int | None) -> dict:
-    """config.json of GPT2LMHeadModel computing what `model` computes."""
+def eos_value(stop_ids: tuple[int, ...]) -> int | list[int] | None:
+    """`eos_token_id` as transformers reads it (config.json, generation_config.json): the one id, or the list
+    generate() stops at any of (as Llama 3.1's and Qwen2.5-Instruct's files write it)."""
+    return list(stop_ids) if len(stop_ids) > 1 else stop_ids[0] if stop_ids else None
+
+
+def hf_config(model: GPT, stop_ids: tuple[int, ...]) -> dict:
+    """config.json of GPT2LMHeadModel computing what `model` computes; bos is the first stop id, as GPT-2's."""
     cfg = model.config
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -143,8 +149,8 @@ def hf_config(model: GPT, eos: int | None) -> dict:
         "layer_norm_epsilon": cfg.layer_norm_eps,
         "initializer_range": 0.02,
         "tie_word_embeddings": True,
-        "bos_token_id": eos,
-        "eos_token_id": eos,
+        "bos_token_id": stop_ids[0] if stop_ids else None,
+        "eos_token_id": eos_value(stop_ids),
         "torch_dtype": "float32",
     }
 
@@ -153,20 +159,21 @@ def write_hf_model(out: Path, model: GPT, tokenizer: Tokenizer) -> None:
     """config.json, generation_config.json and model.safetensors of GPT2LMHeadModel, or of the Llama
     family's class for a Llama-family model."""
     cfg = model.config
-    eos = tokenizer.eot_id  # generate() stops where BladeGPT's sampling stops
+    stops = tokenizer.stop_ids  # generate() stops where BladeGPT's sampling stops
+    eos, pad = eos_value(stops), stops[0] if stops else None
     if cfg.arch != "gpt2":
         config, state = llama_hf_config(model, tokenizer.bos_id, eos), llama_hf_state_dict(model)
-        generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos, "pad_token_id": eos}
+        generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos, "pad_token_id": pad}
         if tokenizer.vocab_size < cfg.vocab_size:
             generation["suppress_tokens"] = list(range(tokenizer.vocab_size, cfg.vocab_size))
         (out / "config.json").write_text(strictjson.dumps(config, indent=2), encoding="utf-8")
         (out / "generation_config.json").write_text(strictjson.dumps(generation, indent=2), encoding="utf-8")
         atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         return
-    (out / "config.json").write_text(strictjson.dumps(hf_config(model, eos), indent=2), encoding="utf-8")
+    (out / "config.json").write_text(strictjson.dumps(hf_config(model, stops), indent=2), encoding="utf-8")
     # Ids past the tokenizer's vocabulary are padding for speed: never generate them.
     generation = {"suppress_tokens": list(range(tokenizer.vocab_size, cfg.vocab_size)),
-                  "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+                  "bos_token_id": pad, "eos_token_id": eos, "pad_token_id": pad}
     (out / "generation_config.json").write_text(strictjson.dumps(generation, indent=2), encoding="utf-8")
     atomic_write(out / "model.safetensors", lambda tmp: save_file(hf_state_dict(model), tmp, metadata={"format": "pt"}))
 

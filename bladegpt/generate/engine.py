@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import codecs
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -206,7 +206,7 @@ def generate_batch(
     top_p: float | None = None,
     min_p: float | None = None,
     decode=None,
-    stop: int | None = None,
+    stop: Collection[int] = (),
     repetition_penalty: float | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield, step by step, one new token per sample (a tensor of len(generators) ids).
@@ -214,11 +214,12 @@ def generate_batch(
     The prompt is run once and its cache copied to every row (nanochat's engine does the same);
     then all rows decode together, one batched forward pass a token. `decode` (compile_decode's) runs
     the one-token steps over a static cache; the prompt and each window slide run eager. Once every
-    row has drawn `stop` (the end of text) generation ends; a row's tokens after its own `stop` are
-    not part of its sample (`until_stop`).
+    row has drawn one of the `stop` ids (the tokenizer's stop_ids) generation ends; a row's tokens from
+    its own first stop on are not part of its sample (`until_stop`).
     """
     block, n = model.config.block_size, len(generators)
     device = model.transformer.wte.weight.device
+    stops = torch.tensor(sorted(stop), dtype=torch.long, device=device)
     prompt = list(prompt[-block:])
     seq = torch.empty(n, len(prompt) + max_new_tokens, dtype=torch.long, device=device)
     seq[:, : len(prompt)] = torch.tensor(prompt, device=device)
@@ -235,8 +236,8 @@ def generate_batch(
             token = sample_next_token(logits, generators, temperature, top_k, top_p, min_p, repetition_penalty,
                                       seq[:, :length] if repetition_penalty is not None else None)
             yield token
-            if stop is not None:
-                ended |= token == stop
+            if len(stops):
+                ended |= torch.isin(token, stops)
                 if bool(ended.all()):
                     return
             seq[:, length] = token
@@ -256,13 +257,13 @@ def generate(
     max_new_tokens: int,
     n_vocab: int,
     generator: torch.Generator | None = None,
-    stop: int | None = None,
+    stop: Collection[int] = (),
     **knobs,
 ) -> Iterator[int]:
-    """Yield new token ids of one sample, one at a time, with a KV cache; the sample ends before `stop`.
+    """Yield new token ids of one sample, one at a time, with a KV cache; the sample ends before a `stop` id.
     `knobs` are sample_next_token's (temperature, top_k, top_p, min_p, repetition_penalty: SampleSettings.knobs())."""
     for token in generate_batch(model, prompt, max_new_tokens, n_vocab, [generator], stop=stop, **knobs):
-        if int(token[0]) == stop:
+        if int(token[0]) in stop:
             return
         yield int(token[0])
 
@@ -274,10 +275,10 @@ def generate_reference(
     max_new_tokens: int,
     n_vocab: int,
     generator: torch.Generator | None = None,
-    stop: int | None = None,
+    stop: Collection[int] = (),
     **knobs,
 ) -> list[int]:
-    """The slow, obviously right generator: recompute the whole window for every token; ends before `stop`."""
+    """The slow, obviously right generator: recompute the whole window for every token; ends before a `stop` id."""
     block = model.config.block_size
     device = model.transformer.wte.weight.device
     tokens = list(prompt[-block:])
@@ -290,16 +291,16 @@ def generate_reference(
             logits = last_logits(model, torch.tensor([tokens[start:]], device=device), n_vocab)
         seen = torch.tensor([tokens], device=device)
         token = int(sample_next_token(logits, generator, **knobs, seen=seen)[0])
-        if token == stop:
+        if token in stop:
             break
         out.append(token)
         tokens.append(token)
     return out
 
 
-def until_stop(tokens: list[int], stop: int | None) -> list[int]:
-    """A sample's tokens up to (not including) its first `stop`."""
-    return tokens[: tokens.index(stop)] if stop in tokens else tokens
+def until_stop(tokens: list[int], stop: Collection[int]) -> list[int]:
+    """A sample's tokens up to (not including) its first `stop` id."""
+    return tokens[: next((i for i, token in enumerate(tokens) if token in stop), len(tokens))]
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
@@ -327,3 +328,9 @@ def stream_text(tokens: Iterator[int], tokenizer: Tokenizer) -> Iterator[str]:
     tail = decoder.decode(b"", final=True)
     if tail:
         yield tail
+
+
+def sample_text(tokens: list[int], tokenizer: Tokenizer) -> str:
+    """A sample's text as stream_text shows it piece by piece (special tokens are no text), so a sample
+    printed whole reads exactly as one streamed."""
+    return "".join(stream_text(iter(tokens), tokenizer))

@@ -13,6 +13,9 @@ half int8's bytes, each weight within half its group's step, (max - min) / 30.
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +26,44 @@ from torch import nn
 # prompts (prefill) are longer.
 PACKED_MAX_ROWS = 16
 QUANTIZED = ("int8", "int4")  # the weight-only precisions quantize() makes
+# The input width (K) PyTorch's packed int8 kernel needs a multiple of, by the CPU kernel it dispatches to
+# (aten/src/ATen/native/cpu/int8mm_kernel.cpp): the AVX512 one (AMX Xeons, AVX512-BF16 CPUs) reads 16
+# values of a row at a time with aligned loads (_mm256_load_si256 of bf16, _mm_load_si128 of int8), the AVX2
+# and ARM NEON ones 8; the scalar one any width. PyTorch checks none of it: another width reads past each
+# row and dies with SIGSEGV (measured on an AVX512-BF16 EPYC: widths 24, 36, 40, 72, 100 at 4 rows).
+INT8_WIDTH_MULTIPLE = {"AVX512": 16, "AVX2": 8, "DEFAULT": 1}
+INT8_ALIGN = 64  # bytes: the activations' start, for the aligned loads (PyTorch allocates on 64)
+
+
+def int8_refusal(in_features: int, capability: str | None = None) -> str | None:
+    """Why PyTorch's packed int8 kernel cannot take rows `in_features` wide on this CPU (`capability`:
+    torch.backends.cpu.get_cpu_capability()'s, e.g. "AVX512"), in words naming the width; None if it can.
+    A kind whose kernel is not known here (VSX, ZVECTOR, SVE) is held to the widest known, 16."""
+    capability = capability or torch.backends.cpu.get_cpu_capability()
+    multiple = INT8_WIDTH_MULTIPLE.get(capability, 16)
+    if capability == "DEFAULT" and platform.machine().lower() in ("arm64", "aarch64"):
+        multiple = 8  # ARM's NEON kernel is compiled in whatever the capability says
+    if in_features % multiple == 0:
+        return None
+    return (f"PyTorch's packed int8 kernel ({capability}) reads {multiple} values at a time: it "
+            f"would crash the process on an input width of {in_features}, not a multiple of {multiple}")
+
+
+def int4_refusal(in_features: int, out_features: int) -> str | None:
+    """Why PyTorch's int4 CPU kernel cannot take this (out, in) weight, naming the width; None if it can.
+    _convert_weight_to_int4pack_for_cpu refuses (RuntimeError) outputs not a multiple of 16; a row is cut
+    into groups of INT4_GROUP (every CPU kind: the kernel reads the activations one value at a time)."""
+    if out_features % 16:
+        return f"PyTorch's int4 kernel wants an output width that is a multiple of 16, not {out_features}"
+    if in_features % INT4_GROUP:
+        return f"int4 groups of {INT4_GROUP} do not divide an input width of {in_features}"
+    return None
+
+
+def _aligned(x: torch.Tensor) -> torch.Tensor:
+    """x contiguous and starting on INT8_ALIGN bytes, as the packed int8 kernel's aligned loads need."""
+    x = x.contiguous()
+    return x if x.data_ptr() % INT8_ALIGN == 0 else x.clone()
 
 
 @torch.library.custom_op("bladegpt::int8_weight_mm", mutates_args=())
@@ -31,7 +72,7 @@ def int8_weight_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -
     kernel. An opaque op to torch.compile: inductor's own lowering of the kernel (torch 2.13) fails on an
     input it has fused (a LoweringException), so compiled decode steps call the kernel through this.
     Eager steps call the kernel directly."""
-    return torch._weight_int8pack_mm(x, weight, scale)
+    return torch._weight_int8pack_mm(_aligned(x), weight, scale)
 
 
 @int8_weight_mm.register_fake
@@ -42,7 +83,8 @@ def _(x, weight, scale):
 class Int8Linear(nn.Module):
     """y = x W^T * scale (+ b): W int8 (out, in), scale fp32 (out,). On CPU through PyTorch's packed
     weight-only kernel (`torch._weight_int8pack_mm`, which wants bf16 activations and computes in fp32
-    accumulators); elsewhere, or for many rows, W is dequantized to x's dtype for the matmul."""
+    accumulators) where it takes the input width (`refusal` None, int8_refusal); elsewhere, for such a
+    width, or for many rows, W is dequantized to x's dtype for the matmul."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -53,6 +95,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale_bf16", scale.to(torch.bfloat16), persistent=False)  # the packed kernel's, cast once
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.refusal = int8_refusal(self.in_features)  # this machine's CPU, wherever the layer is now
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         """W as floats (out, in): what this layer multiplies by."""
@@ -60,11 +103,13 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if x.device.type == "cpu" and rows <= PACKED_MAX_ROWS:
+        if x.device.type == "cpu" and rows <= PACKED_MAX_ROWS and self.refusal is None:
             flat = x.reshape(rows, self.in_features).to(torch.bfloat16)
             # The custom op only where torch.compile traces: eager, its dispatch cost ~30 us a call (8% of a step)
-            mm = int8_weight_mm if torch.compiler.is_compiling() else torch._weight_int8pack_mm
-            y = mm(flat, self.weight, self.scale_bf16)
+            if torch.compiler.is_compiling():
+                y = int8_weight_mm(flat, self.weight, self.scale_bf16)
+            else:
+                y = torch._weight_int8pack_mm(_aligned(flat), self.weight, self.scale_bf16)
             y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         else:
             y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
@@ -94,7 +139,7 @@ class Int4Linear(nn.Module):
     with q in 0..15, scale = (max - min) / 15 and zero = min + 8 * scale (so min and max are exact). On CPU
     only (`torch._weight_int4pack_mm_for_cpu`, bf16 activations and scales, fp32 accumulators); for many
     rows (a prompt) W is dequantized for the float matmul. The kernel wants out % 16 == 0 and
-    in % INT4_GROUP == 0 (int4_fits)."""
+    in % INT4_GROUP == 0 (int4_refusal)."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -131,11 +176,6 @@ class Int4Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 weights in groups of {INT4_GROUP}"
 
 
-def int4_fits(linear: nn.Linear) -> bool:
-    """Whether the int4 kernel takes this layer's shape (else it is quantized to int8)."""
-    return linear.out_features % 16 == 0 and linear.in_features % INT4_GROUP == 0
-
-
 def int8_available(device: torch.device) -> bool:
     """Whether this PyTorch runs weight-only int8 on the device (the packed CPU kernel, or the dequantizing path)."""
     return device.type != "cpu" or hasattr(torch, "_weight_int8pack_mm")
@@ -146,16 +186,39 @@ def int4_available(device: torch.device) -> bool:
     return device.type == "cpu" and hasattr(torch, "_weight_int4pack_mm_for_cpu")
 
 
-def quantize(model: nn.Module, precision: str = "int8") -> nn.Module:
+def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], None] = lambda line: None) -> nn.Module:
     """Replace every nn.Linear of `model` in place with an Int8Linear, or an Int4Linear where the int4
     kernel takes its shape (generation only: no gradients). Embeddings stay as they are: a lookup reads
     one row a token. A head tied to the embedding gets its own quantized copy; the embedding keeps the
-    float weights."""
+    float weights. Layers a kernel cannot take are said, one line a reason, through `say`."""
     if precision not in QUANTIZED:
         raise ValueError(f"precision must be one of {QUANTIZED}, got {precision!r}")
-    for module in list(model.modules()):
+    fallbacks: dict[str, list[str]] = {}  # what a layer runs instead, and why -> its names
+    for prefix, module in list(model.named_modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                four = precision == "int4" and int4_fits(child)
-                setattr(module, name, (Int4Linear if four else Int8Linear)(child).to(child.weight.device))
+            if not isinstance(child, nn.Linear):
+                continue
+            path = f"{prefix}.{name}" if prefix else name
+            why = int4_refusal(child.in_features, child.out_features) if precision == "int4" else None
+            if why:
+                fallbacks.setdefault(f"int8 weights, not int4: {why}", []).append(path)
+            layer = (Int4Linear if precision == "int4" and why is None else Int8Linear)(child).to(child.weight.device)
+            if isinstance(layer, Int8Linear) and layer.refusal and child.weight.device.type == "cpu":
+                fallbacks.setdefault(f"dequantized int8 weights (slower): {layer.refusal}",
+                                     []).append(path)
+            setattr(module, name, layer)
+    for why, paths in fallbacks.items():
+        shown = ", ".join(paths[:2]) + (f" and {len(paths) - 2} more" if len(paths) > 2 else "")
+        say(f"{len(paths)} layer(s) ({shown}) run {why}.")
     return model
+
+
+def packed_refusal(model: nn.Module) -> str | None:
+    """Why int8 decoding of `model` cannot run every layer through the packed kernel (the first layer's
+    reason), or None: what decode_precision skips its int8 candidate for."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.weight.device.type == "cpu":
+            why = int8_refusal(module.in_features)
+            if why:
+                return why
+    return None

@@ -6,22 +6,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 from bladegpt.generate.engine import (
     KVCache,
-    last_logits,
     compile_decode,
     generate_batch,
+    last_logits,
     prompt_ids,
+    sample_text,
     stream_text,
     until_stop,
 )
 from bladegpt.model import GPT
-from bladegpt.generate.quantize import QUANTIZED, int4_available, int8_available, quantize
+from bladegpt.generate.quantize import QUANTIZED, int4_available, int8_available, packed_refusal, quantize
 from bladegpt.generate.settings import SampleSettings
 from bladegpt.runtime import cached, autocast, bf16_supported, choose_precision, cpu_model, resolve_device
 from bladegpt.errors import DeviceError, UserError
@@ -99,25 +100,30 @@ def check_decode_precision(device: torch.device, requested: str, cast: bool = Tr
     return requested
 
 
-def decode_precision(model: GPT, device: torch.device, requested: str = "auto", cast: bool = True) -> str:
+def decode_precision(model: GPT, device: torch.device, requested: str = "auto", cast: bool = True,
+                     say: Callable[[str], None] = lambda line: None) -> str:
     """bf16, fp32 or int8 for generation, chosen by timing a one-token step of this model on this machine
     (cached): the fastest, where it beats fp32 by 10%. `cast`: the weights may be replaced (bf16 or int8
     copies); otherwise (a model that is training) bf16 means autocast and int8 is not a choice. Training's
     choice does not carry over: a one-token step reads every weight for little arithmetic, and bf16
     autocast, which speeds up a training step, measured 2x slower for it on an AMX CPU (it re-casts the
     weights each step), where int8 weights decoded SmolLM2-135M 1.9x faster than fp32 on an AVX2 EPYC
-    that has no bf16 matmul (docs/benchmarks.md).
+    that has no bf16 matmul (docs/benchmarks.md). An int8 candidate whose layers PyTorch's packed kernel
+    cannot take (quantize.int8_refusal: it would crash, not lose) is never timed; `say` gets why.
 
     Raises DeviceError for a precision this device cannot run, or int8 for a model that is training."""
     choice = check_decode_precision(device, requested, cast)
-    candidates = ["fp32"] + (["bf16"] if bf16_supported(device) else []) + \
-                 (["int8"] if cast and int8_available(device) else [])
     if requested != "auto":
         return choice
+    int8 = cast and int8_available(device)
+    refusal = packed_refusal(model) if int8 else None
+    if refusal:
+        say(f"--precision auto leaves int8 weights out: {refusal}.")
+    candidates = ["fp32"] + (["bf16"] if bf16_supported(device) else []) + (["int8"] if int8 and not refusal else [])
     if len(candidates) == 1:
         return candidates[0]
     cfg = model.config
-    key = (f"decode-precision-v2|{'cast' if cast else 'autocast'}|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
+    key = (f"decode-precision-v3|{'cast' if cast else 'autocast'}|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
            f"|{torch.get_num_threads()}|{torch.__version__}|{cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}"
            f"x{cfg.vocab_size}x{cfg.block_size}")
 
@@ -141,11 +147,11 @@ class Sampler:
         check_decode_precision(self.device, precision)  # a precision this device cannot run: one line, before loading
         self.model, self.tokenizer, self.info = load_bladegpt(self.checkpoint)
         self.model.to(self.device).eval()
-        self.precision = decode_precision(self.model, self.device, precision)
+        self.precision = decode_precision(self.model, self.device, precision, say=say)
         if self.precision == "bf16":  # this model is ours alone: cast or quantize it in place, no copy
             self.model.to(torch.bfloat16)
         elif self.precision in QUANTIZED:
-            quantize(self.model, self.precision)
+            quantize(self.model, self.precision, say)
         self.step_s: dict[int, float] = {}  # eager decode step time by batch rows, timed once (see _maybe_compile)
         self.decode = None  # the compiled one-token step, once compiled
 
@@ -158,8 +164,9 @@ class Sampler:
     def samples(self, prompt: str, num_samples: int = 1, settings: SampleSettings = SampleSettings()
                 ) -> Iterator[tuple[int, str]]:
         """(sample number, text piece) pairs: sample 0 piece by piece as it is generated, every other
-        sample whole once its batch is done. Sample i is what settings.seed + i gives on its own. A sample
-        ends at the end-of-text token (the document separator), which is never printed.
+        sample whole once its batch is done. Sample i is what settings.seed + i gives on its own, printed alike. A
+        sample ends at any of the tokenizer's stop ids (the document separator, a model's own ends), which
+        are never printed.
 
         The prompt is encoded now, so a prompt the tokenizer cannot take fails before any output.
         """
@@ -185,12 +192,12 @@ class Sampler:
         self.decode = compile_decode(self.model)
 
     def _samples(self, ids, num_samples, step, settings: SampleSettings):
-        vocab, eot = self.tokenizer.vocab_size, self.tokenizer.eot_id
+        vocab, stops = self.tokenizer.vocab_size, self.tokenizer.stop_ids
         for first in range(0, num_samples, step):
             rows = range(first, min(first + step, num_samples))
             gens = [torch.Generator(self.device).manual_seed(settings.seed + i) for i in rows]
             steps = generate_batch(self.model, ids, settings.max_new_tokens, vocab, gens, **settings.knobs(),
-                                   decode=self.decode, stop=eot)
+                                   decode=self.decode, stop=stops)
             if first == 0:  # stream sample 0, keep the others' tokens
                 yield 0, ""
                 kept: list[torch.Tensor] = []
@@ -198,7 +205,7 @@ class Sampler:
                 def first_row() -> Iterator[int]:
                     for tokens in steps:
                         kept.append(tokens)
-                        if int(tokens[0]) == eot:
+                        if int(tokens[0]) in stops:
                             return
                         yield int(tokens[0])
 
@@ -209,7 +216,7 @@ class Sampler:
             else:
                 rest = torch.stack(list(steps), dim=1).tolist()
             for i, tokens in zip(rows[1:] if first == 0 else rows, rest):
-                yield i, self.tokenizer.decode(until_stop(tokens, eot))
+                yield i, sample_text(until_stop(tokens, stops), self.tokenizer)
 
     def stream(self, prompt: str, settings: SampleSettings = SampleSettings()) -> Iterator[str]:
         """Text pieces of one sample as they are generated (the prompt itself is not repeated)."""

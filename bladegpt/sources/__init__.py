@@ -1,14 +1,17 @@
 """Where a pretrained model comes from: one front door for `train --init-from` and `prepare --tokenizer-from`.
 
 - a BladeGPT run or checkpoint;
-- a GGUF file (llama.cpp, LM Studio; arch llama, qwen2, qwen3 or gpt2): gguf.py;
-- `ollama:NAME[:TAG]`, the model layer of ollama's local store: ollama.py;
+- a GGUF file (llama.cpp, LM Studio; arch llama, qwen2, qwen3 or gpt2), or the first of its split parts: gguf.py;
+- `ollama:NAME[:TAG]`, the model layer of ollama's local store with its ADAPTER layers merged: ollama.py,
+  adapter.py;
 - a Hugging Face folder or repo id (GPT-2, Llama, Qwen2, Qwen3), the cache first: hub.py finds it, hf.py reads it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -20,11 +23,12 @@ from bladegpt.files import is_gguf
 from bladegpt.lora import BASE_DTYPES, LoraConfig, attach, fingerprint, load_adapters, merge
 from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, RUN_FILE, resolve_checkpoint
-from bladegpt.sources.base import Pretrained, build_model, shaped, size
+from bladegpt.sources.base import Pretrained, build_model, check_vocabulary, shaped, size
 from bladegpt.sources.hub import GPT2_REPOS, hf_folder
 from bladegpt.tokenizer import TiktokenTokenizer, Tokenizer, tokenizer_from_dict
-from bladegpt.sources.ollama import ollama_blob
-from bladegpt.sources.gguf import gguf_tokenizer, load_gguf
+from bladegpt.sources.ollama import ollama_blob, ollama_layers
+from bladegpt.sources.adapter import read_loras
+from bladegpt.sources.gguf import gguf_model, gguf_tokenizer, metadata, open_model, quantization
 from bladegpt.sources.gpt2 import is_gpt2_tokenizer
 from bladegpt.tokenizer.hf import HFTokenizer
 from bladegpt.sources import hf
@@ -56,6 +60,13 @@ def gguf_path(source: str) -> Path | None:
     return None
 
 
+def ollama_adapters(source: str) -> list[Path]:
+    """The adapter blobs of an ollama: source (its Modelfile's ADAPTER layers); none for any other source."""
+    if not source.startswith("ollama:"):
+        return []
+    return ollama_layers(source.removeprefix("ollama:"))[1]
+
+
 def load_pretrained(source: str, matrices: torch.dtype = torch.float32) -> Pretrained:
     """The model and tokenizer of SOURCE: a BladeGPT checkpoint or run, a GGUF file, an ollama model, a
     Hugging Face folder, or a hub name. Errors are SourceError (one line). A Llama-family model from a GGUF
@@ -67,11 +78,30 @@ def load_pretrained(source: str, matrices: torch.dtype = torch.float32) -> Pretr
         return Pretrained(model, tokenizer, f"BladeGPT {size(model)} from {path}{step}")
     gguf_file = gguf_path(source)
     if gguf_file is not None:
-        return load_gguf(gguf_file, source, matrices)
+        return load_gguf(gguf_file, source, matrices, tuple(ollama_adapters(source)))
     folder = hf_folder(source, weights=True)
+    tokenizer = checked_folder_tokenizer(folder)  # before the weights: a mismatch should not wait for them
     model, family, cfg = hf_model(folder, matrices)
-    tokenizer = folder_tokenizer(folder, model.config)
     return Pretrained(model, tokenizer, f"{family} {size(model)} from {folder} ({_dtype(cfg)} weights)")
+
+
+def load_gguf(path: Path, source: str, matrices: torch.dtype = torch.float32, adapters: tuple = ()):
+    """A Pretrained from a GGUF file (or the first of its split parts, or an ollama: model, whose blob `path`
+    is, with its `adapters` blobs merged): parsed once, the tokenizer and adapters read first, so what
+    BladeGPT cannot use is said before the weights are read."""
+    where = source if source.startswith("ollama:") else str(path)
+    reader = open_model(path)
+    meta = metadata(reader)
+    tokenizer = gguf_tokenizer(path, meta, reader, where=where)
+    loras = read_loras(reader, meta, adapters, where)
+    model, _, _ = gguf_model(path, where, reader, meta, matrices, loras)
+    name = meta.get("general.name") or path.stem
+    mb = math.ceil(sum(f.stat().st_size for f in reader.files) / 1e6)
+    parts = f" in {len(reader.files)} parts" if len(reader.files) > 1 else ""
+    origin = f" ({path})" if source.startswith("ollama:") else ""
+    merged = "".join(f", with {lora.describe()} merged" for lora in loras)
+    return Pretrained(model, tokenizer, f"{name}: {model.config.arch} {size(model)} from {where}{origin}, "
+                                        f"{mb:,} MB GGUF{parts}, {quantization(reader)}{merged}")
 
 
 def load_bladegpt(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer, dict]:
@@ -82,7 +112,8 @@ def load_bladegpt(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer, 
     if "lora" not in metadata:
         return load_checkpoint(path, attention)
     lora, config, tokenizer, tensors, info = read_adapters(path, metadata)
-    model = attach(load_lora_base(lora, config, str(path)), lora)
+    base = load_lora_base(lora, config, str(path), exact=True)
+    model = attach(base, dataclasses.replace(lora, base_dtype="fp32"))
     try:
         load_adapters(model, tensors)
     except RuntimeError as e:
@@ -92,16 +123,21 @@ def load_bladegpt(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer, 
     return model.eval(), tokenizer, info
 
 
-def load_lora_base(cfg: LoraConfig, config: ModelConfig, where: str) -> GPT:
+def load_lora_base(cfg: LoraConfig, config: ModelConfig, where: str, exact: bool = False) -> GPT:
     """The base model cfg's adapters were trained on, shaped as `config` (the run's context and dropout); a
-    CheckpointError (one line) when it cannot be loaded, or its weights are no longer the ones trained on."""
+    CheckpointError (one line) when it cannot be loaded, or its weights are no longer the ones trained on.
+
+    `exact` loads it at the precision its source holds (fp32 after dequantizing), for a merge: training's bf16
+    copy of the matrices is rounded (0.155 in the logits measured on SmolLM2-135M against peft on the base)."""
+    trained_in = BASE_DTYPES[cfg.base_dtype]
     try:
-        pretrained = load_pretrained(cfg.base, BASE_DTYPES[cfg.base_dtype])
+        pretrained = load_pretrained(cfg.base, torch.float32 if exact else trained_in)
     except UserError as e:
         raise CheckpointError(f"{where} holds LoRA adapters for the base model {cfg.base}, which cannot be loaded: "
                               f"{e}") from None
     state = pretrained.model.state_dict()
-    if fingerprint(state) != cfg.base_fingerprint:
+    # The run hashed the base as it loaded it: its matrices in trained_in (a Llama-family file) or fp32 (the others).
+    if cfg.base_fingerprint not in (fingerprint(state), fingerprint(state, trained_in)):
         raise CheckpointError(f"{where} holds LoRA adapters for {cfg.base}, whose weights have changed since "
                               "(another fingerprint), and adapters fit only the weights they learned on: put the "
                               "original model back there, or train again from this one.")
@@ -136,13 +172,24 @@ def load_tokenizer_from(source: str) -> Tokenizer:
             raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint.") from None
     gguf_file = gguf_path(source)
     if gguf_file is not None:
-        return gguf_tokenizer(gguf_file)
+        where = source if source.startswith("ollama:") else str(gguf_file)
+        reader = open_model(gguf_file)
+        meta = metadata(reader)
+        tokenizer = gguf_tokenizer(gguf_file, meta, reader, where)
+        read_loras(reader, meta, ollama_adapters(source), where)  # an adapter that cannot be merged: said now
+        return tokenizer
     if source in GPT2_REPOS:
         return TiktokenTokenizer.gpt2()  # GPT-2's own BPE ships with BladeGPT, verified by hash
+    return checked_folder_tokenizer(hf_folder(source, weights=False))
 
-    folder = hf_folder(source, weights=False)
-    cfg = hf.read_config(folder)
-    return folder_tokenizer(folder, hf.model_config(folder, cfg))
+
+def checked_folder_tokenizer(folder: Path) -> Tokenizer:
+    """A Hugging Face folder's tokenizer, refused where it has more ids than the model's embedding has rows
+    (read from the weights' header where they are there, else config.json's vocab_size)."""
+    config = hf.model_config(folder, hf.read_config(folder), hf.embedding_rows(folder))
+    tokenizer = folder_tokenizer(folder, config)
+    check_vocabulary(tokenizer, config.vocab_size, str(folder))
+    return tokenizer
 
 
 def folder_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:

@@ -24,9 +24,10 @@ class Pretrained:
 def build_model(config: ModelConfig, state: dict[str, torch.Tensor], where: str) -> GPT:
     """A model holding `state` (BladeGPT's names, fp32) without a second copy: built on the meta device,
     then the tensors assigned; every name and shape must fit."""
-    if not config.tie_embeddings and "lm_head.weight" not in state:
-        config.tie_embeddings = True  # no head of its own: transformers' loaders tie it too
-        state["lm_head.weight"] = state.get("transformer.wte.weight")
+    if not config.tie_embeddings and state.get("lm_head.weight") is None:
+        raise SourceError(f"{where} has an output layer of its own (tie_word_embeddings: false) but its weights hold "
+                          "no lm_head.weight; they are incomplete: download the model again (were the head meant to "
+                          "be the embedding, its config.json would say tie_word_embeddings: true).")
     with torch.device("meta"):  # no random init of weights about to be replaced
         model = GPT(config)
     try:
@@ -37,6 +38,15 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], where: str)
     model.tie_weights()
     model.reset_buffers()
     return model.eval()
+
+
+def check_vocabulary(tokenizer: Tokenizer, rows: int, where: str) -> None:
+    """A tokenizer whose ids the model's embedding cannot all look up is refused in one line, here rather
+    than as an index error at the first batch that holds such an id."""
+    if tokenizer.vocab_size > rows:
+        raise SourceError(f"{where}'s tokenizer has {tokenizer.vocab_size:,} ids but its model's token embedding "
+                          f"only {rows:,} rows, so ids from {rows:,} on have no embedding: the tokenizer is not this "
+                          "model's (or its files are damaged); download the model again, whole.")
 
 
 def crop_positions(state: dict[str, torch.Tensor], block_size: int) -> dict[str, torch.Tensor]:

@@ -1,5 +1,7 @@
-"""Reading a GGUF file (llama.cpp's format; ollama's and LM Studio's stores hold them): its config, its
-weights dequantized to fp32 one tensor at a time, and its tokenizer.
+"""Reading a GGUF file (llama.cpp's format; ollama's and LM Studio's stores hold them), or a model gguf-split
+cut into parts (`<prefix>-00001-of-0000N.gguf`, keys split.no / split.count / split.tensors.count: every
+key in the first part, the tensors spread over all): its config, its weights dequantized to fp32 one
+tensor at a time (with any LoRA adapters merged, adapter.py), and its tokenizer.
 
 Arches: llama, qwen2, qwen3 (the Llama block) and gpt2 (BladeGPT's own exports). llama.cpp's converter
 stores arch llama's q and k rows permuted for its interleaved RoPE (conversion/llama.py `permute`);
@@ -10,8 +12,8 @@ Facts and sources: shared/research/llama-family.md §2-4.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 
 from bladegpt.config import ModelConfig
 from bladegpt.errors import ConfigError, SourceError, TokenizerError
-from bladegpt.sources.base import Pretrained, build_model, size
+from bladegpt.sources.base import build_model, check_vocabulary
 from bladegpt.model import rope_frequencies
 from bladegpt.tokenizer.hf import HFTokenizer
 from bladegpt.sources.hf import llama_state_dict
@@ -50,14 +52,67 @@ def open_gguf(path: Path):
                           "damaged: fetch it again.") from None
 
 
-def metadata(reader, skip: tuple[str, ...] = ()) -> dict:
+@dataclass
+class Parts:
+    """A GGUF model as one reader: the first file's key/values, every file's tensors (gguf-split's parts)."""
+    fields: dict
+    tensors: list
+    files: list[Path]
+
+
+def split_names(path: Path, count: int) -> list[Path]:
+    """The names of a split model's parts, from its first part's: llama.cpp's llama_split_path,
+    `<prefix>-00001-of-00003.gguf`."""
+    prefix = path.name[: -len(f"-00001-of-{count:05d}.gguf")]
+    return [path.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+def open_model(path: Path) -> Parts:
+    """A GGUF model from its file, or from the first of its gguf-split parts (split.no 0 of split.count):
+    all parts are read, as llama.cpp reads them; a missing or mismatched part is one line naming it."""
+    first = open_gguf(path)
+    meta = metadata(first, only=("split.",))
+    count = int(meta.get("split.count", 1))
+    if count <= 1:
+        return Parts(first.fields, list(first.tensors), [path])
+    number = int(meta.get("split.no", 0))
+    suffix = f"-{number + 1:05d}-of-{count:05d}.gguf"
+    if not path.name.endswith(suffix):
+        raise SourceError(f"{path} is part {number + 1} of a model split in {count} parts, but its name does not end "
+                          f"in {suffix}, by which llama.cpp and BladeGPT find the other parts; give the parts back "
+                          "their names.")
+    if number != 0:
+        first = path.with_name(path.name.removesuffix(suffix) + f"-00001-of-{count:05d}.gguf")
+        raise SourceError(f"{path} is part {number + 1} of a model split in {count} parts; pass its first part, "
+                          f"{first}: the others are read from beside it.")
+    files = split_names(path, count)
+    tensors = list(first.tensors)
+    for i, part in enumerate(files[1:], start=1):
+        if not part.is_file():
+            raise SourceError(f"{path} is the first of {count} parts of a split model, and part {i + 1}, {part}, "
+                              "is missing; put it beside the first (download it again).")
+        reader = open_gguf(part)
+        got = metadata(reader, only=("split.",))
+        if (got.get("split.no"), got.get("split.count")) != (i, count):
+            raise SourceError(f"{part} is not part {i + 1} of {count} of {path.name}'s model (its split keys say "
+                              f"part {int(got.get('split.no', 0)) + 1} of {got.get('split.count', 1)}); download "
+                              "the parts again.")
+        tensors += reader.tensors
+    expected = meta.get("split.tensors.count")
+    if expected is not None and expected != len(tensors):
+        raise SourceError(f"{path}'s {count} parts hold {len(tensors)} tensors, not the {expected} its split keys "
+                          "name; a part is damaged or from another model: download the parts again.")
+    return Parts(first.fields, tensors, files)
+
+
+def metadata(reader, skip: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> dict:
     """Every key/value of the file as plain Python values (str, int, float, bool, lists of them); strings
     that are not UTF-8 (a damaged vocabulary) are read with U+FFFD, never raised on."""
     from gguf import GGUFValueType
 
     meta = {}
     for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or (skip and key.startswith(skip)):
+        if key.startswith("GGUF.") or (skip and key.startswith(skip)) or (only and not key.startswith(only)):
             continue
         kind = field.types[0] if field.types else None
         if kind == GGUFValueType.ARRAY:
@@ -175,42 +230,46 @@ def llama3_scaling(factors: torch.Tensor, theta: float, head_dim: int, where: st
     return scaling
 
 
-def llama_tensors(reader, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """The file's tensors under transformers' names, fp32, q/k un-permuted for arch llama."""
+def weights(reader, loras: tuple = ()) -> Iterator[tuple[str, torch.Tensor]]:
+    """The file's tensors by GGUF name, fp32, one at a time, each with its adapters' products merged."""
     for tensor in reader.tensors:
-        name = tensor.name
+        w = dequantize(tensor)
+        for lora in loras:
+            w = lora.merged(tensor.name, w)
+        yield tensor.name, w
+
+
+def llama_tensors(reader, config: ModelConfig, loras: tuple = ()) -> Iterator[tuple[str, torch.Tensor]]:
+    """The file's tensors under transformers' names, fp32, q/k un-permuted for arch llama."""
+    top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+           "output.weight": "lm_head.weight"}
+    for name, w in weights(reader, loras):
         if name == "rope_freqs.weight":
             continue
-        if name == "token_embd.weight":
-            yield "model.embed_tokens.weight", dequantize(tensor)
-        elif name == "output_norm.weight":
-            yield "model.norm.weight", dequantize(tensor)
-        elif name == "output.weight":
-            yield "lm_head.weight", dequantize(tensor)
+        if name in top:
+            yield top[name], w
         elif name.startswith("blk."):
             _, i, part, kind = name.split(".")
-            w = dequantize(tensor)
             if config.arch == "llama" and part in ("attn_q", "attn_k"):
                 w = unpermute(w, config.n_head if part == "attn_q" else config.kv_heads)
             yield f"model.layers.{i}.{LLAMA_NAMES.get(part, part)}.{kind}", w
         else:
-            yield name, dequantize(tensor)
+            yield name, w
 
 
-def gpt2_state_dict(reader, config: ModelConfig) -> dict[str, torch.Tensor]:
+def gpt2_state_dict(reader, config: ModelConfig, loras: tuple = ()) -> dict[str, torch.Tensor]:
     top = {"token_embd.weight": "transformer.wte.weight", "position_embd.weight": "transformer.wpe.weight",
            "output_norm.weight": "transformer.ln_f.weight", "output_norm.bias": "transformer.ln_f.bias",
            "output.weight": "lm_head.weight"}
     state = {}
-    for tensor in reader.tensors:
-        name = tensor.name
+    for name, w in weights(reader, loras):
         if name in top:
-            state[top[name]] = dequantize(tensor)
+            state[top[name]] = w
         elif name.startswith("blk."):
             _, i, part, kind = name.split(".")
-            state[f"transformer.h.{i}.{GPT2_NAMES.get(part, part)}.{kind}"] = dequantize(tensor)
+            state[f"transformer.h.{i}.{GPT2_NAMES.get(part, part)}.{kind}"] = w
         else:
-            state[name] = dequantize(tensor)
+            state[name] = w
     state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
     return state
 
@@ -228,43 +287,43 @@ def quantization(reader) -> str:
     return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in top)
 
 
-def gguf_tokenizer(path: Path, meta: dict | None = None):
-    if meta is None:
-        meta = metadata(open_gguf(path))
+def embedding_rows(reader) -> int:
+    """The token embedding's rows (the model's vocabulary), 0 where the file has no token_embd.weight."""
+    for t in reader.tensors:
+        if t.name == "token_embd.weight":
+            return int(t.shape.tolist()[-1])  # GGUF lists dims innermost first
+    return 0
+
+
+def gguf_tokenizer(path: Path, meta: dict | None = None, reader=None, where: str | None = None):
+    """The model's tokenizer, checked against its embedding's rows, so a model that cannot be used is said
+    before anything is encoded (its adapters are checked beside it: adapter.read_loras)."""
+    where = where or str(path)
+    reader = open_model(path) if reader is None else reader
+    meta = metadata(reader) if meta is None else meta
     try:
-        return HFTokenizer.from_gguf(meta)
+        tokenizer = HFTokenizer.from_gguf(meta)
     except TokenizerError as e:
         raise SourceError(f"{path}: {e}") from None
+    if embedding_rows(reader):
+        check_vocabulary(tokenizer, embedding_rows(reader), where)
+    return tokenizer
 
 
 def gguf_model(path: Path, where: str | None = None, reader=None, meta: dict | None = None,
-               matrices: torch.dtype = torch.float32):
-    """(model, metadata, reader) of a GGUF file: weights dequantized to fp32 one tensor at a time into a
-    model built on the meta device (the file itself is memory-mapped, never read whole). A reader and
-    metadata already read are reused: parsing the file costs seconds (SmolLM2's 98k vocabulary strings)."""
+               matrices: torch.dtype = torch.float32, loras: tuple = ()):
+    """(model, metadata, reader) of a GGUF file (or the first of its split parts), with `loras` merged:
+    weights dequantized to fp32 one tensor at a time into a model built on the meta device (the files
+    themselves are memory-mapped, never read whole). A reader and metadata already read are reused:
+    parsing the file costs seconds (SmolLM2's 98k vocabulary strings)."""
     where = where or str(path)
     if reader is None:
-        reader = open_gguf(path)
+        reader = open_model(path)
     if meta is None:
         meta = metadata(reader)
     config = gguf_config(meta, reader, where)
     if config.arch == "gpt2":
-        state = gpt2_state_dict(reader, config)
+        state = gpt2_state_dict(reader, config, loras)
     else:
-        state = llama_state_dict(llama_tensors(reader, config), config, matrices)
+        state = llama_state_dict(llama_tensors(reader, config, loras), config, matrices)
     return build_model(config, state, where), meta, reader
-
-
-def load_gguf(path: Path, source: str, matrices: torch.dtype = torch.float32):
-    """A Pretrained from a GGUF file (or an ollama: model, whose blob `path` is): the file parsed once, the
-    tokenizer built first, so a vocabulary BladeGPT cannot read is said before the weights are read."""
-    where = source if source.startswith("ollama:") else str(path)
-    reader = open_gguf(path)
-    meta = metadata(reader)
-    tokenizer = gguf_tokenizer(path, meta)
-    model, _, _ = gguf_model(path, where, reader, meta, matrices)
-    name = meta.get("general.name") or path.stem
-    mb = math.ceil(path.stat().st_size / 1e6)
-    origin = f" ({path})" if source.startswith("ollama:") else ""
-    return Pretrained(model, tokenizer, f"{name}: {model.config.arch} {size(model)} from {where}{origin}, "
-                                        f"{mb:,} MB GGUF, {quantization(reader)}")

@@ -9,6 +9,7 @@ read with safetensors, or `torch.load(weights_only=True)`: never unpickled.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ import torch
 from bladegpt.config import ModelConfig
 from bladegpt.errors import ConfigError, SourceError
 from bladegpt.encoding import openable
+from bladegpt.model import BLOCK_MATRICES
 from bladegpt.sources.hub import weight_files
 
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -120,7 +122,9 @@ def llama_config(folder: Path, cfg: dict, vocab_rows: int | None) -> ModelConfig
 
 
 def read_tensors(folder: Path):
-    """(name, tensor) for every tensor of the folder's weight files, one at a time (never all in memory twice)."""
+    """(name, tensor) for every tensor of the folder's weight files, one at a time (never all in memory twice).
+    A safetensors file is opened again for each tensor: the pages of a mapping count as the process's memory until
+    it closes, which put SmolLM2-1.7B's 3.4 GB file on top of its loaded copy (a 7.5 GB peak, 4.0 GB loaded)."""
     from safetensors import safe_open
 
     files = weight_files(folder)
@@ -129,11 +133,16 @@ def read_tensors(folder: Path):
     for path in files:
         try:
             if path.suffix == ".safetensors":
-                with openable(path) as opened, safe_open(opened, framework="pt") as f:
-                    for name in f.keys():
-                        yield name, f.get_tensor(name)
+                with openable(path) as opened:
+                    with safe_open(opened, framework="pt") as f:
+                        names = list(f.keys())
+                    for name in names:
+                        with safe_open(opened, framework="pt") as f:
+                            tensor = f.get_tensor(name)
+                        yield name, tensor
             else:
-                yield from torch.load(path, map_location="cpu", weights_only=True, mmap=True).items()  # tensors only
+                mapped = zipfile.is_zipfile(path)  # torch < 1.6's legacy format cannot be memory-mapped
+                yield from torch.load(path, map_location="cpu", weights_only=True, mmap=mapped).items()  # tensors only
         except SourceError:
             raise
         except Exception as e:  # a damaged file raises whatever its reader raises
@@ -147,10 +156,13 @@ def embedding_rows(folder: Path) -> int | None:
     for path in weight_files(folder):
         if path.suffix != ".safetensors":
             return None
-        with openable(path) as opened, safe_open(opened, framework="pt") as f:
-            for name in f.keys():
-                if name.endswith("embed_tokens.weight"):
-                    return f.get_slice(name).get_shape()[0]
+        try:
+            with openable(path) as opened, safe_open(opened, framework="pt") as f:
+                for name in f.keys():
+                    if name.endswith("embed_tokens.weight"):
+                        return f.get_slice(name).get_shape()[0]
+        except Exception:  # a damaged file: read_tensors names it when the weights are read
+            return None
     return None
 
 
@@ -177,9 +189,6 @@ LLAMA_NAMES = {
 }
 JOINED = {"self_attn.q_proj": ("attn.c_attn", 0, 3), "self_attn.k_proj": ("attn.c_attn", 1, 3),
           "self_attn.v_proj": ("attn.c_attn", 2, 3), "mlp.gate_proj": ("mlp.c_fc", 0, 2), "mlp.up_proj": ("mlp.c_fc", 1, 2)}
-
-
-BLOCK_MATRICES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 
 
 def llama_state_dict(tensors, config: ModelConfig, matrices: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

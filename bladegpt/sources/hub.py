@@ -23,7 +23,8 @@ GPT2_REPOS = {
 }
 TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json"]
-WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "model-*.safetensors", "pytorch_model.bin"]
+WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+PICKLE_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]  # older repos' only
 # A hub repo id: a name, or owner/name, of letters, digits, '-', '_' and '.' (huggingface_hub's rule).
 REPO_ID = re.compile(r"^(?:[\w\-.]{1,96}/)?[\w\-.]{1,96}$")
 
@@ -48,23 +49,26 @@ def _offline() -> bool:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The folder's weight files: one safetensors file, the shards its index names, or a pickle-format .bin."""
+    """The folder's weight files: one safetensors file, or the shards its index names; else the same in
+    the pickle format (pytorch_model.bin, or pytorch_model-0000N-of-0000M.bin and its index), read with
+    weights_only."""
     import json
 
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise SourceError(f"{index} cannot be read ({e}); download the model again.") from None
-        missing = [name for name in shards if not (folder / name).is_file()]
-        if missing:
-            raise SourceError(f"{folder} lacks {len(missing)} of its {len(shards)} weight shards ({missing[0]}...); "
-                              "download the model again.")
-        return [folder / name for name in shards]
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return [folder / name]
+    for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        index = folder / index
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+                raise SourceError(f"{index} cannot be read ({e}); download the model again.") from None
+            missing = [name for name in shards if not (folder / name).is_file()]
+            if missing:
+                raise SourceError(f"{folder} lacks {len(missing)} of the {len(shards)} weight shards {index.name} "
+                                  f"names ({missing[0]}...); download the model again.")
+            return [folder / name for name in shards]
+        if (folder / single).is_file():
+            return [folder / single]
     return []
 
 
@@ -92,7 +96,8 @@ def hf_folder(source: str, weights: bool) -> Path:
     wanted = ["config.json", *TOKENIZER_FILES] + (WEIGHT_FILES if weights else [])
     for repo in repos:
         try:
-            folder = Path(snapshot_download(repo, cache_dir=_cache_dir(), allow_patterns=wanted, local_files_only=True))
+            folder = Path(snapshot_download(repo, cache_dir=_cache_dir(), local_files_only=True,
+                                            allow_patterns=wanted + (PICKLE_FILES if weights else [])))
         except (LocalEntryNotFoundError, ValueError):
             continue
         if (folder / "config.json").is_file() and (not weights or weight_files(folder)):
@@ -102,9 +107,9 @@ def hf_folder(source: str, weights: bool) -> Path:
                           f"download it on a connected machine (`hf download {repos[0]}`) and copy the cache here, "
                           "or pass a local folder or .gguf file instead.")
     try:
-        folder = Path(snapshot_download(repos[0], cache_dir=_cache_dir(), allow_patterns=wanted[:-1] if weights else wanted))
-        if weights and not weight_files(folder):  # older repos have only the pickle-format file
-            folder = Path(snapshot_download(repos[0], cache_dir=_cache_dir(), allow_patterns=["pytorch_model.bin"]))
+        folder = Path(snapshot_download(repos[0], cache_dir=_cache_dir(), allow_patterns=wanted))
+        if weights and not weight_files(folder):  # older repos have only the pickle format
+            folder = Path(snapshot_download(repos[0], cache_dir=_cache_dir(), allow_patterns=PICKLE_FILES))
     except RepositoryNotFoundError:
         raise SourceError(f"No model named {source} on the Hugging Face hub (or it is private); check the name, "
                           "e.g. gpt2 or HuggingFaceTB/SmolLM2-135M.") from None

@@ -4,7 +4,8 @@ Layout (ollama's manifest/paths.go, types/model/name.go; shared/research/llama-f
 is $OLLAMA_MODELS, else ~/.ollama/models, else the Linux service's /usr/share/ollama/.ollama/models; a
 model's manifest is manifests/<host>/<namespace>/<model>/<tag> (defaults registry.ollama.ai, library,
 latest), JSON whose layer of media type application/vnd.ollama.image.model names the weights' blob,
-blobs/sha256-<hex>, a plain GGUF file.
+blobs/sha256-<hex>, a plain GGUF file; a layer of media type application/vnd.ollama.image.adapter (a
+Modelfile's ADAPTER) names a llama.cpp LoRA GGUF that ollama applies on top, merged here (adapter.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from bladegpt.errors import SourceError
 
 MODEL_LAYER = "application/vnd.ollama.image.model"
+ADAPTER_LAYER = "application/vnd.ollama.image.adapter"
 DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
 
 
@@ -50,6 +52,13 @@ def installed(roots: list[Path]) -> list[str]:
 
 def ollama_blob(name: str) -> Path:
     """The GGUF file of `ollama:NAME[:TAG]`; one line listing the installed models when it is not there."""
+    return ollama_layers(name)[0]
+
+
+def ollama_layers(name: str) -> tuple[Path, list[Path]]:
+    """The GGUF files of `ollama:NAME[:TAG]`: its model layer, and its adapter layers (a Modelfile's ADAPTER,
+    a llama.cpp LoRA GGUF that ollama applies on top); one line listing the installed models when it is
+    not there."""
     if not name.strip() or ".." in name.split("/") or name.startswith("/"):
         raise SourceError(f"ollama:{name} is not a model name; write it as ollama list shows it, e.g. ollama:smollm2:135m.")
     roots = store_roots()
@@ -57,7 +66,7 @@ def ollama_blob(name: str) -> Path:
     for root in roots:
         manifest = root.joinpath("manifests", *parts)
         if manifest.is_file():
-            return _model_layer(root, manifest, name)
+            return _layers(root, manifest, name)
     have = installed(roots)
     where = " or ".join(str(r) for r in roots)
     listing = f"the store has: {', '.join(have)}" if have else "the store has no models"
@@ -65,16 +74,19 @@ def ollama_blob(name: str) -> Path:
                       f"{name}) or set OLLAMA_MODELS to the store's folder.")
 
 
-def _model_layer(root: Path, manifest: Path, name: str) -> Path:
+def _layers(root: Path, manifest: Path, name: str) -> tuple[Path, list[Path]]:
     try:
         layers = json.loads(manifest.read_text())["layers"]
-        digest = next(layer["digest"] for layer in layers if layer.get("mediaType") == MODEL_LAYER)
-    except StopIteration:
-        raise SourceError(f"ollama:{name} has no model layer (it may be an adapter or a cloud model); "
-                          "start from a model with weights.") from None
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        digests = [layer["digest"] for layer in layers if layer.get("mediaType") in (MODEL_LAYER, ADAPTER_LAYER)]
+        models = [layer["digest"] for layer in layers if layer.get("mediaType") == MODEL_LAYER]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise SourceError(f"ollama:{name}'s manifest {manifest} cannot be read ({e}); pull the model again.") from None
-    blob = root / "blobs" / str(digest).replace(":", "-")
-    if not blob.is_file():
-        raise SourceError(f"ollama:{name}'s weights ({blob}) are missing from the store; pull the model again.")
-    return blob
+    if len(models) != 1:
+        what = "no model layer (it may be a cloud model)" if not models else f"{len(models)} model layers"
+        raise SourceError(f"ollama:{name} has {what}; start from a model with one layer of weights.")
+    blobs = [root / "blobs" / str(digest).replace(":", "-") for digest in digests]
+    for blob in blobs:
+        if not blob.is_file():
+            raise SourceError(f"ollama:{name}'s weights ({blob}) are missing from the store; pull the model again.")
+    model = blobs[digests.index(models[0])]
+    return model, [blob for blob in blobs if blob != model]

@@ -21,11 +21,13 @@ GPT2_EOT = "<|endoftext|>"
 class Tokenizer:
     """Encodes text to ids and back; `token_bytes` gives each id's UTF-8 bytes (for bits per byte).
 
-    `eot_id` is the id of the end-of-text token, the document separator that sampling stops at and
-    exports name as their end of text (`<|endoftext|>` in BladeGPT's own kinds); None when the
-    vocabulary has none. Its bytes are the separator's text, so decode gives back the text that was
+    `eot_id` is the id `<|endoftext|>` in a text becomes, the document separator that sampling stops at
+    and exports name as their end of text; None when the vocabulary has no such token (the text is
+    then its characters). Its bytes are the separator's text, so decode gives back the text that was
     encoded and bits per byte counts the separator as the bytes it takes in the file (the same
     denominator for every tokenizer, and for datasets prepared before, which spelled it out).
+    `stop_ids` are every id that ends a text: the separator here, a pretrained model's own list
+    (hf.py), the first the one exports name as eos.
     """
 
     kind: str
@@ -33,6 +35,10 @@ class Tokenizer:
     eot_id: int | None = None
     bos_id: int | None = None  # a pretrained model's beginning of text, put before a prompt where add_bos
     add_bos: bool = False  # (Llama 3 expects <|begin_of_text|> first; SmolLM2 and Qwen add none)
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return () if self.eot_id is None else (self.eot_id,)
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError

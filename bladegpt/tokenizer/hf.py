@@ -2,6 +2,9 @@
 
 Built from a model folder's tokenizer.json, or rebuilt from a GGUF file's vocabulary the way llama.cpp
 reads it (src/llama-vocab.cpp: the split rules that `tokenizer.ggml.pre` names, the token types, bos/eos).
+A model may end a text with several ids (SmolLM2- and Qwen2.5-Instruct: `<|im_end|>` and `<|endoftext|>`;
+Llama 3: `<|end_of_text|>` and `<|eot_id|>`): `stop_ids` keeps them all, as the source's own runtime reads
+them (transformers from a folder, llama.cpp from a GGUF file).
 Byte-level BPE only (Llama 3, Qwen2/2.5/3, SmolLM/SmolLM2, GPT-2): SentencePiece vocabularies are refused.
 The whole tokenizer travels in `to_dict`, so a dataset or checkpoint never needs its source again.
 """
@@ -18,7 +21,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as RustTokenizer
 
 from bladegpt.tokenizer.bytelevel import byte_chars
-from bladegpt.tokenizer.base import Tokenizer
+from bladegpt.tokenizer.base import GPT2_EOT, Tokenizer
 from bladegpt.errors import TokenizerError
 
 # GGUF token types (gguf-py constants.py TokenType).
@@ -29,6 +32,16 @@ GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(
 LLAMA3_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")  # one digit a token
+
+# llama.cpp's end-of-generation tokens (src/llama-vocab.cpp, llama_vocab::impl::load, special_eog_ids): the
+# ids the file names as eos, eot and eom; every token spelled as one of EOG_TEXTS; and its fill-in-the-middle
+# pad, repo and file-separator tokens (named by the file, else found by their text).
+EOG_KEYS = ("eos", "eot", "eom")
+EOG_FIM = {"fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>"),
+           "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+           "fim_sep": ("<|file_sep|>",)}
+EOG_TEXTS = frozenset({"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
+                       "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>"})
 
 
 @dataclass(frozen=True)
@@ -67,28 +80,41 @@ class HFTokenizer(Tokenizer):
     kind = "hf"
 
     def __init__(self, tokenizer: RustTokenizer, bos_id: int | None = None, eos_id: int | None = None,
-                 add_bos: bool = False, chat_template: str | None = None, unused: Iterable[int] = ()):
+                 add_bos: bool = False, chat_template: str | None = None, unused: Iterable[int] = (),
+                 stop_ids: Iterable[int] = ()):
+        """`eos_id` is the model's end of text (exports name it eos); `stop_ids` the other ids its source ends
+        a text with. `<|endoftext|>`, where the vocabulary has it as one token, is the separator (`eot_id`)."""
         self.tokenizer = tokenizer
         self.vocab_size = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1
-        for name, token_id in (("bos", bos_id), ("eos", eos_id)):
+        stop_ids = list(stop_ids)
+        for name, token_id in (("bos", bos_id), ("eos", eos_id), *(("stop", i) for i in stop_ids)):
             if token_id is not None and not (type(token_id) is int and 0 <= token_id < self.vocab_size):
                 raise TokenizerError(f"The tokenizer's {name} id {token_id!r} is none of its {self.vocab_size:,} "
                                      "tokens; the tokenizer files are damaged: download them again.")
-        self.bos_id, self.eos_id, self.eot_id = bos_id, eos_id, eos_id
+        added = tokenizer.get_added_tokens_decoder()
+        self.bos_id, self.eos_id = bos_id, eos_id
+        self.eot_id = next((i for i, token in added.items() if token.content == GPT2_EOT), None)
+        self._stop_ids = tuple(i for i in dict.fromkeys([eos_id, *stop_ids, self.eot_id]) if i is not None)
         self.add_bos = bool(add_bos and bos_id is not None)
         self.chat_template = chat_template if isinstance(chat_template, str) else None
         self.unused = frozenset(unused)  # GGUF padding entries ([PAD123]): ids no text encodes to
-        added = tokenizer.get_added_tokens_decoder()
         self.special_ids = {i for i, token in added.items() if token.special}
         self._added = {i: token.content for i, token in added.items()}
         self._bytes: list[bytes] | None = None
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """eos first, then the source's other end ids, then the separator."""
+        return self._stop_ids
 
     # -- building ------------------------------------------------------------------------------
 
     @classmethod
     def from_folder(cls, folder: Path) -> HFTokenizer:
         """A Hugging Face model folder's tokenizer: tokenizer.json, with bos/eos, add_bos and the chat
-        template from tokenizer_config.json (else special_tokens_map.json, generation_config.json, config.json)."""
+        template from tokenizer_config.json (else special_tokens_map.json, generation_config.json, config.json);
+        the ids that end a text as transformers' generate() reads them: generation_config.json's eos_token_id
+        (one or a list), else config.json's."""
         folder = Path(folder)
         path = folder / "tokenizer.json"
         if not path.is_file():
@@ -120,17 +146,20 @@ class HFTokenizer(Tokenizer):
                     return value
             return None
 
+        stops = next((source["eos_token_id"] for source in numbers if source.get("eos_token_id") is not None), [])
+        stops = stops if isinstance(stops, list) else [stops]
         bos_id, add_bos = token_id("bos"), config.get("add_bos_token") is True
         template_bos = _template_bos(spec)
         if template_bos is not None:  # the post-processor is what transformers runs: it decides
             add_bos = template_bos is not False
             bos_id = template_bos if template_bos is not False else bos_id
-        return cls(tokenizer, bos_id, token_id("eos"), add_bos, _chat_template(folder, config))
+        return cls(tokenizer, bos_id, token_id("eos"), add_bos, _chat_template(folder, config), stop_ids=stops)
 
     @classmethod
     def from_gguf(cls, meta: dict) -> HFTokenizer:
         """A GGUF file's tokenizer from its metadata (key -> value, as sources.gguf.metadata gives):
-        byte-level BPE (`tokenizer.ggml.model` gpt2) split as llama.cpp splits for `tokenizer.ggml.pre`."""
+        byte-level BPE (`tokenizer.ggml.model` gpt2) split as llama.cpp splits for `tokenizer.ggml.pre`,
+        ending a text where llama.cpp does (gguf_stop_ids)."""
         model = meta.get("tokenizer.ggml.model")
         if model == "llama":
             raise TokenizerError("SentencePiece-vocabulary GGUF files (tokenizer.ggml.model = llama: Llama 2, Mistral, "
@@ -178,7 +207,7 @@ class HFTokenizer(Tokenizer):
         add_bos = meta.get("tokenizer.ggml.add_bos_token", split.add_bos)
         bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
         return cls(tokenizer, bos, eos, bool(add_bos), meta.get("tokenizer.chat_template"),
-                   [i for i in range(n) if types[i] == UNUSED])
+                   [i for i in range(n) if types[i] == UNUSED], gguf_stop_ids(meta))
 
     @classmethod
     def from_dict(cls, data: dict) -> HFTokenizer:
@@ -187,12 +216,12 @@ class HFTokenizer(Tokenizer):
         except Exception as e:  # the Rust parser raises a plain Exception
             raise TokenizerError(f"The saved tokenizer cannot be read ({_first_line(e)}); prepare the data again.") from None
         return cls(tokenizer, data.get("bos_id"), data.get("eos_id"), data.get("add_bos", False),
-                   data.get("chat_template"), data.get("unused", ()))
+                   data.get("chat_template"), data.get("unused", ()), data.get("stop_ids", ()))
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "tokenizer": json.loads(self.tokenizer.to_str()), "bos_id": self.bos_id,
-                "eos_id": self.eos_id, "add_bos": self.add_bos, "chat_template": self.chat_template,
-                "unused": sorted(self.unused)}
+                "eos_id": self.eos_id, "stop_ids": list(self.stop_ids), "add_bos": self.add_bos,
+                "chat_template": self.chat_template, "unused": sorted(self.unused)}
 
     # -- using -----------------------------------------------------------------------------------
 
@@ -241,6 +270,17 @@ class HFTokenizer(Tokenizer):
                 except KeyError:  # not spelled in byte-level characters: taken as text
                     table.append(token.encode("utf-8"))
         return table
+
+
+def gguf_stop_ids(meta: dict) -> list[int]:
+    """The ids llama.cpp ends generation at for a GGUF file's metadata, in the order of the comment on
+    EOG_KEYS (eos first); keys naming no token are left to the tokenizer's check, which refuses them by name."""
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    keys = [meta.get(f"tokenizer.ggml.{name}_token_id") for name in EOG_KEYS]
+    named = [i for i, token in enumerate(tokens) if token in EOG_TEXTS]
+    fim = [meta.get(f"tokenizer.ggml.{name}_token_id", next((i for i, token in enumerate(tokens) if token in texts), None))
+           for name, texts in EOG_FIM.items()]
+    return list(dict.fromkeys(i for i in (*keys, *named, *fim) if i is not None))
 
 
 def _strings(value) -> bool:

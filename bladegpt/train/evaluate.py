@@ -10,7 +10,7 @@ import torch
 from bladegpt.config import ModelConfig, TrainConfig
 from bladegpt.data import copymeter
 from bladegpt.data.dataset import TokenData
-from bladegpt.generate.engine import generate, prompt_ids
+from bladegpt.generate.engine import generate, prompt_ids, sample_text
 from bladegpt.generate.sampler import decode_precision
 from bladegpt.generate.settings import SampleSettings
 from bladegpt.model import GPT
@@ -74,9 +74,9 @@ class Evaluator:
             self.sample_precision = decode_precision(model, self.device, cast=False)  # (weights never cast)
         with autocast(self.device, self.sample_precision):
             ids = list(generate(model, prompt_ids(tok, ""), self.cfg.sample_tokens, tok.vocab_size, gen,
-                                **SampleSettings(self.cfg.sample_tokens).knobs(), stop=tok.eot_id))
+                                **SampleSettings(self.cfg.sample_tokens).knobs(), stop=tok.stop_ids))
         model.train()
-        return tok.decode(ids)
+        return sample_text(ids, tok)
 
     def copied(self, sample: str | None) -> dict:
         """How much of the eval sample is copied from the training text (runbook.eval_record's fields);

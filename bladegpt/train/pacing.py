@@ -9,7 +9,7 @@ import dataclasses
 import statistics
 from collections.abc import Callable
 
-from bladegpt.config import TrainConfig
+from bladegpt.config import TrainConfig, plural
 from bladegpt.train.distributed import Distributed
 
 MIN_EVAL_INTERVAL = 10  # a from-scratch run (or one cut to its time budget) evaluates at most every 10 steps
@@ -21,11 +21,6 @@ COMPILE_GAIN = 0.15
 PROBE_STEPS = 6  # eager steps timed before "auto" decides whether compiling pays
 ESTIMATE_STEPS = 3  # steps timed before the run says how long it will take
 RETIME_STEPS = 8  # steps timed after the compile decision, to fit a budgeted run again at its settled speed
-
-
-def plural(n: int, noun: str) -> str:
-    """'1 step', '2 steps': a count in words a person would write."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def duration(seconds: float) -> str:

@@ -13,11 +13,13 @@ from bladegpt.config import DEFAULT_PRESET, PRESETS, ModelConfig, TrainConfig, f
 from bladegpt.data.dataset import TokenData, latest_dataset
 from bladegpt.data.prepare import default_out_dir
 from bladegpt.errors import ConfigError, DataError, DeviceError
-from bladegpt.lora import BASE_DTYPES, LR_SCALE, attach, fingerprint, trainable
+from bladegpt.lora import BASE_DTYPES, LR_SCALE, LoraConfig, attach, fingerprint, trainable
 from bladegpt.model import GPT
+from bladegpt.runtime import resolve_device
 from bladegpt.sources import base_source, load_pretrained
 from bladegpt.sources.base import crop_positions, shaped
 from bladegpt.train.distributed import Distributed, init_distributed
+from bladegpt.train.memory import GB, fit_micro_batch, memory_budget
 from bladegpt.train.recipes import FINETUNE_BLOCK, SCRATCH_BUDGET_S, finetune_config, sized_model, sized_to_text
 
 RUNTIME_FLAGS = ("device", "precision", "attention", "compile")
@@ -103,6 +105,8 @@ def finetune_plan(source, data, preset, model_overrides, train_overrides, reques
                                        len(token_data.splits["val"]), block)
     if "block_size" not in overrides and block < min(source_cfg.block_size, FINETUNE_BLOCK):
         notes.insert(0, f"--block-size {block}: the text's {shortest:,}-token split is too short for {FINETUNE_BLOCK}")
+    train_cfg, fitted = fit_memory(train_cfg, model_cfg, lora, train_overrides, requested["device"] or "auto")
+    notes += fitted
     initial = pretrained.model.state_dict()
     runtime = {k: v or "auto" for k, v in requested.items()}
     given = {k for k, v in (train_overrides or {}).items() if v is not None}
@@ -115,6 +119,30 @@ def finetune_plan(source, data, preset, model_overrides, train_overrides, reques
         return plan
     return Plan(model_cfg, train_cfg, token_data, runtime, initial=crop_positions(initial, block), origin=pretrained.description, notes=notes,
                 budget_s=budget)
+
+
+def fit_memory(train_cfg: TrainConfig, model_cfg: ModelConfig, lora: LoraConfig | None, train_overrides: dict | None,
+               device: str) -> tuple[TrainConfig, list[str]]:
+    """The fine-tune's micro-batch (--accum) and activation checkpointing sized to this machine's memory from
+    the model's shape (memory.py), the step's batch kept; the user's --accum or --activation-checkpointing
+    stays as given. Returns the settings and the line saying what was chosen (none when both were given)."""
+    given = {k for k, v in (train_overrides or {}).items() if v is not None}
+    if {"accum", "activation_checkpointing"} <= given:
+        return train_cfg, []
+    device = resolve_device(device)
+    budget = memory_budget(device)
+    fit = fit_micro_batch(model_cfg, train_cfg.batch_size, model_cfg.block_size, budget, lora,
+                          train_cfg.accum if "accum" in given else None,
+                          train_cfg.activation_checkpointing if "activation_checkpointing" in given else None)
+    train_cfg = dataclasses.replace(train_cfg, accum=fit.accum, activation_checkpointing=fit.checkpointing)
+    flags = f"--accum {fit.accum}" + (" --activation-checkpointing (a third more compute)" if fit.checkpointing else "")
+    share = "the GPU's free memory" if device.type == "cuda" else "a third of this machine's, at most what is free"
+    room = f"{fit.estimate / GB:.1f} GB estimated at its peak, within the {fit.budget / GB:.1f} GB a run may use ({share})"
+    if fit.estimate > fit.budget:
+        room = (f"{fit.estimate / GB:.1f} GB estimated at its peak, more than the {fit.budget / GB:.1f} GB a run may use "
+                f"({share}): it may swap or be stopped; {'a smaller model' if lora else '--lora or a smaller model'} "
+                "needs less")
+    return train_cfg, [f"{flags}: {train_cfg.micro_batch} x {model_cfg.block_size:,} tokens a forward pass, {room}"]
 
 
 def lora_plan(lora, source, origin, state, model_cfg, train_cfg, token_data, runtime, train_overrides) -> Plan:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from bladegpt.config import CLOCK_STEPS, SMALL_TEXT_BYTES, TrainConfig
-from bladegpt.train.pacing import MIN_EVAL_INTERVAL, plural
+from bladegpt.config import CLOCK_STEPS, SMALL_TEXT_BYTES, TrainConfig, plural
+from bladegpt.train.pacing import MIN_EVAL_INTERVAL
 
 
 def by_the_clock(chosen: dict) -> bool:

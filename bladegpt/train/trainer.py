@@ -14,7 +14,7 @@ import torch
 
 from bladegpt import runs
 from bladegpt.checkpoint import save_checkpoint, save_training
-from bladegpt.config import ModelConfig, TrainConfig
+from bladegpt.config import ModelConfig, TrainConfig, plural
 from bladegpt.data.dataset import TokenData, stream_seed
 from bladegpt.errors import ConfigError, TrainingDiverged, UserError
 from bladegpt.model import GPT
@@ -23,7 +23,7 @@ from bladegpt.train.distributed import Distributed
 from bladegpt.train.ema import WeightAverage
 from bladegpt.train.evaluate import Evaluator
 from bladegpt.train.optim import lr_at, make_optimizers, schedule_progress, set_lr
-from bladegpt.train.pacing import Pacer, plural
+from bladegpt.train.pacing import Pacer
 from bladegpt.train.runbook import EarlyStopping, MetricsLog, Throughput, eval_record, train_record
 from bladegpt.train.signals import StopSignals
 
