@@ -163,6 +163,7 @@ def test_default_run_is_sized_to_the_text():
     big, said = sized_to_text({}, 8_000_000, 800_000, 4096, {"steps": 250}, 32_000_000)
     assert big["eval_iters"] == 20  # a big val split is sampled, not read whole
     assert "token_noise" not in big and not any("--token-noise" in n for n in said)  # read a few times, not 50
+    assert (big["optimizer"], big["weight_decay"]) == ("muon", SCRATCH_WEIGHT_DECAY)  # measured up to 4 MB (issue #36)
     assert big["steps"] == -(-SCRATCH_PASSES * 8_000_000 // 4096)
 
 
