@@ -13,6 +13,7 @@ COLON = re.compile(rf"^(?P<name>{NAME})\s*:(?:\s+(?P<text>\S.*))?$")  # "Name: t
 CAPS = r"[A-Z][A-Z'’\-]*(?:\s+[A-Z][A-Z'’\-]*)*"
 DOT = re.compile(rf"^(?P<name>{CAPS})\.(?:\s+(?P<text>\S.*))?$")  # "HAMLET. text" or "HAMLET." alone
 DIRECTION = re.compile(r"^(?:\[.*\]|\(.*\)|(?:Enter|Exit|Exeunt|Re-enter|Flourish|Alarum)\b.*)$")
+LEADING_DIRECTION = re.compile(r"^(\(.*?\)|\[.*?\])?\s*(.*)$")  # "HAMLET. (aside) To be": the aside is action
 MAX_NAME_WORDS = 5
 ROMAN = re.compile(r"^[IVXLC]+$")  # "ACT I." and "SCENE II." are headings, not speakers
 
@@ -58,7 +59,10 @@ def read_play(path: Path) -> list[Turn]:
             turns.append(Turn(None, line, "heading", number))
         elif found:
             close()
-            speaker, said, start = found[0], [found[1]] if found[1] else [], number
+            aside, text = LEADING_DIRECTION.match(found[1]).groups()
+            if aside:
+                turns.append(Turn(None, aside, "action", number))
+            speaker, said, start = found[0], [text] if text else [], number
         elif DIRECTION.match(line):
             kept = speaker
             close()
