@@ -14,11 +14,10 @@ SHOWN = 40  # speakers listed; the rest summed in one row
 
 def files_table(files: list[FileVoices]) -> Table:
     table = Table(title="Read as")
-    for col in ("file", "format", "turns", "speech with a speaker", "notes"):
-        table.add_column(col, justify="right" if col in ("turns", "speech with a speaker") else "left",
-                         overflow="fold")
+    for col in ("file", "format", "turns", "speech with a speaker"):
+        table.add_column(col, justify="left" if col in ("file", "format") else "right", overflow="fold")
     for f in files:
-        table.add_row(str(f.path), f.format, f"{f.turns:,}", f"{f.attributed:,}", f.note())
+        table.add_row(str(f.path), f.format, f"{f.turns:,}", f"{f.attributed:,}")
     return table
 
 
@@ -40,6 +39,9 @@ def show_speakers(inputs: list[Path], console: Console) -> None:
     """Print the files' formats and their speakers; writes nothing."""
     files, speakers = list_speakers(inputs)
     console.print(files_table(files))
+    for f in files:
+        if f.note():  # under the table, whole: in a column it wraps to a word a line
+            console.print(f"{f.path}: {f.note()}.", style="yellow", highlight=False, soft_wrap=True, markup=False)
     if speakers:
         console.print(speakers_table(speakers))
     else:

@@ -18,6 +18,7 @@ VTT_TIME = re.compile(r"^\s*(?:\d+:)?\d\d:\d\d\.\d{3}\s+-->\s+(?:\d+:)?\d\d:\d\d
 ASS_TIME = re.compile(r"^Dialogue:\s*[^,]*,\s*\d+:\d\d:\d\d[.:]\d\d,\s*\d+:\d\d:\d\d[.:]\d\d,")
 VOICE = re.compile(r"<v(?:\.[^\s>]+)*\s+([^>]+)>")
 TAG = re.compile(r"<[^>]*>")
+DASH = re.compile(r"(?m)^\s*[-–]\s*")  # "- " opening each speaker's line in a two-voice cue
 DRAWING = re.compile(r"\\p[1-9]")  # an ASS event that draws a shape: vector commands, not words
 
 
@@ -40,7 +41,12 @@ def _timing_lines(path: Path, text: str, pattern: re.Pattern, marker: str, expec
 def read_srt(path: Path) -> list[Turn]:
     """An SRT file's cues as speech with no speaker (SRT has none), tags and timings left out."""
     text = read_text(path)
-    lines = _timing_lines(path, text, SRT_TIME, "-->", "timing (00:00:01,000 --> 00:00:02,000)")
+    expected = "timing (00:00:01,000 --> 00:00:02,000)"
+    rows = text.lstrip("\ufeff").splitlines()
+    for number, (before, cue, timing) in enumerate(zip([""] + rows, rows, rows[1:] + [""]), 2):
+        if not before.strip() and cue.strip().isdigit() and not SRT_TIME.match(timing):
+            raise _bad_line(path, number, timing, expected)  # a cue number not followed by its timing
+    lines = _timing_lines(path, text, SRT_TIME, "-->", expected)
     try:
         events = pysubs2.SSAFile.from_string(text, format_="srt").events
     except Exception as e:  # pysubs2 refuses it: its own words, with the file
@@ -86,8 +92,8 @@ def voices(raw: str) -> list[tuple[str | None, str]]:
     """A cue's text parted at its voice spans: [(speaker or None, plain text)], dialogue dashes taken off."""
     parts = VOICE.split(raw)  # [before, name1, text1, name2, text2, ...]
     found = [(None, parts[0])] + [(parts[i].strip(), parts[i + 1]) for i in range(1, len(parts), 2)]
-    return [(who, " ".join(TAG.sub("", text).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
-                           .strip().lstrip("-").split())) for who, text in found]
+    return [(who, " ".join(DASH.sub("", TAG.sub("", text)).replace("&lt;", "<").replace("&gt;", ">")
+                           .replace("&amp;", "&").split())) for who, text in found]
 
 
 def score_srt(head: bytes, suffix: str) -> float:
