@@ -5,7 +5,6 @@ the rest kept as speech with speaker None."""
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path
 
 import ebooklib
@@ -31,7 +30,7 @@ MATTER = {"cover", "title-page", "titlepage", "copyright-page", "copyright", "to
           "dedication", "acknowledgements", "acknowledgments", "loi", "lot", "bibliography", "imprint",
           "halftitlepage", "frontmatter", "backmatter", "other.backmatter", "about-the-author"}
 MATTER_NAME = re.compile(r"(?:^|[^a-z])(cover|title|titlepage|copyright|toc|contents|colophon|dedication|"
-                         r"acknowledg\w*|imprint|about|also[-_]?by|index)(?:[^a-z]|$)", re.IGNORECASE)
+                         r"acknowledg\w*|imprint|about[-_]?the[-_]?author|also[-_]?by)(?:[^a-z]|$)", re.IGNORECASE)
 BLOCKS = ("p", "h1", "h2", "h3", "h4", "h5", "h6", "li", "blockquote")
 
 
@@ -84,8 +83,9 @@ def read_prose(path: Path) -> list[Turn]:
 def _open(path: Path) -> epub.EpubBook:
     try:
         return epub.read_epub(str(path), {"ignore_ncx": True})
-    except (zipfile.BadZipFile, KeyError, epub.EpubException, lxml.etree.LxmlError, ValueError) as e:
-        raise DataError(f"{path} line 1: not a readable EPUB ({e}); check the file, or convert it again.") from None
+    except Exception as e:  # ebooklib's many ways to refuse a damaged book (zip, container, OPF), said in one line
+        raise DataError(f"{path} is not a readable EPUB ({type(e).__name__}: {e}); check the file, or convert "
+                        "it again.") from None
 
 
 def landmarks(book: epub.EpubBook) -> dict[str, str]:
@@ -136,7 +136,11 @@ def read_epub(path: Path) -> list[Turn]:
         content = item.get_content()
         if not content.strip():
             continue
-        doc = lxml.html.document_fromstring(content)
+        try:
+            doc = lxml.html.document_fromstring(content)
+        except (lxml.etree.ParserError, ValueError) as e:
+            raise DataError(f"{path} has a page that is not HTML ({item.get_name()}: {e}); check the book, or "
+                            "convert it again.") from None
         for el in doc.iter(*BLOCKS):
             if any(child.tag in BLOCKS for child in el.iterdescendants()):
                 continue  # a container: its own paragraphs come one by one
