@@ -93,7 +93,8 @@ def test_tinyshakespeare_reads_as_a_play():
 def test_list_speakers(workdir):
     result = list_speakers(workdir, write(workdir, "show.txt", TRANSCRIPT), write(workdir, "harbour.txt", GUTENBERG))
     assert result.exit_code == 0, result.output
-    rows = [line.split("│")[1:5] for line in result.output.splitlines() if line.count("│") == 5]
+    table = result.output[result.output.index("speakers, most lines first"):]
+    rows = [line.split("│")[1:5] for line in table.splitlines() if line.count("│") == 5]
     cells = [[c.strip() for c in row] for row in rows]
     assert cells[:3] == [["HOST", "3", "37.5%", "13"], ["Dr. Amara Osei", "2", "25.0%", "13"],
                          ["MIRELLE", "2", "25.0%", "12"]]
@@ -106,3 +107,8 @@ def test_undecodable_file_is_one_line(workdir):
     result = list_speakers(workdir, path)
     assert result.exit_code == 1 and "latin1.txt is not UTF-8 text" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_empty_file_is_one_line(workdir):
+    result = list_speakers(workdir, write(workdir, "empty.txt", ""))
+    assert result.exit_code == 1 and "empty.txt is empty or not a text" in " ".join(result.output.split())

@@ -29,8 +29,8 @@ def detect(path: Path) -> Format:
     with open(path, "rb") as f:
         head = f.read(HEAD_BYTES)
     suffix = path.suffix.lower()
-    scores = [(f.score(head, suffix) + (HINT if suffix in SUFFIXES.get(f.name, ()) else 0.0), -i, f)
-              for i, f in enumerate(FORMATS)]
+    scores = [(score + (HINT if score > 0 and suffix in SUFFIXES.get(f.name, ()) else 0.0), -i, f)
+              for i, f in enumerate(FORMATS) for score in [f.score(head, suffix)]]
     best = max(scores, key=lambda s: s[:2])
     if best[0] <= 0:
         raise DataError(f"{path} is empty or not a text, subtitle, EPUB or chat-export file; leave it out.")
