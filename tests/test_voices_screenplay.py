@@ -1,6 +1,5 @@
 """Screenplays read as turns: the plain-text industry layout and Fountain."""
 
-from pathlib import Path
 
 from bladegpt.data.voices import closest_names, read_turns, same_speaker
 from tests.voices import list_speakers, write
@@ -33,7 +32,7 @@ Bram steps in, dripping.
                     ODILE                         BRAM
           Sang what?                    Nothing I knew.
 
-EXT. CLIFF PATH - LATER
+12   EXT. CLIFF PATH - LATER   12
 
                     ODILE (V.O.)
           He never told me the song.

@@ -12,7 +12,8 @@ from bladegpt.data.voices import chats, novel, play, screenplay, subtitles
 from bladegpt.data.voices.turns import Format, Turn, closest_names, same_speaker, speaker_key, words
 from bladegpt.errors import DataError
 
-__all__ = ["Turn", "read_turns", "detect", "list_speakers", "same_speaker", "speaker_key", "closest_names"]
+__all__ = ["Turn", "FileVoices", "Speaker", "read_turns", "detect", "list_speakers", "same_speaker", "speaker_key",
+           "closest_names"]
 
 FORMATS: list[Format] = screenplay.FORMATS + play.FORMATS + subtitles.FORMATS + novel.FORMATS + chats.FORMATS
 HEAD_BYTES = 1 << 16  # a file's format is told from its first 64 KiB

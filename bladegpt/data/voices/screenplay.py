@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bladegpt.data.voices.turns import Format, Turn, clean_cue, head_text, read_text
+from bladegpt.data.voices.turns import Format, Kind, Turn, clean_cue, head_text, read_text
 
-HEADING = re.compile(r"^(?:INT|EXT|EST|INT\.?\s?/\s?EXT|EXT\.?\s?/\s?INT|I\s?/\s?E)[.\s]", re.IGNORECASE)
+HEADING = re.compile(r"^(?:\d+[A-Z]?\s+)?(?:INT|EXT|EST|INT\.?\s?/\s?EXT|EXT\.?\s?/\s?INT|I\s?/\s?E)[.\s]",
+                     re.IGNORECASE)  # a shooting script numbers its scenes: "12  INT. HOUSE - DAY  12"
+SCENE_NUMBER = re.compile(r"^\d+[A-Z]?\s+|\s+\d+[A-Z]?$")
 TRANSITION = re.compile(r"^(?:[A-Z ]+ TO:|FADE (?:IN|OUT)[.:]?|FADE TO BLACK\.?|THE END\.?)$")
 PAGE_MARK = re.compile(r"^\(?(?:MORE|CONTINUED|CONT['’]?D)\)?:?$|^CONTINUED:?(?:\s*\(\d+\))?$|^\d+\.?$")
 COLUMNS = re.compile(r"\S+(?:\s{1,2}\S+)*")  # a run of text; three spaces or more part two columns
@@ -77,7 +79,7 @@ def speech(speaker: str, lines: list[tuple[int, str]], fountain: bool) -> list[T
     return turns
 
 
-def _turn(speaker: str | None, lines: list[tuple[int, str]], kind: str, fountain: bool) -> Turn:
+def _turn(speaker: str | None, lines: list[tuple[int, str]], kind: Kind, fountain: bool) -> Turn:
     text = " ".join(t for _, t in lines)
     if fountain:
         text = EMPHASIS.sub(r"\2", text)
@@ -128,7 +130,7 @@ def _block(block: list[tuple[int, str]], fountain: bool, margin: int | None) -> 
     if (fountain and first.startswith(("#", "="))) or (PAGE_MARK.match(first) and len(block) == 1):
         return []  # Fountain sections and synopses (outline, not script); a page number or (MORE)
     if HEADING.match(first) or fountain and re.match(r"^\.[A-Za-z0-9]", first):
-        heading = re.sub(r"\s*#[^#]*#$", "", first.lstrip(".")) if fountain else first
+        heading = re.sub(r"\s*#[^#]*#$", "", first.lstrip(".")) if fountain else SCENE_NUMBER.sub("", first)
         return [Turn(None, heading, "heading", number)] + (_block(block[1:], fountain, margin) if block[1:] else [])
     at_margin = margin is not None and len(raw) - len(raw.lstrip()) <= margin + 4
     pair = None if fountain or margin is None else dual_cues(raw)
