@@ -14,6 +14,8 @@ And napkins.
 [12/31/23, 9:16:30 PM] Priya: \u200eimage omitted
 [12/31/23, 9:17:00 PM] Sam Okafor: This message was deleted.
 [12/31/23, 9:18:12 PM] Priya: See you at eight <This message was edited>
+[12/31/23, 9:18:30 PM] Lunch Club: \u200ePriya added Dana
+[12/31/23, 9:19:00 PM] Sam Okafor: I just left
 """
 
 ANDROID = """\
@@ -52,7 +54,7 @@ def test_whatsapp_bracketed(tmp_path):
     assert name == "whatsapp"
     assert said(turns) == [("Priya", "Are we still on for noodles?", 2),
                            ("Sam Okafor", "Yes!\nBring the good chopsticks.\nAnd napkins.", 3),
-                           ("Priya", "See you at eight", 8)]
+                           ("Priya", "See you at eight", 8), ("Sam Okafor", "I just left", 10)]
     assert all(t.kind == "speech" for t in turns)
 
 
@@ -82,7 +84,7 @@ def test_list_speakers(workdir):
     table = result.output[result.output.index("speakers, most lines first"):]
     rows = [[c.strip() for c in line.split("│")[1:5]] for line in table.splitlines() if line.count("│") == 5]
     # Priya: 2 on iOS, 1 on Android, 1 on Telegram, 1 by her Discord nickname; words summed alike
-    assert rows == [["Priya", "5", "55.6%", "16"], ["Sam Okafor", "3", "33.3%", "16"], ["sam_o", "1", "11.1%", "2"]]
+    assert rows == [["Priya", "5", "50.0%", "16"], ["Sam Okafor", "4", "40.0%", "19"], ["sam_o", "1", "10.0%", "2"]]
     for fmt in ("whatsapp", "telegram", "discord"):
         assert fmt in result.output
 

@@ -1,6 +1,5 @@
 """Screenplays read as turns: the plain-text industry layout and Fountain."""
 
-
 from bladegpt.data.voices import closest_names, read_turns, same_speaker
 from tests.voices import list_speakers, write
 

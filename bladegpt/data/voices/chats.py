@@ -21,9 +21,9 @@ AUTHOR = re.compile(r"^(?P<name>[^:]{1,60}?):\s(?P<text>.*)$")
 PLACEHOLDER = re.compile(r"^(?:<Media omitted>|<attached: [^>]*>|(?:image|video|audio|sticker|GIF|document|"
                          r"Contact card) omitted|This message was deleted\.?|You deleted this message\.?|"
                          r"null|Waiting for this message\. This may take a while\.?)$", re.IGNORECASE)
-SYSTEM = re.compile(r"end-to-end encrypted|created group|added you|changed the subject|changed this group's|"
-                    r"changed the group description|left$|joined using this group's invite link|"
-                    r"security code changed|is a contact\.?$|disappearing messages", re.IGNORECASE)
+SYSTEM = re.compile(r"^(?:Messages and calls are end-to-end encrypted|Messages to this (?:group|chat) are now "
+                    r"secured with end-to-end encryption|Your security code with .* changed)", re.IGNORECASE)
+LRM = "\u200e"  # iOS opens a system line's or a placeholder's text with it, never a typed message's
 MARKS = str.maketrans("", "", "\u200e\u200f\u202a\u202c")  # direction marks iOS puts before lines and names
 
 
@@ -31,16 +31,18 @@ def read_whatsapp(path: Path) -> list[Turn]:
     """A WhatsApp export as turns: a message runs on over lines without a date; placeholders ("<Media
     omitted>", "image omitted") and system lines (encryption notice, group changes) are left out."""
     messages: list[list] = []  # [speaker or None (a system line), line, [text lines]]
-    for number, raw in enumerate(read_text(path).translate(MARKS).splitlines(), 1):
-        m = BRACKET.match(raw) or DASH.match(raw)
-        if m:
-            author = AUTHOR.match(m["rest"])
-            messages.append([author["name"].strip(), number, [author["text"]]] if author else [None, number, []])
+    for number, raw in enumerate(read_text(path).splitlines(), 1):
+        m = BRACKET.match(raw.lstrip(LRM)) or DASH.match(raw.lstrip(LRM))
+        author = AUTHOR.match(m["rest"]) if m else None
+        if m and (author is None or author["text"].startswith(LRM)):
+            messages.append([None, number, []])  # a system line: group changes, joins, the encryption notice
+        elif m:
+            messages.append([author["name"].translate(MARKS).strip(), number, [author["text"]]])
         elif messages:
             messages[-1][2].append(raw)
     turns = []
     for name, number, lines in messages:
-        text = "\n".join(lines).replace("<This message was edited>", "").strip()
+        text = "\n".join(lines).translate(MARKS).replace("<This message was edited>", "").strip()
         if name and text and not PLACEHOLDER.match(text) and not SYSTEM.search(text):
             turns.append(Turn(name, text, "speech", number))
     return turns
