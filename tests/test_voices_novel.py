@@ -18,6 +18,8 @@ Wren set down her basket. “Then they can rot,” she said.
 Marek asked, "Is there tea?"
 
 "There is always tea."
+
+"Good," then Marek said. It was a strange thing to say.
 """
 
 
@@ -31,7 +33,8 @@ def test_prose_attribution(tmp_path):
     assert speech(turns) == [
         ("Old Hollis", "You are late,"), ("Old Hollis", "The pears will not wait."),  # one speaker a paragraph
         (None, "Then they can rot,"),  # "she said": a pronoun names no one
-        ("Hollis", "Nobody is rotting today,"), ("Marek", "Is there tea?"), (None, "There is always tea.")]
+        ("Hollis", "Nobody is rotting today,"), ("Marek", "Is there tea?"), (None, "There is always tea."),
+        ("Marek", "Good,")]
     narration = [(t.text, t.line) for t in turns if t.kind == "narration"]
     assert narration[0] == ("The orchard was quiet when Wren came down the hill.", 1)
     assert ("Wren set down her basket.", 5) in narration
@@ -91,7 +94,7 @@ def test_list_speakers(workdir):
     for left in ("nav.xhtml (toc)", "cover.xhtml (cover)", "titlepage.xhtml (titlepage)", "rights.xhtml (copyright-page)",
                  "notes.xhtml (not in the reading order)", "about-the-author.xhtml (about-the-author)"):
         assert left in out
-    assert "orchard.txt: 4 quotes attributed, 2 not" in out
+    assert "orchard.txt: 5 quotes attributed, 2 not" in out
     assert "Old Hollis" in out and "prose" in out
 
 

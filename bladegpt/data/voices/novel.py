@@ -23,6 +23,7 @@ VERBS = ("said|says|asked|asks|replied|replies|answered|answers|whispered|whispe
 NAME = r"(?P<name>(?:[A-Z][\w'’\-]*\.?)(?:\s+[A-Z][\w'’\-]*){0,2})"
 NOT_NAMES = {"I", "He", "She", "They", "We", "You", "It", "The", "Then", "But", "And", "A", "Someone", "Everyone"}
 AFTER = [re.compile(rf"^[\s,;:—–-]*{NAME}\s+(?:{VERBS})\b"), re.compile(rf"^[\s,;:—–-]*(?:{VERBS})\s+{NAME}")]
+LINKS = re.compile(r"^[\s,;:—–-]*(?:then|and|but|so|now|finally|still|later)\s+", re.IGNORECASE)
 BEFORE = re.compile(rf"{NAME}\s+(?:{VERBS})(?:\s+\w+ly)?\s*[,:]?\s*$")
 QUOTE = re.compile(r"“[^”]*”?|\"[^\"]*\"?")  # curly or straight; one left open runs to the paragraph's end
 # Front and back matter by EPUB 2 guide / EPUB 3 landmark type, and by file name.
@@ -37,12 +38,9 @@ BLOCKS = ("p", "h1", "h2", "h3", "h4", "h5", "h6", "li", "blockquote")
 def speaker_near(before: str, after: str) -> str | None:
     """The name a quote is attributed to by the narration right after it ("," K said) or right before
     it (K said, "..."), or None (a pronoun or no pattern: who speaks is the reader's guess, not ours)."""
-    for pattern in AFTER:
-        if m := pattern.match(after[:80]):
-            return None if m["name"] in NOT_NAMES else m["name"]
-    if m := BEFORE.search(before[-80:]):
-        return None if m["name"] in NOT_NAMES else m["name"]
-    return None
+    after = LINKS.sub("", after[:80])  # "," then Wren said
+    m = next((m for pattern in AFTER if (m := pattern.match(after))), None) or BEFORE.search(before[-80:])
+    return None if m is None or m["name"] in NOT_NAMES else m["name"]
 
 
 def paragraph_turns(text: str, line: int) -> list[Turn]:
