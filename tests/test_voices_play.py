@@ -112,3 +112,13 @@ def test_undecodable_file_is_one_line(workdir):
 def test_empty_file_is_one_line(workdir):
     result = list_speakers(workdir, write(workdir, "empty.txt", ""))
     assert result.exit_code == 1 and "empty.txt is empty or not a text" in " ".join(result.output.split())
+
+
+def test_folder_lists_every_file_in_it(workdir):
+    (workdir / "scripts").mkdir()
+    write(workdir / "scripts", "show.txt", TRANSCRIPT)
+    write(workdir / "scripts", "harbour.play", GUTENBERG)
+    write(workdir / "scripts", ".hidden", "not read")
+    result = list_speakers(workdir, workdir / "scripts")
+    assert result.exit_code == 0, result.output
+    assert "show.txt" in result.output and "harbour.play" in result.output and ".hidden" not in result.output
