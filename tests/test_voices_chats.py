@@ -87,6 +87,14 @@ def test_list_speakers(workdir):
     assert rows == [["Priya", "5", "50.0%", "16"], ["Sam Okafor", "4", "40.0%", "19"], ["sam_o", "1", "10.0%", "2"]]
     for fmt in ("whatsapp", "telegram", "discord"):
         assert fmt in result.output
+    out = " ".join(result.output.split())
+    for note in ("ios.txt: left out system lines (encryption notice, group changes): 2, media placeholders and "
+                 "deleted messages: 2.",
+                 "android.txt: left out system lines (encryption notice, group changes): 2, media placeholders and "
+                 "deleted messages: 1.",
+                 "result.json: left out service messages (joins, pins, calls): 1, media without a caption: 1.",
+                 "discord.json: left out system messages (joins, pins): 1, attachment-only or empty messages: 1."):
+        assert note in out
 
 
 def test_broken_json_is_one_line(workdir):

@@ -114,6 +114,9 @@ def test_list_speakers(workdir):
     result = list_speakers(workdir, plain, fountain)
     assert result.exit_code == 0, result.output
     assert "screenplay" in result.output and "fountain" in result.output
+    out = " ".join(result.output.split())
+    assert "lamp.txt: left out page marks ((MORE), CONTINUED:, page numbers): 1." in out
+    assert "lamp.fountain: left out boneyard passages /* */: 1, notes [[...]]: 1, title page lines: 2." in out
     rows = [line for line in result.output.splitlines() if "ODILE" in line or "BRAM" in line or "McCLANE" in line]
     assert len(rows) == 3 and "ODILE" in rows[0] and " 5 " in rows[0]  # ODILE: 3 + 2 lines, most first
 

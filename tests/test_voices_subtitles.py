@@ -88,6 +88,14 @@ def test_list_speakers_says_srt_has_none(workdir):
     assert result.exit_code == 0, result.output
     assert "SRT names no speakers: 2 cues of text only" in " ".join(result.output.split())
     assert "Nadia" in result.output and "Tomas Berg" in result.output
+    assert "kettle.vtt: speech without a speaker: 1; left out NOTE, STYLE and REGION blocks: 1." in " ".join(
+        result.output.split())
+
+
+def test_list_speakers_says_what_ass_left_out(workdir):
+    result = list_speakers(workdir, write(workdir, "kettle.ass", ASS))
+    assert "kettle.ass: speech without a speaker: 1; left out Comment lines: 1, drawings: 1." in " ".join(
+        result.output.split())
 
 
 def test_malformed_timing_is_one_line(workdir):

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bladegpt.data.voices import chats, novel, play, screenplay, subtitles
-from bladegpt.data.voices.turns import Format, Turn, closest_names, same_speaker, speaker_key, words
+from bladegpt.data.voices.turns import Format, Reading, Turn, closest_names, same_speaker, speaker_key, words
 from bladegpt.errors import DataError
 
-__all__ = ["Turn", "FileVoices", "Speaker", "read_turns", "detect", "list_speakers", "same_speaker", "speaker_key",
-           "closest_names"]
+__all__ = ["Turn", "Reading", "FileVoices", "Speaker", "read_turns", "detect", "list_speakers", "same_speaker",
+           "speaker_key", "closest_names", "read"]
 
 FORMATS: list[Format] = screenplay.FORMATS + play.FORMATS + subtitles.FORMATS + novel.FORMATS + chats.FORMATS
 HEAD_BYTES = 1 << 16  # a file's format is told from its first 64 KiB
@@ -38,14 +38,20 @@ def detect(path: Path) -> Format:
     return best[2]
 
 
-def read_turns(path: Path) -> tuple[str, list[Turn]]:
-    """A file as (format name, its turns in order); DataError (one line, naming the file and line) when
-    it is missing or cannot be read as the format its content shows."""
+def read(path: Path) -> tuple[str, Reading]:
+    """A file as (format name, its Reading: turns and what was left out); DataError (one line, naming the
+    file and line) when it is missing or cannot be read as the format its content shows."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"No such file: {path}; check the path.")
     found = detect(path)
     return found.name, found.read(path)
+
+
+def read_turns(path: Path) -> tuple[str, list[Turn]]:
+    """A file as (format name, its turns in order); errors as `read`."""
+    name, reading = read(path)
+    return name, reading.turns
 
 
 @dataclass
@@ -57,16 +63,17 @@ class FileVoices:
     turns: int
     attributed: int  # speech turns with a speaker
     unattributed: int  # speech turns without (a novel's unattributed quote, an SRT cue)
-    left_out: list[str] = field(default_factory=list)  # an EPUB's front and back matter, by name
+    left_out: list[str] = field(default_factory=list)  # "media placeholders: 3", "cover.xhtml (cover)"
 
     def note(self) -> str:
-        """What a reader should know about this file's speakers, in a few words."""
+        """What a reader should know about this file's speakers and what was left out, in a few words."""
         if self.format == "srt":
-            return f"SRT names no speakers: {self.unattributed:,} cues of text only"
-        if self.format in NOVELS:
-            text = f"{self.attributed:,} quotes attributed, {self.unattributed:,} not"
-            return text + (f"; left out {', '.join(self.left_out)}" if self.left_out else "")
-        return f"{self.unattributed:,} lines without a speaker" if self.unattributed else ""
+            notes = [f"SRT names no speakers: {self.unattributed:,} cues of text only"]
+        elif self.format in NOVELS:
+            notes = [f"{self.attributed:,} quotes attributed, {self.unattributed:,} not"]
+        else:
+            notes = [f"speech without a speaker: {self.unattributed:,}"] if self.unattributed else []
+        return "; ".join(notes + ([f"left out {', '.join(self.left_out)}"] if self.left_out else []))
 
 
 @dataclass
@@ -100,11 +107,10 @@ def list_speakers(inputs: list[Path]) -> tuple[list[FileVoices], list[Speaker]]:
     and how each file was read. Reads only: every file is read before anything is returned."""
     files, lines, said, spellings = [], Counter(), Counter(), defaultdict(Counter)
     for path in find_files(inputs):
-        name, turns = read_turns(path)
-        speech = [t for t in turns if t.kind == "speech"]
-        left = novel.story(path)[1] if name == "epub" else []
-        files.append(FileVoices(path, name, len(turns), sum(t.speaker is not None for t in speech),
-                                sum(t.speaker is None for t in speech), left))
+        name, reading = read(path)
+        speech = [t for t in reading.turns if t.kind == "speech"]
+        files.append(FileVoices(path, name, len(reading.turns), sum(t.speaker is not None for t in speech),
+                                sum(t.speaker is None for t in speech), reading.said()))
         for t in speech:
             if t.speaker is not None:
                 key = speaker_key(t.speaker)

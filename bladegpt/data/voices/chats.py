@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
-from bladegpt.data.voices.turns import Format, Turn, head_text, read_text
+from bladegpt.data.voices.turns import Format, Reading, Turn, head_text, read_text
 from bladegpt.errors import DataError
 
 DATE = r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}"
@@ -27,25 +28,30 @@ LRM = "\u200e"  # iOS opens a system line's or a placeholder's text with it, nev
 MARKS = str.maketrans("", "", "\u200e\u200f\u202a\u202c")  # direction marks iOS puts before lines and names
 
 
-def read_whatsapp(path: Path) -> list[Turn]:
+def read_whatsapp(path: Path) -> Reading:
     """A WhatsApp export as turns: a message runs on over lines without a date; placeholders ("<Media
     omitted>", "image omitted") and system lines (encryption notice, group changes) are left out."""
-    messages: list[list] = []  # [speaker or None (a system line), line, [text lines]]
+    messages: list[list] = []  # [speaker, line, [text lines], marked (iOS opened its text with LRM)]
     for number, raw in enumerate(read_text(path).splitlines(), 1):
         m = BRACKET.match(raw.lstrip(LRM)) or DASH.match(raw.lstrip(LRM))
         author = AUTHOR.match(m["rest"]) if m else None
-        if m and (author is None or author["text"].startswith(LRM)):
-            messages.append([None, number, []])  # a system line: group changes, joins, the encryption notice
-        elif m:
-            messages.append([author["name"].translate(MARKS).strip(), number, [author["text"]]])
+        if m:
+            messages.append([author["name"].translate(MARKS).strip(), number, [author["text"]],
+                             author["text"].startswith(LRM)] if author else [None, number, [m["rest"]], True])
         elif messages:
             messages[-1][2].append(raw)
-    turns = []
-    for name, number, lines in messages:
+    turns, left = [], Counter()
+    for name, number, lines, marked in messages:
         text = "\n".join(lines).translate(MARKS).replace("<This message was edited>", "").strip()
-        if name and text and not PLACEHOLDER.match(text) and not SYSTEM.search(text):
+        if PLACEHOLDER.match(text):
+            left["media placeholders and deleted messages"] += 1
+        elif marked or SYSTEM.search(text):
+            left["system lines (encryption notice, group changes)"] += 1
+        elif not text:
+            left["empty messages"] += 1
+        else:
             turns.append(Turn(name, text, "speech", number))
-    return turns
+    return Reading(turns, +left)
 
 
 def load_json(path: Path) -> dict:
@@ -76,32 +82,44 @@ def telegram_text(text) -> str:
     return ""
 
 
-def read_telegram(path: Path) -> list[Turn]:
+def read_telegram(path: Path) -> Reading:
     """Telegram Desktop's result.json (one chat, or a whole export's chats one after another) as turns;
     service messages (joins, pins, calls) and media without a caption are left out."""
     data = load_json(path)
     chats = data.get("chats", {}).get("list") if isinstance(data.get("chats"), dict) else None
     messages = [m for chat in chats if isinstance(chat, dict) for m in _messages(path, chat)] if chats \
         else _messages(path, data)
-    turns = []
+    turns, left = [], Counter()
     for number, m in enumerate(messages, 1):
         text = telegram_text(m.get("text")).strip()
-        if m.get("type", "message") == "message" and text and m.get("from"):
+        if m.get("type", "message") != "message":
+            left["service messages (joins, pins, calls)"] += 1
+        elif not text:
+            left["media without a caption"] += 1
+        elif not m.get("from"):
+            left["messages without an author (deleted accounts)"] += 1
+        else:
             turns.append(Turn(str(m["from"]), text, "speech", number))
-    return turns
+    return Reading(turns, +left)
 
 
-def read_discord(path: Path) -> list[Turn]:
+def read_discord(path: Path) -> Reading:
     """DiscordChatExporter's JSON as turns, by the author's server nickname (else their name); system
     messages (joins, pins) and attachment-only messages are left out."""
-    turns = []
+    turns, left = [], Counter()
     for number, m in enumerate(_messages(path, load_json(path)), 1):
         author = m.get("author") if isinstance(m.get("author"), dict) else {}
         name = author.get("nickname") or author.get("name")
         text = str(m.get("content") or "").strip()
-        if m.get("type", "Default") in ("Default", "Reply") and text and name:
+        if m.get("type", "Default") not in ("Default", "Reply"):
+            left["system messages (joins, pins)"] += 1
+        elif not text:
+            left["attachment-only or empty messages"] += 1
+        elif not name:
+            left["messages without an author"] += 1
+        else:
             turns.append(Turn(str(name), text, "speech", number))
-    return turns
+    return Reading(turns, +left)
 
 
 def score_whatsapp(head: bytes, suffix: str) -> float:

@@ -12,7 +12,7 @@ import lxml.etree
 import lxml.html
 from ebooklib import epub
 
-from bladegpt.data.voices.turns import Format, Turn, head_text, read_text
+from bladegpt.data.voices.turns import Format, Reading, Turn, head_text, read_text
 from bladegpt.errors import DataError
 
 VERBS = ("said|says|asked|asks|replied|replies|answered|answers|whispered|whispers|shouted|shouts|cried|cries|"
@@ -65,7 +65,7 @@ def paragraph_turns(text: str, line: int) -> list[Turn]:
     return turns
 
 
-def read_prose(path: Path) -> list[Turn]:
+def read_prose(path: Path) -> Reading:
     """Plain-text prose as turns: paragraphs are parted by blank lines; `line` is a paragraph's first line."""
     turns, para, start = [], [], 0
     for number, raw in enumerate(read_text(path).splitlines() + [""], 1):
@@ -75,7 +75,7 @@ def read_prose(path: Path) -> list[Turn]:
         elif para:
             turns += paragraph_turns(" ".join(para), start)
             para = []
-    return turns
+    return Reading(turns)
 
 
 def _open(path: Path) -> epub.EpubBook:
@@ -127,10 +127,12 @@ def story(path: Path) -> tuple[list, list[str]]:
     return kept, left
 
 
-def read_epub(path: Path) -> list[Turn]:
-    """An EPUB's story as turns, paragraph by paragraph (`line` counts paragraphs from 1); headings kept."""
+def read_epub(path: Path) -> Reading:
+    """An EPUB's story as turns, paragraph by paragraph (`line` counts paragraphs from 1); headings kept;
+    the front and back matter left out, by name."""
     turns, number = [], 0
-    for item in story(path)[0]:
+    kept, left = story(path)
+    for item in kept:
         content = item.get_content()
         if not content.strip():
             continue
@@ -148,7 +150,7 @@ def read_epub(path: Path) -> list[Turn]:
             number += 1
             turns += ([Turn(None, text, "heading", number)] if el.tag.startswith("h")
                       else paragraph_turns(text, number))
-    return turns
+    return Reading(turns, pages_left_out=left)
 
 
 def score_epub(head: bytes, suffix: str) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bladegpt.data.voices.turns import Format, Turn, head_text, read_text
+from bladegpt.data.voices.turns import Format, Reading, Turn, head_text, read_text
 
 NAME = r"[A-Z][\w'’.\-]*(?:\s+(?:[A-Z0-9][\w'’.\-]*|of|the|de|la|le|van|von|and|du|da))*"
 COLON = re.compile(rf"^(?P<name>{NAME})\s*:(?:\s+(?P<text>\S.*))?$")  # "Name: text" or "Name:" alone
@@ -33,7 +33,7 @@ def is_heading(line: str) -> bool:
     return bool(re.match(r"^(?:ACT|SCENE|Act|Scene)\s+[\dIVXLC]+\b", line))
 
 
-def read_play(path: Path) -> list[Turn]:
+def read_play(path: Path) -> Reading:
     """A transcript or play as turns: a speech runs to a blank line or the next speaker; stage directions
     ([...], (...), Enter/Exit lines) are action, ACT/SCENE lines headings, lines outside any speech narration."""
     turns: list[Turn] = []
@@ -73,7 +73,7 @@ def read_play(path: Path) -> list[Turn]:
                 start = number
             said.append(line)
     close()
-    return turns
+    return Reading(turns)
 
 
 def score_play(head: bytes, suffix: str) -> float:

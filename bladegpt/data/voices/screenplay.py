@@ -4,9 +4,10 @@ dialogue, indented) and Fountain, the plain-text markup of the same layout (foun
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
-from bladegpt.data.voices.turns import Format, Kind, Turn, clean_cue, head_text, read_text
+from bladegpt.data.voices.turns import Format, Kind, Reading, Turn, clean_cue, head_text, read_text
 
 HEADING = re.compile(r"^(?:\d+[A-Z]?\s+)?(?:INT|EXT|EST|INT\.?\s?/\s?EXT|EXT\.?\s?/\s?INT|I\s?/\s?E)[.\s]",
                      re.IGNORECASE)  # a shooting script numbers its scenes: "12  INT. HOUSE - DAY  12"
@@ -40,17 +41,20 @@ def dual_cues(line: str) -> list[tuple[int, str]] | None:
     return None
 
 
-def strip_fountain(text: str) -> str:
-    """Fountain's notes, boneyard and title page taken out, each line kept where it was (blank lines
-    stand in), so turns keep their line numbers."""
+def strip_fountain(text: str, left: Counter) -> str:
+    """Fountain's notes, boneyard and title page taken out (and counted in `left`), each line kept where it
+    was (blank lines stand in), so turns keep their line numbers."""
     blank = lambda m: "\n" * m.group().count("\n")  # noqa: E731
-    text = NOTE.sub(blank, BONEYARD.sub(blank, text))
-    lines = text.split("\n")
+    left["boneyard passages /* */"] += len(BONEYARD.findall(text))
+    text = BONEYARD.sub(blank, text)
+    left["notes [[...]]"] += len(NOTE.findall(text))
+    lines = NOTE.sub(blank, text).split("\n")
     if lines and re.match(r"^[A-Za-z][A-Za-z ]*:", lines[0]):  # a title page: key: value lines to a blank line
         for i, line in enumerate(lines):
             if not line.strip():
                 break
             lines[i] = ""
+            left["title page lines"] += 1
     return "\n".join(lines)
 
 
@@ -60,8 +64,6 @@ def speech(speaker: str, lines: list[tuple[int, str]], fountain: bool) -> list[T
     said: list[tuple[int, str]] = []
     aside: list[tuple[int, str]] = []
     for number, text in lines:
-        if PAGE_MARK.match(text):
-            continue
         if aside or text.startswith("("):  # a parenthetical, over one line or several
             aside.append((number, text))
             if text.endswith(")"):
@@ -95,15 +97,21 @@ def split_columns(lines: list[tuple[int, str]], middle: int) -> tuple[list, list
     return left, right
 
 
-def parse(text: str, fountain: bool) -> list[Turn]:
+def parse(text: str, fountain: bool) -> Reading:
     """Turns from a screenplay's text: blocks parted by blank lines; a block opening with a cue is that
-    speaker's dialogue, one opening with INT./EXT. a heading, any other action (transitions too)."""
+    speaker's dialogue, one opening with INT./EXT. a heading, any other action (transitions too). Page
+    marks ((MORE), CONTINUED:, page numbers) and Fountain's outline (# sections, = synopses) are left out."""
+    left: Counter = Counter()
     if fountain:
-        text = strip_fountain(text)
+        text = strip_fountain(text, left)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     blocks, block = [], []
     for number, raw in enumerate(lines, 1):
-        if raw.strip():
+        if PAGE_MARK.match(raw.strip()) or (fountain and raw.strip() == "==="):
+            left["page marks ((MORE), CONTINUED:, page numbers)"] += 1
+        elif fountain and raw.lstrip().startswith(("#", "=")):
+            left["outline lines (# sections, = synopses)"] += 1
+        elif raw.strip():
             block.append((number, raw.replace("\t", "    ").rstrip()))
         elif block:
             blocks.append(block)
@@ -115,7 +123,7 @@ def parse(text: str, fountain: bool) -> list[Turn]:
     turns: list[Turn] = []
     for block in blocks:
         turns += _block(block, fountain, margin if indented else None)
-    return turns
+    return Reading(turns, +left)
 
 
 def _indented(blocks: list, margin: int) -> bool:
@@ -127,8 +135,6 @@ def _indented(blocks: list, margin: int) -> bool:
 def _block(block: list[tuple[int, str]], fountain: bool, margin: int | None) -> list[Turn]:
     number, raw = block[0]
     first = raw.strip()
-    if (fountain and first.startswith(("#", "="))) or (PAGE_MARK.match(first) and len(block) == 1):
-        return []  # Fountain sections and synopses (outline, not script); a page number or (MORE)
     if HEADING.match(first) or fountain and re.match(r"^\.[A-Za-z0-9]", first):
         heading = re.sub(r"\s*#[^#]*#$", "", first.lstrip(".")) if fountain else SCENE_NUMBER.sub("", first)
         return [Turn(None, heading, "heading", number)] + (_block(block[1:], fountain, margin) if block[1:] else [])
@@ -145,16 +151,15 @@ def _block(block: list[tuple[int, str]], fountain: bool, margin: int | None) -> 
             return speech(clean_cue(first), body[:end], fountain) + (
                 [_turn(None, body[end:], "action", fountain)] if body[end:] else [])
         return speech(clean_cue(first), body, fountain)
-    kept = [(n, r.strip().lstrip("!>") if fountain else r.strip()) for n, r in block if not PAGE_MARK.match(r.strip())]
-    return [_turn(None, kept, "action", fountain)] if kept else []
+    return [_turn(None, [(n, r.strip().lstrip("!>") if fountain else r.strip()) for n, r in block], "action", fountain)]
 
 
-def read_screenplay(path: Path) -> list[Turn]:
+def read_screenplay(path: Path) -> Reading:
     """A plain-text screenplay (as IMSDb serves them, or exported to text) as turns."""
     return parse(read_text(path), fountain=False)
 
 
-def read_fountain(path: Path) -> list[Turn]:
+def read_fountain(path: Path) -> Reading:
     """A Fountain screenplay as turns; its notes [[...]], boneyard /* */ and title page left out."""
     return parse(read_text(path), fountain=True)
 

@@ -5,12 +5,13 @@ styling tags never reach the text."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import pysubs2
 import webvtt
 
-from bladegpt.data.voices.turns import Format, Turn, head_text, read_text
+from bladegpt.data.voices.turns import Format, Reading, Turn, head_text, read_text
 from bladegpt.errors import DataError
 
 SRT_TIME = re.compile(r"^\s*\d+:\d\d:\d\d[,.]\d{1,3}\s*-->\s*\d+:\d\d:\d\d[,.]\d{1,3}(?:\s.*)?$")
@@ -38,7 +39,7 @@ def _timing_lines(path: Path, text: str, pattern: re.Pattern, marker: str, expec
     return found
 
 
-def read_srt(path: Path) -> list[Turn]:
+def read_srt(path: Path) -> Reading:
     """An SRT file's cues as speech with no speaker (SRT has none), tags and timings left out."""
     text = read_text(path)
     expected = "timing (00:00:01,000 --> 00:00:02,000)"
@@ -51,11 +52,12 @@ def read_srt(path: Path) -> list[Turn]:
         events = pysubs2.SSAFile.from_string(text, format_="srt").events
     except Exception as e:  # pysubs2 refuses it: its own words, with the file
         raise DataError(f"{path} line 1: pysubs2 cannot read it as SRT ({e}); check the file.") from None
-    return [Turn(None, " ".join(e.plaintext.split()), "speech", number)
-            for e, number in zip(events, lines) if e.plaintext.strip()]
+    turns = [Turn(None, " ".join(e.plaintext.split()), "speech", number)
+             for e, number in zip(events, lines) if e.plaintext.strip()]
+    return Reading(turns, +Counter({"empty cues": len(events) - len(turns)}))
 
 
-def read_ass(path: Path) -> list[Turn]:
+def read_ass(path: Path) -> Reading:
     """An ASS/SSA file's Dialogue lines as speech by their Name (actor) field; Comment lines, drawings,
     override tags {\\...} and timings left out."""
     text = read_text(path)
@@ -65,11 +67,14 @@ def read_ass(path: Path) -> list[Turn]:
     except Exception as e:
         raise DataError(f"{path} line 1: pysubs2 cannot read it as ASS/SSA ({e}); check the file.") from None
     dialogue = [e for e in events if not e.is_comment]
-    return [Turn(e.name.strip() or None, " ".join(e.plaintext.split()), "speech", number)
-            for e, number in zip(dialogue, lines) if e.plaintext.strip() and not DRAWING.search(e.text)]
+    drawn = [DRAWING.search(e.text) is not None for e in dialogue]
+    turns = [Turn(e.name.strip() or None, " ".join(e.plaintext.split()), "speech", number)
+             for e, number, shape in zip(dialogue, lines, drawn) if e.plaintext.strip() and not shape]
+    return Reading(turns, +Counter({"Comment lines": len(events) - len(dialogue), "drawings": sum(drawn),
+                                    "empty lines": len(dialogue) - sum(drawn) - len(turns)}))
 
 
-def read_vtt(path: Path) -> list[Turn]:
+def read_vtt(path: Path) -> Reading:
     """A WebVTT file's cues as speech, each voice span `<v Name>` its own turn by Name (a cue with none
     has speaker None); NOTE, STYLE and REGION blocks, timings and tags left out."""
     text = read_text(path)
@@ -85,7 +90,8 @@ def read_vtt(path: Path) -> list[Turn]:
         for speaker, said in voices(caption.raw_text):
             if said:
                 turns.append(Turn(speaker, said, "speech", number))
-    return turns
+    notes = sum(block.lstrip().startswith(("NOTE", "STYLE", "REGION")) for block in re.split(r"\n\s*\n", text))
+    return Reading(turns, +Counter({"NOTE, STYLE and REGION blocks": notes}))
 
 
 def voices(raw: str) -> list[tuple[str | None, str]]:

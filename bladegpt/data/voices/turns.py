@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +32,21 @@ class Turn:
     line: int
 
 
+@dataclass
+class Reading:
+    """A file read: its turns in order, and what it held that is no one's words: counted by kind
+    ({"media placeholders": 3}) and, for whole pages, by name (["cover.xhtml (cover)"]), so a listing
+    can say what was left out."""
+
+    turns: list[Turn]
+    left_out: Counter[str] = field(default_factory=Counter)
+    pages_left_out: list[str] = field(default_factory=list)
+
+    def said(self) -> list[str]:
+        """What was left out, in words: "media placeholders: 3", "cover.xhtml (cover)"."""
+        return [f"{what}: {n:,}" for what, n in self.left_out.items() if n] + self.pages_left_out
+
+
 @dataclass(frozen=True)
 class Format:
     """A reader: its name, how much a file's first bytes look like it (0 to 1, from its head and its
@@ -38,7 +54,7 @@ class Format:
 
     name: str
     score: Callable[[bytes, str], float]
-    read: Callable[[Path], list[Turn]]
+    read: Callable[[Path], Reading]
 
 
 def read_text(path: Path) -> str:
