@@ -20,6 +20,8 @@ Marek asked, "Is there tea?"
 "There is always tea."
 
 "Good," then Marek said. It was a strange thing to say.
+
+“Who’s there?” asked Tam. Mr. Pell said, “Only me.”
 """
 
 
@@ -34,7 +36,7 @@ def test_prose_attribution(tmp_path):
         ("Old Hollis", "You are late,"), ("Old Hollis", "The pears will not wait."),  # one speaker a paragraph
         (None, "Then they can rot,"),  # "she said": a pronoun names no one
         ("Hollis", "Nobody is rotting today,"), ("Marek", "Is there tea?"), (None, "There is always tea."),
-        ("Marek", "Good,")]
+        ("Marek", "Good,"), ("Tam", "Who’s there?"), ("Mr. Pell", "Only me.")]
     narration = [(t.text, t.line) for t in turns if t.kind == "narration"]
     assert narration[0] == ("The orchard was quiet when Wren came down the hill.", 1)
     assert ("Wren set down her basket.", 5) in narration
@@ -94,7 +96,7 @@ def test_list_speakers(workdir):
     for left in ("nav.xhtml (toc)", "cover.xhtml (cover)", "titlepage.xhtml (titlepage)", "rights.xhtml (copyright-page)",
                  "notes.xhtml (not in the reading order)", "about-the-author.xhtml (about-the-author)"):
         assert left in out
-    assert "orchard.txt: 5 quotes attributed, 2 not" in out
+    assert "orchard.txt: 7 quotes attributed, 2 not" in out
     assert "Old Hollis" in out and "prose" in out
 
 

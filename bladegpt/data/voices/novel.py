@@ -20,7 +20,8 @@ VERBS = ("said|says|asked|asks|replied|replies|answered|answers|whispered|whispe
          "exclaimed|began|insisted|repeated|snapped|growled|sighed|laughed|explained|demanded|agreed|admitted|"
          "protested|suggested|warned|interrupted|observed|remarked|returned|retorted|rejoined|screamed|"
          "breathed|hissed|pleaded|begged|announced|declared|wondered|went on")
-NAME = r"(?P<name>(?:[A-Z][\w'’\-]*\.?)(?:\s+[A-Z][\w'’\-]*){0,2})"
+TITLES = r"(?:(?:Mr|Mrs|Ms|Dr|St|Prof|Capt|Col|Sgt|Lt|Gen|Rev)\.\s+)?"  # a full stop inside a name
+NAME = rf"(?P<name>{TITLES}[A-Z][\w'’\-]*(?:\s+[A-Z][\w'’\-]*){{0,2}})"
 NOT_NAMES = {"I", "He", "She", "They", "We", "You", "It", "The", "Then", "But", "And", "A", "Someone", "Everyone"}
 AFTER = [re.compile(rf"^[\s,;:—–-]*{NAME}\s+(?:{VERBS})\b"), re.compile(rf"^[\s,;:—–-]*(?:{VERBS})\s+{NAME}")]
 LINKS = re.compile(r"^[\s,;:—–-]*(?:then|and|but|so|now|finally|still|later)\s+", re.IGNORECASE)
