@@ -19,8 +19,13 @@ def prepare(
     val_fraction: Annotated[float, typer.Option(help="Share of the text kept for validation (its end).")] = 0.1,
     out: Annotated[Optional[Path], typer.Option(help="Dataset folder \\[default: datasets/NAME].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the dataset already at the folder (earlier runs cannot resume on it).")] = False,
+    list_speakers: Annotated[bool, typer.Option("--list-speakers", help="Only list who speaks in the files (screenplays, Fountain, plays, transcripts, subtitles, EPUB or prose novels, WhatsApp/Telegram/Discord exports) and how much; writes nothing.")] = False,
 ) -> None:
     """Turn text into a dataset: a tokenizer, train/val token files and their metadata."""
+    if list_speakers:
+        from bladegpt.cli.speakers import show_speakers
+
+        return show_speakers(inputs, console)
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     from bladegpt.cli.tables import prepared_table
