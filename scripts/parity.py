@@ -26,7 +26,7 @@ RUNS = {
     # nanoGPT's exact work: 4/4/128, block 64, batch 12, 2000 steps, eval every 250.
     "parity": NANO + ["--steps", "2000", "--eval-interval", "250"],
     # Fastest recipe found to reach the target (of ~40 shapes, optimizers, lrs and lengths tried, see
-    # docs/benchmarks.md): 3 layers instead of 4, batch 24, Muon for the blocks' matrices, 320 steps,
+    # docs/benchmarks/training-speed.md): 3 layers instead of 4, batch 24, Muon for the blocks' matrices, 320 steps,
     # one eval at the end.
     "beyond": ["--preset", "nano", "--n-layer", "3", "--dropout", "0", "--batch-size", "24", "--optimizer", "muon",
                "--lr", "6e-3", "--muon-lr", "0.04", "--steps", "320", "--warmup-steps", "40", "--eval-interval", "320",

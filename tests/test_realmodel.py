@@ -48,7 +48,7 @@ def test_greedy_text_is_transformers_on_the_same_weights(smollm2):
 
 def test_int8_weights_keep_its_loss_on_officer_k(smollm2):
     """sample's int8 weights: SmolLM2's loss on a stretch of officer_k moves by under 0.01 nats a token
-    (measured +0.002 bpb on the whole val split: docs/benchmarks.md)."""
+    (measured +0.002 bpb on the whole val split: docs/benchmarks/finetune.md)."""
     _, pretrained = smollm2
     ids = torch.tensor(pretrained.tokenizer.encode(OFFICER_K.read_text(encoding="utf-8")[-6000:])[: 4 * 256 + 1])
     x, y = ids[:-1].view(4, 256), ids[1:].view(4, 256)

@@ -14,7 +14,7 @@ from bladegpt.cli.app import app, console, friendly
 @friendly
 def train(
     data: Annotated[Optional[Path], typer.Option(help="Dataset folder \\[default: the latest prepared].")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="nano, mini, small or gpt2 (see the README) \\[default: mini].")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="nano, mini, small or gpt2 (docs/training.md) \\[default: mini].")] = None,
     init_from: Annotated[Optional[str], typer.Option(help="Start from a pretrained model: a Hugging Face repo id or folder (gpt2, HuggingFaceTB/SmolLM2-135M, Llama 3.x, Qwen2/2.5/3...), a .gguf file, ollama:NAME[:TAG], or a BladeGPT run or checkpoint.")] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="Transformer blocks.")] = None,
     n_head: Annotated[Optional[int], typer.Option(help="Attention heads.")] = None,
