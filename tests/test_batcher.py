@@ -16,9 +16,9 @@ BLOCK = 16
 SHAPES = {"gpt2": {}, "rope-gqa": dict(positions="rope", norm="rmsnorm", n_kv_head=1)}
 
 
-def tiny(shape: str, attention: str) -> GPT:
+def tiny(shape: str, attention: str, block: int = BLOCK) -> GPT:
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=64, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, **SHAPES[shape])).eval()
+    model = GPT(ModelConfig(vocab_size=64, block_size=block, n_layer=2, n_head=2, n_embd=32, **SHAPES[shape])).eval()
     model.set_attention(attention)
     return model
 
@@ -41,17 +41,35 @@ def test_texts_joining_and_leaving_a_batch_each_equal_their_seed_alone(shape, at
         6: ([9, 9, 9, 9, 9], SampleSettings(max_new_tokens=12, seed=5, temperature=0)),
     }
     out: dict[int, list] = {}
+    run_steps(batcher, asks, out, 60)
+    for prompt, settings in asks.values():
+        alone = list(generate(model, prompt, settings.max_new_tokens, 64, torch.Generator().manual_seed(settings.seed),
+                              **settings.knobs()))
+        assert out[settings.seed] == [*alone, "length"], settings
+
+
+def run_steps(batcher: Batcher, asks: dict, out: dict, steps: int) -> None:
     with torch.inference_mode():
-        for step in range(60):
+        for step in range(steps):
             if step in asks:
                 batcher.submit([job(*asks[step], out)])
             if not batcher.waiting.empty():
                 batcher._admit()
             if batcher.jobs:
                 batcher._step()
+
+
+def test_the_cache_grows_in_rows_and_length_keeping_every_text():
+    model = tiny("rope-gqa", "sdpa", block=128)
+    batcher = Batcher(model, 64, stop_ids=(), max_rows=8, max_waiting=8)
+    lengths = [3, 70, 10, 60, 5, 1]  # past the first 64 positions and the first 4 rows, at different steps
+    asks = {step: ([(7 * i) % 64 for i in range(n)], SampleSettings(max_new_tokens=30, seed=step))
+            for step, n in enumerate(lengths)}
+    out: dict[int, list] = {}
+    run_steps(batcher, asks, out, 40)
+    assert batcher.rows.k[0].size(0) == 8 and batcher.rows.k[0].size(2) == 128
     for prompt, settings in asks.values():
-        alone = list(generate(model, prompt, settings.max_new_tokens, 64, torch.Generator().manual_seed(settings.seed),
-                              **settings.knobs()))
+        alone = list(generate(model, prompt, 30, 64, torch.Generator().manual_seed(settings.seed), **settings.knobs()))
         assert out[settings.seed] == [*alone, "length"], settings
 
 

@@ -19,6 +19,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' on the API \\[default: none].", show_default=False)] = None,
     frame: Annotated[Optional[str], typer.Option(help="How chat messages are written: quotes, play or lines \\[default: the corpus's].", show_default=False)] = None,
+    max_batch: Annotated[int, typer.Option(help="Most requests decoded together, one row each of one batch; their KV cache grows with their texts.")] = 16,
     max_waiting: Annotated[int, typer.Option(help="Requests that may wait for a batch row; more get HTTP 429.")] = 64,
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
@@ -28,5 +29,5 @@ def serve(
         from bladegpt.serve import serve as run
     except ImportError as e:
         raise UserError(f"serve needs its extra ({e.name} is missing): pip install 'bladegpt[serve]'.") from None
-    run(checkpoint, host, port, api_key, device, precision, frame, max_waiting,
+    run(checkpoint, host, port, api_key, device, precision, frame, max_batch, max_waiting,
         say=lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True))

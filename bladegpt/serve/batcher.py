@@ -40,9 +40,11 @@ class Job:
 
 
 class RowsCache:
-    """Keys and values of every active text, one row each in per-layer (rows, nkv, block, hs) buffers, each
+    """Keys and values of every active text, one row each in per-layer (rows, nkv, length, hs) buffers, each
     row filled to its own length. A step seats one token per row at that row's position and attends over
-    the longest row's length, masking what a shorter row has not written."""
+    the longest row's length, masking what a shorter row has not written. The buffers grow (doubling, zeroed
+    so that masked slots stay finite) with the rows and the longest text, never past the context: a
+    model with a long context (SmolLM2's 8,192 tokens: 377 MB a row in fp32) costs what its texts use."""
 
     def __init__(self, n_layer: int, block: int):
         self.n_layer, self.block = n_layer, block
@@ -51,32 +53,34 @@ class RowsCache:
         self.lengths: list[int] = []
         self.where: torch.Tensor | None = None  # (B,) positions of the tokens of the coming step
 
-    def __len__(self) -> int:
-        return len(self.lengths)
-
     def add(self, solo: KVCache) -> None:
         """A new row holding a prefilled single-text cache's keys and values."""
-        if not self.k or len(self.lengths) == self.k[0].size(0):
-            self._grow(solo)
+        if not self.k:
+            self.k = [k.new_zeros(0, k.size(1), 0, k.size(3)) for k in solo.k]
+            self.v = [v.new_zeros(0, v.size(1), 0, v.size(3)) for v in solo.v]
+        self._fit(len(self.lengths) + 1, solo.pos)
         self.lengths.append(0)
         self.put(len(self.lengths) - 1, solo)
 
-    def _grow(self, solo: KVCache) -> None:
-        """Twice the rows (at least 4), the rows so far copied over; buffers in the dtype the model made."""
-        rows = max(4, 2 * len(self.lengths))
+    def _fit(self, rows: int, length: int) -> None:
+        """Buffers of at least `rows` rows and `length` positions (doubling what is there), contents kept."""
+        have_rows, have_length = self.k[0].size(0), self.k[0].size(2)
+        if rows <= have_rows and length <= have_length:
+            return
+        rows = max(rows, 2 * have_rows if rows > have_rows else have_rows, 4)
+        length = min(self.block, max(length, 2 * have_length if length > have_length else have_length, 64))
 
-        def grown(old: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-            buffer = like.new_zeros(rows, *like.shape[1:])
-            if old is not None:
-                buffer[: old.size(0)] = old
+        def grown(old: torch.Tensor) -> torch.Tensor:
+            buffer = old.new_zeros(rows, old.size(1), length, old.size(3))
+            buffer[: old.size(0), :, : old.size(2)] = old
             return buffer
 
-        self.k = [grown(self.k[i] if self.k else None, solo.k[i]) for i in range(self.n_layer)]
-        self.v = [grown(self.v[i] if self.v else None, solo.v[i]) for i in range(self.n_layer)]
+        self.k, self.v = [grown(k) for k in self.k], [grown(v) for v in self.v]
 
     def put(self, row: int, solo: KVCache) -> None:
         """Row `row` becomes a copy of a prefilled single-text cache (a join, or a window slide)."""
         n = solo.pos
+        self._fit(row + 1, n)
         for layer in range(self.n_layer):
             if n:
                 self.k[layer][row, :, :n] = solo.k[layer][0, :, :n]
@@ -97,6 +101,7 @@ class RowsCache:
     def seat(self, T: int, device: torch.device) -> None:
         if T != 1:
             raise ValueError("a batch step seats one token per row")
+        self._fit(len(self.lengths), max(self.lengths) + 1)
         self.where = torch.tensor(self.lengths, device=device)
 
     def positions(self) -> torch.Tensor:

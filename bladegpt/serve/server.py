@@ -15,7 +15,7 @@ from bladegpt.data import copymeter
 from bladegpt.data.frames import check_kind, choose
 from bladegpt.errors import UserError
 from bladegpt.generate.chat import recorded_frame
-from bladegpt.generate.sampler import MAX_BATCH, Sampler
+from bladegpt.generate.sampler import Sampler
 from bladegpt.runs import RUN_FILE
 from bladegpt.serve.app import Voice, create_app
 from bladegpt.serve.batcher import Batcher
@@ -37,12 +37,14 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(checkpoint: Path | None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          device: str = "auto", precision: str = "auto", frame: str | None = None, max_waiting: int = 64,
+          device: str = "auto", precision: str = "auto", frame: str | None = None, max_batch: int = 16, max_waiting: int = 64,
           say: Callable[[str], None] = print) -> None:
     """Serve a checkpoint (default: the latest run's best) until stopped. UserError for a port out of range
     or a checkpoint that cannot be loaded."""
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be from 1 to 65535, got {port}.")
+    if max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {max_batch}.")
     if max_waiting < 0:
         raise UserError(f"--max-waiting must be 0 or more, got {max_waiting}.")
     if api_key is not None and not api_key.strip():
@@ -54,8 +56,7 @@ def serve(checkpoint: Path | None, host: str = "127.0.0.1", port: int = 8000, ap
     frame, _ = choose(frame, recorded_frame(sampler.checkpoint), tokenizer.encode)
     run_dir = sampler.checkpoint.parent
     model_id = run_dir.name if (run_dir / RUN_FILE).is_file() else sampler.checkpoint.stem
-    batcher = Batcher(sampler.model, tokenizer.vocab_size, stop_ids(tokenizer), sampler.batch_size(MAX_BATCH),
-                      max_waiting)
+    batcher = Batcher(sampler.model, tokenizer.vocab_size, stop_ids(tokenizer), max_batch, max_waiting)
     voice = Voice(tokenizer, config.block_size, model_id, frame, copymeter.for_checkpoint(sampler.checkpoint),
                   batcher, api_key)
     if not is_loopback(host) and api_key is None:
