@@ -172,6 +172,8 @@ def test_every_refusal_is_openai_shaped(server, path):
         (400, json.dumps({**ask, "temperature": "hot"}), KEY),
         (400, json.dumps({**ask, "top_p": 2}), KEY),
         (400, json.dumps({**ask, "logprobs": 3}), KEY),
+        (400, json.dumps({**ask, "max_tokens": 0}), KEY),
+        (400, json.dumps([ask]), KEY),
         (429, json.dumps({**ask, "n": MAX_WAITING + 1}), KEY),
     ]
     long = "the hunter " * BLOCK

@@ -3,8 +3,10 @@ chat laid into the voice's frame. Each problem is an ApiError naming the field, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
+import re
 from dataclasses import dataclass
 
 from bladegpt.data.frames import Frame
@@ -43,6 +45,11 @@ class Asked:
     usage_chunk: bool  # stream_options.include_usage: a last chunk with the token counts
 
 
+def as_field(e: UserError) -> str:
+    """A settings error in the API's words: the CLI's flags (--top-p) named as the fields (top_p)."""
+    return re.sub(r"--([a-z-]+)", lambda m: m[1].replace("-", "_"), str(e))
+
+
 def _number(body: dict, name: str, default, whole: bool = False):
     value = body.get(name)
     if value is None:
@@ -61,6 +68,8 @@ def asked(body: dict, max_tokens_names: tuple[str, ...]) -> Asked:
     defaults = SampleSettings()
     max_tokens = next((_number(body, name, None, whole=True) for name in max_tokens_names if body.get(name) is not None),
                       defaults.max_new_tokens)
+    if max_tokens < 1:
+        raise ApiError(400, f"'{max_tokens_names[0]}' must be at least 1, got {max_tokens}.", max_tokens_names[0])
     seed = _number(body, "seed", None, whole=True)
     top_k = _number(body, "top_k", defaults.top_k, whole=True)
     try:
@@ -70,11 +79,15 @@ def asked(body: dict, max_tokens_names: tuple[str, ...]) -> Asked:
             top_p=_number(body, "top_p", defaults.top_p), min_p=_number(body, "min_p", defaults.min_p),
             repetition_penalty=_number(body, "repetition_penalty", defaults.repetition_penalty),
             seed=random.randrange(2**31) if seed is None else seed)
-    except UserError as e:  # the CLI's words name its flags; the field is the same setting
-        raise ApiError(400, str(e).replace("--max-new-tokens", "max_tokens").replace("--", "").replace("-", "_"))
+    except UserError as e:
+        raise ApiError(400, as_field(e)) from None
     n = _number(body, "n", 1, whole=True)
     if not 1 <= n <= MAX_N:
         raise ApiError(400, f"'n' must be from 1 to {MAX_N}, got {n}.", "n")
+    try:  # choice i draws with seed + i
+        dataclasses.replace(settings, seed=settings.seed + n - 1)
+    except UserError as e:
+        raise ApiError(400, f"choice {n - 1} would draw with seed {settings.seed + n - 1}: {as_field(e)}", "seed") from None
     stop = body.get("stop")
     stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
