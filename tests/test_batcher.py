@@ -106,3 +106,34 @@ def test_the_decode_thread_ends_texts_at_a_stop_id():
     finally:
         batcher.stop()
     assert out[1] == [*greedy[: greedy.index(stop)], "stop"]
+
+
+def test_a_failing_step_ends_its_texts_and_the_thread_serves_on(monkeypatch):
+    model = tiny("gpt2", "sdpa")
+    batcher = Batcher(model, 64, stop_ids=(), max_rows=4, max_waiting=4)
+    out: dict[int, list] = {}
+    broken = {"on": True}
+    real = Batcher._step
+
+    def step(self):
+        if broken["on"]:
+            broken["on"] = False
+            raise RuntimeError("out of memory")
+        real(self)
+
+    monkeypatch.setattr(Batcher, "_step", step)
+    batcher.start()
+    try:
+        batcher.submit([job([1, 2], SampleSettings(max_new_tokens=5, seed=1), out)])
+        for _ in range(200):
+            if out[1]:
+                break
+            time.sleep(0.05)
+        batcher.submit([job([1, 2], SampleSettings(max_new_tokens=5, seed=2), out)])
+        for _ in range(200):
+            if out[2] and out[2][-1] == "length":
+                break
+            time.sleep(0.05)
+    finally:
+        batcher.stop()
+    assert out[1] == ["error"] and len(out[2]) == 6 and out[2][-1] == "length"

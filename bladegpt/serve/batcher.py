@@ -9,6 +9,7 @@ so its tokens are the ones `sample` gives with the same settings, whoever else i
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from bladegpt.generate.engine import DECODE_BACKENDS, KVCache, last_logits, samp
 from bladegpt.generate.settings import SampleSettings
 from bladegpt.model import GPT
 
+log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.1  # how often an idle decode thread looks up to see whether it should stop
 
 
@@ -164,6 +166,7 @@ class Batcher:
                     if self.jobs:
                         self._step()
                 except Exception:  # a bug or the device out of memory: end these texts, keep serving
+                    log.exception("decode step failed; ending the %d texts in the batch", len(self.jobs))
                     for job in self.jobs:
                         job.tell(None, "error")
                     self.jobs, self.rows = [], RowsCache(self.model.config.n_layer, self.block)
@@ -179,10 +182,15 @@ class Batcher:
                 return
             if job.cancelled:
                 continue
-            solo = KVCache(self.model.config.n_layer, self.block)
-            job.logits = last_logits(self.model, torch.tensor([job.ids], device=self.device), self.n_vocab, solo)
-            job.generator = torch.Generator(self.device).manual_seed(job.settings.seed)
-            self.rows.add(solo)
+            try:
+                solo = KVCache(self.model.config.n_layer, self.block)
+                job.logits = last_logits(self.model, torch.tensor([job.ids], device=self.device), self.n_vocab, solo)
+                job.generator = torch.Generator(self.device).manual_seed(job.settings.seed)
+                self.rows.add(solo)
+            except Exception:  # this prompt failed (out of memory): it ends, the batch goes on
+                log.exception("prefill failed")
+                job.tell(None, "error")
+                continue
             self.jobs.append(job)
 
     def _step(self) -> None:
