@@ -19,9 +19,10 @@ install:
 # The chat page's test drives Debian's chromium through chromium-driver (selenium, offline); without them it is
 # skipped and says so. CI installs them; elsewhere `make install-browser` does (as root: apt-get).
 install-browser:
-	@if command -v apt-get >/dev/null; then apt-get install -y chromium chromium-driver || \
-		(apt-get update && apt-get install -y chromium chromium-driver); \
-	else echo "No apt-get here: install chromium and its chromedriver your system's way for the page test."; fi
+	@if ! command -v apt-get >/dev/null; then \
+		echo "No apt-get here: install chromium and its chromedriver your system's way for the page test."; \
+	elif ! (apt-get install -y chromium chromium-driver || (apt-get update && apt-get install -y chromium chromium-driver)); then \
+		echo "Could not install chromium and chromium-driver (not root?): the page test will be skipped."; fi
 
 # One worker per core (pytest-xdist), each test file on one worker so its module fixtures are built once,
 # and one thread per worker: two workers of two OpenMP threads each on 2 cores spin-wait on each other
