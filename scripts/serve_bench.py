@@ -97,13 +97,14 @@ def round_of(port: int, clients: int, max_tokens: int, model: str | None) -> dic
     wall = time.perf_counter() - start
     ttft = [first for first, _ in out if first is not None]
     tokens = sum(n for _, n in out)
-    return {"clients": clients, "tokens": tokens, "wall_s": round(wall, 2), "tok_s": round(tokens / wall, 1),
+    return {"clients": clients, "tokens": tokens, "fewest_tokens": min(n for _, n in out), "wall_s": round(wall, 2), "tok_s": round(tokens / wall, 1),
             "ttft_median_s": round(statistics.median(ttft), 2), "ttft_max_s": round(max(ttft), 2)}
 
 
 def bench(name: str, command: list[str], port: int, health: str, clients: list[int], max_tokens: int,
           env: dict, model: str | None = None) -> list[dict]:
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile()  # never a pipe: llama.cpp logs every request, and a full pipe would stall it
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_up(port, proc, health)
         round_of(port, 1, 8, model)  # warm up
@@ -111,6 +112,10 @@ def bench(name: str, command: list[str], port: int, health: str, clients: list[i
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        log.seek(0)
+        first = log.readline().decode(errors="replace").strip()
+        log.close()
+    print(f"# {name}: {first}" if name.startswith("bladegpt") else f"# {name}", flush=True)
     for row in rows:
         print(json.dumps(row), flush=True)
     return rows
@@ -144,7 +149,8 @@ def main() -> None:
         return
     port = free_port()
     bench("llama.cpp (llama-cpp-python)", [sys.executable, "-m", "llama_cpp.server", "--model", str(args.gguf),
-                                           "--port", str(port), "--n_threads", str(args.threads), "--n_ctx", "2048"],
+                                           "--port", str(port), "--n_threads", str(args.threads), "--n_ctx", "2048",
+                                           "--interrupt_requests", "False"],  # its default: a new request ends the last
           port, "/v1/models", clients, args.max_tokens, env)
 
 
