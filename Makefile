@@ -7,13 +7,22 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
 
-.PHONY: install test bench parity prepare-bench voice clean
+.PHONY: install install-browser test bench parity prepare-bench voice clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,serve]"
+	@if [ "$$CI" = "true" ]; then $(MAKE) install-browser; fi
+
+# The chat page's test drives Debian's chromium through chromium-driver (selenium, offline); without them it is
+# skipped and says so. CI installs them; elsewhere `make install-browser` does (as root: apt-get).
+install-browser:
+	@if ! command -v apt-get >/dev/null; then \
+		echo "No apt-get here: install chromium and its chromedriver your system's way for the page test."; \
+	elif ! (apt-get install -y chromium chromium-driver || (apt-get update && apt-get install -y chromium chromium-driver)); then \
+		echo "Could not install chromium and chromium-driver (not root?): the page test will be skipped."; fi
 
 # One worker per core (pytest-xdist), each test file on one worker so its module fixtures are built once,
 # and one thread per worker: two workers of two OpenMP threads each on 2 cores spin-wait on each other

@@ -274,6 +274,8 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         else:
             rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs) each
+            if pos.dim() == 2:  # a position per row (B, T), as a server's batch of texts of many lengths
+                rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, T, hs): the same for every head
         x = self.transformer.drop(x)
         compiled = self.__dict__.get("compiled_blocks")
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()

@@ -20,7 +20,7 @@ def test_help_is_instant_and_torch_free():
     code = ("import sys; from bladegpt.cli import app; heavy = {'torch', 'matplotlib', 'tensorboard', 'wandb'}; "
             "assert not heavy & set(sys.modules), heavy & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
-    for command in ([], ["prepare"], ["train"], ["sample"], ["bench"], ["export"], ["runs"]):
+    for command in ([], ["prepare"], ["train"], ["sample"], ["serve"], ["bench"], ["export"], ["runs"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
     assert "bladegpt" in invoke("--version").output

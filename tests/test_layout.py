@@ -28,6 +28,7 @@ STAGES = [
     ["generate"],  # checkpoint -> text
     ["train", "export"],  # dataset -> checkpoints; checkpoint -> other tools
     ["bench"],
+    ["serve"],  # checkpoint -> an OpenAI-style server and a chat page
     ["cli"],
     ["__main__"],
 ]

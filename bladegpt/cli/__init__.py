@@ -3,7 +3,7 @@ prints; they register on the app (app.py) in the order --help lists them. No tor
 
 from __future__ import annotations
 
-from bladegpt.cli import data, train, generate, bench, runs, export  # noqa: F401  (registers the commands, in order)
+from bladegpt.cli import data, train, generate, serve, bench, runs, export  # noqa: F401  (registers the commands, in order)
 from bladegpt.cli.app import app
 
 __all__ = ["app", "main"]
