@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from bladegpt.cli import app
@@ -177,3 +178,48 @@ def test_read_only_folders_are_one_line(workdir, corpus, monkeypatch):
         monkeypatch.chdir(workdir)  # into the mount: the old working directory is the folder beneath it
         assert_one_line_error(invoke("train", *TINY), "Read-only file system")
         assert_one_line_error(invoke("prepare", corpus, "--out", "again"), "Read-only file system")
+
+
+def test_prepare_names_the_train_command_that_finds_its_dataset(corpus, workdir):
+    result = invoke("prepare", corpus)
+    assert result.exit_code == 0 and "Next: bladegpt train (it picks up this dataset)." in result.output
+    elsewhere = invoke("prepare", corpus, "--out", "my data")
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert "Next: bladegpt train --data 'my data'" in elsewhere.output  # train alone would take datasets/' newest
+
+
+def test_a_library_message_over_several_lines_is_still_one_line(capsys):
+    from bladegpt.cli.app import friendly
+    from bladegpt.errors import SourceError
+
+    @friendly
+    def command():
+        raise SourceError("Could not download x (first\nsecond  line\n); check the connection.")
+
+    with pytest.raises(typer.Exit) as exit_:
+        command()
+    shown = capsys.readouterr().err
+    assert exit_.value.exit_code == 1 and shown.count("\n") == 1
+    assert "Error: Could not download x (first second line ); check the connection." in shown
+
+
+def test_a_failed_download_names_the_first_line_of_its_reason(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from bladegpt.errors import SourceError
+    from bladegpt.sources.hub import hf_folder
+
+    def offline_download(repo, local_files_only=False, **_):
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        raise OSError("ConnectError: no route\nAn error happened while trying to locate the files on the Hub.")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(SourceError) as error:
+        hf_folder("Someone/Model", weights=False)
+    message = str(error.value)
+    assert "\n" not in message and "ConnectError: no route" in message and "An error happened" not in message
+    assert "--init-from" not in message  # prepare --tokenizer-from fails here too: the fix names no one flag

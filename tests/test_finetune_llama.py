@@ -146,3 +146,8 @@ def test_the_recipes_choices_are_printed_and_each_flag_overrides_its_own():
     assert notes == []  # nothing left to choose
     wider, _ = finetune_config(None, 1152, train_tokens=16_700, val_tokens=1_900, block_size=256)
     assert wider.lr == pytest.approx(FINETUNE["lr"] / 2)  # the lr scales with the width
+    lora, said = finetune_config(None, 576, train_tokens=16_700, val_tokens=1_900, block_size=256, lora=True)
+    assert lora.lr == pytest.approx(10 * FINETUNE["lr"])  # LoRA's adapters learn best at about 10x
+    assert f"--lr {lora.lr:.2g} (constant" in " ".join(said) and "LoRA" in " ".join(said)  # the line says the lr used
+    given, _ = finetune_config({"lr": 1e-5}, 576, train_tokens=16_700, val_tokens=1_900, block_size=256, lora=True)
+    assert given.lr == 1e-5

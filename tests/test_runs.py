@@ -69,3 +69,9 @@ def test_the_runs_table_leaves_out_spare_columns_where_the_terminal_is_narrow():
     shown = console.export_text()
     assert "officer_k-12" in shown and "1.084" in shown and "finished" in shown and "…" not in shown
     assert ("the curve is" in wide.caption) and ("curve" in kept) == ("the curve is" in narrow.caption)
+    long = dict(row, run="runs/officer_k-SmolLM2-135M-Instruct.Q4_1-1", dataset="officer_k-SmolLM2-135M-Instruct.Q4_1")
+    console = Console(width=80, record=True)
+    console.print(runs_table([long], 80))
+    shown = console.export_text()
+    assert "1.084" in shown and "16/16" in shown and "110s" in shown and "…" not in shown  # numbers whole
+    assert "officer_k-SmolLM2-135M-" in shown and "Instruct.Q4_1-1" in shown  # the long name folds, whole

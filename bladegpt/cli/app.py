@@ -66,6 +66,7 @@ def friendly(command):
 
 
 def fail(message: str) -> None:
+    message = " ".join(message.split())  # one line even where a library's text inside it spans several
     err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line, however narrow the terminal
     raise typer.Exit(code=1) from None
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from bladegpt.cli.app import app, console, friendly
 
@@ -48,4 +50,10 @@ def prepare(
     for note in result.notes:
         console.print(note, style="yellow", highlight=False, soft_wrap=True, markup=False)
     console.print(prepared_table(result, vocab_sized=vocab_size is None))
-    console.print("Next: [bold]bladegpt train[/] (it picks up this dataset).")
+    from bladegpt.data.dataset import DATASETS_DIR
+
+    if result.out_dir.resolve().parent == DATASETS_DIR.resolve():  # train's default: the newest dataset there
+        console.print("Next: [bold]bladegpt train[/] (it picks up this dataset).")
+    else:
+        console.print(f"Next: [bold]bladegpt train --data {escape(shlex.quote(str(result.out_dir)))}[/]",
+                      highlight=False)

@@ -133,11 +133,15 @@ def runs_table(rows: list[dict], width: int = 200) -> Table:
                      + ("the curve is val bpb at each evaluation; " if "curve" in columns else "")
                      + "copied: the share of the last eval sample's 50-character spans found verbatim in the "
                      "training text, and its longest copy in characters")
+    numbers = ("steps", "val loss", "bpb", "best at", "wall", "copied")
     for col in columns:
-        if col == "run":
-            table.add_column(col, no_wrap=True, min_width=max(map(len, names)))  # the one column never cut short
+        if col == "run":  # a long name folds onto a second line, whole (`--run` needs it), never cut to "…"
+            table.add_column(col, overflow="fold")
+        elif col in numbers:  # numbers are never cut short: "1.…" reads as nothing
+            widest = max([len(col), *(Text.from_markup(row[col]).cell_len for row in cells)])
+            table.add_column(col, justify="right", no_wrap=True, min_width=widest)
         else:
-            table.add_column(col, justify="right" if col in ("steps", "val loss", "bpb", "best at", "wall", "copied") else "left")
+            table.add_column(col, justify="left")
     for row in cells:
         table.add_row(*(row[c] for c in columns))
     return table

@@ -114,8 +114,9 @@ def hf_folder(source: str, weights: bool) -> Path:
         raise SourceError(f"No model named {source} on the Hugging Face hub (or it is private); check the name, "
                           "e.g. gpt2 or HuggingFaceTB/SmolLM2-135M.") from None
     except (HfHubHTTPError, OSError) as e:
-        raise SourceError(f"Could not download {source} ({e}); check the connection, or download it on a "
-                          "connected machine and pass the folder to --init-from.") from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]  # the library's first line says what failed
+        raise SourceError(f"Could not download {source} ({reason}); check the connection, or download it on a "
+                          "connected machine and give its folder in place of the name.") from None
     if not (folder / "config.json").is_file() or (weights and not weight_files(folder)):
         raise SourceError(f"{source} on the hub has no config.json and model weights; it is not a model BladeGPT reads.")
     return folder

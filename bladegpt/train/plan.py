@@ -13,7 +13,7 @@ from bladegpt.config import DEFAULT_PRESET, PRESETS, ModelConfig, TrainConfig, f
 from bladegpt.data.dataset import TokenData, latest_dataset
 from bladegpt.data.prepare import default_out_dir
 from bladegpt.errors import ConfigError, DataError, DeviceError
-from bladegpt.lora import BASE_DTYPES, LR_SCALE, LoraConfig, attach, fingerprint, trainable
+from bladegpt.lora import BASE_DTYPES, LoraConfig, attach, fingerprint, trainable
 from bladegpt.model import GPT
 from bladegpt.runtime import resolve_device
 from bladegpt.sources import base_source, load_pretrained
@@ -102,7 +102,7 @@ def finetune_plan(source, data, preset, model_overrides, train_overrides, reques
                                     context_length=context)
     token_data.check_fits(block)
     train_cfg, notes = finetune_config(train_overrides, model_cfg.n_embd, len(token_data.splits["train"]),
-                                       len(token_data.splits["val"]), block)
+                                       len(token_data.splits["val"]), block, lora=lora is not None)
     if "block_size" not in overrides and block < min(source_cfg.block_size, FINETUNE_BLOCK):
         notes.insert(0, f"--block-size {block}: the text's {shortest:,}-token split is too short for {FINETUNE_BLOCK}")
     train_cfg, fitted = fit_memory(train_cfg, model_cfg, lora, train_overrides, requested["device"] or "auto")
@@ -113,8 +113,7 @@ def finetune_plan(source, data, preset, model_overrides, train_overrides, reques
     budget = None if given & {"steps", "time_budget_s"} else SCRATCH_BUDGET_S  # a big text: cut, and said so
     if lora is not None:
         pretrained.model = None  # its tensors live on in `initial` alone, which lora_plan empties
-        plan = lora_plan(lora, source, pretrained.description, initial, model_cfg, train_cfg, token_data, runtime,
-                          train_overrides)
+        plan = lora_plan(lora, source, pretrained.description, initial, model_cfg, train_cfg, token_data, runtime)
         plan.notes, plan.budget_s = notes, budget
         return plan
     return Plan(model_cfg, train_cfg, token_data, runtime, initial=crop_positions(initial, block), origin=pretrained.description, notes=notes,
@@ -145,9 +144,9 @@ def fit_memory(train_cfg: TrainConfig, model_cfg: ModelConfig, lora: LoraConfig 
     return train_cfg, [f"{flags}: {train_cfg.micro_batch} x {model_cfg.block_size:,} tokens a forward pass, {room}"]
 
 
-def lora_plan(lora, source, origin, state, model_cfg, train_cfg, token_data, runtime, train_overrides) -> Plan:
+def lora_plan(lora, source, origin, state, model_cfg, train_cfg, token_data, runtime) -> Plan:
     """A LoRA run: the source's own tensors become the frozen base (no second copy), the adapters start at
-    zero, and the lr is LoRA's unless given."""
+    zero (the recipe chose LoRA's lr)."""
     lora = dataclasses.replace(lora, base=base_source(source), base_fingerprint=fingerprint(state))
     model = shaped(state, model_cfg, origin)
     state.clear()  # the model holds the only references: attach frees each fp32 matrix as its bf16 copy arrives
@@ -155,9 +154,6 @@ def lora_plan(lora, source, origin, state, model_cfg, train_cfg, token_data, run
     total = sum(p.numel() for p in model.parameters())
     origin += (f"; LoRA {lora.describe()}: {trainable(model) / 1e6:.2f}M trained parameters "
                f"({100 * trainable(model) / total:.1f}%)")
-    if (train_overrides or {}).get("lr") is None:
-        train_cfg = dataclasses.replace(train_cfg, lr=train_cfg.lr * LR_SCALE)
-        origin += f", at lr {train_cfg.lr:.2g} (about {LR_SCALE}x a full fine-tune's, as LoRA learns best; --lr overrides)"
     return Plan(model_cfg, train_cfg, token_data, runtime, origin=origin, model=model)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from bladegpt.config import CLOCK_STEPS, SMALL_TEXT_BYTES, TrainConfig, plural
+from bladegpt.lora import LR_SCALE
 from bladegpt.train.pacing import MIN_EVAL_INTERVAL
 
 
@@ -31,15 +32,15 @@ FINETUNE = dict(lr=1.33e-4, warmup_steps=2, min_lr_ratio=1.0, weight_decay=0.0, 
 
 
 def finetune_config(overrides: dict | None, n_embd: int, train_tokens: int, val_tokens: int,
-                    block_size: int) -> tuple[TrainConfig, list[str]]:
+                    block_size: int, lora: bool = False) -> tuple[TrainConfig, list[str]]:
     """The fine-tune recipe sized to the text (FINETUNE_PASSES passes, FINETUNE_EVALS evaluations, the lr
-    scaled to the model's width); returns the settings (the user's flags override each) and a line per
-    choice made for the user, to print."""
+    scaled to the model's width, and LR_SCALE times that for LoRA's adapters); returns the settings (the
+    user's flags override each) and a line per choice made for the user, to print."""
     chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
     batch = chosen.get("batch_size", max(1, FINETUNE_TOKENS // block_size))
     tokens_per_step = batch * block_size
     steps = chosen.get("steps") or min(2000, max(10, round(FINETUNE_PASSES * train_tokens / tokens_per_step)))
-    lr = FINETUNE["lr"] * FINETUNE_WIDTH / n_embd
+    lr = FINETUNE["lr"] * FINETUNE_WIDTH / n_embd * (LR_SCALE if lora else 1)
     defaults = {
         **FINETUNE,
         "lr": lr,
@@ -59,7 +60,9 @@ def finetune_config(overrides: dict | None, n_embd: int, train_tokens: int, val_
         notes.append(f"--sampling {cfg.sampling}: each pass reads every window of the text once, in a random order")
     if "lr" not in chosen:
         schedule = ("constant" if cfg.min_lr_ratio == 1 else f"cosine to {cfg.min_lr_ratio:g}x")
-        notes.append(f"--lr {lr:.2g} ({schedule}, --min-lr-ratio {cfg.min_lr_ratio:g}), warmup {plural(cfg.warmup_steps, 'step')}"
+        notes.append(f"--lr {lr:.2g} ({schedule}, --min-lr-ratio {cfg.min_lr_ratio:g}"
+                     + (f"; about {LR_SCALE}x a full fine-tune's, as LoRA learns best" if lora else "")
+                     + f"), warmup {plural(cfg.warmup_steps, 'step')}"
                      + (f", --weight-decay {cfg.weight_decay:g}" if "weight_decay" not in chosen else ""))
     if "eval_interval" not in chosen and by_the_clock(chosen):
         cfg.evals_in_budget = FINETUNE_EVALS
