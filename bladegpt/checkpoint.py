@@ -67,9 +67,12 @@ def read_metadata(path: Path) -> dict:
         with openable(path) as name, safe_open(name, framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
+        damaged = path.suffix == ".safetensors"  # named as one: a damaged checkpoint; else not a model file at all
         raise CheckpointError(
             f"{path} is not a readable safetensors file ({e}); it may be truncated or damaged. "
-            "Use another checkpoint (e.g. last.safetensors) or train again."
+            "Use another checkpoint (e.g. last.safetensors) or train again." if damaged else
+            f"{path} is not a model file BladeGPT reads (a BladeGPT .safetensors checkpoint, a .gguf file, a run "
+            "folder, or a Hugging Face model folder); check the path."
         ) from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a BladeGPT checkpoint (no '{FORMAT}' metadata).")

@@ -108,6 +108,9 @@ def test_resume_from_the_cli(corpus, workdir):
         (["train", "--preset", "huge"], "Unknown preset"),
         (["train", "--optimizer", "sgd"], "Unknown optimizer 'sgd'; use one of: adamw, muon"),
         (["train", "--resume"], "Nothing to resume: no run in runs/ has a checkpoint yet"),
+        (["train", "--data", "nope"], "No dataset at nope; check the path"),
+        (["train", "--data", "."], "is not a dataset made by `bladegpt prepare`"),
+        (["prepare", "CORPUS", "--tokenizer-from", "CORPUS"], "is not a model file BladeGPT reads"),
     ],
 )
 def test_user_errors_are_one_line(workdir, corpus, args, message):

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from bladegpt.config import plural
 from bladegpt.encoding import openable
 from bladegpt.errors import DataError, TokenizerError
 from bladegpt.tokenizer import load_tokenizer
@@ -84,8 +85,12 @@ class TokenData:
 
         folder = Path(folder)
         meta_path = folder / META_FILE
+        if not folder.exists():
+            raise DataError(f"No dataset at {folder}; check the path, or make one with `bladegpt prepare FILE.txt --out "
+                            f"{folder}`.")
         if not meta_path.is_file():
-            raise DataError(f"{folder} is not a prepared dataset (no {META_FILE}); run `bladegpt prepare` on it.")
+            raise DataError(f"{folder} is not a dataset made by `bladegpt prepare` (no {META_FILE}); give --data a "
+                            "folder prepare wrote, or run `bladegpt prepare FILE.txt` on your text.")
         self.folder = folder
         self.meta = read_meta(folder)
         try:
@@ -118,9 +123,10 @@ class TokenData:
         for split, tokens in self.splits.items():
             if len(tokens) <= block_size + 1:
                 raise DataError(
-                    f"The {split} split has only {len(tokens)} tokens, too few for a block size of "
-                    f"{block_size}; use a smaller --block-size, or prepare more text"
-                    + (" or a larger --val-fraction." if split == "val" else ".")
+                    f"The {split} split has only {plural(len(tokens), 'token')}, too few for a block size of "
+                    f"{block_size}; " + ("prepare more text." if len(tokens) < 3 else
+                                         "use a smaller --block-size, or prepare more text"
+                                         + (" or a larger --val-fraction." if split == "val" else "."))
                 )
 
     def batch(self, split: str, ix, block_size: int):
