@@ -1,15 +1,23 @@
 """--no-copy N: decoding never writes N characters in a row found in the training text (generate/nocopy.py)."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from bladegpt.cli import app
 from bladegpt.config import ModelConfig
+from bladegpt.data import copymeter
+from bladegpt.data.prepare import prepare
 from bladegpt.data.copyindex import CopyIndex
 from bladegpt.errors import UserError
 from bladegpt.generate.engine import generate_batch, sample_guarded, sample_next_token
 from bladegpt.generate.nocopy import NoCopy
 from bladegpt.generate.settings import SampleSettings
 from bladegpt.model import GPT
+from bladegpt.train import train
 
 TEXT = (open("corpora/officer_k.txt", encoding="utf-8").read()[:6000]).encode()
 BYTES = [bytes([i]) for i in range(256)] + [b""]  # a byte-level vocabulary and a stop id (256) with no text
@@ -111,3 +119,36 @@ def test_no_copy_shorter_than_the_index_finds_is_refused_in_one_line():
     with pytest.raises(UserError, match="--no-copy must be at least 47"):
         SampleSettings(no_copy=20)
     assert SampleSettings(no_copy=47).no_copy == 47
+
+
+def sampled(run: Path, seed: int, num_samples: int, *extra: str) -> list[str]:
+    """What `bladegpt sample` writes after its prompt, one text per sample."""
+    result = CliRunner().invoke(app, ["sample", "It rains", "--checkpoint", str(run), "--seed", str(seed),
+                                      "--max-new-tokens", "300", "--num-samples", str(num_samples), "--temperature",
+                                      "0.5", "--precision", "fp32", "--compile", "off", "--device", "cpu", *extra])
+    assert result.exit_code == 0, result.output
+    return [t[len("It rains"):] for t in result.stdout[:-1].split("\n" + "-" * 40 + "\n")]
+
+
+@pytest.mark.slow
+def test_a_model_trained_to_recite_its_text_copies_it_and_with_no_copy_50_does_not(tmp_path, monkeypatch):
+    """1,500 steps over 1.5 KB of officer_k: the model recites it; `sample --no-copy 50` writes no 50-character
+    span of it, and sample i of a batch is seed + i alone."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "k.txt").write_text(TEXT.decode()[:1500])
+    prepare([tmp_path / "k.txt"], tokenizer="char")
+    train(None, "nano", dict(n_layer=2, n_head=2, n_embd=96, block_size=64),
+          dict(batch_size=8, steps=1500, warmup_steps=20, eval_interval=1500, eval_iters=1, log_interval=500,
+               sample_tokens=0, lr=3e-3), compile="off")
+    run = next((tmp_path / "runs").iterdir())
+    index = copymeter.for_checkpoint(run / "best.safetensors").wait()
+    free = sampled(run, 1, 3)
+    kept = sampled(run, 1, 3, "--no-copy", "50")
+    assert index.measure(free).share > 0.5
+    assert index.measure(kept).copied == 0 and all(len(k) > 200 for k in kept)
+    assert kept[1:] == [sampled(run, 1 + i, 1, "--no-copy", "50")[0] for i in (1, 2)]
+    loose = tmp_path / "loose.safetensors"  # a checkpoint outside its run: its training text is not known
+    shutil.copy(run / "best.safetensors", loose)
+    result = CliRunner().invoke(app, ["sample", "--checkpoint", str(loose), "--no-copy", "50", "--device", "cpu"])
+    assert result.exit_code != 0 and "not in a run folder" in result.output and "Traceback" not in result.output
+
