@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterator
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bladegpt.generate.nocopy import Guard
+from bladegpt.generate.nocopy import Guard, copying
 from bladegpt.model import GPT
 from bladegpt.tokenizer import Tokenizer
 
@@ -194,13 +194,14 @@ def sample_guarded(logits: torch.Tensor, generators: list, knobs: dict, seen: to
     """sample_next_token for (B, V) logits, each row then kept from copying by its own Guard (--no-copy); row r
     redraws with generators[r] alone, so a row's text is its seed's whatever rows sample beside it."""
     token = sample_next_token(logits, generators, **knobs, seen=seen)
+    first = copying(guards, token.tolist())
     for r, guard in enumerate(guards):
         row, row_seen = logits[r : r + 1], None if seen is None else seen[r : r + 1]
 
         def redraw(banned: torch.Tensor) -> int:
             return int(sample_next_token(row, generators[r], **knobs, seen=row_seen, banned=banned)[0])
 
-        token[r] = guard.choose(row, int(token[r]), redraw)
+        token[r] = guard.choose(row, int(token[r]), redraw, first[r])
         guard.add(int(token[r]))
     return token
 
