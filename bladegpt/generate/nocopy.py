@@ -57,8 +57,7 @@ class Guard:
 
     def __init__(self, rule: NoCopy):
         self.rule = rule
-        self.text = b""
-        self.keep = 4 * rule.chars + 8  # bytes of the past a span of N characters (4 bytes at most each) can reach
+        self.text = b""  # the sample's last N characters: a copied span that ends in a later token starts in them
 
     def copies(self, ids: list[int]) -> list[bool]:
         """Whether appending each id's text would end the sample in a copied span of N characters."""
@@ -95,8 +94,11 @@ class Guard:
 
     def add(self, token: int) -> None:
         """The chosen token joins the sample (a stop id adds no text)."""
-        if token not in self.rule.stops:
-            self.text = (self.text + self.rule.token_bytes[token])[-self.keep :]
+        if token in self.rule.stops:
+            return
+        text = self.text + self.rule.token_bytes[token]
+        starts = [i for i, byte in enumerate(text) if byte & 0xC0 != 0x80]  # where UTF-8 characters start
+        self.text = text[starts[-self.rule.chars] :] if len(starts) > self.rule.chars else text
 
 
 def copying(guards: list[Guard], tokens: list[int]) -> list[bool]:
