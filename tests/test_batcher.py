@@ -137,3 +137,35 @@ def test_a_failing_step_ends_its_texts_and_the_thread_serves_on(monkeypatch):
     finally:
         batcher.stop()
     assert out[1] == ["error"] and len(out[2]) == 6 and out[2][-1] == "length"
+
+
+def test_no_copy_texts_in_a_batch_equal_their_seed_alone_through_the_engine():
+    """A job's guard refuses and redraws as sample's rows do: on a training text made of the model's own
+    unconstrained texts, each job gives what generate_batch gives its seed with a guard."""
+    from bladegpt.data.copyindex import CopyIndex
+    from bladegpt.generate.engine import generate_batch
+    from bladegpt.generate.nocopy import NoCopy
+
+    model = tiny("gpt2", "sdpa", block=64)
+    pieces = [bytes([48 + i]) for i in range(64)]
+    settings = [SampleSettings(max_new_tokens=150, seed=s, temperature=0.7, top_k=8, no_copy=50) for s in range(3)]
+
+    def alone(s: SampleSettings, rule=None) -> list[int]:
+        steps = generate_batch(model, [1, 2], s.max_new_tokens, 64, [torch.Generator().manual_seed(s.seed)],
+                               **s.knobs(), guards=None if rule is None else [rule.guard()])
+        return [int(t[0]) for t in steps]
+
+    free = [alone(s) for s in settings]
+    rule = NoCopy(CopyIndex.from_bytes(b"\n".join(b"".join(pieces[i] for i in f) for f in free)), 50, pieces)
+    batcher = Batcher(model, 64, stop_ids=(), max_rows=4, max_waiting=4)
+    out: dict[int, list] = {}
+    with torch.inference_mode():
+        batcher.submit([Job([1, 2], s, lambda token, finish, k=s.seed: out.setdefault(k, []).append(token),
+                            rule.guard()) for s in settings])
+        while not batcher.waiting.empty() or batcher.jobs:
+            batcher._admit()
+            if batcher.jobs:
+                batcher._step()
+    for s, f in zip(settings, free):
+        kept = alone(s, rule)
+        assert out[s.seed][:-1] == kept and kept != f

@@ -115,6 +115,15 @@ def test_completions_equal_sample_with_the_same_seed(server, run_dir):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
 
 
+def test_no_copy_is_sample_no_copy_with_the_same_seed(server, run_dir):
+    """The no_copy field keeps each choice from copying the training text exactly as `sample --no-copy` does."""
+    _, client, model = server
+    expected = sampled(run_dir, 4, 80, "--temperature", "0.5", "--no-copy", "47", num_samples=2)
+    reply = client.completions.create(model=model, prompt=PROMPT, max_tokens=80, seed=4, temperature=0.5, n=2,
+                                      extra_body={"no_copy": 47})
+    assert [c.text for c in reply.choices] == expected
+
+
 def test_n_choices_are_sample_num_samples(server, run_dir):
     port, client, model = server
     expected = sampled(run_dir, 5, 30, num_samples=3)
@@ -173,6 +182,7 @@ def test_every_refusal_is_openai_shaped(server, path):
         (400, json.dumps({**ask, "top_p": 2}), KEY),
         (400, json.dumps({**ask, "logprobs": 3}), KEY),
         (400, json.dumps({**ask, "max_tokens": 0}), KEY),
+        (400, json.dumps({**ask, "no_copy": 10}), KEY),
         (400, json.dumps([ask]), KEY),
         (429, json.dumps({**ask, "n": MAX_WAITING + 1}), KEY),
     ]

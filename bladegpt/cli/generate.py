@@ -24,6 +24,8 @@ from bladegpt.cli.app import (
 )
 from bladegpt.errors import UserError
 
+NoCopyOpt = Annotated[Optional[int], typer.Option("--no-copy", metavar="N", help="Never write a span of N characters (47 or more; 50 is the copy meter's span) found verbatim in the training text: a token that would is taken out and the rest renormalised \\[default: off].", show_default=False)]
+
 @app.command()
 @friendly
 def sample(
@@ -40,6 +42,7 @@ def sample(
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
     compile: DecodeCompileOpt = "auto",
+    no_copy: NoCopyOpt = None,
     copy_check: Annotated[Optional[bool], typer.Option("--copy-check/--no-copy-check", help="Say how much of the samples is copied verbatim from the training text \\[default: on where the run's dataset is at hand].", show_default=False)] = None,
 ) -> None:
     """Stream new text from a trained model (several samples are generated together, in one batch)."""
@@ -53,7 +56,7 @@ def sample(
     if note:
         err_console.print(note, style="yellow", highlight=False, soft_wrap=True, markup=False)
     check_samples(num_samples)
-    settings = SampleSettings(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed)
+    settings = SampleSettings(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, no_copy)
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
     err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · {sampler.precision}[/]", highlight=False)
     meter = copymeter.for_checkpoint(sampler.checkpoint) if copy_check is not False else None
@@ -73,8 +76,16 @@ def sample(
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
+    _forced_line(sampler)
     if meter is not None:
         _copy_line(meter, texts)
+
+
+def _forced_line(sampler) -> None:
+    """--no-copy's one exception, said when it happened: a step where every token of the vocabulary copied."""
+    if sampler.no_copy is not None and sampler.no_copy.forced:
+        err_console.print(f"--no-copy: {sampler.no_copy.forced} token(s) copied, because every token of the "
+                          "vocabulary would have.", style="yellow", highlight=False, markup=False)
 
 
 def _copy_line(meter, texts: list[str]) -> None:
@@ -99,6 +110,7 @@ def chat(
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
     repetition_penalty: RepetitionOpt = None,
+    no_copy: NoCopyOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed and same lines, same conversation \\[default: random].")] = None,
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
@@ -112,9 +124,11 @@ def chat(
     from bladegpt.generate.settings import SampleSettings
 
     seed = random.randrange(2**31) if seed is None else seed
-    settings = SampleSettings(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed)
+    settings = SampleSettings(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, no_copy)
     check_kind(frame)  # before the model loads
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
+    if no_copy is not None:
+        sampler.copy_rule(no_copy)  # a training text that is not known: one line, before the talk starts
     chosen, source = choose(frame, recorded_frame(sampler.checkpoint), sampler.tokenizer.encode)
     talk = Conversation(sampler, chosen, settings)
     interactive = sys.stdin.isatty()
@@ -143,5 +157,6 @@ def chat(
             sys.stdout.write("\n")
     except KeyboardInterrupt:
         pass
+    _forced_line(sampler)
     if interactive:
         sys.stdout.write("\n")

@@ -37,6 +37,7 @@ from bladegpt.files import commit, fsync
 
 SPAN = 50  # characters: the share counts spans this long, and the longest copy is reported from this length
 WINDOW, STRIDE = 32, 16  # bytes: a copy of WINDOW + STRIDE - 1 = 47 bytes or more holds an indexed window whole
+SHORTEST = 47  # bytes (WINDOW + STRIDE - 1): the shortest copy the index is sure to find
 MAX_HITS = 256  # indexed positions checked for one sample window
 TEXT_END = 0xFF  # stands for a document separator (or a token with no text) in the training text: no UTF-8 has it
 SAMPLE_END = 0xFE  # between samples in a query; differs from TEXT_END so that the two never match
@@ -158,6 +159,26 @@ class CopyIndex:
                 longest = max(longest, int(whole.max()))
             offset = end + 1
         return Copying(spans, copied, longest if longest >= SPAN else 0)
+
+    def copies_ending(self, pieces: list[bytes], new: list[int], chars: int) -> np.ndarray:
+        """For each piece (UTF-8), whether a span of `chars` characters that ends in its last new[i] bytes
+        is found verbatim in the training text (bool array): what decoding with --no-copy asks of each
+        candidate token. `chars` must span SHORTEST bytes, so at least 47."""
+        query = np.frombuffer(bytes([SAMPLE_END]).join(pieces), dtype=np.uint8)
+        reach = self._reach(query)
+        starts = np.flatnonzero((query & 0xC0) != 0x80)
+        found = np.zeros(len(pieces), dtype=bool)
+        offset = 0
+        for i, piece in enumerate(pieces):
+            end = offset + len(piece)
+            lo, hi = np.searchsorted(starts, [offset, end])
+            bounds = np.append(starts[lo:hi], end)
+            if len(bounds) > chars:
+                begin, stop = bounds[:-chars], bounds[chars:]
+                fresh = stop > end - new[i]  # spans that end in the new bytes
+                found[i] = bool((reach[begin[fresh]] >= stop[fresh]).any())
+            offset = end + 1
+        return found
 
     def _reach(self, query: np.ndarray) -> np.ndarray:
         """For each byte of the query, the furthest end of a copied span (47 bytes or more) starting at or

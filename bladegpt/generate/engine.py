@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterator
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bladegpt.generate.nocopy import Guard, copying
 from bladegpt.model import GPT
 from bladegpt.tokenizer import Tokenizer
 
@@ -113,6 +114,7 @@ def sample_next_token(
     min_p: float | None = None,
     repetition_penalty: float | None = None,
     seen: torch.Tensor | None = None,
+    banned: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One token id per row of (B, V) logits, of any float dtype; temperature 0 is greedy.
 
@@ -136,6 +138,9 @@ def sample_next_token(
     uniform draw, placed on the cumulative probabilities (inverse CDF): an exponential per
     vocabulary entry (the race) measured 90 us a row for 4,096 ids, this 3 us. Top-k samples among
     the k likeliest only, which also spares the softmax and the cumulative sum over the rest.
+
+    `banned` (B, V) bool takes ids out of what the knobs above keep, and the rest is renormalised (for
+    greedy: the likeliest id not banned); a row whose kept ids are all banned gives -1 (nocopy.py).
     """
     logits = logits.float()
     if repetition_penalty is not None and repetition_penalty != 1.0 and seen is not None and seen.numel():
@@ -143,7 +148,10 @@ def sample_next_token(
         picked = torch.where(picked > 0, picked / repetition_penalty, picked * repetition_penalty)
         logits = logits.scatter(-1, seen, picked)
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        if banned is None:
+            return logits.argmax(dim=-1)
+        logits = logits.masked_fill(banned | logits.isnan(), -math.inf)
+        return torch.where(logits.isneginf().all(dim=-1), -1, logits.argmax(dim=-1))
     logits = logits.masked_fill(logits.isnan(), -math.inf)
     ids = None  # where the columns come from, when they are a sorted subset of the vocabulary
     if top_k is not None and top_k < logits.size(-1):
@@ -164,6 +172,11 @@ def sample_next_token(
         probs = logits.softmax(dim=-1)
         drop = probs.cumsum(dim=-1) - probs > top_p  # mass before this token already exceeds top_p
         logits = logits.masked_fill(drop, -math.inf)
+    empty = None
+    if banned is not None:
+        logits = logits.masked_fill(banned if ids is None else banned.gather(-1, ids), -math.inf)
+        empty = logits.isneginf().all(dim=-1)
+        logits = logits.masked_fill(empty[:, None], 0.0)  # drawn from, then answered -1
     cdf = logits.softmax(dim=-1).cumsum(dim=-1)  # (B, n), never decreasing
     total = cdf[:, -1:]
     generators = generator if isinstance(generator, list) else [generator] * len(cdf)
@@ -172,7 +185,25 @@ def sample_next_token(
     # keeps the point below the total when the product rounds up.
     point = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     pick = torch.searchsorted(cdf, point, right=True)  # (B, 1)
-    return (pick if ids is None else ids.gather(-1, pick)).squeeze(-1)
+    token = (pick if ids is None else ids.gather(-1, pick)).squeeze(-1)
+    return token if empty is None else torch.where(empty, -1, token)
+
+
+def sample_guarded(logits: torch.Tensor, generators: list, knobs: dict, seen: torch.Tensor | None,
+                   guards: list[Guard]) -> torch.Tensor:
+    """sample_next_token for (B, V) logits, each row then kept from copying by its own Guard (--no-copy); row r
+    redraws with generators[r] alone, so a row's text is its seed's whatever rows sample beside it."""
+    token = sample_next_token(logits, generators, **knobs, seen=seen)
+    first = copying(guards, token.tolist())
+    for r, guard in enumerate(guards):
+        row, row_seen = logits[r : r + 1], None if seen is None else seen[r : r + 1]
+
+        def redraw(banned: torch.Tensor) -> int:
+            return int(sample_next_token(row, generators[r], **knobs, seen=row_seen, banned=banned)[0])
+
+        token[r] = guard.choose(row, int(token[r]), redraw, first[r])
+        guard.add(int(token[r]))
+    return token
 
 
 def last_logits(model, idx: torch.Tensor, n_vocab: int, kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -208,6 +239,7 @@ def generate_batch(
     decode=None,
     stop: Collection[int] = (),
     repetition_penalty: float | None = None,
+    guards: list[Guard] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield, step by step, one new token per sample (a tensor of len(generators) ids).
 
@@ -215,7 +247,8 @@ def generate_batch(
     then all rows decode together, one batched forward pass a token. `decode` (compile_decode's) runs
     the one-token steps over a static cache; the prompt and each window slide run eager. Once every
     row has drawn one of the `stop` ids (the tokenizer's stop_ids) generation ends; a row's tokens from
-    its own first stop on are not part of its sample (`until_stop`).
+    its own first stop on are not part of its sample (`until_stop`). `guards` (one a row, nocopy.py) keep
+    each row from writing what the training text holds (--no-copy).
     """
     block, n = model.config.block_size, len(generators)
     device = model.transformer.wte.weight.device
@@ -233,8 +266,11 @@ def generate_batch(
             logits = logits.expand(n, -1)
         ended = torch.zeros(n, dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
-            token = sample_next_token(logits, generators, temperature, top_k, top_p, min_p, repetition_penalty,
-                                      seq[:, :length] if repetition_penalty is not None else None)
+            knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                         repetition_penalty=repetition_penalty)
+            seen = seq[:, :length] if repetition_penalty is not None else None
+            token = sample_next_token(logits, generators, **knobs, seen=seen) if guards is None \
+                else sample_guarded(logits, generators, knobs, seen, guards)
             yield token
             if len(stops):
                 ended |= torch.isin(token, stops)

@@ -21,6 +21,8 @@ from bladegpt.generate.engine import (
     stream_text,
     until_stop,
 )
+from bladegpt.data import copymeter
+from bladegpt.generate.nocopy import NoCopy
 from bladegpt.model import GPT
 from bladegpt.generate.quantize import QUANTIZED, int4_available, int8_available, packed_refusal, quantize
 from bladegpt.generate.settings import SampleSettings
@@ -154,6 +156,7 @@ class Sampler:
             quantize(self.model, self.precision, say)
         self.step_s: dict[int, float] = {}  # eager decode step time by batch rows, timed once (see _maybe_compile)
         self.decode = None  # the compiled one-token step, once compiled
+        self.no_copy: NoCopy | None = None  # --no-copy's rule, once the training text is indexed
 
     def batch_size(self, n: int) -> int:
         """How many samples decode together: all of them, unless their KV cache would pass CACHE_BYTES."""
@@ -171,9 +174,29 @@ class Sampler:
         The prompt is encoded now, so a prompt the tokenizer cannot take fails before any output.
         """
         ids = prompt_ids(self.tokenizer, prompt)
+        if settings.no_copy is not None:
+            self.copy_rule(settings.no_copy)
         step = self.batch_size(num_samples)
         self._maybe_compile(settings.max_new_tokens * -(-num_samples // step), step)
         return self._samples(ids, num_samples, step, settings)
+
+    def copy_rule(self, chars: int) -> NoCopy:
+        """--no-copy's rule over the run's training text (indexed once, as the copy meter's); UserError when
+        that text is not known."""
+        if self.no_copy is None or self.no_copy.chars != chars:
+            index = self.no_copy.index if self.no_copy is not None else None
+            if index is None:
+                meter = copymeter.for_checkpoint(self.checkpoint)
+                if meter is None:
+                    raise UserError(f"--no-copy needs the training text, and {self.checkpoint} is not in a run "
+                                    "folder; sample a run's checkpoint or leave --no-copy out.")
+                if meter.wait(timeout=1.0) is None and meter.busy:
+                    self.say("Indexing the training text for --no-copy, once for this dataset...")
+                index = meter.wait()
+                if index is None:
+                    raise UserError(f"--no-copy needs the run's training text: {meter.error} Leave --no-copy out.")
+            self.no_copy = NoCopy.for_tokenizer(index, chars, self.tokenizer)
+        return self.no_copy
 
     def _maybe_compile(self, steps: int, rows: int) -> None:
         """Compile the decode step when asked, or (auto) when the steps ahead, timed eager here, would
@@ -196,8 +219,9 @@ class Sampler:
         for first in range(0, num_samples, step):
             rows = range(first, min(first + step, num_samples))
             gens = [torch.Generator(self.device).manual_seed(settings.seed + i) for i in rows]
+            guards = None if settings.no_copy is None else [self.copy_rule(settings.no_copy).guard() for _ in rows]
             steps = generate_batch(self.model, ids, settings.max_new_tokens, vocab, gens, **settings.knobs(),
-                                   decode=self.decode, stop=stops)
+                                   decode=self.decode, stop=stops, guards=guards)
             if first == 0:  # stream sample 0, keep the others' tokens
                 yield 0, ""
                 kept: list[torch.Tensor] = []

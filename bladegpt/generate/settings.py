@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from bladegpt.config import check_seed
+from bladegpt.data.copyindex import SHORTEST
 from bladegpt.errors import UserError
 
 
@@ -22,6 +23,7 @@ class SampleSettings:
     min_p: float | None = None
     repetition_penalty: float | None = None
     seed: int = 0
+    no_copy: int | None = None  # characters: never write a span this long found in the training text (nocopy.py)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -38,6 +40,9 @@ class SampleSettings:
             raise UserError(f"--repetition-penalty must be a positive number (1 is off; 1.1-1.3 discourages "
                             f"repeats), got {self.repetition_penalty}.")
         check_seed(self.seed)
+        if self.no_copy is not None and self.no_copy < SHORTEST:
+            raise UserError(f"--no-copy must be at least {SHORTEST} characters (the copy meter's index finds copies "
+                            f"of {SHORTEST} bytes or more), got {self.no_copy}; 50 is the copy meter's span.")
 
     def knobs(self) -> dict:
         """What shapes each draw, as engine.generate_batch and sample_next_token take it."""

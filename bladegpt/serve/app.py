@@ -23,6 +23,7 @@ from bladegpt.data.copymeter import Background
 from bladegpt.data.frames import Frame
 from bladegpt.errors import UserError
 from bladegpt.generate.engine import prompt_ids
+from bladegpt.generate.nocopy import NoCopy
 from bladegpt.serve.batcher import Batcher, Job, QueueFull
 from bladegpt.serve.params import ApiError, Asked, asked, chat_text, prompt_of
 from bladegpt.serve.text import TextStream
@@ -43,6 +44,22 @@ class Voice:
     batcher: Batcher
     api_key: str | None = None
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+    rules: dict[int, NoCopy] = dataclasses.field(default_factory=dict)  # no_copy's, by span length
+
+    def copy_rule(self, chars: int) -> NoCopy:
+        """A request's no_copy rule over the training text; ApiError while that text is not (yet) indexed."""
+        if chars not in self.rules:
+            if self.meter is None:
+                raise ApiError(400, "'no_copy' needs the training text, and this checkpoint is not in a run "
+                               "folder; leave it out.", "no_copy")
+            index = self.meter.ready()
+            if index is None:
+                if self.meter.busy:
+                    raise ApiError(503, "The training text is being indexed for 'no_copy'; try again in a "
+                                   "moment.", "no_copy", kind="server_error")
+                raise ApiError(400, f"'no_copy' needs the run's training text: {self.meter.error}", "no_copy")
+            self.rules[chars] = NoCopy.for_tokenizer(index, chars, self.tokenizer)
+        return self.rules[chars]
 
 
 def error(e: ApiError) -> JSONResponse:
@@ -114,7 +131,9 @@ class Run:
                     pass
             return tell
 
-        self.jobs = [Job(ids, dataclasses.replace(want.settings, seed=want.settings.seed + i), teller(i))
+        chars = want.settings.no_copy
+        self.jobs = [Job(ids, dataclasses.replace(want.settings, seed=want.settings.seed + i), teller(i),
+                         None if chars is None else voice.copy_rule(chars).guard())
                      for i in range(want.n)]
         self.streams = [TextStream(voice.tokenizer, stops) for _ in self.jobs]
         self.finishes: list[str | None] = [None] * want.n

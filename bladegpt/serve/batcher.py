@@ -18,6 +18,7 @@ import torch
 from torch.nn.attention import sdpa_kernel
 
 from bladegpt.generate.engine import DECODE_BACKENDS, KVCache, last_logits, sample_next_token
+from bladegpt.generate.nocopy import Guard
 from bladegpt.generate.settings import SampleSettings
 from bladegpt.model import GPT
 
@@ -27,10 +28,12 @@ IDLE_WAIT_S = 0.1  # how often an idle decode thread looks up to see whether it 
 
 class Job:
     """One text being generated. `tell(token, finish)` is called from the decode thread: a new token id
-    (finish None), or None and why it ended ("stop": an end token; "length": max_new_tokens; "error")."""
+    (finish None), or None and why it ended ("stop": an end token; "length": max_new_tokens; "error").
+    `guard` keeps it from writing what the training text holds (no_copy), as sample's rows are kept."""
 
-    def __init__(self, ids: list[int], settings: SampleSettings, tell: Callable[[int | None, str | None], None]):
-        self.ids, self.settings, self.tell = ids, settings, tell
+    def __init__(self, ids: list[int], settings: SampleSettings, tell: Callable[[int | None, str | None], None],
+                 guard: Guard | None = None):
+        self.ids, self.settings, self.tell, self.guard = ids, settings, tell, guard
         self.seq = list(ids)  # the prompt and every token drawn: what the repetition penalty sees
         self.made = 0
         self.cancelled = False  # set by the server (a stop string, a client gone): the row leaves at the next step
@@ -203,6 +206,10 @@ class Batcher:
                 settings = job.settings
                 seen = torch.tensor([job.seq], device=self.device) if settings.repetition_penalty is not None else None
                 token = int(sample_next_token(job.logits, job.generator, **settings.knobs(), seen=seen)[0])
+                if job.guard is not None:
+                    token = job.guard.choose(job.logits, token, lambda banned: int(sample_next_token(
+                        job.logits, job.generator, **settings.knobs(), seen=seen, banned=banned)[0]))
+                    job.guard.add(token)
                 if token in self.stop_ids:
                     finish = "stop"
                 else:

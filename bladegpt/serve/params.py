@@ -78,7 +78,7 @@ def asked(body: dict, max_tokens_names: tuple[str, ...]) -> Asked:
             top_k=None if top_k in (0, -1) else top_k,  # 0 and -1 mean "off" to llama.cpp and vLLM
             top_p=_number(body, "top_p", defaults.top_p), min_p=_number(body, "min_p", defaults.min_p),
             repetition_penalty=_number(body, "repetition_penalty", defaults.repetition_penalty),
-            seed=random.randrange(2**31) if seed is None else seed)
+            seed=random.randrange(2**31) if seed is None else seed, no_copy=_number(body, "no_copy", None, whole=True))
     except UserError as e:
         raise ApiError(400, as_field(e)) from None
     n = _number(body, "n", 1, whole=True)
