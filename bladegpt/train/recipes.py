@@ -81,9 +81,9 @@ SCRATCH_DROPOUT = 0.2
 SCRATCH_BUDGET_S = 10 * 60  # a run that would take longer is cut to this, and says how to get the rest
 SCRATCH_EVALS = 15  # evaluations over a run: patience 3 then stops within a fifth of the run past its best
 SCRATCH_WARMUP_SHARE = 1 / 20  # of the run's steps (at least 10 where they are planned, at most the preset's)
-# Muon for the blocks' matrices, with weight decay 0.3: as good as AdamW at 0.1 or better, in fewer steps, on every text
-# measured, 66 KB to 4 MB (docs/benchmarks.md; results/recipe_size.txt: tinyshakespeare, the King James Bible, a
-# Markov text from scripts/markov_text.py).
+# Muon for the blocks' matrices, with weight decay 0.3: better than AdamW at 0.1 on every prose text measured, 66 KB to
+# 4 MB; worse only on a synthetic Markov text (0.47 bits per byte of entropy) over 600 steps, so not chosen by size
+# (docs/benchmarks/scratch-recipe.md "The recipe beyond two texts"; results/recipe_size.txt).
 SCRATCH_OPTIMIZER = "muon"
 # The block of a from-scratch run with no flags (issue #26): see BLOCKS' comment for the rows.
 SCRATCH_BLOCK = "modern"
@@ -136,8 +136,8 @@ def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, to
             notes.append(f"warmup {plural(warmup, 'step')}: a twentieth of --steps {chosen['steps']:,}")
     if "optimizer" not in chosen:
         sized["optimizer"] = SCRATCH_OPTIMIZER
-        notes.append(f"--optimizer {SCRATCH_OPTIMIZER}: Muon for the blocks' matrices learnt every text measured "
-                     "(66 KB to 4 MB) as well as AdamW alone or better, in fewer steps")
+        notes.append(f"--optimizer {SCRATCH_OPTIMIZER}: Muon for the blocks' matrices learnt every prose text measured "
+                     "(66 KB to 4 MB) better than AdamW, in fewer steps")
     if "weight_decay" not in chosen:
         sized["weight_decay"] = SCRATCH_WEIGHT_DECAY
         notes.append(f"--weight-decay {SCRATCH_WEIGHT_DECAY}: a small text learnt better with more than the usual 0.1")
