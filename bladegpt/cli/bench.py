@@ -11,7 +11,7 @@ from bladegpt.cli.app import DeviceOpt, app, console, err_console, fail, friendl
 @app.command()
 @friendly
 def bench(
-    preset: Annotated[str, typer.Option(help="Model to time \\[default: the one `train` uses].")] = "mini",
+    preset: Annotated[str, typer.Option(help="Model to time: nano, mini, small or gpt2 (mini is the one `train` uses).")] = "mini",
     batch: Annotated[Optional[int], typer.Option(help="Sequences per step \\[default: the preset's].")] = None,
     block: Annotated[Optional[int], typer.Option(help="Context length \\[default: the preset's].")] = None,
     steps: Annotated[int, typer.Option(help="Timed steps per rung, after 2 warm-up steps.")] = 10,
