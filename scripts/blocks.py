@@ -107,7 +107,7 @@ def speed(blocks: list[str], rounds: int = 3, steps: int = 3) -> None:
 
     import torch
 
-    from bladegpt.config import block_settings, from_preset
+    from bladegpt.config import from_preset
     from bladegpt.train.recipes import SMALL_TEXT_SHAPE
     from bladegpt.model import GPT
 

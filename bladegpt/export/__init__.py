@@ -17,7 +17,6 @@ from bladegpt.export.gguf import DTYPES, adds_tokens, exported_by_us, unkept_fla
 from bladegpt.export.hf import write_hf_model, write_hf_tokenizer
 from bladegpt.export.peft import FILES as PEFT_FILES, write_peft
 from bladegpt.files import atomic_write, publish_dir, temp_dir
-from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, RUN_FILE, STATE, resolve_checkpoint
 from bladegpt.sources import load_bladegpt
 

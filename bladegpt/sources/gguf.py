@@ -210,7 +210,7 @@ def gguf_config(meta: dict, reader, where: str) -> ModelConfig:
             arch=arch, norm="rmsnorm", positions="rope", rope_theta=theta,
             rope_scaling=None if rope_freqs is None else llama3_scaling(dequantize(rope_freqs), theta, head_dim, where),
             n_kv_head=kv, head_size=head_dim if head_dim * heads != n_embd else None,
-            intermediate_size=_get(meta, f"{arch}.feed_forward_length"), qkv_bias=f"blk.0.attn_q.bias" in tensors,
+            intermediate_size=_get(meta, f"{arch}.feed_forward_length"), qkv_bias="blk.0.attn_q.bias" in tensors,
             qk_norm="blk.0.attn_q_norm.weight" in tensors, tie_embeddings="output.weight" not in tensors,
         )
     except ConfigError as e:
