@@ -16,7 +16,7 @@ from tests.safety import assert_one_line_error, invoke
 transformers = pytest.importorskip("transformers")
 
 
-def ollama_store(root, gguf_file, name=("registry.ollama.ai", "library", "tiny", "latest"), adapters=()):
+def ollama_store(root, gguf_file, name=("registry.ollama.ai", "library", "tiny", "latest"), adapters=(), projector=None):
     """A store laid out as ollama writes it: blobs/sha256-<hex> and a manifest naming the model layer (and
     the adapter layers of a Modelfile's ADAPTER lines)."""
     import hashlib
@@ -31,6 +31,9 @@ def ollama_store(root, gguf_file, name=("registry.ollama.ai", "library", "tiny",
     digest, size = blob(gguf_file)
     extra = [{"mediaType": "application/vnd.ollama.image.adapter", "digest": f"sha256:{d}", "size": n}
              for d, n in map(blob, adapters)]
+    if projector is not None:
+        d, n = blob(projector)
+        extra.append({"mediaType": "application/vnd.ollama.image.projector", "digest": f"sha256:{d}", "size": n})
     config = json.dumps({"model_format": "gguf", "model_family": "llama"}).encode()
     config_digest = hashlib.sha256(config).hexdigest()
     (root / "blobs" / f"sha256-{config_digest}").write_bytes(config)
@@ -52,6 +55,19 @@ def test_ollama_names_map_to_manifest_paths():
     assert manifest_parts("smollm2:135m") == ("registry.ollama.ai", "library", "smollm2", "135m")
     assert manifest_parts("me/voice:v2") == ("registry.ollama.ai", "me", "voice", "v2")
     assert manifest_parts("hf.co/user/repo:Q4_K_M") == ("hf.co", "user", "repo", "Q4_K_M")
+
+
+def test_the_store_lists_models_as_ollama_list_names_them(tmp_path):
+    from bladegpt.sources.ollama import installed
+
+    for parts in [("registry.ollama.ai", "library", "smollm2", "135m"), ("registry.ollama.ai", "me", "voice", "v2"),
+                  ("hf.co", "user", "repo", "Q4_K_M")]:
+        manifest = tmp_path.joinpath("manifests", *parts)
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text("{}")
+    assert sorted(installed([tmp_path])) == ["hf.co/user/repo:Q4_K_M", "me/voice:v2", "smollm2:135m"]
+    assert [manifest_parts(name) for name in ("me/voice:v2", "hf.co/user/repo:Q4_K_M")] == [
+        ("registry.ollama.ai", "me", "voice", "v2"), ("hf.co", "user", "repo", "Q4_K_M")]  # each name finds its model
 
 
 def test_an_ollama_model_loads_from_its_store(tmp_path, monkeypatch):
@@ -186,6 +202,23 @@ def test_an_ollama_adapter_is_merged_into_its_base_as_peft_merges_it(tmp_path, m
     torch.testing.assert_close(logits_of(pretrained.model, IDS), expected, atol=1e-4, rtol=0)
     assert "LoRA adapter" in pretrained.description and "rank 4, alpha 8" in pretrained.description
     assert load_tokenizer_from("ollama:tiny").to_dict() == pretrained.tokenizer.to_dict()
+
+
+def test_an_ollama_vision_projector_is_named_as_not_used(tmp_path, monkeypatch):
+    """A vision model's store holds a projector beside the text model: the text model loads and the line
+    that says where it came from names the projector as not used, never dropping it silently."""
+    from bladegpt.sources import load_pretrained
+
+    source, _, _ = with_vocabulary(tmp_path)
+    (tmp_path / "mmproj.gguf").write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setenv("OLLAMA_MODELS", str(ollama_store(tmp_path / "store", tmp_path / "base.gguf",
+                                                         projector=tmp_path / "mmproj.gguf")))
+    loaded = load_pretrained("ollama:tiny")
+    assert "its vision projector (image input) is not used" in loaded.description
+    torch.testing.assert_close(logits_of(loaded.model, IDS), logits_of(source, IDS), atol=1e-4, rtol=0)
+    plain = ollama_store(tmp_path / "plain", tmp_path / "base.gguf")
+    monkeypatch.setenv("OLLAMA_MODELS", str(plain))
+    assert "not used" not in load_pretrained("ollama:tiny").description
 
 
 @pytest.mark.parametrize("case, fragment", [

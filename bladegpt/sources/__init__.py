@@ -26,7 +26,7 @@ from bladegpt.runs import BEST, LAST, RUN_FILE, resolve_checkpoint
 from bladegpt.sources.base import Pretrained, build_model, check_vocabulary, shaped, size
 from bladegpt.sources.hub import GPT2_REPOS, hf_folder
 from bladegpt.tokenizer import TiktokenTokenizer, Tokenizer, tokenizer_from_dict
-from bladegpt.sources.ollama import ollama_blob, ollama_layers
+from bladegpt.sources.ollama import ollama_blob, ollama_layers, ollama_unused
 from bladegpt.sources.adapter import read_loras
 from bladegpt.sources.gguf import gguf_model, gguf_tokenizer, metadata, open_model, quantization
 from bladegpt.sources.gpt2 import is_gpt2_tokenizer
@@ -100,8 +100,10 @@ def load_gguf(path: Path, source: str, matrices: torch.dtype = torch.float32, ad
     parts = f" in {len(reader.files)} parts" if len(reader.files) > 1 else ""
     origin = f" ({path})" if source.startswith("ollama:") else ""
     merged = "".join(f", with {lora.describe()} merged" for lora in loras)
+    unused = ollama_unused(source.removeprefix("ollama:")) if source.startswith("ollama:") else []
+    left = "".join(f"; {what} is not used: BladeGPT reads and writes text only" for what in unused)
     return Pretrained(model, tokenizer, f"{name}: {model.config.arch} {size(model)} from {where}{origin}, "
-                                        f"{mb:,} MB GGUF{parts}, {quantization(reader)}{merged}")
+                                        f"{mb:,} MB GGUF{parts}, {quantization(reader)}{merged}{left}")
 
 
 def load_bladegpt(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer, dict]:

@@ -18,6 +18,8 @@ from bladegpt.errors import SourceError
 
 MODEL_LAYER = "application/vnd.ollama.image.model"
 ADAPTER_LAYER = "application/vnd.ollama.image.adapter"
+# Weights ollama's runner loads beside the model that a text model cannot use, by media type: said, never dropped.
+UNUSED_LAYERS = {"application/vnd.ollama.image.projector": "its vision projector (image input)"}
 DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
 
 
@@ -45,7 +47,9 @@ def installed(roots: list[Path]) -> list[str]:
     for root in roots:
         for manifest in sorted((root / "manifests").glob("*/*/*/*")):
             host, namespace, model, tag = manifest.relative_to(root / "manifests").parts
-            prefix = "" if (host, namespace) == (DEFAULT_HOST, DEFAULT_NAMESPACE) else f"{host}/{namespace}/"
+            # ollama's DisplayShortest: the default host, then the default namespace, left out
+            prefix = "" if (host, namespace) == (DEFAULT_HOST, DEFAULT_NAMESPACE) else (
+                f"{namespace}/" if host == DEFAULT_HOST else f"{host}/{namespace}/")
             names.append(f"{prefix}{model}:{tag}")
     return names
 
@@ -55,10 +59,27 @@ def ollama_blob(name: str) -> Path:
     return ollama_layers(name)[0]
 
 
+def ollama_unused(name: str) -> list[str]:
+    """What `ollama:NAME[:TAG]` holds beside its text model that BladeGPT does not use (a vision projector),
+    in words, for the line that says where the model came from."""
+    root, manifest = _manifest(name)
+    try:
+        return [UNUSED_LAYERS[layer["mediaType"]] for layer in json.loads(manifest.read_text())["layers"]
+                if layer.get("mediaType") in UNUSED_LAYERS]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SourceError(f"ollama:{name}'s manifest {manifest} cannot be read ({e}); pull the model again.") from None
+
+
 def ollama_layers(name: str) -> tuple[Path, list[Path]]:
     """The GGUF files of `ollama:NAME[:TAG]`: its model layer, and its adapter layers (a Modelfile's ADAPTER,
     a llama.cpp LoRA GGUF that ollama applies on top); one line listing the installed models when it is
     not there."""
+    return _layers(*_manifest(name), name)
+
+
+def _manifest(name: str) -> tuple[Path, Path]:
+    """The store root and manifest file of `ollama:NAME[:TAG]`; one line listing the installed models when
+    it is not there."""
     if not name.strip() or ".." in name.split("/") or name.startswith("/"):
         raise SourceError(f"ollama:{name} is not a model name; write it as ollama list shows it, e.g. ollama:smollm2:135m.")
     roots = store_roots()
@@ -66,7 +87,7 @@ def ollama_layers(name: str) -> tuple[Path, list[Path]]:
     for root in roots:
         manifest = root.joinpath("manifests", *parts)
         if manifest.is_file():
-            return _layers(root, manifest, name)
+            return root, manifest
     have = installed(roots)
     where = " or ".join(str(r) for r in roots)
     listing = f"the store has: {', '.join(have)}" if have else "the store has no models"
