@@ -321,8 +321,8 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
         raise DataError(f"{out_dir} exists and is not a dataset; choose another --out (prepare never writes "
                         "into a folder it did not make).")
     if not force:
-        raise DataError(f"{out_dir} already holds a dataset (runs trained on it would see other text); "
-                        f"choose another --out, or add --force to replace it.")
+        raise DataError(f"{out_dir} already holds a dataset; choose another --out, or add --force to replace it "
+                        "(runs trained on it resume only if the new one holds the same tokens).")
 
 
 def prepare(
