@@ -124,3 +124,14 @@ def test_training_reads_only_the_windows_it_samples(workdir, corpus):
     ix = data.random_starts("train", (64,), 256, torch.Generator().manual_seed(0))
     x, _ = data.batch("train", ix, 256)
     assert x.shape == (64, 256) and rss_mb() - before < 64
+
+
+def test_a_dataset_is_named_after_the_text_and_the_model_without_split_part_numbers(tmp_path):
+    from bladegpt.data.prepare import default_out_dir
+
+    text = [tmp_path / "officer_k.txt"]
+    text[0].write_text("Rain.\n")
+    assert default_out_dir(text).name == "officer_k"
+    assert default_out_dir(text, "m/SmolLM2-135M.Q4_1.gguf").name == "officer_k-SmolLM2-135M.Q4_1"
+    assert default_out_dir(text, "big/model-00001-of-00003.gguf").name == "officer_k-model"
+    assert default_out_dir(text, "ollama:smollm2:135m").name == "officer_k-smollm2-135m"

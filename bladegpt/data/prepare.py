@@ -299,13 +299,13 @@ def encode_corpus(corpus: Corpus, tok: Tokenizer, folder: Path, progress: Callab
 
 
 def default_out_dir(inputs: list[Path], tokenizer_from: str | None = None) -> Path:
-    """datasets/NAME after the first input; NAME-SOURCE when encoded with a pretrained model's tokenizer,
-    so it sits beside the text's own dataset instead of replacing it."""
+    """datasets/NAME after the first input; NAME-SOURCE with a model's tokenizer, beside the text's own."""
     first = Path(inputs[0])
     name = utf8_name(first.stem if first.is_file() else first.resolve().name)
     if tokenizer_from:
         source = Path(tokenizer_from.removeprefix("ollama:").replace(":", "-").rstrip("/\\"))
-        source = source.stem if source.suffix in (".gguf", ".safetensors") else source.name
+        source = re.sub(r"-\d{5}-of-\d{5}$", "", source.stem if source.suffix in (".gguf", ".safetensors")
+                        else source.name)  # a split GGUF's first part, model-00001-of-00003, names the model
         name += "-" + re.sub(r"[^A-Za-z0-9._-]+", "-", source)
     return DATASETS_DIR / name
 
