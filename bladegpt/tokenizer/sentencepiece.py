@@ -1,0 +1,97 @@
+"""SentencePiece vocabularies (Gemma, Llama 2, Mistral, TinyLlama): pieces spelled with "▁" for a space, and
+`<0xNN>` pieces that spell a character no piece holds as its UTF-8 bytes (byte fallback).
+
+A GGUF file stores one as `tokenizer.ggml.model = llama`: tokens, scores and token types, no merges. llama.cpp
+runs it (src/llama-vocab.cpp, llm_tokenizer_spm): spaces become "▁", the text starts as its characters, and the
+adjacent pair whose joined piece scores highest is merged until none joins into a piece; what is left and is no
+piece becomes byte pieces. That is a BPE whose merges are every split of a piece into two pieces, ranked by the
+joined piece's score: transformers rebuilds a GGUF SentencePiece vocabulary the same way (integrations/gguf,
+`generate_merges`), and `tokenizers` runs it here. Control and user-defined tokens are matched whole in the text
+first, as llama.cpp matches them (Gemma's "\\n", "\\n\\n", runs of spaces and tabs are user-defined tokens).
+"""
+
+from __future__ import annotations
+
+import re
+
+from tokenizers import AddedToken, decoders, models, normalizers
+from tokenizers import Tokenizer as RustTokenizer
+
+from bladegpt.errors import TokenizerError
+
+# GGUF token types (gguf-py constants.py TokenType).
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(1, 7)
+SPACE = "\u2581"  # "▁", SentencePiece's spelling of a space
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+    """Every split of a normal piece into two pieces, best first: by the joined piece's score (llama.cpp's
+    order), then its id, then longer left halves (transformers' `generate_merges` order; for Gemma, whose
+    scores fall with the id, this is the file's order, which transformers' Gemma reader uses).
+    Only normal pieces: control and user-defined ones are matched whole before merging, so no merge reaches them."""
+    index = {token: i for i, token in enumerate(tokens)}
+    ranked = []
+    for i, token in enumerate(tokens):
+        if types[i] != NORMAL:
+            continue
+        splits = [(token[:k], token[k:]) for k in range(1, len(token)) if token[:k] in index and token[k:] in index]
+        splits.sort(key=lambda pair: (index[pair[0]], index[pair[1]]))
+        ranked += [(-scores[i], i, -len(a), -len(b), a, b) for a, b in splits]
+    ranked.sort(key=lambda r: r[:4])
+    return [(a, b) for *_, a, b in ranked]
+
+
+def gguf_sentencepiece(meta: dict) -> RustTokenizer:
+    """The `tokenizers` Tokenizer that splits text as llama.cpp splits a GGUF file's SentencePiece vocabulary
+    (`meta`: key -> value, as sources.gguf.metadata gives); TokenizerError (one line) for an incomplete one or
+    one with a space prefix (`tokenizer.ggml.add_space_prefix`, Llama 2's), which BladeGPT does not support yet."""
+    tokens, scores, types = (meta.get(f"tokenizer.ggml.{key}") for key in ("tokens", "scores", "token_type"))
+    types = [NORMAL] * len(tokens) if types is None and isinstance(tokens, list) else types
+    if not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens) and isinstance(scores, list)
+            and isinstance(types, list) and len(tokens) == len(scores) == len(types)):
+        raise TokenizerError("The GGUF file's SentencePiece vocabulary is incomplete (tokenizer.ggml.tokens, "
+                             "scores and token_type); the file is damaged: download it again.")
+    if len(set(tokens)) != len(tokens):
+        raise TokenizerError("The GGUF file's vocabulary spells two tokens alike (llama.cpp refuses it too); "
+                             "the file is damaged: download it again.")
+    # llama.cpp's default is true for SentencePiece: a file without the key (older Llama 2 files) has the prefix.
+    if meta.get("tokenizer.ggml.add_space_prefix", True):
+        raise TokenizerError("The GGUF file's tokenizer puts a space before every text (tokenizer.ggml."
+                             "add_space_prefix: Llama 2, Mistral, TinyLlama), which BladeGPT does not support yet; "
+                             "start from a model without it (Gemma 3) or a byte-level BPE one (Llama 3, SmolLM2).")
+    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    has_bytes = BYTE in types
+    bpe = models.BPE({token: i for i, token in enumerate(tokens)}, spm_merges(tokens, scores, types),
+                     unk_token=tokens[unk] if isinstance(unk, int) and 0 <= unk < len(tokens) else None,
+                     fuse_unk=True, byte_fallback=has_bytes)
+    tokenizer = RustTokenizer(bpe)
+    tokenizer.normalizer = normalizers.Replace(" ", SPACE)
+    tokenizer.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                                  for i in range(len(tokens)) if types[i] in (CONTROL, UNKNOWN)])
+    tokenizer.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
+                          for i in range(len(tokens)) if types[i] == USER_DEFINED])
+    return tokenizer
+
+
+def piece_bytes(piece: str, byte_fallback: bool) -> bytes:
+    """A SentencePiece piece's bytes: "▁" is a space, `<0xNN>` one byte where the model falls back to bytes."""
+    match = BYTE_PIECE.fullmatch(piece) if byte_fallback else None
+    return bytes([int(match[1], 16)]) if match else piece.replace(SPACE, " ").encode("utf-8")
+
+
+def is_sentencepiece(spec: dict) -> bool:
+    """Whether a tokenizer.json spells text as SentencePiece does: its decoder turns "▁" back into spaces
+    (Replace, as Gemma's and Llama's fast tokenizers write it, or Metaspace) and it has no byte-level decoder."""
+    parts = [spec.get("decoder") or {}]
+    parts += parts[0].get("decoders") or []
+    kinds = {part.get("type") for part in parts if isinstance(part, dict)}
+    replaces = any(part.get("type") == "Replace" and (part.get("pattern") or {}).get("String") == SPACE
+                   for part in parts if isinstance(part, dict))
+    return "ByteLevel" not in kinds and (replaces or "Metaspace" in kinds)
+
+
+def byte_fallback(spec: dict) -> bool:
+    """Whether a tokenizer.json's model spells unknown characters as `<0xNN>` pieces."""
+    return bool((spec.get("model") or {}).get("byte_fallback"))
