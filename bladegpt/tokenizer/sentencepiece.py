@@ -95,3 +95,18 @@ def is_sentencepiece(spec: dict) -> bool:
 def byte_fallback(spec: dict) -> bool:
     """Whether a tokenizer.json's model spells unknown characters as `<0xNN>` pieces."""
     return bool((spec.get("model") or {}).get("byte_fallback"))
+
+
+def piece_scores(tokens: list[str], merges: list) -> list[float]:
+    """Scores under which llama.cpp merges as a BPE's `merges` (best first; "a b" strings or pairs) do: a piece
+    scores minus the rank of the first merge that joins it, pieces no merge joins 0 (GGUF's `scores`)."""
+    index = {token: i for i, token in enumerate(tokens)}
+    scores = [0.0] * len(tokens)
+    joined = set()
+    for rank, merge in enumerate(merges):
+        a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+        i = index.get(a + b)
+        if i is not None and i not in joined:
+            joined.add(i)
+            scores[i] = -float(rank)
+    return scores
