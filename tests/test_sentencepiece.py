@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
 from bladegpt.checkpoint import save_checkpoint
+from bladegpt.cli import app
+from bladegpt.generate import engine
 from bladegpt.data.prepare import prepare
 from bladegpt.errors import TokenizerError, UserError
 from bladegpt.export.gguf import gguf_vocab as gguf_vocab_of
@@ -29,6 +33,7 @@ spm = pytest.importorskip("sentencepiece")
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 from sentencepiece import sentencepiece_model_pb2  # noqa: E402
+from tests.test_stops import by_seed  # noqa: E402  (needs transformers)
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpora" / "officer_k.txt"
 # Digits, runs of spaces, newlines, tabs, emoji, CJK, characters only bytes spell (not in training), a leading
@@ -177,7 +182,7 @@ def test_unsupported_sentencepiece_files_are_one_line_errors(built):
         HFTokenizer.from_gguf(without)
 
 
-def test_prepare_sample_and_both_exports_keep_the_vocabulary(built, tmp_path):
+def test_prepare_sample_and_both_exports_keep_the_vocabulary(built, tmp_path, monkeypatch):
     _, _, path, _ = built
     text = tmp_path / "tales.txt"
     text.write_text(corpus_text(200) + MIXED, encoding="utf-8")
@@ -190,6 +195,13 @@ def test_prepare_sample_and_both_exports_keep_the_vocabulary(built, tmp_path):
     assert load_tokenizer(data / "tokenizer.json").encode(MIXED) == tok.encode(MIXED)
     pretrained = load_pretrained(str(path))
     save_checkpoint(tmp_path / "model.safetensors", pretrained.model, pretrained.tokenizer, step=0)
+    piece = tok.tokenizer.token_to_id
+    emoji = [piece(f"<0x{b:02X}>") for b in "😀".encode()]  # no piece holds it: four byte pieces
+    monkeypatch.setattr(engine, "sample_next_token", by_seed({0: [piece("▁"), *emoji, piece("<end_of_turn>"), 9]}))
+    result = CliRunner().invoke(app, ["sample", "Hello", "--checkpoint", str(tmp_path / "model.safetensors"),
+                                      "--max-new-tokens", "8", "--seed", "0", "--precision", "fp32", "--compile", "off"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "Hello 😀\n"  # the bytes joined into one character; stopped at <end_of_turn>
     hf = export(tmp_path / "hf", tmp_path / "model.safetensors", format="hf")
     theirs = transformers.AutoTokenizer.from_pretrained(hf)
     assert theirs.encode(MIXED, add_special_tokens=False) == tok.encode(MIXED)
