@@ -245,8 +245,11 @@ def test_unusable_folders_are_one_line_errors(families, tmp_path):
         HFTokenizer.from_folder(tmp_path)
     (tmp_path / "tokenizer.json").unlink()
     (tmp_path / "vocab.json").unlink()
-    (tmp_path / "tokenizer.model").write_bytes(b"")
-    with pytest.raises(TokenizerError, match="SentencePiece tokenizer.model but no tokenizer.json"):
+    (tmp_path / "tokenizer.model").write_bytes(b"")  # SentencePiece's defaults: a space put first
+    with pytest.raises(TokenizerError, match="SentencePiece model with a space put first .add_dummy_prefix."):
+        HFTokenizer.from_folder(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"\x0a\xff")
+    with pytest.raises(TokenizerError, match="Cannot read .*tokenizer.model as a SentencePiece model"):
         HFTokenizer.from_folder(tmp_path)
     spec = json.loads((families["gpt-2"][0] / "tokenizer.json").read_text())
     spec["pre_tokenizer"]["add_prefix_space"] = True

@@ -168,6 +168,26 @@ def test_a_folder_gives_transformers_ids(built):
     assert tok.encode(MIXED) == HFTokenizer.from_gguf(read_metadata(path)).encode(MIXED)  # one vocabulary, one split
 
 
+def test_a_folder_with_only_tokenizer_model_runs_it_as_sentencepiece_does(built, tmp_path):
+    kind, model, _, folder = built
+    (tmp_path / "tokenizer.model").write_bytes(model)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>"}))
+    tok = HFTokenizer.from_folder(tmp_path)
+    assert (tok.bos_id, tok.eos_id, tok.vocab_size) == (2, 1, len(pieces(model)))
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    plain = [t for t in TEXTS if not any(s in t for s in ("<", "  ", "\n", "\t"))]  # as sentencepiece matches them
+    assert [tok.encode(t) for t in plain] == [sp.encode(t) for t in plain]
+    assert tok.decode(tok.encode(MIXED)) == MIXED
+    if kind == "bpe":  # transformers' Gemma converter runs a BPE model alike (a Unigram one it makes a BPE)
+        assert tok.encode(MIXED) == HFTokenizer.from_folder(folder).encode(MIXED)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model)
+    proto.normalizer_spec.add_dummy_prefix = True
+    (tmp_path / "tokenizer.model").write_bytes(proto.SerializeToString())
+    with pytest.raises(TokenizerError, match="a space put first .add_dummy_prefix., which BladeGPT does not support"):
+        HFTokenizer.from_folder(tmp_path)
+
+
 def test_unsupported_sentencepiece_files_are_one_line_errors(built):
     meta = read_metadata(built[2])
     cases = [({"tokenizer.ggml.add_space_prefix": True}, "space before every text .*add_space_prefix"),

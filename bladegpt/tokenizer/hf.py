@@ -23,7 +23,8 @@ from tokenizers import Tokenizer as RustTokenizer
 
 from bladegpt.tokenizer.bytelevel import byte_chars
 from bladegpt.tokenizer.sentencepiece import (CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, byte_fallback,
-                                              gguf_sentencepiece, is_sentencepiece, piece_bytes)
+                                              gguf_sentencepiece, is_sentencepiece, model_file_sentencepiece,
+                                              piece_bytes)
 from bladegpt.tokenizer.base import GPT2_EOT, Tokenizer
 from bladegpt.errors import TokenizerError
 
@@ -112,28 +113,29 @@ class HFTokenizer(Tokenizer):
 
     @classmethod
     def from_folder(cls, folder: Path) -> HFTokenizer:
-        """A Hugging Face model folder's tokenizer: tokenizer.json, with bos/eos, add_bos and the chat
-        template from tokenizer_config.json (else special_tokens_map.json, generation_config.json, config.json);
+        """A Hugging Face model folder's tokenizer: tokenizer.json (else a SentencePiece tokenizer.model), with
+        bos/eos, add_bos and the chat template from tokenizer_config.json (else special_tokens_map.json,
+        generation_config.json, config.json);
         the ids that end a text as transformers' generate() reads them: generation_config.json's eos_token_id
         (one or a list), else config.json's."""
         folder = Path(folder)
         path = folder / "tokenizer.json"
-        if not path.is_file():
+        if not path.is_file() and (folder / "tokenizer.model").is_file():  # SentencePiece's own file alone
+            tokenizer, spec = model_file_sentencepiece(folder / "tokenizer.model"), {}
+        elif not path.is_file():
             if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
                 raise TokenizerError(f"{folder} has vocab.json and merges.txt but no tokenizer.json; write one with "
                                      "transformers: AutoTokenizer.from_pretrained(FOLDER).save_pretrained(FOLDER).")
-            if (folder / "tokenizer.model").is_file():  # a SentencePiece model: transformers converts it
-                raise TokenizerError(f"{folder} has a SentencePiece tokenizer.model but no tokenizer.json; write one "
-                                     "with transformers (pip install sentencepiece): "
-                                     "AutoTokenizer.from_pretrained(FOLDER).save_pretrained(FOLDER).")
             raise TokenizerError(f"{folder} has no tokenizer.json; download the model's tokenizer files too.")
-        try:
-            text = path.read_text(encoding="utf-8")
-            spec = json.loads(text)
-            tokenizer = RustTokenizer.from_str(text)
-        except Exception as e:  # OSError, UnicodeDecodeError, JSONDecodeError, or the Rust parser's Exception
-            raise TokenizerError(f"Cannot read {path} ({_first_line(e)}); download the model's tokenizer again.") from None
-        _check_supported(spec, path)
+        else:
+            try:
+                text = path.read_text(encoding="utf-8")
+                spec = json.loads(text)
+                tokenizer = RustTokenizer.from_str(text)
+            except Exception as e:  # OSError, UnicodeDecodeError, JSONDecodeError, or the Rust parser's Exception
+                raise TokenizerError(f"Cannot read {path} ({_first_line(e)}); download the model's tokenizer "
+                                     "again.") from None
+            _check_supported(spec, path)
         config = _read_json(folder / "tokenizer_config.json")
         sources = [config, _read_json(folder / "special_tokens_map.json")]
         numbers = [_read_json(folder / "generation_config.json"), _read_json(folder / "config.json")]

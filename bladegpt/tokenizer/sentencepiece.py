@@ -13,6 +13,8 @@ first, as llama.cpp matches them (Gemma's "\\n", "\\n\\n", runs of spaces and ta
 from __future__ import annotations
 
 import re
+import struct
+from pathlib import Path
 
 from tokenizers import AddedToken, decoders, models, normalizers
 from tokenizers import Tokenizer as RustTokenizer
@@ -42,6 +44,18 @@ def spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list
     return [(a, b) for *_, a, b in ranked]
 
 
+def added_tokens(tokenizer: RustTokenizer, tokens: list[str], types: list[int]) -> RustTokenizer:
+    """Control and unknown pieces as special tokens, user-defined ones as plain added tokens, all matched whole
+    in the text before anything else (as llama.cpp and SentencePiece match them)."""
+    tokenizer.normalizer = normalizers.Replace(" ", SPACE)
+    tokenizer.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                                  for i in range(len(tokens)) if types[i] in (CONTROL, UNKNOWN)])
+    tokenizer.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
+                          for i in range(len(tokens)) if types[i] == USER_DEFINED])
+    return tokenizer
+
+
 def gguf_sentencepiece(meta: dict) -> RustTokenizer:
     """The `tokenizers` Tokenizer that splits text as llama.cpp splits a GGUF file's SentencePiece vocabulary
     (`meta`: key -> value, as sources.gguf.metadata gives); TokenizerError (one line) for an incomplete one or
@@ -65,14 +79,70 @@ def gguf_sentencepiece(meta: dict) -> RustTokenizer:
     bpe = models.BPE({token: i for i, token in enumerate(tokens)}, spm_merges(tokens, scores, types),
                      unk_token=tokens[unk] if isinstance(unk, int) and 0 <= unk < len(tokens) else None,
                      fuse_unk=True, byte_fallback=has_bytes)
-    tokenizer = RustTokenizer(bpe)
-    tokenizer.normalizer = normalizers.Replace(" ", SPACE)
-    tokenizer.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
-    tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                                  for i in range(len(tokens)) if types[i] in (CONTROL, UNKNOWN)])
-    tokenizer.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                          for i in range(len(tokens)) if types[i] == USER_DEFINED])
-    return tokenizer
+    return added_tokens(RustTokenizer(bpe), tokens, types)
+
+
+def model_file_sentencepiece(path: Path) -> RustTokenizer:
+    """A SentencePiece `tokenizer.model` run as SentencePiece runs it: a BPE model's pieces merged by score (as
+    from GGUF), a Unigram model's by Viterbi over its scores; TokenizerError (one line) for a damaged file or
+    one that normalizes text (a space prefix, extra whitespace removed, NFKC rules), which BladeGPT does not
+    support yet. Read with a small protobuf reader (sentencepiece_model.proto's field numbers): no dependency."""
+    try:
+        model = _message(Path(path).read_bytes())
+        pieces = [_message(p) for p in model.get(1, [])]
+        tokens = [p[1][0].decode("utf-8") for p in pieces]
+        scores = [struct.unpack("<f", p[2][0])[0] if 2 in p else 0.0 for p in pieces]
+        types = [p[3][0] if 3 in p else NORMAL for p in pieces]
+        trainer, norm = (_message(model[k][0]) if k in model else {} for k in (2, 3))
+    except (OSError, ValueError, IndexError, KeyError, struct.error) as e:  # UnicodeDecodeError is a ValueError
+        raise TokenizerError(f"Cannot read {path} as a SentencePiece model ({e}); download it again.") from None
+    kind = trainer.get(3, [1])[0]  # 1 Unigram (the default), 2 BPE
+    rules = [name for key, name, default in ((3, "a space put first (add_dummy_prefix)", 1),
+                                             (4, "runs of spaces removed (remove_extra_whitespaces)", 1))
+             if norm.get(key, [default])[0]] + (["normalization rules (precompiled_charsmap)"] if norm.get(2, [b""])[0] else [])
+    if kind not in (1, 2) or rules:
+        what = ", ".join(rules) or f"model type {kind}, neither BPE nor Unigram"
+        raise TokenizerError(f"{path} is a SentencePiece model with {what}, which BladeGPT does not support yet; "
+                             "use a model without it (Gemma 3's).")
+    fallback, unk = bool(trainer.get(35, [0])[0]), trainer.get(40, [0])[0]
+    if kind == 2:
+        bpe = models.BPE({t: i for i, t in enumerate(tokens)}, spm_merges(tokens, scores, types), unk_token=tokens[unk],
+                         fuse_unk=True, byte_fallback=fallback)
+    else:
+        bpe = models.Unigram(list(zip(tokens, scores)), unk_id=unk, byte_fallback=fallback)
+    return added_tokens(RustTokenizer(bpe), tokens, types)
+
+
+def _message(data: bytes) -> dict[int, list]:
+    """A protobuf message's fields: number -> values (ints for varints, bytes for the rest), in order."""
+    fields: dict[int, list] = {}
+    at = 0
+
+    def varint() -> int:
+        nonlocal at
+        value = shift = 0
+        while True:
+            byte = data[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while at < len(data):
+        key = varint()
+        wire = key & 7
+        if wire == 0:
+            value = varint()
+        elif wire in (1, 5):
+            value, at = data[at : at + (8 if wire == 1 else 4)], at + (8 if wire == 1 else 4)
+        elif wire == 2:
+            size = varint()
+            value, at = data[at : at + size], at + size
+        else:
+            raise ValueError(f"wire type {wire}")
+        fields.setdefault(key >> 3, []).append(value)
+    return fields
 
 
 def piece_bytes(piece: str, byte_fallback: bool) -> bytes:
