@@ -47,7 +47,7 @@ MIXED = "".join(TEXTS)
 def train(kind: str) -> bytes:
     """A SentencePiece model shaped like Gemma's: no space prefix, byte fallback, digits split, <pad> <eos> <bos>
     <unk> first, two control and three user-defined tokens."""
-    text = corpus_text(300) + CORPUS.read_text(encoding="utf-8") + ("digits 1234567 3.14 emoji 😀🎉 CJK 日本語の文章 中文\n" * 3)
+    text = corpus_text(300) + CORPUS.read_text(encoding="utf-8") + "digits 1234567 3.14 emoji 😀🎉 CJK 日本語の文章 中文\n" * 3
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(text.splitlines()), model_writer=out, vocab_size=700, hard_vocab_limit=False,
@@ -288,6 +288,11 @@ def test_the_real_gemma_3_vocabulary(tmp_path):
     assert ours[TEXTS.index("digits 1234567 3.14")][1:5] == [236743, 236770, 236778, 236800]  # "▁", "1", "2", "3"
     assert all(tok.decode(ids) == text for ids, text in zip(ours, TEXTS))
     assert [len(tok.token_bytes(i)) for i in (238, 493, 236743, 107)] == [1, 1, 1, 1]  # <0x00>, <0xFF>, ▁, \n
+    vocab = gguf_vocab_of(tok)  # what --format gguf writes: the file's pieces and types, scores from the merges
+    meta = read_metadata(GEMMA)
+    assert vocab.tokens == meta["tokenizer.ggml.tokens"] and vocab.types == meta["tokenizer.ggml.token_type"]
+    written = {**meta, "tokenizer.ggml.scores": vocab.scores}
+    assert [HFTokenizer.from_gguf(written).encode(t) for t in TEXTS + [MIXED]] == ours
     assert llama_cpp_ids(GEMMA, TEXTS + [MIXED]) == ours
     text = tmp_path / "tales.txt"
     text.write_text(corpus_text(50) + MIXED, encoding="utf-8")

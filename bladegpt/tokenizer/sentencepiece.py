@@ -97,9 +97,9 @@ def model_file_sentencepiece(path: Path) -> RustTokenizer:
     except (OSError, ValueError, IndexError, KeyError, struct.error) as e:  # UnicodeDecodeError is a ValueError
         raise TokenizerError(f"Cannot read {path} as a SentencePiece model ({e}); download it again.") from None
     kind = trainer.get(3, [1])[0]  # 1 Unigram (the default), 2 BPE
-    rules = [name for key, name, default in ((3, "a space put first (add_dummy_prefix)", 1),
-                                             (4, "runs of spaces removed (remove_extra_whitespaces)", 1))
-             if norm.get(key, [default])[0]] + (["normalization rules (precompiled_charsmap)"] if norm.get(2, [b""])[0] else [])
+    rules = [name for key, name in ((3, "a space put first (add_dummy_prefix)"),  # both on unless the file says
+                                    (4, "runs of spaces removed (remove_extra_whitespaces)")) if norm.get(key, [1])[0]]
+    rules += ["normalization rules (precompiled_charsmap)"] if norm.get(2, [b""])[0] else []
     if kind not in (1, 2) or rules:
         what = ", ".join(rules) or f"model type {kind}, neither BPE nor Unigram"
         raise TokenizerError(f"{path} is a SentencePiece model with {what}, which BladeGPT does not support yet; "
