@@ -237,8 +237,19 @@ def test_unusable_folders_are_one_line_errors(families, tmp_path):
     spm = RustTokenizer(models.BPE({"▁a": 0, "a": 1, "▁": 2}, [("▁", "a")], byte_fallback=True))
     spm.pre_tokenizer = pre_tokenizers.Metaspace()
     spm.decoder = decoders.Metaspace()
-    spm.save(str(tmp_path / "tokenizer.json"))
-    with pytest.raises(TokenizerError, match="not a byte-level BPE"):
+    spm.save(str(tmp_path / "tokenizer.json"))  # Metaspace's default puts "▁" first: Llama 2's prefix space
+    with pytest.raises(TokenizerError, match="adds a space before every text"):
+        HFTokenizer.from_folder(tmp_path)
+    RustTokenizer(models.WordLevel({"a": 0}, unk_token="a")).save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(TokenizerError, match="neither a byte-level BPE .* but a WordLevel one"):
+        HFTokenizer.from_folder(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "vocab.json").unlink()
+    (tmp_path / "tokenizer.model").write_bytes(b"")  # SentencePiece's defaults: a space put first
+    with pytest.raises(TokenizerError, match="SentencePiece model with a space put first .add_dummy_prefix."):
+        HFTokenizer.from_folder(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"\x0a\xff")
+    with pytest.raises(TokenizerError, match="Cannot read .*tokenizer.model as a SentencePiece model"):
         HFTokenizer.from_folder(tmp_path)
     spec = json.loads((families["gpt-2"][0] / "tokenizer.json").read_text())
     spec["pre_tokenizer"]["add_prefix_space"] = True
@@ -251,7 +262,7 @@ def test_unusable_folders_are_one_line_errors(families, tmp_path):
 
 def test_unusable_gguf_vocabularies_are_one_line_errors(families, tmp_path):
     meta = read_gguf_metadata(families["smollm"][1])
-    cases = [({"tokenizer.ggml.model": "llama"}, "SentencePiece-vocabulary GGUF files .* not supported yet"),
+    cases = [({"tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": None}, "SentencePiece vocabulary is incomplete"),
              ({"tokenizer.ggml.model": "bert"}, "'bert' vocabulary"),
              ({"tokenizer.ggml.pre": "jais-2"}, "'jais-2' .* supported: llama3, .*smollm"),
              ({"tokenizer.ggml.merges": None}, "damaged"),

@@ -4,7 +4,8 @@ of sources/gguf.py). GPT-2's block goes out as llama.cpp's architecture `gpt2`, 
 
 Written with `gguf`, llama.cpp's own Python writer, under the names and shapes llama.cpp's graphs
 load (src/models/gpt2.cpp). The vocabulary is a byte-level BPE (`tokenizer.ggml.model = gpt2`) for
-every BladeGPT tokenizer, so the file splits text into the same ids BladeGPT does:
+every BladeGPT tokenizer but a pretrained SentencePiece one (Gemma 3's: `llama`, scored pieces), so the file
+splits text into the same ids BladeGPT does:
 
 - GPT-2's BPE: its tokens and merges, pre-tokenizer `gpt-2`, end of text 50256.
 - a corpus BPE: tokens and merges rebuilt from tiktoken's ranks; its split is GPT-4's, which llama.cpp
@@ -39,6 +40,7 @@ from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, TiktokenTokenizer, Token
 from bladegpt.tokenizer.bpe import BPE_PATTERN, GPT2_PATTERN
 from bladegpt.tokenizer.bytelevel import bpe_merges, char_pieces, spell
 from bladegpt.tokenizer.hf import CONTROL, NORMAL, SPLITS, UNUSED, USER_DEFINED, gguf_stop_ids
+from bladegpt.tokenizer.sentencepiece import BYTE, BYTE_PIECE, byte_fallback, is_sentencepiece, piece_scores
 
 DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")  # what the gguf package writes; K-quants: llama-quantize
 SOURCE_KEY = "bladegpt.exported_from"  # marks a file BladeGPT wrote: --force may replace only those
@@ -58,6 +60,8 @@ class Vocab:
     add_bos: bool = False  # BladeGPT's own prompts start with the text itself
     chat_template: str | None = None
     stops: tuple[int, ...] = ()  # other ids that end a text, written as eot then eom (llama.cpp's keys)
+    scores: list[float] | None = None  # a SentencePiece vocabulary (tokenizer.ggml.model llama): no merges
+    unk: int | None = None
 
 
 def adds_tokens(tokenizer: Tokenizer) -> bool:
@@ -205,11 +209,18 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
                   "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}
     writer.add_file_type(file_types[dtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
-    writer.add_token_merges([f"{a} {b}" for a, b in vocab.merges])
+    if vocab.scores is None:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(vocab.pre)
+        writer.add_token_merges([f"{a} {b}" for a, b in vocab.merges])
+    else:  # as llama.cpp's converter writes SentencePiece (_create_vocab_sentencepiece), padding rows scored too
+        writer.add_tokenizer_model("llama")
+        writer.add_token_scores(vocab.scores + [-1000.0] * (len(vocab.tokens) - len(vocab.scores)))
+        writer.add_add_space_prefix(False)  # llama.cpp's default puts a space first; BladeGPT's tokenizers never do
+        if vocab.unk is not None:
+            writer.add_unk_token_id(vocab.unk)
     writer.add_bos_token_id(vocab.eos if vocab.bos is None else vocab.bos)
     writer.add_eos_token_id(vocab.eos)
     for add, token_id in zip((writer.add_eot_token_id, writer.add_eom_token_id), vocab.stops):
@@ -321,17 +332,28 @@ def gguf_pre(spec: dict) -> str:
 def hf_vocab(tokenizer):
     """A pretrained model's tokenizer (kind hf) as llama.cpp's converter writes it: every id's token,
     CONTROL for special tokens, USER_DEFINED for added ones, UNUSED for padding entries, the merges, the
-    split's name, bos, the stop ids (eos, then eot and eom), whether bos is added, the chat template."""
+    split's name, bos, the stop ids (eos, then eot and eom), whether bos is added, the chat template.
+    A SentencePiece BPE goes out as its pieces (BYTE for `<0xNN>`), scored so llama.cpp merges in its order."""
     spec = json.loads(tokenizer.tokenizer.to_str())
     added = tokenizer.tokenizer.get_added_tokens_decoder()
+    spm, fallback = is_sentencepiece(spec), byte_fallback(spec)
+    if spm and spec["model"].get("type") != "BPE":
+        raise UserError("A Unigram SentencePiece tokenizer is no vocabulary llama.cpp runs as its SentencePiece "
+                        "(it merges pieces by score), so a GGUF file would tokenize differently; export --format hf.")
     tokens, types = [], []
     for i in range(tokenizer.vocab_size):
         token = tokenizer.tokenizer.id_to_token(i)
         tokens.append(token if token is not None else f"[PAD{i}]")
         types.append(UNUSED if token is None or i in tokenizer.unused else CONTROL if i in tokenizer.special_ids
-                     else USER_DEFINED if i in added else NORMAL)
+                     else USER_DEFINED if i in added else BYTE if fallback and BYTE_PIECE.fullmatch(token)
+                     else NORMAL)
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"].get("merges", [])]
     stops = tokenizer.stop_ids or (0,)
+    if spm:
+        unk = spec["model"].get("unk_token")
+        return Vocab(tokens, types, [], "", stops[0], tokenizer.vocab_size, bos=tokenizer.bos_id,
+                     add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template, stops=stops[1:3],
+                     scores=piece_scores(tokens, merges), unk=tokenizer.tokenizer.token_to_id(unk) if unk else None)
     return Vocab(tokens, types, merges, gguf_pre(spec), stops[0], tokenizer.vocab_size, bos=tokenizer.bos_id,
                  add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template, stops=stops[1:3])
 

@@ -5,7 +5,8 @@ reads it (src/llama-vocab.cpp: the split rules that `tokenizer.ggml.pre` names, 
 A model may end a text with several ids (SmolLM2- and Qwen2.5-Instruct: `<|im_end|>` and `<|endoftext|>`;
 Llama 3: `<|end_of_text|>` and `<|eot_id|>`): `stop_ids` keeps them all, as the source's own runtime reads
 them (transformers from a folder, llama.cpp from a GGUF file).
-Byte-level BPE only (Llama 3, Qwen2/2.5/3, SmolLM/SmolLM2, GPT-2): SentencePiece vocabularies are refused.
+Byte-level BPE (Llama 3, Qwen2/2.5/3, SmolLM/SmolLM2, GPT-2) and SentencePiece vocabularies without a space
+prefix (Gemma 3; sentencepiece.py rebuilds one from a GGUF file).
 The whole tokenizer travels in `to_dict`, so a dataset or checkpoint never needs its source again.
 """
 
@@ -21,11 +22,11 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as RustTokenizer
 
 from bladegpt.tokenizer.bytelevel import byte_chars
+from bladegpt.tokenizer.sentencepiece import (CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, byte_fallback,
+                                              gguf_sentencepiece, is_sentencepiece, model_file_sentencepiece,
+                                              piece_bytes)
 from bladegpt.tokenizer.base import GPT2_EOT, Tokenizer
 from bladegpt.errors import TokenizerError
-
-# GGUF token types (gguf-py constants.py TokenType).
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(1, 7)
 
 # llama.cpp's split rules (llm_tokenizer_bpe), each applied to the pieces the one before left.
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -41,7 +42,8 @@ EOG_FIM = {"fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>"),
            "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
            "fim_sep": ("<|file_sep|>",)}
 EOG_TEXTS = frozenset({"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
-                       "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>"})
+                       "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
+                       "</s>"})  # llama.cpp (llama-cpp-python 0.3.36) ends Gemma 3 at its </s> (212) too
 
 
 @dataclass(frozen=True)
@@ -111,24 +113,29 @@ class HFTokenizer(Tokenizer):
 
     @classmethod
     def from_folder(cls, folder: Path) -> HFTokenizer:
-        """A Hugging Face model folder's tokenizer: tokenizer.json, with bos/eos, add_bos and the chat
-        template from tokenizer_config.json (else special_tokens_map.json, generation_config.json, config.json);
+        """A Hugging Face model folder's tokenizer: tokenizer.json (else a SentencePiece tokenizer.model), with
+        bos/eos, add_bos and the chat template from tokenizer_config.json (else special_tokens_map.json,
+        generation_config.json, config.json);
         the ids that end a text as transformers' generate() reads them: generation_config.json's eos_token_id
         (one or a list), else config.json's."""
         folder = Path(folder)
         path = folder / "tokenizer.json"
-        if not path.is_file():
+        if not path.is_file() and (folder / "tokenizer.model").is_file():  # SentencePiece's own file alone
+            tokenizer, spec = model_file_sentencepiece(folder / "tokenizer.model"), {}
+        elif not path.is_file():
             if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
                 raise TokenizerError(f"{folder} has vocab.json and merges.txt but no tokenizer.json; write one with "
                                      "transformers: AutoTokenizer.from_pretrained(FOLDER).save_pretrained(FOLDER).")
             raise TokenizerError(f"{folder} has no tokenizer.json; download the model's tokenizer files too.")
-        try:
-            text = path.read_text(encoding="utf-8")
-            spec = json.loads(text)
-            tokenizer = RustTokenizer.from_str(text)
-        except Exception as e:  # OSError, UnicodeDecodeError, JSONDecodeError, or the Rust parser's Exception
-            raise TokenizerError(f"Cannot read {path} ({_first_line(e)}); download the model's tokenizer again.") from None
-        _check_byte_level(spec, path)
+        else:
+            try:
+                text = path.read_text(encoding="utf-8")
+                spec = json.loads(text)
+                tokenizer = RustTokenizer.from_str(text)
+            except Exception as e:  # OSError, UnicodeDecodeError, JSONDecodeError, or the Rust parser's Exception
+                raise TokenizerError(f"Cannot read {path} ({_first_line(e)}); download the model's tokenizer "
+                                     "again.") from None
+            _check_supported(spec, path)
         config = _read_json(folder / "tokenizer_config.json")
         sources = [config, _read_json(folder / "special_tokens_map.json")]
         numbers = [_read_json(folder / "generation_config.json"), _read_json(folder / "config.json")]
@@ -162,13 +169,12 @@ class HFTokenizer(Tokenizer):
         ending a text where llama.cpp does (gguf_stop_ids)."""
         model = meta.get("tokenizer.ggml.model")
         if model == "llama":
-            raise TokenizerError("SentencePiece-vocabulary GGUF files (tokenizer.ggml.model = llama: Llama 2, Mistral, "
-                                 "TinyLlama) are not supported yet; start from a byte-level BPE model (Llama 3, "
-                                 "Qwen2, SmolLM2).")
+            return cls.from_gguf_sentencepiece(meta)
         if model != "gpt2":
             what = f"a {model!r} vocabulary" if model else "no tokenizer"
             raise TokenizerError(f"The GGUF file has {what}; BladeGPT reads byte-level BPE vocabularies "
-                                 "(tokenizer.ggml.model = gpt2), as Llama 3, Qwen2 and SmolLM2 files have.")
+                                 "(tokenizer.ggml.model = gpt2, as Llama 3, Qwen2 and SmolLM2 files have) and "
+                                 "SentencePiece ones (llama, as Gemma 3 has).")
         name = meta.get("tokenizer.ggml.pre") or "default"
         split = SPLITS.get(name)
         if split is None:
@@ -208,6 +214,22 @@ class HFTokenizer(Tokenizer):
         bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
         return cls(tokenizer, bos, eos, bool(add_bos), meta.get("tokenizer.chat_template"),
                    [i for i in range(n) if types[i] == UNUSED], gguf_stop_ids(meta))
+
+    @classmethod
+    def from_gguf_sentencepiece(cls, meta: dict) -> HFTokenizer:
+        """A GGUF file's SentencePiece vocabulary (`tokenizer.ggml.model` llama), with the bos, eos and add_bos
+        it names (llama.cpp adds bos to a SentencePiece text unless the file says not to) and llama.cpp's stops.
+        The ids are the file's as they stand: Gemma 3's bos 2, eos 1, pad 0 differ from Llama 2's (bos 1, eos 2,
+        unk 0, llama.cpp's defaults) but are Gemma's own (transformers' Gemma tokenizer: <pad> 0, <eos> 1,
+        <bos> 2), and llama.cpp reads them as written; pad is never needed (BladeGPT's batches are never padded)."""
+        if meta.get("tokenizer.ggml.add_eos_token"):
+            raise TokenizerError("The GGUF file's tokenizer ends every text with eos (tokenizer.ggml.add_eos_token), "
+                                 "which BladeGPT does not support yet; start from a model without it.")
+        tokenizer = gguf_sentencepiece(meta)
+        types = meta.get("tokenizer.ggml.token_type") or []
+        return cls(tokenizer, meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id"),
+                   bool(meta.get("tokenizer.ggml.add_bos_token", True)), meta.get("tokenizer.chat_template"),
+                   [i for i, kind in enumerate(types) if kind == UNUSED], gguf_stop_ids(meta))
 
     @classmethod
     def from_dict(cls, data: dict) -> HFTokenizer:
@@ -254,9 +276,14 @@ class HFTokenizer(Tokenizer):
         return self._bytes[token_id]
 
     def _byte_table(self) -> list[bytes]:
-        """Every id's UTF-8 bytes: byte-level characters mapped back to bytes; added tokens are their text;
-        special tokens, padding entries and ids no token has are b""."""
+        """Every id's UTF-8 bytes: byte-level characters mapped back to bytes, or SentencePiece pieces ("▁" a
+        space, `<0xNN>` one byte); added tokens are their text; special tokens, padding entries and ids no token
+        has are b""."""
         from_char = {ch: byte for byte, ch in byte_chars().items()}
+        decoder = self.tokenizer.decoder
+        spm = is_sentencepiece({"decoder": json.loads(decoder.__getstate__()) if decoder is not None else None})
+        fallback = spm and (getattr(self.tokenizer.model, "byte_fallback", None)
+                            or byte_fallback({"model": json.loads(self.tokenizer.model.__getstate__())}))
         table = []
         for i in range(self.vocab_size):
             token = self.tokenizer.id_to_token(i)
@@ -264,6 +291,8 @@ class HFTokenizer(Tokenizer):
                 table.append(b"")
             elif i in self._added:
                 table.append(self._added[i].encode("utf-8"))
+            elif spm:
+                table.append(piece_bytes(token, fallback))
             else:
                 try:
                     table.append(bytes(from_char[ch] for ch in token))
@@ -308,20 +337,23 @@ def _parts(node: dict | None, key: str) -> Iterator[dict]:
             yield from _parts(inner, key)
 
 
-def _check_byte_level(spec: dict, path: Path) -> None:
-    """Refuse tokenizers whose text BladeGPT could not split into pieces and cut back into bytes faithfully."""
-    model = spec.get("model") or {}
-    byte_level = model.get("type") == "BPE" and any(
-        p.get("type") == "ByteLevel" for p in _parts(spec.get("decoder"), "decoders"))
-    if not byte_level:
-        raise TokenizerError(f"{path} is not a byte-level BPE tokenizer (as Llama 3, Qwen2 and SmolLM2 have); "
-                             "SentencePiece-style tokenizers (Llama 2, Mistral, TinyLlama) are not supported yet.")
-    prefix = any(p.get("type") == "ByteLevel" and p.get("add_prefix_space")
-                 for p in _parts(spec.get("pre_tokenizer"), "pretokenizers"))
+def _check_supported(spec: dict, path: Path) -> None:
+    """Refuse tokenizers whose text BladeGPT could not split into pieces and cut back into bytes faithfully:
+    byte-level BPE, and SentencePiece pieces (BPE or Unigram) without a space put before the text, are kept."""
+    model = (spec.get("model") or {}).get("type")
+    byte_level = model == "BPE" and any(p.get("type") == "ByteLevel" for p in _parts(spec.get("decoder"), "decoders"))
+    if not byte_level and not (model in ("BPE", "Unigram") and is_sentencepiece(spec)):
+        raise TokenizerError(f"{path} is neither a byte-level BPE tokenizer (as Llama 3, Qwen2 and SmolLM2 have) nor "
+                             f"a SentencePiece one (as Gemma 3 has) but a {model or 'model-less'} one; BladeGPT cannot "
+                             "read it yet.")
+    pre = list(_parts(spec.get("pre_tokenizer"), "pretokenizers"))
+    prefix = any(p.get("type") == "ByteLevel" and p.get("add_prefix_space") for p in pre)
+    prefix = prefix or any(p.get("type") == "Metaspace" and (p.get("prepend_scheme") in ("always", "first")
+                                                           or p.get("add_prefix_space")) for p in pre)
     prefix = prefix or any(p.get("type") == "Prepend" for p in _parts(spec.get("normalizer"), "normalizers"))
     if prefix:
-        raise TokenizerError(f"{path} adds a space before every text (add_prefix_space), which BladeGPT does "
-                             "not support yet; use a tokenizer without it.")
+        raise TokenizerError(f"{path} adds a space before every text (add_prefix_space, as Llama 2's, Mistral's and "
+                             "TinyLlama's do), which BladeGPT does not support yet; use a tokenizer without it.")
 
 
 def _template_bos(spec: dict) -> int | bool | None:
