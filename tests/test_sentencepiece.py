@@ -182,24 +182,22 @@ def test_a_folder_with_only_tokenizer_model_runs_it_as_sentencepiece_does(built,
         assert tok.encode(MIXED) == HFTokenizer.from_folder(folder).encode(MIXED)
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model)
-    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = True  # (the space prefix: test_space_prefix.py)
     (tmp_path / "tokenizer.model").write_bytes(proto.SerializeToString())
-    with pytest.raises(TokenizerError, match="a space put first .add_dummy_prefix., which BladeGPT does not support"):
+    with pytest.raises(TokenizerError, match="runs of spaces removed .remove_extra_whitespaces., which BladeGPT does not"):
         HFTokenizer.from_folder(tmp_path)
 
 
 def test_unsupported_sentencepiece_files_are_one_line_errors(built):
     meta = read_metadata(built[2])
-    cases = [({"tokenizer.ggml.add_space_prefix": True}, "space before every text .*add_space_prefix"),
-             ({"tokenizer.ggml.add_eos_token": True}, "ends every text with eos"),
+    cases = [({"tokenizer.ggml.add_eos_token": True}, "ends every text with eos"),
              ({"tokenizer.ggml.scores": [0.0]}, "SentencePiece vocabulary is incomplete"),
              ({"tokenizer.ggml.tokens": ["a"] * len(meta["tokenizer.ggml.tokens"])}, "spells two tokens alike")]
     for change, message in cases:
         with pytest.raises(TokenizerError, match=message):
             HFTokenizer.from_gguf({**meta, **change})
     without = {k: v for k, v in meta.items() if k != "tokenizer.ggml.add_space_prefix"}
-    with pytest.raises(TokenizerError, match="add_space_prefix"):  # llama.cpp's default: Llama 2's files
-        HFTokenizer.from_gguf(without)
+    assert HFTokenizer.from_gguf(without).space_prefix == "prepend"  # llama.cpp's default: Llama 2's older files
 
 
 def test_prepare_sample_and_both_exports_keep_the_vocabulary(built, tmp_path, monkeypatch):

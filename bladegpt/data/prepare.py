@@ -1,8 +1,7 @@
 """prepare(): text files in, token files out, as a stream.
 
-The corpus is read in blocks, cut into pieces of about a megabyte where encoding is unchanged,
-encoded on every core (worker processes) and written as it comes, so memory is bounded by the pieces in flight
-(never the corpus, never a Python list of its tokens) whatever the corpus size.
+The corpus is read in blocks, cut into pieces of about a megabyte where encoding is unchanged, encoded on every
+core and written as it comes, so memory is bounded by the pieces in flight (never the corpus, nor a list of its ids).
 """
 
 from __future__ import annotations
@@ -260,12 +259,13 @@ def encoded_pieces(tok: Tokenizer, items: Iterator[tuple[str, str]], dtype: str,
 
 def batch_encoded_pieces(tok: Tokenizer, items: Iterator[tuple[str, str]],
                          dtype: str) -> Iterator[tuple[str, str, bytes]]:
-    """(split, piece, its ids as bytes), in order: a batch of pieces at a time, encoded by the tokenizer's
-    own threads (Hugging Face `tokenizers` releases the GIL while it encodes a batch)."""
+    """(split, piece, its ids as bytes), in order: a batch of pieces at a time, encoded by the tokenizer's own
+    threads (`tokenizers` releases the GIL), as pieces of one text (their ids are the whole text's)."""
+    before = None
     while batch := list(itertools.islice(items, HF_BATCH_PIECES * cores())):
-        encoded = tok.encode_batch_bytes([piece for _, piece in batch], dtype)
-        for (split, piece), data in zip(batch, encoded):
-            yield split, piece, data
+        encoded = tok.encode_pieces_bytes([piece for _, piece in batch], dtype, before)
+        yield from ((split, piece, data) for (split, piece), data in zip(batch, encoded))
+        before = batch[-1][1]
 
 
 def encode_corpus(corpus: Corpus, tok: Tokenizer, folder: Path, progress: Callable[[int, int], None] | None) -> dict:

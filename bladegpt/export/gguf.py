@@ -62,6 +62,7 @@ class Vocab:
     stops: tuple[int, ...] = ()  # other ids that end a text, written as eot then eom (llama.cpp's keys)
     scores: list[float] | None = None  # a SentencePiece vocabulary (tokenizer.ggml.model llama): no merges
     unk: int | None = None
+    space_prefix: bool = False  # SentencePiece's "▁" before a text and after each added token (llama.cpp's)
 
 
 def adds_tokens(tokenizer: Tokenizer) -> bool:
@@ -218,7 +219,7 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
     else:  # as llama.cpp's converter writes SentencePiece (_create_vocab_sentencepiece), padding rows scored too
         writer.add_tokenizer_model("llama")
         writer.add_token_scores(vocab.scores + [-1000.0] * (len(vocab.tokens) - len(vocab.scores)))
-        writer.add_add_space_prefix(False)  # llama.cpp's default puts a space first; BladeGPT's tokenizers never do
+        writer.add_add_space_prefix(vocab.space_prefix)  # always written: llama.cpp's default is true
         if vocab.unk is not None:
             writer.add_unk_token_id(vocab.unk)
     writer.add_bos_token_id(vocab.eos if vocab.bos is None else vocab.bos)
@@ -340,6 +341,10 @@ def hf_vocab(tokenizer):
     if spm and spec["model"].get("type") != "BPE":
         raise UserError("A Unigram SentencePiece tokenizer is no vocabulary llama.cpp runs as its SentencePiece "
                         "(it merges pieces by score), so a GGUF file would tokenize differently; export --format hf.")
+    if tokenizer.space_prefix not in (None, "prepend"):  # llama.cpp's add_space_prefix is a Prepend normalizer
+        raise UserError(f"This tokenizer puts a space first as Metaspace {tokenizer.space_prefix!r} does, not as "
+                        "llama.cpp does (after special tokens too, doubled before a leading space), so a GGUF file "
+                        "would tokenize differently; export --format hf.")
     tokens, types = [], []
     for i in range(tokenizer.vocab_size):
         token = tokenizer.tokenizer.id_to_token(i)
@@ -353,7 +358,8 @@ def hf_vocab(tokenizer):
         unk = spec["model"].get("unk_token")
         return Vocab(tokens, types, [], "", stops[0], tokenizer.vocab_size, bos=tokenizer.bos_id,
                      add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template, stops=stops[1:3],
-                     scores=piece_scores(tokens, merges), unk=tokenizer.tokenizer.token_to_id(unk) if unk else None)
+                     scores=piece_scores(tokens, merges), unk=tokenizer.tokenizer.token_to_id(unk) if unk else None,
+                     space_prefix=tokenizer.space_prefix == "prepend")
     return Vocab(tokens, types, merges, gguf_pre(spec), stops[0], tokenizer.vocab_size, bos=tokenizer.bos_id,
                  add_bos=tokenizer.add_bos, chat_template=tokenizer.chat_template, stops=stops[1:3])
 

@@ -5,8 +5,8 @@ reads it (src/llama-vocab.cpp: the split rules that `tokenizer.ggml.pre` names, 
 A model may end a text with several ids (SmolLM2- and Qwen2.5-Instruct: `<|im_end|>` and `<|endoftext|>`;
 Llama 3: `<|end_of_text|>` and `<|eot_id|>`): `stop_ids` keeps them all, as the source's own runtime reads
 them (transformers from a folder, llama.cpp from a GGUF file).
-Byte-level BPE (Llama 3, Qwen2/2.5/3, SmolLM/SmolLM2, GPT-2) and SentencePiece vocabularies without a space
-prefix (Gemma 3; sentencepiece.py rebuilds one from a GGUF file).
+Byte-level BPE (Llama 3, Qwen2/2.5/3, SmolLM/SmolLM2, GPT-2) and SentencePiece vocabularies (Gemma 3; Llama 2,
+Mistral 7B, TinyLlama with their space prefix; sentencepiece.py rebuilds one from a GGUF file or tokenizer.model).
 The whole tokenizer travels in `to_dict`, so a dataset or checkpoint never needs its source again.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import array
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +23,9 @@ from tokenizers import Tokenizer as RustTokenizer
 
 from bladegpt.tokenizer.bytelevel import byte_chars
 from bladegpt.tokenizer.sentencepiece import (CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, byte_fallback,
-                                              gguf_sentencepiece, is_sentencepiece, model_file_sentencepiece,
-                                              piece_bytes)
+                                              encode_pieces, gguf_sentencepiece, is_sentencepiece,
+                                              model_file_sentencepiece, parts, piece_bytes, space_prefix,
+                                              without_space_prefix)
 from bladegpt.tokenizer.base import GPT2_EOT, Tokenizer
 from bladegpt.errors import TokenizerError
 
@@ -76,7 +77,9 @@ class HFTokenizer(Tokenizer):
 
     `encode` never adds bos (`add_bos` says whether the model expects one first) and encodes special
     tokens written in the text (`<|im_start|>`) as their ids, as transformers does. `token_bytes` of a
-    special token is b"": it stands for no text, so bits per byte count the text's bytes only.
+    special token is b"": it stands for no text, so bits per byte count the text's bytes only. A space prefix
+    (`space_prefix`, sentencepiece.py) is put before a text; decode takes it off, and prepare's pieces after
+    the first go without it (`encode_pieces_bytes`), so a dataset counts no byte the text lacks.
     """
 
     kind = "hf"
@@ -103,6 +106,8 @@ class HFTokenizer(Tokenizer):
         self.special_ids = {i for i, token in added.items() if token.special}
         self._added = {i: token.content for i, token in added.items()}
         self._bytes: list[bytes] | None = None
+        self.space_prefix = space_prefix(_state(tokenizer.normalizer), _state(tokenizer.pre_tokenizer))
+        self._plain: RustTokenizer | None = None  # the tokenizer without its space prefix, made when needed
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
@@ -259,12 +264,23 @@ class HFTokenizer(Tokenizer):
         code = "H" if dtype == "uint16" else "I"
         return [array.array(code, encoding.ids).tobytes() for encoding in self._encodings(texts)]
 
+    def encode_pieces_bytes(self, pieces: list[str], dtype: str, before: str | None) -> list[bytes]:
+        """`encode_batch_bytes` for consecutive pieces of one text (prepare's cuts), `before` the piece before
+        pieces[0] (None where pieces[0] starts the text): the ids joined are the whole text's, the space prefix
+        put where encoding the text once puts it."""
+        if self.space_prefix is None:
+            return self.encode_batch_bytes(pieces, dtype)
+        if self._plain is None:
+            self._plain = RustTokenizer.from_str(json.dumps(without_space_prefix(json.loads(self.tokenizer.to_str()))))
+        ids = encode_pieces(self.tokenizer, self._plain, set(self._added), [_utf8(p) for p in pieces],
+                            None if before is None else _utf8(before), self.space_prefix != "first")
+        return [array.array("H" if dtype == "uint16" else "I", piece).tobytes() for piece in ids]
+
     def _encodings(self, texts: list[str]) -> list:
         try:
             return self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        except TypeError:  # a lone surrogate (undecodable bytes in a command line) is no UTF-8: "\ufffd", as tiktoken does
-            texts = [text.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for text in texts]
-            return self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        except TypeError:  # a lone surrogate (undecodable bytes in a command line) is no UTF-8
+            return self.tokenizer.encode_batch_fast([_utf8(text) for text in texts], add_special_tokens=False)
 
     def decode(self, ids: list[int]) -> str:
         """The text of `ids`, special tokens written out (the sampler decides what to show)."""
@@ -281,7 +297,7 @@ class HFTokenizer(Tokenizer):
         has are b""."""
         from_char = {ch: byte for byte, ch in byte_chars().items()}
         decoder = self.tokenizer.decoder
-        spm = is_sentencepiece({"decoder": json.loads(decoder.__getstate__()) if decoder is not None else None})
+        spm = is_sentencepiece({"decoder": _state(decoder)})
         fallback = spm and (getattr(self.tokenizer.model, "byte_fallback", None)
                             or byte_fallback({"model": json.loads(self.tokenizer.model.__getstate__())}))
         table = []
@@ -312,6 +328,16 @@ def gguf_stop_ids(meta: dict) -> list[int]:
     return list(dict.fromkeys(i for i in (*keys, *named, *fim) if i is not None))
 
 
+def _utf8(text: str) -> str:
+    """`text` with each lone surrogate (undecodable bytes in a command line) "\ufffd", as tiktoken does."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _state(component) -> dict | None:
+    """A `tokenizers` component (normalizer, pre-tokenizer, decoder) as its tokenizer.json entry."""
+    return None if component is None else json.loads(component.__getstate__())
+
+
 def _strings(value) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
@@ -329,36 +355,24 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _parts(node: dict | None, key: str) -> Iterator[dict]:
-    """A tokenizer.json component and, for a Sequence, the ones inside it."""
-    if isinstance(node, dict):
-        yield node
-        for inner in node.get(key) or ():
-            yield from _parts(inner, key)
-
-
 def _check_supported(spec: dict, path: Path) -> None:
     """Refuse tokenizers whose text BladeGPT could not split into pieces and cut back into bytes faithfully:
-    byte-level BPE, and SentencePiece pieces (BPE or Unigram) without a space put before the text, are kept."""
+    byte-level BPE without a space put before the text, and SentencePiece pieces (BPE or Unigram), are kept."""
     model = (spec.get("model") or {}).get("type")
-    byte_level = model == "BPE" and any(p.get("type") == "ByteLevel" for p in _parts(spec.get("decoder"), "decoders"))
+    byte_level = model == "BPE" and any(p.get("type") == "ByteLevel" for p in parts(spec.get("decoder"), "decoders"))
     if not byte_level and not (model in ("BPE", "Unigram") and is_sentencepiece(spec)):
         raise TokenizerError(f"{path} is neither a byte-level BPE tokenizer (as Llama 3, Qwen2 and SmolLM2 have) nor "
                              f"a SentencePiece one (as Gemma 3 has) but a {model or 'model-less'} one; BladeGPT cannot "
                              "read it yet.")
-    pre = list(_parts(spec.get("pre_tokenizer"), "pretokenizers"))
-    prefix = any(p.get("type") == "ByteLevel" and p.get("add_prefix_space") for p in pre)
-    prefix = prefix or any(p.get("type") == "Metaspace" and (p.get("prepend_scheme") in ("always", "first")
-                                                           or p.get("add_prefix_space")) for p in pre)
-    prefix = prefix or any(p.get("type") == "Prepend" for p in _parts(spec.get("normalizer"), "normalizers"))
-    if prefix:
-        raise TokenizerError(f"{path} adds a space before every text (add_prefix_space, as Llama 2's, Mistral's and "
-                             "TinyLlama's do), which BladeGPT does not support yet; use a tokenizer without it.")
+    if byte_level and any(p.get("type") == "ByteLevel" and p.get("add_prefix_space")
+                          for p in parts(spec.get("pre_tokenizer"), "pretokenizers")):
+        raise TokenizerError(f"{path} is a byte-level BPE that adds a space before every text (add_prefix_space), "
+                             "which BladeGPT does not support yet; use a tokenizer without it.")
 
 
 def _template_bos(spec: dict) -> int | bool | None:
     """The id the post-processor puts first in a single text, False when it puts none, None without a template."""
-    for part in _parts(spec.get("post_processor"), "processors"):
+    for part in parts(spec.get("post_processor"), "processors"):
         if part.get("type") == "TemplateProcessing":
             first = (part.get("single") or [{}])[0]
             if "SpecialToken" not in first:

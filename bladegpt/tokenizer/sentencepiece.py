@@ -8,12 +8,22 @@ piece becomes byte pieces. That is a BPE whose merges are every split of a piece
 joined piece's score: transformers rebuilds a GGUF SentencePiece vocabulary the same way (integrations/gguf,
 `generate_merges`), and `tokenizers` runs it here. Control and user-defined tokens are matched whole in the text
 first, as llama.cpp matches them (Gemma's "\\n", "\\n\\n", runs of spaces and tabs are user-defined tokens).
+
+The space prefix (`tokenizer.ggml.add_space_prefix`, SentencePiece's `add_dummy_prefix`: Llama 2, Mistral 7B,
+TinyLlama) is put as llama.cpp puts it (llm_tokenizer_spm): " " before the text given to encode, even one that
+starts with a space, and again after every control or user-defined token matched in it; a Prepend normalizer,
+as transformers' legacy Llama tokenizer.json (Llama 2's, TinyLlama's) writes it. It follows how these models were
+trained: SentencePiece encodes each text with "▁" first, and Llama 2's chat code encodes each exchange so, after
+its <s>. (transformers' non-legacy Metaspace "first", which its GGUF reader builds, puts none after a token
+and does not double a leading space; a tokenizer.json that has it is run as it is.) `encode_pieces` encodes the
+pieces prepare cuts a text into so that their ids joined are the whole text's.
 """
 
 from __future__ import annotations
 
+import copy
 import re
-import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import AddedToken, decoders, models, normalizers
@@ -44,11 +54,15 @@ def spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list
     return [(a, b) for *_, a, b in ranked]
 
 
-def added_tokens(tokenizer: RustTokenizer, tokens: list[str], types: list[int]) -> RustTokenizer:
+def added_tokens(tokenizer: RustTokenizer, tokens: list[str], types: list[int], prefix: bool) -> RustTokenizer:
     """Control and unknown pieces as special tokens, user-defined ones as plain added tokens, all matched whole
-    in the text before anything else (as llama.cpp and SentencePiece match them)."""
-    tokenizer.normalizer = normalizers.Replace(" ", SPACE)
-    tokenizer.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+    in the text before anything else (as llama.cpp and SentencePiece match them); `prefix`: "▁" put before the
+    text and after each of them, and taken off the decoded text's start (transformers' Llama 2 tokenizer.json)."""
+    first = [normalizers.Prepend(SPACE)] if prefix else []
+    tokenizer.normalizer = normalizers.Sequence([*first, normalizers.Replace(" ", SPACE)])
+    strip = [decoders.Strip(" ", 1, 0)] if prefix else []
+    tokenizer.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           *strip])
     tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
                                   for i in range(len(tokens)) if types[i] in (CONTROL, UNKNOWN)])
     tokenizer.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
@@ -58,8 +72,8 @@ def added_tokens(tokenizer: RustTokenizer, tokens: list[str], types: list[int]) 
 
 def gguf_sentencepiece(meta: dict) -> RustTokenizer:
     """The `tokenizers` Tokenizer that splits text as llama.cpp splits a GGUF file's SentencePiece vocabulary
-    (`meta`: key -> value, as sources.gguf.metadata gives); TokenizerError (one line) for an incomplete one or
-    one with a space prefix (`tokenizer.ggml.add_space_prefix`, Llama 2's), which BladeGPT does not support yet."""
+    (`meta`: key -> value, as sources.gguf.metadata gives), the space prefix included; TokenizerError (one
+    line) for an incomplete one."""
     tokens, scores, types = (meta.get(f"tokenizer.ggml.{key}") for key in ("tokens", "scores", "token_type"))
     types = [NORMAL] * len(tokens) if types is None and isinstance(tokens, list) else types
     if not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens) and isinstance(scores, list)
@@ -69,80 +83,51 @@ def gguf_sentencepiece(meta: dict) -> RustTokenizer:
     if len(set(tokens)) != len(tokens):
         raise TokenizerError("The GGUF file's vocabulary spells two tokens alike (llama.cpp refuses it too); "
                              "the file is damaged: download it again.")
-    # llama.cpp's default is true for SentencePiece: a file without the key (older Llama 2 files) has the prefix.
-    if meta.get("tokenizer.ggml.add_space_prefix", True):
-        raise TokenizerError("The GGUF file's tokenizer puts a space before every text (tokenizer.ggml."
-                             "add_space_prefix: Llama 2, Mistral, TinyLlama), which BladeGPT does not support yet; "
-                             "start from a model without it (Gemma 3) or a byte-level BPE one (Llama 3, SmolLM2).")
     unk = meta.get("tokenizer.ggml.unknown_token_id")
     has_bytes = BYTE in types
     bpe = models.BPE({token: i for i, token in enumerate(tokens)}, spm_merges(tokens, scores, types),
                      unk_token=tokens[unk] if isinstance(unk, int) and 0 <= unk < len(tokens) else None,
                      fuse_unk=True, byte_fallback=has_bytes)
-    return added_tokens(RustTokenizer(bpe), tokens, types)
+    # llama.cpp's default is true for SentencePiece: a file without the key (older Llama 2 files) has the prefix.
+    return added_tokens(RustTokenizer(bpe), tokens, types, bool(meta.get("tokenizer.ggml.add_space_prefix", True)))
 
 
 def model_file_sentencepiece(path: Path) -> RustTokenizer:
     """A SentencePiece `tokenizer.model` run as SentencePiece runs it: a BPE model's pieces merged by score (as
-    from GGUF), a Unigram model's by Viterbi over its scores; TokenizerError (one line) for a damaged file or
-    one that normalizes text (a space prefix, extra whitespace removed, NFKC rules), which BladeGPT does not
-    support yet. Read with a small protobuf reader (sentencepiece_model.proto's field numbers): no dependency."""
+    from GGUF), a Unigram model's by Viterbi over its scores, "▁" put first where it adds a dummy prefix;
+    TokenizerError (one line) for a damaged file, one that normalizes text otherwise (extra whitespace removed,
+    NFKC rules), which BladeGPT does not support yet, or no `sentencepiece` installed (an optional dependency:
+    pyproject.toml says why). Google's library loads and checks the file; its ModelProto names each piece's
+    type (the numbers are GGUF's), the model type and the normalizer."""
     try:
-        model = _message(Path(path).read_bytes())
-        pieces = [_message(p) for p in model.get(1, [])]
-        tokens = [p[1][0].decode("utf-8") for p in pieces]
-        scores = [struct.unpack("<f", p[2][0])[0] if 2 in p else 0.0 for p in pieces]
-        types = [p[3][0] if 3 in p else NORMAL for p in pieces]
-        trainer, norm = (_message(model[k][0]) if k in model else {} for k in (2, 3))
-    except (OSError, ValueError, IndexError, KeyError, struct.error) as e:  # UnicodeDecodeError is a ValueError
-        raise TokenizerError(f"Cannot read {path} as a SentencePiece model ({e}); download it again.") from None
-    kind = trainer.get(3, [1])[0]  # 1 Unigram (the default), 2 BPE
-    rules = [name for key, name in ((3, "a space put first (add_dummy_prefix)"),  # both on unless the file says
-                                    (4, "runs of spaces removed (remove_extra_whitespaces)")) if norm.get(key, [1])[0]]
-    rules += ["normalization rules (precompiled_charsmap)"] if norm.get(2, [b""])[0] else []
+        import sentencepiece
+        from sentencepiece import sentencepiece_model_pb2
+    except Exception as e:  # ImportError, or protobuf's VersionError for a protobuf older than the file's code
+        raise TokenizerError(f"{path} is SentencePiece's own file, read with Google's library ({_first_line(e)}): "
+                             "pip install -U 'sentencepiece[protobuf]'.") from None
+    try:
+        processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        model = sentencepiece_model_pb2.ModelProto.FromString(processor.serialized_model_proto())
+    except Exception as e:  # OSError, or the C++ loader's RuntimeError for a damaged file
+        raise TokenizerError(f"Cannot read {path} as a SentencePiece model ({_first_line(e)}); download it "
+                             "again.") from None
+    tokens, scores, types = zip(*((p.piece, p.score, p.type) for p in model.pieces))
+    kind, norm = model.trainer_spec.model_type, model.normalizer_spec  # 1 Unigram, 2 BPE
+    rules = ["runs of spaces removed (remove_extra_whitespaces)"] if norm.remove_extra_whitespaces else []
+    rules += ["normalization rules (precompiled_charsmap)"] if norm.precompiled_charsmap else []
+    rules += ["spaces not spelled ▁ (escape_whitespaces false)"] if not norm.escape_whitespaces else []
+    rules += ["▁ after words (treat_whitespace_as_suffix)"] if model.trainer_spec.treat_whitespace_as_suffix else []
     if kind not in (1, 2) or rules:
         what = ", ".join(rules) or f"model type {kind}, neither BPE nor Unigram"
         raise TokenizerError(f"{path} is a SentencePiece model with {what}, which BladeGPT does not support yet; "
-                             "use a model without it (Gemma 3's).")
-    fallback, unk = bool(trainer.get(35, [0])[0]), trainer.get(40, [0])[0]
+                             "use a model without it (Gemma 3's, Llama 2's).")
+    fallback, unk = model.trainer_spec.byte_fallback, processor.unk_id()
     if kind == 2:
         bpe = models.BPE({t: i for i, t in enumerate(tokens)}, spm_merges(tokens, scores, types), unk_token=tokens[unk],
                          fuse_unk=True, byte_fallback=fallback)
     else:
         bpe = models.Unigram(list(zip(tokens, scores)), unk_id=unk, byte_fallback=fallback)
-    return added_tokens(RustTokenizer(bpe), tokens, types)
-
-
-def _message(data: bytes) -> dict[int, list]:
-    """A protobuf message's fields: number -> values (ints for varints, bytes for the rest), in order."""
-    fields: dict[int, list] = {}
-    at = 0
-
-    def varint() -> int:
-        nonlocal at
-        value = shift = 0
-        while True:
-            byte = data[at]
-            at += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
-
-    while at < len(data):
-        key = varint()
-        wire = key & 7
-        if wire == 0:
-            value = varint()
-        elif wire in (1, 5):
-            value, at = data[at : at + (8 if wire == 1 else 4)], at + (8 if wire == 1 else 4)
-        elif wire == 2:
-            size = varint()
-            value, at = data[at : at + size], at + size
-        else:
-            raise ValueError(f"wire type {wire}")
-        fields.setdefault(key >> 3, []).append(value)
-    return fields
+    return added_tokens(RustTokenizer(bpe), tokens, types, norm.add_dummy_prefix)
 
 
 def piece_bytes(piece: str, byte_fallback: bool) -> bytes:
@@ -180,3 +165,75 @@ def piece_scores(tokens: list[str], merges: list) -> list[float]:
             joined.add(i)
             scores[i] = -float(rank)
     return scores
+
+
+def parts(node: dict | None, key: str) -> Iterator[dict]:
+    """A tokenizer.json component and, for a Sequence, the ones inside it."""
+    if isinstance(node, dict):
+        yield node
+        for inner in node.get(key) or ():
+            yield from parts(inner, key)
+
+
+def space_prefix(normalizer: dict | None, pre_tokenizer: dict | None) -> str | None:
+    """How a tokenizer puts "▁" before text, from its tokenizer.json components: "prepend" before every stretch
+    of text between added tokens, even one that starts with a space (a Prepend normalizer: llama.cpp's
+    add_space_prefix), Metaspace's "always" (the same, but none where one is there) or "first" (before the
+    text's start alone: transformers' non-legacy Llama); None where it puts none."""
+    if any(p.get("type") == "Prepend" for p in parts(normalizer, "normalizers")):
+        return "prepend"
+    for p in parts(pre_tokenizer, "pretokenizers"):
+        if p.get("type") == "Metaspace":
+            scheme = p.get("prepend_scheme") or ("always" if p.get("add_prefix_space") else "never")
+            return None if scheme == "never" else scheme
+    return None
+
+
+def without_space_prefix(spec: dict) -> dict:
+    """The tokenizer.json `spec` with no "▁" put before text (the pieces prepare cuts a text into, after its
+    first): Prepend normalizers dropped, Metaspace's scheme "never"."""
+    spec = copy.deepcopy(spec)
+    normalizer = spec.get("normalizer")
+    if isinstance(normalizer, dict) and normalizer.get("type") == "Prepend":
+        spec["normalizer"] = None
+    for part in parts(spec.get("normalizer"), "normalizers"):
+        if part.get("type") == "Sequence":
+            part["normalizers"] = [n for n in part["normalizers"] if n.get("type") != "Prepend"]
+    for part in parts(spec.get("pre_tokenizer"), "pretokenizers"):
+        if part.get("type") == "Metaspace":
+            part["prepend_scheme"] = "never"
+    return spec
+
+
+def encode_pieces(whole: RustTokenizer, plain: RustTokenizer, added: set[int], pieces: list[str],
+                  before: str | None, every: bool) -> list[list[int]]:
+    """The ids of consecutive pieces of one text, which joined are the whole text's ids: `whole` puts the space
+    prefix first in a text, `plain` is it without the prefix, `added` the ids of its added tokens, `before` the
+    piece before pieces[0] (None where pieces[0] starts the text), `every` whether the prefix goes after every
+    added token too. A piece is encoded plain up to its first added token and whole from there; whole from its
+    start where it starts the text or the piece before it ends in an added token."""
+    texts = pieces if before is None else [before, *pieces]
+    ids = [e.ids for e in plain.encode_batch_fast(texts, add_special_tokens=False)]
+    after_token = before is None
+    if before is not None:
+        last = ids.pop(0)[-1:]
+        after_token = every and bool(last) and last[0] in added
+    redo = []  # (piece index, its first id to redo, where in the text that id starts)
+    for i, piece_ids in enumerate(ids):
+        if after_token:
+            redo.append((i, 0, 0))
+        elif every and (k := next((k for k, t in enumerate(piece_ids) if t in added), None)) is not None:
+            redo.append((i, k, None))
+        if piece_ids:
+            after_token = every and piece_ids[-1] in added
+    located = plain.encode_batch([pieces[i] for i, _, at in redo if at is None], add_special_tokens=False)
+    located = iter(located)
+    starts = [(i, k, next(located).offsets[k][0] if at is None else at) for i, k, at in redo]
+    tails = whole.encode_batch_fast([pieces[i][at:] for i, _, at in starts], add_special_tokens=False)
+    for (i, k, _), tail in zip(starts, tails):
+        ids[i] = ids[i][:k] + tail.ids
+    return ids
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
