@@ -107,7 +107,7 @@ class HFTokenizer(Tokenizer):
         self._added = {i: token.content for i, token in added.items()}
         self._bytes: list[bytes] | None = None
         self.space_prefix = space_prefix(_state(tokenizer.normalizer), _state(tokenizer.pre_tokenizer))
-        self._plain: RustTokenizer | None = None  # the tokenizer without its space prefix, made when needed
+        self._plain: tuple | None = None  # (the tokenizer without its space prefix, the ids matched before it)
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
@@ -270,9 +270,11 @@ class HFTokenizer(Tokenizer):
         put where encoding the text once puts it."""
         if self.space_prefix is None:
             return self.encode_batch_bytes(pieces, dtype)
-        if self._plain is None:
-            self._plain = RustTokenizer.from_str(json.dumps(without_space_prefix(json.loads(self.tokenizer.to_str()))))
-        ids = encode_pieces(self.tokenizer, self._plain, set(self._added), [_utf8(p) for p in pieces],
+        if self._plain is None:  # the prefix goes after added tokens matched before normalizing alone
+            spec = without_space_prefix(json.loads(self.tokenizer.to_str()))
+            added = {i for i, token in self.tokenizer.get_added_tokens_decoder().items() if not token.normalized}
+            self._plain = RustTokenizer.from_str(json.dumps(spec)), added
+        ids = encode_pieces(self.tokenizer, *self._plain, [_utf8(p) for p in pieces],
                             None if before is None else _utf8(before), self.space_prefix != "first")
         return [array.array("H" if dtype == "uint16" else "I", piece).tobytes() for piece in ids]
 
