@@ -89,6 +89,9 @@ def test_a_gguf_prefix_gives_llama_cpps_ids_and_decodes_back(built):
     if kind == "bpe":  # SentencePiece's own BPE, which adds its dummy prefix to the whole text
         assert [spm.SentencePieceProcessor(model_proto=model).encode(t) for t in PLAIN] == [tok.encode(t) for t in PLAIN]
     assert llama_cpp_ids(path, TEXTS + [MIXED]) == ours
+    theirs = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)  # Metaspace "first"
+    same = [t for t in PLAIN if not t.startswith(" ")]  # where it puts the prefix as llama.cpp does
+    assert [theirs.encode(t, add_special_tokens=False) for t in same] == [tok.encode(t) for t in same]
     without = {**read_metadata(path), "tokenizer.ggml.add_space_prefix": False}
     assert HFTokenizer.from_gguf(without).encode("Hello") != hello
     assert HFTokenizer.from_gguf(without).space_prefix is None
