@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bladegpt.config import GATED
 from bladegpt.lora import BASE_DTYPES
 
 GB = 1e9
@@ -57,7 +58,7 @@ def layer_activations(cfg) -> int:
     attention's output (SDPA keeps them), the MLP's fused gate;up, its activation and product, and each
     linear's input (nn.Linear keeps it for the weight's gradient; a LoRA linear keeps its dropped-out copy)."""
     C, q, kv, F = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.mlp_size
-    mlp = 3 * F if cfg.activation == "swiglu" else F  # gate;up and silu(gate), or the activation's input
+    mlp = 3 * F if cfg.activation in GATED else F  # gate;up and silu(gate), or the activation's input
     return 4 * C + (C + q + C + F) + (2 * q + 2 * kv) + mlp
 
 
@@ -68,7 +69,7 @@ def training_bytes(cfg, tokens: int, lora=None, checkpointing: bool = False) -> 
     `checkpointing`, plus one block recomputed), the chunked loss, and the process itself."""
     C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
     q, kv, F = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.mlp_size
-    fc = 2 * F if cfg.activation == "swiglu" else F
+    fc = 2 * F if cfg.activation in GATED else F
     linears = {"attn.c_attn": (C, q + 2 * kv), "attn.c_proj": (q, C), "mlp.c_fc": (C, fc), "mlp.c_proj": (F, C)}
     embeddings = V * C * (1 if cfg.tie_embeddings else 2) + (cfg.block_size * C if cfg.positions == "learned" else 0)
     blocks = L * sum(n_in * n_out for n_in, n_out in linears.values())
