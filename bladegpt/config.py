@@ -105,7 +105,7 @@ class ModelConfig:
     logit_softcap: float | None = None  # logits = cap * tanh(logits / cap) (Gemma 2; modded-nanogpt's 15)
     sandwich_norm: bool = False  # a norm on the attention's and the MLP's outputs too, before the residual add (Gemma 2/3)
     scale_embeddings: bool = False  # token embeddings times sqrt(n_embd), in the weights' dtype (Gemma)
-    query_pre_attn_scalar: float | None = None  # attention scores scaled by its -1/2 power (Gemma); None: head_dim
+    query_pre_attn_scalar: int | None = None  # attention scores scaled by its -1/2 power (Gemma); None: head_dim
     sliding_window: int | None = None  # keys a sliding layer's query sees, itself included (Gemma 3: 512)
     sliding_layers: tuple[int, ...] = ()  # the layers attending over sliding_window only (Gemma 3: 5 of every 6)
     rope_local_theta: float | None = None  # RoPE base of the sliding layers, unscaled (Gemma 3's rope_local_base_freq)

@@ -239,7 +239,7 @@ def gemma3_settings(meta: dict, layers: int, window: int | None, heads: int, n_e
     return dict(sandwich_norm=True, scale_embeddings=True, sliding_window=window,
                 sliding_layers=tuple(i for i, local in enumerate(sliding) if local) if window else (),
                 rope_local_theta=float(meta.get("gemma3.rope.freq_base_swa", GEMMA3_LOCAL_THETA)),
-                query_pre_attn_scalar=float(n_embd // heads if layers == 62 else head_dim),
+                query_pre_attn_scalar=n_embd // heads if layers == 62 else head_dim,
                 logit_softcap=meta.get("gemma3.final_logit_softcapping"))
 
 

@@ -164,7 +164,7 @@ def gemma3_config(folder: Path, cfg: dict, vocab_rows: int | None) -> ModelConfi
         intermediate_size=cfg.get("intermediate_size", 9216), qk_norm=True,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
         logit_softcap=cfg.get("final_logit_softcapping"), sandwich_norm=True, scale_embeddings=True,
-        query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", 256)), sliding_window=cfg.get("sliding_window", 4096),
+        query_pre_attn_scalar=int(cfg.get("query_pre_attn_scalar", 256)), sliding_window=cfg.get("sliding_window", 4096),
         sliding_layers=tuple(i for i, kind in enumerate(types) if kind == "sliding_attention"),
         rope_local_theta=float(cfg.get("rope_local_base_freq") or local.get("rope_theta") or 10_000.0),
     )
