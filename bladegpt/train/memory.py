@@ -54,12 +54,14 @@ def memory_budget(device=None) -> float:
 
 
 def layer_activations(cfg) -> int:
-    """fp32 values one block keeps a token for its backward pass: the norms' inputs and outputs, q, k, v and
-    attention's output (SDPA keeps them), the MLP's fused gate;up, its activation and product, and each
-    linear's input (nn.Linear keeps it for the weight's gradient; a LoRA linear keeps its dropped-out copy)."""
+    """fp32 values one block keeps a token for its backward pass: the norms' inputs and outputs (two norms, four
+    with Gemma's sandwich norms), q, k, v and attention's output (SDPA keeps them), the MLP's fused gate;up, its
+    activation and product, and each linear's input (nn.Linear keeps it for the weight's gradient; a LoRA linear
+    keeps its dropped-out copy)."""
     C, q, kv, F = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.mlp_size
     mlp = 3 * F if cfg.activation in GATED else F  # gate;up and silu(gate), or the activation's input
-    return 4 * C + (C + q + C + F) + (2 * q + 2 * kv) + mlp
+    norms = (8 if cfg.sandwich_norm else 4) * C
+    return norms + (C + q + C + F) + (2 * q + 2 * kv) + mlp
 
 
 def training_bytes(cfg, tokens: int, lora=None, checkpointing: bool = False) -> float:
