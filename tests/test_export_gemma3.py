@@ -117,3 +117,20 @@ def test_lora_on_gemma3_exports_for_peft_and_merged(base, corpus, workdir):
     assert invoke("export", workdir / "merged", "--format", "hf").exit_code == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(workdir / "merged")
     torch.testing.assert_close(logits_of(hf, ids), ours, atol=1e-4, rtol=0)
+
+
+def test_a_full_fine_tune_of_gemma3_trains_samples_and_exports(base, corpus, workdir):
+    prepare([corpus], tokenizer_from=str(base))
+    result = train(None, None, {"block_size": 24}, dict(steps=4, batch_size=4, eval_interval=2, eval_iters=1,
+                                                         sample_tokens=0, log_interval=1),
+                   init_from=str(base), device="cpu", precision="fp32", compile="off")
+    assert result.model.config.arch == "gemma3" and result.model.config.sliding_layers == (0, 1, 3, 4)
+    best, _, _ = load_bladegpt(result.run_dir / "best.safetensors")
+    ids = [5, 17, 42, 7, 99, 3, 250, 11] * 3
+    assert (logits_of(best, ids) - logits_of(load_pretrained(str(base)).model, ids)).abs().max() > 1e-3
+    for precision in ("fp32", "int8"):
+        sampled = invoke("sample", "The hunter", "--max-new-tokens", "12", "--seed", "1", "--precision", precision)
+        assert sampled.exit_code == 0 and "The hunter" in sampled.output, sampled.output
+    assert invoke("export", workdir / "hf", "--format", "hf").exit_code == 0
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(workdir / "hf")
+    torch.testing.assert_close(logits_of(theirs, ids), logits_of(best, ids), atol=1e-4, rtol=0)
