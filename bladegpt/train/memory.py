@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bladegpt.config import GATED
+from bladegpt.loss import chunk_rows
 from bladegpt.lora import BASE_DTYPES
 
 GB = 1e9
 PROCESS_BYTES = 0.7 * GB  # Python, torch, the tokenizer and the data, before any weights (measured ~0.6 GB)
 MEMORY_SHARE = 1 / 3  # of the machine's memory a run plans to use: 8 GB of a 24 GB laptop (issue #36)
-LOSS_CHUNK_BYTES = 3 * 2**23 * 4  # loss.py's chunk of logits, its softmax and their gradient, in fp32
 
 
 @dataclass
@@ -84,7 +84,8 @@ def training_bytes(cfg, tokens: int, lora=None, checkpointing: bool = False) -> 
     per_layer = 4 * tokens * layer_activations(cfg)
     kept = 4 * tokens * C * L + per_layer if checkpointing else per_layer * L
     stream = 4 * tokens * C * 4  # the embedding's output, ln_f's, the hidden states' gradient and a residual
-    return PROCESS_BYTES + weights + kept + per_layer + stream + LOSS_CHUNK_BYTES
+    loss_chunk = 3 * chunk_rows(V) * V * 4  # loss.py's chunk of logits, its softmax and their gradient, in fp32
+    return PROCESS_BYTES + weights + kept + per_layer + stream + loss_chunk
 
 
 def fit_micro_batch(cfg, batch: int, context: int, budget: float, lora=None, accum: int | None = None,
