@@ -16,13 +16,15 @@ from bladegpt.errors import ConfigError
 # speed: a small text is data-bound, not model-bound (docs/benchmarks.md).
 SMALL_TEXT_BYTES = 250_000
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu", "relu2")
+ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu", "geglu", "relu2")
+GATED = ("swiglu", "geglu")  # the MLPs whose first matmul gives a gate and an up projection
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 # The families a model can compute, as configuration: gpt2 is GPT-2's block (BladeGPT's own models
 # too); llama, qwen2 and qwen3 are the Llama block (RMSNorm, RoPE, SwiGLU, grouped heads), qwen2 with
-# q/k/v biases, qwen3 with per-head q/k RMSNorm. The name says which exports a model takes.
-ARCHS = ("gpt2", "llama", "qwen2", "qwen3")
+# q/k/v biases, qwen3 with per-head q/k RMSNorm; gemma3 is Gemma 3's (sandwich norms, GeGLU, scaled embeddings,
+# sliding-window layers with a RoPE base of their own). The name says which exports a model takes.
+ARCHS = ("gpt2", "llama", "qwen2", "qwen3", "gemma3")
 
 # The parts of GPT-2's block a from-scratch model may change (issue #26), as ModelConfig settings; `train
 # --block` joins them with "+" (rope+rmsnorm) or names a whole block. Sources and measured effects:
@@ -83,13 +85,14 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = False  # GPT-2 has biases in every Linear and LayerNorm; our own models train without
     activation: str = "gelu"  # "gelu" (exact, erf), "gelu_tanh" (GPT-2's, HF's "gelu_new"), "swiglu" (SiLU-gated
-    # MLP), "relu2" (ReLU², relu(x)^2: So et al. 2021, modded-nanogpt)
+    # MLP), "geglu" (tanh-GELU-gated MLP, Gemma's), "relu2" (ReLU², relu(x)^2: So et al. 2021, modded-nanogpt)
     layer_norm_eps: float = 1e-5  # the norm's epsilon, LayerNorm's or RMSNorm's
     arch: str = "gpt2"
     norm: str = "layernorm"  # or "rmsnorm" (Zhang & Sennrich 2019; computed in fp32, as Llama)
     positions: str = "learned"  # or "rope" (Su et al. 2021, HF's half-split layout)
     rope_theta: float = 10000.0
-    rope_scaling: dict | None = None  # Llama 3's {"rope_type": "llama3", "factor", "low_freq_factor", ...}
+    rope_scaling: dict | None = None  # Llama 3's {"rope_type": "llama3", "factor", "low_freq_factor", ...}, or
+    # {"rope_type": "linear", "factor"} (positions divided by factor: Gemma 3 4B and up, on its full-attention layers)
     n_kv_head: int | None = None  # grouped-query attention (Ainslie et al. 2023); None: as many as n_head
     head_size: int | None = None  # None: n_embd // n_head; Qwen3 sets its own (128 at 1024 / 16 heads)
     intermediate_size: int | None = None  # the MLP's width; None: 4 * n_embd
@@ -100,6 +103,12 @@ class ModelConfig:
     # trains on a shorter block_size, so exports offer the source's context; None: block_size
     zero_init: bool = False  # the residual output projections (c_proj) start at zero (modded-nanogpt, nanochat)
     logit_softcap: float | None = None  # logits = cap * tanh(logits / cap) (Gemma 2; modded-nanogpt's 15)
+    sandwich_norm: bool = False  # a norm on the attention's and the MLP's outputs too, before the residual add (Gemma 2/3)
+    scale_embeddings: bool = False  # token embeddings times sqrt(n_embd), in the weights' dtype (Gemma)
+    query_pre_attn_scalar: int | None = None  # attention scores scaled by its -1/2 power (Gemma); None: head_dim
+    sliding_window: int | None = None  # keys a sliding layer's query sees, itself included (Gemma 3: 512)
+    sliding_layers: tuple[int, ...] = ()  # the layers attending over sliding_window only (Gemma 3: 5 of every 6)
+    rope_local_theta: float | None = None  # RoPE base of the sliding layers, unscaled (Gemma 3's rope_local_base_freq)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("activation", self.activation, ACTIVATIONS), ("norm", self.norm, NORMS),
@@ -123,6 +132,12 @@ class ModelConfig:
             raise ConfigError(f"RoPE needs an even head size, got {self.head_dim}.")
         if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
+        self.sliding_layers = tuple(self.sliding_layers)  # a list once read back from JSON
+        if self.sliding_layers and not (self.sliding_window and self.sliding_window >= 1):
+            raise ConfigError(f"sliding layers need a sliding_window of at least 1 token, got {self.sliding_window}.")
+        if any(not 0 <= i < self.n_layer for i in self.sliding_layers):
+            raise ConfigError(f"sliding_layers must be layer numbers below n_layer ({self.n_layer}), "
+                              f"got {list(self.sliding_layers)}.")
         if self.logit_softcap is not None and not 0 < self.logit_softcap < math.inf:
             raise ConfigError(f"logit_softcap must be a positive number or None (no cap), got {self.logit_softcap}.")
 

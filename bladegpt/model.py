@@ -1,20 +1,22 @@
 """The GPT: GPT-2's block and the Llama family's in one readable file. Pure: no I/O, no device choices.
 
 Which block is configuration (config.ModelConfig), as in litgpt: LayerNorm or RMSNorm, learned
-positions or RoPE, a GELU or SwiGLU MLP, full or grouped-query attention, Qwen2's q/k/v biases and
-Qwen3's q/k norm. Module names are GPT-2's for every family, so old checkpoints load as they are.
+positions or RoPE, a GELU, SwiGLU or GeGLU MLP, full or grouped-query attention, Qwen2's q/k/v biases,
+Qwen3's q/k norm, and Gemma 3's sandwich norms, scaled embeddings and sliding-window layers with a RoPE
+base of their own. Module names are GPT-2's for every family, so old checkpoints load as they are.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from bladegpt.config import ModelConfig
+from bladegpt.config import GATED, ModelConfig
 from bladegpt.loss import linear_cross_entropy, softcapped
 
 ATTENTION_IMPLS = ("manual", "sdpa")
@@ -23,22 +25,23 @@ BLOCK_MATRICES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weigh
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout_p: float,
-           mask: torch.Tensor | None = None) -> torch.Tensor:
+           mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
     """Causal attention of T new queries (B, nh, T, hs) over S >= T keys (B, nkv, S, hs), the last T of
-    which are theirs; or, where a (T, S) mask is given (a static cache), over the keys it allows. With
-    fewer kv heads than query heads (GQA), query head h reads kv head h // (nh / nkv)."""
+    which are theirs; or, where a (T, S) mask is given (a static cache, a sliding window), over the keys
+    it allows. Scores are scaled by `scale`, else 1 / sqrt(hs). With fewer kv heads than query heads
+    (GQA), query head h reads kv head h // (nh / nkv)."""
     T, S = q.size(-2), k.size(-2)
     gqa = k.size(1) != q.size(1)
     if impl == "sdpa" and mask is None and T == S:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale, enable_gqa=gqa)
     if mask is None and T > 1:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
     if gqa:
         k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
         v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+    att = (q @ k.transpose(-2, -1)) * (scale or 1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
     if mask is not None:
         att = att.masked_fill(~mask, float("-inf"))
     att = F.softmax(att, dim=-1)
@@ -47,10 +50,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout
     return att @ v  # (B, nh, T, hs)
 
 
+def window_mask(pos: torch.Tensor, S: int, window: int) -> torch.Tensor:
+    """Which of S keys each query at `pos` (T,) or (B, T) sees in a sliding-window layer: the `window`
+    positions up to its own (transformers' sliding_window_overlay on a causal mask), as (T, S) or
+    (B, 1, T, S). Key slot s holds position s, as it does without a cache and in engine.py's caches."""
+    behind = pos[..., None] - torch.arange(S, device=pos.device)  # (..., T, S): how far back each key is
+    mask = (behind >= 0) & (behind < window)
+    return mask if pos.dim() == 1 else mask[:, None]  # the same for every head
+
+
 class RMSNorm(nn.Module):
     """y = w * x / sqrt(mean(x^2) + eps), computed in fp32 and cast back before the weight: transformers'
     LlamaRMSNorm, op for op. Four small ops, not F.rms_norm: on CPU that is the same ops and more behind
-    one call (a decode step's 576-wide norm: 31 us against 47 with the weight and casts around it)."""
+    one call (a decode step's 576-wide norm: 31 us against 47 with the weight and casts around it).
+    Gemma's RMSNorm scales by 1 + w: its w is held here as the 1 + w it multiplies by, as llama.cpp's
+    GGUF files hold it (the sources and exports add and take away the 1)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -69,15 +83,19 @@ def make_norm(config: ModelConfig, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, eps=config.layer_norm_eps, bias=config.bias)
 
 
-def rope_frequencies(config: ModelConfig) -> torch.Tensor:
-    """RoPE's inverse frequencies (head_dim / 2,): 1 / theta^(2i/d) (Su et al. 2021), with Llama 3's
-    "llama3" scaling where configured (transformers' _compute_llama3_parameters: long wavelengths divided
-    by `factor`, short ones kept, the band between interpolated)."""
+def rope_frequencies(config: ModelConfig, local: bool = False) -> torch.Tensor:
+    """RoPE's inverse frequencies (head_dim / 2,): 1 / theta^(2i/d) (Su et al. 2021), with the configured
+    scaling: "linear" divides them by `factor`; Llama 3's "llama3" (transformers' _compute_llama3_parameters)
+    divides long wavelengths by `factor`, keeps short ones and interpolates the band between. `local`: the
+    sliding layers' own base, unscaled (Gemma 3)."""
     d = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-    scaling = config.rope_scaling
+    theta = config.rope_local_theta if local else config.rope_theta
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    scaling = None if local else config.rope_scaling
     if not scaling:
         return inv_freq
+    if scaling["rope_type"] == "linear":
+        return inv_freq / scaling["factor"]
     factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_len = scaling["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv_freq
@@ -88,10 +106,10 @@ def rope_frequencies(config: ModelConfig) -> torch.Tensor:
     return torch.where(middle, smoothed, scaled)
 
 
-def rope_tables(config: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(config: ModelConfig, device=None, local: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (block_size, head_dim) in fp32 for every position, half-split as transformers lays
     them out (the first half of a head pairs with the second)."""
-    inv_freq = rope_frequencies(config).to(device)
+    inv_freq = rope_frequencies(config, local).to(device)
     freqs = torch.arange(config.block_size, device=device).float()[:, None] * inv_freq[None, :]  # (T, hs/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, hs)
     return emb.cos(), emb.sin()
@@ -120,8 +138,11 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.layer_idx = layer_idx
         self.impl = impl
+        self.window = config.sliding_window if layer_idx in config.sliding_layers else None
+        self.scale = None if config.query_pre_attn_scalar is None else config.query_pre_attn_scalar ** -0.5
 
-    def forward(self, x: torch.Tensor, rope=None, kv_cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope=None, kv_cache=None, pos=None) -> torch.Tensor:
+        """x (B, T, C); rope: this layer's cos/sin at the tokens' positions `pos` (T,) or (B, T)."""
         B, T, _ = x.size()
         q, k, v = self.c_attn(x).split(self.sizes, dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
@@ -134,22 +155,25 @@ class CausalSelfAttention(nn.Module):
         mask = None
         if kv_cache is not None:
             k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs), and a (T, S) mask or None
-        y = attend(q, k, v, self.impl, self.dropout if self.training else 0.0, mask)
+        if self.window is not None:  # causal within the window, in place of the cache's causal mask
+            mask = window_mask(pos, k.size(-2), self.window)
+        y = attend(q, k, v, self.impl, self.dropout if self.training else 0.0, mask, self.scale)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
     """GPT-2's Linear-GELU-Linear, the Llama family's SwiGLU, down(silu(gate(x)) * up(x)) (Shazeer
-    2020), with gate and up as one matmul (c_fc's first and second halves), or ReLU², relu(x)^2 (So et
-    al. 2021, "Primer"; modded-nanogpt)."""
+    2020), Gemma's GeGLU, the same with the tanh GELU, gate and up as one matmul (c_fc's first and second
+    halves); or ReLU², relu(x)^2 (So et al. 2021, "Primer"; modded-nanogpt)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.swiglu = config.activation == "swiglu"
+        self.gated = config.activation in GATED
+        self.gate_act = F.silu if config.activation == "swiglu" else partial(F.gelu, approximate="tanh")
         self.relu2 = config.activation == "relu2"
         hidden = config.mlp_size
-        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.gated else hidden, bias=config.bias)
         # Our own models use the exact (erf) GELU, as nanoGPT: GPT-2's tanh approximation measured
         # 4.7x slower on an AVX-512 CPU (0.70 vs 0.15 ms on a 768x512 activation). Models imported
         # from GPT-2 keep its tanh GELU ("gelu_tanh"), so they compute exactly what they learned.
@@ -158,25 +182,34 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swiglu:
+        if self.gated:
             gate, up = self.c_fc(x).chunk(2, dim=-1)
-            return self.dropout(self.c_proj(F.silu(gate) * up))
+            return self.dropout(self.c_proj(self.gate_act(gate) * up))
         if self.relu2:
             return self.dropout(self.c_proj(F.relu(self.c_fc(x)).square()))
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
+    """Pre-norm: x + attn(ln_1(x)), then + mlp(ln_2(x)); with sandwich norms (Gemma 2/3) each output is
+    normed again (ln_1_post, ln_2_post) before it is added."""
+
     def __init__(self, config: ModelConfig, layer_idx: int, impl: str):
         super().__init__()
         self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, layer_idx, impl)
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
+        if config.sandwich_norm:
+            self.ln_1_post = make_norm(config, config.n_embd)
+            self.ln_2_post = make_norm(config, config.n_embd)
+        self.sandwich = config.sandwich_norm
 
-    def forward(self, x: torch.Tensor, rope=None, kv_cache=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, kv_cache)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, rope=None, kv_cache=None, pos=None) -> torch.Tensor:
+        a = self.attn(self.ln_1(x), rope, kv_cache, pos)
+        x = x + (self.ln_1_post(a) if self.sandwich else a)
+        m = self.mlp(self.ln_2(x))
+        return x + (self.ln_2_post(m) if self.sandwich else m)
 
 
 class GPT(nn.Module):
@@ -217,6 +250,10 @@ class GPT(nn.Module):
         cos, sin = rope_tables(self.config, self.transformer.wte.weight.device)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        if self.config.rope_local_theta is not None:  # the sliding layers' own (Gemma 3)
+            cos, sin = rope_tables(self.config, self.transformer.wte.weight.device, local=True)
+            self.register_buffer("rope_local_cos", cos, persistent=False)
+            self.register_buffer("rope_local_sin", sin, persistent=False)
 
     def tie_weights(self) -> None:
         """Tie wte and lm_head again (load_state_dict(assign=True) loads each name alone)."""
@@ -254,6 +291,12 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
+    def _rope(self, pos: torch.Tensor, table: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of a RoPE table at the positions: (T, hs) each, or (B, 1, T, hs) for a position per
+        row (B, T), as a server's batch of texts of many lengths (the same for every head)."""
+        cos, sin = getattr(self, f"{table}_cos")[pos], getattr(self, f"{table}_sin")[pos]
+        return (cos, sin) if pos.dim() == 1 else (cos[:, None], sin[:, None])
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None):
         """Logits for every position (B, T, vocab) and None; or, given targets (B, T) (-1 ignored), None
         and the mean cross-entropy in nats, computed without materialising the logits.
@@ -269,21 +312,25 @@ class GPT(nn.Module):
         else:
             pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx)  # (B, T, C)
-        rope = None
+        if self.config.scale_embeddings:  # sqrt(n_embd) rounded to the weights' dtype, as transformers' Gemma
+            x = x * torch.tensor(self.config.n_embd ** 0.5, dtype=x.dtype)
+        rope = local_rope = None
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(pos)
         else:
-            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs) each
-            if pos.dim() == 2:  # a position per row (B, T), as a server's batch of texts of many lengths
-                rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, T, hs): the same for every head
+            rope = local_rope = self._rope(pos, "rope")
+            if self.config.rope_local_theta is not None:
+                local_rope = self._rope(pos, "rope_local")
         x = self.transformer.drop(x)
         compiled = self.__dict__.get("compiled_blocks")
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for block in compiled if compiled and kv_cache is None else self.transformer.h:
+        blocks = compiled if compiled and kv_cache is None else self.transformer.h
+        for block, layer in zip(blocks, self.transformer.h):
+            layer_rope = local_rope if layer.attn.window is not None else rope
             if recompute:  # keep each block's input only; its activations are computed again in backward
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, kv_cache, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, layer_rope, kv_cache, pos, use_reentrant=False)
             else:
-                x = block(x, rope, kv_cache)
+                x = block(x, layer_rope, kv_cache, pos)
         x = self.transformer.ln_f(x)
         cap = self.config.logit_softcap  # the same cap on both paths (loss.softcapped)
         if targets is None:

@@ -105,9 +105,9 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
 
 
 def check_family(cfg: ModelConfig) -> None:
-    """UserError (one line) for a block no Hugging Face or GGUF family computes: a soft-cap, ReLU², or GPT-2's
-    block with some of the Llama family's parts (`train --block`)."""
-    if cfg.logit_softcap is not None or cfg.activation == "relu2":
+    """UserError (one line) for a block no Hugging Face or GGUF family computes: a soft-cap (but Gemma's), ReLU², or
+    GPT-2's block with some of the Llama family's parts (`train --block`)."""
+    if (cfg.logit_softcap is not None and cfg.arch != "gemma3") or cfg.activation == "relu2":
         part = "caps its logits (softcap)" if cfg.logit_softcap is not None else "uses ReLU² (relu2)"
         raise UserError(f"This model {part}, which no Hugging Face or GGUF model family computes; export --format "
                         "safetensors, or train with --block modern for a model that exports.")

@@ -1,6 +1,7 @@
 """GGUF export: one file that llama.cpp, ollama and LM Studio run, for every arch BladeGPT computes (the inverse
 of sources/gguf.py). GPT-2's block goes out as llama.cpp's architecture `gpt2`, the Llama family as `llama`,
-`qwen2` or `qwen3` with a pretrained model's own vocabulary (its converter's names, keys and q/k permutation).
+`qwen2` or `qwen3`, Gemma 3 as `gemma3`, with a pretrained model's own vocabulary (its converter's names, keys
+and q/k permutation; Gemma's norms as the 1 + w they scale by, which BladeGPT holds).
 
 Written with `gguf`, llama.cpp's own Python writer, under the names and shapes llama.cpp's graphs
 load (src/models/gpt2.cpp). The vocabulary is a byte-level BPE (`tokenizer.ggml.model = gpt2`) for
@@ -36,6 +37,7 @@ import torch
 
 from bladegpt.errors import UserError
 from bladegpt.model import GPT, rope_frequencies
+from bladegpt.sources.gguf import gemma3_settings
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, TiktokenTokenizer, Tokenizer
 from bladegpt.tokenizer.bpe import BPE_PATTERN, GPT2_PATTERN
 from bladegpt.tokenizer.bytelevel import bpe_merges, char_pieces, spell
@@ -183,6 +185,8 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
     if dtype not in DTYPES:
         raise UserError(f"Unknown --dtype '{dtype}' for GGUF; choose one of: {', '.join(DTYPES)}.")
     cfg = model.config
+    if cfg.arch == "gemma3":
+        check_gemma3(cfg)
     vocab = gguf_vocab(tokenizer)
     writer = gguf.GGUFWriter(None, cfg.arch)
     writer.add_name(name)
@@ -240,10 +244,11 @@ def write_gguf(path: Path | str, model: GPT, tokenizer: Tokenizer, dtype: str = 
 
 # -- the Llama family (arch llama, qwen2, qwen3) -------------------------------------------------------------------
 
-# GGUF names of BladeGPT's block parts (llama.cpp's LLAMA/QWEN2/QWEN3 tensor lists, gguf-py constants.py).
+# GGUF names of BladeGPT's block parts (llama.cpp's LLAMA/QWEN2/QWEN3/GEMMA3 tensor lists, gguf-py constants.py).
 GGUF_NAMES = {"ln_1.weight": "attn_norm.weight", "attn.c_proj.weight": "attn_output.weight",
               "attn.q_norm.weight": "attn_q_norm.weight", "attn.k_norm.weight": "attn_k_norm.weight",
-              "ln_2.weight": "ffn_norm.weight", "mlp.c_proj.weight": "ffn_down.weight"}
+              "ln_2.weight": "ffn_norm.weight", "mlp.c_proj.weight": "ffn_down.weight",
+              "ln_1_post.weight": "post_attention_norm.weight", "ln_2_post.weight": "post_ffw_norm.weight"}
 
 
 def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -262,7 +267,7 @@ def llama_gguf_tensors(model: GPT, embedding: torch.Tensor, head: torch.Tensor |
     out = {"token_embd.weight": embedding, "output_norm.weight": sd["transformer.ln_f.weight"]}
     if not cfg.tie_embeddings:
         out["output.weight"] = sd["lm_head.weight"] if head is None else head
-    if cfg.rope_scaling:
+    if cfg.rope_scaling and cfg.rope_scaling["rope_type"] == "llama3":
         plain = rope_frequencies(type(cfg)(**{**cfg.to_dict(), "rope_scaling": None}))
         out["rope_freqs.weight"] = plain / rope_frequencies(cfg)
     for i in range(cfg.n_layer):
@@ -281,8 +286,20 @@ def llama_gguf_tensors(model: GPT, embedding: torch.Tensor, head: torch.Tensor |
     return {k: v.contiguous() for k, v in out.items()}
 
 
+def check_gemma3(cfg) -> None:
+    """UserError (one line) for a Gemma 3 that llama.cpp's gemma3 would compute otherwise: a file holds neither
+    its window's pattern, its sliding layers' RoPE base nor its query scale, which llama.cpp fixes."""
+    fixed = gemma3_settings({}, cfg.n_layer, cfg.sliding_window, cfg.n_head, cfg.n_embd, cfg.head_dim)
+    for key in ("sliding_layers", "rope_local_theta", "query_pre_attn_scalar"):
+        if fixed[key] != getattr(cfg, key):
+            raise UserError(f"This Gemma 3 has {key} {getattr(cfg, key)}, where llama.cpp's gemma3 computes "
+                            f"{fixed[key]}, and a GGUF file cannot say otherwise; export --format hf instead.")
+
+
 def add_llama_keys(writer, model: GPT, n_tokens: int) -> None:
     """The {arch}.* keys llama.cpp's converter writes for these families."""
+    import gguf
+
     cfg = model.config
     writer.add_context_length(cfg.context_length or cfg.block_size)
     writer.add_embedding_length(cfg.n_embd)
@@ -296,6 +313,13 @@ def add_llama_keys(writer, model: GPT, n_tokens: int) -> None:
     writer.add_value_length(cfg.head_dim)
     writer.add_layer_norm_rms_eps(cfg.layer_norm_eps)
     writer.add_vocab_size(n_tokens)
+    if cfg.rope_scaling and cfg.rope_scaling["rope_type"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(cfg.rope_scaling["factor"])
+    if cfg.arch == "gemma3":  # llama.cpp's Gemma3Model.set_gguf_parameters
+        writer.add_sliding_window(cfg.sliding_window)
+        if cfg.logit_softcap is not None:
+            writer.add_final_logit_softcapping(cfg.logit_softcap)
 
 
 # llama.cpp's pre-tokenizer names for the splits these models' tokenizer.json files spell (convert_hf_to_gguf

@@ -1,6 +1,6 @@
-"""A transformers folder out, the inverse of sources/hf.py's reading: GPT-2's GPT2LMHeadModel, or the Llama
-family's LlamaForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM (names, layout, config.json); the tokenizer as
-the files transformers reads.
+"""A transformers folder out, the inverse of sources/hf.py's reading: GPT-2's GPT2LMHeadModel, the Llama
+family's LlamaForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM, or Gemma3ForCausalLM (names, layout,
+config.json); the tokenizer as the files transformers reads.
 
 config.json carries the 4.x keys (`rope_theta`, `rope_scaling` with `rope_type`), which transformers 4.x
 reads as they are and 5.x standardizes into `rope_parameters` (shared/research/llama-family.md §1.3).
@@ -20,7 +20,12 @@ from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, Tokenizer
 from bladegpt.tokenizer.bytelevel import bpe_merges, spell
 
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}  # ModelConfig.activation -> transformers' name
-HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                    "gemma3": "Gemma3ForCausalLM"}
+# Gemma 3's norms by transformers' names (its post_attention_layernorm is the attention output's); each weight
+# is saved as the w of Gemma3RMSNorm's 1 + w.
+GEMMA3_NORMS = {"ln_1": "input_layernorm", "ln_1_post": "post_attention_layernorm", "ln_2": "pre_feedforward_layernorm",
+                "ln_2_post": "post_feedforward_layernorm"}
 
 
 def llama_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -29,21 +34,24 @@ def llama_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     cfg = model.config
     sd = model.state_dict()
     q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"], "model.norm.weight": sd["transformer.ln_f.weight"]}
+    shift = 1.0 if cfg.arch == "gemma3" else 0.0  # BladeGPT holds Gemma's 1 + w (model.RMSNorm)
+    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"],
+           "model.norm.weight": sd["transformer.ln_f.weight"] - shift}
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
+    norms = GEMMA3_NORMS if cfg.arch == "gemma3" else {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm"}
     for i in range(cfg.n_layer):
         ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
-        out[theirs + "input_layernorm.weight"] = sd[ours + "ln_1.weight"]
-        out[theirs + "post_attention_layernorm.weight"] = sd[ours + "ln_2.weight"]
+        for norm, name in norms.items():
+            out[f"{theirs}{name}.weight"] = sd[f"{ours}{norm}.weight"] - shift
         for kind in ("weight", "bias"):
             if ours + "attn.c_attn." + kind in sd:
                 for name, part in zip("qkv", sd[ours + "attn.c_attn." + kind].split((q, kv, kv))):
                     out[f"{theirs}self_attn.{name}_proj.{kind}"] = part
         out[theirs + "self_attn.o_proj.weight"] = sd[ours + "attn.c_proj.weight"]
         if cfg.qk_norm:
-            out[theirs + "self_attn.q_norm.weight"] = sd[ours + "attn.q_norm.weight"]
-            out[theirs + "self_attn.k_norm.weight"] = sd[ours + "attn.k_norm.weight"]
+            out[theirs + "self_attn.q_norm.weight"] = sd[ours + "attn.q_norm.weight"] - shift
+            out[theirs + "self_attn.k_norm.weight"] = sd[ours + "attn.k_norm.weight"] - shift
         gate, up = sd[ours + "mlp.c_fc.weight"].chunk(2)
         out[theirs + "mlp.gate_proj.weight"], out[theirs + "mlp.up_proj.weight"] = gate, up
         out[theirs + "mlp.down_proj.weight"] = sd[ours + "mlp.c_proj.weight"]
@@ -76,6 +84,14 @@ def llama_hf_config(model: GPT, bos: int | None, eos: int | list[int] | None) ->
     }
     if cfg.arch == "llama":
         config.update(attention_bias=False, mlp_bias=False)
+    elif cfg.arch == "gemma3":
+        del config["hidden_act"]
+        config.update(model_type="gemma3_text", hidden_activation="gelu_pytorch_tanh", attention_bias=False,
+                      query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
+                      sliding_window=cfg.sliding_window, rope_local_base_freq=cfg.rope_local_theta or cfg.rope_theta,
+                      layer_types=["sliding_attention" if i in cfg.sliding_layers else "full_attention"
+                                   for i in range(cfg.n_layer)],
+                      final_logit_softcapping=cfg.logit_softcap, attn_logit_softcapping=None)
     else:
         config.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layer)
     return config

@@ -33,7 +33,7 @@ from bladegpt.sources.gpt2 import is_gpt2_tokenizer
 from bladegpt.tokenizer.hf import HFTokenizer
 from bladegpt.sources import hf
 
-FAMILY_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+FAMILY_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma3_text": "Gemma 3"}
 
 __all__ = ["Pretrained", "load_bladegpt", "load_lora_base", "load_pretrained", "load_tokenizer_from"]
 

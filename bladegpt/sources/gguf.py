@@ -3,10 +3,11 @@ cut into parts (`<prefix>-00001-of-0000N.gguf`, keys split.no / split.count / sp
 key in the first part, the tensors spread over all): its config, its weights dequantized to fp32 one
 tensor at a time (with any LoRA adapters merged, adapter.py), and its tokenizer.
 
-Arches: llama, qwen2, qwen3 (the Llama block) and gpt2 (BladeGPT's own exports). llama.cpp's converter
+Arches: llama, qwen2, qwen3 (the Llama block), gemma3 and gpt2 (BladeGPT's own exports). llama.cpp's converter
 stores arch llama's q and k rows permuted for its interleaved RoPE (conversion/llama.py `permute`);
 they are put back in transformers' half-split order here (transformers' `_reverse_permute_weights`),
 with n_kv_head for k. Llama 3's frequency scaling travels as `rope_freqs.weight`, one factor per pair.
+Gemma 3's norms are stored as the 1 + w they scale by (llama.cpp's Gemma3Model.norm_shift), as BladeGPT holds them.
 Facts and sources: shared/research/llama-family.md §2-4.
 """
 
@@ -26,7 +27,7 @@ from bladegpt.model import rope_frequencies
 from bladegpt.tokenizer.hf import HFTokenizer
 from bladegpt.sources.hf import llama_state_dict
 
-ARCHES = ("llama", "qwen2", "qwen3", "gpt2")
+ARCHES = ("llama", "qwen2", "qwen3", "gemma3", "gpt2")
 # GGUF tensor names -> transformers' (llama family); q/k/v and gate/up are joined by hf.llama_state_dict.
 LLAMA_NAMES = {
     "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
@@ -34,6 +35,12 @@ LLAMA_NAMES = {
     "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
+# Gemma 3's four norms a block (llama.cpp's gguf-py tensor_mapping): ffn_norm is the MLP input's, as in Llama.
+GEMMA3_NAMES = {**LLAMA_NAMES, "post_attention_norm": "post_attention_layernorm",
+                "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
+# What llama.cpp's gemma3 fixes where the file says nothing (src/llama-model.cpp, LLM_ARCH_GEMMA3): one global
+# layer in every 6, the sliding layers' RoPE base.
+GEMMA3_PATTERN, GEMMA3_LOCAL_THETA = 6, 10_000.0
 # GGUF names -> BladeGPT's (arch gpt2, as export/gguf.py writes them).
 GPT2_NAMES = {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj", "ffn_norm": "ln_2",
               "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
@@ -175,7 +182,7 @@ def gguf_config(meta: dict, reader, where: str) -> ModelConfig:
     arch = meta.get("general.architecture")
     if arch not in ARCHES:
         raise SourceError(f"{where} is a {arch or 'unknown'} model; BladeGPT starts from GGUF files of the llama (Llama, "
-                          "SmolLM2, Mistral), qwen2, qwen3 and gpt2 architectures.")
+                          "SmolLM2, Mistral), qwen2, qwen3, gemma3 and gpt2 architectures.")
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise SourceError(f"{where} has no token_embd.weight; it is incomplete or not a language model: fetch it again.")
@@ -194,27 +201,46 @@ def gguf_config(meta: dict, reader, where: str) -> ModelConfig:
                                bias=True, activation="gelu_tanh",  # what llama.cpp computes for gpt2
                                layer_norm_eps=_get(meta, "gpt2.attention.layer_norm_epsilon", 1e-5, required=False))
         window = meta.get(f"{arch}.attention.sliding_window")
-        if window:
+        if window and arch != "gemma3":
             block = min(block, window)  # attention over at most `window` tokens is full causal attention
         scaling = meta.get(f"{arch}.rope.scaling.type", "none")
-        if scaling not in ("none", None):
+        if scaling not in ("none", None, "linear"):
             raise SourceError(f"{where} uses {scaling!r} RoPE scaling, which BladeGPT does not compute; start from "
                               "another model.")
         head_dim = (meta.get(f"{arch}.attention.key_length") or meta.get(f"{arch}.rope.dimension_count")
                     or n_embd // heads)
         rope_freqs = tensors.get("rope_freqs.weight")
         theta = float(_get(meta, f"{arch}.rope.freq_base", 10000.0, required=False))
+        if scaling == "linear":
+            rope_scaling = {"rope_type": "linear", "factor": float(_get(meta, f"{arch}.rope.scaling.factor"))}
+        else:
+            rope_scaling = None if rope_freqs is None else llama3_scaling(dequantize(rope_freqs), theta, head_dim, where)
+        gemma = gemma3_settings(meta, layers, window, heads, n_embd, head_dim) if arch == "gemma3" else {}
         return ModelConfig(
             vocab_size=vocab, block_size=block, n_layer=layers, n_head=heads, n_embd=n_embd, bias=False,
-            activation="swiglu", layer_norm_eps=_get(meta, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6, required=False),
-            arch=arch, norm="rmsnorm", positions="rope", rope_theta=theta,
-            rope_scaling=None if rope_freqs is None else llama3_scaling(dequantize(rope_freqs), theta, head_dim, where),
+            activation="geglu" if gemma else "swiglu",
+            layer_norm_eps=_get(meta, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6, required=False),
+            arch=arch, norm="rmsnorm", positions="rope", rope_theta=theta, rope_scaling=rope_scaling,
             n_kv_head=kv, head_size=head_dim if head_dim * heads != n_embd else None,
             intermediate_size=_get(meta, f"{arch}.feed_forward_length"), qkv_bias="blk.0.attn_q.bias" in tensors,
-            qk_norm="blk.0.attn_q_norm.weight" in tensors, tie_embeddings="output.weight" not in tensors,
+            qk_norm="blk.0.attn_q_norm.weight" in tensors, tie_embeddings="output.weight" not in tensors, **gemma,
         )
     except ConfigError as e:
         raise SourceError(f"{where} has metadata BladeGPT cannot use ({e}); fetch the file again.") from None
+
+
+def gemma3_settings(meta: dict, layers: int, window: int | None, heads: int, n_embd: int, head_dim: int) -> dict:
+    """Gemma 3's parts of a ModelConfig as llama.cpp's gemma3 reads a file: the window's pattern (a period or one
+    bool a layer, sliding_window_pattern) and the sliding layers' base (rope.freq_base_swa) where the file has them,
+    else its fixed ones; scores scaled by head_dim, by n_embd / n_head for the 62-layer 27B (llama.cpp's
+    f_attention_scale, after gemma_pytorch's config); the final soft-cap where it is set."""
+    pattern = meta.get("gemma3.attention.sliding_window_pattern", GEMMA3_PATTERN)
+    sliding = pattern if isinstance(pattern, list) else [(i + 1) % pattern != 0 for i in range(layers)]
+    return dict(sandwich_norm=True, scale_embeddings=True, sliding_window=window,
+                sliding_layers=tuple(i for i, local in enumerate(sliding) if local) if window else (),
+                rope_local_theta=float(meta.get("gemma3.rope.freq_base_swa", GEMMA3_LOCAL_THETA)),
+                query_pre_attn_scalar=n_embd // heads if layers == 62 else head_dim,
+                logit_softcap=meta.get("gemma3.final_logit_softcapping"))
 
 
 def llama3_scaling(factors: torch.Tensor, theta: float, head_dim: int, where: str) -> dict:
@@ -243,6 +269,7 @@ def llama_tensors(reader, config: ModelConfig, loras: tuple = ()) -> Iterator[tu
     """The file's tensors under transformers' names, fp32, q/k un-permuted for arch llama."""
     top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
            "output.weight": "lm_head.weight"}
+    names = GEMMA3_NAMES if config.arch == "gemma3" else LLAMA_NAMES
     for name, w in weights(reader, loras):
         if name == "rope_freqs.weight":
             continue
@@ -252,7 +279,7 @@ def llama_tensors(reader, config: ModelConfig, loras: tuple = ()) -> Iterator[tu
             _, i, part, kind = name.split(".")
             if config.arch == "llama" and part in ("attn_q", "attn_k"):
                 w = unpermute(w, config.n_head if part == "attn_q" else config.kv_heads)
-            yield f"model.layers.{i}.{LLAMA_NAMES.get(part, part)}.{kind}", w
+            yield f"model.layers.{i}.{names.get(part, part)}.{kind}", w
         else:
             yield name, w
 
@@ -325,5 +352,5 @@ def gguf_model(path: Path, where: str | None = None, reader=None, meta: dict | N
     if config.arch == "gpt2":
         state = gpt2_state_dict(reader, config, loras)
     else:
-        state = llama_state_dict(llama_tensors(reader, config, loras), config, matrices)
+        state = llama_state_dict(llama_tensors(reader, config, loras), config, matrices, norms_shifted=True)
     return build_model(config, state, where), meta, reader

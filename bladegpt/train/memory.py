@@ -13,12 +13,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bladegpt.config import GATED
+from bladegpt.loss import chunk_rows
 from bladegpt.lora import BASE_DTYPES
 
 GB = 1e9
 PROCESS_BYTES = 0.7 * GB  # Python, torch, the tokenizer and the data, before any weights (measured ~0.6 GB)
 MEMORY_SHARE = 1 / 3  # of the machine's memory a run plans to use: 8 GB of a 24 GB laptop (issue #36)
-LOSS_CHUNK_BYTES = 3 * 2**23 * 4  # loss.py's chunk of logits, its softmax and their gradient, in fp32
 
 
 @dataclass
@@ -53,12 +54,14 @@ def memory_budget(device=None) -> float:
 
 
 def layer_activations(cfg) -> int:
-    """fp32 values one block keeps a token for its backward pass: the norms' inputs and outputs, q, k, v and
-    attention's output (SDPA keeps them), the MLP's fused gate;up, its activation and product, and each
-    linear's input (nn.Linear keeps it for the weight's gradient; a LoRA linear keeps its dropped-out copy)."""
+    """fp32 values one block keeps a token for its backward pass: the norms' inputs and outputs (two norms, four
+    with Gemma's sandwich norms), q, k, v and attention's output (SDPA keeps them), the MLP's fused gate;up, its
+    activation and product, and each linear's input (nn.Linear keeps it for the weight's gradient; a LoRA linear
+    keeps its dropped-out copy)."""
     C, q, kv, F = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.mlp_size
-    mlp = 3 * F if cfg.activation == "swiglu" else F  # gate;up and silu(gate), or the activation's input
-    return 4 * C + (C + q + C + F) + (2 * q + 2 * kv) + mlp
+    mlp = 3 * F if cfg.activation in GATED else F  # gate;up and silu(gate), or the activation's input
+    norms = (8 if cfg.sandwich_norm else 4) * C
+    return norms + (C + q + C + F) + (2 * q + 2 * kv) + mlp
 
 
 def training_bytes(cfg, tokens: int, lora=None, checkpointing: bool = False) -> float:
@@ -68,7 +71,7 @@ def training_bytes(cfg, tokens: int, lora=None, checkpointing: bool = False) -> 
     `checkpointing`, plus one block recomputed), the chunked loss, and the process itself."""
     C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
     q, kv, F = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.mlp_size
-    fc = 2 * F if cfg.activation == "swiglu" else F
+    fc = 2 * F if cfg.activation in GATED else F
     linears = {"attn.c_attn": (C, q + 2 * kv), "attn.c_proj": (q, C), "mlp.c_fc": (C, fc), "mlp.c_proj": (F, C)}
     embeddings = V * C * (1 if cfg.tie_embeddings else 2) + (cfg.block_size * C if cfg.positions == "learned" else 0)
     blocks = L * sum(n_in * n_out for n_in, n_out in linears.values())
@@ -81,7 +84,8 @@ def training_bytes(cfg, tokens: int, lora=None, checkpointing: bool = False) -> 
     per_layer = 4 * tokens * layer_activations(cfg)
     kept = 4 * tokens * C * L + per_layer if checkpointing else per_layer * L
     stream = 4 * tokens * C * 4  # the embedding's output, ln_f's, the hidden states' gradient and a residual
-    return PROCESS_BYTES + weights + kept + per_layer + stream + LOSS_CHUNK_BYTES
+    loss_chunk = 3 * chunk_rows(V) * V * 4  # loss.py's chunk of logits, its softmax and their gradient, in fp32
+    return PROCESS_BYTES + weights + kept + per_layer + stream + loss_chunk
 
 
 def fit_micro_batch(cfg, batch: int, context: int, budget: float, lora=None, accum: int | None = None,
