@@ -175,7 +175,8 @@ def test_hf_export_reads_the_separator_as_bladegpt_does(workdir, kind):
 def test_gguf_export_reads_the_separator_as_bladegpt_does(workdir, kind):
     gguf = pytest.importorskip("gguf")
     transformers = pytest.importorskip("transformers")
-    from bladegpt.export.gguf import CONTROL, write_gguf
+    from bladegpt.export.gguf import write_gguf
+    from bladegpt.tokenizer.hf import CONTROL
 
     tok, model = tokenizer_and_model(kind)
     write_gguf(workdir / "voice.gguf", model, tok, "f32")

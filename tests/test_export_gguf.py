@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from bladegpt.checkpoint import load_checkpoint
 from bladegpt.cli import app
-from bladegpt.export.gguf import gguf_tensors, gguf_vocab
+from bladegpt.export.gguf import gguf_tensors
+from bladegpt.export.gguf_vocab import gguf_vocab
 from bladegpt.train import train
 from bladegpt.data.prepare import prepare
 from tests.conftest import TINY_MODEL, TINY_TRAIN, corpus_text

@@ -19,7 +19,7 @@ from bladegpt.cli import app
 from bladegpt.generate import engine
 from bladegpt.data.prepare import prepare
 from bladegpt.errors import TokenizerError, UserError
-from bladegpt.export.gguf import gguf_vocab as gguf_vocab_of
+from bladegpt.export.gguf_vocab import gguf_vocab as gguf_vocab_of
 from bladegpt.export import export
 from bladegpt.sources import load_pretrained, load_tokenizer_from
 from bladegpt.sources.gguf import read_metadata

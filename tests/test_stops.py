@@ -15,7 +15,7 @@ from bladegpt.cli import app
 from bladegpt.config import ModelConfig, padded_vocab
 from bladegpt.data.dataset import TokenData
 from bladegpt.export import export
-from bladegpt.export.gguf import unstopped
+from bladegpt.export.gguf_vocab import unstopped
 from bladegpt.tokenizer.hf import CONTROL, NORMAL, HFTokenizer, gguf_stop_ids
 from bladegpt.model import GPT
 from bladegpt.data.prepare import prepare

@@ -13,7 +13,8 @@ from bladegpt.checkpoint import read_adapters, read_metadata, save_checkpoint
 from bladegpt.config import ModelConfig
 from bladegpt.encoding import as_text
 from bladegpt.errors import UserError
-from bladegpt.export.gguf import DTYPES, adds_tokens, exported_by_us, unkept_flags, unstopped, write_gguf
+from bladegpt.export.gguf import DTYPES, exported_by_us, write_gguf
+from bladegpt.export.gguf_vocab import adds_tokens, unkept_flags, unstopped
 from bladegpt.export.hf import write_hf_model, write_hf_tokenizer
 from bladegpt.export.peft import FILES as PEFT_FILES, write_peft
 from bladegpt.files import atomic_write, publish_dir, temp_dir
