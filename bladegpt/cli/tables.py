@@ -69,22 +69,29 @@ def bench_table(result: dict) -> Table:
 
 def generate_table(result: dict) -> Table:
     """BladeGPT's generation beside transformers', each row's speed-up against transformers at the
-    same number of samples."""
+    same number of samples, and against llama.cpp's one sample where it ran."""
     table = Table(title=f"Generation, {result['preset']} preset (vocab {result['vocab']:,}, block {result['block']}): "
                         f"{result['new_tokens']} new tokens after a {result['prompt_tokens']}-token prompt",
                   caption=f"{result['device']} · torch {result['torch']} · median of {result['repeats']} runs · "
                           "1 sample greedy, more sampled (top-k 200); tok/s counts every sample")
-    for col in ("generator", "precision", "samples", "tok/s", "vs transformers"):
+    llama = next((r["tok_per_s"] for r in result["rows"] if r["generator"].startswith("llama.cpp")), None)
+    columns = ("generator", "precision", "samples", "tok/s", "vs transformers") + (("vs llama.cpp's 1",) if llama else ())
+    for col in columns:
         table.add_column(col, justify="left" if col == "generator" else "right")
     peer = {r["samples"]: r["tok_per_s"] for r in result["rows"] if r["generator"].startswith("transformers")}
     for r in result["rows"]:
         ratio = f"{r['tok_per_s'] / peer[r['samples']]:.2f}x" if r["samples"] in peer else "-"
-        table.add_row(r["generator"], r["precision"], str(r["samples"]), f"{r['tok_per_s']:,.0f}", ratio)
+        cells = [r["generator"], r["precision"], str(r["samples"]), f"{r['tok_per_s']:,.0f}", ratio]
+        table.add_row(*cells, *([f"{r['tok_per_s'] / llama:.2f}x"] if llama else []))
     if result.get("compile_s") is not None:
         table.caption += (f"\ncompiled: the one-token step over a static cache (a CUDA graph on CUDA), "
                           f"{result['compile_s']:.0f} s to compile it once per batch size")
-    if result.get("peer"):
-        table.caption += "\n" + result["peer"]
+    if llama:
+        table.caption += ("\nvs llama.cpp's 1: every row's tok/s (all its samples) against llama.cpp's one sample, "
+                          "greedy on the same GGUF file and prompt, on as many threads")
+    for note in (result.get("peer"), result.get("llama_cpp")):
+        if note:
+            table.caption += "\n" + note
     return table
 
 
