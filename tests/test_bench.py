@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from bladegpt import bench as bench_module
 from bladegpt.cli import app
-from bladegpt.cli.tables import generate_table
+from bladegpt.cli.tables import generate_table, wall_time_table
 from bladegpt.config import PRESETS, Preset
 from bladegpt.generate.engine import generate_batch
 
@@ -150,3 +150,35 @@ def test_llama_cpp_row_on_a_tiny_gguf(tmp_path, monkeypatch):
     console = Console(width=200, record=True)
     console.print(generate_table(result))
     assert "vs llama.cpp's 1" in console.export_text()
+
+
+@pytest.mark.slow
+def test_wall_time_times_prepare_and_train_by_phase_cold_and_warm(workdir, corpus, tmp_path):
+    """The voice run timed by the code that runs it: every phase of both commands, on both caches, in the table."""
+    pytest.importorskip("transformers")
+    from tests.families import tiny_family
+    from tests.test_hf_tokenizer import build_folder
+
+    folder = build_folder(tmp_path / "tiny-smollm", "smollm")
+    tiny_family("llama-gqa-tied", vocab=512).save_pretrained(folder)
+    result = CliRunner().invoke(app, ["bench", "--wall-time", str(corpus), "--init-from", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert list(out["runs"]) == ["cold", "warm"]
+    for run in out["runs"].values():
+        phases = run["phases"]
+        assert {"prepare: encoded and written", "plan: the source loaded, the dataset read", "evaluations: val loss",
+                "evaluations: samples", "saves: last + state"} <= phases.keys()
+        steps = phases.get("steps, eager", []) + phases.get("steps, compiled", [])
+        assert len(steps) == run["steps"] and len(phases["evaluations: val loss"]) >= 1
+        assert 0 < sum(sum(t) for t in phases.values()) <= run["wall_s"] and 0 < run["best_val_bpb"] < 20
+    assert not list(workdir.glob("runs/*")) and not list(workdir.glob("datasets/*"))  # written in a scratch folder
+    console = Console(width=200, record=True)
+    console.print(wall_time_table(out))
+    text = console.export_text()
+    assert "cold s" in text and "warm s" in text and "evaluations: samples" in text
+
+
+def test_wall_time_needs_a_model():
+    result = CliRunner().invoke(app, ["bench", "--wall-time", "corpora/officer_k.txt"])
+    assert result.exit_code == 1 and "--init-from" in result.output

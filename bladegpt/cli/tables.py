@@ -95,6 +95,33 @@ def generate_table(result: dict) -> Table:
     return table
 
 
+def wall_time_table(result: dict) -> Table:
+    """The voice run's wall time by phase, cold and warm compile cache side by side: each phase's total, how
+    many times it ran, and its first time where it ran more than once (a compile or a first measurement)."""
+    runs = result["runs"]
+    table = Table(title=f"Where the voice run's wall time goes: prepare + train --init-from {result['source']} "
+                        f"on {Path(result['text']).name}",
+                  caption=f"{result['device']} · torch {result['torch']} · each command in a fresh process · "
+                          "cold: an empty inductor cache; warm: the same cache again")
+    table.add_column("phase")
+    for cache in runs:
+        table.add_column(f"{cache} s", justify="right")
+        table.add_column(f"{cache}: n, first", justify="right")
+    phases = list(dict.fromkeys(name for run in runs.values() for name in run["phases"]))
+    for name in phases:
+        cells = []
+        for run in runs.values():
+            times = run["phases"].get(name, [])
+            cells += [f"{sum(times):.1f}" if times else "-", f"{len(times)}, {times[0]:.1f}" if len(times) > 1 else ""]
+        table.add_row(name, *cells)
+    other = [run["wall_s"] - sum(sum(t) for t in run["phases"].values()) for run in runs.values()]
+    table.add_row("the rest (untimed)", *[cell for o in other for cell in (f"{o:.1f}", "")])
+    table.add_row("[bold]wall, prepare + train[/]", *[c for run in runs.values() for c in (f"[bold]{run['wall_s']:.1f}[/]", "")])
+    table.add_row("best val bits per byte", *[c for run in runs.values()
+                                               for c in (f"{run['best_val_bpb']:.4f}" if run["best_val_bpb"] else "-", "")])
+    return table
+
+
 def _copied(row: dict) -> str:
     """The last eval sample's copy meter: the share of 50-character spans copied, and the longest copy."""
     from bladegpt.data.copyindex import percent
