@@ -336,10 +336,10 @@ class Trainer:
         with self.evaluated_weights():
             val_loss, val_bpb = self.phases.call("evaluations: val loss", self.evaluator.loss_and_bpb, self.model)
             self.check_finite(val_loss)
-            sample = self.phases.call("evaluations: samples", self.evaluator.sample, self.model)
+            sampled = self.pacer.sample_due(self.phases.seconds.get("evaluations: samples"), self.done())
+            sample = self.phases.call("evaluations: samples", self.evaluator.sample, self.model) if sampled else None
         improved = self.early.observe(val_loss, self.step)
-        took = time.perf_counter() - t0
-        self.elapsed += took  # evaluation is part of the run's wall time
+        self.elapsed += (took := time.perf_counter() - t0)  # evaluation is part of the run's wall time
         record = eval_record(self.step, self.last_loss, self.lr, self.throughput.tok_per_s, val_loss, val_bpb,
                              self.elapsed, self.evaluator.copied(sample))
         self.metrics.write(record)
