@@ -117,6 +117,7 @@ def wall_time_table(result: dict) -> Table:
     other = [run["wall_s"] - sum(sum(t) for t in run["phases"].values()) for run in runs.values()]
     table.add_row("the rest (untimed)", *[cell for o in other for cell in (f"{o:.1f}", "")])
     table.add_row("[bold]wall, prepare + train[/]", *[c for run in runs.values() for c in (f"[bold]{run['wall_s']:.1f}[/]", "")])
+    table.add_row("steps trained", *[c for run in runs.values() for c in (str(run["steps"]), "")])
     table.add_row("best val bits per byte", *[c for run in runs.values()
                                                for c in (f"{run['best_val_bpb']:.4f}" if run["best_val_bpb"] else "-", "")])
     return table
