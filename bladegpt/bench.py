@@ -7,6 +7,7 @@ backward, fused AdamW) on random tokens, after warm-up, with the device synchron
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
 import statistics
@@ -15,6 +16,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
+import gguf
 import torch
 
 from bladegpt.config import ModelConfig, TrainConfig, from_preset
@@ -37,7 +39,7 @@ from bladegpt.runtime import (
     synchronize,
 )
 from bladegpt.export.hf import hf_config, hf_state_dict, llama_hf_config, llama_hf_state_dict
-from bladegpt.sources import load_pretrained
+from bladegpt.sources import gguf_path, load_pretrained
 from bladegpt.generate.engine import compile_decode, generate_batch
 from bladegpt.generate.quantize import int4_available, int8_available
 from bladegpt.generate.sampler import decode_precision, in_precision
@@ -232,6 +234,36 @@ def source_model(source: str, block: int) -> GPT:
     return model
 
 
+LLAMA_CPP = "llama.cpp (llama-cpp-python)"
+
+
+def llama_cpp_peer(source: str | None, prompt: list[int], new_tokens: int):
+    """llama.cpp on the same GGUF file, greedy from the same prompt ids for `new_tokens` tokens, on PyTorch's
+    thread count: (a function running one generation, the file's type such as Q4_1, None), or (None, None, why
+    it has no row)."""
+    path = gguf_path(source) if source is not None else None
+    if path is None:
+        return None, None, "llama.cpp has no row: it reads a GGUF file, so time one with --init-from FILE.gguf"
+    try:
+        import llama_cpp
+    except ImportError:
+        return None, None, "llama.cpp has no row: llama-cpp-python is not installed (pip install llama-cpp-python)"
+    threads = torch.get_num_threads()
+    try:
+        llm = llama_cpp.Llama(str(path), n_ctx=len(prompt) + new_tokens, n_batch=max(len(prompt), 8),
+                              n_threads=threads, n_threads_batch=threads, verbose=False)
+    except ValueError as e:  # llama.cpp could not read a file BladeGPT reads (an architecture it lacks)
+        return None, None, f"llama.cpp has no row: it could not load {path} ({e})"
+
+    def run() -> list[int]:
+        llm.reset()  # no prefix reuse from the last run: every run evaluates the prompt, as ours do
+        return list(itertools.islice(llm.generate(prompt, temp=0.0, top_k=1), new_tokens))
+
+    file_type = llm.metadata.get("general.file_type")
+    kind = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_") if file_type else "gguf"
+    return run, kind, None
+
+
 def bench_generate(
     preset: str = "mini", device: str = "auto", new_tokens: int = 100, samples: tuple[int, ...] = (1, 8),
     repeats: int = 5, vocab_size: int | None = None, source: str | None = None,
@@ -294,13 +326,17 @@ def bench_generate(
         peer = None
     except ImportError:
         peer = "transformers is not installed (pip install transformers) so it has no rows"
+    llama, kind, llama_reason = llama_cpp_peer(source, prompt, new_tokens)
+    if llama is not None:
+        contenders[(LLAMA_CPP, kind)] = lambda n: llama()  # one sample only
     rows = []
     for n in samples:
-        for fn in contenders.values():  # warm-up
+        running = {key: fn for key, fn in contenders.items() if n == 1 or key[0] != LLAMA_CPP}
+        for fn in running.values():  # warm-up
             fn(n)
-        times = {key: [] for key in contenders}
+        times = {key: [] for key in running}
         for _ in range(repeats):
-            for key, fn in contenders.items():
+            for key, fn in running.items():
                 synchronize(dev)
                 t0 = time.perf_counter()
                 fn(n)
@@ -311,4 +347,4 @@ def bench_generate(
                          "tok_per_s": n * new_tokens / statistics.median(t)})
     return {"device": device_name(dev), "preset": source or preset, "block": model_cfg.block_size, "vocab": vocab_size,
             "new_tokens": new_tokens, "prompt_tokens": len(prompt), "repeats": repeats, "torch": torch.__version__,
-            "decode_precision": chosen, "compile_s": compile_s, "peer": peer, "rows": rows}
+            "decode_precision": chosen, "compile_s": compile_s, "peer": peer, "llama_cpp": llama_reason, "rows": rows}

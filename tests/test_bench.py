@@ -1,11 +1,16 @@
 import json
+import sys
 
 import pytest
+import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from bladegpt import bench as bench_module
 from bladegpt.cli import app
+from bladegpt.cli.tables import generate_table, wall_time_table
 from bladegpt.config import PRESETS, Preset
+from bladegpt.generate.engine import generate_batch
 
 TINY = Preset("tiny for tests", dict(n_layer=2, n_head=2, n_embd=32, block_size=16), dict(batch_size=2))
 
@@ -93,3 +98,87 @@ def test_a_step_faster_than_the_cached_peak_takes_the_peak_again(tiny_preset, mo
     result = bench_module.bench("nano", steps=1, rungs=["vanilla", "mixed"], device="cpu")
     mfus = [r["mfu"] for r in result["rungs"] if r["available"]]
     assert observed and mfus and all(0 < m <= 1 for m in mfus), mfus
+
+
+def _tiny_gguf(path):
+    """A tiny random Llama as llama.cpp's converter writes it, with a vocabulary both readers load."""
+    from tests.families import tiny_family, write_gguf
+
+    def vocabulary(writer):
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")
+        writer.add_token_list(["a", "b", "ab"] + [f"t{i}" for i in range(3, 320)])
+        writer.add_token_types([1] * 320)
+        writer.add_token_merges(["a b"])
+
+    write_gguf(tiny_family("llama-gqa-tied"), path, tokenizer=vocabulary)
+    return path
+
+
+def test_llama_cpp_row_is_skipped_with_its_reason_where_not_installed(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` now raises ImportError
+    monkeypatch.setattr(bench_module, "compile_available", lambda device: (False, "not timed here"))
+    gguf_file = _tiny_gguf(tmp_path / "tiny.gguf")
+    result = bench_module.bench_generate(source=str(gguf_file), new_tokens=4, samples=(1,), repeats=1)
+    assert "llama-cpp-python is not installed" in result["llama_cpp"]
+    assert not any(r["generator"].startswith("llama.cpp") for r in result["rows"])
+    assert any(r["generator"] == "BladeGPT (auto)" for r in result["rows"])  # the rest still timed
+    console = Console(width=200, record=True)
+    console.print(generate_table(result))
+    assert "llama-cpp-python is not installed" in console.export_text()
+
+
+def test_llama_cpp_row_needs_a_gguf_file():
+    _, _, reason = bench_module.llama_cpp_peer(None, [1, 2], 4)
+    assert "--init-from FILE.gguf" in reason
+
+
+def test_llama_cpp_row_on_a_tiny_gguf(tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    gguf_file = _tiny_gguf(tmp_path / "tiny.gguf")
+    run, kind, reason = bench_module.llama_cpp_peer(str(gguf_file), [5, 6, 7, 8], 12)
+    assert reason is None and kind == "gguf"  # the test file names no file type
+    tokens = run()
+    model = bench_module.load_pretrained(str(gguf_file)).model.eval()
+    ours = generate_batch(model, [5, 6, 7, 8], 12, 320, [torch.Generator().manual_seed(0)], temperature=0)
+    assert tokens == [int(t) for t in ours] and run() == tokens  # greedy, the same model: the same tokens, every run
+    monkeypatch.setattr(bench_module, "compile_available", lambda device: (False, "not timed here"))
+    result = bench_module.bench_generate(source=str(gguf_file), new_tokens=6, samples=(1, 2), repeats=1)
+    llama = [r for r in result["rows"] if r["generator"].startswith("llama.cpp")]
+    assert [(r["samples"], r["precision"]) for r in llama] == [(1, "gguf")] and llama[0]["tok_per_s"] > 0
+    assert result["llama_cpp"] is None
+    console = Console(width=200, record=True)
+    console.print(generate_table(result))
+    assert "vs llama.cpp's 1" in console.export_text()
+
+
+@pytest.mark.slow
+def test_wall_time_times_prepare_and_train_by_phase_cold_and_warm(workdir, corpus, tmp_path):
+    """The voice run timed by the code that runs it: every phase of both commands, on both caches, in the table."""
+    pytest.importorskip("transformers")
+    from tests.families import tiny_family
+    from tests.test_hf_tokenizer import build_folder
+
+    folder = build_folder(tmp_path / "tiny-smollm", "smollm")
+    tiny_family("llama-gqa-tied", vocab=512).save_pretrained(folder)
+    result = CliRunner().invoke(app, ["bench", "--wall-time", str(corpus), "--init-from", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert list(out["runs"]) == ["cold", "warm"]
+    for run in out["runs"].values():
+        phases = run["phases"]
+        assert {"prepare: encoded and written", "plan: the source loaded, the dataset read", "evaluations: val loss",
+                "evaluations: samples", "saves: last + state"} <= phases.keys()
+        steps = phases.get("steps, eager", []) + phases.get("steps, compiled", [])
+        assert len(steps) == run["steps"] and len(phases["evaluations: val loss"]) >= 1
+        assert 0 < sum(sum(t) for t in phases.values()) <= run["wall_s"] and 0 < run["best_val_bpb"] < 20
+    assert not list(workdir.glob("runs/*")) and not list(workdir.glob("datasets/*"))  # written in a scratch folder
+    console = Console(width=200, record=True)
+    console.print(wall_time_table(out))
+    text = console.export_text()
+    assert "cold s" in text and "warm s" in text and "evaluations: samples" in text
+
+
+def test_wall_time_needs_a_model():
+    result = CliRunner().invoke(app, ["bench", "--wall-time", "corpora/officer_k.txt"])
+    assert result.exit_code == 1 and "--init-from" in result.output

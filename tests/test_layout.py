@@ -27,7 +27,7 @@ STAGES = [
     ["data"],  # prepare -> dataset
     ["generate"],  # checkpoint -> text
     ["train", "export"],  # dataset -> checkpoints; checkpoint -> other tools
-    ["bench"],
+    ["bench", "walltime"],
     ["serve"],  # checkpoint -> an OpenAI-style server and a chat page
     ["cli"],
     ["__main__"],

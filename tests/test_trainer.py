@@ -391,3 +391,26 @@ def test_token_noise_trains_changes_only_the_inputs_and_resumes_exactly(corpus):
 def test_a_token_noise_outside_0_to_1_is_one_line(share):
     with pytest.raises(ConfigError, match=r"--token-noise must be a share of the input tokens in \[0, 1\)"):
         TrainConfig(token_noise=share)
+
+
+@pytest.mark.parametrize("share, sampled_at", [(1e9, [10, 20, 30]), (0.0, [10, 30])])
+def test_a_costly_sample_is_written_at_the_first_and_last_evaluations_only(corpus, monkeypatch, share, sampled_at):
+    """A sample that costs more than SAMPLE_SHARE of the steps before it is left out between the first evaluation
+    and the last (SmolLM2's cost a training step each); the phases say what each part of the run took."""
+    from bladegpt.train import pacing
+
+    monkeypatch.setattr(pacing, "SAMPLE_SHARE", share)
+    monkeypatch.setattr(pacing, "SAMPLE_FREE_S", 0.0)  # this tiny model's samples take milliseconds
+    prepare([corpus], tokenizer="char")
+    seen = []
+
+    class Watch(Reporter):
+        def eval(self, record, sample):
+            seen.append((record["step"], sample))
+
+    result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "sample_tokens": 8}, compile="off", reporter=Watch())
+    assert [step for step, sample in seen if sample] == sampled_at and [s for s, _ in seen] == [10, 20, 30]
+    phases = result.phases
+    assert len(phases["steps, eager"]) + len(phases.get("steps, compiled", [])) == 30
+    assert len(phases["evaluations: val loss"]) == 3 and len(phases["evaluations: samples"]) == len(sampled_at)
+    assert len(phases["saves: last + state"]) == 3 and phases["plan: the dataset read, the run sized"]

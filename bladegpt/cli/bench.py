@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -18,7 +19,9 @@ def bench(
     device: DeviceOpt = "auto",
     rungs: Annotated[Optional[str], typer.Option(help="Comma-separated subset: vanilla,mixed,compile,flash,auto.")] = None,
     generate: Annotated[bool, typer.Option("--generate", help="Time generation instead, beside transformers' generate.")] = False,
-    init_from: Annotated[Optional[str], typer.Option(help="With --generate: time this pretrained model (a GGUF file, ollama:NAME, a Hugging Face folder or hub id) instead of the preset.")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="With --generate: time this pretrained model (a GGUF file, ollama:NAME, a Hugging Face folder or hub id) instead of the preset; with --wall-time: the model fine-tuned.")] = None,
+    wall_time: Annotated[Optional[Path], typer.Option("--wall-time", help="Time the default voice run on this text instead, phase by phase: `prepare TEXT --tokenizer-from` and `train --init-from` the --init-from model, on a cold and a warm compile cache (a few minutes a run).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="With --wall-time: train's --seed.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON, nothing else.")] = False,
     remeasure: Annotated[bool, typer.Option("--remeasure", help="First take every measurement `auto` cached for this machine again (matmul peaks, attention; decode precision is measured again when next needed).")] = False,
 ) -> None:
@@ -27,12 +30,25 @@ def bench(
     from bladegpt.cli.tables import bench_table, generate_table
     from bladegpt.runtime import remeasure as retake
 
-    if init_from is not None and not generate:
+    if init_from is not None and not generate and wall_time is None:
         fail("--init-from times generation of that model: add --generate (the training step beside "
              "transformers' is scripts/finetune_bench.py).")
     if remeasure:
         with err_console.status("Re-measuring what `auto` cached for this machine..."):
             retake(say=lambda line: err_console.print(line, style="dim", highlight=False))
+    if wall_time is not None:
+        if generate:
+            fail("--wall-time times training and --generate times generation: choose one.")
+        from bladegpt.cli.tables import wall_time_table
+        from bladegpt.walltime import bench_wall_time
+
+        with console.status("Timing prepare and train, each in a fresh process, on a cold then a warm compile cache..."):
+            result = bench_wall_time(str(wall_time), init_from, seed)
+        if json_out:
+            print(strictjson.dumps(result, indent=2))
+        else:
+            console.print(wall_time_table(result))
+        return
     if generate:
         result = benchmark.bench_generate(preset, device=device, source=init_from)
         if json_out:

@@ -69,22 +69,57 @@ def bench_table(result: dict) -> Table:
 
 def generate_table(result: dict) -> Table:
     """BladeGPT's generation beside transformers', each row's speed-up against transformers at the
-    same number of samples."""
+    same number of samples, and against llama.cpp's one sample where it ran."""
     table = Table(title=f"Generation, {result['preset']} preset (vocab {result['vocab']:,}, block {result['block']}): "
                         f"{result['new_tokens']} new tokens after a {result['prompt_tokens']}-token prompt",
                   caption=f"{result['device']} · torch {result['torch']} · median of {result['repeats']} runs · "
                           "1 sample greedy, more sampled (top-k 200); tok/s counts every sample")
-    for col in ("generator", "precision", "samples", "tok/s", "vs transformers"):
+    llama = next((r["tok_per_s"] for r in result["rows"] if r["generator"].startswith("llama.cpp")), None)
+    columns = ("generator", "precision", "samples", "tok/s", "vs transformers") + (("vs llama.cpp's 1",) if llama else ())
+    for col in columns:
         table.add_column(col, justify="left" if col == "generator" else "right")
     peer = {r["samples"]: r["tok_per_s"] for r in result["rows"] if r["generator"].startswith("transformers")}
     for r in result["rows"]:
         ratio = f"{r['tok_per_s'] / peer[r['samples']]:.2f}x" if r["samples"] in peer else "-"
-        table.add_row(r["generator"], r["precision"], str(r["samples"]), f"{r['tok_per_s']:,.0f}", ratio)
+        cells = [r["generator"], r["precision"], str(r["samples"]), f"{r['tok_per_s']:,.0f}", ratio]
+        table.add_row(*cells, *([f"{r['tok_per_s'] / llama:.2f}x"] if llama else []))
     if result.get("compile_s") is not None:
         table.caption += (f"\ncompiled: the one-token step over a static cache (a CUDA graph on CUDA), "
                           f"{result['compile_s']:.0f} s to compile it once per batch size")
-    if result.get("peer"):
-        table.caption += "\n" + result["peer"]
+    if llama:
+        table.caption += ("\nvs llama.cpp's 1: every row's tok/s (all its samples) against llama.cpp's one sample, "
+                          "greedy on the same GGUF file and prompt, on as many threads")
+    for note in (result.get("peer"), result.get("llama_cpp")):
+        if note:
+            table.caption += "\n" + note
+    return table
+
+
+def wall_time_table(result: dict) -> Table:
+    """The voice run's wall time by phase, cold and warm compile cache side by side: each phase's total, how
+    many times it ran, and its first time where it ran more than once (a compile or a first measurement)."""
+    runs = result["runs"]
+    table = Table(title=f"Where the voice run's wall time goes: prepare + train --init-from {result['source']} "
+                        f"on {Path(result['text']).name}",
+                  caption=f"{result['device']} · torch {result['torch']} · each command in a fresh process · "
+                          "cold: an empty inductor cache; warm: the same cache again")
+    table.add_column("phase")
+    for cache in runs:
+        table.add_column(f"{cache} s", justify="right")
+        table.add_column(f"{cache}: n, first", justify="right")
+    phases = list(dict.fromkeys(name for run in runs.values() for name in run["phases"]))
+    for name in phases:
+        cells = []
+        for run in runs.values():
+            times = run["phases"].get(name, [])
+            cells += [f"{sum(times):.1f}" if times else "-", f"{len(times)}, {times[0]:.1f}" if len(times) > 1 else ""]
+        table.add_row(name, *cells)
+    other = [run["wall_s"] - sum(sum(t) for t in run["phases"].values()) for run in runs.values()]
+    table.add_row("the rest (untimed)", *[cell for o in other for cell in (f"{o:.1f}", "")])
+    table.add_row("[bold]wall, prepare + train[/]", *[c for run in runs.values() for c in (f"[bold]{run['wall_s']:.1f}[/]", "")])
+    table.add_row("steps trained", *[c for run in runs.values() for c in (str(run["steps"]), "")])
+    table.add_row("best val bits per byte", *[c for run in runs.values()
+                                               for c in (f"{run['best_val_bpb']:.4f}" if run["best_val_bpb"] else "-", "")])
     return table
 
 

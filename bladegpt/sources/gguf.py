@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +51,30 @@ LLAMA3_BAND = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_po
 
 
 def open_gguf(path: Path):
-    import gguf
-
     try:
-        return gguf.GGUFReader(str(path))
+        return _reader_class()(str(path))
     except Exception as e:  # a short, damaged or non-GGUF file raises whatever the reader hits first
         raise SourceError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); it may be truncated or "
                           "damaged: fetch it again.") from None
+
+
+@cache
+def _reader_class():
+    """gguf's GGUFReader, its small reads taken from a plain ndarray view of the mapped file: numpy.memmap's
+    slicing costs more than the read, and a parse makes ~200k of them (SmolLM2's 98k vocabulary strings and
+    merges), 3x the time (16 s against 5.4 s on a loaded 2-core EPYC). The same fields and tensors."""
+    import gguf
+
+    class Reader(gguf.GGUFReader):
+        def _get(self, offset, dtype, count=1, override_order=None):
+            plain = self.__dict__.get("_plain")
+            if plain is None:
+                plain = self._plain = self.data.view(np.ndarray)
+            count = int(count)
+            arr = plain[offset:offset + np.dtype(dtype).itemsize * count].view(dtype=dtype)[:count]
+            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    return Reader
 
 
 @dataclass

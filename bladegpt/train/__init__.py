@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch.distributed as dist
@@ -15,6 +16,7 @@ from bladegpt.runtime import COMPILE_MODES, Runtime, choose_attention, choose_pr
 from bladegpt.train.distributed import Distributed
 from bladegpt.train.plan import device_for, finetune_plan, new_plan
 from bladegpt.train.resume import record_resume, restore, resume_plan
+from bladegpt.train.runbook import Phases
 from bladegpt.train.signals import StopSignals
 from bladegpt.train.tracker import check_tracker, open_tracker
 from bladegpt.train.trainer import Reporter, Trainer, TrainResult
@@ -51,6 +53,7 @@ def train(
     reporter = reporter if reporter is not None and ddp.main else Reporter()  # only rank 0 speaks
     lock, run_dir, created, record, tracking = None, None, False, None, None
     finished = False
+    phases = Phases()  # the plan's and the build's seconds; the trainer adds its own
     with StopSignals() as signals:
         try:
             if resume:
@@ -65,12 +68,14 @@ def train(
                     lock = runs.RunLock(run_dir)
                     recover_training(run_dir)
             elif init_from is not None:
-                plan = finetune_plan(init_from, data, preset, model_overrides, train_overrides, requested, lora)
+                with phases.timed("plan: the source loaded, the dataset read"):
+                    plan = finetune_plan(init_from, data, preset, model_overrides, train_overrides, requested, lora)
             else:
                 if lora is not None:
                     raise ConfigError("--lora trains adapters on a pretrained model; add --init-from SOURCE "
                                       "(a model from the hub, a .gguf file, ollama:NAME or a run), or drop --lora.")
-                plan = new_plan(data, preset, model_overrides, train_overrides, requested)
+                with phases.timed("plan: the dataset read, the run sized"):
+                    plan = new_plan(data, preset, model_overrides, train_overrides, requested)
             dev = device_for(ddp, plan, requested)
             if not resume:
                 if ddp.main:
@@ -87,6 +92,7 @@ def train(
                         record["lora"] = plan.model.lora.to_dict()
                     runs.write_run(run_dir, record)
                 run_dir = Path(ddp.broadcast(str(run_dir) if run_dir else None))
+            built = time.perf_counter()
             prec = choose_precision(dev, plan.runtime["precision"])
             set_matmul_precision(dev, allow_tf32=True)  # TF32 matmuls on Ampere+ GPUs; no-op elsewhere
             shape = plan.model_cfg.attention_shape(plan.train_cfg.micro_batch)
@@ -101,6 +107,8 @@ def train(
             elif plan.initial is not None:
                 trainer.model.load_state_dict(plan.initial)
                 plan.initial = None  # copied into the model: let the source's tensors go (0.5 GB for GPT-2)
+            phases.add("build: precision, attention, the model, its weights, the optimizers", time.perf_counter() - built)
+            trainer.phases = phases
             if not resume and plan.origin is not None:
                 reporter.message(f"Starting from {plan.origin}.")
             if plan.notes:

@@ -20,6 +20,8 @@ COMPILE_COST_S = {"cpu": 30.0, "cuda": 45.0}
 COMPILE_GAIN = 0.15
 PROBE_STEPS = 6  # eager steps timed before "auto" decides whether compiling pays
 ESTIMATE_STEPS = 3  # steps timed before the run says how long it will take
+SAMPLE_SHARE = 0.1  # an evaluation's sample may cost this share of the steps before it; else only the last samples
+SAMPLE_FREE_S = 1.0  # a sample quicker than this is always written (a small model's, in milliseconds)
 RETIME_STEPS = 8  # steps timed after the compile decision, to fit a budgeted run again at its settled speed
 
 
@@ -122,6 +124,13 @@ class Pacer:
             cfg = self.pace(cfg, statistics.median(self.recent), step, elapsed, self.eval_s)
         self.recent = []
         return cfg
+
+    def sample_due(self, samples_s: list[float] | None, final: bool) -> bool:
+        """Whether an evaluation writes a sample: the first and the run's last always do; one between them
+        while the last sample took under SAMPLE_FREE_S or at most SAMPLE_SHARE of the steps since the evaluation
+        before. A 60-token sample of SmolLM2-135M on a CPU takes about a training step: four of them were 13%
+        of the default voice run's wall time (`bench --wall-time`, docs/benchmarks/finetune.md)."""
+        return final or not samples_s or samples_s[-1] <= max(SAMPLE_FREE_S, SAMPLE_SHARE * sum(self.recent))
 
     def eval_due(self, cfg: TrainConfig, step: int) -> bool:
         """Every eval_interval steps, or under --time where the last pacing put the next evaluation."""

@@ -4,7 +4,9 @@ and MFU."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,6 +17,32 @@ from bladegpt.model import flops_per_token
 from bladegpt.runs import METRICS
 from bladegpt.runtime import peak_flops, raise_cpu_peak
 from bladegpt.train.tracker import Tracker
+
+
+@dataclass
+class Phases:
+    """Where a run's wall time went: seconds of each timed piece by phase, in order (`bench --wall-time` prints
+    them; a phase's first piece apart from the rest shows what a compile or a first measurement cost)."""
+
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, phase: str, seconds: float) -> float:
+        """Record `seconds` under `phase`; returns them."""
+        self.seconds.setdefault(phase, []).append(seconds)
+        return seconds
+
+    def call(self, phase: str, fn, *args):
+        """fn(*args), its seconds added to `phase`."""
+        with self.timed(phase):
+            return fn(*args)
+
+    @contextmanager
+    def timed(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - start)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from bladegpt.train.ema import WeightAverage
 from bladegpt.train.evaluate import Evaluator
 from bladegpt.train.optim import lr_at, make_optimizers, schedule_progress, set_lr
 from bladegpt.train.pacing import Pacer
-from bladegpt.train.runbook import EarlyStopping, MetricsLog, Throughput, eval_record, train_record
+from bladegpt.train.runbook import EarlyStopping, MetricsLog, Phases, Throughput, eval_record, train_record
 from bladegpt.train.signals import StopSignals
 
 
@@ -48,6 +48,7 @@ class TrainResult:
     stopped_early: bool = False  # val loss stopped improving for `patience` evaluations
     history: list[dict] = field(default_factory=list)
     model: GPT | None = None
+    phases: dict[str, list[float]] = field(default_factory=dict)  # wall seconds by phase (runbook.Phases)
 
 
 class Trainer:
@@ -94,7 +95,7 @@ class Trainer:
         self.evaluator = Evaluator(data, model_cfg, train_cfg, runtime, ddp, reporter.message)
         self.metrics = MetricsLog(run_dir, ddp.main)
         self.last_loss: float | None = None
-        self.lr = train_cfg.lr
+        self.lr, self.phases = train_cfg.lr, Phases()  # train() hands in its own, with the plan's seconds
         self.stop_requested = False
         self.finite = torch.ones((), dtype=torch.bool, device=self.device)  # no NaN/inf loss since the last check
         self.throughput = Throughput(model_cfg, self.model.num_params(), train_cfg.batch_size * model_cfg.block_size,
@@ -151,12 +152,12 @@ class Trainer:
         if not self.ddp.main:
             return
         tensors, info = self.state_dict()
-        with self.saving():
+        with self.saving(), self.phases.timed("saves: last + state"):
             save_training(self.run_dir, self.model, self.data.tokenizer, self.optimizers, tensors, info)
 
     def save_best(self, val_loss: float) -> None:
         if self.ddp.main:
-            with self.saving():
+            with self.saving(), self.phases.timed("saves: best"):
                 save_checkpoint(self.run_dir / runs.BEST, self.model, self.data.tokenizer, step=self.step,
                                 val_loss=val_loss)
 
@@ -281,7 +282,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 total = self.train_step()
                 synchronize(self.device)
-                dt = time.perf_counter() - t0
+                dt = self.phases.add(f"steps, {'compiled' if self.runtime.compile else 'eager'}", time.perf_counter() - t0)
                 if self.step % self.cfg.log_interval == 0:
                     self.last_loss = self.ddp.mean(float(total) / self.local_accum)
                     self.check_finite(self.last_loss)
@@ -319,7 +320,7 @@ class Trainer:
                 f"{self.run_dir / runs.BEST}."
             )
         return TrainResult(self.run_dir, self.step, early.best_val, self.elapsed, interrupted=self.stop_requested,
-                           stopped_early=early.stop, history=history, model=self.model)
+                           stopped_early=early.stop, history=history, model=self.model, phases=self.phases.seconds)
 
     def stopping(self) -> bool:
         """Ctrl-C or SIGTERM seen here, or on any rank: all ranks stop after the same step."""
@@ -333,12 +334,12 @@ class Trainer:
         pacer plan the next evaluations from what this one took."""
         t0 = time.perf_counter()
         with self.evaluated_weights():
-            val_loss, val_bpb = self.evaluator.loss_and_bpb(self.model)
+            val_loss, val_bpb = self.phases.call("evaluations: val loss", self.evaluator.loss_and_bpb, self.model)
             self.check_finite(val_loss)
-            sample = self.evaluator.sample(self.model)
+            sampled = self.pacer.sample_due(self.phases.seconds.get("evaluations: samples"), self.done())
+            sample = self.phases.call("evaluations: samples", self.evaluator.sample, self.model) if sampled else None
         improved = self.early.observe(val_loss, self.step)
-        took = time.perf_counter() - t0
-        self.elapsed += took  # evaluation is part of the run's wall time
+        self.elapsed += (took := time.perf_counter() - t0)  # evaluation is part of the run's wall time
         record = eval_record(self.step, self.last_loss, self.lr, self.throughput.tok_per_s, val_loss, val_bpb,
                              self.elapsed, self.evaluator.copied(sample))
         self.metrics.write(record)
