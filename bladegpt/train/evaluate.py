@@ -1,5 +1,6 @@
 """What an evaluation measures of the weights: validation loss and bits per byte on the same windows every
-time, a sample in the text's voice, and how much of that sample is copied from the training text."""
+time, a sample in the text's voice, how much of that sample is copied from the training text, and its voice
+report (generate/voice.py: loops, and style distance from the held-out text)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from bladegpt.data.dataset import TokenData
 from bladegpt.generate.engine import generate, prompt_ids, sample_text
 from bladegpt.generate.sampler import decode_precision
 from bladegpt.generate.settings import SampleSettings
+from bladegpt.generate.voice import StyleReference, report
 from bladegpt.model import GPT
 from bladegpt.runtime import Runtime, autocast
 from bladegpt.train.distributed import Distributed
@@ -21,7 +23,8 @@ from bladegpt.train.distributed import Distributed
 class Evaluator:
     """A run's evaluations (torchtitan's Validator). It reads only settings a re-plan never changes (the
     batch, eval_iters, the seed, sample_tokens); its own state is the token byte lengths, the sampling
-    precision (measured once) and the copy meter (made in the background)."""
+    precision (measured once), the copy meter (made in the background), the held-out text's word statistics
+    (made at the first sample) and the base model's voice report (a run from a model)."""
 
     def __init__(self, data: TokenData, model_cfg: ModelConfig, cfg: TrainConfig, runtime: Runtime, ddp: Distributed,
                  say):
@@ -29,6 +32,8 @@ class Evaluator:
         self.device = runtime.device
         self.sample_precision: str | None = None
         self.copy_meter: copymeter.Background | None = None  # the eval samples' copy meter, made in the background
+        self.reference: StyleReference | None = None  # the held-out text's word statistics, made once
+        self.base: dict | None = None  # the base model's voice report, where the run started from a model
         if ddp.main and cfg.sample_tokens > 0:
             self.copy_meter = copymeter.Background(lambda: copymeter.for_dataset(data.folder, data.fingerprint))
         lengths = [len(data.tokenizer.token_bytes(i)) for i in range(data.tokenizer.vocab_size)]
@@ -90,3 +95,19 @@ class Evaluator:
                 self.copy_meter = None
             return {}
         return index.measure([sample]).record()
+
+    def voice(self, sample: str | None) -> dict:
+        """The eval sample's voice report (runbook.eval_record's fields), against the held-out text: the
+        val split's (its speaker's lines, where the dataset has a speaker), read once a run."""
+        if not sample:
+            return {}
+        if self.reference is None:
+            self.reference = StyleReference.from_text(self.data.target_text("val"))
+        return report([sample], self.reference)
+
+    def measure_base(self, model: GPT) -> tuple[dict, str | None]:
+        """The voice report of the model's sample before any training (what a fine-tune's evaluations are
+        read against), and the sample: the evaluations' own settings and seed."""
+        sample = self.sample(model)
+        self.base = self.voice(sample)
+        return self.base, sample
