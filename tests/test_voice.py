@@ -111,6 +111,10 @@ def test_evaluations_and_a_fine_tunes_base_report_their_voice_and_runs_shows_the
     shown = out.getvalue()
     assert "the base model's sample, before training" in shown
     assert f"style distance {evals[-1]['style']:.2f} (base {base['style']:.2f})" in shown
+    out = io.StringIO()  # a resumed run names the base's beside its samples' too
+    train(None, None, None, {"steps": 20}, resume=True, run=workdir / "runs/tales-2", compile="off",
+          reporter=TrainDisplay(Console(file=out, width=200, force_terminal=False)))
+    assert f"(base {base['style']:.2f})" in out.getvalue() and "before training" not in out.getvalue()
     rows = {Path(r["run"]).name: r for r in json.loads(invoke("runs", "--json").stdout)}
     assert rows["tales-2"]["style"] == evals[-1]["style"] and rows["tales-2"]["base_style"] == base["style"]
     assert rows["tales-1"]["base_style"] is None and rows["tales-1"]["style"] is not None

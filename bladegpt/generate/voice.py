@@ -145,10 +145,10 @@ def for_checkpoint(checkpoint: Path) -> tuple[StyleReference | None, float | Non
     run_dir = Path(checkpoint).parent
     if not (run_dir / RUN_FILE).is_file():
         return None, None
-    saved = read_run(run_dir)
     try:
+        saved = read_run(run_dir)
         data = TokenData(Path(saved["dataset"]))
-    except (UserError, KeyError, TypeError):
+    except (UserError, KeyError, TypeError):  # a damaged run.json, a dataset gone: no held-out text
         return None, None
     if saved.get("dataset_fingerprint") not in (None, data.fingerprint):
         return None, None

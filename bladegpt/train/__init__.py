@@ -108,8 +108,7 @@ def train(
                 runs.write_run(run_dir, record)
                 reporter.base(record["base_voice"], sample)
             elif ddp.main and resume and (base := runs.read_run(run_dir).get("base_voice")):
-                trainer.evaluator.base = base
-                reporter.base(base, None)
+                reporter.base(base, None)  # later samples' style distance named beside the base's
             if plan.notes:
                 reporter.message("Sized to the text (each flag overrides its choice):\n" +
                                  "\n".join(f"  {note}" for note in plan.notes))

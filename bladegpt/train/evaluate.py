@@ -4,6 +4,7 @@ report (generate/voice.py: loops, and style distance from the held-out text)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -23,8 +24,8 @@ from bladegpt.train.distributed import Distributed
 class Evaluator:
     """A run's evaluations (torchtitan's Validator). It reads only settings a re-plan never changes (the
     batch, eval_iters, the seed, sample_tokens); its own state is the token byte lengths, the sampling
-    precision (measured once), the copy meter (made in the background), the held-out text's word statistics
-    (made at the first sample) and the base model's voice report (a run from a model)."""
+    precision (measured once), the copy meter (made in the background) and the held-out text's word statistics
+    (made at the first sample)."""
 
     def __init__(self, data: TokenData, model_cfg: ModelConfig, cfg: TrainConfig, runtime: Runtime, ddp: Distributed,
                  say):
@@ -32,8 +33,6 @@ class Evaluator:
         self.device = runtime.device
         self.sample_precision: str | None = None
         self.copy_meter: copymeter.Background | None = None  # the eval samples' copy meter, made in the background
-        self.reference: StyleReference | None = None  # the held-out text's word statistics, made once
-        self.base: dict | None = None  # the base model's voice report, where the run started from a model
         if ddp.main and cfg.sample_tokens > 0:
             self.copy_meter = copymeter.Background(lambda: copymeter.for_dataset(data.folder, data.fingerprint))
         lengths = [len(data.tokenizer.token_bytes(i)) for i in range(data.tokenizer.vocab_size)]
@@ -99,15 +98,15 @@ class Evaluator:
     def voice(self, sample: str | None) -> dict:
         """The eval sample's voice report (runbook.eval_record's fields), against the held-out text: the
         val split's (its speaker's lines, where the dataset has a speaker), read once a run."""
-        if not sample:
-            return {}
-        if self.reference is None:
-            self.reference = StyleReference.from_text(self.data.target_text("val"))
-        return report([sample], self.reference)
+        return report([sample], self.reference) if sample else {}
+
+    @functools.cached_property
+    def reference(self) -> StyleReference | None:
+        """The held-out text's word statistics, made at the first sample, once a run (None: under 80 words)."""
+        return StyleReference.from_text(self.data.target_text("val"))
 
     def measure_base(self, model: GPT) -> tuple[dict, str | None]:
         """The voice report of the model's sample before any training (what a fine-tune's evaluations are
         read against), and the sample: the evaluations' own settings and seed."""
         sample = self.sample(model)
-        self.base = self.voice(sample)
-        return self.base, sample
+        return self.voice(sample), sample
