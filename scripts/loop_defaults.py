@@ -100,7 +100,8 @@ def measure(sampler: Sampler, reference: StyleReference, index, args, name: str,
             "loops_mean": statistics.fmean(each_loops) if each_loops else None, "loops_pooled": loops(samples),
             "style_median": median(each_style), "style_pooled": reference.distance(samples),
             "copied": copying.share, "longest_copy": copying.longest, "seconds": round(seconds, 1),
-            "looping_samples": sum(x > 0.1 for x in each_loops), "first_sample": samples[0][:300]}
+            "looping_samples": sum(x > 0.1 for x in each_loops), "loops_each": each_loops,
+            "style_each": [round(x, 3) for x in each_style], "first_sample": samples[0][:300]}
 
 
 def main() -> None:
