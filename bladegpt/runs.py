@@ -232,6 +232,9 @@ def summarize(run_dir: Path) -> dict:
     best = min(evals, key=lambda r: r["val_loss"], default=None)
     measured = [r for r in evals if is_number(r.get("copied"))]  # the copy meter on the eval samples
     copying = measured[-1] if measured else {}
+    reported = [r for r in evals if "loops" in r]  # the voice report on the eval samples (older runs have none)
+    voice = reported[-1] if reported else {}
+    base = saved.get("base_voice") if isinstance(saved.get("base_voice"), dict) else {}
     steps, budget, step = train.get("steps"), train.get("time_budget_s"), info.get("step", 0)
     patience, stale = train.get("patience", 0), info.get("stale_evals", 0)
     if _running(run_dir):
@@ -259,6 +262,9 @@ def summarize(run_dir: Path) -> dict:
         "val_bpb": [bpb for r in evals if (bpb := strictjson.number(r.get("val_bpb"))) is not None],
         "copied": copying.get("copied"),
         "longest_copy": copying.get("longest_copy"),
+        "loops": strictjson.number(voice.get("loops")),
+        "style": strictjson.number(voice.get("style")),
+        "base_style": strictjson.number(base.get("style")),
     }
 
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from bladegpt.cli.plot import DPI, HEIGHT, COPY_HEIGHT, WIDTH, curves
+from bladegpt.cli.plot import DPI, HEIGHT, ROW_HEIGHT, WIDTH, curves
 from tests.safety import assert_one_line_error, invoke
 
 pytest.importorskip("matplotlib")
@@ -79,7 +79,7 @@ def test_several_runs_side_by_side_and_the_copy_meter(workdir):
     make_run(workdir, "tales-2", overfitting(shift=0.3))
     assert invoke("runs", "--plot", "both.png", first, workdir / "runs" / "tales-2").exit_code == 0
     image = Image.open(workdir / "both.png")
-    assert image.size == size(WIDTH, HEIGHT + COPY_HEIGHT)  # a row for the copy meter
+    assert image.size == size(WIDTH, HEIGHT + ROW_HEIGHT)  # a row for the copy meter
     assert colour_pixels(image, BLUE) > 1500 and colour_pixels(image, ORANGE) > 1500
     assert [p[2] for p in curves(first).copied][-1] == pytest.approx(0.1)
     assert invoke("runs", "--plot", "all.png", workdir / "runs").exit_code == 0  # a folder of runs: all of them

@@ -58,9 +58,10 @@ def test_the_runs_table_leaves_out_spare_columns_where_the_terminal_is_narrow():
 
     row = dict(run="runs/officer_k-12", dataset="officer_k-SmolLM2-135M", start="SmolLM2-135M-Instruct.Q4_1.gguf",
                steps=16, step=16, time_budget_s=None, best_val_loss=2.7672, best_val_bpb=1.0839, best_step=16,
-               elapsed_s=110.0, state="finished", val_bpb=[1.15, 1.12, 1.10, 1.08], copied=0.0, longest_copy=0)
+               elapsed_s=110.0, state="finished", val_bpb=[1.15, 1.12, 1.10, 1.08], copied=0.0, longest_copy=0,
+               loops=0.04, style=0.91, base_style=1.32)
     wide, narrow = runs_table([row], 200), runs_table([row], 80)
-    assert [c.header for c in wide.columns][:3] == ["run", "data", "start"] and len(wide.columns) == 11
+    assert [c.header for c in wide.columns][:3] == ["run", "data", "start"] and len(wide.columns) == 13
     kept = [c.header for c in narrow.columns]
     assert {"run", "steps", "bpb", "best at", "state", "copied"} <= set(kept)
     assert set(kept) | set(RUNS_SPARE_COLUMNS) == {c.header for c in wide.columns}
@@ -68,6 +69,12 @@ def test_the_runs_table_leaves_out_spare_columns_where_the_terminal_is_narrow():
     console.print(narrow)
     shown = console.export_text()
     assert "officer_k-12" in shown and "1.084" in shown and "finished" in shown and "…" not in shown
+    console = Console(width=100, record=True)
+    console.print(runs_table([row], 100))
+    assert "0.91 (1.32)" in console.export_text()  # the style distance, the base's in brackets: kept at 100
+    console = Console(width=200, record=True)
+    console.print(wide)
+    assert "│    4% │" in console.export_text()  # loops
     assert ("the curve is" in wide.caption) and ("curve" in kept) == ("the curve is" in narrow.caption)
     long = dict(row, run="runs/officer_k-SmolLM2-135M-Instruct.Q4_1-1", dataset="officer_k-SmolLM2-135M-Instruct.Q4_1")
     console = Console(width=80, record=True)

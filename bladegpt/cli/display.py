@@ -1,4 +1,5 @@
-"""The live training display: a rich progress line, evaluation lines and samples as they come."""
+"""The live training display: a rich progress line, evaluation lines and samples as they come, each sample with
+its copy meter and voice report."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bladegpt.config import plural
 from bladegpt.data.copyindex import describe
+from bladegpt.generate import voice
 from bladegpt.train.trainer import Reporter
 
 
@@ -34,6 +36,7 @@ class TrainDisplay(Reporter):
         self.stats = {"loss": "-", "val": "-", "lr": "-", "speed": "-", "mfu": "-"}
         self.by_time = False
         self.total = 0
+        self.base_voice: dict = {}  # the base model's voice report, in a run from a model
 
     def _count(self, step: int, elapsed: float) -> str:
         """Steps done of the planned steps; under --time, the step and the clock against the budget."""
@@ -91,8 +94,18 @@ class TrainDisplay(Reporter):
         self.console.print(f"step {r['step']:>6}  val loss [bold cyan]{r['val_loss']:.4f}[/]  "
                            f"val bpb {r['val_bpb']:.4f}  ({r['elapsed']:.0f} s)")
         if sample:
-            copied = escape(describe(r["copied"], r.get("longest_copy"))) if "copied" in r else None
-            self.console.print(Panel(escape(sample.strip()), title=f"sample at step {r['step']}", subtitle=copied,
+            lines = [describe(r["copied"], r.get("longest_copy"))] if "copied" in r else []
+            if "loops" in r:
+                lines.append(voice.describe(r["loops"], r.get("style"), self.base_voice.get("style")))
+            self.console.print(Panel(escape(sample.strip()), title=f"sample at step {r['step']}",
+                                     subtitle=escape(" · ".join(lines)) if lines else None, style="dim"))
+
+    def base(self, report: dict, sample: str | None) -> None:
+        """The base model's sample and voice report before training; each later sample's report names its style."""
+        self.base_voice = report
+        if sample:
+            self.console.print(Panel(escape(sample.strip()), title="the base model's sample, before training",
+                                     subtitle=escape(voice.describe(report.get("loops"), report.get("style"))),
                                      style="dim"))
 
     def close(self) -> None:

@@ -77,8 +77,7 @@ def sample(
     sys.stdout.write("\n")
     sys.stdout.flush()
     _forced_line(sampler)
-    if meter is not None:
-        _copy_line(meter, texts)
+    _closing_line(sampler.checkpoint, meter, texts)
 
 
 def _forced_line(sampler) -> None:
@@ -88,15 +87,26 @@ def _forced_line(sampler) -> None:
                           "vocabulary would have.", style="yellow", highlight=False, markup=False)
 
 
-def _copy_line(meter, texts: list[str]) -> None:
-    """The copy meter's line after the samples, on stderr so that piped samples stay clean."""
+def _closing_line(checkpoint, meter, texts: list[str]) -> None:
+    """The copy meter's and the voice report's line after the samples, on stderr so that piped samples stay
+    clean: the share copied, the loops, and the style distance from the held-out text (the base's beside it)."""
+    from bladegpt.generate import voice
+
+    parts = [_copied(meter, texts)] if meter is not None else []
+    reference, base = voice.for_checkpoint(checkpoint)
+    report = voice.report(texts, reference)
+    parts.append(voice.describe(report["loops"], report["style"], base))
+    err_console.print(" · ".join(parts), style="dim", highlight=False, markup=False, soft_wrap=True)
+
+
+def _copied(meter, texts: list[str]) -> str:
+    """The copy meter's part, waiting for its index where it is still being made."""
     index = meter.wait(timeout=1.0)
     if meter.busy:
         err_console.print("Indexing the training text for the copy check, once for this dataset "
                           "(--no-copy-check skips it)...", style="dim", highlight=False)
         index = meter.wait()
-    line = index.measure(texts).describe() if index is not None else f"No copy check: {meter.error}"
-    err_console.print(line, style="dim", highlight=False, markup=False, soft_wrap=True)
+    return index.measure(texts).describe() if index is not None else f"No copy check: {meter.error}"
 
 
 @app.command()

@@ -1,5 +1,5 @@
 """`bladegpt runs --plot`: a run's train and val curves as a picture, to see whether it still learns or
-already memorises. matplotlib is an optional extra (`bladegpt[plot]`), imported only here."""
+already memorises, and below them what its eval samples copied and how their voice went. matplotlib is an optional extra (`bladegpt[plot]`), imported only here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bladegpt.runs import is_number, read_metrics, read_run, summarize
 
 SOFTWARE = "bladegpt runs --plot"  # written into the PNG: a later plot may replace a file that says so
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-WIDTH, HEIGHT, COPY_HEIGHT, DPI = 12.0, 4.8, 2.4, 100  # inches; the copy meter's row is added when recorded
+WIDTH, HEIGHT, ROW_HEIGHT, DPI = 12.0, 4.8, 2.4, 100  # inches; the samples' rows are added when recorded
 
 
 @dataclass
@@ -26,16 +26,20 @@ class Curves:
     train: list[tuple[int, float, float]] = field(default_factory=list)
     val: list[tuple[int, float, float]] = field(default_factory=list)
     copied: list[tuple[int, float, float]] = field(default_factory=list)  # share of sampled spans, 0-1
+    loops: list[tuple[int, float, float]] = field(default_factory=list)  # share of the sample's 4-grams repeated, 0-1
+    style: list[tuple[int, float, float]] = field(default_factory=list)  # Burrows's Delta from the held-out text
+    base_style: float | None = None  # the base model's sample's, in a run from a model
     stopped_early: bool = False
 
 
 def curves(run_dir: Path, bpb: bool = False) -> Curves:
     """The points of a run's metrics.jsonl. Train points come from train records (an eval record's
-    `loss` repeats the last logged one); val points and the copy meter (`copied`) from eval records."""
+    `loss` repeats the last logged one); val points, the copy meter (`copied`) and the voice report (`loops`,
+    `style`) from eval records, the base's style from run.json."""
     run_dir = Path(run_dir)
     summary = summarize(run_dir)
     c = Curves(run_dir.name, f"{summary['dataset']} · {summary['start']} · {summary['state']}",
-               stopped_early=summary["state"] == "stopped early")
+               stopped_early=summary["state"] == "stopped early", base_style=summary["base_style"])
     records = read_metrics(run_dir)
     val_key = "val_bpb" if bpb else "val_loss"
     train_scale = _train_bpb_scale(run_dir, records) if bpb else 1.0
@@ -46,8 +50,9 @@ def curves(run_dir: Path, bpb: bool = False) -> Curves:
                 c.val.append((r["step"], elapsed, r[val_key]))
         elif is_number(r.get("loss")) and train_scale is not None:
             c.train.append((r["step"], elapsed, r["loss"] * train_scale))
-        if is_number(r.get("copied")):
-            c.copied.append((r["step"], elapsed, r["copied"]))
+        for key in ("copied", "loops", "style"):
+            if "val_loss" in r and is_number(r.get(key)):
+                getattr(c, key).append((r["step"], elapsed, r[key]))
     return c
 
 
@@ -108,7 +113,8 @@ def _time_unit(seconds: float) -> tuple[float, str]:
 
 def plot(run_dirs: list[Path], out: Path, bpb: bool = False) -> Path:
     """Draw each run's train and val curves against step (left) and wall time (right), the best val
-    point starred, an early stop marked, and the copy meter in a row below where a run recorded it."""
+    point starred, an early stop marked; below, where a run recorded them, a row of the eval samples' copied
+    and looping shares and a row of their style distance (the base's dashed)."""
     out = check_out(out)
     if not run_dirs:
         raise UserError("No runs to plot; train one with `bladegpt train`, or name run folders after --plot FILE.")
@@ -120,9 +126,9 @@ def plot(run_dirs: list[Path], out: Path, bpb: bool = False) -> Path:
     if not any(c.train or c.val for c in runs):
         raise UserError(f"{', '.join(c.name for c in runs)}: no losses recorded yet (none in metrics.jsonl); "
                         "plot once a run has logged its first steps.")
-    copy_row = any(c.copied for c in runs)
-    fig = Figure(figsize=(WIDTH, HEIGHT + (COPY_HEIGHT if copy_row else 0)), dpi=DPI, layout="constrained")
-    grid = fig.add_gridspec(2 if copy_row else 1, 2, height_ratios=[HEIGHT, COPY_HEIGHT] if copy_row else None)
+    rows = (["shares"] if any(c.copied or c.loops for c in runs) else []) + (["style"] if any(c.style for c in runs) else [])
+    fig = Figure(figsize=(WIDTH, HEIGHT + ROW_HEIGHT * len(rows)), dpi=DPI, layout="constrained")
+    grid = fig.add_gridspec(1 + len(rows), 2, height_ratios=[HEIGHT] + [ROW_HEIGHT] * len(rows))
     by_step = fig.add_subplot(grid[0, 0])
     by_time = fig.add_subplot(grid[0, 1], sharey=by_step)
     longest = max((p[1] for c in runs for p in c.train + c.val + c.copied if not math.isnan(p[1])), default=0.0)
@@ -135,16 +141,17 @@ def plot(run_dirs: list[Path], out: Path, bpb: bool = False) -> Path:
     by_time.tick_params(labelleft=False)
     _fit_y(by_step, runs)
     by_step.legend(fontsize="small", loc="best")
-    if copy_row:
-        for x, ax, div in ((0, fig.add_subplot(grid[1, 0], sharex=by_step), 1.0),
-                           (1, fig.add_subplot(grid[1, 1], sharex=by_time), scale)):
+    for row, kind in enumerate(rows, start=1):
+        for x, ax, div in ((0, fig.add_subplot(grid[row, 0], sharex=by_step), 1.0),
+                           (1, fig.add_subplot(grid[row, 1], sharex=by_time), scale)):
             for i, c in enumerate(runs):
-                if c.copied:
-                    ax.plot([p[x] / div for p in c.copied], [100 * p[2] for p in c.copied], color=f"C{i % 10}",
-                            marker="o", markersize=3)
-            ax.set(xlabel="step" if x == 0 else f"wall time ({unit})", ylabel="sampled spans copied (%)" if x == 0 else "")
+                _draw_samples(ax, c, kind, x, div, f"C{i % 10}", "" if len(runs) == 1 else f"{c.name} ")
+            label = "eval sample (%)" if kind == "shares" else "style distance"
+            ax.set(xlabel="step" if x == 0 else f"wall time ({unit})", ylabel=label if x == 0 else "")
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
+            if x == 0:
+                ax.legend(fontsize="small", loc="best")
     if len(runs) == 1:
         fig.suptitle(f"{runs[0].name}: train and val {'bits per byte' if bpb else 'loss'}  ({runs[0].title})")
     else:
@@ -170,6 +177,22 @@ def _draw(ax, c: Curves, x: int, div: float, color: str, label: str) -> None:
             ax.axvline(last[x] / div, color=color, linestyle=":", linewidth=1.5,
                        label=f"{label}stopped early at step {last[0]:,}")
     ax.grid(alpha=0.3)
+
+
+def _draw_samples(ax, c: Curves, kind: str, x: int, div: float, color: str, label: str) -> None:
+    """One run's eval samples on one panel: the copied and looping shares (kind "shares"), or the style distance
+    with the base model's sample's as a dashed line ("style")."""
+    if kind == "shares":
+        for points, marker, name in ((c.copied, "o", "copied"), (c.loops, "s", "loops")):
+            if points:
+                ax.plot([p[x] / div for p in points], [100 * p[2] for p in points], color=color, marker=marker,
+                        markersize=3, linestyle="-" if name == "copied" else "--", label=f"{label}{name}")
+        return
+    if c.style:
+        ax.plot([p[x] / div for p in c.style], [p[2] for p in c.style], color=color, marker="o", markersize=3,
+                label=f"{label}style distance")
+    if c.base_style is not None:
+        ax.axhline(c.base_style, color=color, linestyle="--", linewidth=1.2, label=f"{label}the base's {c.base_style:.2f}")
 
 
 def _fit_y(ax, runs: list[Curves]) -> None:

@@ -132,8 +132,15 @@ def _copied(row: dict) -> str:
     return percent(row["copied"]) + (f" {row['longest_copy']:,}ch" if row.get("longest_copy") else "")
 
 
+def _style(row: dict) -> str:
+    """The last eval sample's style distance from the held-out text, the base's sample's after it."""
+    if row.get("style") is None:
+        return "-"
+    return f"{row['style']:.2f}" + (f" ({row['base_style']:.2f})" if row.get("base_style") is not None else "")
+
+
 # Left out, in this order, where the terminal is too narrow for every column to be read whole.
-RUNS_SPARE_COLUMNS = ("start", "curve", "val loss", "data")
+RUNS_SPARE_COLUMNS = ("start", "curve", "val loss", "loops", "data", "style")
 
 
 def runs_table(rows: list[dict], width: int = 200) -> Table:
@@ -153,9 +160,11 @@ def runs_table(rows: list[dict], width: int = 200) -> Table:
             "best at": f"{r['best_step']:,}" if best else "-",
             "wall": f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
             "state": f"[{colors.get(r['state'], 'red')}]{r['state']}[/]", "curve": sparkline(r["val_bpb"]),
-            "copied": _copied(r),
+            "copied": _copied(r), "loops": f"{r['loops']:.0%}" if r.get("loops") is not None else "-",
+            "style": _style(r),
         })
-    columns = ["run", "data", "start", "steps", "val loss", "bpb", "best at", "wall", "state", "curve", "copied"]
+    columns = ["run", "data", "start", "steps", "val loss", "bpb", "best at", "wall", "state", "curve", "copied",
+               "loops", "style"]
 
     def needed(cols):  # each column's widest cell as shown, plus its borders and padding
         return sum(max(len(c), *(Text.from_markup(row[c]).cell_len for row in cells)) + 3 for c in cols) + 1
@@ -167,8 +176,11 @@ def runs_table(rows: list[dict], width: int = 200) -> Table:
     table.caption = ("bpb: bits per byte of the validation text (lower is better), best at its step; "
                      + ("the curve is val bpb at each evaluation; " if "curve" in columns else "")
                      + "copied: the share of the last eval sample's 50-character spans found verbatim in the "
-                     "training text, and its longest copy in characters")
-    numbers = ("steps", "val loss", "bpb", "best at", "wall", "copied")
+                     "training text, and its longest copy in characters"
+                     + ("; loops: the share of its word 4-grams repeated" if "loops" in columns else "")
+                     + ("; style: its Burrows's Delta from the held-out text (lower is closer; the base model's "
+                        "sample's in brackets)" if "style" in columns else ""))
+    numbers = ("steps", "val loss", "bpb", "best at", "wall", "copied", "loops", "style")
     for col in columns:
         if col == "run":  # a long name folds onto a second line, whole (`--run` needs it), never cut to "…"
             table.add_column(col, overflow="fold")

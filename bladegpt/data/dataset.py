@@ -119,6 +119,13 @@ class TokenData:
         lengths = torch.tensor([len(self.tokenizer.token_bytes(i)) for i in range(self.tokenizer.vocab_size)])
         return int(lengths[self.splits["train"].long()].sum())
 
+    def target_text(self, split: str) -> str:
+        """The text a split's model is judged against (the voice report's held-out text): the split decoded,
+        each document separator (a stop id) a line break rather than its spelling."""
+        stops = set(self.tokenizer.stop_ids)
+        table = [b"\n" if i in stops else self.tokenizer.token_bytes(i) for i in range(self.tokenizer.vocab_size)]
+        return b"".join(table[i] for i in self.splits[split].tolist()).decode("utf-8", errors="replace")
+
     def check_fits(self, block_size: int) -> None:
         for split, tokens in self.splits.items():
             if len(tokens) <= block_size + 1:

@@ -111,6 +111,12 @@ def train(
             trainer.phases = phases
             if not resume and plan.origin is not None:
                 reporter.message(f"Starting from {plan.origin}.")
+            if ddp.main and not resume and plan.origin is not None:  # what a fine-tune is read against
+                record["base_voice"], sample = trainer.evaluator.measure_base(trainer.model)
+                runs.write_run(run_dir, record)
+                reporter.base(record["base_voice"], sample)
+            elif ddp.main and resume and (base := runs.read_run(run_dir).get("base_voice")):
+                reporter.base(base, None)  # later samples' style distance named beside the base's
             if plan.notes:
                 reporter.message("Sized to the text (each flag overrides its choice):\n" +
                                  "\n".join(f"  {note}" for note in plan.notes))

@@ -1,8 +1,10 @@
 """What an evaluation measures of the weights: validation loss and bits per byte on the same windows every
-time, a sample in the text's voice, and how much of that sample is copied from the training text."""
+time, a sample in the text's voice, how much of that sample is copied from the training text, and its voice
+report (generate/voice.py: loops, and style distance from the held-out text)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -13,6 +15,7 @@ from bladegpt.data.dataset import TokenData
 from bladegpt.generate.engine import generate, prompt_ids, sample_text
 from bladegpt.generate.sampler import decode_precision
 from bladegpt.generate.settings import SampleSettings
+from bladegpt.generate.voice import StyleReference, report
 from bladegpt.model import GPT
 from bladegpt.runtime import Runtime, autocast
 from bladegpt.train.distributed import Distributed
@@ -21,7 +24,8 @@ from bladegpt.train.distributed import Distributed
 class Evaluator:
     """A run's evaluations (torchtitan's Validator). It reads only settings a re-plan never changes (the
     batch, eval_iters, the seed, sample_tokens); its own state is the token byte lengths, the sampling
-    precision (measured once) and the copy meter (made in the background)."""
+    precision (measured once), the copy meter (made in the background) and the held-out text's word statistics
+    (made at the first sample)."""
 
     def __init__(self, data: TokenData, model_cfg: ModelConfig, cfg: TrainConfig, runtime: Runtime, ddp: Distributed,
                  say):
@@ -90,3 +94,19 @@ class Evaluator:
                 self.copy_meter = None
             return {}
         return index.measure([sample]).record()
+
+    def voice(self, sample: str | None) -> dict:
+        """The eval sample's voice report (runbook.eval_record's fields), against the held-out text: the
+        val split's (its speaker's lines, where the dataset has a speaker), read once a run."""
+        return report([sample], self.reference) if sample else {}
+
+    @functools.cached_property
+    def reference(self) -> StyleReference | None:
+        """The held-out text's word statistics, made at the first sample, once a run (None: under 80 words)."""
+        return StyleReference.from_text(self.data.target_text("val"))
+
+    def measure_base(self, model: GPT) -> tuple[dict, str | None]:
+        """The voice report of the model's sample before any training (what a fine-tune's evaluations are
+        read against), and the sample: the evaluations' own settings and seed."""
+        sample = self.sample(model)
+        return self.voice(sample), sample

@@ -100,12 +100,14 @@ def train_record(step: int, loss: float, lr: float, tok_per_s: float, mfu: float
 
 
 def eval_record(step: int, loss: float | None, lr: float, tok_per_s: float, val_loss: float, val_bpb: float,
-                elapsed: float, copying: dict | None = None) -> dict:
+                elapsed: float, copying: dict | None = None, voice: dict | None = None) -> dict:
     """An evaluation's line; `copying` adds the copy meter's `copied` (share of the sample's 50-character
-    spans found verbatim in the training text, 0 to 1) and `longest_copy` (characters) where it ran."""
+    spans found verbatim in the training text, 0 to 1) and `longest_copy` (characters) where it ran; `voice`
+    the sample's `loops` (share of its word 4-grams repeated, 0 to 1) and `style` (Burrows's Delta from the
+    held-out text), generate/voice.py."""
     return {"step": step, "loss": round(loss, 5) if loss is not None else None, "lr": lr,
             "tok_per_s": round(tok_per_s, 1), "val_loss": round(val_loss, 5), "val_bpb": round(val_bpb, 5),
-            "elapsed": round(elapsed, 3), **(copying or {})}
+            "elapsed": round(elapsed, 3), **(copying or {}), **(voice or {})}
 
 
 class Throughput:

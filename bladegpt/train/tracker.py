@@ -19,13 +19,13 @@ NAMES = {"tensorboard": "TensorBoard", "wandb": "W&B"}
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "tok_per_s": "train/tok_per_s", "mfu": "train/mfu",
               "elapsed": "time/elapsed_s"}
 EVAL_TAGS = {"val_loss": "val/loss", "val_bpb": "val/bpb", "copied": "sample/copied", "longest_copy": "sample/longest_copy",
-             "elapsed": "time/elapsed_s"}
+             "loops": "sample/loops", "style": "sample/style_distance", "elapsed": "time/elapsed_s"}
 WANDB_ID = "bladegpt-run-id"  # in the run's wandb/ folder: a resumed run goes on in the same W&B run
 
 
 def scalars(record: dict) -> dict[str, float]:
-    """A metrics.jsonl record as tracker tags. An eval record gives its val_* fields and the copy meter
-    (its train fields repeat the last train record's); null (non-finite) and non-numeric values are
+    """A metrics.jsonl record as tracker tags. An eval record gives its val_* fields, the copy meter and the
+    voice report (its train fields repeat the last train record's); null (non-finite) and non-numeric values are
     left out, and fields this version does not know keep their own names under train/ or val/."""
     evaluation = "val_loss" in record
     tags = EVAL_TAGS if evaluation else TRAIN_TAGS

@@ -35,6 +35,7 @@ class Reporter:
     def message(self, text: str) -> None: ...
     def log(self, record: dict) -> None: ...
     def eval(self, record: dict, sample: str | None) -> None: ...
+    def base(self, voice: dict, sample: str | None) -> None: ...  # the base model's voice report (sample: measured now)
     def close(self) -> None: ...
 
 
@@ -341,7 +342,7 @@ class Trainer:
         improved = self.early.observe(val_loss, self.step)
         self.elapsed += (took := time.perf_counter() - t0)  # evaluation is part of the run's wall time
         record = eval_record(self.step, self.last_loss, self.lr, self.throughput.tok_per_s, val_loss, val_bpb,
-                             self.elapsed, self.evaluator.copied(sample))
+                             self.elapsed, self.evaluator.copied(sample), self.evaluator.voice(sample))
         self.metrics.write(record)
         self.metrics.sample(self.step, sample)
         self.save()  # state and last first, best after: the order a crash at any write resumes from
