@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from bladegpt.cli.app import (
+    ChatRepetitionOpt,
     CheckpointOpt,
     DecodeCompileOpt,
     DecodePrecisionOpt,
@@ -22,6 +23,7 @@ from bladegpt.cli.app import (
     err_console,
     friendly,
 )
+from bladegpt.config import REPETITION_PENALTY
 from bladegpt.errors import UserError
 
 NoCopyOpt = Annotated[Optional[int], typer.Option("--no-copy", metavar="N", help="Never write a span of N characters (47 or more; 50 is the copy meter's span) found verbatim in the training text: a token that would is taken out and the rest renormalised \\[default: off].", show_default=False)]
@@ -37,7 +39,7 @@ def sample(
     top_k: TopKOpt = 200,
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
-    repetition_penalty: RepetitionOpt = None,
+    repetition_penalty: RepetitionOpt = REPETITION_PENALTY,
     seed: Annotated[Optional[int], typer.Option(help="Same seed, same text \\[default: random].")] = None,
     device: DeviceOpt = "auto",
     precision: DecodePrecisionOpt = "auto",
@@ -119,7 +121,7 @@ def chat(
     top_k: TopKOpt = 200,
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
-    repetition_penalty: RepetitionOpt = None,
+    repetition_penalty: ChatRepetitionOpt = None,
     no_copy: NoCopyOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Same seed and same lines, same conversation \\[default: random].")] = None,
     device: DeviceOpt = "auto",

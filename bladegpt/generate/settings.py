@@ -21,7 +21,7 @@ class SampleSettings:
     top_k: int | None = 200
     top_p: float | None = None
     min_p: float | None = None
-    repetition_penalty: float | None = None
+    repetition_penalty: float | None = None  # CTRL's (Keskar et al. 2019); None or 1: off (sample's default: config.py)
     seed: int = 0
     no_copy: int | None = None  # characters: never write a span this long found in the training text (nocopy.py)
 

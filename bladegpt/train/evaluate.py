@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from bladegpt.config import ModelConfig, TrainConfig
+from bladegpt.config import REPETITION_PENALTY, ModelConfig, TrainConfig
 from bladegpt.data import copymeter
 from bladegpt.data.dataset import TokenData
 from bladegpt.generate.engine import generate, prompt_ids, sample_text
@@ -78,7 +78,8 @@ class Evaluator:
             self.sample_precision = decode_precision(model, self.device, cast=False)  # (weights never cast)
         with autocast(self.device, self.sample_precision):
             ids = list(generate(model, prompt_ids(tok, ""), self.cfg.sample_tokens, tok.vocab_size, gen,
-                                **SampleSettings(self.cfg.sample_tokens).knobs(), stop=tok.stop_ids))
+                                **SampleSettings(self.cfg.sample_tokens, repetition_penalty=REPETITION_PENALTY).knobs(),
+                                stop=tok.stop_ids))
         model.train()
         return sample_text(ids, tok)
 
