@@ -4,11 +4,10 @@ The sources are read as turns (data/voices) and written in the play frame (data/
 action or narration as a paragraph of its own, and each speech as `NAME:` on its own line, the speech, then a
 blank line, which `chat` continues as it stands. The targets are the speaker's speech and the blank line that
 ends it (so the voice learns where to stop); their own `NAME:` and everyone else's turns are context, the loss
-masked there (TRL's completion-only training, mlx-lm's --mask-prompt). Each piece of text, context or target,
-is encoded on its own and the ids joined, so a mask boundary is a token boundary whatever the tokenizer (a
-mapping from character offsets to tokens would need offsets every kind gives, and a byte-level merge across a
-boundary would put one token half in each); the cuts fall where the pre-tokenizers of GPT-2, Llama 3 and
-SmolLM2 cut anyway (after a line break, before a name or a letter), so the ids are those of the whole text.
+masked there (TRL's completion-only training, mlx-lm's --mask-prompt). The text is encoded whole, as chat will
+encode it (pieces encoded one by one give GPT-2 a "\n\n" token at the end of a turn where the whole text has
+two "\n"), and each token's bytes, which every tokenizer kind gives, place it in its piece; a token that
+would straddle a boundary is prevented by encoding the two sides apart (encode_pieces).
 """
 
 from __future__ import annotations
@@ -149,13 +148,30 @@ def opening(exchanges: list[list[Piece]]) -> str:
 
 
 def encode_pieces(tok: Tokenizer, pieces: list[Piece], dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """The ids of the pieces, each encoded on its own and joined, and a mask (uint8, 1: a target) a token."""
-    ids, mask = [], []
-    for text, target in pieces:
-        encoded = tok.encode(text)
-        ids += encoded
-        mask += [int(target)] * len(encoded)
-    return np.array(ids, dtype=dtype), np.array(mask, dtype=np.uint8)
+    """The ids of the pieces' text and a mask (uint8, 1: a target) a token. The text is encoded whole, as
+    chat and sample will encode it, and each token is a target when its first byte is in a target piece;
+    where a token would cross from context into a target or back (a merge across the boundary), the text is
+    cut there and its sides encoded apart, again until no token crosses one: a boundary is a token boundary."""
+    lengths = np.array([len(tok.token_bytes(i)) for i in range(tok.vocab_size)], dtype=np.int64)
+    sizes = np.array([len(text.encode("utf-8")) for text, _ in pieces], dtype=np.int64)
+    ends = np.cumsum(sizes)
+    edges = {int(ends[k - 1]) for k in range(1, len(pieces)) if pieces[k][1] != pieces[k - 1][1]}
+    cuts: set[int] = set()  # piece indices the text is cut before
+    while True:
+        bounds = [0, *sorted(cuts), len(pieces)]
+        ids = [i for a, b in zip(bounds, bounds[1:]) for i in tok.encode("".join(t for t, _ in pieces[a:b]))]
+        offsets = np.cumsum(lengths[ids]) if ids else np.zeros(0, np.int64)
+        if len(ids) and offsets[-1] != ends[-1]:  # a tokenizer whose ids do not spell the text's bytes
+            raise DataError(f"The {tok.kind} tokenizer's ids do not spell the text byte for byte, so the speaker's "
+                            "lines cannot be told apart in its tokens; use another --tokenizer.")
+        crossed = edges - set(offsets.tolist())
+        if not crossed:
+            break
+        cuts |= {int(np.searchsorted(ends, edge)) + 1 for edge in crossed}
+    starts = offsets - lengths[ids] if ids else offsets
+    piece_of = np.searchsorted(ends, starts, side="right")  # the piece each token's first byte is in
+    mask = np.array([target for _, target in pieces], dtype=np.uint8)[piece_of] if ids else np.zeros(0, np.uint8)
+    return np.array(ids, dtype=dtype), mask
 
 
 def speaker_tokenizer(kind: str, vocab_size: int | None, tokenizer_from: str | None, train_text: str,
