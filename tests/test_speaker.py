@@ -15,6 +15,9 @@ from bladegpt.data.voices import read_turns
 from bladegpt.generate.chat import recorded_frame, recorded_opening
 from bladegpt.train import train
 from bladegpt.train.trainer import Reporter, Trainer
+from typer.testing import CliRunner
+
+from bladegpt.cli import app
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.safety import assert_one_line_error, invoke
 from tests.test_trainer import CtrlCAt, assert_resume_follows
@@ -221,11 +224,72 @@ def test_chat_speaks_as_the_other_party_and_sample_opens_a_scene(script, workdir
     frame = recorded_frame(best)
     assert (frame.user("Hello."), frame.turn()) == ("JOI:\nHello.\n\n", "K:\n")
     assert recorded_opening(best).endswith("K:\n")
-    talk = invoke("chat", "--checkpoint", best, "--seed", "1", "--max-new-tokens", "10")
-    assert talk.exit_code == 0 and "you speak as JOI, the voice answers as K" in talk.output, talk.output
-    other = invoke("chat", "--checkpoint", best, "--as", "MADAM", "--max-new-tokens", "5")
-    assert other.exit_code == 0 and "you speak as MADAM" in other.output, other.output
+    talk = CliRunner().invoke(app, ["chat", "--checkpoint", str(best), "--seed", "1", "--max-new-tokens", "10"],
+                              input="Where were you?\n")
+    assert talk.exit_code == 0 and "you speak as JOI, the voice answers as K" in " ".join(talk.output.split())
+    other = CliRunner().invoke(app, ["chat", "--checkpoint", str(best), "--as", "MADAM", "--max-new-tokens", "5"],
+                               input="Hi\n")
+    assert other.exit_code == 0 and "you speak as MADAM" in " ".join(other.output.split()), other.output
     assert_one_line_error(invoke("chat", "--checkpoint", best, "--as", "A:B"), "--as", "colons")
     sample = invoke("sample", "--checkpoint", best, "--seed", "1", "--max-new-tokens", "10", "--no-copy-check")
     assert sample.exit_code == 0 and sample.stdout.startswith(recorded_opening(best)), sample.output
     assert json.loads((result.run_dir / "run.json").read_text())["opening"] == recorded_opening(best)
+
+
+def assert_val_counts_their_tokens_only(result, meta) -> None:
+    """bits per byte = loss per target token x target tokens / target bytes: the evaluation read the speaker's
+    tokens of the val split, each once, and their bytes only."""
+    for r in (r for r in result.history if "val_loss" in r):
+        expected = r["val_loss"] * meta["val_target_tokens"] / (np.log(2) * meta["val_target_bytes"])
+        assert r["val_bpb"] == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("how", ["fine-tune", "lora"])
+def test_fine_tune_and_lora_read_only_their_lines(script, how):
+    pytest.importorskip("transformers")
+    from bladegpt.lora import LoraConfig
+    from tests.families import tiny_family
+    from tests.test_hf_tokenizer import build_folder
+
+    folder = build_folder(script.parent / "tiny-smollm", "smollm")
+    size = max(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"].values()) + 1
+    tiny_family("llama-gqa-tied", vocab=(size + 63) // 64 * 64).save_pretrained(folder)
+    meta = prepare_speaker([script], ["K"], tokenizer_from=str(folder)).meta
+    lora = LoraConfig(base_dtype="fp32") if how == "lora" else None
+    result = train(None, None, {"block_size": 16}, {**TINY_TRAIN, "steps": 4, "eval_interval": 2, "eval_iters": 100},
+                   init_from=str(folder), lora=lora, **EXACT)
+    assert all(np.isfinite(r["loss"]) for r in result.history if r.get("loss") is not None)
+    assert_val_counts_their_tokens_only(result, meta)
+
+
+RANK_SCRIPT = """
+import os, sys, torch
+from bladegpt.train import train
+result = train(sys.argv[1], "nano", {model!r}, {settings!r}, device="cpu", precision="fp32", compile="off", run=sys.argv[2])
+torch.save(torch.cat([p.detach().flatten() for p in result.model.parameters()]), f"{{sys.argv[2]}}-rank{{os.environ['RANK']}}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_weigh_targets_as_one_process(script, workdir):
+    """DDP on a masked dataset: each rank's micro-batches hold different numbers of targets, and the two ranks
+    step as one process does (every target of the global batch weighs the same)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.safety import REPO
+
+    settings = {**TINY_TRAIN, "steps": 6, "accum": 4, "eval_interval": 3, "log_interval": 1, "batch_size": 8,
+                "optimizer": "adamw"}
+    data = prepare_speaker([script], ["K"], tokenizer="char").out_dir
+    (workdir / "rank.py").write_text(RANK_SCRIPT.format(model=TINY_MODEL, settings=settings))
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "rank.py",
+                    str(data), "runs/ddp"], check=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    single = train(data, "nano", TINY_MODEL, settings, run=workdir / "runs" / "single", **EXACT)
+    ranks = [torch.load(workdir / "runs" / f"ddp-rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert torch.equal(ranks[0], ranks[1])
+    assert torch.allclose(ranks[0], torch.cat([p.detach().flatten() for p in single.model.parameters()]), atol=1e-4)
+    records = [json.loads(line) for line in (workdir / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    ddp = {r["step"]: r["loss"] for r in records if "val_loss" not in r}
+    assert ddp == pytest.approx({r["step"]: r["loss"] for r in single.history if "val_loss" not in r}, abs=1e-4)

@@ -26,6 +26,7 @@ from bladegpt.data.dataset import DATASET_FILES, MASK_FILES, TOKENIZER_FILE
 from bladegpt.data.frames import USER, Frame
 from bladegpt.data.prepare import MAX_VOCAB, MIN_VOCAB, PrepareResult, _write_meta, check_out_dir, default_out_dir
 from bladegpt.data.voices import Turn, closest_names, find_files, read, speaker_key
+from bladegpt.data.voices.screenplay import HEADING
 from bladegpt.errors import DataError
 from bladegpt.files import publish_dir, temp_dir
 from bladegpt.tokenizer import CharTokenizer, Tokenizer, train_tokenizer
@@ -138,13 +139,14 @@ def split_exchanges(exchanges: list[list[Piece]], val_fraction: float, name: str
 
 
 def opening(exchanges: list[list[Piece]]) -> str:
-    """The context of the first exchange the speaker speaks in, up to their cue (its scene heading and the
-    last OPENING_TURNS turns): what `sample` with no prompt starts from, so the voice speaks in a scene."""
+    """The context of the first exchange the speaker speaks in, up to their cue (the last OPENING_TURNS turns,
+    after the scene heading where there is one): what `sample` with no prompt starts from, so that the voice
+    speaks in a scene."""
     first = next(e for e in exchanges if any(target for _, target in e))
-    context = [text for text, target in first[: next(i for i, (_, t) in enumerate(first) if t)]]
+    context = [text for text, _ in first[: next(i for i, (_, target) in enumerate(first) if target)]]
     kept = context[-OPENING_TURNS - 1 :]
-    return "".join(context[:1] + kept if len(context) > len(kept) and context[0].startswith(("INT", "EXT"))
-                   else kept)
+    headings = [text for text in context[: len(context) - len(kept)] if HEADING.match(text)]
+    return "".join(headings[-1:] + kept)
 
 
 def encode_pieces(tok: Tokenizer, pieces: list[Piece], dtype: str) -> tuple[np.ndarray, np.ndarray]:
