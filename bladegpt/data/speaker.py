@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bladegpt.data.dataset import DATASET_FILES, MASK_FILES, TOKENIZER_FILE
+from bladegpt.data.dataset import DATASET_FILES, MASK_FILES, TOKENIZER_FILE, fingerprint
 from bladegpt.data.frames import USER, Frame
 from bladegpt.data.prepare import MAX_VOCAB, MIN_VOCAB, PrepareResult, _write_meta, check_out_dir, default_out_dir
 from bladegpt.data.voices import Turn, closest_names, find_files, read, speaker_key
@@ -215,8 +215,6 @@ def write_dataset(out_dir: Path, tok: Tokenizer, splits: dict[str, list[Piece]],
         for split, (ids, mask) in encoded.items():
             write_split(tmp, split, ids, mask if masked[split] else None)
         tok.save(tmp / TOKENIZER_FILE)
-        from bladegpt.data.dataset import fingerprint
-
         text = {split: "".join(t for t, _ in pieces) for split, pieces in splits.items()}
         target = {split: "".join(t for t, is_target in pieces if is_target) for split, pieces in splits.items()}
         meta = {

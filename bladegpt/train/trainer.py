@@ -50,6 +50,29 @@ class TrainResult:
     model: GPT | None = None
 
 
+def target_weights(data: TokenData, starts: torch.Tensor, T: int, world: int) -> torch.Tensor:
+    """What each micro-batch's mean loss (accum,) is multiplied by on a masked dataset, so that the step's
+    gradient is the mean over every target of the global batch, each target weighing the same whichever
+    micro-batch holds it (transformers' num_items_in_batch, after its gradient-accumulation fix of 2024):
+    targets in the micro-batch / targets in the global batch, times the processes (DDP averages ranks).
+    A micro-batch with no target weighs 0, and a global batch with none is a step with zero gradient,
+    never a NaN. Every rank counts the whole global batch itself (it draws it whole): no communication."""
+    mask = data.masks["train"]
+    counts = torch.stack([torch.stack([mask[i + 1 : i + 1 + T].sum() for i in ix.tolist()]).sum()
+                          for ix in starts]).double()
+    return (counts * world / counts.sum().clamp(min=1)).float()
+
+
+def accumulate(loss: torch.Tensor, weights: torch.Tensor | None, index: int, local_accum: int) -> torch.Tensor:
+    """Backpropagate micro-batch `index`'s mean loss: 1/local_accum of it (every token a target), or its weight
+    (target_weights); returns what the step's summed loss adds, so that the logged loss is per target."""
+    if weights is None:
+        (loss / local_accum).backward()
+        return loss.detach()
+    (loss * weights[index]).backward()
+    return loss.detach() * weights[index] * local_accum
+
+
 class Trainer:
     """One training run, fresh or resumed: build it, load_state_dict (a resume), run()."""
 
@@ -196,7 +219,7 @@ class Trainer:
         else:
             starts = self.data.random_starts("train", (cfg.accum, cfg.micro_batch), T, self.batch_gen)
         mine = starts[self.ddp.rank * self.local_accum : (self.ddp.rank + 1) * self.local_accum]
-        weights = self.target_weights(starts, T) if self.data.masked else None
+        weights = target_weights(self.data, starts, T, self.ddp.world) if self.data.masked else None
         total = torch.zeros((), device=self.device)
         for micro, ix in enumerate(mine):
             x, y = self.data.batch("train", ix, T)
@@ -209,13 +232,7 @@ class Trainer:
                 self.forward_model.require_backward_grad_sync = micro == self.local_accum - 1
             with self.runtime.autocast():
                 _, loss = self.forward_model(x, y)
-            if weights is None:
-                total += loss.detach()
-                (loss / self.local_accum).backward()
-            else:  # each micro-batch's mean weighed by its share of the global batch's targets
-                weight = weights[self.ddp.rank * self.local_accum + micro]
-                total += loss.detach() * weight * self.local_accum  # so that the logged mean is per target
-                (loss * weight).backward()
+            total += accumulate(loss, weights, self.ddp.rank * self.local_accum + micro, self.local_accum)
         self.finite &= torch.isfinite(total)  # checked where the loop syncs anyway (logs, saves)
         if cfg.grad_clip > 0:
             self.finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
@@ -227,18 +244,6 @@ class Trainer:
         self.step += 1
         self.lr = lr
         return total
-
-    def target_weights(self, starts: torch.Tensor, T: int) -> torch.Tensor:
-        """What each micro-batch's mean loss (accum,) is multiplied by, on a masked dataset, so that the step's
-        gradient is the mean over every target of the global batch, each target weighing the same whichever
-        micro-batch holds it (transformers' num_items_in_batch, after its gradient-accumulation fix of 2024):
-        targets in the micro-batch / targets in the global batch, times the processes (DDP averages ranks).
-        A micro-batch with no target weighs 0, and a global batch with none is a step with zero gradient,
-        never a NaN. Every rank counts the whole global batch itself (it draws it whole): no communication."""
-        mask = self.data.masks["train"]
-        counts = torch.stack([torch.stack([mask[i + 1 : i + 1 + T].sum() for i in ix.tolist()]).sum()
-                              for ix in starts]).double()
-        return (counts * self.ddp.world / counts.sum().clamp(min=1)).float()
 
     def check_finite(self, *values: float) -> None:
         """Stop, saving nothing, once a loss or gradient is NaN or infinite on any rank: the weights
