@@ -126,7 +126,7 @@ def test_the_cli_names_the_speaker_and_the_counts(script):
 
 def test_a_dataset_from_before_masks_trains_every_token():
     data = TokenData(Path(__file__).parent / "fixtures" / "a57ec7e" / "datasets" / "tales")
-    assert not data.masked and data.masks == {}
+    assert data.masks == {}
     assert data.target_text("val") == data.tokenizer.decode(data.splits["val"].tolist())
     x, y = data.batch("train", torch.tensor([0, 5]), 8)
     assert (y >= 0).all()
@@ -293,3 +293,20 @@ def test_two_ranks_weigh_targets_as_one_process(script, workdir):
     records = [json.loads(line) for line in (workdir / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
     ddp = {r["step"]: r["loss"] for r in records if "val_loss" not in r}
     assert ddp == pytest.approx({r["step"]: r["loss"] for r in single.history if "val_loss" not in r}, abs=1e-4)
+
+
+def test_a_split_without_a_mask_trains_every_token_beside_a_masked_val(script, workdir):
+    """As scripts/speaker_eval.py builds its baselines: train unmasked, val the speaker's lines only."""
+    from bladegpt.data.speaker import write_dataset
+    from bladegpt.tokenizer import train_tokenizer
+
+    s = read_script([script], ["K"])
+    train_part, val_part = split_exchanges(s.exchanges, 0.1, "K")
+    pieces = {"train": [(t, True) for e in train_part for t, _ in e], "val": [p for e in val_part for p in e]}
+    tok = train_tokenizer("char", "".join(t for e in s.exchanges for t, _ in e))
+    meta = write_dataset(workdir / "plain", tok, pieces, {"train": False, "val": True}, {"chat_frame": None}, False)
+    data = TokenData(workdir / "plain")
+    assert set(data.masks) == {"val"} and meta["train_target_tokens"] == meta["train_tokens"]
+    result = train(data.folder, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 4, "eval_interval": 2,
+                                                      "eval_iters": 100}, **EXACT)
+    assert_val_counts_their_tokens_only(result, meta)

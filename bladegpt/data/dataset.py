@@ -113,11 +113,6 @@ class TokenData:
         self.masks = {split: _map_tokens(folder / MASK_FILES[split], self.meta[f"{split}_tokens"], torch.uint8).bool()
                       for split in self.meta.get("masks", ())}  # (N,) True: a target; only the splits that have one
 
-    @property
-    def masked(self) -> bool:
-        """Whether training reads only some tokens as targets (a speaker's lines)."""
-        return bool(self.masks)
-
     def target_text(self, split: str) -> str:
         """The decoded text of the split's target tokens only (the speaker's lines, each with the blank
         line that ends it); the whole split's text where it has no mask."""

@@ -219,7 +219,7 @@ class Trainer:
         else:
             starts = self.data.random_starts("train", (cfg.accum, cfg.micro_batch), T, self.batch_gen)
         mine = starts[self.ddp.rank * self.local_accum : (self.ddp.rank + 1) * self.local_accum]
-        weights = target_weights(self.data, starts, T, self.ddp.world) if self.data.masked else None
+        weights = target_weights(self.data, starts, T, self.ddp.world) if "train" in self.data.masks else None
         total = torch.zeros((), device=self.device)
         for micro, ix in enumerate(mine):
             x, y = self.data.batch("train", ix, T)
