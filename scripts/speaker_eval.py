@@ -119,9 +119,10 @@ def run(args) -> None:
     done = done_rows(results)
     for seed in args.seeds:
         for kind in args.kinds:
-            if (kind, seed) in done:
+            label = kind + args.tag
+            if (label, seed) in done:
                 continue
-            run_dir = Path(args.runs) / f"{kind}-{seed}"
+            run_dir = Path(args.runs) / f"{label}-{seed}"
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "bladegpt", "train", "--data", str(data_root / kind), "--init-from",
                             args.init_from, "--seed", str(seed), "--run", str(run_dir), "--compile", "off",
@@ -129,7 +130,7 @@ def run(args) -> None:
             wall = time.perf_counter() - t0
             records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             evals = [r for r in records if r.get("val_bpb") is not None]
-            row = {"kind": kind, "seed": seed, "steps": records[-1]["step"], "wall_s": round(wall, 1),
+            row = {"kind": label, "seed": seed, "train_flags": args.train_flags, "steps": records[-1]["step"], "wall_s": round(wall, 1),
                    "train_val_bpb": [r["val_bpb"] for r in evals], "cpu": cpu_model(),
                    "threads": os.environ.get("OMP_NUM_THREADS"),
                    **score(str(run_dir / "best.safetensors"), data_root / "masked"),
@@ -137,6 +138,8 @@ def run(args) -> None:
             with open(results, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps({k: v for k, v in row.items() if k != "chat"}), flush=True)
+    if not args.base:
+        return
     if ("base", None) not in {(r["kind"], r.get("seed")) for r in map(json.loads, results.read_text().splitlines())}:
         row = {"kind": "base", "seed": None, "steps": 0, "cpu": cpu_model(),
                **score(args.init_from, data_root / "masked", args.block)}
@@ -169,7 +172,9 @@ def main() -> None:
     r.add_argument("--results", default="results/voices.jsonl")
     r.add_argument("--val-fraction", type=float, default=0.1)
     r.add_argument("--block", type=int, default=1024, help="the context the base model is scored in")
-    r.add_argument("--train-flags", nargs=argparse.REMAINDER, default=[])
+    r.add_argument("--base", action="store_true", help="and score the untouched --init-from model, once")
+    r.add_argument("--tag", default="", help="added to the kind in the rows and run folders: a variant's runs")
+    r.add_argument("--train-flags", nargs=argparse.REMAINDER, default=[], help="more `train` flags (last)")
     args = parser.parse_args()
     if args.command == "build":
         build(Path(args.script), args.speaker, args.init_from, Path(args.out), args.val_fraction)
