@@ -21,6 +21,7 @@ def prepare(
     val_fraction: Annotated[float, typer.Option(help="Share of the text kept for validation (its end).")] = 0.1,
     out: Annotated[Optional[Path], typer.Option(help="Dataset folder \\[default: datasets/NAME].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the dataset already at the folder (earlier runs cannot resume on it).")] = False,
+    speaker: Annotated[Optional[list[str]], typer.Option(help="Train only this speaker's lines, what comes before them kept as context the loss skips; repeat it for other spellings of the same character (--speaker K --speaker \"OFFICER K\"). --list-speakers shows the names.", show_default=False)] = None,
     list_speakers: Annotated[bool, typer.Option("--list-speakers", help="Only list who speaks in the files (screenplays, Fountain, plays, transcripts, subtitles, EPUB or prose novels, WhatsApp/Telegram/Discord exports) and how much; writes nothing.")] = False,
 ) -> None:
     """Turn text into a dataset: a tokenizer, train/val token files and their metadata."""
@@ -42,8 +43,14 @@ def prepare(
         progress.update(task, completed=done, total=total)
 
     try:
-        result = prepare_data(inputs, out, tokenizer, vocab_size, val_fraction, progress=encoded, force=force,
-                              tokenizer_from=tokenizer_from)
+        if speaker:
+            from bladegpt.data.speaker import prepare_speaker
+
+            result = prepare_speaker(inputs, speaker, out, tokenizer, vocab_size, val_fraction, force=force,
+                                     tokenizer_from=tokenizer_from, progress=encoded)
+        else:
+            result = prepare_data(inputs, out, tokenizer, vocab_size, val_fraction, progress=encoded, force=force,
+                                  tokenizer_from=tokenizer_from)
     finally:
         if progress.live.is_started:  # stopping one never started still prints a blank line
             progress.stop()

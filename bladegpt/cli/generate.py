@@ -60,6 +60,10 @@ def sample(
     check_samples(num_samples)
     settings = SampleSettings(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, no_copy)
     sampler = Sampler(checkpoint, device, precision, compile, say=lambda line: err_console.print(line, style="dim"))
+    if not prompt:  # a speaker's voice opens a scene, up to their cue (prepare --speaker); others start blank
+        from bladegpt.generate.chat import recorded_opening
+
+        prompt = recorded_opening(sampler.checkpoint)
     err_console.print(f"[dim]{sampler.checkpoint} · seed {seed} · {sampler.precision}[/]", highlight=False)
     meter = copymeter.for_checkpoint(sampler.checkpoint) if copy_check is not False else None
     if copy_check and meter is None:
@@ -116,6 +120,7 @@ def _copied(meter, texts: list[str]) -> str:
 def chat(
     checkpoint: CheckpointOpt = None,
     frame: Annotated[Optional[str], typer.Option(help="How the talk is written: quotes (\"...\" lines), play (NAME: lines) or lines \\[default: the corpus's, found when it was prepared].")] = None,
+    speak_as: Annotated[Optional[str], typer.Option("--as", help="In the play frame, the speaker your lines are written as \\[default: for a voice prepared with --speaker, the one they talk with most; else YOU].", show_default=False)] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 200,
     temperature: TemperatureOpt = 0.8,
     top_k: TopKOpt = 200,
@@ -131,7 +136,7 @@ def chat(
     """Talk with the voice: type a line, it answers in the text's voice. Ctrl-D or Ctrl-C ends."""
     from bladegpt.generate.chat import Conversation, recorded_frame
     from bladegpt.encoding import keep_typed_bytes, read_typed
-    from bladegpt.data.frames import check_kind, choose
+    from bladegpt.data.frames import check_kind, choose, speaking_as
     from bladegpt.generate.sampler import Sampler
     from bladegpt.generate.settings import SampleSettings
 
@@ -142,6 +147,8 @@ def chat(
     if no_copy is not None:
         sampler.copy_rule(no_copy)  # a training text that is not known: one line, before the talk starts
     chosen, source = choose(frame, recorded_frame(sampler.checkpoint), sampler.tokenizer.encode)
+    if speak_as is not None:
+        chosen = speaking_as(chosen, speak_as)
     talk = Conversation(sampler, chosen, settings)
     interactive = sys.stdin.isatty()
     keep_typed_bytes()

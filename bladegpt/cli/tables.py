@@ -26,12 +26,26 @@ def prepared_table(result, vocab_sized: bool) -> Table:
         ("bytes per token", f"{m['bytes'] / (m['train_tokens'] + m['val_tokens']):.2f}"),
         ("train tokens", f"{m['train_tokens']:,}"),
         ("val tokens", f"{m['val_tokens']:,}"),
+        *speaker_rows(m),
         ("chat frame", Frame.from_dict(m["chat_frame"]).describe()),
         ("took", f"{m['seconds']:.1f} s ({m['bytes'] / 1e6 / max(m['encode_seconds'], 1e-9):.1f} MB/s encoding)"),
         ("written to", str(result.out_dir)),
     ]:
         table.add_row(label, value)
     return table
+
+
+def speaker_rows(m: dict) -> list[tuple[str, str]]:
+    """A speaker's dataset's rows: whose lines are the targets, and how much is target and context."""
+    if "speaker" not in m:
+        return []
+    s = m["speaker"]
+    formats = ", ".join(sorted({f["format"] for f in m["source_formats"]}))
+    return [("read as", formats),
+            ("speaker", s["name"] + (f" (as {', '.join(s['aliases'])})" if len(s["aliases"]) > 1 else "")),
+            ("target lines / tokens", f"{s['target_lines']:,} / {m['target_tokens']:,}"),
+            ("context lines / tokens", f"{s['context_lines']:,} / {m['context_tokens']:,}"),
+            ("val", f"the last {s['val_exchanges']:,} exchanges, {m['val_target_tokens']:,} target tokens")]
 
 
 def bench_table(result: dict) -> Table:

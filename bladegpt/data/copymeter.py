@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bladegpt.data.copyindex import TEXT_END, CopyIndex, read_index, write_index
-from bladegpt.data.dataset import TOKENIZER_FILE, fingerprint as hash_files, read_meta
+from bladegpt.data.dataset import MASK_FILES, TOKENIZER_FILE, fingerprint as hash_files, read_meta
 from bladegpt.errors import DataError
 from bladegpt.files import cache_dir
 from bladegpt.runs import RUN_FILE, read_run
@@ -110,6 +110,9 @@ def for_dataset(folder: Path, fingerprint: str | None = None) -> CopyIndex:
             n = meta["train_tokens"]
             ids = np.memmap(folder / "train.bin", dtype=dtype, mode="r", shape=(n,)) if n else np.empty(0, dtype)
             text_bytes = meta.get("train_bytes", 4 * n)
+            if "train" in meta.get("masks", ()):  # a speaker's dataset: a sample is held against their lines only
+                ids = ids[np.fromfile(folder / MASK_FILES["train"], dtype=np.uint8, count=n).astype(bool)]
+                text_bytes = meta.get("train_target_bytes", text_bytes)
             tokenizer = functools.partial(load_tokenizer, folder / TOKENIZER_FILE)  # loaded only to build
             _INDEXES[key] = dataset_index(folder, ids, tokenizer, actual, text_bytes)
         return _INDEXES[key]

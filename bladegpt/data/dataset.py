@@ -15,7 +15,10 @@ DATASETS_DIR = Path("datasets")
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKEN_FILES = ("train.bin", "val.bin")
-DATASET_FILES = {META_FILE, TOKENIZER_FILE, *TOKEN_FILES}
+# Which tokens are targets (uint8 a token, 1: trained on and scored), where prepare --speaker wrote them; a
+# split without one trains on every token, as every dataset from before them does.
+MASK_FILES = {"train": "train_mask.bin", "val": "val_mask.bin"}
+DATASET_FILES = {META_FILE, TOKENIZER_FILE, *TOKEN_FILES, *MASK_FILES.values()}
 
 
 def latest_dataset(root: Path = DATASETS_DIR) -> Path:
@@ -28,9 +31,11 @@ def latest_dataset(root: Path = DATASETS_DIR) -> Path:
 
 def fingerprint(folder: Path) -> str:
     """A hash of the token files and tokenizer: a run records it, and resume checks its data is the same.
-    prepare computes the same hash as it writes (for datasets from before, it is computed here)."""
+    prepare computes the same hash as it writes (for datasets from before, it is computed here). Mask files,
+    where there are, are hashed last (a dataset without them hashes as it always has)."""
     digest = hashlib.sha256()
-    for name in (*TOKEN_FILES, TOKENIZER_FILE):
+    masks = [name for name in MASK_FILES.values() if (Path(folder) / name).is_file()]
+    for name in (*TOKEN_FILES, TOKENIZER_FILE, *masks):
         with open(Path(folder) / name, "rb") as f:
             while block := f.read(1 << 22):
                 digest.update(block)
@@ -46,6 +51,8 @@ def read_meta(folder: Path) -> dict:
         for key in ("vocab_size", "train_tokens", "val_tokens"):
             if not isinstance(meta[key], int) or meta[key] < 0:
                 raise ValueError(f"{key} is not a count")
+        if not isinstance(meta.get("masks", []), list) or not set(meta.get("masks", [])) <= set(MASK_FILES):
+            raise ValueError(f"masks {meta['masks']!r} are not splits")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise DataError(f"{path} is damaged ({e}); prepare the dataset again with `bladegpt prepare`.") from None
     return meta
@@ -103,6 +110,16 @@ class TokenData:
         dtype = torch.uint16 if self.meta["dtype"] == "uint16" else torch.uint32
         self.splits = {split: _map_tokens(folder / f"{split}.bin", self.meta[f"{split}_tokens"], dtype)
                        for split in ("train", "val")}
+        self.masks = {split: _map_tokens(folder / MASK_FILES[split], self.meta[f"{split}_tokens"], torch.uint8).bool()
+                      for split in self.meta.get("masks", ())}  # (N,) True: a target; only the splits that have one
+
+    def target_text(self, split: str) -> str:
+        """The decoded text of the split's target tokens only (the speaker's lines, each with the blank
+        line that ends it); the whole split's text where it has no mask."""
+        tokens = self.splits[split]
+        if split in self.masks:
+            tokens = tokens[self.masks[split]]
+        return self.tokenizer.decode(tokens.tolist())
 
     @property
     def fingerprint(self) -> str:
@@ -137,12 +154,16 @@ class TokenData:
                 )
 
     def batch(self, split: str, ix, block_size: int):
-        """Inputs and next-token targets (B, T) for the windows starting at ix (B,)."""
+        """Inputs and next-token targets (B, T) for the windows starting at ix (B,); a target outside the
+        split's mask is -1 (the loss ignores it)."""
         import torch
 
         data = self.splits[split]
         x = torch.stack([data[i : i + block_size] for i in ix.tolist()]).long()
         y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix.tolist()]).long()
+        if split in self.masks:
+            mask = torch.stack([self.masks[split][i + 1 : i + 1 + block_size] for i in ix.tolist()])
+            y = y.masked_fill(~mask, -1)
         return x, y
 
     def unigram_noise(self, x, share: float, generator):

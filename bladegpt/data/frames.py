@@ -33,12 +33,13 @@ class Frame:
 
     kind: str
     voice: str | None = None  # a play's speaker the voice answers as; None: the model writes who speaks
+    you: str = USER  # a play's speaker your lines are written as (a speaker's dataset: whom they talk with most)
 
     def user(self, line: str) -> str:
         if self.kind == "quotes":
             return f'"{line}"\n\n'
         if self.kind == "play":
-            return f"{USER}:\n{line}\n\n"
+            return f"{self.you}:\n{line}\n\n"
         return f"{line}\n"
 
     def turn(self) -> str:
@@ -61,18 +62,20 @@ class Frame:
 
     def describe(self) -> str:
         if self.kind == "play":
-            return f"play: you speak as {USER}, the voice answers as {self.voice}" if self.voice else \
-                "play: you speak as YOU, the voice answers as whom it chooses"
+            return f"play: you speak as {self.you}, the voice answers as {self.voice}" if self.voice else \
+                f"play: you speak as {self.you}, the voice answers as whom it chooses"
         return {"quotes": 'quotes: each line a "..." of its own', "lines": "lines: one plain line each"}[self.kind]
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "voice": self.voice}
+        return {"kind": self.kind, "voice": self.voice, **({"you": self.you} if self.you != USER else {})}
 
     @classmethod
     def from_dict(cls, data: object) -> Frame | None:
         """A recorded frame, or None when there is none (or it is not one this version knows)."""
         if isinstance(data, dict) and data.get("kind") in KINDS and isinstance(data.get("voice"), (str, type(None))):
-            return cls(data["kind"], data["voice"] if data["kind"] == "play" else None)
+            play = data["kind"] == "play"
+            you = data.get("you") if play and isinstance(data.get("you"), str) and data["you"].strip() else USER
+            return cls(data["kind"], data["voice"] if play else None, you)
         return None
 
 
@@ -122,6 +125,17 @@ def check_kind(kind: str | None) -> None:
     """A --frame that is not a frame: one line, before the model loads."""
     if kind is not None and kind not in KINDS:
         raise UserError(f"Unknown --frame '{kind}'; choose one of: {', '.join(KINDS)}.")
+
+
+def speaking_as(frame: Frame, name: str) -> Frame:
+    """The frame with your lines written as `name` (chat --as); only a play names who speaks."""
+    if frame.kind != "play":
+        raise UserError(f"--as names who you speak as in the play frame, and this talk is in the {frame.kind} "
+                        "frame; add --frame play, or leave --as out.")
+    if not name.strip() or "\n" in name or ":" in name:
+        raise UserError(f"--as {name!r} cannot be written as a speaker's cue; give a name without colons or line "
+                        "breaks, as the script spells it.")
+    return Frame(frame.kind, frame.voice, name.strip())
 
 
 def choose(kind: str | None, recorded: Frame | None, encode) -> tuple[Frame, str]:

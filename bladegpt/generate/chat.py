@@ -21,17 +21,29 @@ from bladegpt.generate.settings import SampleSettings
 KEEP_CHARS = 100_000  # far more than any context here holds; the rest is never read again
 
 
-def recorded_frame(checkpoint: Path) -> Frame | None:
-    """The frame recorded for the corpus a checkpoint learned from: in its run's run.json, else in
-    the run's dataset's meta.json; None for runs and datasets from before frames were recorded."""
+def recorded(checkpoint: Path, key: str) -> object:
+    """What was recorded under `key` for the corpus a checkpoint learned from: in its run's run.json, else in
+    the run's dataset's meta.json; None for runs and datasets from before it was recorded."""
     try:
         saved = json.loads((Path(checkpoint).parent / RUN_FILE).read_text(encoding="utf-8"))
-        if "chat_frame" in saved:
-            return Frame.from_dict(saved["chat_frame"])
+        if key in saved:
+            return saved[key]
         meta = json.loads((Path(saved["dataset"]) / META_FILE).read_text(encoding="utf-8"))
-        return Frame.from_dict(meta.get("chat_frame"))
+        return meta.get(key)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no run, no dataset, damaged: none
         return None
+
+
+def recorded_frame(checkpoint: Path) -> Frame | None:
+    """The frame recorded for the corpus a checkpoint learned from (None for runs from before frames)."""
+    return Frame.from_dict(recorded(checkpoint, "chat_frame"))
+
+
+def recorded_opening(checkpoint: Path) -> str:
+    """What `sample` starts from with no prompt: a speaker's dataset's opening of a scene, up to their cue
+    (prepare --speaker); "" for any other run."""
+    opening = recorded(checkpoint, "opening")
+    return opening if isinstance(opening, str) else ""
 
 
 class Conversation:

@@ -87,6 +87,7 @@ def train(
                         "preset": preset, "init_from": init_from,  # neither: the default, sized to the text
                         "origin": plan.origin, "model": plan.model_cfg.to_dict(), "train": plan.train_cfg.to_dict(),
                         "chat_frame": plan.data.meta.get("chat_frame"),  # how chat writes the talk (data/frames.py)
+                        "opening": plan.data.meta.get("opening", ""),  # what sample starts from with no prompt
                     }
                     if plan.model is not None and getattr(plan.model, "lora", None) is not None:
                         record["lora"] = plan.model.lora.to_dict()

@@ -68,7 +68,8 @@ class Evaluator:
         return nats / tokens, nats / (math.log(2) * n_bytes)
 
     def sample(self, model: GPT) -> str | None:
-        """A short text from an empty prompt, the same seed every evaluation, so the voice can be watched."""
+        """A short text from an empty prompt (a speaker's dataset: the opening of a scene, up to their cue), the
+        same seed every evaluation, so the voice can be watched."""
         if not self.ddp.main or self.cfg.sample_tokens <= 0:
             return None
         tok = self.data.tokenizer
@@ -77,7 +78,8 @@ class Evaluator:
         if self.sample_precision is None:  # generation's own choice, measured once: bf16 autocast or fp32
             self.sample_precision = decode_precision(model, self.device, cast=False)  # (weights never cast)
         with autocast(self.device, self.sample_precision):
-            ids = list(generate(model, prompt_ids(tok, ""), self.cfg.sample_tokens, tok.vocab_size, gen,
+            opening = prompt_ids(tok, self.data.meta.get("opening", ""))  # a speaker's dataset: the scene's start
+            ids = list(generate(model, opening, self.cfg.sample_tokens, tok.vocab_size, gen,
                                 **SampleSettings(self.cfg.sample_tokens, repetition_penalty=REPETITION_PENALTY).knobs(),
                                 stop=tok.stop_ids))
         model.train()

@@ -52,6 +52,29 @@ class TrainResult:
     phases: dict[str, list[float]] = field(default_factory=dict)  # wall seconds by phase (runbook.Phases)
 
 
+def target_weights(data: TokenData, starts: torch.Tensor, T: int, world: int) -> torch.Tensor:
+    """What each micro-batch's mean loss (accum,) is multiplied by on a masked dataset, so that the step's
+    gradient is the mean over every target of the global batch, each target weighing the same whichever
+    micro-batch holds it (transformers' num_items_in_batch, after its gradient-accumulation fix of 2024):
+    targets in the micro-batch / targets in the global batch, times the processes (DDP averages ranks).
+    A micro-batch with no target weighs 0, and a global batch with none is a step with zero gradient,
+    never a NaN. Every rank counts the whole global batch itself (it draws it whole): no communication."""
+    mask = data.masks["train"]
+    counts = torch.stack([torch.stack([mask[i + 1 : i + 1 + T].sum() for i in ix.tolist()]).sum()
+                          for ix in starts]).double()
+    return (counts * world / counts.sum().clamp(min=1)).float()
+
+
+def accumulate(loss: torch.Tensor, weights: torch.Tensor | None, index: int, local_accum: int) -> torch.Tensor:
+    """Backpropagate micro-batch `index`'s mean loss: 1/local_accum of it (every token a target), or its weight
+    (target_weights); returns what the step's summed loss adds, so that the logged loss is per target."""
+    if weights is None:
+        (loss / local_accum).backward()
+        return loss.detach()
+    (loss * weights[index]).backward()
+    return loss.detach() * weights[index] * local_accum
+
+
 class Trainer:
     """One training run, fresh or resumed: build it, load_state_dict (a resume), run()."""
 
@@ -198,6 +221,7 @@ class Trainer:
         else:
             starts = self.data.random_starts("train", (cfg.accum, cfg.micro_batch), T, self.batch_gen)
         mine = starts[self.ddp.rank * self.local_accum : (self.ddp.rank + 1) * self.local_accum]
+        weights = target_weights(self.data, starts, T, self.ddp.world) if "train" in self.data.masks else None
         total = torch.zeros((), device=self.device)
         for micro, ix in enumerate(mine):
             x, y = self.data.batch("train", ix, T)
@@ -210,8 +234,7 @@ class Trainer:
                 self.forward_model.require_backward_grad_sync = micro == self.local_accum - 1
             with self.runtime.autocast():
                 _, loss = self.forward_model(x, y)
-            total += loss.detach()
-            (loss / self.local_accum).backward()
+            total += accumulate(loss, weights, self.ddp.rank * self.local_accum + micro, self.local_accum)
         self.finite &= torch.isfinite(total)  # checked where the loop syncs anyway (logs, saves)
         if cfg.grad_clip > 0:
             self.finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
