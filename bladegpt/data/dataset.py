@@ -113,14 +113,6 @@ class TokenData:
         self.masks = {split: _map_tokens(folder / MASK_FILES[split], self.meta[f"{split}_tokens"], torch.uint8).bool()
                       for split in self.meta.get("masks", ())}  # (N,) True: a target; only the splits that have one
 
-    def target_text(self, split: str) -> str:
-        """The decoded text of the split's target tokens only (the speaker's lines, each with the blank
-        line that ends it); the whole split's text where it has no mask."""
-        tokens = self.splits[split]
-        if split in self.masks:
-            tokens = tokens[self.masks[split]]
-        return self.tokenizer.decode(tokens.tolist())
-
     @property
     def fingerprint(self) -> str:
         """What runs record of their data (datasets from before fingerprints are hashed now)."""
@@ -137,11 +129,16 @@ class TokenData:
         return int(lengths[self.splits["train"].long()].sum())
 
     def target_text(self, split: str) -> str:
-        """The text a split's model is judged against (the voice report's held-out text): the split decoded,
-        each document separator (a stop id) a line break rather than its spelling."""
+        """The text a split's model is judged against (the voice report's held-out text, the copy meter's
+        text): the split's target tokens decoded (a speaker's dataset: their lines, each with the blank line
+        that ends it; else the whole split), each document separator (a stop id) a line break rather than
+        its spelling."""
+        tokens = self.splits[split]
+        if split in self.masks:
+            tokens = tokens[self.masks[split]]
         stops = set(self.tokenizer.stop_ids)
         table = [b"\n" if i in stops else self.tokenizer.token_bytes(i) for i in range(self.tokenizer.vocab_size)]
-        return b"".join(table[i] for i in self.splits[split].tolist()).decode("utf-8", errors="replace")
+        return b"".join(table[i] for i in tokens.tolist()).decode("utf-8", errors="replace")
 
     def check_fits(self, block_size: int) -> None:
         for split, tokens in self.splits.items():
