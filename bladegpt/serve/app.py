@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from bladegpt.config import REPETITION_PENALTY
 from bladegpt.data.copymeter import Background
 from bladegpt.data.frames import Frame
 from bladegpt.errors import UserError
@@ -104,7 +105,7 @@ async def completions(request: Request) -> Response:
     body = await _json(request)
     _check(request, body)
     voice: Voice = request.app.state.voice
-    want = asked(body, ("max_tokens",))
+    want = asked(body, ("max_tokens",), REPETITION_PENALTY)  # as `sample` draws, so a seed gives sample's text
     return await _respond(request, _ids(voice, prompt_of(body), "prompt", "prompt"), want, want.stops, chat=False)
 
 

@@ -60,8 +60,9 @@ def _number(body: dict, name: str, default, whole: bool = False):
     return int(value) if whole else float(value)
 
 
-def asked(body: dict, max_tokens_names: tuple[str, ...]) -> Asked:
-    """The settings a completions or chat request asks for; sample's defaults for what it leaves out."""
+def asked(body: dict, max_tokens_names: tuple[str, ...], repetition_penalty: float | None = None) -> Asked:
+    """The settings a completions or chat request asks for; sample's defaults for what it leaves out, and
+    `repetition_penalty` where it leaves that out (completions: sample's; chat: off, as chat's)."""
     for name, neutral in UNSUPPORTED.items():
         if name in body and body[name] not in neutral:
             raise ApiError(400, f"'{name}' is not supported by this server; leave it out.", name)
@@ -77,7 +78,7 @@ def asked(body: dict, max_tokens_names: tuple[str, ...]) -> Asked:
             max_new_tokens=max_tokens, temperature=_number(body, "temperature", defaults.temperature),
             top_k=None if top_k in (0, -1) else top_k,  # 0 and -1 mean "off" to llama.cpp and vLLM
             top_p=_number(body, "top_p", defaults.top_p), min_p=_number(body, "min_p", defaults.min_p),
-            repetition_penalty=_number(body, "repetition_penalty", defaults.repetition_penalty),
+            repetition_penalty=_number(body, "repetition_penalty", repetition_penalty),
             seed=random.randrange(2**31) if seed is None else seed, no_copy=_number(body, "no_copy", None, whole=True))
     except UserError as e:
         raise ApiError(400, as_field(e)) from None
