@@ -36,7 +36,8 @@ RANK = {room: rank for rank, rooms in enumerate(STAGES) for room in rooms}
 # An import inside a function is for the CLI's instant --help (cli/), or a heavy dependency a caller may not need;
 # never to get around a cycle. The BladeGPT modules imported so outside cli/, each with its reason:
 LAZY = {"bladegpt/data/prepare.py": "sources (torch) only for --tokenizer-from: prepare stays torch-free",
-        "bladegpt/data/speaker.py": "sources (torch) only for --tokenizer-from, as prepare.py"}
+        "bladegpt/data/speaker.py": "sources (torch) only for --tokenizer-from, as prepare.py",
+        "bladegpt/data/frames.py": "the readers (86 ms: pysubs2, webvtt-py, ebooklib) only for chat --as"}
 
 
 def module_name(path: Path) -> str:

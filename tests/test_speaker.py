@@ -107,8 +107,14 @@ def test_aliases_are_one_speaker_written_as_the_commonest_spelling(workdir):
 
 
 def test_a_name_not_found_or_an_srt_is_one_line_and_writes_nothing(script, workdir):
+    prose = write(workdir, "plain.txt", "It rained all night in the city, and the street was empty.\n" * 40)
     before = snapshot(workdir)
     assert_one_line_error(invoke("prepare", script, "--speaker", "JO"), "No speaker 'JO'", "closest are JOI")
+    assert_one_line_error(invoke("prepare", script, "--speaker", "OFFICER K"), "No speaker 'OFFICER K'", "closest are K")
+    assert_one_line_error(invoke("prepare", prose, "--speaker", "K"), "names no speakers (read as prose)",
+                          "without --speaker")
+    assert_one_line_error(invoke("prepare", script, "--speaker", "K", "--list-speakers"), "--list-speakers",
+                          "--speaker")
     srt = write(workdir, "film.srt", "1\n00:00:01,000 --> 00:00:02,000\nHello.\n\n2\n00:00:03,000 --> "
                                      "00:00:04,000\nGoodbye.\n")
     before = snapshot(workdir)
@@ -231,6 +237,13 @@ def test_chat_speaks_as_the_other_party_and_sample_opens_a_scene(script, workdir
                                input="Hi\n")
     assert other.exit_code == 0 and "you speak as MADAM" in " ".join(other.output.split()), other.output
     assert_one_line_error(invoke("chat", "--checkpoint", best, "--as", "A:B"), "--as", "colons")
+    assert_one_line_error(invoke("chat", "--checkpoint", best, "--as", "k"), "--as k is the voice itself", "--as JOI")
+    spelled = CliRunner().invoke(app, ["chat", "--checkpoint", str(best), "--as", "madam", "--max-new-tokens", "5"],
+                                 input="Hi\n")  # the script's spelling, the one the model learnt
+    assert spelled.exit_code == 0 and "you speak as MADAM" in " ".join(spelled.output.split()), spelled.output
+    stranger = CliRunner().invoke(app, ["chat", "--checkpoint", str(best), "--as", "NOBODY", "--max-new-tokens", "5"],
+                                  input="Hi\n")
+    assert stranger.exit_code == 0 and "NOBODY never speaks in the text" in " ".join(stranger.output.split())
     sample = invoke("sample", "--checkpoint", best, "--seed", "1", "--max-new-tokens", "10", "--no-copy-check")
     assert sample.exit_code == 0 and sample.stdout.startswith(recorded_opening(best)), sample.output
     assert json.loads((result.run_dir / "run.json").read_text())["opening"] == recorded_opening(best)

@@ -37,6 +37,9 @@ def bench(
         with err_console.status("Re-measuring what `auto` cached for this machine..."):
             retake(say=lambda line: err_console.print(line, style="dim", highlight=False))
     if wall_time is not None:
+        if str(wall_time).startswith("-"):  # `bench --wall-time --help`: the option took the flag as its text
+            fail(f"--wall-time takes a text file or folder, e.g. --wall-time corpora/officer_k.txt --init-from "
+                 f"MODEL, not {wall_time}; `bladegpt bench --help` lists the flags.")
         if generate:
             fail("--wall-time times training and --generate times generation: choose one.")
         from bladegpt.cli.tables import wall_time_table

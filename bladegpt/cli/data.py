@@ -21,12 +21,21 @@ def prepare(
     val_fraction: Annotated[float, typer.Option(help="Share of the text kept for validation (its end).")] = 0.1,
     out: Annotated[Optional[Path], typer.Option(help="Dataset folder \\[default: datasets/NAME].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the dataset already at the folder (earlier runs cannot resume on it).")] = False,
-    speaker: Annotated[Optional[list[str]], typer.Option(help="Train only this speaker's lines, what comes before them kept as context the loss skips; repeat it for other spellings of the same character (--speaker K --speaker \"OFFICER K\"). --list-speakers shows the names.", show_default=False)] = None,
+    speaker: Annotated[Optional[list[str]], typer.Option(help="Train only this speaker's lines, what comes before them kept as context the loss skips; repeat it for other spellings the files use for the same character (--speaker K --speaker \"OFFICER K\"). --list-speakers shows the names.", show_default=False)] = None,
     list_speakers: Annotated[bool, typer.Option("--list-speakers", help="Only list who speaks in the files (screenplays, Fountain, plays, transcripts, subtitles, EPUB or prose novels, WhatsApp/Telegram/Discord exports) and how much; writes nothing.")] = False,
 ) -> None:
     """Turn text into a dataset: a tokenizer, train/val token files and their metadata."""
     if list_speakers:
         from bladegpt.cli.speakers import show_speakers
+        from bladegpt.errors import UserError
+
+        unused = [flag for flag, given in (("--speaker", speaker), ("--out", out), ("--force", force),
+                                           ("--tokenizer-from", tokenizer_from), ("--vocab-size", vocab_size),
+                                           ("--tokenizer", tokenizer != "bpe"), ("--val-fraction", val_fraction != 0.1))
+                  if given]
+        if unused:
+            raise UserError(f"--list-speakers only lists who speaks and writes nothing, so {', '.join(unused)} would "
+                            "do nothing; run it alone first, then prepare without --list-speakers.")
 
         return show_speakers(inputs, console)
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn

@@ -134,9 +134,10 @@ def chat(
     compile: DecodeCompileOpt = "auto",
 ) -> None:
     """Talk with the voice: type a line, it answers in the text's voice. Ctrl-D or Ctrl-C ends."""
-    from bladegpt.generate.chat import Conversation, recorded_frame
+    from bladegpt.generate.chat import Conversation, recorded, recorded_frame
     from bladegpt.encoding import keep_typed_bytes, read_typed
     from bladegpt.data.frames import check_kind, choose, speaking_as
+    from bladegpt.data.voices.turns import closest_names
     from bladegpt.generate.sampler import Sampler
     from bladegpt.generate.settings import SampleSettings
 
@@ -148,7 +149,14 @@ def chat(
         sampler.copy_rule(no_copy)  # a training text that is not known: one line, before the talk starts
     chosen, source = choose(frame, recorded_frame(sampler.checkpoint), sampler.tokenizer.encode)
     if speak_as is not None:
-        chosen = speaking_as(chosen, speak_as)
+        speaker = recorded(sampler.checkpoint, "speaker")
+        cast = speaker.get("cast", []) if isinstance(speaker, dict) else []
+        chosen = speaking_as(chosen, speak_as, cast)
+        if cast and chosen.you not in cast:
+            close = closest_names(speak_as, cast)
+            err_console.print(f"{chosen.you} never speaks in the text the voice learnt from"
+                              + (f" (the closest: {', '.join(close)})" if close else "") + "; talking as them anyway.",
+                              style="yellow", highlight=False, soft_wrap=True, markup=False)
     talk = Conversation(sampler, chosen, settings)
     interactive = sys.stdin.isatty()
     keep_typed_bytes()

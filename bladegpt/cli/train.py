@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -89,5 +90,12 @@ def train(
     if run["best_val_bpb"] is not None:
         best = (f"best val {run['best_val_bpb']:.3f} bits per byte (loss {run['best_val_loss']:.4f}) "
                 f"at step {run['best_step']:,}")
-    console.print(f"Done: step {result.step:,}, {best}, {duration(result.elapsed_s)}. Next: [bold]bladegpt "
-                  f"sample --checkpoint {escape(str(result.run_dir))}[/], with your opening words after it.")
+    run_dir = escape(str(result.run_dir))
+    try:  # a speaker's voice (prepare --speaker) records the scene it opens
+        voice = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8")).get("opening")
+    except (OSError, ValueError, AttributeError):
+        voice = None
+    after = (f"[bold]bladegpt chat --checkpoint {run_dir}[/] to talk with the voice, or [bold]bladegpt sample "
+             f"--checkpoint {run_dir}[/] to watch it open a scene." if voice else
+             f"[bold]bladegpt sample --checkpoint {run_dir}[/], with your opening words after it.")
+    console.print(f"Done: step {result.step:,}, {best}, {duration(result.elapsed_s)}. Next: {after}")

@@ -127,15 +127,22 @@ def check_kind(kind: str | None) -> None:
         raise UserError(f"Unknown --frame '{kind}'; choose one of: {', '.join(KINDS)}.")
 
 
-def speaking_as(frame: Frame, name: str) -> Frame:
-    """The frame with your lines written as `name` (chat --as); only a play names who speaks."""
+def speaking_as(frame: Frame, name: str, cast: list[str] = ()) -> Frame:
+    """The frame with your lines written as `name` (chat --as), spelled as the script's `cast` spells them
+    where they are in it; only a play names who speaks, and you cannot be the voice."""
+    from bladegpt.data.voices.turns import same_speaker  # the readers' name folding, loaded only for --as
+
     if frame.kind != "play":
         raise UserError(f"--as names who you speak as in the play frame, and this talk is in the {frame.kind} "
                         "frame; add --frame play, or leave --as out.")
     if not name.strip() or "\n" in name or ":" in name:
         raise UserError(f"--as {name!r} cannot be written as a speaker's cue; give a name without colons or line "
                         "breaks, as the script spells it.")
-    return Frame(frame.kind, frame.voice, name.strip())
+    if frame.voice and same_speaker(name, frame.voice):
+        raise UserError(f"--as {name} is the voice itself, who answers you; speak as someone else (--as "
+                        f"{next((c for c in cast if not same_speaker(c, frame.voice)), 'YOU')}), or leave --as out.")
+    spelled = next((c for c in cast if same_speaker(c, name)), name.strip())
+    return Frame(frame.kind, frame.voice, spelled)
 
 
 def choose(kind: str | None, recorded: Frame | None, encode) -> tuple[Frame, str]:

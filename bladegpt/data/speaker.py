@@ -49,6 +49,7 @@ class Script:
     formats: list[dict]  # {"path", "format"} a file
     target_lines: int
     context_lines: int
+    cast: list[str]  # everyone who speaks, as the frame writes them, most lines first: whom `chat --as` can be
 
 
 def target_bytes(exchange: list[Piece]) -> int:
@@ -84,11 +85,17 @@ def read_script(inputs: list[Path], names: list[str]) -> Script:
                 spellings[speaker_key(t.speaker)][t.speaker] += 1
     shown = {key: counts.most_common(1)[0][0] for key, counts in spellings.items()}
     keys = {speaker_key(n) for n in names}
+    where = ", ".join(str(p) for p, _, _ in readings)
+    if not spellings:
+        read_as = ", ".join(sorted({kind for _, kind, _ in readings}))
+        raise DataError(f"{where} names no speakers (read as {read_as}), so --speaker has no lines to choose; give a "
+                        "screenplay, play, transcript, subtitles with voices, a novel or a chat export, or prepare "
+                        "it without --speaker.")
     for n in names:
         if speaker_key(n) not in spellings:
             close = closest_names(n, sorted(shown.values()))
             hint = f"the closest are {', '.join(close)}" if close else "`--list-speakers` shows who speaks"
-            raise DataError(f"No speaker '{n}' in {', '.join(str(p) for p, _, _ in readings)}; {hint}.")
+            raise DataError(f"No speaker '{n}' in {where}; {hint}.")
     ours = Counter({k: sum(spellings[k].values()) for k in keys})
     name = shown[ours.most_common(1)[0][0]]
     exchanges, before, lines = [], Counter(), Counter()
@@ -116,7 +123,8 @@ def read_script(inputs: list[Path], names: list[str]) -> Script:
             exchanges.append(current)  # a file where they never speak
     interlocutor = shown[before.most_common(1)[0][0]] if before else None
     formats = [{"path": str(p), "format": kind} for p, kind, _ in readings]
-    return Script(exchanges, name, list(names), interlocutor, formats, lines["target"], lines["context"])
+    cast = [shown[key] for key, _ in Counter({k: sum(c.values()) for k, c in spellings.items()}).most_common()]
+    return Script(exchanges, name, list(names), interlocutor, formats, lines["target"], lines["context"], cast)
 
 
 def split_exchanges(exchanges: list[list[Piece]], val_fraction: float, name: str) -> tuple[list, list]:
@@ -302,7 +310,7 @@ def speaker_meta(script: Script, frame: Frame, opening_text: str, val_fraction: 
         "val_fraction": val_fraction,
         "speaker": {"name": script.name, "aliases": script.aliases, "interlocutor": script.interlocutor,
                     "target_lines": script.target_lines, "context_lines": script.context_lines,
-                    "val_exchanges": val_exchanges},
+                    "val_exchanges": val_exchanges, "cast": script.cast},
         "chat_frame": frame.to_dict(),
         "opening": opening_text,
     }

@@ -84,10 +84,14 @@ def same_speaker(a: str, b: str) -> bool:
 
 
 def closest_names(name: str, names: list[str], n: int = 3) -> list[str]:
-    """The speakers in `names` spelled most like `name` (difflib's ratio, at least 0.6), likeliest first:
-    for a "no speaker NAME; did you mean ...?" line."""
+    """The speakers in `names` spelled most like `name`, likeliest first, for a "no speaker NAME; did you
+    mean ...?" line: those whose words hold all of its words or whose words it holds ("OFFICER K" and "K",
+    "Ruiz" and "DET. RUIZ"), then difflib's closest spellings (ratio at least 0.6)."""
     keys = {speaker_key(other): other for other in names}
-    return [keys[k] for k in difflib.get_close_matches(speaker_key(name), list(keys), n=n)]
+    wanted = set(speaker_key(name).split())
+    within = [k for k in keys if wanted and (set(k.split()) <= wanted or wanted <= set(k.split()))]
+    spelled = difflib.get_close_matches(speaker_key(name), list(keys), n=n)
+    return [keys[k] for k in dict.fromkeys(within + spelled)][:n]
 
 
 def words(text: str) -> int:
