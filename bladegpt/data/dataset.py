@@ -133,7 +133,7 @@ class TokenData:
         """Inputs and next-token targets (B, T) for the windows starting at ix (B,). A model that expects bos
         first (add_bos: Gemma, Llama 3) reads it in place of each window's first input, as at a text's start, so
         it trains and is scored as it samples: Gemma 3 270M reads officer_k's val split at 1.302 bpb without it,
-        1.151 with it (docs/benchmarks/finetune.md, "Gemma 3 270M"). The targets stay the window's."""
+        1.153 with it (docs/benchmarks/finetune.md, "Gemma 3 270M"). The targets stay the window's."""
         import torch
 
         data = self.splits[split]
