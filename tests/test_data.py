@@ -137,3 +137,12 @@ def test_unigram_noise_replaces_a_share_of_tokens_by_draws_from_the_text():
     assert not torch.equal(noised, other)
     assert len({stream_seed(s, name, i) for s in (1, 2) for name in ("a", "b") for i in range(3)}) == 12
     assert all(0 <= stream_seed(2**63 - 1, "token-noise", i) < 2**64 for i in range(3))
+
+
+def test_a_model_that_expects_bos_reads_it_first_in_every_window(corpus):
+    data = TokenData(prepare([corpus], tokenizer="char").out_dir)
+    ix = data.random_starts("train", (4,), 8, torch.Generator().manual_seed(0))
+    plain_x, plain_y = data.batch("train", ix, 8)
+    data.tokenizer.bos_id, data.tokenizer.add_bos = 0, True  # as Gemma's and Llama 3's tokenizers say
+    x, y = data.batch("train", ix, 8)
+    assert (x[:, 0] == 0).all() and torch.equal(x[:, 1:], plain_x[:, 1:]) and torch.equal(y, plain_y)
