@@ -210,6 +210,9 @@ class TrainConfig:
     sampling: str = "random"  # "random" windows (nanoGPT's) or "epochs": each pass reads every window once
     ema: float = 0.0  # decay of an average of the weights that is evaluated and kept as best; 0 = off
     token_noise: float = 0.0  # share of input tokens replaced by draws from the text's unigram frequencies
+    # On a speaker's dataset (prepare --speaker): what a context token's loss counts for beside a target's 1
+    # (0: the speaker's lines alone are trained, as TRL's completion-only loss; OpenAI's prompt_loss_weight)
+    context_weight: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
@@ -251,6 +254,8 @@ class TrainConfig:
             raise ConfigError(f"Unknown --sampling {self.sampling!r}; use one of: {', '.join(SAMPLINGS)}.")
         if not 0 <= self.token_noise < 1:  # also refuses NaN
             raise ConfigError(f"--token-noise must be a share of the input tokens in [0, 1), e.g. 0.1, got {self.token_noise}.")
+        if not 0 <= self.context_weight <= 1:  # also refuses NaN
+            raise ConfigError(f"--context-weight must be in [0, 1] (0: the speaker's lines only), got {self.context_weight}.")
         if not (self.ema == 0 or 0 < self.ema < 1):
             raise ConfigError(f"--ema must be 0 (off) or a decay between 0 and 1, e.g. 0.95, got {self.ema}.")
         if self.time_budget_s is not None and not (0 < self.time_budget_s < math.inf):

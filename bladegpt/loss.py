@@ -41,15 +41,22 @@ def _row_loss(z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, tor
     return torch.where(valid, lse - picked, 0.0), lse
 
 
+def row_weights(targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """What each row (n,) counts for in the loss, fp32: its weight (1 where none is given), 0 where the
+    target is -1."""
+    valid = (targets != -1).to(torch.float32)
+    return valid if weights is None else valid * weights.to(torch.float32)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Loss and gradients of cross_entropy(softcap(h @ weight.T), targets) computed chunk by chunk in
     the forward pass; backward only scales them by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, cap, mean):
+    def forward(ctx, h, weight, targets, cap, mean, weights):
         n = h.size(0)
-        count = (targets != -1).sum().clamp(min=1) if mean else torch.ones((), dtype=torch.long)
-        scale = 1.0 / count.to(torch.float32)
+        rw = row_weights(targets, weights)  # (n,)
+        scale = 1.0 / rw.sum().clamp(min=1e-12) if mean else torch.ones((), dtype=torch.float32)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
@@ -65,13 +72,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             raw = (hc @ w.t()).float()  # (rows, V), in the ambient autocast dtype as lm_head would
             tanh = torch.tanh(raw / cap) if cap is not None else None
             z = cap * tanh if cap is not None else raw
+            wc = rw[start:start + rows]  # (rows,)
             nll, lse = _row_loss(z, tc)
-            total += nll.sum()
-            # d loss / d z = softmax(z) - onehot(target), per valid row, times the mean's 1/count
+            total += (nll * wc).sum()
+            # d loss / d z = (softmax(z) - onehot(target)) * the row's weight, times the mean's 1/sum of weights
             g = torch.exp(z.sub_(lse[:, None]))  # z is ours: reuse its memory for softmax
             valid = (tc != -1).to(g.dtype)[:, None]  # (rows, 1)
             g.scatter_add_(1, tc.clamp(min=0)[:, None], -valid)  # no boolean indexing: compiles without breaks
-            g.mul_(valid * scale)
+            g.mul_(wc[:, None] * scale)
             if cap is not None:  # d (cap * tanh(u / cap)) / du = 1 - tanh^2 = 1 - (z_capped / cap)^2
                 g.mul_(1.0 - tanh.square())
             g = g.to(dtype)
@@ -90,25 +98,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_h = grad_h * grad_out.to(grad_h.dtype)
         if grad_w is not None:
             grad_w = (grad_w * grad_out).to(ctx.weight_dtype)
-        return grad_h, grad_w, None, None, None
+        return grad_h, grad_w, None, None, None, None
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float | None = None,
-                         reduction: str = "mean") -> torch.Tensor:
+                         reduction: str = "mean", weights: torch.Tensor | None = None) -> torch.Tensor:
     """cross_entropy(softcap(h @ weight.T), targets, ignore_index=-1) without the full logits.
 
-    h: (N, C) hidden states; weight: (V, C) the output head; targets: (N,) ids, -1 ignored. Returns the
-    mean over counted rows ("mean") or their sum ("sum"), in fp32. Equal to the plain loss within fp32
-    rounding, values and gradients (tests/test_loss.py).
+    h: (N, C) hidden states; weight: (V, C) the output head; targets: (N,) ids, -1 ignored; weights: (N,)
+    what each row's loss counts for (None: 1 each), as a weighted cross-entropy. Returns the weighted mean
+    over counted rows ("mean": sum of w * nll / sum of w) or the weighted sum ("sum"), in fp32. Equal to the
+    plain loss within fp32 rounding, values and gradients (tests/test_loss.py).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(h, weight, targets, cap, reduction == "mean")
+        return _LinearCrossEntropy.apply(h, weight, targets, cap, reduction == "mean", weights)
     total = torch.zeros((), dtype=torch.float32, device=h.device)
+    rw = row_weights(targets, weights)
     rows = chunk_rows(weight.size(0))
     for start in range(0, h.size(0), rows):
-        total += _row_loss(_chunk_logits(h[start:start + rows], weight, cap), targets[start:start + rows])[0].sum()
+        nll = _row_loss(_chunk_logits(h[start:start + rows], weight, cap), targets[start:start + rows])[0]
+        total += (nll * rw[start:start + rows]).sum()
     if reduction == "sum":
         return total
-    return total / (targets != -1).sum().clamp(min=1)
+    return total / rw.sum().clamp(min=1e-12)

@@ -297,9 +297,11 @@ class GPT(nn.Module):
         cos, sin = getattr(self, f"{table}_cos")[pos], getattr(self, f"{table}_sin")[pos]
         return (cos, sin) if pos.dim() == 1 else (cos[:, None], sin[:, None])
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None,
+                weights: torch.Tensor | None = None):
         """Logits for every position (B, T, vocab) and None; or, given targets (B, T) (-1 ignored), None
-        and the mean cross-entropy in nats, computed without materialising the logits.
+        and the mean cross-entropy in nats, computed without materialising the logits; weights (B, T), if
+        given, make it the weighted mean (loss.linear_cross_entropy).
 
         With a kv_cache the tokens sit where the cache has seated them (engine.py): their keys and values
         are written there and they attend to everything before; seating and moving it on is its caller's job.
@@ -336,7 +338,8 @@ class GPT(nn.Module):
         if targets is None:
             return softcapped(self.lm_head(x), cap), None  # (B, T, vocab)
         # The loss a chunk of positions at a time: the (B, T, vocab) logits are never all in memory (loss.py).
-        return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), cap)
+        return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), cap,
+                                          weights=None if weights is None else weights.flatten())
 
 
 def flops_per_token(config: ModelConfig, n_params: int) -> int:

@@ -29,7 +29,7 @@ def val_bpb(model, data: TokenData, block: int) -> float:
     nats = n_bytes = 0.0
     with torch.inference_mode():
         for start, skip in zip(*data.covering_windows("val", block)):
-            x, y = data.batch("val", start[None], block)
+            x, y, _ = data.batch("val", start[None], block)
             logits, _ = model(x)
             y = y[:, skip:]  # targets an earlier window had
             nats += F.cross_entropy(logits[:, skip:].flatten(0, 1).float(), y.flatten(), reduction="sum").item()

@@ -83,7 +83,7 @@ def score(checkpoint: str, data_dir: Path, block: int | None = None) -> dict:
     nats = tokens = n_bytes = 0.0
     with torch.no_grad():
         for start, skip in zip(starts.tolist(), skips.tolist()):
-            x, y = data.batch("val", torch.tensor([start]), T)
+            x, y, _ = data.batch("val", torch.tensor([start]), T)
             y[:, :skip] = -1
             _, loss = model(x, y)
             kept = y >= 0

@@ -46,7 +46,7 @@ def test_train_bytes_of_a_dataset_from_before_they_were_recorded(corpus):
 def test_batches_are_shifted_by_one(corpus):
     data = TokenData(prepare([corpus], tokenizer="char").out_dir)
     ix = data.random_starts("train", (4,), 8, torch.Generator().manual_seed(0))
-    x, y = data.batch("train", ix, 8)
+    x, y, _ = data.batch("train", ix, 8)
     assert x.shape == y.shape == (4, 8) and x.dtype == torch.long
     assert torch.equal(x[:, 1:], y[:, :-1])
 
@@ -142,7 +142,7 @@ def test_unigram_noise_replaces_a_share_of_tokens_by_draws_from_the_text():
 def test_a_model_that_expects_bos_reads_it_first_in_every_window(corpus):
     data = TokenData(prepare([corpus], tokenizer="char").out_dir)
     ix = data.random_starts("train", (4,), 8, torch.Generator().manual_seed(0))
-    plain_x, plain_y = data.batch("train", ix, 8)
+    plain_x, plain_y, _ = data.batch("train", ix, 8)
     data.tokenizer.bos_id, data.tokenizer.add_bos = 0, True  # as Gemma's and Llama 3's tokenizers say
-    x, y = data.batch("train", ix, 8)
+    x, y, _ = data.batch("train", ix, 8)
     assert (x[:, 0] == 0).all() and torch.equal(x[:, 1:], plain_x[:, 1:]) and torch.equal(y, plain_y)

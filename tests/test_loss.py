@@ -41,6 +41,30 @@ def test_equals_plain_cross_entropy_values_and_gradients(monkeypatch, cap, reduc
         torch.testing.assert_close(linear_cross_entropy(h, w, targets, cap, reduction), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cap", [None, 3.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_weights_make_it_the_weighted_cross_entropy(monkeypatch, cap, reduction):
+    """sum(w * nll) / sum(w) over counted rows (a speaker's context at --context-weight), values and gradients."""
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 7 * 101)
+    monkeypatch.setattr(chunked, "MIN_CHUNK_ROWS", 1)
+    h, w, targets = inputs()
+    weights = torch.where(torch.arange(len(targets)) % 3 == 0, 1.0, 0.25)
+    nll = plain(h, w, targets, cap, "none")
+    expected = (nll * weights).sum() / (reduction == "sum" or weights[targets != -1].sum())
+    gh, gw = torch.autograd.grad(expected * 1.7, (h, w))
+    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    got = linear_cross_entropy(h2, w2, targets, cap, reduction, weights=weights)
+    (got * 1.7).backward()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h2.grad, gh, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w2.grad, gw, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(h, w, targets, cap, reduction, weights), expected,
+                                   atol=1e-5, rtol=1e-5)
+    ones = linear_cross_entropy(h.detach(), w.detach(), targets, cap, reduction, torch.ones(len(targets)))
+    torch.testing.assert_close(ones, plain(h.detach(), w.detach(), targets, cap, reduction))
+
+
 def test_only_the_gradients_asked_for():
     h, w, targets = inputs()
     w.requires_grad_(False)  # a frozen head (LoRA): no (V, C) gradient is computed

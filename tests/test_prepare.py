@@ -122,7 +122,7 @@ def test_training_reads_only_the_windows_it_samples(workdir, corpus):
     before = rss_mb()
     data = TokenData(data_dir)
     ix = data.random_starts("train", (64,), 256, torch.Generator().manual_seed(0))
-    x, _ = data.batch("train", ix, 256)
+    x, _, _ = data.batch("train", ix, 256)
     assert x.shape == (64, 256) and rss_mb() - before < 64
 
 

@@ -134,14 +134,14 @@ def test_a_dataset_from_before_masks_trains_every_token():
     data = TokenData(Path(__file__).parent / "fixtures" / "a57ec7e" / "datasets" / "tales")
     assert data.masks == {}
     assert data.target_text("val") == data.tokenizer.decode(data.splits["val"].tolist())
-    x, y = data.batch("train", torch.tensor([0, 5]), 8)
+    x, y, _ = data.batch("train", torch.tensor([0, 5]), 8)
     assert (y >= 0).all()
 
 
 def test_targets_outside_the_mask_are_minus_one_and_val_counts_their_bytes_only(script):
     data = TokenData(prepare_speaker([script], ["K"], tokenizer="char").out_dir)
     ix = torch.tensor([0, 40, 100])
-    x, y = data.batch("train", ix, 32)
+    x, y, _ = data.batch("train", ix, 32)
     for row, i in zip(y, ix.tolist()):
         mask = data.masks["train"][i + 1 : i + 33]
         assert torch.equal(row >= 0, mask)
@@ -165,11 +165,12 @@ def test_targets_outside_the_mask_are_minus_one_and_val_counts_their_bytes_only(
     assert result.history[-1]["val_bpb"] == pytest.approx(nats / (np.log(2) * n_bytes), rel=1e-4)
 
 
-def test_accumulation_weighs_every_target_alike(script):
+@pytest.mark.parametrize("context_weight", [0.0, 0.3])
+def test_accumulation_weighs_every_target_alike(script, context_weight):
     """Micro-batches holding different numbers of targets: accum 4 steps as one batch of 8 does (the mean of
-    per-micro-batch means would not)."""
+    per-micro-batch means would not), context tokens counted at their weight."""
     data = prepare_speaker([script], ["K"], tokenizer="char").out_dir
-    base = dict(steps=3, eval_interval=3, warmup_steps=1, optimizer="adamw")
+    base = dict(steps=3, eval_interval=3, warmup_steps=1, optimizer="adamw", context_weight=context_weight)
     big = train(data, "nano", TINY_MODEL, {**TINY_TRAIN, **base, "batch_size": 8, "accum": 1}, **EXACT)
     acc = train(data, "nano", TINY_MODEL, {**TINY_TRAIN, **base, "batch_size": 8, "accum": 4}, **EXACT)
     a, _, _ = load_checkpoint(big.run_dir / "last.safetensors")
@@ -198,6 +199,64 @@ def test_windows_without_a_target_weigh_nothing_and_never_make_a_nan(script):
     data.random_starts = lambda *a, **k: starts  # a global batch with no target at all
     assert torch.isfinite(trainer.train_step())
     assert all(torch.equal(p, q) for p, q in zip(before, trainer.model.parameters()))  # zero gradient, no decay
+
+
+def tiny_trainer(data: TokenData, **train):
+    from bladegpt.config import ModelConfig, TrainConfig
+    from bladegpt.runtime import Runtime
+    from bladegpt.train.distributed import Distributed
+
+    cfg = TrainConfig(**{**TINY_TRAIN, "batch_size": 4, "accum": 2, "optimizer": "adamw", **train})
+    torch.manual_seed(0)
+    return Trainer(ModelConfig(**{**TINY_MODEL, "block_size": 8, "vocab_size": data.tokenizer.vocab_size}), cfg,
+                   data, Path("runs/x"), Runtime(torch.device("cpu"), "fp32", "sdpa", False), "off",
+                   Distributed(), Reporter())
+
+
+def test_context_weight_keeps_the_context_as_targets_at_that_weight(script):
+    data = TokenData(prepare_speaker([script], ["K"], tokenizer="char").out_dir)
+    ix = torch.tensor([0, 40, 100])
+    _, masked, none = data.batch("train", ix, 32)
+    _, y, weights = data.batch("train", ix, 32, 0.3)
+    assert none is None and (y >= 0).all() and (masked < 0).any()
+    assert torch.equal(weights, torch.where(masked >= 0, 1.0, 0.3))
+    _, val_y, val_weights = data.batch("val", ix, 32)  # as evaluation reads it: the speaker's tokens alone
+    assert val_weights is None and torch.equal(val_y >= 0, torch.stack([data.masks["val"][i + 1:i + 33] for i in ix]))
+
+
+def test_context_weight_one_trains_the_whole_text_and_zero_the_lines_alone(script):
+    """At 1 a step is the unmasked text's step, at 0 the masked one's: the weight moves between the two."""
+    data = TokenData(prepare_speaker([script], ["K"], tokenizer="char").out_dir)
+    starts = torch.tensor([[0, 40], [100, 7]])
+    data.random_starts = lambda *a, **k: starts
+    steps = {}
+    for name, weight in (("one", 1.0), ("zero", 0.0), ("half", 0.5)):
+        trainer = tiny_trainer(data, context_weight=weight)
+        steps[name] = float(trainer.train_step()), [p.detach().clone() for p in trainer.model.parameters()]
+    mask = data.masks.pop("train")  # the same text, every token a target
+    try:
+        plain = tiny_trainer(data)
+        steps["plain"] = float(plain.train_step()), [p.detach().clone() for p in plain.model.parameters()]
+    finally:
+        data.masks["train"] = mask
+    masked = tiny_trainer(data)
+    steps["masked"] = float(masked.train_step()), [p.detach().clone() for p in masked.model.parameters()]
+    for a, b in (("one", "plain"), ("zero", "masked")):
+        assert steps[a][0] == pytest.approx(steps[b][0], abs=1e-6)
+        assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(steps[a][1], steps[b][1]))
+    assert not all(torch.allclose(p, q, atol=1e-6) for p, q in zip(steps["half"][1], steps["one"][1]))
+    assert not all(torch.allclose(p, q, atol=1e-6) for p, q in zip(steps["half"][1], steps["zero"][1]))
+
+
+def test_context_weight_mistakes_are_one_line(script, workdir):
+    (workdir / "tale.txt").write_text("Once upon a time there was a tale to tell. " * 300)
+    assert invoke("prepare", "tale.txt", "--tokenizer", "char").exit_code == 0
+    assert_one_line_error(invoke("train", "--preset", "nano", "--steps", "1", "--context-weight", "0.1"),
+                          "--context-weight", "every token of datasets/tale is a target", "--speaker NAME")
+    prepare_speaker([script], ["K"], tokenizer="char")
+    for bad in ("2", "-0.1", "nan"):
+        assert_one_line_error(invoke("train", "--preset", "nano", "--steps", "1", "--context-weight", bad),
+                              "--context-weight must be in [0, 1]")
 
 
 def test_a_masked_run_resumes_exactly(script):

@@ -197,10 +197,10 @@ def test_a_small_val_split_is_read_whole_each_token_once(corpus, workdir, monkey
     read = []
     batch = TokenData.batch
 
-    def reading(self, split, ix, block_size):
+    def reading(self, split, ix, block_size, *weight):
         if split == "val":
             read.append(ix)
-        return batch(self, split, ix, block_size)
+        return batch(self, split, ix, block_size, *weight)
 
     monkeypatch.setattr(TokenData, "batch", reading)
     targets = len(data.splits["val"]) - 1

@@ -35,6 +35,7 @@ def train(
     weight_decay: Annotated[Optional[float], typer.Option(help="Decoupled weight decay on the matrices (AdamW's, and Muon's where it trains them) \\[default: 0.3 from scratch, 0 for a fine-tune, 0.1 with a --preset].")] = None,
     sampling: Annotated[Optional[str], typer.Option(help="How a step's windows are drawn: random (anywhere, with replacement, as nanoGPT) or epochs (each pass reads every window of the text once, in a random order) \\[default: epochs for a fine-tune, random from scratch].")] = None,
     token_noise: Annotated[Optional[float], typer.Option(help="Replace this share of the input tokens by tokens drawn from the text's own frequencies (unigram noising; the targets stay) \\[default: 0.2 from scratch on a text under 250 KB; else 0].")] = None,
+    context_weight: Annotated[Optional[float], typer.Option(help="On a speaker's dataset (prepare --speaker): what the other speakers' and the action's tokens count for in the loss beside the speaker's own (0: their lines only; 1: the whole text) \\[default: 0].")] = None,
     ema: Annotated[Optional[float], typer.Option(help="Evaluate and keep an average of the weights, updated each step with this decay (0.95 averages about the last 20 steps); 0 = off.")] = None,
     activation_checkpointing: Annotated[Optional[bool], typer.Option("--activation-checkpointing", help="Recompute each block's activations in backward: about a third more compute, memory for long blocks.")] = None,
     eval_interval: Annotated[Optional[int], typer.Option(help="Evaluate every N steps.")] = None,
@@ -71,7 +72,8 @@ def train(
         steps = CLOCK_STEPS  # the clock decides
     training = dict(batch_size=batch_size, accum=accum, lr=lr, optimizer=optimizer, muon_lr=muon_lr,
                     steps=steps, time_budget_s=budget,
-                    warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, sampling=sampling, token_noise=token_noise, ema=ema,
+                    warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, sampling=sampling, token_noise=token_noise,
+                    context_weight=context_weight, ema=ema,
                     activation_checkpointing=activation_checkpointing,
                     eval_interval=eval_interval, eval_iters=eval_iters, patience=patience,
                     log_interval=log_interval, sample_tokens=sample_tokens, seed=seed)

@@ -150,9 +150,10 @@ class TokenData:
                                          + (" or a larger --val-fraction." if split == "val" else "."))
                 )
 
-    def batch(self, split: str, ix, block_size: int):
-        """Inputs and next-token targets (B, T) for the windows starting at ix (B,); a target outside the
-        split's mask is -1 (the loss ignores it). A model that expects bos first (add_bos: Gemma, Llama 3) reads
+    def batch(self, split: str, ix, block_size: int, context_weight: float = 0.0):
+        """Inputs and next-token targets (B, T) for the windows starting at ix (B,), and what each target's loss
+        counts for (B, T), or None where every target counts 1. On a masked split a target outside the mask is
+        -1 (the loss ignores it), or, with a context_weight above 0, kept at that weight. A model that expects bos first (add_bos: Gemma, Llama 3) reads
         it in place of each window's first input, as at a text's start, so it trains and is scored as it samples:
         Gemma 3 270M reads officer_k's val split at 1.302 bpb without it, 1.153 with it
         (docs/benchmarks/finetune.md, "Gemma 3 270M"). The targets stay the window's."""
@@ -161,12 +162,16 @@ class TokenData:
         data = self.splits[split]
         x = torch.stack([data[i : i + block_size] for i in ix.tolist()]).long()
         y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix.tolist()]).long()
+        weights = None
         if split in self.masks:
             mask = torch.stack([self.masks[split][i + 1 : i + 1 + block_size] for i in ix.tolist()])
-            y = y.masked_fill(~mask, -1)
+            if context_weight > 0:
+                weights = torch.where(mask, 1.0, context_weight)
+            else:
+                y = y.masked_fill(~mask, -1)
         if self.tokenizer.add_bos and self.tokenizer.bos_id is not None:
             x[:, 0] = self.tokenizer.bos_id
-        return x, y
+        return x, y, weights
 
     def unigram_noise(self, x, share: float, generator):
         """x (B, T) with each token replaced, with probability `share`, by the token at a uniformly random

@@ -56,7 +56,7 @@ class Evaluator:
         sums = torch.zeros(3, dtype=torch.float64)  # nats, tokens, bytes
         model.eval()
         for i in range(self.ddp.rank, len(starts), self.ddp.world):
-            x, y = self.data.batch("val", starts[i], T)
+            x, y, _ = self.data.batch("val", starts[i], T)
             y = y.masked_fill(torch.arange(T) < skips[i][:, None], -1)  # targets an earlier window had
             with self.runtime.autocast():
                 _, loss = model(x.to(self.device), y.to(self.device))  # the mean over the targets kept

@@ -43,10 +43,20 @@ class Plan:
     model: GPT | None = None  # the model itself, built here (a LoRA run's frozen base with its adapters)
 
 
+def check_context_weight(token_data: TokenData, train_overrides: dict | None) -> None:
+    """--context-weight weighs a speaker's context against their lines: refused, in a line, on a dataset that
+    has no such context (every token already a target)."""
+    weight = (train_overrides or {}).get("context_weight")
+    if weight is not None and "train" not in token_data.masks:
+        raise ConfigError(f"--context-weight weighs the other speakers' lines against a speaker's, but every token of "
+                          f"{token_data.folder} is a target; prepare the text with --speaker NAME, or drop --context-weight.")
+
+
 def new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan:
     """A run from scratch: a named preset as it is, or with no --preset the default sized to the text."""
     data_dir = Path(data) if data is not None else latest_dataset()
     token_data = TokenData(data_dir)
+    check_context_weight(token_data, train_overrides)
     notes, budget = [], None
     if preset is None:
         model_overrides, notes = sized_model(model_overrides, token_data.train_bytes)
@@ -78,6 +88,7 @@ def finetune_plan(source, data, preset, model_overrides, train_overrides, reques
                           "(--block-size may shrink the context, --dropout may be set).")
     data_dir = Path(data) if data is not None else latest_dataset()
     token_data = TokenData(data_dir)  # before loading weights: a mismatch should not wait for them
+    check_context_weight(token_data, train_overrides)
     matrices = torch.float32
     if lora is not None:  # a frozen base in bf16 is loaded so, never whole in fp32
         matrices = BASE_DTYPES[lora.base_dtype]

@@ -52,17 +52,20 @@ class TrainResult:
     phases: dict[str, list[float]] = field(default_factory=dict)  # wall seconds by phase (runbook.Phases)
 
 
-def target_weights(data: TokenData, starts: torch.Tensor, T: int, world: int) -> torch.Tensor:
+def target_weights(data: TokenData, starts: torch.Tensor, T: int, world: int, context_weight: float = 0.0) -> torch.Tensor:
     """What each micro-batch's mean loss (accum,) is multiplied by on a masked dataset, so that the step's
     gradient is the mean over every target of the global batch, each target weighing the same whichever
     micro-batch holds it (transformers' num_items_in_batch, after its gradient-accumulation fix of 2024):
-    targets in the micro-batch / targets in the global batch, times the processes (DDP averages ranks).
-    A micro-batch with no target weighs 0, and a global batch with none is a step with zero gradient,
-    never a NaN. Every rank counts the whole global batch itself (it draws it whole): no communication."""
+    targets in the micro-batch / targets in the global batch, times the processes (DDP averages ranks); a
+    context token counts context_weight of a target. A micro-batch with no target weighs 0, and a global
+    batch with none is a step with zero gradient, never a NaN. Every rank counts the whole global batch
+    itself (it draws it whole): no communication."""
     mask = data.masks["train"]
     counts = torch.stack([torch.stack([mask[i + 1 : i + 1 + T].sum() for i in ix.tolist()]).sum()
                           for ix in starts]).double()
-    return (counts * world / counts.sum().clamp(min=1)).float()
+    if context_weight > 0:
+        counts = counts + context_weight * (starts.size(1) * T - counts)
+    return (counts * world / counts.sum().clamp(min=1e-12)).float()
 
 
 def accumulate(loss: torch.Tensor, weights: torch.Tensor | None, index: int, local_accum: int) -> torch.Tensor:
@@ -73,6 +76,17 @@ def accumulate(loss: torch.Tensor, weights: torch.Tensor | None, index: int, loc
         return loss.detach()
     (loss * weights[index]).backward()
     return loss.detach() * weights[index] * local_accum
+
+
+def micro_batch(data: TokenData, cfg, ix: torch.Tensor, T: int, index: int, device: torch.device):
+    """Inputs, targets and their loss weights (or None) (B, T) of the windows starting at ix, on `device`;
+    unigram noise, where the run has it, drawn from (seed, `index`: the micro-batch's number in the run), so
+    that a resume draws the same."""
+    x, y, weights = data.batch("train", ix, T, cfg.context_weight)
+    if cfg.token_noise:
+        gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "token-noise", index))
+        x = data.unigram_noise(x, cfg.token_noise, gen)
+    return tuple(None if t is None else t.to(device, non_blocking=True) for t in (x, y, weights))
 
 
 class Trainer:
@@ -221,19 +235,16 @@ class Trainer:
         else:
             starts = self.data.random_starts("train", (cfg.accum, cfg.micro_batch), T, self.batch_gen)
         mine = starts[self.ddp.rank * self.local_accum : (self.ddp.rank + 1) * self.local_accum]
-        weights = target_weights(self.data, starts, T, self.ddp.world) if "train" in self.data.masks else None
+        masked = "train" in self.data.masks
+        weights = target_weights(self.data, starts, T, self.ddp.world, cfg.context_weight) if masked else None
         total = torch.zeros((), device=self.device)
         for micro, ix in enumerate(mine):
-            x, y = self.data.batch("train", ix, T)
-            if cfg.token_noise:  # drawn from (seed, step, micro-batch of the global batch): a resume draws the same
-                index = self.step * cfg.accum + self.ddp.rank * self.local_accum + micro
-                gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "token-noise", index))
-                x = self.data.unigram_noise(x, cfg.token_noise, gen)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            index = self.step * cfg.accum + self.ddp.rank * self.local_accum + micro
+            x, y, token_weights = micro_batch(self.data, cfg, ix, T, index, self.device)
             if self.ddp.world > 1:  # all-reduce gradients only after the last micro-batch
                 self.forward_model.require_backward_grad_sync = micro == self.local_accum - 1
             with self.runtime.autocast():
-                _, loss = self.forward_model(x, y)
+                _, loss = self.forward_model(x, y, weights=token_weights)
             total += accumulate(loss, weights, self.ddp.rank * self.local_accum + micro, self.local_accum)
         self.finite &= torch.isfinite(total)  # checked where the loop syncs anyway (logs, saves)
         if cfg.grad_clip > 0:
