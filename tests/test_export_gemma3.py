@@ -15,6 +15,7 @@ from bladegpt.sources import hf_model, load_bladegpt, load_pretrained
 from bladegpt.tokenizer.hf import HFTokenizer
 from bladegpt.train import train
 from bladegpt.data.prepare import prepare
+from bladegpt.train.recipes import FINETUNE_LR_BY_ARCH
 from tests.families import logits_of, tiny_family
 from tests.safety import assert_one_line_error, invoke
 
@@ -125,6 +126,8 @@ def test_a_full_fine_tune_of_gemma3_trains_samples_and_exports(base, corpus, wor
                                                          sample_tokens=0, log_interval=1),
                    init_from=str(base), device="cpu", precision="fp32", compile="off")
     assert result.model.config.arch == "gemma3" and result.model.config.sliding_layers == (0, 1, 3, 4)
+    recorded = json.loads((result.run_dir / "run.json").read_text())["train"]["lr"]  # Gemma's own measured lr
+    assert recorded == pytest.approx(FINETUNE_LR_BY_ARCH["gemma3"][0] * 640 / result.model.config.n_embd)
     best, _, _ = load_bladegpt(result.run_dir / "best.safetensors")
     ids = [5, 17, 42, 7, 99, 3, 250, 11] * 3
     assert (logits_of(best, ids) - logits_of(load_pretrained(str(base)).model, ids)).abs().max() > 1e-3

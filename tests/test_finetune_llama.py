@@ -151,3 +151,5 @@ def test_the_recipes_choices_are_printed_and_each_flag_overrides_its_own():
     assert f"--lr {lora.lr:.2g} (constant" in " ".join(said) and "LoRA" in " ".join(said)  # the line says the lr used
     given, _ = finetune_config({"lr": 1e-5}, 576, train_tokens=16_700, val_tokens=1_900, block_size=256, lora=True)
     assert given.lr == 1e-5
+    gemma, said = finetune_config(None, 640, train_tokens=16_700, val_tokens=1_900, block_size=256, arch="gemma3")
+    assert gemma.lr == pytest.approx(3e-5) and "--lr 3e-05" in " ".join(said)  # its family's measured lr

@@ -113,7 +113,8 @@ def finetune_plan(source, data, preset, model_overrides, train_overrides, reques
                                     context_length=context)
     token_data.check_fits(block)
     train_cfg, notes = finetune_config(train_overrides, model_cfg.n_embd, len(token_data.splits["train"]),
-                                       len(token_data.splits["val"]), block, lora=lora is not None)
+                                       len(token_data.splits["val"]), block, lora=lora is not None,
+                                       arch=model_cfg.arch)
     if "block_size" not in overrides and block < min(source_cfg.block_size, FINETUNE_BLOCK):
         notes.insert(0, f"--block-size {block}: the text's {shortest:,}-token split is too short for {FINETUNE_BLOCK}")
     train_cfg, fitted = fit_memory(train_cfg, model_cfg, lora, train_overrides, requested["device"] or "auto")
