@@ -4,7 +4,9 @@ From one read of a script and one split (prepare --speaker's: the last whole exc
 the speaker's bytes), three datasets that share the val split and its mask, so that every run's val bits per
 byte, its early stopping and its best checkpoint all read the speaker's held-out lines and nothing else:
 
-    masked  the speaker's lines the targets, everyone else's turns and the action context (prepare --speaker)
+    masked  the speaker's lines the targets, everyone else's turns and the action context (prepare --speaker),
+            trained with --context-weight 0: the context not trained at all
+    weighted  the same dataset at the recipe's own context weight (train's default on a speaker's dataset)
     plain   the same train text, every token a target (the whole screenplay as plain text, in the same frame)
     alone   the speaker's turns only (`K:` and the line), every token a target: their lines cut out by hand
 
@@ -39,7 +41,8 @@ from bladegpt.data.speaker import (opening, read_script, speaker_meta, speaker_t
                                    write_dataset)
 from bladegpt.data.frames import USER, Frame  # noqa: E402
 
-KINDS = ("masked", "plain", "alone")
+KINDS = ("masked", "plain", "alone", "weighted")
+DATASETS = {"weighted": "masked"}  # a kind trained on another kind's dataset
 LINES = ["You're late.", "What did you find out there?", "Do you ever dream?", "Tell me about the tree."]
 
 
@@ -55,7 +58,7 @@ def build(script_path: Path, speakers: list[str], tokenizer_from: str, out: Path
     frame = Frame("play", script.name, script.interlocutor or USER)
     meta = speaker_meta(script, frame, opening(train), val_fraction, tokenizer_from, len(val))
     train_pieces = {"masked": [p for e in train for p in e], "plain": every, "alone": alone}
-    for kind in KINDS:
+    for kind in ("masked", "plain", "alone"):
         written = write_dataset(out / kind, tok, {"train": train_pieces[kind], "val": val_pieces},
                                 {"train": kind == "masked", "val": True}, {**meta, "voice_eval": kind}, force=True)
         print(f"{kind}: {written['train_tokens']:,} train tokens ({written['train_target_tokens']:,} targets), "
@@ -124,13 +127,14 @@ def run(args) -> None:
                 continue
             run_dir = Path(args.runs) / f"{label}-{seed}"
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "bladegpt", "train", "--data", str(data_root / kind), "--init-from",
-                            args.init_from, "--seed", str(seed), "--run", str(run_dir), "--compile", "off",
-                            *args.train_flags], check=True, stdout=subprocess.DEVNULL)
+            pinned = ["--context-weight", "0"] if kind == "masked" and "--context-weight" not in args.train_flags else []
+            subprocess.run([sys.executable, "-m", "bladegpt", "train", "--data", str(data_root / DATASETS.get(kind, kind)),
+                            "--init-from", args.init_from, "--seed", str(seed), "--run", str(run_dir), "--compile", "off",
+                            *pinned, *args.train_flags], check=True, stdout=subprocess.DEVNULL)
             wall = time.perf_counter() - t0
             records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             evals = [r for r in records if r.get("val_bpb") is not None]
-            row = {"kind": label, "seed": seed, "train_flags": args.train_flags, "steps": records[-1]["step"], "wall_s": round(wall, 1),
+            row = {"kind": label, "seed": seed, "train_flags": [*pinned, *args.train_flags], "steps": records[-1]["step"], "wall_s": round(wall, 1),
                    "train_val_bpb": [r["val_bpb"] for r in evals], "cpu": cpu_model(),
                    "threads": os.environ.get("OMP_NUM_THREADS"),
                    **score(str(run_dir / "best.safetensors"), data_root / "masked"),
