@@ -182,3 +182,54 @@ def test_wall_time_times_prepare_and_train_by_phase_cold_and_warm(workdir, corpu
 def test_wall_time_needs_a_model():
     result = CliRunner().invoke(app, ["bench", "--wall-time", "corpora/officer_k.txt"])
     assert result.exit_code == 1 and "--init-from" in result.output
+
+
+def test_a_narrow_terminal_gets_every_measurement_whole():
+    """At 80 columns the ladder read 'ms/st…', '136.9…', 'compi…': a measurement of minutes, cut without a word.
+    Now every number is whole, and the columns that do not fit move to a second table under it."""
+    from bladegpt.cli.tables import BENCH_SPARE_COLUMNS, bench_table
+
+    def rung(name, label, ms, **more):
+        return {"name": name, "label": label, "available": True, "reason": None, "ms_per_step": ms, "ms_min": ms - 10.6,
+                "ms_max": ms + 99.1, "compile_s": None, "peak_mem_mb": 1229.0, "tok_per_s": 12680.8, "mfu": 0.484,
+                "speedup": 1.0, **more}
+
+    result = {"device": "Intel(R) Xeon(R) Processor @ 2.80GHz, 2 threads", "peak_flops": 2e11, "preset": "nano",
+              "params": 1311872, "batch": 12, "block": 64, "steps": 40, "torch": "2.13.0+cpu",
+              "rungs": [rung("vanilla", "fp32, manual attention, eager", 65.7),
+                        rung("mixed", "+ bf16 autocast", 147.8, speedup=0.44, slower_than_previous=True),
+                        {"name": "compile", "label": "+ torch.compile", "available": False,
+                         "reason": "torch.compile needs a C compiler: install gcc, or leave the compile rung out"},
+                        rung("auto", "train's pick: fp32, sdpa, compiled", 60.9, compile_s=3.2, speedup=1.08)]}
+    for width in (80, 60):
+        console = Console(width=width, record=True)
+        console.print(bench_table(result, width))
+        text = console.export_text()
+        assert "…" not in text and all(len(line) <= width for line in text.splitlines()), text
+        for cell in ("65.7", "55.1–164.8", "12,681", "▼ 0.44x", "48.4%", "3 s", "1,229 MiB", "vanilla", "compile"):
+            assert cell in text, (cell, text)
+        setup = " ".join(line.split("│")[2].strip() for line in text.splitlines() if line.count("│") > 3)
+        assert width < 80 or "(not run: torch.compile needs a C compiler: install gcc, or leave the compile rung out)" in setup
+        assert "Left out above at" in text and any(col in text.split("Left out above at")[1] for col in BENCH_SPARE_COLUMNS)
+    console = Console(width=200, record=True)
+    console.print(bench_table(result, 200))
+    assert "Left out" not in console.export_text()
+
+
+def test_narrow_tables_fold_long_names_never_cut_them():
+    from bladegpt.cli.speakers import speakers_table
+    from bladegpt.data.voices import Speaker
+
+    row = lambda who, n, tps: {"generator": who, "precision": "gguf", "samples": n, "tok_per_s": tps}
+    result = {"device": "a CPU", "preset": "SmolLM2-135M-Instruct.Q4_1.gguf", "vocab": 49152, "block": 1024,
+              "new_tokens": 100, "prompt_tokens": 4, "repeats": 5, "torch": "2.13", "peer": None,
+              "rows": [row("BladeGPT (auto)", 1, 23.0), row("transformers generate", 1, 12.0),
+                       row("llama.cpp (llama-cpp-python)", 1, 30.0)]}
+    console = Console(width=80, record=True)
+    console.print(generate_table(result))
+    console.print(speakers_table([Speaker("OFFICER-K-THE-REPLICANT-OF-LOS-ANGELES-2049", 1234, 56789),
+                                  Speaker("JOI", 3, 40)]))
+    text = console.export_text()
+    assert "…" not in text, text
+    joined = "".join(text.split("│"))  # a folded name's pieces, one under the other
+    assert "llama-cpp-pyth" in "".join(joined.split()) and "2.50x" in text and "1,234" in text

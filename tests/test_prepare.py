@@ -135,3 +135,17 @@ def test_a_dataset_is_named_after_the_text_and_the_model_without_split_part_numb
     assert default_out_dir(text, "m/SmolLM2-135M.Q4_1.gguf").name == "officer_k-SmolLM2-135M.Q4_1"
     assert default_out_dir(text, "big/model-00001-of-00003.gguf").name == "officer_k-model"
     assert default_out_dir(text, "ollama:smollm2:135m").name == "officer_k-smollm2-135m"
+
+
+def test_the_prepared_table_folds_a_long_folder_whole_at_80_columns(corpus, workdir):
+    """'written to' ended in '…' where the folder's name passed the column: the one thing to pass to train."""
+    from rich.console import Console
+
+    from bladegpt.cli.tables import prepared_table
+
+    out = workdir / "some" / "really" / "long" / "folder" / "for" / "the" / "officer_k-SmolLM2-135M-Instruct.Q4_1"
+    console = Console(width=80, record=True)
+    console.print(prepared_table(prepare([corpus], out, tokenizer="char"), vocab_sized=True))
+    text = console.export_text()
+    assert "…" not in text and str(out) in "".join(line.split("│")[2].strip() for line in text.splitlines()
+                                                   if line.count("│") == 3), text

@@ -60,7 +60,7 @@ def test_the_runs_table_leaves_out_spare_columns_where_the_terminal_is_narrow():
                steps=16, step=16, time_budget_s=None, best_val_loss=2.7672, best_val_bpb=1.0839, best_step=16,
                elapsed_s=110.0, state="finished", val_bpb=[1.15, 1.12, 1.10, 1.08], copied=0.0, longest_copy=0,
                loops=0.04, style=0.91, base_style=1.32)
-    wide, narrow = runs_table([row], 200), runs_table([row], 80)
+    wide, narrow = runs_table([row], 200), runs_table([row], 80).renderables[0]
     assert [c.header for c in wide.columns][:3] == ["run", "data", "start"] and len(wide.columns) == 13
     kept = [c.header for c in narrow.columns]
     assert {"run", "steps", "bpb", "best at", "state", "copied"} <= set(kept)
@@ -82,3 +82,39 @@ def test_the_runs_table_leaves_out_spare_columns_where_the_terminal_is_narrow():
     shown = console.export_text()
     assert "1.084" in shown and "16/16" in shown and "110s" in shown and "…" not in shown  # numbers whole
     assert "officer_k-SmolLM2-135M-" in shown and "Instruct.Q4_1-1" in shown  # the long name folds, whole
+
+
+def test_a_narrow_terminal_is_told_which_columns_were_left_out_and_how_to_see_them(workdir):
+    """At 80 columns five columns went without a word; now a line names them, and the width it names shows them."""
+    import re
+    import subprocess
+    import sys
+
+    run = workdir / "runs" / "officer_k-SmolLM2-135M-Instruct.Q4_1-1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"dataset": "datasets/officer_k-SmolLM2-135M", "init_from": "/m/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                              "model": {}, "train": {"steps": 16}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0, "val_loss": v, "val_bpb": v / 2.5,
+                                                           "copied": 0.01, "longest_copy": 60, "loops": 0.04,
+                                                           "style": 0.91}) + "\n"
+                                               for s, v in ((8, 2.9), (16, 2.77))))
+    header = json.dumps({"__metadata__": {"info": json.dumps({"step": 16, "elapsed": 110.0})}}).encode()
+    (run / "state.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+
+    def shown(columns: int) -> str:
+        done = subprocess.run([sys.executable, "-m", "bladegpt", "runs"], capture_output=True, text=True,
+                              env={**os.environ, "COLUMNS": str(columns)})
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    narrow = shown(80)
+    said = re.search(r"Left out at 80 columns: ([a-z ,]+)\. `COLUMNS=(\d+) bladegpt runs` .* `bladegpt runs --json`",
+                     " ".join(narrow.split()))
+    assert said, narrow
+    left = said.group(1).split(", ")
+    assert {"data", "start", "curve", "loops", "style"} <= set(left)
+    headers = lambda text: next(line for line in text.splitlines() if "steps" in line)
+    assert not any(re.search(rf"\b{col}\b", headers(narrow)) for col in left)
+    wide = shown(int(said.group(2)))
+    assert "Left out" not in wide and all(col in headers(wide) for col in left), wide
+    assert "from SmolLM2-135M-Instruct.Q4_1.gguf" in wide and "0.91" in wide

@@ -66,4 +66,4 @@ def bench(
     with console.status("Measuring (each rung runs in a fresh process; compiles take a while)..."):
         result = benchmark.bench(preset, batch, block, steps, device, names,
                                  on_rung=lambda row: console.print(f"  measured [bold]{row['name']}[/]"))
-    console.print(bench_table(result))
+    console.print(bench_table(result, console.width))

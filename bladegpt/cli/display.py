@@ -20,7 +20,10 @@ def _clock(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
-def _si(x: float) -> str:
+def _si(x: float | None) -> str:
+    """Tokens a second in thousands or millions; "-" where none was measured (null in metrics.jsonl)."""
+    if x is None:
+        return "-"
     return f"{x / 1e3:.1f}k" if x < 1e6 else f"{x / 1e6:.2f}M"
 
 
@@ -83,7 +86,7 @@ class TrainDisplay(Reporter):
         self.console.print(f"[yellow]{escape(text)}[/]")
 
     def log(self, r: dict) -> None:
-        self.stats.update(loss=f"{r['loss']:.3f}", lr=f"{r['lr']:.2e}", speed=_si(r["tok_per_s"]),
+        self.stats.update(loss=f"{r['loss']:.3f}", lr=f"{r['lr']:.2e}", speed=_si(r.get("tok_per_s")),
                           mfu=f"{r['mfu']:.1%}" if r.get("mfu") is not None else "n/a")
         self._show(r["step"], r["elapsed"], r["elapsed"] if self.by_time else r["step"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -38,4 +39,4 @@ def runs_table(
     elif not found:
         console.print(f"No runs in {', '.join(f'{p}/' for p in paths or [RUNS_DIR])} yet; start one with `bladegpt train`.")
     else:
-        console.print(table(found, console.width))
+        console.print(table(found, console.width, shlex.join(["bladegpt", "runs", *map(str, paths or [])])))

@@ -24,8 +24,9 @@ def files_table(files: list[FileVoices]) -> Table:
 def speakers_table(speakers: list[Speaker]) -> Table:
     total = sum(s.lines for s in speakers) or 1
     table = Table(title=f"{len(speakers):,} speaker{'s' if len(speakers) != 1 else ''}, most lines first")
-    for col in ("speaker", "lines", "share", "words"):
-        table.add_column(col, justify="left" if col == "speaker" else "right")
+    table.add_column("speaker", overflow="fold")  # a long name folds, whole, never cut to "…"
+    for col in ("lines", "share", "words"):
+        table.add_column(col, justify="right", no_wrap=True)
     for s in speakers[:SHOWN]:
         table.add_row(s.name, f"{s.lines:,}", f"{100 * s.lines / total:.1f}%", f"{s.words:,}")
     rest = speakers[SHOWN:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -16,7 +17,7 @@ def prepared_table(result, vocab_sized: bool) -> Table:
     table = Table(title=f"Prepared {', '.join(Path(s).name for s in m['sources'][:3])}"
                         + (f" and {len(m['sources']) - 3} more" if len(m["sources"]) > 3 else ""))
     table.add_column("", style="bold")
-    table.add_column("", justify="right")
+    table.add_column("", justify="right", overflow="fold")  # a long path folds, whole, never cut to "…"
     for label, value in [
         ("characters", f"{m['chars']:,}"),
         ("tokens", f"{m['train_tokens'] + m['val_tokens']:,}"),
@@ -48,37 +49,75 @@ def speaker_rows(m: dict) -> list[tuple[str, str]]:
             ("val", f"the last {s['val_exchanges']:,} exchanges, {m['val_target_tokens']:,} target tokens")]
 
 
-def bench_table(result: dict) -> Table:
+def _widest(col: str, cells: list[dict]) -> int:
+    """A column's width with every cell (and the header) whole on one line, as shown."""
+    return max([len(col), *(Text.from_markup(row[col]).cell_len for row in cells)])
+
+
+def _fit(columns: list[str], widths: dict[str, int], spare: tuple[str, ...], width: int) -> tuple[list[str], list[str]]:
+    """(kept, left out): the `spare` columns go, in that order, until the rest (their widths plus borders and
+    padding) fit in `width` characters; the left-out ones in table order, for the reader to be told."""
+    kept = list(columns)
+    for col in spare:
+        if sum(widths[c] + 3 for c in kept) + 1 <= width:
+            break
+        kept.remove(col)
+    return kept, [c for c in columns if c not in kept]
+
+
+BENCH_SPARE_COLUMNS = ("min–max", "compile", "peak mem")  # left out first at a narrow terminal, shown below
+
+
+def bench_table(result: dict, width: int = 200) -> RenderableType:
+    """The speed ladder, a rung a row. Numbers are never cut short; where the terminal is too narrow for every
+    column, BENCH_SPARE_COLUMNS move to a second table under it (a measurement takes minutes to take again)."""
     table = Table(
         title=f"Training step, {result['preset']} preset ({result['params'] / 1e6:.1f}M params), "
         f"batch {result['batch']} x block {result['block']}",
         caption=f"{result['device']} · torch {result['torch']} · median of {result['steps']} steps after warm-up · "
         f"MFU against {result['peak_flops'] / 1e12:.2f} TFLOP/s peak",
     )
-    for col in ("rung", "setup", "ms/step", "min–max", "tok/s", "speed-up", "MFU", "compile", "peak mem"):
-        table.add_column(col, justify="left" if col in ("rung", "setup") else "right")
-    slower = False
+    columns = ["rung", "setup", "ms/step", "min–max", "tok/s", "speed-up", "MFU", "compile", "peak mem"]
+    cells, slower = [], False
     for r in result["rungs"]:
-        if not r["available"]:
-            table.add_row(r["name"], r["label"], "[yellow]not run[/]", f"[yellow]{r['reason']}[/]")
+        if not r["available"]:  # the reason is a sentence: it wraps under the setup, never in a number's column
+            cells.append({"rung": r["name"], "setup": f"{r['label']} [yellow](not run: {r['reason']})[/]",
+                          **{c: "-" for c in columns[2:]}})
             continue
         speed = f"{r['speedup']:.2f}x" if r["speedup"] is not None else "—"
         if r.get("slower_than_previous"):
             speed, slower = f"[red]▼ {speed}[/]", True
-        table.add_row(
-            r["name"],
-            r["label"],
-            f"{r['ms_per_step']:.1f}",
-            f"{r['ms_min']:.1f}–{r['ms_max']:.1f}",
-            f"{r['tok_per_s']:,.0f}",
-            speed,
-            f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "—",
-            f"{r['compile_s']:.0f} s" if r["compile_s"] is not None else "",
-            f"{r['peak_mem_mb']:,.0f} MiB",
-        )
+        cells.append({
+            "rung": r["name"], "setup": r["label"], "ms/step": f"{r['ms_per_step']:.1f}",
+            "min–max": f"{r['ms_min']:.1f}–{r['ms_max']:.1f}", "tok/s": f"{r['tok_per_s']:,.0f}", "speed-up": speed,
+            "MFU": f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "—",
+            "compile": f"{r['compile_s']:.0f} s" if r["compile_s"] is not None else "",
+            "peak mem": f"{r['peak_mem_mb']:,.0f} MiB",
+        })
+    widths = {c: _widest(c, cells) for c in columns}
+    widths["setup"] = max(len(word) for row in cells for word in Text.from_markup(row["setup"]).plain.split())
+    kept, left = _fit(columns, widths, BENCH_SPARE_COLUMNS, width)
+    _fill(table, kept, cells, text=("rung", "setup"))
     if slower:
         table.caption += "\n[red]▼[/] slower than the rung above it on this machine"
-    return table
+    if not left:
+        return table
+    rest = Table(title=f"Left out above at {width} columns: {', '.join(left)}")
+    _fill(rest, ["rung", *left], cells, text=("rung",))
+    return Group(table, rest)
+
+
+def _fill(table: Table, columns: list[str], cells: list[dict], text: tuple[str, ...]) -> None:
+    """Add the columns and rows: `text` columns fold a long word onto the next line, whole; the others are
+    numbers, right-aligned and never cut ("1.…" reads as nothing), their headers wrapped at a space if need be."""
+    for col in columns:
+        if col in text:
+            table.add_column(col, overflow="fold")
+        else:
+            least = max([*map(len, col.split()), *(Text.from_markup(row[col]).cell_len for row in cells)])
+            table.add_column(col, justify="right", min_width=least)
+    for row in cells:
+        table.add_row(*(row[c] for c in columns))
 
 
 def generate_table(result: dict) -> Table:
@@ -89,14 +128,13 @@ def generate_table(result: dict) -> Table:
                   caption=f"{result['device']} · torch {result['torch']} · median of {result['repeats']} runs · "
                           "1 sample greedy, more sampled (top-k 200); tok/s counts every sample")
     llama = next((r["tok_per_s"] for r in result["rows"] if r["generator"].startswith("llama.cpp")), None)
-    columns = ("generator", "precision", "samples", "tok/s", "vs transformers") + (("vs llama.cpp's 1",) if llama else ())
-    for col in columns:
-        table.add_column(col, justify="left" if col == "generator" else "right")
+    columns = ["generator", "precision", "samples", "tok/s", "vs transformers"] + (["vs llama.cpp's 1"] if llama else [])
     peer = {r["samples"]: r["tok_per_s"] for r in result["rows"] if r["generator"].startswith("transformers")}
-    for r in result["rows"]:
-        ratio = f"{r['tok_per_s'] / peer[r['samples']]:.2f}x" if r["samples"] in peer else "-"
-        cells = [r["generator"], r["precision"], str(r["samples"]), f"{r['tok_per_s']:,.0f}", ratio]
-        table.add_row(*cells, *([f"{r['tok_per_s'] / llama:.2f}x"] if llama else []))
+    cells = [{"generator": r["generator"], "precision": r["precision"], "samples": str(r["samples"]),
+              "tok/s": f"{r['tok_per_s']:,.0f}",
+              "vs transformers": f"{r['tok_per_s'] / peer[r['samples']]:.2f}x" if r["samples"] in peer else "-",
+              **({"vs llama.cpp's 1": f"{r['tok_per_s'] / llama:.2f}x"} if llama else {})} for r in result["rows"]]
+    _fill(table, columns, cells, text=("generator",))  # "llama.cpp (llama-cpp-python)" folds, whole
     if result.get("compile_s") is not None:
         table.caption += (f"\ncompiled: the one-token step over a static cache (a CUDA graph on CUDA), "
                           f"{result['compile_s']:.0f} s to compile it once per batch size")
@@ -157,9 +195,10 @@ def _style(row: dict) -> str:
 RUNS_SPARE_COLUMNS = ("start", "curve", "val loss", "loops", "data", "style")
 
 
-def runs_table(rows: list[dict], width: int = 200) -> Table:
+def runs_table(rows: list[dict], width: int = 200, command: str = "bladegpt runs") -> RenderableType:
     """The runs, a row each; columns from RUNS_SPARE_COLUMNS are left out until the rest fit in `width`
-    characters (at 80 columns every column was cut to two letters)."""
+    characters (at 80 columns every column was cut to two letters), and a line under the table names them and
+    how `command` shows them."""
     table = Table(title="Runs")
     names = [Path(r["run"]).name for r in rows]
     colors = {"running": "cyan", "finished": "green", "stopped early": "green", "interrupted": "yellow"}
@@ -180,13 +219,9 @@ def runs_table(rows: list[dict], width: int = 200) -> Table:
     columns = ["run", "data", "start", "steps", "val loss", "bpb", "best at", "wall", "state", "curve", "copied",
                "loops", "style"]
 
-    def needed(cols):  # each column's widest cell as shown, plus its borders and padding
-        return sum(max(len(c), *(Text.from_markup(row[c]).cell_len for row in cells)) + 3 for c in cols) + 1
-
-    for spare in RUNS_SPARE_COLUMNS:
-        if not cells or needed(columns) <= width:
-            break
-        columns.remove(spare)
+    widths = {c: _widest(c, cells) for c in columns}
+    every = columns
+    columns, left = _fit(every, widths, RUNS_SPARE_COLUMNS, width)
     table.caption = ("bpb: bits per byte of the validation text (lower is better), best at its step; "
                      + ("the curve is val bpb at each evaluation; " if "curve" in columns else "")
                      + "copied: the share of the last eval sample's 50-character spans found verbatim in the "
@@ -194,18 +229,13 @@ def runs_table(rows: list[dict], width: int = 200) -> Table:
                      + ("; loops: the share of its word 4-grams repeated" if "loops" in columns else "")
                      + ("; style: its Burrows's Delta from the held-out text (lower is closer; the base model's "
                         "sample's in brackets)" if "style" in columns else ""))
-    numbers = ("steps", "val loss", "bpb", "best at", "wall", "copied", "loops", "style")
-    for col in columns:
-        if col == "run":  # a long name folds onto a second line, whole (`--run` needs it), never cut to "…"
-            table.add_column(col, overflow="fold")
-        elif col in numbers:  # numbers are never cut short: "1.…" reads as nothing
-            widest = max([len(col), *(Text.from_markup(row[col]).cell_len for row in cells)])
-            table.add_column(col, justify="right", no_wrap=True, min_width=widest)
-        else:
-            table.add_column(col, justify="left")
-    for row in cells:
-        table.add_row(*(row[c] for c in columns))
-    return table
+    # a long run name folds onto a second line, whole (`--run` needs it), never cut to "…"
+    _fill(table, columns, cells, text=("run", "data", "start", "state", "curve"))
+    if not left:
+        return table
+    wide = sum(widths[c] + 3 for c in every) + 1
+    return Group(table, Text(f"Left out at {width} columns: {', '.join(left)}. `COLUMNS={wide} {command}` (or a "
+                             f"terminal that wide) shows them; `{command} --json` gives every field.", style="yellow"))
 
 
 SPARK = "▁▂▃▄▅▆▇█"

@@ -99,14 +99,16 @@ def train_record(step: int, loss: float, lr: float, tok_per_s: float, mfu: float
             "mfu": round(mfu, 5) if math.isfinite(mfu) else None, "elapsed": round(elapsed, 3)}
 
 
-def eval_record(step: int, loss: float | None, lr: float, tok_per_s: float, val_loss: float, val_bpb: float,
+def eval_record(step: int, loss: float | None, lr: float, tok_per_s: float | None, val_loss: float, val_bpb: float,
                 elapsed: float, copying: dict | None = None, voice: dict | None = None) -> dict:
-    """An evaluation's line; `copying` adds the copy meter's `copied` (share of the sample's 50-character
-    spans found verbatim in the training text, 0 to 1) and `longest_copy` (characters) where it ran; `voice`
-    the sample's `loops` (share of its word 4-grams repeated, 0 to 1) and `style` (Burrows's Delta from the
-    held-out text), generate/voice.py."""
+    """An evaluation's line; `loss` and `tok_per_s` repeat the last train line's, null before the first (a run
+    shorter than --log-interval measured neither, and 0 would read as a measurement); `copying` adds the copy
+    meter's `copied` (share of the sample's 50-character spans found verbatim in the training text, 0 to 1) and
+    `longest_copy` (characters) where it ran; `voice` the sample's `loops` (share of its word 4-grams repeated,
+    0 to 1) and `style` (Burrows's Delta from the held-out text), generate/voice.py."""
     return {"step": step, "loss": round(loss, 5) if loss is not None else None, "lr": lr,
-            "tok_per_s": round(tok_per_s, 1), "val_loss": round(val_loss, 5), "val_bpb": round(val_bpb, 5),
+            "tok_per_s": round(tok_per_s, 1) if tok_per_s is not None else None,
+            "val_loss": round(val_loss, 5), "val_bpb": round(val_bpb, 5),
             "elapsed": round(elapsed, 3), **(copying or {}), **(voice or {})}
 
 
@@ -122,7 +124,7 @@ class Throughput:
         self.peak_remeasured = False
         self.cpu_alone = device.type == "cpu" and world == 1
         self.tokens, self.seconds = 0, 0.0  # since the last record
-        self.tok_per_s = 0.0
+        self.tok_per_s: float | None = None  # none measured before the first record
 
     def add(self, seconds: float) -> None:
         """One more step, which took `seconds`."""
