@@ -248,11 +248,29 @@ def test_context_weight_one_trains_the_whole_text_and_zero_the_lines_alone(scrip
     assert not all(torch.allclose(p, q, atol=1e-6) for p, q in zip(steps["half"][1], steps["zero"][1]))
 
 
+def test_a_speakers_run_weighs_their_context_by_default_and_says_so(script, workdir):
+    from bladegpt.train.recipes import SPEAKER_CONTEXT_WEIGHT
+
+    prepare_speaker([script], ["K"], tokenizer="char")
+    said = invoke("train", "--preset", "nano", "--steps", "2", "--sample-tokens", "0", "--run", "runs/default")
+    assert said.exit_code == 0, said.output
+    assert f"--context-weight {SPEAKER_CONTEXT_WEIGHT:g}" in said.output and "beside K's own" in said.output
+    given = invoke("train", "--preset", "nano", "--steps", "2", "--sample-tokens", "0", "--run", "runs/masked",
+                   "--context-weight", "0")
+    assert given.exit_code == 0 and "--context-weight" not in given.output, given.output
+    recorded = {name: json.loads((workdir / "runs" / name / "run.json").read_text())["train"]["context_weight"]
+                for name in ("default", "masked")}
+    assert recorded == {"default": SPEAKER_CONTEXT_WEIGHT, "masked": 0.0}
+
+
 def test_context_weight_mistakes_are_one_line(script, workdir):
     (workdir / "tale.txt").write_text("Once upon a time there was a tale to tell. " * 300)
     assert invoke("prepare", "tale.txt", "--tokenizer", "char").exit_code == 0
     assert_one_line_error(invoke("train", "--preset", "nano", "--steps", "1", "--context-weight", "0.1"),
                           "--context-weight", "every token of datasets/tale is a target", "--speaker NAME")
+    assert invoke("train", "--preset", "nano", "--steps", "2", "--sample-tokens", "0", "--run", "runs/tale").exit_code == 0
+    assert_one_line_error(invoke("train", "--resume", "--run", "runs/tale", "--steps", "4", "--context-weight", "0.5"),
+                          "--context-weight", "--speaker NAME")
     prepare_speaker([script], ["K"], tokenizer="char")
     for bad in ("2", "-0.1", "nan"):
         assert_one_line_error(invoke("train", "--preset", "nano", "--steps", "1", "--context-weight", bad),
@@ -317,7 +335,7 @@ def assert_val_counts_their_tokens_only(result, meta) -> None:
 
 
 @pytest.mark.parametrize("how", ["fine-tune", "lora"])
-def test_fine_tune_and_lora_read_only_their_lines(script, how):
+def test_fine_tune_and_lora_score_their_lines_only(script, how):
     pytest.importorskip("transformers")
     from bladegpt.lora import LoraConfig
     from tests.families import tiny_family

@@ -20,7 +20,8 @@ from bladegpt.sources import base_source, load_pretrained
 from bladegpt.sources.base import crop_positions, shaped
 from bladegpt.train.distributed import Distributed, init_distributed
 from bladegpt.train.memory import GB, fit_micro_batch, memory_budget
-from bladegpt.train.recipes import FINETUNE_BLOCK, SCRATCH_BUDGET_S, finetune_config, sized_model, sized_to_text
+from bladegpt.train.recipes import (FINETUNE_BLOCK, SCRATCH_BUDGET_S, finetune_config, sized_model, sized_to_text,
+                                    speaker_weighted)
 
 RUNTIME_FLAGS = ("device", "precision", "attention", "compile")
 
@@ -52,6 +53,13 @@ def check_context_weight(token_data: TokenData, train_overrides: dict | None) ->
                           f"{token_data.folder} is a target; prepare the text with --speaker NAME, or drop --context-weight.")
 
 
+def speaker_of(token_data: TokenData) -> str | None:
+    """Whose lines a dataset's training targets are (prepare --speaker), or None where every token is one."""
+    if "train" not in token_data.masks:
+        return None
+    return (token_data.meta.get("speaker") or {}).get("name") or "the speaker"
+
+
 def new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan:
     """A run from scratch: a named preset as it is, or with no --preset the default sized to the text."""
     data_dir = Path(data) if data is not None else latest_dataset()
@@ -73,6 +81,8 @@ def new_plan(data, preset, model_overrides, train_overrides, requested) -> Plan:
         model_cfg, train_cfg = from_preset(preset, model_overrides, train_overrides)
     token_data.check_fits(model_cfg.block_size)
     model_cfg.vocab_size = padded_vocab(token_data.tokenizer.vocab_size)
+    train_cfg, weighted = speaker_weighted(train_cfg, train_overrides, speaker_of(token_data))
+    notes += weighted
     return Plan(model_cfg, train_cfg, token_data, {k: v or "auto" for k, v in requested.items()}, notes=notes,
                 budget_s=budget)
 
@@ -117,6 +127,8 @@ def finetune_plan(source, data, preset, model_overrides, train_overrides, reques
                                        arch=model_cfg.arch)
     if "block_size" not in overrides and block < min(source_cfg.block_size, FINETUNE_BLOCK):
         notes.insert(0, f"--block-size {block}: the text's {shortest:,}-token split is too short for {FINETUNE_BLOCK}")
+    train_cfg, weighted = speaker_weighted(train_cfg, train_overrides, speaker_of(token_data))
+    notes += weighted
     train_cfg, fitted = fit_memory(train_cfg, model_cfg, lora, train_overrides, requested["device"] or "auto")
     notes += fitted
     initial = pretrained.model.state_dict()

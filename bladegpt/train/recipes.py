@@ -6,6 +6,7 @@ docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from bladegpt.config import CLOCK_STEPS, SMALL_TEXT_BYTES, TrainConfig, plural
@@ -98,6 +99,12 @@ SCRATCH_WEIGHT_DECAY = 0.3
 # text is read a few times within the budget, not 50 (docs/benchmarks.md "Unigram noising").
 SCRATCH_TOKEN_NOISE = 0.2
 
+# On a speaker's dataset (prepare --speaker), what the other speakers' lines and the action count in the loss beside
+# the speaker's own (train --context-weight; OpenAI's prompt_loss_weight): SmolLM2 fine-tuned on the shipped
+# screenplay read K's held-out lines best at 0.3 of the weights measured, 0 (his lines alone) worst
+# (docs/benchmarks/voices.md "The context's weight").
+SPEAKER_CONTEXT_WEIGHT = 0.3
+
 SMALL_TEXT_SHAPE = dict(n_layer=4, n_head=4, n_embd=192)
 SHAPE_FLAGS = ("n_layer", "n_head", "n_embd")
 
@@ -165,3 +172,13 @@ def sized_to_text(overrides: dict | None, train_tokens: int, val_tokens: int, to
         notes.append(f"evaluating every {plural(sized.get('eval_interval', chosen.get('eval_interval')), 'step')} on "
                      f"{iters} batches ({val_tokens:,} val tokens)")
     return {**preset_train, **sized, **chosen}, notes
+
+
+def speaker_weighted(train_cfg: TrainConfig, overrides: dict | None, speaker: str | None) -> tuple[TrainConfig, list[str]]:
+    """A speaker's dataset (`speaker` names them; None: every token is a target) trains their context at
+    SPEAKER_CONTEXT_WEIGHT unless --context-weight was given; returns the settings and the line saying so."""
+    if speaker is None or (overrides or {}).get("context_weight") is not None:
+        return train_cfg, []
+    note = (f"--context-weight {SPEAKER_CONTEXT_WEIGHT:g}: the other speakers' lines and the action count "
+            f"{SPEAKER_CONTEXT_WEIGHT:g} of a target beside {speaker}'s own, which read best in the measurements")
+    return dataclasses.replace(train_cfg, context_weight=SPEAKER_CONTEXT_WEIGHT), [note]

@@ -15,7 +15,7 @@ from bladegpt.lora import LoraConfig, attach
 from bladegpt.sources import load_lora_base
 from bladegpt.train.optim import lr_at, schedule_progress
 from bladegpt.train.pacing import duration
-from bladegpt.train.plan import RUNTIME_FLAGS, Plan
+from bladegpt.train.plan import RUNTIME_FLAGS, Plan, check_context_weight
 from bladegpt.train.trainer import Reporter, Trainer
 
 
@@ -62,6 +62,7 @@ def resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan:
     if recorded and recorded != token_data.fingerprint:
         raise DataError(f"{data_dir} is not the data {run_dir} trained on (it was prepared again since); "
                         "resuming would continue on other text: start a new run on it instead.")
+    check_context_weight(token_data, given)
     if token_data.tokenizer.vocab_size > model_cfg.vocab_size:  # the model is the run's own (GPT-2's is unpadded)
         raise DataError(f"{data_dir}'s vocabulary no longer fits {run_dir}'s model; start a new run on it.")
     saved_runtime = state.get("runtime", {})
