@@ -151,16 +151,17 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.size()
         qkv = self.c_attn(x)
         q, k, v = qkv.split(self.sizes, dim=2)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None and self.qk_norm:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        elif rope is not None:  # q and k side by side in qkv: rotated as one (B, nh + nkv, T, hs), half the ops
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None and not self.qk_norm:  # q and k side by side in qkv: rotated as one, half the ops
             qk = qkv[..., : self.sizes[0] + self.sizes[1]].view(B, T, self.n_head + self.n_kv_head, self.head_dim)
             q, k = apply_rope(qk.transpose(1, 2), *rope).split((self.n_head, self.n_kv_head), dim=1)
+        else:
+            q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+            k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         mask = None
         if kv_cache is not None:
             k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs), and a (T, S) mask or None
