@@ -198,7 +198,7 @@ def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], Non
     """Replace every nn.Linear of `model` in place with an Int8Linear, or an Int4Linear where the int4
     kernel takes its shape (generation only: no gradients). "int8" takes int4 too, for a layer the int4 kernel
     takes on this CPU whose weights it rounds no further than int8 would (rms error): weights already on a
-    4-bit grid (a Q4_1 GGUF's: 3.7x closer than int8 for SmolLM2-135M's, at half the bytes). Embeddings stay as
+    4-bit grid (a Q4_1 GGUF's: 3.3-3.8x closer than int8 for SmolLM2-135M's, at half the bytes). Embeddings stay as
     they are: a lookup reads one row a token. A head tied to the embedding gets its own quantized copy; the
     embedding keeps the float weights. Layers a kernel cannot take are said, one line a reason, through `say`."""
     if precision not in QUANTIZED:
