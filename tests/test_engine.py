@@ -249,3 +249,20 @@ def test_repetition_penalty_goes_through_the_cached_and_the_reference_generator(
     assert fast != list(generate(model, [7, 3], 40, 60, gens(), temperature=0.9))
     greedy = generate_reference(model, [7], 40, 60, temperature=0, repetition_penalty=100.0)
     assert len(set(greedy)) > len(set(generate_reference(model, [7], 40, 60, temperature=0)))
+
+
+def test_auto_never_compiles_quantized_decoding_on_the_cpu(model, tmp_path, monkeypatch):
+    """Compiled over a static cache, int8/int4 steps ran slower than eager (docs/benchmarks/generation.md): `auto`
+    keeps them eager however many steps are asked for; fp32 still compiles where the steps repay it."""
+    from bladegpt.checkpoint import save_checkpoint
+    from bladegpt.generate import sampler as sampler_module
+
+    compiled = []
+    monkeypatch.setattr(sampler_module, "compile_decode", lambda m: compiled.append(m) or "step")
+    save_checkpoint(tmp_path / "m.safetensors", model, train_tokenizer("char", "abcdef"), step=1)
+    quantized = sampler_module.Sampler(tmp_path / "m.safetensors", "cpu", "int8", compile="auto")
+    quantized._maybe_compile(10**9, 1)
+    assert quantized.decode is None and not compiled
+    fp32 = sampler_module.Sampler(tmp_path / "m.safetensors", "cpu", "fp32", compile="auto")
+    fp32._maybe_compile(10**9, 1)
+    assert fp32.decode == "step" and len(compiled) == 1

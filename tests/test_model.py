@@ -92,3 +92,29 @@ def test_activation_checkpointing_gives_the_same_gradients(arch):
     for name, g in grads[0][1].items():
         torch.testing.assert_close(grads[1][1][name], g, atol=1e-6, rtol=1e-5, msg=name)
     assert "activation_checkpointing" not in str(model.state_dict().keys())
+
+
+def test_rope_with_one_flip_is_transformers_rotate_half_to_the_last_bit():
+    """apply_rope takes a signed sin table (rope_tables) so it rotates with one flip; the floats are transformers'."""
+    from bladegpt.model import apply_rope, rope_tables
+    torch.manual_seed(5)
+    config = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=64, positions="rope")
+    cos, signed_sin = rope_tables(config)
+    sin = torch.cat((-signed_sin[:, :8], signed_sin[:, 8:]), dim=-1)
+    assert torch.equal(sin[:, :8], sin[:, 8:])  # the halves pair, as transformers lays them out
+    angles = torch.arange(16).float()[:, None] / 10000 ** (torch.arange(0, 16, 2).float() / 16)
+    assert torch.allclose(sin, torch.cat((angles, angles), dim=-1).sin(), atol=1e-6)
+    x = torch.randn(2, 4, 16, 16)
+    rotate_half = torch.cat((-x[..., 8:], x[..., :8]), dim=-1)
+    assert torch.equal(apply_rope(x, cos, signed_sin), x * cos + rotate_half * sin)
+
+
+@pytest.mark.parametrize("rows, dim", [(1, 576), (8, 64), (20, 960)])
+def test_rms_norm_in_fp32_is_transformers_formula_to_the_last_bit(rows, dim):
+    from bladegpt.model import RMSNorm
+    torch.manual_seed(6)
+    norm = RMSNorm(dim, 1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = 3 * torch.randn(rows, dim)
+    assert torch.equal(norm(x), norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)))

@@ -220,3 +220,29 @@ def test_auto_skips_int8_where_the_kernel_cannot_take_the_width_and_says_why(avx
     timed.clear()
     wide = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)).eval()
     assert sampler.decode_precision(wide, torch.device("cpu"), say=said.append) == "int8" and "int8" in timed
+
+
+def test_int8_keeps_int4_for_a_q4_1_files_weights_closer_and_in_half_the_bytes():
+    """Weights a Q4_1 GGUF holds (the gguf package's own quantizer) are already 4-bit: "int8" keeps them in int4,
+    closer to the file's than int8 rounds them (only bf16's rounding of the scale and zero); ordinary weights,
+    closer in int8, stay int8. The mixed model samples as its reference does."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    torch.manual_seed(7)
+    model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=64)).eval()
+    fc = model.transformer.h[0].mlp.c_fc
+    blocks = quants.quantize(fc.weight.detach().numpy().astype(np.float32), GGMLQuantizationType.Q4_1)
+    with torch.no_grad():
+        fc.weight.copy_(torch.from_numpy(quants.dequantize(blocks, GGMLQuantizationType.Q4_1)))
+    q = quantize(copy.deepcopy(model), "int8")
+    four, eight = q.transformer.h[0].mlp.c_fc, Int8Linear(fc)
+    assert isinstance(four, Int4Linear) and four.weight.numel() * 2 == eight.weight.numel()  # packed: 2 a byte
+    assert four.error < eight.error / 2
+    file_weights = fc.weight.detach()
+    error = (four.dequantized(torch.float32) - file_weights).abs()
+    assert (error <= 2 ** -7 * file_weights.abs().amax(dim=1, keepdim=True)).all()  # bf16's relative step, about
+    assert all(isinstance(b.mlp.c_proj, Int8Linear) and isinstance(b.attn.c_attn, Int8Linear) for b in q.transformer.h)
+    assert isinstance(q.transformer.h[1].mlp.c_fc, Int8Linear)
+    fast = list(generate(q, [3, 1, 4, 1, 5], 10, 64, temperature=0))
+    assert fast == generate_reference(q, [3, 1, 4, 1, 5], 10, 64, temperature=0)

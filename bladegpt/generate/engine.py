@@ -152,7 +152,7 @@ def sample_next_token(
             return logits.argmax(dim=-1)
         logits = logits.masked_fill(banned | logits.isnan(), -math.inf)
         return torch.where(logits.isneginf().all(dim=-1), -1, logits.argmax(dim=-1))
-    logits = logits.masked_fill(logits.isnan(), -math.inf)
+    logits = logits.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)  # NaN only, in one pass
     ids = None  # where the columns come from, when they are a sorted subset of the vocabulary
     if top_k is not None and top_k < logits.size(-1):
         logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), likeliest first
