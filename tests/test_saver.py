@@ -124,3 +124,13 @@ def test_a_run_ending_on_an_error_finishes_the_write_in_flight_first(corpus, mon
         train(None, "nano", TINY_MODEL, TINY_TRAIN, compile="off")
     assert finished == [True]
     assert not [t for t in threading.enumerate() if t.name == "bladegpt-save"]
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread priority here")
+def test_the_background_write_gives_the_steps_the_cpu_first(tmp_path):
+    from bladegpt.train.saver import BackgroundSaver
+
+    saver, seen = BackgroundSaver(tmp_path), []
+    saver.submit([lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))])
+    saver.wait()
+    assert seen == [19] and os.getpriority(os.PRIO_PROCESS, 0) != 19  # the training thread keeps its own

@@ -5,6 +5,7 @@ waits for it before it ends, however it ends; the writes themselves stay atomic 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,8 @@ class BackgroundSaver:
 
     def _run(self, write: Callable[[], None]) -> None:
         try:
+            if threading.current_thread() is self.thread and hasattr(os, "setpriority"):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # the steps first (Linux: per thread)
             write()
         except BaseException as e:  # handed to the training thread, which raises it
             self.error = e

@@ -194,8 +194,7 @@ class Trainer:
         background, in that order (saver.py); where memory has no room for a copy, write each here and now."""
         if not self.ddp.main:
             return
-        with self.phases.timed("saves: waiting for the write before"):
-            self.saver.wait()  # one write in flight at most
+        self.phases.call("saves: waiting for the write before", self.saver.wait)  # one write in flight at most
         tensors, info = self.state_dict()
         staging = self.saver.staging(snapshot_bytes(self.model, self.optimizers, self.average is not None))
         with self.phases.timed("saves: last + state"):
@@ -269,6 +268,7 @@ class Trainer:
         bad = not bool(self.finite) or not all(math.isfinite(v) for v in values)
         if not self.ddp.mean(float(bad)) > 0:
             return
+        self.saver.join()  # the write in flight is the last good checkpoint
         kept = (f"the last good checkpoint ({self.run_dir / runs.LAST}) is kept"
                 if (self.run_dir / runs.LAST).exists() else "no checkpoint had been saved yet")
         raise TrainingDiverged(
