@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file, save_model
+from safetensors.torch import load_file, save_file
 
 from bladegpt import __version__, strictjson
 from bladegpt.config import ModelConfig
@@ -32,7 +32,15 @@ def save_checkpoint(path: Path, model: GPT, tokenizer: Tokenizer, **info) -> Non
     atomic_write(path, _checkpoint_writer(model, tokenizer, info))
 
 
-def _checkpoint_writer(model: GPT, tokenizer: Tokenizer, info: dict):
+def checkpoint_snapshot(model: GPT, tokenizer: Tokenizer, staging: dict[str, torch.Tensor] | None, **info):
+    """A copy of the checkpoint as it is now (into `staging`, see _staged), and the function(path) that writes
+    it atomically later (from a background thread: training goes on changing the weights meanwhile); with no
+    `staging`, no copy: the function writes the live tensors, so it must run before they change."""
+    write = _checkpoint_writer(model, tokenizer, info, staging)
+    return lambda path: atomic_write(path, write)
+
+
+def _checkpoint_writer(model: GPT, tokenizer: Tokenizer, info: dict, staging: dict[str, torch.Tensor] | None = None):
     metadata = {
         "format": FORMAT,
         "bladegpt_version": __version__,
@@ -42,10 +50,43 @@ def _checkpoint_writer(model: GPT, tokenizer: Tokenizer, info: dict):
     }
     lora = getattr(model, "lora", None)
     if lora is not None:  # a LoRA run: its adapters and where its base is, not the base's weights
-
         metadata["lora"] = strictjson.dumps(lora.to_dict())
-        return lambda tmp: _io(save_file, adapter_state(model), tmp, metadata=metadata)
-    return lambda tmp: _io(save_model, model, tmp, metadata=metadata)
+        tensors = adapter_state(model)
+    else:
+        tensors = _stored_once(model.state_dict(), metadata)
+    if staging is not None:
+        tensors = _staged(tensors, staging)
+    return lambda tmp: _io(save_file, tensors, tmp, metadata=metadata)
+
+
+def _staged(tensors: dict[str, torch.Tensor], staging: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors copied into CPU buffers of the same names in `staging`, made at the first save and reused by
+    the next ones (torch.distributed.checkpoint's async_save caches its staging buffers too: fresh 1.6 GB
+    costs ~5x the copy in page faults). The caller has finished writing the previous copy."""
+    copies = {}
+    for name, t in tensors.items():
+        buffer = staging.get(name)
+        if buffer is None or buffer.shape != t.shape or buffer.dtype != t.dtype:
+            buffer = staging[name] = torch.empty(t.shape, dtype=t.dtype)
+        copies[name] = buffer.copy_(t.detach())
+    return copies
+
+
+def _stored_once(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The state with each tensor shared by several names (the tied wte/lm_head) stored once, as safetensors'
+    save_model stores it: under the first of its names in sorted order, each other name pointing to it in the
+    metadata (safetensors refuses shared tensors)."""
+    kept: dict[tuple, str] = {}
+    tensors = {}
+    for name in sorted(state):
+        t = state[name].detach()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if key in kept:
+            metadata.setdefault(name, kept[key])
+            continue
+        kept[key] = name
+        tensors[name] = t.contiguous()
+    return {name: tensors[name] for name in state if name in tensors}
 
 
 def _io(save, *args, **kwargs) -> None:
@@ -162,10 +203,28 @@ def save_training(run_dir: Path, model: GPT, tokenizer: Tokenizer, optimizers: l
     """last.safetensors and state.safetensors as one commit: both are staged whole first, and the
     rename of state is the commit point. A crash before it keeps the previous pair; a crash after
     it leaves last's staged copy complete, and `recover_training` moves it into place."""
-    state_tmp = stage(run_dir / STATE, _state_writer(optimizers, tensors, info))
+    _commit_training(run_dir, *_training_writers(model, tokenizer, optimizers, tensors, info))
+
+
+def training_snapshot(run_dir: Path, model: GPT, tokenizer: Tokenizer, optimizers: list[torch.optim.Optimizer],
+                      tensors: dict[str, torch.Tensor], info: dict, staging: dict[str, dict[str, torch.Tensor]] | None):
+    """A copy of what save_training writes, taken now (into staging["state"] and staging["last"], see _staged),
+    and the function() that writes it as save_training does, later (from a background thread, while the
+    weights and moments go on changing); with no `staging`, no copy, as checkpoint_snapshot."""
+    writers = _training_writers(model, tokenizer, optimizers, tensors, info, staging)
+    return lambda: _commit_training(run_dir, *writers)
+
+
+def _training_writers(model, tokenizer, optimizers, tensors, info, staging: dict | None = None):
+    state, last = (None, None) if staging is None else (staging.setdefault("state", {}), staging.setdefault("last", {}))
+    return (_state_writer(optimizers, tensors, info, state),
+            _checkpoint_writer(model, tokenizer, {"step": info["step"], "val_loss": info["best_val"]}, last))
+
+
+def _commit_training(run_dir: Path, state_writer, last_writer) -> None:
+    state_tmp = stage(run_dir / STATE, state_writer)
     try:
-        last_tmp = stage(run_dir / LAST, _checkpoint_writer(model, tokenizer, {"step": info["step"],
-                                                                               "val_loss": info["best_val"]}))
+        last_tmp = stage(run_dir / LAST, last_writer)
     except BaseException:
         state_tmp.unlink(missing_ok=True)
         raise
@@ -200,12 +259,15 @@ def read_info(path: Path) -> dict:
         raise CheckpointError(f"{path} is damaged ({e}); use another checkpoint or start a new run.") from None
 
 
-def _state_writer(optimizers: list[torch.optim.Optimizer], tensors: dict[str, torch.Tensor], info: dict):
-    """Optimizer moments, RNG states and counters: what an exact resume needs beyond the weights."""
+def _state_writer(optimizers: list[torch.optim.Optimizer], tensors: dict[str, torch.Tensor], info: dict,
+                  staging: dict[str, torch.Tensor] | None = None):
+    """Optimizer moments, RNG states and counters: what an exact resume needs beyond the weights (copied
+    now into `staging` where given: the optimizer updates its moments in place)."""
     states = [optimizer.state_dict() for optimizer in optimizers]
-    flat = {f"opt{i}.{idx}.{name}": t.detach().cpu().contiguous()
+    flat = {f"opt{i}.{idx}.{name}": t.detach()
             for i, opt in enumerate(states) for idx, s in opt["state"].items() for name, t in s.items()}
-    flat.update({name: t.cpu().contiguous() for name, t in tensors.items()})
+    flat.update(tensors)
+    flat = {name: t.cpu().contiguous() for name, t in flat.items()} if staging is None else _staged(flat, staging)
     metadata = {"format": FORMAT, "param_groups": strictjson.dumps([opt["param_groups"] for opt in states]),
                 "info": strictjson.dumps(info)}
     return lambda tmp: _io(save_file, flat, tmp, metadata=metadata)

@@ -57,6 +57,20 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     commit(stage(path, write), path)
 
 
+def atomic_link(source: Path, path: Path) -> None:
+    """Make `path` the same file as `source` without writing its bytes again (a hard link), atomically: a
+    later os.replace of `source` leaves `path` holding what it holds now. A filesystem without hard links
+    gets a copy."""
+    tmp = temp_path(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        atomic_write(path, lambda name: shutil.copyfile(source, name))
+        return
+    commit(tmp, path)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 

@@ -113,7 +113,8 @@ def train(
             if not resume and plan.origin is not None:
                 reporter.message(f"Starting from {plan.origin}.")
             if ddp.main and not resume and plan.origin is not None:  # what a fine-tune is read against
-                record["base_voice"], sample = trainer.evaluator.measure_base(trainer.model)
+                record["base_voice"], sample = phases.call("evaluations: the base model's sample",
+                                                           trainer.evaluator.measure_base, trainer.model)
                 runs.write_run(run_dir, record)
                 reporter.base(record["base_voice"], sample)
             elif ddp.main and resume and (base := runs.read_run(run_dir).get("base_voice")):

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from bladegpt import runs
-from bladegpt.checkpoint import save_checkpoint, save_training
+from bladegpt.checkpoint import checkpoint_snapshot, training_snapshot
 from bladegpt.config import ModelConfig, TrainConfig, plural
 from bladegpt.data.dataset import TokenData, stream_seed
-from bladegpt.errors import ConfigError, TrainingDiverged, UserError
+from bladegpt.errors import ConfigError, TrainingDiverged
+from bladegpt.files import atomic_link
 from bladegpt.model import GPT
 from bladegpt.runtime import Runtime, compile_available, synchronize
 from bladegpt.train.distributed import Distributed
@@ -25,6 +27,7 @@ from bladegpt.train.evaluate import Evaluator
 from bladegpt.train.optim import lr_at, make_optimizers, schedule_progress, set_lr
 from bladegpt.train.pacing import Pacer
 from bladegpt.train.runbook import EarlyStopping, MetricsLog, Phases, Throughput, eval_record, train_record
+from bladegpt.train.saver import BackgroundSaver, snapshot_bytes
 from bladegpt.train.signals import StopSignals
 
 
@@ -132,6 +135,7 @@ class Trainer:
         self.pacer = Pacer(train_cfg, ddp, reporter.message)
         self.evaluator = Evaluator(data, model_cfg, train_cfg, runtime, ddp, reporter.message)
         self.metrics = MetricsLog(run_dir, ddp.main)
+        self.saver = BackgroundSaver(run_dir)
         self.last_loss: float | None = None
         self.lr, self.phases = train_cfg.lr, Phases()  # train() hands in its own, with the plan's seconds
         self.stop_requested = False
@@ -185,29 +189,29 @@ class Trainer:
         self.last_loss = info["last_loss"]
         self.early.load(info)
 
-    def save(self) -> None:
-        """last.safetensors and state.safetensors, committed together (see save_training)."""
+    def save(self, best_val: float | None = None) -> None:
+        """Copy state and last now (and best, where this evaluation improved), and write the copies in the
+        background, in that order (saver.py); where memory has no room for a copy, write each here and now."""
         if not self.ddp.main:
             return
+        self.phases.call("saves: waiting for the write before", self.saver.wait)  # one write in flight at most
         tensors, info = self.state_dict()
-        with self.saving(), self.phases.timed("saves: last + state"):
-            save_training(self.run_dir, self.model, self.data.tokenizer, self.optimizers, tensors, info)
+        staging = self.saver.staging(snapshot_bytes(self.model, self.optimizers, self.average is not None))
+        with self.phases.timed("saves: last + state"):
+            writes = [self.saver.copied(training_snapshot(self.run_dir, self.model, self.data.tokenizer,
+                                                          self.optimizers, tensors, info, staging), staging)]
+        if best_val is not None:
+            with self.phases.timed("saves: best"), self.evaluated_weights():
+                writes.append(self.saver.copied(self.best_writer(best_val, staging), staging))
+        self.saver.submit(writes)
 
-    def save_best(self, val_loss: float) -> None:
-        if self.ddp.main:
-            with self.saving(), self.phases.timed("saves: best"):
-                save_checkpoint(self.run_dir / runs.BEST, self.model, self.data.tokenizer, step=self.step,
-                                val_loss=val_loss)
-
-    @contextmanager
-    def saving(self):
-        """A full disk or a read-only folder stops the run in one line; what was saved before stays."""
-        try:
-            yield
-        except OSError as e:
-            raise UserError(f"Could not save a checkpoint in {self.run_dir} ({e.strerror}); the previous one "
-                            "is kept: free space or fix permissions, then `bladegpt train --resume "
-                            f"--run {self.run_dir}`.") from None
+    def best_writer(self, val_loss: float, staging: dict | None):
+        """best.safetensors: under --ema the average's (applied now); else last's weights and info: a link."""
+        if self.average is None:
+            return partial(atomic_link, self.run_dir / runs.LAST, self.run_dir / runs.BEST)
+        buffers = None if staging is None else staging.setdefault("best", {})
+        return partial(checkpoint_snapshot(self.model, self.data.tokenizer, buffers, step=self.step, val_loss=val_loss),
+                       self.run_dir / runs.BEST)
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -264,6 +268,7 @@ class Trainer:
         bad = not bool(self.finite) or not all(math.isfinite(v) for v in values)
         if not self.ddp.mean(float(bad)) > 0:
             return
+        self.saver.join()  # the write in flight is the last good checkpoint
         kept = (f"the last good checkpoint ({self.run_dir / runs.LAST}) is kept"
                 if (self.run_dir / runs.LAST).exists() else "no checkpoint had been saved yet")
         raise TrainingDiverged(
@@ -340,11 +345,15 @@ class Trainer:
             if self.stop_requested:
                 self.check_finite()
                 self.save()
+            with self.phases.timed("saves: waiting for the last write"):
+                self.saver.wait()  # the run reports only what is on disk
+            if self.stop_requested:
                 self.reporter.message(
                     f"Interrupted at step {self.step}; saved {self.run_dir / runs.LAST}. "
                     f"Continue with `bladegpt train --resume --run {self.run_dir}`."
                 )
         finally:
+            self.saver.join()  # an error or a second Ctrl-C: the write in flight still finishes, whole
             self.signals.graceful = False
             self.reporter.close()
         early = self.early
@@ -379,10 +388,7 @@ class Trainer:
                              self.elapsed, self.evaluator.copied(sample), self.evaluator.voice(sample))
         self.metrics.write(record)
         self.metrics.sample(self.step, sample)
-        self.save()  # state and last first, best after: the order a crash at any write resumes from
-        if improved:
-            with self.evaluated_weights():
-                self.save_best(val_loss)
+        self.save(val_loss if improved else None)  # state and last first, best after: a crash at any write resumes
         self.reporter.eval(record, sample)
         self.cfg = self.pacer.evaluated(self.cfg, took, self.step, self.elapsed)
         return record

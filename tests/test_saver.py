@@ -1,0 +1,136 @@
+"""Checkpoints written in the background (train/saver.py): the files are the state as it was when copied, best
+is linked to last where they are the same, a failed write stops the run in one line, and however the run ends
+the write in flight is whole on disk first."""
+
+import errno
+import os
+import threading
+import time
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from bladegpt import checkpoint, runs
+from bladegpt.checkpoint import load_checkpoint, save_training, training_snapshot
+from bladegpt.config import ModelConfig
+from bladegpt.data.prepare import prepare
+from bladegpt.errors import TrainingDiverged, UserError
+from bladegpt.files import atomic_link, atomic_write_text
+from bladegpt.model import GPT
+from bladegpt.tokenizer.char import CharTokenizer
+from bladegpt.train import train
+from bladegpt.train.evaluate import Evaluator
+from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+
+def read(path):
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
+
+
+def trained_step(model, optimizer):
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+
+
+def test_a_background_save_writes_the_state_as_it_was_when_copied(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=8, n_layer=1, n_head=2, n_embd=8, block_size=8))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    tokenizer, staging = CharTokenizer(list("ab")), {}
+    info = {"step": 1, "best_val": 2.0}
+    for round in range(2):  # the second reuses the first's buffers
+        trained_step(model, optimizer)
+        now, later = tmp_path / f"now{round}", tmp_path / f"later{round}"
+        now.mkdir(), later.mkdir()
+        save_training(now, model, tokenizer, [optimizer], {"rng.cpu": torch.get_rng_state()}, info)
+        write = training_snapshot(later, model, tokenizer, [optimizer], {"rng.cpu": torch.get_rng_state()}, info,
+                                  staging)
+        trained_step(model, optimizer)  # training goes on before the copy is written
+        write()
+        for name in (runs.LAST, runs.STATE):
+            (meta_now, tensors_now), (meta_later, tensors_later) = read(now / name), read(later / name)
+            assert meta_now == meta_later and tensors_now.keys() == tensors_later.keys()
+            assert all(torch.equal(tensors_now[k], tensors_later[k]) for k in tensors_now)
+    assert {"state", "last"} == staging.keys()
+
+
+def test_a_link_keeps_what_it_held_when_its_source_is_replaced(tmp_path):
+    source, link = tmp_path / "last", tmp_path / "best"
+    atomic_write_text(source, "step 10")
+    atomic_link(source, link)
+    assert os.path.samefile(source, link) and not list(tmp_path.glob(".*.tmp"))
+    atomic_write_text(source, "step 20")
+    assert link.read_text() == "step 10" and source.read_text() == "step 20"
+
+
+def test_best_is_last_linked_where_they_are_the_same(corpus):
+    prepare([corpus], tokenizer="char")
+    result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 10}, compile="off")
+    best, last = result.run_dir / runs.BEST, result.run_dir / runs.LAST
+    assert os.path.samefile(best, last)
+    assert load_checkpoint(best)[2] == {"step": 10, "val_loss": result.best_val_loss}
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.8])
+def test_without_memory_for_a_copy_the_training_thread_writes_the_same_run(corpus, monkeypatch, ema):
+    prepare([corpus], tokenizer="char")
+    schedule = {**TINY_TRAIN, "ema": ema, "patience": 0}
+    copied = train(None, "nano", TINY_MODEL, schedule, compile="off")
+    monkeypatch.setattr("bladegpt.train.saver.machine_memory", lambda: (1, 1))
+    started = []
+    monkeypatch.setattr(threading.Thread, "start", lambda self: started.append(self))
+    direct = train(None, "nano", TINY_MODEL, schedule, compile="off")
+    assert not started
+    assert [r.get("val_loss") for r in copied.history] == [r.get("val_loss") for r in direct.history]
+    for name in (runs.BEST, runs.LAST, runs.STATE):
+        (_, a), (_, b) = read(copied.run_dir / name), read(direct.run_dir / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k != "rng.batches")
+
+
+def test_a_failed_background_write_stops_the_run_in_one_line_keeping_the_last_save(corpus, monkeypatch):
+    prepare([corpus], tokenizer="char")
+    commit, calls = checkpoint._commit_training, []
+
+    def full_disk_at_the_second(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        commit(*args)
+
+    monkeypatch.setattr(checkpoint, "_commit_training", full_disk_at_the_second)
+    with pytest.raises(UserError, match="Could not save a checkpoint .*No space left on device.*previous one is kept"):
+        train(None, "nano", TINY_MODEL, TINY_TRAIN, compile="off")
+    run_dir = runs.latest_run()
+    assert load_checkpoint(run_dir / runs.LAST)[2]["step"] == 10
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_run_ending_on_an_error_finishes_the_write_in_flight_first(corpus, monkeypatch):
+    prepare([corpus], tokenizer="char")
+    commit, finished = checkpoint._commit_training, []
+
+    def slow(*args):
+        time.sleep(1.0)
+        commit(*args)
+        finished.append(True)
+
+    monkeypatch.setattr(checkpoint, "_commit_training", slow)
+    curve = iter([2.0, float("nan")])
+    monkeypatch.setattr(Evaluator, "loss_and_bpb", lambda self, model: (next(curve), 1.0))
+    with pytest.raises(TrainingDiverged):
+        train(None, "nano", TINY_MODEL, TINY_TRAIN, compile="off")
+    assert finished == [True]
+    assert not [t for t in threading.enumerate() if t.name == "bladegpt-save"]
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread priority here")
+def test_the_background_write_gives_the_steps_the_cpu_first(tmp_path):
+    from bladegpt.train.saver import BackgroundSaver
+
+    saver, seen = BackgroundSaver(tmp_path), []
+    saver.submit([lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))])
+    saver.wait()
+    assert seen == [19] and os.getpriority(os.PRIO_PROCESS, 0) != 19  # the training thread keeps its own
