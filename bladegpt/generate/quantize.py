@@ -9,8 +9,9 @@ floating point, so only the weights are rounded: each to within half its channel
 Int4 weights (`quantize(model, "int4")`) keep a scale and a zero for every 32 weights of a row (asymmetric
 min/max: llama.cpp's Q4_1 block, torchao's int4_weight_only layout), through PyTorch's packed CPU kernel:
 half int8's bytes, each weight within half its group's step, (max - min) / 30. Int8 (`quantize(model, "int8")`)
-keeps a layer in int4 where int4 holds its weights at least as closely as int8 does, measured: weights that are
-already 4-bit, as a Q4_0/Q4_1 GGUF's are, read half the bytes for no loss against int8.
+keeps a layer in int4 where its weights are already 4-bit, as a Q4_0/Q4_1 GGUF's are, and int4 holds them at least
+as closely as int8 does, measured: half the bytes for no loss against int8. Weights a fine-tune moved off that grid
+stay int8, however small the move: int4 would round them back onto it, undoing what was trained.
 """
 
 from __future__ import annotations
@@ -184,6 +185,23 @@ def rms(quantized: torch.Tensor, weight: torch.Tensor) -> float:
     return float(F.mse_loss(quantized, weight).sqrt())
 
 
+def on_4bit_grid(weight: torch.Tensor, tolerance: float = 1e-3) -> bool:
+    """Whether each group of INT4_GROUP weights of a row takes at most 16 equally spaced values (to `tolerance` of
+    its step, float32's rounding of a GGUF's d * q + m), as a Q4_0/Q4_1 file's do: the weights int8 may keep in
+    int4. A fine-tune's, moved off the grid by any amount, are not: int4 would round them back onto it. The first
+    rows are checked alone first, so that a model of ordinary weights pays for a few groups only."""
+    groups = weight.detach().float().reshape(-1, INT4_GROUP)
+    for part in (groups[:64], groups):
+        values = part.sort(dim=1).values
+        gaps = values.diff(dim=1)
+        step = gaps.masked_fill(gaps <= 0, float("inf")).amin(dim=1, keepdim=True)  # (groups, 1): the grid's step
+        step = torch.where(step.isinf(), 1.0, step)  # a group of one value is on any grid
+        levels = (values - values[:, :1]) / step
+        if not ((levels - levels.round()).abs() <= tolerance).all() or levels[:, -1].max() > 15 + tolerance:
+            return False
+    return True
+
+
 def int8_available(device: torch.device) -> bool:
     """Whether this PyTorch runs weight-only int8 on the device (the packed CPU kernel, or the dequantizing path)."""
     return device.type != "cpu" or hasattr(torch, "_weight_int8pack_mm")
@@ -214,7 +232,7 @@ def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], Non
                 fallbacks.setdefault(f"int8 weights, not int4: {why}", []).append(path)
             layer = (Int4Linear if precision == "int4" and why is None else Int8Linear)(child).to(child.weight.device)
             if precision == "int8" and int4_available(child.weight.device) and not int4_refusal(
-                    child.in_features, child.out_features):
+                    child.in_features, child.out_features) and on_4bit_grid(child.weight):
                 four = Int4Linear(child)
                 layer = four if four.error <= layer.error else layer
             if isinstance(layer, Int8Linear) and layer.refusal and child.weight.device.type == "cpu":
