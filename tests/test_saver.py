@@ -134,3 +134,40 @@ def test_the_background_write_gives_the_steps_the_cpu_first(tmp_path):
     saver.submit([lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))])
     saver.wait()
     assert seen == [19] and os.getpriority(os.PRIO_PROCESS, 0) != 19  # the training thread keeps its own
+
+
+class Killed(BaseException):
+    """A kill -9 between two renames, as far as the files go: nothing after it runs, nothing staged is removed."""
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.8])
+def test_a_kill_after_state_is_committed_leaves_best_to_recover_with_last(corpus, monkeypatch, ema):
+    """state's rename commits a save whole: best (improved at that evaluation) is staged before it, as last is,
+    so a kill after it loses neither; before, best was linked or written after, and a kill between left a best
+    older than the one state.safetensors records (or none at all)."""
+    prepare([corpus], tokenizer="char")
+    commit = checkpoint.commit
+
+    def killed_after_last(tmp, path):
+        commit(tmp, path)
+        if path.name == runs.LAST:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "commit", killed_after_last)
+    with pytest.raises(Killed):
+        train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "ema": ema}, compile="off")
+    run_dir = runs.latest_run()
+    checkpoint.recover_training(run_dir)
+    assert checkpoint.read_info(run_dir / runs.STATE)["best_step"] == 10
+    assert load_checkpoint(run_dir / runs.BEST)[2]["step"] == 10
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_resume_drops_what_a_kill_left_staged_and_never_committed(corpus):
+    prepare([corpus], tokenizer="char")
+    result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 10}, compile="off")
+    files = {p.name: p.read_bytes() for p in result.run_dir.iterdir()}
+    for name in (runs.STATE, runs.BEST):  # a kill cut their writes short
+        checkpoint.temp_path(result.run_dir / name).write_bytes(files[name][: len(files[name]) // 2])
+    checkpoint.recover_training(result.run_dir)
+    assert {p.name: p.read_bytes() for p in result.run_dir.iterdir()} == files
