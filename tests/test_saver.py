@@ -171,3 +171,16 @@ def test_a_resume_drops_what_a_kill_left_staged_and_never_committed(corpus):
         checkpoint.temp_path(result.run_dir / name).write_bytes(files[name][: len(files[name]) // 2])
     checkpoint.recover_training(result.run_dir)
     assert {p.name: p.read_bytes() for p in result.run_dir.iterdir()} == files
+
+
+def test_without_hard_links_best_is_a_copy_that_keeps_its_content(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    source, link = tmp_path / "last", tmp_path / "best"
+    atomic_write_text(source, "step 10")
+    monkeypatch.setattr(os, "link", no_links)
+    atomic_link(source, link)
+    assert not os.path.samefile(source, link) and link.read_text() == "step 10"
+    atomic_write_text(source, "step 20")
+    assert link.read_text() == "step 10" and not list(tmp_path.glob(".*.tmp"))
