@@ -235,7 +235,10 @@ def test_int8_keeps_int4_for_a_q4_1_files_weights_closer_and_in_half_the_bytes()
     blocks = quants.quantize(fc.weight.detach().numpy().astype(np.float32), GGMLQuantizationType.Q4_1)
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(quants.dequantize(blocks, GGMLQuantizationType.Q4_1)))
-    q = quantize(copy.deepcopy(model), "int8")
+    said = []
+    q = quantize(copy.deepcopy(model), "int8", said.append)
+    assert said == ["1 layer(s) (transformer.h.0.mlp.c_fc) run int4 weights, not int8: theirs are already 4-bit (a "
+                    "Q4_1 file's, untouched), which int4 holds closer in half the bytes."]  # the start says int8
     four, eight = q.transformer.h[0].mlp.c_fc, Int8Linear(fc)
     assert isinstance(four, Int4Linear) and four.weight.numel() * 2 == eight.weight.numel()  # packed: 2 a byte
     assert four.error < eight.error / 2
