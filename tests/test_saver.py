@@ -184,3 +184,19 @@ def test_without_hard_links_best_is_a_copy_that_keeps_its_content(tmp_path, monk
     assert not os.path.samefile(source, link) and link.read_text() == "step 10"
     atomic_write_text(source, "step 20")
     assert link.read_text() == "step 10" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_second_ctrl_c_while_a_save_is_written_stops_only_once_the_write_is_whole(tmp_path):
+    """A Ctrl-C that interrupts the wait for a write is raised once the write is on disk: an interrupted
+    Thread.join marks the thread stopped, and the process ended with state renamed and last left staged."""
+    import signal
+
+    from bladegpt.train.saver import BackgroundSaver
+
+    saver, written = BackgroundSaver(tmp_path), []
+    saver.submit([lambda: (time.sleep(1.0), written.append(True))])
+    threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        saver.wait()
+    assert written == [True]
+    assert not [t for t in threading.enumerate() if t.name == "bladegpt-save"]

@@ -31,6 +31,7 @@ class BackgroundSaver:
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.thread: threading.Thread | None = None
+        self.finished = threading.Event()  # set when the write in flight has ended, written or failed
         self.error: BaseException | None = None
         self.buffers: dict[str, dict[str, torch.Tensor]] = {}  # the copy's, by file: reused save after save
 
@@ -55,6 +56,7 @@ class BackgroundSaver:
         self.wait()
         writes = [write for write in writes if write is not None]
         if writes:
+            self.finished = threading.Event()
             self.thread = threading.Thread(target=self._run, args=(lambda: [write() for write in writes],),
                                            name="bladegpt-save")
             self.thread.start()
@@ -66,13 +68,26 @@ class BackgroundSaver:
             write()
         except BaseException as e:  # handed to the training thread, which raises it
             self.error = e
+        finally:
+            self.finished.set()
 
     def join(self) -> None:
-        """Wait until the write in flight is on disk (or failed), raising nothing: for a run already ending on
-        an error or Ctrl-C."""
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
+        """Wait until the write in flight is on disk (or failed), raising nothing of its own: for a run already
+        ending on an error or Ctrl-C. A Ctrl-C meanwhile is raised once the write is whole: an interrupted
+        Thread.join marks the thread stopped (CPython 3.11), and the process would end with the write half done."""
+        if self.thread is None:
+            return
+        interrupted = False
+        while True:
+            try:
+                self.finished.wait()
+                self.thread.join()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+        self.thread = None
+        if interrupted:
+            raise KeyboardInterrupt
 
     def wait(self) -> None:
         """Wait for the write in flight; a full disk or a read-only folder stops the run in one line (what was
