@@ -200,3 +200,15 @@ def test_a_second_ctrl_c_while_a_save_is_written_stops_only_once_the_write_is_wh
         saver.wait()
     assert written == [True]
     assert not [t for t in threading.enumerate() if t.name == "bladegpt-save"]
+
+
+def test_a_failed_first_save_does_not_point_at_a_resume_that_cannot_be(corpus, monkeypatch):
+    prepare([corpus], tokenizer="char")
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_commit_training", full_disk)
+    with pytest.raises(UserError, match="No space left on device.*none was saved before it.*train again") as e:
+        train(None, "nano", TINY_MODEL, TINY_TRAIN, compile="off")
+    assert "--resume" not in str(e.value)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from bladegpt.errors import UserError
+from bladegpt.runs import LAST
 from bladegpt.train.memory import machine_memory
 
 
@@ -95,8 +96,9 @@ class BackgroundSaver:
         self.join()
         error, self.error = self.error, None
         if isinstance(error, OSError):
-            raise UserError(f"Could not save a checkpoint in {self.run_dir} ({error.strerror}); the previous one "
-                            "is kept: free space or fix permissions, then `bladegpt train --resume "
-                            f"--run {self.run_dir}`.") from None
+            then = (f"the previous one is kept: free space or fix permissions, then `bladegpt train --resume --run "
+                    f"{self.run_dir}`" if (self.run_dir / LAST).exists() else
+                    "none was saved before it: free space or fix permissions, then train again")
+            raise UserError(f"Could not save a checkpoint in {self.run_dir} ({error.strerror}); {then}.") from None
         if error is not None:
             raise error
