@@ -18,9 +18,9 @@ from bladegpt import __version__, strictjson
 from bladegpt.config import ModelConfig
 from bladegpt.encoding import openable
 from bladegpt.errors import CheckpointError, TokenizerError
-from bladegpt.files import atomic_write, commit, is_gguf, stage, temp_path
+from bladegpt.files import atomic_write, commit, is_gguf, stage, stage_link, temp_path
 from bladegpt.model import GPT
-from bladegpt.runs import LAST, STATE
+from bladegpt.runs import BEST, LAST, STATE
 from bladegpt.tokenizer import Tokenizer, tokenizer_from_dict
 from bladegpt.lora import LoraConfig, adapter_state, load_adapters
 
@@ -32,12 +32,19 @@ def save_checkpoint(path: Path, model: GPT, tokenizer: Tokenizer, **info) -> Non
     atomic_write(path, _checkpoint_writer(model, tokenizer, info))
 
 
-def checkpoint_snapshot(model: GPT, tokenizer: Tokenizer, staging: dict[str, torch.Tensor] | None, **info):
-    """A copy of the checkpoint as it is now (into `staging`, see _staged), and the function(path) that writes
-    it atomically later (from a background thread: training goes on changing the weights meanwhile); with no
-    `staging`, no copy: the function writes the live tensors, so it must run before they change."""
+def best_stager(run_dir: Path, model: GPT | None = None, tokenizer: Tokenizer | None = None,
+                staging: dict[str, torch.Tensor] | None = None, **info):
+    """The function(last's staged copy) -> path that stages best.safetensors in a training save's commit
+    (training_snapshot's `best`). With no model, best is last: a link to its staged copy. With one (its weights
+    as best holds them: an average applied), a copy of it now, into `staging` (see _staged), written later;
+    with no `staging`, written here and now, from the live tensors, before they change."""
+    if model is None:
+        return lambda last: stage_link(last, run_dir / BEST)
     write = _checkpoint_writer(model, tokenizer, info, staging)
-    return lambda path: atomic_write(path, write)
+    if staging is None:
+        staged = stage(run_dir / BEST, write)
+        return lambda last: staged
+    return lambda last: stage(run_dir / BEST, write)
 
 
 def _checkpoint_writer(model: GPT, tokenizer: Tokenizer, info: dict, staging: dict[str, torch.Tensor] | None = None):
@@ -207,12 +214,14 @@ def save_training(run_dir: Path, model: GPT, tokenizer: Tokenizer, optimizers: l
 
 
 def training_snapshot(run_dir: Path, model: GPT, tokenizer: Tokenizer, optimizers: list[torch.optim.Optimizer],
-                      tensors: dict[str, torch.Tensor], info: dict, staging: dict[str, dict[str, torch.Tensor]] | None):
+                      tensors: dict[str, torch.Tensor], info: dict, staging: dict[str, dict[str, torch.Tensor]] | None,
+                      best=None):
     """A copy of what save_training writes, taken now (into staging["state"] and staging["last"], see _staged),
     and the function() that writes it as save_training does, later (from a background thread, while the
-    weights and moments go on changing); with no `staging`, no copy, as checkpoint_snapshot."""
+    weights and moments go on changing); with no `staging`, no copy: it writes the live tensors, so it must run
+    before they change. `best` (best_stager's) stages best.safetensors in the same commit."""
     writers = _training_writers(model, tokenizer, optimizers, tensors, info, staging)
-    return lambda: _commit_training(run_dir, *writers)
+    return lambda: _commit_training(run_dir, *writers, best)
 
 
 def _training_writers(model, tokenizer, optimizers, tensors, info, staging: dict | None = None):
@@ -221,30 +230,42 @@ def _training_writers(model, tokenizer, optimizers, tensors, info, staging: dict
             _checkpoint_writer(model, tokenizer, {"step": info["step"], "val_loss": info["best_val"]}, last))
 
 
-def _commit_training(run_dir: Path, state_writer, last_writer) -> None:
-    state_tmp = stage(run_dir / STATE, state_writer)
+def _commit_training(run_dir: Path, state_writer, last_writer, best=None) -> None:
+    """Stage state, last and (where given) best whole, then rename them in that order: state's rename is the
+    commit point, after which `recover_training` finishes the others from their staged copies."""
+    names = (STATE, LAST, BEST)
     try:
-        last_tmp = stage(run_dir / LAST, last_writer)
+        staged = [stage(run_dir / STATE, state_writer), stage(run_dir / LAST, last_writer)]
+        if best is not None:
+            staged.append(best(staged[1]))
     except BaseException:
-        state_tmp.unlink(missing_ok=True)
+        for name in names:
+            temp_path(run_dir / name).unlink(missing_ok=True)
         raise
-    commit(state_tmp, run_dir / STATE)
-    commit(last_tmp, run_dir / LAST)
+    for tmp, name in zip(staged, names):
+        commit(tmp, run_dir / name)
 
 
 def recover_training(run_dir: Path) -> None:
-    """Finish a save that a crash cut between its two renames, or drop an unfinished one."""
-    staged = temp_path(run_dir / LAST)
-    if not staged.exists():
-        return
+    """Finish a save that a crash cut after its commit point (last's and best's staged copies of state's step
+    are moved into place), or drop an unfinished one (every staged copy of another step, and state's own)."""
     try:
-        same = _step(staged) == _step(run_dir / STATE)
+        committed = _step(run_dir / STATE)
     except CheckpointError:
-        same = False  # staged or state unreadable: the staged copy was never committed
-    if same:
-        commit(staged, run_dir / LAST)
-    else:
-        staged.unlink()
+        committed = None  # no state, or an unreadable one: nothing staged was committed
+    for name in (LAST, BEST):
+        staged = temp_path(run_dir / name)
+        if not staged.exists():
+            continue
+        try:
+            same = committed is not None and _step(staged) == committed
+        except CheckpointError:
+            same = False  # cut short while it was staged
+        if same:
+            commit(staged, run_dir / name)
+        else:
+            staged.unlink()
+    temp_path(run_dir / STATE).unlink(missing_ok=True)  # staged, never renamed: the crash came before the commit
 
 
 def _step(path: Path) -> int | None:

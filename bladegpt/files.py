@@ -57,18 +57,21 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     commit(stage(path, write), path)
 
 
-def atomic_link(source: Path, path: Path) -> None:
-    """Make `path` the same file as `source` without writing its bytes again (a hard link), atomically: a
-    later os.replace of `source` leaves `path` holding what it holds now. A filesystem without hard links
-    gets a copy."""
+def stage_link(source: Path, path: Path) -> Path:
+    """Stage `path` as the same file as `source`, without writing its bytes again (a hard link; a copy on a
+    filesystem without hard links), for `commit`: a later os.replace of `source` leaves `path` as it is."""
     tmp = temp_path(path)
     tmp.unlink(missing_ok=True)
     try:
         os.link(source, tmp)
     except OSError:
-        atomic_write(path, lambda name: shutil.copyfile(source, name))
-        return
-    commit(tmp, path)
+        return stage(path, lambda name: shutil.copyfile(source, name))
+    return tmp
+
+
+def atomic_link(source: Path, path: Path) -> None:
+    """Make `path` the same file as `source` (stage_link), atomically."""
+    commit(stage_link(source, path), path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -235,7 +235,10 @@ def test_int8_keeps_int4_for_a_q4_1_files_weights_closer_and_in_half_the_bytes()
     blocks = quants.quantize(fc.weight.detach().numpy().astype(np.float32), GGMLQuantizationType.Q4_1)
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(quants.dequantize(blocks, GGMLQuantizationType.Q4_1)))
-    q = quantize(copy.deepcopy(model), "int8")
+    said = []
+    q = quantize(copy.deepcopy(model), "int8", said.append)
+    assert said == ["1 layer(s) (transformer.h.0.mlp.c_fc) run int4 weights, not int8: theirs are already 4-bit (a "
+                    "Q4_1 file's, untouched), which int4 holds closer in half the bytes."]  # the start says int8
     four, eight = q.transformer.h[0].mlp.c_fc, Int8Linear(fc)
     assert isinstance(four, Int4Linear) and four.weight.numel() * 2 == eight.weight.numel()  # packed: 2 a byte
     assert four.error < eight.error / 2
@@ -246,3 +249,31 @@ def test_int8_keeps_int4_for_a_q4_1_files_weights_closer_and_in_half_the_bytes()
     assert isinstance(q.transformer.h[1].mlp.c_fc, Int8Linear)
     fast = list(generate(q, [3, 1, 4, 1, 5], 10, 64, temperature=0))
     assert fast == generate_reference(q, [3, 1, 4, 1, 5], 10, 64, temperature=0)
+
+
+@pytest.mark.parametrize("kind", ["Q4_1", "Q4_0"])
+def test_int8_keeps_a_fine_tunes_change_to_a_4_bit_files_weights(kind):
+    """A run fine-tuned from a 4-bit GGUF moved its weights off the file's grid by a little (here 0.3% of their
+    rms): int4 would round them back onto it, undoing the training, so "int8" keeps such a layer in int8, where
+    the change survives; the file's own weights, untouched, stay int4."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    torch.manual_seed(7)
+    model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=64)).eval()
+    fc, proj = model.transformer.h[0].mlp.c_fc, model.transformer.h[0].mlp.c_proj
+    qtype = getattr(GGMLQuantizationType, kind)
+    with torch.no_grad():
+        for layer in (fc, proj):
+            blocks = quants.quantize(layer.weight.detach().numpy().astype(np.float32), qtype)
+            layer.weight.copy_(torch.from_numpy(quants.dequantize(blocks, qtype)))
+        base = fc.weight.detach().clone()
+        change = torch.randn_like(base) * 3e-3 * base.pow(2).mean().sqrt()
+        fc.weight.add_(change)
+    q = quantize(copy.deepcopy(model), "int8")
+    tuned = q.transformer.h[0].mlp.c_fc
+    assert isinstance(tuned, Int8Linear)
+    kept = ((tuned.dequantized(torch.float32) - base) * change).sum() / change.pow(2).sum()
+    assert 0.8 < kept < 1.2  # the change survives int8's rounding, on average
+    if kind == "Q4_1":  # min and max exact, as Int4Linear's grid: the untouched layer is int4
+        assert isinstance(q.transformer.h[0].mlp.c_proj, Int4Linear)

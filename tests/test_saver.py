@@ -134,3 +134,81 @@ def test_the_background_write_gives_the_steps_the_cpu_first(tmp_path):
     saver.submit([lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))])
     saver.wait()
     assert seen == [19] and os.getpriority(os.PRIO_PROCESS, 0) != 19  # the training thread keeps its own
+
+
+class Killed(BaseException):
+    """A kill -9 between two renames, as far as the files go: nothing after it runs, nothing staged is removed."""
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.8])
+def test_a_kill_after_state_is_committed_leaves_best_to_recover_with_last(corpus, monkeypatch, ema):
+    """state's rename commits a save whole: best (improved at that evaluation) is staged before it, as last is,
+    so a kill after it loses neither; before, best was linked or written after, and a kill between left a best
+    older than the one state.safetensors records (or none at all)."""
+    prepare([corpus], tokenizer="char")
+    commit = checkpoint.commit
+
+    def killed_after_last(tmp, path):
+        commit(tmp, path)
+        if path.name == runs.LAST:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "commit", killed_after_last)
+    with pytest.raises(Killed):
+        train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "ema": ema}, compile="off")
+    run_dir = runs.latest_run()
+    checkpoint.recover_training(run_dir)
+    assert checkpoint.read_info(run_dir / runs.STATE)["best_step"] == 10
+    assert load_checkpoint(run_dir / runs.BEST)[2]["step"] == 10
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_resume_drops_what_a_kill_left_staged_and_never_committed(corpus):
+    prepare([corpus], tokenizer="char")
+    result = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 10}, compile="off")
+    files = {p.name: p.read_bytes() for p in result.run_dir.iterdir()}
+    for name in (runs.STATE, runs.BEST):  # a kill cut their writes short
+        checkpoint.temp_path(result.run_dir / name).write_bytes(files[name][: len(files[name]) // 2])
+    checkpoint.recover_training(result.run_dir)
+    assert {p.name: p.read_bytes() for p in result.run_dir.iterdir()} == files
+
+
+def test_without_hard_links_best_is_a_copy_that_keeps_its_content(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    source, link = tmp_path / "last", tmp_path / "best"
+    atomic_write_text(source, "step 10")
+    monkeypatch.setattr(os, "link", no_links)
+    atomic_link(source, link)
+    assert not os.path.samefile(source, link) and link.read_text() == "step 10"
+    atomic_write_text(source, "step 20")
+    assert link.read_text() == "step 10" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_second_ctrl_c_while_a_save_is_written_stops_only_once_the_write_is_whole(tmp_path):
+    """A Ctrl-C that interrupts the wait for a write is raised once the write is on disk: an interrupted
+    Thread.join marks the thread stopped, and the process ended with state renamed and last left staged."""
+    import signal
+
+    from bladegpt.train.saver import BackgroundSaver
+
+    saver, written = BackgroundSaver(tmp_path), []
+    saver.submit([lambda: (time.sleep(1.0), written.append(True))])
+    threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        saver.wait()
+    assert written == [True]
+    assert not [t for t in threading.enumerate() if t.name == "bladegpt-save"]
+
+
+def test_a_failed_first_save_does_not_point_at_a_resume_that_cannot_be(corpus, monkeypatch):
+    prepare([corpus], tokenizer="char")
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_commit_training", full_disk)
+    with pytest.raises(UserError, match="No space left on device.*none was saved before it.*train again") as e:
+        train(None, "nano", TINY_MODEL, TINY_TRAIN, compile="off")
+    assert "--resume" not in str(e.value)

@@ -263,6 +263,13 @@ def test_a_speakers_run_weighs_their_context_by_default_and_says_so(script, work
     assert recorded == {"default": SPEAKER_CONTEXT_WEIGHT, "masked": 0.0}
 
 
+def test_train_help_gives_the_context_weights_default_a_speakers_run_takes():
+    from bladegpt.train.recipes import SPEAKER_CONTEXT_WEIGHT
+
+    shown = " ".join(invoke("train", "--help").output.replace("│", " ").split())
+    assert f"[default: {SPEAKER_CONTEXT_WEIGHT:g} on a speaker's dataset" in shown, shown
+
+
 def test_context_weight_mistakes_are_one_line(script, workdir):
     (workdir / "tale.txt").write_text("Once upon a time there was a tale to tell. " * 300)
     assert invoke("prepare", "tale.txt", "--tokenizer", "char").exit_code == 0

@@ -9,8 +9,9 @@ floating point, so only the weights are rounded: each to within half its channel
 Int4 weights (`quantize(model, "int4")`) keep a scale and a zero for every 32 weights of a row (asymmetric
 min/max: llama.cpp's Q4_1 block, torchao's int4_weight_only layout), through PyTorch's packed CPU kernel:
 half int8's bytes, each weight within half its group's step, (max - min) / 30. Int8 (`quantize(model, "int8")`)
-keeps a layer in int4 where int4 holds its weights at least as closely as int8 does, measured: weights that are
-already 4-bit, as a Q4_0/Q4_1 GGUF's are, read half the bytes for no loss against int8.
+keeps a layer in int4 where its weights are already on its 4-bit grid, as a Q4_1 GGUF's are, and int4 holds them at least
+as closely as int8 does, measured: half the bytes for no loss against int8. Weights a fine-tune moved off that grid
+stay int8, however small the move: int4 would round them back onto it, undoing what was trained.
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ class Int4Linear(nn.Module):
         scale = ((hi - lo) / 15).clamp(min=torch.finfo(torch.float32).tiny)
         q = groups.sub(lo[..., None]).div_(scale[..., None]).round_().clamp_(0, 15)  # (out, groups, INT4_GROUP)
         scales_zeros = torch.stack([scale, lo + 8 * scale], dim=-1).to(torch.bfloat16)  # (out, groups, 2)
+        off = q.mul(scale[..., None]).add_(lo[..., None]).sub_(groups).abs_().amax(-1)  # (out, groups), fp32
+        # already 4-bit, as a Q4_1 file's are (to float32's rounding of its d * q + m): int8 may keep it in int4;
+        # a fine-tune's, moved off the grid by any amount, not: int4 would round it back, undoing the training
+        self.on_grid = bool((off <= 1e-3 * scale).all())
         s, z = scales_zeros.float().unbind(-1)
         self.error = rms(q.sub(8).mul_(s[..., None]).add_(z[..., None]), groups)  # as Int8Linear's
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.view(out, k).to(torch.int32), 1)
@@ -197,9 +202,9 @@ def int4_available(device: torch.device) -> bool:
 def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], None] = lambda line: None) -> nn.Module:
     """Replace every nn.Linear of `model` in place with an Int8Linear, or an Int4Linear where the int4
     kernel takes its shape (generation only: no gradients). "int8" takes int4 too, for a layer the int4 kernel
-    takes on this CPU whose weights it rounds no further than int8 would (rms error): weights already on a
-    4-bit grid (a Q4_1 GGUF's: 3.3-3.8x closer than int8 for SmolLM2-135M's, at half the bytes). Embeddings stay as
-    they are: a lookup reads one row a token. A head tied to the embedding gets its own quantized copy; the
+    takes on this CPU whose weights are on its 4-bit grid and which it rounds no further than int8 would (rms
+    error): a Q4_1 GGUF's, untouched (3.3-3.8x closer than int8 for SmolLM2-135M's, at half the bytes); a
+    fine-tune's stay int8 (each kept in int4 is said). Embeddings stay as they are: a lookup reads one row a token. A head tied to the embedding gets its own quantized copy; the
     embedding keeps the float weights. Layers a kernel cannot take are said, one line a reason, through `say`."""
     if precision not in QUANTIZED:
         raise ValueError(f"precision must be one of {QUANTIZED}, got {precision!r}")
@@ -216,7 +221,10 @@ def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], Non
             if precision == "int8" and int4_available(child.weight.device) and not int4_refusal(
                     child.in_features, child.out_features):
                 four = Int4Linear(child)
-                layer = four if four.error <= layer.error else layer
+                if four.on_grid and four.error <= layer.error:
+                    layer = four
+                    fallbacks.setdefault("int4 weights, not int8: theirs are already 4-bit (a Q4_1 file's, untouched), "
+                                         "which int4 holds closer in half the bytes", []).append(path)
             if isinstance(layer, Int8Linear) and layer.refusal and child.weight.device.type == "cpu":
                 fallbacks.setdefault(f"dequantized int8 weights (slower): {layer.refusal}",
                                      []).append(path)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from bladegpt.errors import UserError
+from bladegpt.runs import LAST
 from bladegpt.train.memory import machine_memory
 
 
@@ -31,6 +32,7 @@ class BackgroundSaver:
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.thread: threading.Thread | None = None
+        self.finished = threading.Event()  # set when the write in flight has ended, written or failed
         self.error: BaseException | None = None
         self.buffers: dict[str, dict[str, torch.Tensor]] = {}  # the copy's, by file: reused save after save
 
@@ -55,6 +57,7 @@ class BackgroundSaver:
         self.wait()
         writes = [write for write in writes if write is not None]
         if writes:
+            self.finished = threading.Event()
             self.thread = threading.Thread(target=self._run, args=(lambda: [write() for write in writes],),
                                            name="bladegpt-save")
             self.thread.start()
@@ -66,13 +69,26 @@ class BackgroundSaver:
             write()
         except BaseException as e:  # handed to the training thread, which raises it
             self.error = e
+        finally:
+            self.finished.set()
 
     def join(self) -> None:
-        """Wait until the write in flight is on disk (or failed), raising nothing: for a run already ending on
-        an error or Ctrl-C."""
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
+        """Wait until the write in flight is on disk (or failed), raising nothing of its own: for a run already
+        ending on an error or Ctrl-C. A Ctrl-C meanwhile is raised once the write is whole: an interrupted
+        Thread.join marks the thread stopped (CPython 3.11), and the process would end with the write half done."""
+        if self.thread is None:
+            return
+        interrupted = False
+        while True:
+            try:
+                self.finished.wait()
+                self.thread.join()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+        self.thread = None
+        if interrupted:
+            raise KeyboardInterrupt
 
     def wait(self) -> None:
         """Wait for the write in flight; a full disk or a read-only folder stops the run in one line (what was
@@ -80,8 +96,9 @@ class BackgroundSaver:
         self.join()
         error, self.error = self.error, None
         if isinstance(error, OSError):
-            raise UserError(f"Could not save a checkpoint in {self.run_dir} ({error.strerror}); the previous one "
-                            "is kept: free space or fix permissions, then `bladegpt train --resume "
-                            f"--run {self.run_dir}`.") from None
+            then = (f"the previous one is kept: free space or fix permissions, then `bladegpt train --resume --run "
+                    f"{self.run_dir}`" if (self.run_dir / LAST).exists() else
+                    "none was saved before it: free space or fix permissions, then train again")
+            raise UserError(f"Could not save a checkpoint in {self.run_dir} ({error.strerror}); {then}.") from None
         if error is not None:
             raise error

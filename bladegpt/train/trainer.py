@@ -7,18 +7,16 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from bladegpt import runs
-from bladegpt.checkpoint import checkpoint_snapshot, training_snapshot
+from bladegpt.checkpoint import best_stager, training_snapshot
 from bladegpt.config import ModelConfig, TrainConfig, plural
 from bladegpt.data.dataset import TokenData, stream_seed
 from bladegpt.errors import ConfigError, TrainingDiverged
-from bladegpt.files import atomic_link
 from bladegpt.model import GPT
 from bladegpt.runtime import Runtime, compile_available, synchronize
 from bladegpt.train.distributed import Distributed
@@ -191,27 +189,27 @@ class Trainer:
 
     def save(self, best_val: float | None = None) -> None:
         """Copy state and last now (and best, where this evaluation improved), and write the copies in the
-        background, in that order (saver.py); where memory has no room for a copy, write each here and now."""
+        background as one commit (checkpoint.py); where memory has no room for a copy, write them here and now."""
         if not self.ddp.main:
             return
         self.phases.call("saves: waiting for the write before", self.saver.wait)  # one write in flight at most
         tensors, info = self.state_dict()
         staging = self.saver.staging(snapshot_bytes(self.model, self.optimizers, self.average is not None))
-        with self.phases.timed("saves: last + state"):
-            writes = [self.saver.copied(training_snapshot(self.run_dir, self.model, self.data.tokenizer,
-                                                          self.optimizers, tensors, info, staging), staging)]
+        best = None
         if best_val is not None:
             with self.phases.timed("saves: best"), self.evaluated_weights():
-                writes.append(self.saver.copied(self.best_writer(best_val, staging), staging))
-        self.saver.submit(writes)
+                best = self.best_stager(best_val, staging)
+        with self.phases.timed("saves: last + state"):
+            write = self.saver.copied(training_snapshot(self.run_dir, self.model, self.data.tokenizer, self.optimizers,
+                                                        tensors, info, staging, best), staging)
+        self.saver.submit([write])
 
-    def best_writer(self, val_loss: float, staging: dict | None):
+    def best_stager(self, val_loss: float, staging: dict | None):
         """best.safetensors: under --ema the average's (applied now); else last's weights and info: a link."""
         if self.average is None:
-            return partial(atomic_link, self.run_dir / runs.LAST, self.run_dir / runs.BEST)
+            return best_stager(self.run_dir)
         buffers = None if staging is None else staging.setdefault("best", {})
-        return partial(checkpoint_snapshot(self.model, self.data.tokenizer, buffers, step=self.step, val_loss=val_loss),
-                       self.run_dir / runs.BEST)
+        return best_stager(self.run_dir, self.model, self.data.tokenizer, buffers, step=self.step, val_loss=val_loss)
 
     # -- pieces ------------------------------------------------------------------------------
 
