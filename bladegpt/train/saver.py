@@ -14,7 +14,7 @@ import torch
 
 from bladegpt.errors import UserError
 from bladegpt.runs import LAST
-from bladegpt.train.memory import machine_memory
+from bladegpt.train.memory import machine_memory, memory_budget, training_bytes
 
 
 def snapshot_bytes(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], averaged: bool) -> int:
@@ -26,20 +26,34 @@ def snapshot_bytes(model: torch.nn.Module, optimizers: list[torch.optim.Optimize
     return weights * (2 if averaged else 1) + moments
 
 
+def copy_room(model: torch.nn.Module, model_cfg, train_cfg, device: torch.device) -> float | None:
+    """Bytes a save's copy may take on a CPU run: what the run's memory budget (memory.memory_budget, the one its
+    micro-batch was sized to) leaves above its estimated peak; None on a GPU (the copy goes to host memory).
+    The copy buys little on a small machine (about 1 s of the 5 s the saves' cut gave a SmolLM2 run on 2 busy
+    cores, the hard-linked best the rest) and costs its bytes all run long: Gemma 3 270M's run peaked at 11.3 GB
+    with it, 8.0 GB without (docs/benchmarks/finetune.md, issue #42), so it is made only where the budget has room."""
+    if device.type != "cpu":
+        return None
+    tokens = train_cfg.micro_batch * model_cfg.block_size
+    peak = training_bytes(model_cfg, tokens, getattr(model, "lora", None), train_cfg.activation_checkpointing)
+    return memory_budget(device) - peak
+
+
 class BackgroundSaver:
     """Runs one write at a time in a thread; a failed write is raised by the next `wait` as one line."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, room: float | None = None):
         self.run_dir = run_dir
+        self.room = room  # bytes a copy may take (copy_room); None: half the memory available at the first save
         self.thread: threading.Thread | None = None
         self.finished = threading.Event()  # set when the write in flight has ended, written or failed
         self.error: BaseException | None = None
         self.buffers: dict[str, dict[str, torch.Tensor]] = {}  # the copy's, by file: reused save after save
 
     def staging(self, nbytes: int) -> dict[str, dict[str, torch.Tensor]] | None:
-        """Buffers to copy a save of `nbytes` into, or None where they would take more than half the memory
-        available now: that save is written from the live tensors, in the training thread, as before."""
-        if not self.buffers and nbytes > machine_memory()[1] / 2:
+        """Buffers to copy a save of `nbytes` into, or None where they would take more than the run's room or
+        half the memory available now: that save is written from the live tensors, in the training thread."""
+        if not self.buffers and (nbytes > machine_memory()[1] / 2 or (self.room is not None and nbytes > self.room)):
             return None
         return self.buffers
 

@@ -25,7 +25,7 @@ from bladegpt.train.evaluate import Evaluator
 from bladegpt.train.optim import lr_at, make_optimizers, schedule_progress, set_lr
 from bladegpt.train.pacing import Pacer
 from bladegpt.train.runbook import EarlyStopping, MetricsLog, Phases, Throughput, eval_record, train_record
-from bladegpt.train.saver import BackgroundSaver, snapshot_bytes
+from bladegpt.train.saver import BackgroundSaver, copy_room, snapshot_bytes
 from bladegpt.train.signals import StopSignals
 
 
@@ -133,7 +133,7 @@ class Trainer:
         self.pacer = Pacer(train_cfg, ddp, reporter.message)
         self.evaluator = Evaluator(data, model_cfg, train_cfg, runtime, ddp, reporter.message)
         self.metrics = MetricsLog(run_dir, ddp.main)
-        self.saver = BackgroundSaver(run_dir)
+        self.saver = BackgroundSaver(run_dir, copy_room(self.model, model_cfg, train_cfg, self.device))
         self.last_loss: float | None = None
         self.lr, self.phases = train_cfg.lr, Phases()  # train() hands in its own, with the plan's seconds
         self.stop_requested = False
