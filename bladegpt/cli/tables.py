@@ -54,12 +54,17 @@ def _widest(col: str, cells: list[dict]) -> int:
     return max([len(col), *(Text.from_markup(row[col]).cell_len for row in cells)])
 
 
+def _table_width(columns: list[str], widths: dict[str, int]) -> int:
+    """Characters a table of these columns takes: their widths plus each one's borders and padding."""
+    return sum(widths[c] + 3 for c in columns) + 1
+
+
 def _fit(columns: list[str], widths: dict[str, int], spare: tuple[str, ...], width: int) -> tuple[list[str], list[str]]:
-    """(kept, left out): the `spare` columns go, in that order, until the rest (their widths plus borders and
-    padding) fit in `width` characters; the left-out ones in table order, for the reader to be told."""
+    """(kept, left out): the `spare` columns go, in that order, until the rest fit in `width` characters; the
+    left-out ones in table order, for the reader to be told."""
     kept = list(columns)
     for col in spare:
-        if sum(widths[c] + 3 for c in kept) + 1 <= width:
+        if _table_width(kept, widths) <= width:
             break
         kept.remove(col)
     return kept, [c for c in columns if c not in kept]
@@ -233,7 +238,7 @@ def runs_table(rows: list[dict], width: int = 200, command: str = "bladegpt runs
     _fill(table, columns, cells, text=("run", "data", "start", "state", "curve"))
     if not left:
         return table
-    wide = sum(widths[c] + 3 for c in every) + 1
+    wide = _table_width(every, widths)
     return Group(table, Text(f"Left out at {width} columns: {', '.join(left)}. `COLUMNS={wide} {command}` (or a "
                              f"terminal that wide) shows them; `{command} --json` gives every field.", style="yellow"))
 

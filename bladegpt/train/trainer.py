@@ -386,7 +386,7 @@ class Trainer:
                              self.elapsed, self.evaluator.copied(sample), self.evaluator.voice(sample))
         self.metrics.write(record)
         self.metrics.sample(self.step, sample)
-        self.save(val_loss if improved else None)  # state and last first, best after: a crash at any write resumes
+        self.save(val_loss if improved else None)  # state, last and best as one commit: a crash at any write resumes
         self.reporter.eval(record, sample)
         self.cfg = self.pacer.evaluated(self.cfg, took, self.step, self.elapsed)
         return record
