@@ -73,13 +73,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             tanh = torch.tanh(raw / cap) if cap is not None else None
             z = cap * tanh if cap is not None else raw
             wc = rw[start:start + rows]  # (rows,)
-            nll, lse = _row_loss(z, tc)
+            # logsumexp and softmax from one exp over the chunk: e = exp(z - max), lse = max + log(sum e),
+            # softmax = e / sum e (torch.logsumexp and a second exp made two; the exp was a tenth of the loss)
+            valid = tc != -1
+            picked = z.gather(1, tc.clamp(min=0)[:, None])[:, 0]  # (rows,)
+            top = z.amax(dim=-1, keepdim=True)  # (rows, 1)
+            g = z.sub_(top).exp_()  # z is ours: its memory becomes exp(z - max)
+            total_e = g.sum(dim=-1)  # (rows,)
+            nll = torch.where(valid, top[:, 0] + total_e.log() - picked, 0.0)
             total += (nll * wc).sum()
             # d loss / d z = (softmax(z) - onehot(target)) * the row's weight, times the mean's 1/sum of weights
-            g = torch.exp(z.sub_(lse[:, None]))  # z is ours: reuse its memory for softmax
-            valid = (tc != -1).to(g.dtype)[:, None]  # (rows, 1)
-            g.scatter_add_(1, tc.clamp(min=0)[:, None], -valid)  # no boolean indexing: compiles without breaks
-            g.mul_(wc[:, None] * scale)
+            g.mul_((wc * scale / total_e)[:, None])
+            g.scatter_add_(1, tc.clamp(min=0)[:, None], -(valid * wc * scale)[:, None])  # compiles without breaks
             if cap is not None:  # d (cap * tanh(u / cap)) / du = 1 - tanh^2 = 1 - (z_capped / cap)^2
                 g.mul_(1.0 - tanh.square())
             g = g.to(dtype)
