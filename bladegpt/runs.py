@@ -185,9 +185,10 @@ def _saved_info(path: Path) -> dict | None:
             if not 0 < size < 100_000_000:
                 return None
             header = json.loads(f.read(size))
-        return json.loads(header.get("__metadata__", {}).get("info", "null"))
-    except (OSError, ValueError):
+        info = json.loads(header.get("__metadata__", {}).get("info", "null"))
+    except (OSError, ValueError, AttributeError):
         return None
+    return info if isinstance(info, dict) else None
 
 
 def _running(run_dir: Path) -> bool:
@@ -218,13 +219,25 @@ def _start(saved: dict) -> str:
     return f"sized {model.get('n_layer', '?')}x{model.get('n_embd', '?')}"
 
 
+SETTINGS = ("preset", "init_from", "lora", "model", "train", "resumes")  # what run.json records of how it trained
+
+
+def _settings(saved: dict, info: dict) -> dict:
+    """How a run trained, as recorded: run.json's settings (an older run's has fewer) and the runtime its state
+    saved (device, precision, attention, compile), so that two runs can be told apart by what differed."""
+    settings = {name: saved[name] for name in SETTINGS if name in saved}
+    if isinstance(info.get("runtime"), dict):
+        settings["runtime"] = info["runtime"]
+    return settings
+
+
 def summarize(run_dir: Path) -> dict:
     """One run at a glance: where it started, how far it got, its best val loss, and its state."""
     run_dir = Path(run_dir)
     try:
         saved = read_run(run_dir)
     except UserError:
-        saved = {"dataset": "?", "train": {}}
+        saved = {"dataset": "?"}  # damaged: nothing recorded can be read
     train = saved.get("train", {})
     info = _saved_info(run_dir / STATE) or {}
     # null (or NaN, from older versions) is no value: such an evaluation is never the best
@@ -265,6 +278,7 @@ def summarize(run_dir: Path) -> dict:
         "loops": strictjson.number(voice.get("loops")),
         "style": strictjson.number(voice.get("style")),
         "base_style": strictjson.number(base.get("style")),
+        "settings": _settings(saved, info),
     }
 
 
