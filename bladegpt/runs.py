@@ -114,6 +114,52 @@ def remove_if_unused(run_dir: Path, created: bool) -> None:
         run_dir.rmdir()
 
 
+STAGED = (RUN_FILE, METRICS, STATE, LAST, BEST)  # the run's files written through files.py's staged copies
+
+
+def remove_stale_staged(run_dir: Path) -> list[str]:
+    """Remove the staged copies (files.temp_path's exact names, nothing else) that a killed write left in a run
+    folder and no save will commit; returns their names. A staged last or best of the step state.safetensors
+    records is the rest of a committed save, left for checkpoint.recover_training to move into place. For a
+    caller that holds the run's lock before its own saver exists: every write into a run folder is made under
+    it, so none of these is being written."""
+    committed = (_saved_info(Path(run_dir) / STATE) or {}).get("step")
+    removed = []
+    for name in STAGED:
+        path = temp_path(Path(run_dir) / name)
+        if path.is_symlink() or not path.is_file():
+            continue
+        if name in (LAST, BEST) and committed is not None and (_saved_info(path) or {}).get("step") == committed:
+            continue
+        path.unlink()
+        removed.append(path.name)
+    return removed
+
+
+def remove_stale_staged_if_idle(run_dir: Path) -> list[str]:
+    """remove_stale_staged for a reader (`bladegpt runs`): only where no process trains in the run, its lock
+    held meanwhile so that none starts; a folder without a lock file is left as it is."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return remove_stale_staged(run_dir)
+    except BlockingIOError:
+        return []  # training: its staged copies may be a save in progress
+    finally:
+        os.close(fd)
+
+
+def said_removed(run_dir: Path, removed: list[str]) -> str:
+    """The one line that says what remove_stale_staged removed."""
+    return (f"Removed {', '.join(removed)} from {run_dir}: "
+            f"{'a write' if len(removed) == 1 else 'writes'} that a killed process left unfinished.")
+
+
 def read_run(run_dir: Path) -> dict:
     """run.json of a run folder, checked enough that resuming from it cannot fail obscurely."""
     run_dir = Path(run_dir)
