@@ -188,7 +188,8 @@ def test_the_settings_column_wraps_between_its_items_and_is_named_where_it_is_le
                time_budget_s=None, best_val_loss=2.7, best_val_bpb=1.08, best_step=16, elapsed_s=110.0,
                state="finished", val_bpb=[1.1, 1.08], copied=None, longest_copy=None, loops=None, style=None,
                base_style=None, settings={"train": {"lr": 3e-4, "context_weight": 0.0, "warmup_steps": 100}})
-    other = dict(row, run="runs/talk-2", settings={"train": {"lr": 1e-3, "context_weight": 0.5, "warmup_steps": 50}})
+    other = dict(row, run="runs/talk-2", settings={"train": {"lr": 1e-3, "context_weight": 0.5, "warmup_steps": 50,
+                                                             "sampling": "[b]x"}})  # shown as written, not as markup
     for width in (200, 100, 80):
         console = Console(width=width, record=True)
         console.print(runs_table([row, other], width))
@@ -198,5 +199,5 @@ def test_the_settings_column_wraps_between_its_items_and_is_named_where_it_is_le
         if "Left out" in shown.replace("\n", " ") and "settings" in shown.split("Left out")[-1]:
             assert "context-weight=" not in shown
         else:  # each item whole on a line
-            assert "context-weight=0.5" in shown and "warmup-steps=50" in shown, shown
+            assert "context-weight=0.5" in shown and "warmup-steps=50" in shown and "sampling=[b]x" in shown, shown
     assert "settings" in " ".join(shown.split("Left out")[-1].split())  # at 80 columns: named as left out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -260,7 +261,7 @@ def runs_table(rows: list[dict], width: int = 200, command: str = "bladegpt runs
             "wall": f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
             "state": f"[{colors.get(r['state'], 'red')}]{r['state']}[/]", "curve": sparkline(r["val_bpb"]),
             "copied": _copied(r), "loops": f"{r['loops']:.0%}" if r.get("loops") is not None else "-",
-            "style": _style(r), "settings": " ".join(apart),
+            "style": _style(r), "settings": escape(" ".join(apart)),  # a value's [brackets] are not markup
         })
     columns = ["run", "data", "start", *(["settings"] if any(c["settings"] for c in cells) else []), "steps",
                "val loss", "bpb", "best at", "wall", "state", "curve", "copied", "loops", "style"]
