@@ -1,4 +1,5 @@
-"""`python -m bladegpt` (and `torchrun -m bladegpt train ...`) runs the CLI."""
+"""`python -m bladegpt` (and `torchrun ... -m bladegpt -- train ...`: the `--` keeps train's --run from torchrun) runs
+the CLI."""
 
 from bladegpt.cli import main
 

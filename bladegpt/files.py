@@ -93,9 +93,10 @@ def publish_dir(tmp: Path, dest: Path) -> None:
 
 def temp_dir(dest: Path, contents: set[str]) -> Path:
     """A fresh hidden folder beside `dest` to build it in, before `publish_dir`. Folders that killed
-    processes left for the same `dest` (their pid is in the name) are removed first, but only those
-    holding nothing beyond `contents`, the files the caller writes there: never a folder of the user's."""
-    for old in dest.parent.glob(f".{dest.name}.tmp-*"):
+    processes left for the same `dest` (their pid is in the name: one being built, or one replaced and not yet
+    deleted) are removed first, but only those holding nothing beyond `contents`, the files the caller writes
+    there: never a folder of the user's."""
+    for old in [*dest.parent.glob(f".{dest.name}.tmp-*"), *dest.parent.glob(f".{dest.name}.old-*")]:
         try:
             os.kill(int(old.name.rsplit("-", 1)[1]), 0)
         except ProcessLookupError:

@@ -114,6 +114,52 @@ def remove_if_unused(run_dir: Path, created: bool) -> None:
         run_dir.rmdir()
 
 
+STAGED = (RUN_FILE, METRICS, STATE, LAST, BEST)  # the run's files written through files.py's staged copies
+
+
+def remove_stale_staged(run_dir: Path) -> list[str]:
+    """Remove the staged copies (files.temp_path's exact names, nothing else) that a killed write left in a run
+    folder and no save will commit; returns their names. A staged last or best of the step state.safetensors
+    records is the rest of a committed save, left for checkpoint.recover_training to move into place. For a
+    caller that holds the run's lock before its own saver exists: every write into a run folder is made under
+    it, so none of these is being written."""
+    committed = (_saved_info(Path(run_dir) / STATE) or {}).get("step")
+    removed = []
+    for name in STAGED:
+        path = temp_path(Path(run_dir) / name)
+        if path.is_symlink() or not path.is_file():
+            continue
+        if name in (LAST, BEST) and committed is not None and (_saved_info(path) or {}).get("step") == committed:
+            continue
+        path.unlink()
+        removed.append(path.name)
+    return removed
+
+
+def remove_stale_staged_if_idle(run_dir: Path) -> list[str]:
+    """remove_stale_staged for a reader (`bladegpt runs`): only where no process trains in the run, its lock
+    held meanwhile so that none starts; a folder without a lock file is left as it is."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return remove_stale_staged(run_dir)
+    except BlockingIOError:
+        return []  # training: its staged copies may be a save in progress
+    finally:
+        os.close(fd)
+
+
+def said_removed(run_dir: Path, removed: list[str]) -> str:
+    """The one line that says what remove_stale_staged removed."""
+    return (f"Removed {', '.join(removed)} from {run_dir}: "
+            f"{'a write' if len(removed) == 1 else 'writes'} that a killed process left unfinished.")
+
+
 def read_run(run_dir: Path) -> dict:
     """run.json of a run folder, checked enough that resuming from it cannot fail obscurely."""
     run_dir = Path(run_dir)
@@ -185,9 +231,10 @@ def _saved_info(path: Path) -> dict | None:
             if not 0 < size < 100_000_000:
                 return None
             header = json.loads(f.read(size))
-        return json.loads(header.get("__metadata__", {}).get("info", "null"))
-    except (OSError, ValueError):
+        info = json.loads(header.get("__metadata__", {}).get("info", "null"))
+    except (OSError, ValueError, AttributeError):
         return None
+    return info if isinstance(info, dict) else None
 
 
 def _running(run_dir: Path) -> bool:
@@ -218,13 +265,25 @@ def _start(saved: dict) -> str:
     return f"sized {model.get('n_layer', '?')}x{model.get('n_embd', '?')}"
 
 
+SETTINGS = ("preset", "init_from", "lora", "model", "train", "resumes")  # what run.json records of how it trained
+
+
+def _settings(saved: dict, info: dict) -> dict:
+    """How a run trained, as recorded: run.json's settings (an older run's has fewer) and the runtime its state
+    saved (device, precision, attention, compile), so that two runs can be told apart by what differed."""
+    settings = {name: saved[name] for name in SETTINGS if name in saved}
+    if isinstance(info.get("runtime"), dict):
+        settings["runtime"] = info["runtime"]
+    return settings
+
+
 def summarize(run_dir: Path) -> dict:
     """One run at a glance: where it started, how far it got, its best val loss, and its state."""
     run_dir = Path(run_dir)
     try:
         saved = read_run(run_dir)
     except UserError:
-        saved = {"dataset": "?", "train": {}}
+        saved = {"dataset": "?"}  # damaged: nothing recorded can be read
     train = saved.get("train", {})
     info = _saved_info(run_dir / STATE) or {}
     # null (or NaN, from older versions) is no value: such an evaluation is never the best
@@ -265,6 +324,7 @@ def summarize(run_dir: Path) -> dict:
         "loops": strictjson.number(voice.get("loops")),
         "style": strictjson.number(voice.get("style")),
         "base_style": strictjson.number(base.get("style")),
+        "settings": _settings(saved, info),
     }
 
 

@@ -85,3 +85,82 @@ def test_more_ranks_than_gpus_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match="more processes on this machine than it has GPUs.*--nproc_per_node=1"):
         distributed.init_distributed(distributed.Distributed(1, 1, 2), "auto")
+
+
+def _torchrun_reads(command: str) -> list[str]:
+    """The arguments torchrun (this torch's own parser) hands `-m bladegpt`; SystemExit where it stops first."""
+    import shlex
+
+    from torch.distributed.run import get_args_parser
+
+    words = shlex.split(command)
+    assert words[0] == "torchrun", command
+    args = get_args_parser().parse_args(words[1:])
+    assert args.module and args.training_script == "bladegpt", command
+    script = list(args.training_script_args)
+    return script[1:] if script[:1] == ["--"] else script  # a Python whose argparse keeps the `--`
+
+
+def _documented_torchrun_commands() -> list[str]:
+    """Every torchrun command the docs and the help show, continuation lines joined."""
+    import re
+
+    texts = [p.read_text() for p in (REPO / "docs").rglob("*.md")] + [(REPO / "bladegpt" / "__main__.py").read_text()]
+    joined = [re.sub(r"\\\n\s*", "", text) for text in texts]
+    return [line.strip() for text in joined for line in text.splitlines() if line.strip().startswith("torchrun --")]
+
+
+def test_every_documented_torchrun_command_hands_train_its_own_options():
+    """torchrun reads --run as its own --run-path and stops ('ambiguous option'); a `--` before train ends its
+    options. Each torchrun command shown must reach `bladegpt train` with its --run and the rest whole."""
+    import typer.main
+
+    from bladegpt.cli import app
+
+    commands = _documented_torchrun_commands()
+    assert len(commands) >= 3 and any("--run" in c for c in commands)
+    try:  # the form without `--`: torchrun 2.13 on Python 3.11 stops at --run, before BladeGPT starts
+        broken = _torchrun_reads("torchrun --standalone --nproc_per_node=2 -m bladegpt train --run runs/x")
+    except SystemExit:
+        pass
+    else:  # a Python whose argparse does not call it ambiguous: then it must come through whole
+        assert broken == ["train", "--run", "runs/x"]
+    group = typer.main.get_command(app)
+    for command in commands:
+        args = _torchrun_reads(command)
+        assert args[0] == "train" and args == command.split(" -- ", 1)[1].split(), command
+        sub = group.get_command(None, "train")
+        params = sub.make_context("train", args[1:]).params  # parsed by train as written
+        assert ("--run" in args) == (params["run"] is not None), command
+
+
+def test_a_job_says_how_to_start_it_again_as_it_was_started(monkeypatch):
+    from bladegpt.train.distributed import Distributed
+
+    assert Distributed().command("train --resume --run runs/x") == "bladegpt train --resume --run runs/x"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    again = Distributed(0, 0, 2).command("train --resume --run runs/x")
+    assert again == "torchrun --standalone --nproc_per_node=2 -m bladegpt -- train --resume --run runs/x"
+    assert _torchrun_reads(again) == ["train", "--resume", "--run", "runs/x"]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # one of two machines: their rendezvous options are the user's
+    assert Distributed(0, 0, 8).command("train").startswith("torchrun YOUR-OPTIONS -m bladegpt -- train")
+
+
+@pytest.mark.slow
+def test_the_documented_torchrun_command_trains_and_resumes_a_named_run_on_two_processes(corpus, workdir):
+    """`torchrun ... -m bladegpt -- train --run X`, as the docs show it, for real: 2 ranks, gloo, 3 steps."""
+    data = prepare([corpus], tokenizer="char").out_dir
+    tiny = ["--data", str(data), "--preset", "nano", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
+            "--block-size", "16", "--batch-size", "4", "--accum", "2", "--eval-iters", "2", "--eval-interval", "3",
+            "--sample-tokens", "0", "--compile", "off", "--device", "cpu"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bladegpt",
+                "--", "train"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*torchrun, *tiny, "--steps", "3", "--run", "runs/named"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run([*torchrun, "--resume", "--run", "runs/named", "--steps", "5"], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_checkpoint(workdir / "runs" / "named" / "last.safetensors")[2]["step"] == 5
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["named"]

@@ -33,8 +33,8 @@ def test_smollm2_imports_as_it_is(smollm2):
             cfg.tie_embeddings) == ("llama", 30, 576, 9, 3, 49152, 100000.0, True)
     assert pretrained.model.num_params(non_embedding=False) == 134_515_008  # SmolLM2-135M's published count
     assert "135M" in pretrained.description and "Q4_1" in pretrained.description and "GGUF" in pretrained.description
-    # named by its naming-convention keys as written, never general.name's title-cased 'Smollm2 135M 8k Lc100K Mix1 Ep2'
-    assert pretrained.description.startswith("smollm2 135M 8k-lc100k-mix1-ep2: llama 135M from "), pretrained.description
+    # named by its file, not its metadata's 'smollm2 135M 8k-lc100k-mix1-ep2'
+    assert pretrained.description.startswith(f"{path.stem}: llama 135M from "), pretrained.description
 
 
 def test_greedy_text_is_transformers_on_the_same_weights(smollm2):

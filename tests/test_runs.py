@@ -41,6 +41,10 @@ def test_runs_lists_each_runs_start_progress_best_and_state(corpus, workdir, mon
     assert rows["tales-3"]["start"] == "from tales-1" and rows["tales-4"]["start"] == "sized 2x32"
     assert (rows["tales-5"]["best_val_loss"], rows["tales-5"]["best_step"], rows["tales-5"]["step"]) == (2.0, 20, 50)
     assert len(rows["tales-1"]["val_bpb"]) == 3 and rows["tales-2"]["step"] == 15
+    settings = rows["tales-1"]["settings"]  # the run's training settings, as run.json and its state record them
+    assert settings["train"]["lr"] == TINY_TRAIN["lr"] and settings["model"]["block_size"] == 16
+    assert settings["preset"] == "nano" and settings["runtime"]["precision"] in ("fp32", "bf16")
+    assert rows["tales-3"]["settings"]["init_from"] == "runs/tales-1" and rows["broken"]["settings"] == {}
     table = invoke("runs")
     assert table.exit_code == 0 and "Runs" in table.output and "tales-3" in table.output
 
@@ -64,7 +68,8 @@ def test_the_runs_table_leaves_out_spare_columns_where_the_terminal_is_narrow():
     assert [c.header for c in wide.columns][:3] == ["run", "data", "start"] and len(wide.columns) == 13
     kept = [c.header for c in narrow.columns]
     assert {"run", "steps", "bpb", "best at", "state", "copied"} <= set(kept)
-    assert set(kept) | set(RUNS_SPARE_COLUMNS) == {c.header for c in wide.columns}
+    # one run has no settings apart from others: no settings column
+    assert set(kept) | set(RUNS_SPARE_COLUMNS) - {"settings"} == {c.header for c in wide.columns}
     console = Console(width=80, record=True)
     console.print(narrow)
     shown = console.export_text()
@@ -118,3 +123,81 @@ def test_a_narrow_terminal_is_told_which_columns_were_left_out_and_how_to_see_th
     wide = shown(int(said.group(2)))
     assert "Left out" not in wide and all(col in headers(wide) for col in left), wide
     assert "from SmolLM2-135M-Instruct.Q4_1.gguf" in wide and "0.91" in wide
+
+
+def _run(root, name: str, record: dict, runtime: dict | None = None) -> None:
+    """A run folder as training leaves it: run.json, a metrics line, and a state header with its step."""
+    run = root / "runs" / name
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"dataset": "datasets/talk", "model": {}, **record}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "val_loss": 2.5, "val_bpb": 1.2}) + "\n")
+    info = {"step": 10, "elapsed": 5.0, **({"runtime": runtime} if runtime else {})}
+    header = json.dumps({"__metadata__": {"info": json.dumps(info)}}).encode()
+    (run / "state.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def test_runs_tell_apart_the_settings_that_differ_and_json_carries_them_all(workdir):
+    """`runs` showed no training settings: two runs with another --context-weight looked the same."""
+    from rich.console import Console
+
+    from bladegpt.cli.tables import runs_table, settings_apart
+    from bladegpt.runs import run_folders, summarize
+
+    shared = {"steps": 10, "batch_size": 8, "seed": 1337, "accum": 1}
+    _run(workdir, "talk-1", {"init_from": "/m/SmolLM2.gguf", "model": {"block_size": 256},
+                             "train": {**shared, "lr": 3e-4, "context_weight": 0.0},
+                             "lora": {"rank": 8, "alpha": 16.0}}, {"precision": "bf16", "compile": "off"})
+    _run(workdir, "talk-2", {"init_from": "/m/SmolLM2.gguf", "model": {"block_size": 512},
+                             "train": {**shared, "lr": 1e-3, "context_weight": 0.5}}, {"precision": "fp32", "compile": "off"})
+    _run(workdir, "talk-3", {"train": {"steps": 10, "batch_size": 8}})  # an older run: fewer settings recorded
+
+    result = invoke("runs", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert rows[0]["settings"] == {"init_from": "/m/SmolLM2.gguf", "lora": {"rank": 8, "alpha": 16.0},
+                                   "model": {"block_size": 256}, "train": {**shared, "lr": 3e-4, "context_weight": 0.0},
+                                   "runtime": {"precision": "bf16", "compile": "off"}}  # as recorded, nothing more
+    assert rows[2]["settings"] == {"model": {}, "train": {"steps": 10, "batch_size": 8}}
+
+    summaries = [summarize(p) for p in run_folders([workdir / "runs"])]
+    assert [set(items) for items in settings_apart(summaries)] == [
+        {"lr=0.0003", "context-weight=0", "seed=1337", "accum=1", "block-size=256", "lora-rank=8", "lora-alpha=16",
+         "precision=bf16", "compile=off"},
+        {"lr=0.001", "context-weight=0.5", "seed=1337", "accum=1", "block-size=512", "lora-rank=-", "lora-alpha=-",
+         "precision=fp32", "compile=off"},
+        {"lr=-", "context-weight=-", "seed=-", "accum=-", "block-size=-", "lora-rank=-", "lora-alpha=-",
+         "precision=-", "compile=-"}]  # batch-size and steps are the same in all three: left out
+    console = Console(width=200, record=True)
+    console.print(runs_table(summaries, 200))
+    shown = console.export_text()
+    assert "┃ settings" in shown and "context-weight=0.5" in shown and "precision=fp32" in shown
+    assert "batch-size" not in shown and "steps=" not in shown  # the same in every run, or in the steps column
+    assert "settings: the train flags not the same" in shown
+
+    one = Console(width=200, record=True)
+    one.print(runs_table([summarize(workdir / "runs" / "talk-1")], 200))  # one run: nothing to tell apart
+    assert "settings" not in one.export_text()
+
+
+def test_the_settings_column_wraps_between_its_items_and_is_named_where_it_is_left_out():
+    from rich.console import Console
+
+    from bladegpt.cli.tables import runs_table
+
+    row = dict(run="runs/talk-1", dataset="talk", start="from SmolLM2-135M-Instruct.Q4_1.gguf", steps=16, step=16,
+               time_budget_s=None, best_val_loss=2.7, best_val_bpb=1.08, best_step=16, elapsed_s=110.0,
+               state="finished", val_bpb=[1.1, 1.08], copied=None, longest_copy=None, loops=None, style=None,
+               base_style=None, settings={"train": {"lr": 3e-4, "context_weight": 0.0, "warmup_steps": 100}})
+    other = dict(row, run="runs/talk-2", settings={"train": {"lr": 1e-3, "context_weight": 0.5, "warmup_steps": 50,
+                                                             "sampling": "[b]x"}})  # shown as written, not as markup
+    for width in (200, 100, 80):
+        console = Console(width=width, record=True)
+        console.print(runs_table([row, other], width))
+        shown = console.export_text()
+        assert all(len(line) <= width for line in shown.splitlines())
+        assert "from SmolLM2-135M-Instruct.Q4_1.gguf" in shown or "start" in shown.split("Left out")[-1]
+        if "Left out" in shown.replace("\n", " ") and "settings" in shown.split("Left out")[-1]:
+            assert "context-weight=" not in shown
+        else:  # each item whole on a line
+            assert "context-weight=0.5" in shown and "warmup-steps=50" in shown and "sampling=[b]x" in shown, shown
+    assert "settings" in " ".join(shown.split("Left out")[-1].split())  # at 80 columns: named as left out

@@ -138,3 +138,23 @@ def test_damaged_dataset_files_are_one_line(corpus, workdir, garble):
     result = invoke("train", *TINY_CLI, "--steps", "5")
     assert_one_line_error(result, "prepare")
     assert not (workdir / "runs" / "tales-1").exists()
+
+
+def test_a_folder_a_kill_left_replaced_but_not_deleted_is_removed_by_the_next_build_of_it(tmp_path):
+    """publish_dir moves the old folder aside, then deletes it: a kill between left `.NAME.old-PID` (a whole
+    dataset's size) for ever; the next build of the same folder removes it, as it removes `.NAME.tmp-PID`."""
+    from bladegpt.files import temp_dir
+
+    dead, other = (int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                      text=True).stdout) for _ in range(2))  # pids no process has now
+    dest = tmp_path / "tales"
+    left = {kind: tmp_path / f".tales.{kind}-{dead}" for kind in ("old", "tmp")}
+    alive = tmp_path / f".tales.old-{os.getppid()}"  # a live process's: maybe being published now
+    users = tmp_path / f".tales.tmp-{other}"
+    for folder in (*left.values(), alive, users):
+        folder.mkdir()
+        (folder / "train.bin").write_bytes(b"tokens")
+    (users / "notes.txt").write_text("mine")  # not only what the build writes: not ours to delete
+    tmp = temp_dir(dest, {"train.bin", "val.bin", "meta.json"})
+    assert tmp.is_dir() and not any(folder.exists() for folder in left.values())
+    assert (alive / "train.bin").exists() and (users / "notes.txt").read_text() == "mine"

@@ -3,6 +3,7 @@ is linked to last where they are the same, a failed write stops the run in one l
 the write in flight is whole on disk first."""
 
 import errno
+import json
 import os
 import threading
 import time
@@ -21,6 +22,7 @@ from bladegpt.model import GPT
 from bladegpt.tokenizer.char import CharTokenizer
 from bladegpt.train import train
 from bladegpt.train.evaluate import Evaluator
+from bladegpt.train.trainer import Reporter
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 
@@ -230,3 +232,96 @@ def test_a_copy_is_made_only_where_the_runs_memory_budget_has_room(tmp_path, mon
     monkeypatch.setattr(saver_module, "memory_budget", lambda device=None: peak + 5e6)
     assert copy_room(torch.nn.Linear(2, 2), cfg, train, torch.device("cpu")) == pytest.approx(5e6)
     assert copy_room(torch.nn.Linear(2, 2), cfg, train, torch.device("meta")) is None
+
+
+class Said(Reporter):
+    def __init__(self):
+        self.messages = []
+
+    def message(self, text):
+        self.messages.append(text)
+
+
+def _killed_in_first_save(run_dir, finished):
+    """A run folder as a kill -9 in its first save leaves it: run.json, the lock, the metrics so far, and the
+    save's staged copies, state's cut short; beside them a file of the user's with a look-alike name."""
+    run_dir.mkdir(parents=True)
+    for name in (runs.RUN_FILE, runs.LOCK, runs.METRICS):
+        (run_dir / name).write_bytes((finished / name).read_bytes())
+    state = (finished / runs.STATE).read_bytes()
+    checkpoint.temp_path(run_dir / runs.STATE).write_bytes(state[: len(state) // 2])
+    checkpoint.temp_path(run_dir / runs.LAST).write_bytes((finished / runs.LAST).read_bytes())
+    checkpoint.temp_path(run_dir / runs.RUN_FILE).write_text("{")
+
+
+def test_what_a_kill_in_the_first_save_left_staged_is_removed_by_runs_and_by_the_next_start_and_said(corpus, workdir):
+    """A kill -9 in a run's first save left its staged copies (a model's and its optimizer state's size) in
+    the run folder for ever: --resume refuses the folder, and a new run elsewhere never looks at it."""
+    from tests.safety import invoke
+
+    prepare([corpus], tokenizer="char")
+    finished = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 10}, compile="off").run_dir
+    run_dir = workdir / "runs" / "killed-1"
+    _killed_in_first_save(run_dir, finished)
+    staged = sorted(p.name for p in run_dir.glob(".*.tmp"))
+    assert staged == [".last.safetensors.tmp", ".run.json.tmp", ".state.safetensors.tmp"]
+
+    lock = runs.RunLock(run_dir)  # a training holds the folder: its staged copies may be a save in progress
+    assert invoke("runs").exit_code == 0 and sorted(p.name for p in run_dir.glob(".*.tmp")) == staged
+    lock.release()
+    with pytest.raises(UserError, match="no checkpoint to resume"):
+        train(resume=True, run=run_dir, compile="off")
+
+    result = invoke("runs", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[-1]["run"].endswith("killed-1")  # stdout: the JSON alone
+    said = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(said) == 1 and "killed-1" in said[0] and all(name in said[0] for name in staged), result.stderr
+    assert not list(run_dir.glob(".*.tmp"))
+    assert invoke("runs").stderr == ""  # said once: nothing left to remove
+
+    _killed_in_first_save(workdir / "runs" / "killed-2", finished)  # a new run in the folder removes them too
+    mine = workdir / "runs" / "killed-2" / ".state.safetensors.tmp.keep"
+    told = Said()
+    with pytest.raises(UserError, match="not a run folder"):  # a file of the user's: the folder is refused whole
+        mine.write_text("mine")
+        train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 10}, compile="off", run=mine.parent, reporter=told)
+    assert mine.read_text() == "mine" and len(list(mine.parent.glob(".*.tmp"))) == 3 and not told.messages
+    mine.unlink()
+    resumed = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 10}, compile="off", run=mine.parent,
+                    reporter=told)
+    assert resumed.step == 10 and not list(mine.parent.glob(".*.tmp"))
+    removals = [m for m in told.messages if m.startswith("Removed")]
+    assert len(removals) == 1 and all(name in removals[0] for name in staged), told.messages
+
+
+def test_a_resume_removes_and_says_what_no_save_will_commit_and_recovers_what_one_did(corpus):
+    """After a kill between state's rename and last's, last's staged copy is the committed save: kept and moved
+    into place; a later save's staged state and a staged metrics file are stale: removed, and said."""
+    prepare([corpus], tokenizer="char")
+    run_dir = train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 10}, compile="off").run_dir
+    last = (run_dir / runs.LAST).read_bytes()
+    checkpoint.temp_path(run_dir / runs.LAST).write_bytes(last)  # of state's step: the rest of its commit
+    (run_dir / runs.LAST).write_bytes(b"the save before")
+    checkpoint.temp_path(run_dir / runs.STATE).write_bytes(b"cut short")
+    checkpoint.temp_path(run_dir / runs.METRICS).write_text('{"step": 1')
+    assert runs.remove_stale_staged_if_idle(run_dir) == [".metrics.jsonl.tmp", ".state.safetensors.tmp"]
+    checkpoint.temp_path(run_dir / runs.STATE).write_bytes(b"cut short")
+    told = Said()
+    resumed = train(resume=True, run=run_dir, train_overrides={"steps": 20}, reporter=told)
+    assert resumed.step == 20 and not list(run_dir.glob(".*.tmp"))
+    assert told.messages[0] == runs.said_removed(run_dir, [".state.safetensors.tmp"])
+
+
+def test_only_the_exact_staged_names_of_a_runs_files_are_removed(tmp_path):
+    names = [".last.safetensors.tmp", ".best.safetensors.tmp", ".state.safetensors.tmp", ".run.json.tmp",
+             ".metrics.jsonl.tmp"]
+    others = [".notes.txt.tmp", "last.safetensors.tmp", ".last.safetensors.tmp2", ".lock.tmp", ".LAST.safetensors.tmp"]
+    for name in names + others:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / ".tensorboard.tmp").mkdir()
+    os.symlink(tmp_path / "folder", tmp_path / ".best.safetensors.tmp.link")
+    assert sorted(runs.remove_stale_staged(tmp_path)) == sorted(names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + ["folder", ".tensorboard.tmp",
+                                                                           ".best.safetensors.tmp.link"])

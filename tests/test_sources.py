@@ -335,33 +335,30 @@ def test_a_tokenizer_with_more_ids_than_embedding_rows_is_one_line(tmp_path, wor
     assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
 
 
-def test_a_gguf_model_is_named_as_its_makers_spell_it_never_retitled(tmp_path):
-    """SmolLM2's file read as 'Smollm2 135M 8k Lc100K Mix1 Ep2': general.name, which llama.cpp's converter
-    title-cases from a folder's name. The naming convention's parts come first, casing kept; then general.name;
-    then the file's name (a split model's without its part number)."""
+def test_a_gguf_model_is_shown_by_its_files_name(tmp_path, monkeypatch):
+    """SmolLM2's file was shown as 'smollm2 135M 8k-lc100k-mix1-ep2' (general.basename, size_label and
+    finetune), which reads badly: a GGUF file is shown by its file's name, a split model's without its part
+    number, whatever its metadata's names; an ollama model by the name it was asked for."""
     from bladegpt.sources import load_pretrained
-    from bladegpt.sources.gguf import model_name
     from tests.test_hf_tokenizer import add_vocabulary
 
     base, folder, _ = with_vocabulary(tmp_path)
 
     def named(writer):
         add_vocabulary(writer, folder, "smollm", pads=0, add_bos=False)
-        writer.add_basename("SmolLM2")
+        writer.add_basename("smollm2")
         writer.add_size_label("135M")
-        writer.add_finetune("Instruct")
+        writer.add_finetune("8k-lc100k-mix1-ep2")
 
-    write_gguf(base, tmp_path / "smol.Q8_0.gguf", tokenizer=named)
-    described = load_pretrained(str(tmp_path / "smol.Q8_0.gguf")).description
-    assert described.startswith("SmolLM2 135M Instruct: llama "), described
-    assert load_pretrained(str(tmp_path / "base.gguf")).description.startswith("tiny-llama: ")  # general.name alone
-    meta = {"general.name": "Smollm2 135M 8k Lc100K Mix1 Ep2", "general.basename": "smollm2",
-            "general.size_label": "135M", "general.finetune": "8k-lc100k-mix1-ep2", "general.version": "v0.1"}
-    assert model_name(meta, "file") == "smollm2 135M 8k-lc100k-mix1-ep2 v0.1"
-    assert model_name({"general.name": "  ", "general.basename": 3}, "SmolLM2-135M-Instruct.Q4_1") == \
-        "SmolLM2-135M-Instruct.Q4_1"  # no usable name: the file's
+    write_gguf(base, tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf", tokenizer=named)
+    described = load_pretrained(str(tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf")).description
+    assert described.startswith("SmolLM2-135M-Instruct.Q4_1: llama "), described
+    assert "smollm2 135M" not in described
+    assert load_pretrained(str(tmp_path / "base.gguf")).description.startswith("base: ")  # not general.name's
     write_gguf(base, tmp_path / "Nameless.gguf", split_max_tensors=8,
                tokenizer=lambda w: (add_vocabulary(w, folder, "smollm", pads=0, add_bos=False),
                                     w.kv_data[0].pop("general.name")))
     first = sorted(tmp_path.glob("Nameless-*-of-*.gguf"))[0]
     assert load_pretrained(str(first)).description.startswith("Nameless: "), first
+    monkeypatch.setenv("OLLAMA_MODELS", str(ollama_store(tmp_path / "store", tmp_path / "base.gguf")))
+    assert load_pretrained("ollama:tiny").description.startswith("tiny: ")  # its blob's name is a hash

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bladegpt.cli.app import app, console, friendly
+from bladegpt.cli.app import app, console, err_console, friendly
 from bladegpt.errors import UserError
 
 @app.command("runs")
@@ -22,7 +22,8 @@ def runs_table(
     """Compare runs at a glance: how each started, how far it got, its best val loss, its state."""
     from bladegpt import strictjson
     from bladegpt.cli.tables import runs_table as table
-    from bladegpt.runs import RUNS_DIR, latest_run, run_folders, summarize
+    from bladegpt.runs import (RUNS_DIR, latest_run, remove_stale_staged_if_idle, run_folders, said_removed,
+                               summarize)
 
     if bpb and plot is None:
         raise UserError("--bpb sets the unit of --plot's curves; add --plot FILE.png, or drop --bpb.")
@@ -33,7 +34,11 @@ def runs_table(
         written = draw(run_folders(paths) if paths else [latest_run()], plot, bpb)
         console.print(f"Wrote {written}.")
         return
-    found = [summarize(p) for p in run_folders(paths or [RUNS_DIR])]
+    folders = run_folders(paths or [RUNS_DIR])
+    for folder in folders:
+        if removed := remove_stale_staged_if_idle(folder):
+            err_console.print(said_removed(folder, removed), highlight=False, soft_wrap=True)  # stdout: --json's alone
+    found = [summarize(p) for p in folders]
     if json_out:
         print(strictjson.dumps(found, indent=2))
     elif not found:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -60,10 +61,10 @@ def _table_width(columns: list[str], widths: dict[str, int]) -> int:
 
 
 def _fit(columns: list[str], widths: dict[str, int], spare: tuple[str, ...], width: int) -> tuple[list[str], list[str]]:
-    """(kept, left out): the `spare` columns go, in that order, until the rest fit in `width` characters; the
-    left-out ones in table order, for the reader to be told."""
+    """(kept, left out): the `spare` columns shown go, in that order, until the rest fit in `width` characters;
+    the left-out ones in table order, for the reader to be told."""
     kept = list(columns)
-    for col in spare:
+    for col in (c for c in spare if c in columns):
         if _table_width(kept, widths) <= width:
             break
         kept.remove(col)
@@ -112,12 +113,14 @@ def bench_table(result: dict, width: int = 200) -> RenderableType:
     return Group(table, rest)
 
 
-def _fill(table: Table, columns: list[str], cells: list[dict], text: tuple[str, ...]) -> None:
-    """Add the columns and rows: `text` columns fold a long word onto the next line, whole; the others are
-    numbers, right-aligned and never cut ("1.…" reads as nothing), their headers wrapped at a space if need be."""
+def _fill(table: Table, columns: list[str], cells: list[dict], text: tuple[str, ...],
+          widest: dict[str, int | None] | None = None) -> None:
+    """Add the columns and rows: `text` columns fold a long word onto the next line, whole (no wider than
+    `widest` says, where it names them); the others are numbers, right-aligned and never cut ("1.…" reads as
+    nothing), their headers wrapped at a space if need be."""
     for col in columns:
         if col in text:
-            table.add_column(col, overflow="fold")
+            table.add_column(col, overflow="fold", max_width=(widest or {}).get(col))
         else:
             least = max([*map(len, col.split()), *(Text.from_markup(row[col]).cell_len for row in cells)])
             table.add_column(col, justify="right", min_width=least)
@@ -196,8 +199,47 @@ def _style(row: dict) -> str:
     return f"{row['style']:.2f}" + (f" ({row['base_style']:.2f})" if row.get("base_style") is not None else "")
 
 
+def _shown(value) -> str:
+    """A setting's value as a flag takes it; `-` where a run recorded none (an older run, or no such setting)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "block")  # train's flags for the model
+LORA_FLAGS = ("rank", "alpha", "dropout", "targets", "base_dtype")  # train's --lora-* flags
+IN_STEPS_COLUMN = ("steps", "time_budget_s")
+
+
+def _flags(settings: dict) -> dict[str, object]:
+    """A run's recorded settings under the names of the train flags that set them (batch-size, lr,
+    context-weight, block-size, lora-rank, precision...)."""
+    part = lambda name: settings.get(name) if isinstance(settings.get(name), dict) else {}
+    model, lora = part("model"), part("lora")
+    flags = {name: value for name, value in part("train").items() if name not in IN_STEPS_COLUMN}
+    flags |= {name: model[name] for name in MODEL_FLAGS if name in model}
+    flags |= {f"lora_{name}": lora[name] for name in LORA_FLAGS if name in lora}
+    flags |= part("runtime")
+    return {name.replace("_", "-"): value for name, value in flags.items()}
+
+
+def settings_apart(rows: list[dict]) -> list[list[str]]:
+    """Each run's settings that are not the same in every run listed, as `flag=value` items (`flag=-`: not
+    recorded by that run): what tells the runs apart, without the dozens of settings they share."""
+    flags = [_flags(row.get("settings") or {}) for row in rows]
+    names = dict.fromkeys(name for found in flags for name in found)
+    apart = [name for name in names if len({_shown(found.get(name)) for found in flags}) > 1]
+    return [[f"{name}={_shown(found.get(name))}" for name in apart] for found in flags]
+
+
 # Left out, in this order, where the terminal is too narrow for every column to be read whole.
-RUNS_SPARE_COLUMNS = ("start", "curve", "val loss", "loops", "data", "style")
+RUNS_SPARE_COLUMNS = ("start", "curve", "val loss", "loops", "data", "style", "settings")
 
 
 def runs_table(rows: list[dict], width: int = 200, command: str = "bladegpt runs") -> RenderableType:
@@ -208,7 +250,7 @@ def runs_table(rows: list[dict], width: int = 200, command: str = "bladegpt runs
     names = [Path(r["run"]).name for r in rows]
     colors = {"running": "cyan", "finished": "green", "stopped early": "green", "interrupted": "yellow"}
     cells = []
-    for name, r in zip(names, rows):
+    for name, r, apart in zip(names, rows, settings_apart(rows)):
         planned = f"/{r['steps']:,}" if r["steps"] else (f" of {r['time_budget_s']:.0f}s" if r["time_budget_s"] else "")
         best = r["best_val_loss"] is not None
         cells.append({
@@ -219,15 +261,22 @@ def runs_table(rows: list[dict], width: int = 200, command: str = "bladegpt runs
             "wall": f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
             "state": f"[{colors.get(r['state'], 'red')}]{r['state']}[/]", "curve": sparkline(r["val_bpb"]),
             "copied": _copied(r), "loops": f"{r['loops']:.0%}" if r.get("loops") is not None else "-",
-            "style": _style(r),
+            "style": _style(r), "settings": escape(" ".join(apart)),  # a value's [brackets] are not markup
         })
-    columns = ["run", "data", "start", "steps", "val loss", "bpb", "best at", "wall", "state", "curve", "copied",
-               "loops", "style"]
+    columns = ["run", "data", "start", *(["settings"] if any(c["settings"] for c in cells) else []), "steps",
+               "val loss", "bpb", "best at", "wall", "state", "curve", "copied", "loops", "style"]
 
     widths = {c: _widest(c, cells) for c in columns}
+    whole = widths.get("settings", 0)
+    if "settings" in columns:  # it wraps between its items, never inside one, in the room the others leave
+        widths["settings"] = max(len(item) for c in cells for item in ["settings", *c["settings"].split()])
     every = columns
     columns, left = _fit(every, widths, RUNS_SPARE_COLUMNS, width)
-    table.caption = ("bpb: bits per byte of the validation text (lower is better), best at its step; "
+    if "settings" in columns:
+        widths["settings"] = min(whole, widths["settings"] + width - _table_width(columns, widths))
+    table.caption = (("settings: the train flags not the same in every run listed (-: not recorded); "
+                      if "settings" in columns else "")
+                     + "bpb: bits per byte of the validation text (lower is better), best at its step; "
                      + ("the curve is val bpb at each evaluation; " if "curve" in columns else "")
                      + "copied: the share of the last eval sample's 50-character spans found verbatim in the "
                      "training text, and its longest copy in characters"
@@ -235,7 +284,8 @@ def runs_table(rows: list[dict], width: int = 200, command: str = "bladegpt runs
                      + ("; style: its Burrows's Delta from the held-out text (lower is closer; the base model's "
                         "sample's in brackets)" if "style" in columns else ""))
     # a long run name folds onto a second line, whole (`--run` needs it), never cut to "…"
-    _fill(table, columns, cells, text=("run", "data", "start", "state", "curve"))
+    _fill(table, columns, cells, text=("run", "data", "start", "settings", "state", "curve"),
+          widest={"settings": widths.get("settings")})
     if not left:
         return table
     wide = _table_width(every, widths)

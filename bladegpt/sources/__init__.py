@@ -28,7 +28,7 @@ from bladegpt.sources.hub import GPT2_REPOS, hf_folder
 from bladegpt.tokenizer import TiktokenTokenizer, Tokenizer, tokenizer_from_dict
 from bladegpt.sources.ollama import ollama_blob, ollama_layers, ollama_unused
 from bladegpt.sources.adapter import read_loras
-from bladegpt.sources.gguf import gguf_model, gguf_tokenizer, metadata, model_name, open_model, quantization
+from bladegpt.sources.gguf import gguf_model, gguf_tokenizer, metadata, open_model, quantization
 from bladegpt.sources.gpt2 import is_gpt2_tokenizer
 from bladegpt.tokenizer.hf import HFTokenizer
 from bladegpt.sources import hf
@@ -95,8 +95,10 @@ def load_gguf(path: Path, source: str, matrices: torch.dtype = torch.float32, ad
     tokenizer = gguf_tokenizer(path, meta, reader, where=where)
     loras = read_loras(reader, meta, adapters, where)
     model, _, _ = gguf_model(path, where, reader, meta, matrices, loras)
+    # named as the user knows it: the file's name (a split model's without its part number), or ollama's name;
+    # the metadata's general.basename/size_label/finetune read badly ('smollm2 135M 8k-lc100k-mix1-ep2')
     stem = reader.files[0].name.removesuffix(".gguf").removesuffix(f"-00001-of-{len(reader.files):05d}")
-    name = model_name(meta, source.removeprefix("ollama:") if source.startswith("ollama:") else stem)
+    name = source.removeprefix("ollama:") if source.startswith("ollama:") else stem
     mb = math.ceil(sum(f.stat().st_size for f in reader.files) / 1e6)
     parts = f" in {len(reader.files)} parts" if len(reader.files) > 1 else ""
     origin = f" ({path})" if source.startswith("ollama:") else ""

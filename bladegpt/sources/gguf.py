@@ -319,20 +319,6 @@ def gpt2_state_dict(reader, config: ModelConfig, loras: tuple = ()) -> dict[str,
     return state
 
 
-def model_name(meta: dict, fallback: str) -> str:
-    """The model's name as its makers spelled it, casing kept: general.basename, size_label, finetune and version,
-    the parts GGUF's naming convention builds a file name from (SmolLM2's file: 'smollm2 135M 8k-lc100k-mix1-ep2');
-    else general.name; else `fallback` (the file's or ollama model's name). Never general.name when the parts are
-    there: llama.cpp's converter title-cases a folder's name into it ('Smollm2 135M 8k Lc100K Mix1 Ep2')."""
-    def text(key: str) -> str:
-        value = meta.get(f"general.{key}")
-        return value.strip() if isinstance(value, str) else ""
-
-    if text("basename"):
-        return " ".join(part for part in map(text, ("basename", "size_label", "finetune", "version")) if part)
-    return text("name") or fallback
-
-
 def quantization(reader) -> str:
     """The file's tensor types by share of weights, e.g. 'Q4_1 93%, Q8_0 7%'."""
     from gguf import GGMLQuantizationType

@@ -66,6 +66,8 @@ def train(
                 run_dir = plan.run_dir
                 if ddp.main:
                     lock = runs.RunLock(run_dir)
+                    if removed := runs.remove_stale_staged(run_dir):  # said; recover_training drops them silently
+                        reporter.message(runs.said_removed(run_dir, removed))
                     recover_training(run_dir)
             elif init_from is not None:
                 with phases.timed("plan: the source loaded, the dataset read"):
@@ -82,6 +84,8 @@ def train(
                     run_dir, created = runs.claim_run_dir(run, plan.data.folder)
                     lock = runs.RunLock(run_dir)
                     runs.check_unused(run_dir)
+                    if removed := runs.remove_stale_staged(run_dir):  # a start killed in its first save
+                        reporter.message(runs.said_removed(run_dir, removed))
                     record = {
                         "dataset": str(plan.data.folder.resolve()), "dataset_fingerprint": plan.data.fingerprint,
                         "preset": preset, "init_from": init_from,  # neither: the default, sized to the text

@@ -31,6 +31,16 @@ class Distributed:
             return cls()
         return cls(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
 
+    def command(self, args: str) -> str:
+        """`bladegpt ARGS` as a user starts it again the way this job was started: under torchrun with `--` before
+        ARGS, since torchrun reads its own options up to it and stops at train's --run ('ambiguous option: --run
+        could match --run-path, --run_path', torch 2.13 on Python 3.11)."""
+        if self.world == 1:
+            return f"bladegpt {args}"
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        launch = f"--standalone --nproc_per_node={local}" if local == self.world else "YOUR-OPTIONS"
+        return f"torchrun {launch} -m bladegpt -- {args}"
+
     def mean(self, value: float) -> float:
         if self.world == 1:
             return value

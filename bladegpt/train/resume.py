@@ -34,7 +34,7 @@ def resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan:
     saved = runs.read_run(run_dir)
     if not (run_dir / runs.STATE).is_file():
         raise ConfigError(f"{run_dir} has no checkpoint to resume (it stopped before its first save); "
-                          "start a new run with `bladegpt train`.")
+                          f"start a new run, in this folder with `bladegpt train --run {run_dir}`.")
     state = read_info(run_dir / runs.STATE)
     given = {k: v for k, v in (train_overrides or {}).items() if v is not None}
     try:
