@@ -3,6 +3,7 @@ folder's life (claimed, locked, left empty when a start dies before its first ch
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -53,7 +54,13 @@ class RunLock:
         import fcntl
 
         self.path = Path(run_dir) / LOCK
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise UserError(f"{self.path} is a link, not BladeGPT's lock file (its pid would be written through "
+                            "it): move it away, then train again.") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -80,7 +87,11 @@ def claim_run_dir(run: Path | None, data_dir: Path) -> tuple[Path, bool]:
     if run_dir.is_dir():
         ours = RUN_FILES | set(CHECKPOINTS) | set(TRACKER_FOLDERS)
         ours |= {temp_path(Path(name)).name for name in ours}  # a crash may leave a staged copy
-        if not {p.name for p in run_dir.iterdir()} <= ours:
+        entries = list(run_dir.iterdir())
+        if links := [p for p in entries if p.is_symlink() and p.name in ours]:
+            raise ConfigError(f"{links[0]} is a link, not a file BladeGPT wrote (a write would go through it); "
+                              "move it away, or give --run a new folder name.")
+        if not {p.name for p in entries} <= ours:
             raise ConfigError(f"{run_dir} exists and is not a run folder; give --run a new folder name "
                               "(BladeGPT never writes into folders it did not make).")
         return run_dir, False
