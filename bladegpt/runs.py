@@ -267,10 +267,10 @@ def _running(run_dir: Path) -> bool:
 
 def _start(saved: dict) -> str:
     """How a run started: from a model, a named preset, or the default sized to its text."""
-    if saved.get("init_from"):
+    if isinstance(saved.get("init_from"), str) and saved["init_from"]:
         lora = saved.get("lora")
         return f"from {Path(saved['init_from']).name}" + (f", LoRA r{lora.get('rank')}" if isinstance(lora, dict) else "")
-    if saved.get("preset"):
+    if isinstance(saved.get("preset"), str) and saved["preset"]:
         return saved["preset"]
     model = saved.get("model", {})
     return f"sized {model.get('n_layer', '?')}x{model.get('n_embd', '?')}"
@@ -297,23 +297,26 @@ def summarize(run_dir: Path) -> dict:
         saved = {"dataset": "?"}  # damaged: nothing recorded can be read
     train = saved.get("train", {})
     info = _saved_info(run_dir / STATE) or {}
+    step = _count(info.get("step")) or 0
     # null (or NaN, from older versions) is no value: such an evaluation is never the best
-    evals = [r for r in read_metrics(run_dir) if is_number(r.get("val_loss")) and r["step"] <= info.get("step", 0)]
+    evals = [r for r in read_metrics(run_dir) if is_number(r.get("val_loss")) and r["step"] <= step]
     best = min(evals, key=lambda r: r["val_loss"], default=None)
     measured = [r for r in evals if is_number(r.get("copied"))]  # the copy meter on the eval samples
     copying = measured[-1] if measured else {}
     reported = [r for r in evals if "loops" in r]  # the voice report on the eval samples (older runs have none)
     voice = reported[-1] if reported else {}
     base = saved.get("base_voice") if isinstance(saved.get("base_voice"), dict) else {}
-    steps, budget, step = train.get("steps"), train.get("time_budget_s"), info.get("step", 0)
-    patience, stale = train.get("patience", 0), info.get("stale_evals", 0)
+    # a value of the wrong kind (a damaged or hand-edited file) reads as not recorded
+    steps, budget = _count(train.get("steps")), _number(train.get("time_budget_s"))
+    elapsed = _number(info.get("elapsed"))
+    patience, stale = _count(train.get("patience")) or 0, _count(info.get("stale_evals")) or 0
     if _running(run_dir):
         state = "running"
     elif not info:
         state = "no checkpoint"
     elif patience and stale >= patience:
         state = "stopped early"
-    elif (budget is not None and info.get("elapsed", 0) >= budget) or (budget is None and steps and step >= steps):
+    elif (budget is not None and (elapsed or 0) >= budget) or (budget is None and steps and step >= steps):
         state = "finished"
     else:
         state = "interrupted"
@@ -327,11 +330,11 @@ def summarize(run_dir: Path) -> dict:
         "best_val_loss": best["val_loss"] if best else None,
         "best_val_bpb": strictjson.number(best.get("val_bpb")) if best else None,
         "best_step": best["step"] if best else None,
-        "elapsed_s": info.get("elapsed"),
+        "elapsed_s": elapsed,
         "state": state,
         "val_bpb": [bpb for r in evals if (bpb := strictjson.number(r.get("val_bpb"))) is not None],
         "copied": copying.get("copied"),
-        "longest_copy": copying.get("longest_copy"),
+        "longest_copy": _count(copying.get("longest_copy")),
         "loops": strictjson.number(voice.get("loops")),
         "style": strictjson.number(voice.get("style")),
         "base_style": strictjson.number(base.get("style")),
@@ -356,6 +359,14 @@ def run_folders(paths: list[Path]) -> list[Path]:
 def is_number(value) -> bool:
     """A value a chart can place: metrics.jsonl writes a non-finite one as null."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value) -> int | float | None:
+    return value if is_number(value) else None
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

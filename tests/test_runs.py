@@ -201,3 +201,26 @@ def test_the_settings_column_wraps_between_its_items_and_is_named_where_it_is_le
         else:  # each item whole on a line
             assert "context-weight=0.5" in shown and "warmup-steps=50" in shown and "sampling=[b]x" in shown, shown
     assert "settings" in " ".join(shown.split("Left out")[-1].split())  # at 80 columns: named as left out
+
+
+def test_runs_lists_a_run_whose_files_hold_values_of_the_wrong_kind(workdir):
+    """A hand-edited or damaged run.json that still had its dataset, model and train (a time budget of "abc",
+    an init_from of 123) stopped `runs` and `runs --json` with a traceback, for every run listed: now such a
+    value reads as not recorded, and the other runs are listed as before."""
+    _run(workdir, "talk-1", {"train": {"steps": 10}})
+    _run(workdir, "talk-2", {"init_from": 123, "preset": ["nano"], "lora": "r8",
+                             "train": {"steps": "10", "time_budget_s": "abc", "patience": "3"}})
+    run = workdir / "runs" / "talk-2"
+    header = json.dumps({"__metadata__": {"info": json.dumps({"step": "10", "elapsed": "5", "stale_evals": []})}})
+    (run / "state.safetensors").write_bytes(len(header).to_bytes(8, "little") + header.encode())
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 0, "val_loss": 2.6, "copied": 0.5, "longest_copy": "60"}) + "\n")
+    for args in (("runs", "--json"), ("runs",)):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+    rows = json.loads(invoke("runs", "--json").stdout)
+    assert rows[0]["state"] == "finished" and rows[0]["step"] == 10
+    read = [rows[1][name] for name in ("start", "steps", "time_budget_s", "elapsed_s")]
+    assert read == ["sized ?x?", None, None, None]
+    assert (rows[1]["step"], rows[1]["copied"], rows[1]["longest_copy"]) == (0, 0.5, None)
+    assert "talk-2" in invoke("runs").stdout
