@@ -224,3 +224,25 @@ def test_runs_lists_a_run_whose_files_hold_values_of_the_wrong_kind(workdir):
     assert read == ["sized ?x?", None, None, None]
     assert (rows[1]["step"], rows[1]["copied"], rows[1]["longest_copy"]) == (0, 0.5, None)
     assert "talk-2" in invoke("runs").stdout
+
+
+def test_names_with_brackets_are_shown_as_written(workdir, monkeypatch):
+    """A run folder, dataset or model file named with [brackets] was read as rich markup: `[v2]talk-1` showed as
+    `talk-1`, `[bold]` vanished and bolded the rest; the settings column was escaped, the other cells were not."""
+    _run(workdir, "[v2]talk-1", {"dataset": "datasets/[b]talk", "init_from": "/m/[red]SmolLM2.gguf",
+                                 "train": {"steps": 10}})
+    _run(workdir, "[v2]talk-2", {"dataset": "datasets/[b]talk", "preset": "[i]nano", "train": {"steps": 10}})
+    run = workdir / "runs" / "[v2]talk-2"
+    (run / ".lock").write_text("1")
+    (run / ".state.safetensors.tmp").write_bytes(b"cut short")
+    result = invoke("runs")
+    assert result.exit_code == 0, result.output
+    assert "runs/[v2]talk-2" in result.stderr and ".state.safetensors.tmp" in result.stderr  # the removal, said
+    from bladegpt.cli.app import console
+
+    monkeypatch.setattr(console, "width", 200)  # every column shown
+    shown = invoke("runs").stdout
+    for name in ("[v2]talk-1", "[v2]talk-2", "[b]talk", "from [red]SmolLM2.gguf", "[i]nano"):
+        assert name in shown, shown
+    (workdir / "[x]").mkdir()
+    assert "No runs in [x]/ yet" in invoke("runs", "[x]").stdout

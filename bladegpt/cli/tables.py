@@ -254,14 +254,16 @@ def runs_table(rows: list[dict], width: int = 200, command: str = "bladegpt runs
         planned = f"/{r['steps']:,}" if r["steps"] else (f" of {r['time_budget_s']:.0f}s" if r["time_budget_s"] else "")
         best = r["best_val_loss"] is not None
         cells.append({
-            "run": name, "data": r["dataset"], "start": r["start"], "steps": f"{r['step']:,}{planned}",
+            # names and values as written: a file's or a setting's [brackets] are not markup
+            "run": escape(name), "data": escape(r["dataset"]), "start": escape(r["start"]),
+            "steps": f"{r['step']:,}{planned}",
             "val loss": f"{r['best_val_loss']:.3f}" if best else "-",
             "bpb": f"{r['best_val_bpb']:.3f}" if r["best_val_bpb"] is not None else "-",
             "best at": f"{r['best_step']:,}" if best else "-",
             "wall": f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
             "state": f"[{colors.get(r['state'], 'red')}]{r['state']}[/]", "curve": sparkline(r["val_bpb"]),
             "copied": _copied(r), "loops": f"{r['loops']:.0%}" if r.get("loops") is not None else "-",
-            "style": _style(r), "settings": escape(" ".join(apart)),  # a value's [brackets] are not markup
+            "style": _style(r), "settings": escape(" ".join(apart)),
         })
     columns = ["run", "data", "start", *(["settings"] if any(c["settings"] for c in cells) else []), "steps",
                "val loss", "bpb", "best at", "wall", "state", "curve", "copied", "loops", "style"]
