@@ -142,7 +142,10 @@ def remove_stale_staged(run_dir: Path) -> list[str]:
             continue
         if name in (LAST, BEST) and committed is not None and (_saved_info(path) or {}).get("step") == committed:
             continue
-        path.unlink()
+        try:
+            path.unlink()
+        except OSError:
+            continue  # a folder it may not change (read-only, another user's): the run's next train says so
         removed.append(path.name)
     return removed
 

@@ -359,3 +359,22 @@ def test_a_link_at_a_name_a_run_writes_is_never_written_through(tmp_path):
     checkpoint.temp_path(run_dir / runs.LAST).mkdir()
     with pytest.raises(FileExistsError, match="in the way"):
         atomic_write_text(run_dir / runs.LAST, "{}")
+
+
+def test_runs_shows_a_read_only_run_folder_with_what_a_kill_left_staged(tmp_path):
+    """`runs` on a read-only folder of runs (a backup, a mount) stopped at the first staged copy it could not
+    remove, and showed none of the runs: the removal is a reader's courtesy, so it now leaves what it cannot
+    remove and shows the runs."""
+    from tests.safety import invoke, read_only
+
+    run_dir = tmp_path / "backup" / "talk-1"
+    run_dir.mkdir(parents=True)
+    (run_dir / runs.RUN_FILE).write_text(json.dumps({"dataset": "datasets/talk", "model": {}, "train": {}}))
+    (run_dir / runs.LOCK).write_text("1")
+    checkpoint.temp_path(run_dir / runs.STATE).write_bytes(b"cut short")
+    with read_only(tmp_path / "backup"):
+        assert runs.remove_stale_staged_if_idle(run_dir) == []
+        result = invoke("runs", "--json", tmp_path / "backup")
+        assert result.exit_code == 0, result.output
+        assert [row["run"] for row in json.loads(result.stdout)] == [str(run_dir)]
+    assert checkpoint.temp_path(run_dir / runs.STATE).read_bytes() == b"cut short"
