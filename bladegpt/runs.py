@@ -3,12 +3,12 @@ folder's life (claimed, locked, left empty when a start dies before its first ch
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from bladegpt import strictjson
@@ -44,6 +44,9 @@ def new_run_dir(name: str, root: Path = RUNS_DIR) -> Path:
             continue  # another process took it between our look and our mkdir
 
 
+READER_HOLD_S = 0.5  # `bladegpt runs` holds a run's lock for milliseconds, to look: a start waits that out
+
+
 class RunLock:
     """An exclusive lock on a run folder while a process trains in it.
 
@@ -54,20 +57,23 @@ class RunLock:
         import fcntl
 
         self.path = Path(run_dir) / LOCK
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as e:
-            if e.errno != errno.ELOOP:
-                raise
+        if self.path.is_symlink():
             raise UserError(f"{self.path} is a link, not BladeGPT's lock file (its pid would be written through "
-                            "it): move it away, then train again.") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "another process"
-            os.close(self.fd)
-            raise UserError(f"{run_dir} is in use: pid {holder} is training in it; wait for it to finish "
-                            "or stop it, or train into another --run.") from None
+                            "it): move it away, then train again.")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        deadline = time.monotonic() + READER_HOLD_S
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)  # a reader's look, soon over
+                    continue
+                holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "another process"
+                os.close(self.fd)
+                raise UserError(f"{run_dir} is in use: pid {holder} is training in it; wait for it to finish "
+                                "or stop it, or train into another --run.") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
 

@@ -246,3 +246,27 @@ def test_names_with_brackets_are_shown_as_written(workdir, monkeypatch):
         assert name in shown, shown
     (workdir / "[x]").mkdir()
     assert "No runs in [x]/ yet" in invoke("runs", "[x]").stdout
+
+
+def test_a_start_waits_out_a_readers_look_at_the_runs_lock(tmp_path, monkeypatch):
+    """`bladegpt runs` takes each run's lock for milliseconds (is it training? may its stale staged copies go?);
+    a train starting in that moment was refused, 'pid N is training in it', naming the run's last trainer."""
+    import fcntl
+    import threading
+
+    import pytest
+
+    from bladegpt import runs
+    from bladegpt.errors import UserError
+
+    (tmp_path / runs.LOCK).write_text("4242")  # the pid of the run's last training, long gone
+    look = os.open(tmp_path / runs.LOCK, os.O_RDONLY)
+    fcntl.flock(look, fcntl.LOCK_SH)  # as runs' _running looks
+    threading.Timer(0.1, os.close, [look]).start()
+    monkeypatch.setattr(runs, "READER_HOLD_S", 30.0)  # the look ends long before: never a timing in the test
+    lock = runs.RunLock(tmp_path)
+    assert (tmp_path / runs.LOCK).read_text() == str(os.getpid())
+    monkeypatch.setattr(runs, "READER_HOLD_S", 0.2)
+    with pytest.raises(UserError, match=f"pid {os.getpid()} is training in it"):  # a training's lock: refused
+        runs.RunLock(tmp_path)
+    lock.release()
