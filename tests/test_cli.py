@@ -248,3 +248,21 @@ def test_the_commands_a_run_names_are_quoted_for_the_shell(corpus, workdir):
     refused = invoke("train", "--resume", "--run", killed)
     command = refused.output.split("`")[1]
     assert refused.exit_code == 1 and shlex.split(command) == ["bladegpt", "train", "--run", str(killed)], refused.output
+
+
+def test_the_commands_export_and_a_tokenizer_mismatch_name_are_quoted_for_the_shell(corpus, workdir):
+    """export said 'bladegpt sample --checkpoint my model [v1].safetensors' (and read the [v1] as markup), a
+    fine-tune on another tokenizer's text 'bladegpt prepare ... --tokenizer-from my model [v1].safetensors'."""
+    import shlex
+
+    assert invoke("prepare", corpus, "--tokenizer", "char").exit_code == 0
+    assert invoke("train", *TINY, "--steps", "2").exit_code == 0
+    out = "my model [v1].safetensors"
+    done = invoke("export", out, "--format", "safetensors")
+    assert done.exit_code == 0, done.output
+    assert shlex.split(done.output.split("with: ")[-1]) == ["bladegpt", "sample", "--checkpoint", out], done.output
+    assert invoke("prepare", corpus, "--out", "datasets/bpe").exit_code == 0
+    refused = invoke("train", "--init-from", out, "--data", "datasets/bpe", "--steps", "2")
+    assert refused.exit_code == 1, refused.output
+    words = shlex.split(" ".join(refused.output.split()).split("`")[1])
+    assert words[:2] == ["bladegpt", "prepare"] and words[-2:] == ["--tokenizer-from", out], refused.output
