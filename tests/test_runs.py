@@ -270,3 +270,24 @@ def test_a_start_waits_out_a_readers_look_at_the_runs_lock(tmp_path, monkeypatch
     with pytest.raises(UserError, match=f"pid {os.getpid()} is training in it"):  # a training's lock: refused
         runs.RunLock(tmp_path)
     lock.release()
+
+
+def test_at_40_columns_the_runs_table_is_cut_to_columns_read_whole_never_cropped():
+    """At 40 columns the table, with every spare column gone, was still 60 wide: rich folded the state to
+    'fi/is/ed' and cropped it and copied off the right edge without a word. Now the numbers go too, named."""
+    from rich.console import Console
+
+    from bladegpt.cli.tables import runs_table
+
+    row = dict(run="runs/talk-1", dataset="talk", start="nano", steps=16, step=16, time_budget_s=None,
+               best_val_loss=2.7, best_val_bpb=1.08, best_step=16, elapsed_s=110.0, state="finished",
+               val_bpb=[1.1, 1.08], copied=0.01, longest_copy=60, loops=None, style=None, base_style=None)
+    for width in (40, 30):
+        console = Console(width=width, record=True)
+        console.print(runs_table([row, dict(row, run="runs/talk-2", state="interrupted")], width))
+        shown = console.export_text()
+        table, said = shown.split("Left out")
+        assert "finished" in table and "16/16" in table and ("interrupted" in table or width < 40), shown
+        rows = [line.rstrip() for line in table.splitlines() if line[:1] in "┏┃┡│└"]
+        assert rows and all(line[-1] in "┓┃┩│┘" for line in rows), shown  # the right border: nothing cropped
+        assert "copied" in " ".join(said.split()) and "copied:" not in table  # left out, and named so
