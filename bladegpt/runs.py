@@ -158,12 +158,14 @@ def remove_stale_staged(run_dir: Path) -> list[str]:
 
 def remove_stale_staged_if_idle(run_dir: Path) -> list[str]:
     """remove_stale_staged for a reader (`bladegpt runs`): only where no process trains in the run, its lock
-    held meanwhile so that none starts; a folder without a lock file is left as it is."""
+    held meanwhile so that none starts; a folder without a lock file, or whose run.json is not a run's (another
+    tool's folder that has one), is left as it is."""
     import fcntl
 
     try:
+        read_run(run_dir)
         fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
-    except OSError:
+    except (UserError, OSError):
         return []
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -378,3 +378,17 @@ def test_runs_shows_a_read_only_run_folder_with_what_a_kill_left_staged(tmp_path
         assert result.exit_code == 0, result.output
         assert [row["run"] for row in json.loads(result.stdout)] == [str(run_dir)]
     assert checkpoint.temp_path(run_dir / runs.STATE).read_bytes() == b"cut short"
+
+
+def test_runs_removes_staged_names_only_in_a_folder_whose_run_json_is_a_runs(tmp_path):
+    """`runs FOLDER` lists what holds a run.json; another tool's folder with a run.json, a .lock and a file
+    named like a staged copy had that file removed. Only a folder whose run.json reads as a run's is touched."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / runs.RUN_FILE).write_text(json.dumps({"name": "another tool's run"}))
+    (theirs / runs.LOCK).write_text("")
+    staged = checkpoint.temp_path(theirs / runs.METRICS)
+    staged.write_text("theirs")
+    assert runs.remove_stale_staged_if_idle(theirs) == [] and staged.read_text() == "theirs"
+    (theirs / runs.RUN_FILE).write_text(json.dumps({"dataset": "datasets/talk", "model": {}, "train": {}}))
+    assert runs.remove_stale_staged_if_idle(theirs) == [staged.name] and not staged.exists()
