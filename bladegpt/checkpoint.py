@@ -255,8 +255,8 @@ def recover_training(run_dir: Path) -> None:
         committed = None  # no state, or an unreadable one: nothing staged was committed
     for name in (LAST, BEST):
         staged = temp_path(run_dir / name)
-        if not staged.exists():
-            continue
+        if staged.is_symlink() or not staged.is_file():
+            continue  # nothing, or not ours (a link, a folder): files.stage refuses to write through it
         try:
             same = committed is not None and _step(staged) == committed
         except CheckpointError:
@@ -265,7 +265,8 @@ def recover_training(run_dir: Path) -> None:
             commit(staged, run_dir / name)
         else:
             staged.unlink()
-    temp_path(run_dir / STATE).unlink(missing_ok=True)  # staged, never renamed: the crash came before the commit
+    if not (staged := temp_path(run_dir / STATE)).is_symlink() and staged.is_file():
+        staged.unlink()  # staged, never renamed: the crash came before the commit
 
 
 def _step(path: Path) -> int | None:

@@ -6,6 +6,7 @@ killed or the machine loses power (the rename is made durable by syncing the fol
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable
@@ -36,7 +37,7 @@ def stage(path: Path, write: Callable[[str], None]) -> Path:
 
     A failure (a full disk, say) removes the partial file and re-raises.
     """
-    tmp = temp_path(path)
+    tmp = clear_staged(path)
     try:
         write(str(tmp))
         fsync(tmp)
@@ -44,6 +45,19 @@ def stage(path: Path, write: Callable[[str], None]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
+
+
+def clear_staged(path: Path) -> Path:
+    """`path`'s staged copy's name, cleared for a fresh write: a copy a killed write left is removed (so that
+    nothing is written through a second, hard, link to it); a link or a folder there is not ours, and is kept.
+
+    Raises FileExistsError naming it: a write would go through a link into the file it points to."""
+    tmp = temp_path(path)
+    if tmp.is_symlink() or (tmp.exists() and not tmp.is_file()):
+        raise FileExistsError(errno.EEXIST, f"{tmp.name} is in the way, a link or folder BladeGPT did not make: "
+                              "move it away", str(tmp))
+    tmp.unlink(missing_ok=True)
     return tmp
 
 
@@ -60,8 +74,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 def stage_link(source: Path, path: Path) -> Path:
     """Stage `path` as the same file as `source`, without writing its bytes again (a hard link; a copy on a
     filesystem without hard links), for `commit`: a later os.replace of `source` leaves `path` as it is."""
-    tmp = temp_path(path)
-    tmp.unlink(missing_ok=True)
+    tmp = clear_staged(path)
     try:
         os.link(source, tmp)
     except OSError:

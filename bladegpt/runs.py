@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from bladegpt import strictjson
@@ -43,6 +44,9 @@ def new_run_dir(name: str, root: Path = RUNS_DIR) -> Path:
             continue  # another process took it between our look and our mkdir
 
 
+READER_HOLD_S = 0.5  # `bladegpt runs` holds a run's lock for milliseconds, to look: a start waits that out
+
+
 class RunLock:
     """An exclusive lock on a run folder while a process trains in it.
 
@@ -53,14 +57,23 @@ class RunLock:
         import fcntl
 
         self.path = Path(run_dir) / LOCK
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "another process"
-            os.close(self.fd)
-            raise UserError(f"{run_dir} is in use: pid {holder} is training in it; wait for it to finish "
-                            "or stop it, or train into another --run.") from None
+        if self.path.is_symlink():
+            raise UserError(f"{self.path} is a link, not BladeGPT's lock file (its pid would be written through "
+                            "it): move it away, then train again.")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        deadline = time.monotonic() + READER_HOLD_S
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)  # a reader's look, soon over
+                    continue
+                holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "another process"
+                os.close(self.fd)
+                raise UserError(f"{run_dir} is in use: pid {holder} is training in it; wait for it to finish "
+                                "or stop it, or train into another --run.") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
 
@@ -80,7 +93,11 @@ def claim_run_dir(run: Path | None, data_dir: Path) -> tuple[Path, bool]:
     if run_dir.is_dir():
         ours = RUN_FILES | set(CHECKPOINTS) | set(TRACKER_FOLDERS)
         ours |= {temp_path(Path(name)).name for name in ours}  # a crash may leave a staged copy
-        if not {p.name for p in run_dir.iterdir()} <= ours:
+        entries = list(run_dir.iterdir())
+        if links := [p for p in entries if p.is_symlink() and p.name in ours]:
+            raise ConfigError(f"{links[0]} is a link, not a file BladeGPT wrote (a write would go through it); "
+                              "move it away, or give --run a new folder name.")
+        if not {p.name for p in entries} <= ours:
             raise ConfigError(f"{run_dir} exists and is not a run folder; give --run a new folder name "
                               "(BladeGPT never writes into folders it did not make).")
         return run_dir, False
@@ -131,19 +148,24 @@ def remove_stale_staged(run_dir: Path) -> list[str]:
             continue
         if name in (LAST, BEST) and committed is not None and (_saved_info(path) or {}).get("step") == committed:
             continue
-        path.unlink()
+        try:
+            path.unlink()
+        except OSError:
+            continue  # a folder it may not change (read-only, another user's): the run's next train says so
         removed.append(path.name)
     return removed
 
 
 def remove_stale_staged_if_idle(run_dir: Path) -> list[str]:
     """remove_stale_staged for a reader (`bladegpt runs`): only where no process trains in the run, its lock
-    held meanwhile so that none starts; a folder without a lock file is left as it is."""
+    held meanwhile so that none starts; a folder without a lock file, or whose run.json is not a run's (another
+    tool's folder that has one), is left as it is."""
     import fcntl
 
     try:
+        read_run(run_dir)
         fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
-    except OSError:
+    except (UserError, OSError):
         return []
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -256,10 +278,10 @@ def _running(run_dir: Path) -> bool:
 
 def _start(saved: dict) -> str:
     """How a run started: from a model, a named preset, or the default sized to its text."""
-    if saved.get("init_from"):
+    if isinstance(saved.get("init_from"), str) and saved["init_from"]:
         lora = saved.get("lora")
         return f"from {Path(saved['init_from']).name}" + (f", LoRA r{lora.get('rank')}" if isinstance(lora, dict) else "")
-    if saved.get("preset"):
+    if isinstance(saved.get("preset"), str) and saved["preset"]:
         return saved["preset"]
     model = saved.get("model", {})
     return f"sized {model.get('n_layer', '?')}x{model.get('n_embd', '?')}"
@@ -286,23 +308,26 @@ def summarize(run_dir: Path) -> dict:
         saved = {"dataset": "?"}  # damaged: nothing recorded can be read
     train = saved.get("train", {})
     info = _saved_info(run_dir / STATE) or {}
+    step = _count(info.get("step")) or 0
     # null (or NaN, from older versions) is no value: such an evaluation is never the best
-    evals = [r for r in read_metrics(run_dir) if is_number(r.get("val_loss")) and r["step"] <= info.get("step", 0)]
+    evals = [r for r in read_metrics(run_dir) if is_number(r.get("val_loss")) and r["step"] <= step]
     best = min(evals, key=lambda r: r["val_loss"], default=None)
     measured = [r for r in evals if is_number(r.get("copied"))]  # the copy meter on the eval samples
     copying = measured[-1] if measured else {}
     reported = [r for r in evals if "loops" in r]  # the voice report on the eval samples (older runs have none)
     voice = reported[-1] if reported else {}
     base = saved.get("base_voice") if isinstance(saved.get("base_voice"), dict) else {}
-    steps, budget, step = train.get("steps"), train.get("time_budget_s"), info.get("step", 0)
-    patience, stale = train.get("patience", 0), info.get("stale_evals", 0)
+    # a value of the wrong kind (a damaged or hand-edited file) reads as not recorded
+    steps, budget = _count(train.get("steps")), _number(train.get("time_budget_s"))
+    elapsed = _number(info.get("elapsed"))
+    patience, stale = _count(train.get("patience")) or 0, _count(info.get("stale_evals")) or 0
     if _running(run_dir):
         state = "running"
     elif not info:
         state = "no checkpoint"
     elif patience and stale >= patience:
         state = "stopped early"
-    elif (budget is not None and info.get("elapsed", 0) >= budget) or (budget is None and steps and step >= steps):
+    elif (budget is not None and (elapsed or 0) >= budget) or (budget is None and steps and step >= steps):
         state = "finished"
     else:
         state = "interrupted"
@@ -316,11 +341,11 @@ def summarize(run_dir: Path) -> dict:
         "best_val_loss": best["val_loss"] if best else None,
         "best_val_bpb": strictjson.number(best.get("val_bpb")) if best else None,
         "best_step": best["step"] if best else None,
-        "elapsed_s": info.get("elapsed"),
+        "elapsed_s": elapsed,
         "state": state,
         "val_bpb": [bpb for r in evals if (bpb := strictjson.number(r.get("val_bpb"))) is not None],
         "copied": copying.get("copied"),
-        "longest_copy": copying.get("longest_copy"),
+        "longest_copy": _count(copying.get("longest_copy")),
         "loops": strictjson.number(voice.get("loops")),
         "style": strictjson.number(voice.get("style")),
         "base_style": strictjson.number(base.get("style")),
@@ -345,6 +370,14 @@ def run_folders(paths: list[Path]) -> list[Path]:
 def is_number(value) -> bool:
     """A value a chart can place: metrics.jsonl writes a non-finite one as null."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value) -> int | float | None:
+    return value if is_number(value) else None
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

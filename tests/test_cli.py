@@ -226,3 +226,43 @@ def test_a_failed_download_names_the_first_line_of_its_reason(monkeypatch, tmp_p
     message = str(error.value)
     assert "\n" not in message and "ConnectError: no route" in message and "An error happened" not in message
     assert "--init-from" not in message  # prepare --tokenizer-from fails here too: the fix names no one flag
+
+
+def test_the_commands_a_run_names_are_quoted_for_the_shell(corpus, workdir):
+    """A run named after a dataset 'my notes' said 'Next: bladegpt sample --checkpoint runs/my notes-1', and a run
+    killed in its first save 'bladegpt train --run runs/my notes-2': two words each to a shell. Each command a run
+    names is now quoted, and pasted back it reaches the run."""
+    import shlex
+
+    from bladegpt.runs import LOCK, RUN_FILE
+
+    assert invoke("prepare", corpus, "--tokenizer", "char", "--out", "datasets/my notes").exit_code == 0
+    done = invoke("train", *TINY, "--data", "datasets/my notes")
+    assert done.exit_code == 0, done.output
+    said = " ".join(done.output.split("Next:")[-1].split())
+    assert said.startswith("bladegpt sample --checkpoint 'runs/my notes-1'"), said
+    killed = workdir / "runs" / "my notes-2"  # stopped in its first save: run.json, no checkpoint
+    killed.mkdir()
+    (killed / RUN_FILE).write_text((workdir / "runs" / "my notes-1" / RUN_FILE).read_text())
+    (killed / LOCK).write_text("1")
+    refused = invoke("train", "--resume", "--run", killed)
+    command = refused.output.split("`")[1]
+    assert refused.exit_code == 1 and shlex.split(command) == ["bladegpt", "train", "--run", str(killed)], refused.output
+
+
+def test_the_commands_export_and_a_tokenizer_mismatch_name_are_quoted_for_the_shell(corpus, workdir):
+    """export said 'bladegpt sample --checkpoint my model [v1].safetensors' (and read the [v1] as markup), a
+    fine-tune on another tokenizer's text 'bladegpt prepare ... --tokenizer-from my model [v1].safetensors'."""
+    import shlex
+
+    assert invoke("prepare", corpus, "--tokenizer", "char").exit_code == 0
+    assert invoke("train", *TINY, "--steps", "2").exit_code == 0
+    out = "my model [v1].safetensors"
+    done = invoke("export", out, "--format", "safetensors")
+    assert done.exit_code == 0, done.output
+    assert shlex.split(done.output.split("with: ")[-1]) == ["bladegpt", "sample", "--checkpoint", out], done.output
+    assert invoke("prepare", corpus, "--out", "datasets/bpe").exit_code == 0
+    refused = invoke("train", "--init-from", out, "--data", "datasets/bpe", "--steps", "2")
+    assert refused.exit_code == 1, refused.output
+    words = shlex.split(" ".join(refused.output.split()).split("`")[1])
+    assert words[:2] == ["bladegpt", "prepare"] and words[-2:] == ["--tokenizer-from", out], refused.output

@@ -5,6 +5,7 @@ Pinned to the CPU in fp32, so a GPU machine runs the same comparison (bf16 would
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -137,13 +138,17 @@ def test_every_documented_torchrun_command_hands_train_its_own_options():
 def test_a_job_says_how_to_start_it_again_as_it_was_started(monkeypatch):
     from bladegpt.train.distributed import Distributed
 
-    assert Distributed().command("train --resume --run runs/x") == "bladegpt train --resume --run runs/x"
+    assert Distributed().command(["train", "--resume", "--run", "runs/x"]) == "bladegpt train --resume --run runs/x"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    again = Distributed(0, 0, 2).command("train --resume --run runs/x")
+    again = Distributed(0, 0, 2).command(["train", "--resume", "--run", "runs/x"])
     assert again == "torchrun --standalone --nproc_per_node=2 -m bladegpt -- train --resume --run runs/x"
     assert _torchrun_reads(again) == ["train", "--resume", "--run", "runs/x"]
+    # a run named after a dataset 'my notes' was 'runs/my notes-1' in the line, two words to a shell
+    spaced = Distributed(0, 0, 2).command(["train", "--resume", "--run", "runs/my notes-1"])
+    assert _torchrun_reads(spaced) == ["train", "--resume", "--run", "runs/my notes-1"]
+    assert shlex.split(Distributed().command(["train", "--run", "runs/it's-1"]))[1:] == ["train", "--run", "runs/it's-1"]
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # one of two machines: their rendezvous options are the user's
-    assert Distributed(0, 0, 8).command("train").startswith("torchrun YOUR-OPTIONS -m bladegpt -- train")
+    assert Distributed(0, 0, 8).command(["train"]).startswith("torchrun YOUR-OPTIONS -m bladegpt -- train")
 
 
 @pytest.mark.slow

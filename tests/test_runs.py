@@ -201,3 +201,93 @@ def test_the_settings_column_wraps_between_its_items_and_is_named_where_it_is_le
         else:  # each item whole on a line
             assert "context-weight=0.5" in shown and "warmup-steps=50" in shown and "sampling=[b]x" in shown, shown
     assert "settings" in " ".join(shown.split("Left out")[-1].split())  # at 80 columns: named as left out
+
+
+def test_runs_lists_a_run_whose_files_hold_values_of_the_wrong_kind(workdir):
+    """A hand-edited or damaged run.json that still had its dataset, model and train (a time budget of "abc",
+    an init_from of 123) stopped `runs` and `runs --json` with a traceback, for every run listed: now such a
+    value reads as not recorded, and the other runs are listed as before."""
+    _run(workdir, "talk-1", {"train": {"steps": 10}})
+    _run(workdir, "talk-2", {"init_from": 123, "preset": ["nano"], "lora": "r8",
+                             "train": {"steps": "10", "time_budget_s": "abc", "patience": "3"}})
+    run = workdir / "runs" / "talk-2"
+    header = json.dumps({"__metadata__": {"info": json.dumps({"step": "10", "elapsed": "5", "stale_evals": []})}})
+    (run / "state.safetensors").write_bytes(len(header).to_bytes(8, "little") + header.encode())
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 0, "val_loss": 2.6, "copied": 0.5, "longest_copy": "60"}) + "\n")
+    for args in (("runs", "--json"), ("runs",)):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+    rows = json.loads(invoke("runs", "--json").stdout)
+    assert rows[0]["state"] == "finished" and rows[0]["step"] == 10
+    read = [rows[1][name] for name in ("start", "steps", "time_budget_s", "elapsed_s")]
+    assert read == ["sized ?x?", None, None, None]
+    assert (rows[1]["step"], rows[1]["copied"], rows[1]["longest_copy"]) == (0, 0.5, None)
+    assert "talk-2" in invoke("runs").stdout
+
+
+def test_names_with_brackets_are_shown_as_written(workdir, monkeypatch):
+    """A run folder, dataset or model file named with [brackets] was read as rich markup: `[v2]talk-1` showed as
+    `talk-1`, `[bold]` vanished and bolded the rest; the settings column was escaped, the other cells were not."""
+    _run(workdir, "[v2]talk-1", {"dataset": "datasets/[b]talk", "init_from": "/m/[red]SmolLM2.gguf",
+                                 "train": {"steps": 10}})
+    _run(workdir, "[v2]talk-2", {"dataset": "datasets/[b]talk", "preset": "[i]nano", "train": {"steps": 10}})
+    run = workdir / "runs" / "[v2]talk-2"
+    (run / ".lock").write_text("1")
+    (run / ".state.safetensors.tmp").write_bytes(b"cut short")
+    result = invoke("runs")
+    assert result.exit_code == 0, result.output
+    assert "runs/[v2]talk-2" in result.stderr and ".state.safetensors.tmp" in result.stderr  # the removal, said
+    from bladegpt.cli.app import console
+
+    monkeypatch.setattr(console, "width", 200)  # every column shown
+    shown = invoke("runs").stdout
+    for name in ("[v2]talk-1", "[v2]talk-2", "[b]talk", "from [red]SmolLM2.gguf", "[i]nano"):
+        assert name in shown, shown
+    (workdir / "[x]").mkdir()
+    assert "No runs in [x]/ yet" in invoke("runs", "[x]").stdout
+
+
+def test_a_start_waits_out_a_readers_look_at_the_runs_lock(tmp_path, monkeypatch):
+    """`bladegpt runs` takes each run's lock for milliseconds (is it training? may its stale staged copies go?);
+    a train starting in that moment was refused, 'pid N is training in it', naming the run's last trainer."""
+    import fcntl
+    import threading
+
+    import pytest
+
+    from bladegpt import runs
+    from bladegpt.errors import UserError
+
+    (tmp_path / runs.LOCK).write_text("4242")  # the pid of the run's last training, long gone
+    look = os.open(tmp_path / runs.LOCK, os.O_RDONLY)
+    fcntl.flock(look, fcntl.LOCK_SH)  # as runs' _running looks
+    threading.Timer(0.1, os.close, [look]).start()
+    monkeypatch.setattr(runs, "READER_HOLD_S", 30.0)  # the look ends long before: never a timing in the test
+    lock = runs.RunLock(tmp_path)
+    assert (tmp_path / runs.LOCK).read_text() == str(os.getpid())
+    monkeypatch.setattr(runs, "READER_HOLD_S", 0.2)
+    with pytest.raises(UserError, match=f"pid {os.getpid()} is training in it"):  # a training's lock: refused
+        runs.RunLock(tmp_path)
+    lock.release()
+
+
+def test_at_40_columns_the_runs_table_is_cut_to_columns_read_whole_never_cropped():
+    """At 40 columns the table, with every spare column gone, was still 60 wide: rich folded the state to
+    'fi/is/ed' and cropped it and copied off the right edge without a word. Now the numbers go too, named."""
+    from rich.console import Console
+
+    from bladegpt.cli.tables import runs_table
+
+    row = dict(run="runs/talk-1", dataset="talk", start="nano", steps=16, step=16, time_budget_s=None,
+               best_val_loss=2.7, best_val_bpb=1.08, best_step=16, elapsed_s=110.0, state="finished",
+               val_bpb=[1.1, 1.08], copied=0.01, longest_copy=60, loops=None, style=None, base_style=None)
+    for width in (40, 30):
+        console = Console(width=width, record=True)
+        console.print(runs_table([row, dict(row, run="runs/talk-2", state="interrupted")], width))
+        shown = console.export_text()
+        table, said = shown.split("Left out")
+        assert "finished" in table and "16/16" in table and ("interrupted" in table or width < 40), shown
+        rows = [line.rstrip() for line in table.splitlines() if line[:1] in "┏┃┡│└"]
+        assert rows and all(line[-1] in "┓┃┩│┘" for line in rows), shown  # the right border: nothing cropped
+        assert "copied" in " ".join(said.split()) and "copied:" not in table  # left out, and named so

@@ -325,3 +325,70 @@ def test_only_the_exact_staged_names_of_a_runs_files_are_removed(tmp_path):
     assert sorted(runs.remove_stale_staged(tmp_path)) == sorted(names)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + ["folder", ".tensorboard.tmp",
                                                                            ".best.safetensors.tmp.link"])
+
+
+def test_a_link_at_a_name_a_run_writes_is_never_written_through(tmp_path):
+    """A link (or folder) at a staged copy's name or the lock's was written through: run.json's save overwrote
+    the file it pointed to, the lock truncated it to a pid. Now each is refused in one line, naming it, and the
+    file it points to is as it was; a staged copy a killed write left (a hard link to a user's file, too) is
+    replaced, not written into."""
+    mine = tmp_path / "mine.txt"
+    mine.write_text("precious")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in (runs.RUN_FILE, runs.STATE, runs.LAST, runs.BEST, runs.METRICS):
+        staged = checkpoint.temp_path(run_dir / name)
+        staged.symlink_to(mine)
+        with pytest.raises(FileExistsError, match="in the way"):
+            atomic_write_text(run_dir / name, "{}")
+        with pytest.raises(FileExistsError, match="in the way"):
+            atomic_link(mine, run_dir / name)
+        with pytest.raises(UserError, match="is a link"):  # a new run in the folder is refused before it writes
+            runs.claim_run_dir(run_dir, tmp_path)
+        checkpoint.recover_training(run_dir)  # a resume's recovery leaves the link alone
+        assert staged.is_symlink() and mine.read_text() == "precious"
+        staged.unlink()
+    (run_dir / runs.LOCK).symlink_to(mine)
+    with pytest.raises(UserError, match="is a link"):
+        runs.RunLock(run_dir)
+    assert mine.read_text() == "precious"
+    (run_dir / runs.LOCK).unlink()
+    os.link(mine, checkpoint.temp_path(run_dir / runs.RUN_FILE))  # a second name of the user's file
+    atomic_write_text(run_dir / runs.RUN_FILE, "{}")
+    assert mine.read_text() == "precious" and (run_dir / runs.RUN_FILE).read_text() == "{}"
+    checkpoint.temp_path(run_dir / runs.LAST).mkdir()
+    with pytest.raises(FileExistsError, match="in the way"):
+        atomic_write_text(run_dir / runs.LAST, "{}")
+
+
+def test_runs_shows_a_read_only_run_folder_with_what_a_kill_left_staged(tmp_path):
+    """`runs` on a read-only folder of runs (a backup, a mount) stopped at the first staged copy it could not
+    remove, and showed none of the runs: the removal is a reader's courtesy, so it now leaves what it cannot
+    remove and shows the runs."""
+    from tests.safety import invoke, read_only
+
+    run_dir = tmp_path / "backup" / "talk-1"
+    run_dir.mkdir(parents=True)
+    (run_dir / runs.RUN_FILE).write_text(json.dumps({"dataset": "datasets/talk", "model": {}, "train": {}}))
+    (run_dir / runs.LOCK).write_text("1")
+    checkpoint.temp_path(run_dir / runs.STATE).write_bytes(b"cut short")
+    with read_only(tmp_path / "backup"):
+        assert runs.remove_stale_staged_if_idle(run_dir) == []
+        result = invoke("runs", "--json", tmp_path / "backup")
+        assert result.exit_code == 0, result.output
+        assert [row["run"] for row in json.loads(result.stdout)] == [str(run_dir)]
+    assert checkpoint.temp_path(run_dir / runs.STATE).read_bytes() == b"cut short"
+
+
+def test_runs_removes_staged_names_only_in_a_folder_whose_run_json_is_a_runs(tmp_path):
+    """`runs FOLDER` lists what holds a run.json; another tool's folder with a run.json, a .lock and a file
+    named like a staged copy had that file removed. Only a folder whose run.json reads as a run's is touched."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / runs.RUN_FILE).write_text(json.dumps({"name": "another tool's run"}))
+    (theirs / runs.LOCK).write_text("")
+    staged = checkpoint.temp_path(theirs / runs.METRICS)
+    staged.write_text("theirs")
+    assert runs.remove_stale_staged_if_idle(theirs) == [] and staged.read_text() == "theirs"
+    (theirs / runs.RUN_FILE).write_text(json.dumps({"dataset": "datasets/talk", "model": {}, "train": {}}))
+    assert runs.remove_stale_staged_if_idle(theirs) == [staged.name] and not staged.exists()

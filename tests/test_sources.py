@@ -2,6 +2,7 @@
 that are not what they claim. Every mistake is one line and leaves no run folder behind."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -355,6 +356,8 @@ def test_a_gguf_model_is_shown_by_its_files_name(tmp_path, monkeypatch):
     assert described.startswith("SmolLM2-135M-Instruct.Q4_1: llama "), described
     assert "smollm2 135M" not in described
     assert load_pretrained(str(tmp_path / "base.gguf")).description.startswith("base: ")  # not general.name's
+    shutil.copy(tmp_path / "base.gguf", tmp_path / "My Base ü.Q8_0.GGUF")  # its suffix in capitals was shown
+    assert load_pretrained(str(tmp_path / "My Base ü.Q8_0.GGUF")).description.startswith("My Base ü.Q8_0: ")
     write_gguf(base, tmp_path / "Nameless.gguf", split_max_tensors=8,
                tokenizer=lambda w: (add_vocabulary(w, folder, "smollm", pads=0, add_bos=False),
                                     w.kv_data[0].pop("general.name")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,15 +26,19 @@ def export(
 
     written = export_model(out, checkpoint, format, force, dtype,
                            warn=lambda line: console.print(line, style="yellow", soft_wrap=True))
+    quoted = shlex.quote(str(written))  # the commands below are pasted into a shell; nothing here is markup
     if format == "hf":
         console.print(f"Wrote {written}/. Load it with:\n"
-                      f"  AutoModelForCausalLM.from_pretrained(\"{written}\"), AutoTokenizer.from_pretrained(\"{written}\")", soft_wrap=True)
+                      f"  AutoModelForCausalLM.from_pretrained({str(written)!r}), AutoTokenizer.from_pretrained({str(written)!r})",
+                      soft_wrap=True, markup=False)
     elif format == "peft":
         console.print(f"Wrote {written}/ (adapter_model.safetensors, adapter_config.json). Load it onto its base with:\n"
-                      f"  PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), \"{written}\"); "
-                      f"for llama.cpp: convert_lora_to_gguf.py {written} --base BASE_FOLDER", soft_wrap=True)
+                      f"  PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), {str(written)!r}); "
+                      f"for llama.cpp: convert_lora_to_gguf.py {quoted} --base BASE_FOLDER", soft_wrap=True, markup=False)
     elif format == "gguf":
-        console.print(f"Wrote {written}. Run it with llama.cpp:  llama-cli -m {written} -p \"Your prompt\"\n"
-                      f"or ollama: a Modelfile holding `FROM ./{written.name}`, then  ollama create my-voice -f Modelfile", soft_wrap=True)
+        console.print(f"Wrote {written}. Run it with llama.cpp:  llama-cli -m {quoted} -p \"Your prompt\"\n"
+                      f"or ollama: a Modelfile holding `FROM ./{written.name}`, then  ollama create my-voice -f Modelfile",
+                      soft_wrap=True, markup=False)
     else:
-        console.print(f"Wrote {written}. Sample from it with: bladegpt sample --checkpoint {written}", soft_wrap=True)
+        console.print(f"Wrote {written}. Sample from it with: bladegpt sample --checkpoint {quoted}", soft_wrap=True,
+                      markup=False)

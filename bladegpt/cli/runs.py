@@ -32,16 +32,17 @@ def runs_table(
 
         check_out(plot)  # before looking for runs: a wrong file name is the first thing to say
         written = draw(run_folders(paths) if paths else [latest_run()], plot, bpb)
-        console.print(f"Wrote {written}.")
+        console.print(f"Wrote {written}.", markup=False)
         return
     folders = run_folders(paths or [RUNS_DIR])
     for folder in folders:
-        if removed := remove_stale_staged_if_idle(folder):
-            err_console.print(said_removed(folder, removed), highlight=False, soft_wrap=True)  # stdout: --json's alone
+        if removed := remove_stale_staged_if_idle(folder):  # said on stderr: stdout is --json's alone
+            err_console.print(said_removed(folder, removed), markup=False, highlight=False, soft_wrap=True)
     found = [summarize(p) for p in folders]
     if json_out:
         print(strictjson.dumps(found, indent=2))
     elif not found:
-        console.print(f"No runs in {', '.join(f'{p}/' for p in paths or [RUNS_DIR])} yet; start one with `bladegpt train`.")
+        where = ", ".join(f"{p}/" for p in paths or [RUNS_DIR])
+        console.print(f"No runs in {where} yet; start one with `bladegpt train`.", markup=False, highlight=False)
     else:
         console.print(table(found, console.width, shlex.join(["bladegpt", "runs", *map(str, paths or [])])))

@@ -238,8 +238,11 @@ def settings_apart(rows: list[dict]) -> list[list[str]]:
     return [[f"{name}={_shown(found.get(name))}" for name in apart] for found in flags]
 
 
-# Left out, in this order, where the terminal is too narrow for every column to be read whole.
-RUNS_SPARE_COLUMNS = ("start", "curve", "val loss", "loops", "data", "style", "settings")
+RUN_FOLDED = 20  # characters a run name is counted at where it must fold: 'officer_k-SmolLM2-135M-' on a line
+# Left out, in this order, where the terminal is too narrow for every column to be read whole (the last four only
+# below about 60 columns, where run, steps and state still fit: at 40 rich cut state to 'fi' and dropped copied).
+RUNS_SPARE_COLUMNS = ("start", "curve", "val loss", "loops", "data", "style", "settings", "copied", "wall", "best at",
+                      "bpb")
 
 
 def runs_table(rows: list[dict], width: int = 200, command: str = "bladegpt runs") -> RenderableType:
@@ -254,19 +257,23 @@ def runs_table(rows: list[dict], width: int = 200, command: str = "bladegpt runs
         planned = f"/{r['steps']:,}" if r["steps"] else (f" of {r['time_budget_s']:.0f}s" if r["time_budget_s"] else "")
         best = r["best_val_loss"] is not None
         cells.append({
-            "run": name, "data": r["dataset"], "start": r["start"], "steps": f"{r['step']:,}{planned}",
+            # names and values as written: a file's or a setting's [brackets] are not markup
+            "run": escape(name), "data": escape(r["dataset"]), "start": escape(r["start"]),
+            "steps": f"{r['step']:,}{planned}",
             "val loss": f"{r['best_val_loss']:.3f}" if best else "-",
             "bpb": f"{r['best_val_bpb']:.3f}" if r["best_val_bpb"] is not None else "-",
             "best at": f"{r['best_step']:,}" if best else "-",
             "wall": f"{r['elapsed_s']:.0f}s" if r["elapsed_s"] is not None else "-",
             "state": f"[{colors.get(r['state'], 'red')}]{r['state']}[/]", "curve": sparkline(r["val_bpb"]),
             "copied": _copied(r), "loops": f"{r['loops']:.0%}" if r.get("loops") is not None else "-",
-            "style": _style(r), "settings": escape(" ".join(apart)),  # a value's [brackets] are not markup
+            "style": _style(r), "settings": escape(" ".join(apart)),
         })
     columns = ["run", "data", "start", *(["settings"] if any(c["settings"] for c in cells) else []), "steps",
                "val loss", "bpb", "best at", "wall", "state", "curve", "copied", "loops", "style"]
 
     widths = {c: _widest(c, cells) for c in columns}
+    name = widths["run"]
+    widths["run"] = min(name, RUN_FOLDED)  # a long name folds, whole, rather than push a number out
     whole = widths.get("settings", 0)
     if "settings" in columns:  # it wraps between its items, never inside one, in the room the others leave
         widths["settings"] = max(len(item) for c in cells for item in ["settings", *c["settings"].split()])
@@ -274,21 +281,21 @@ def runs_table(rows: list[dict], width: int = 200, command: str = "bladegpt runs
     columns, left = _fit(every, widths, RUNS_SPARE_COLUMNS, width)
     if "settings" in columns:
         widths["settings"] = min(whole, widths["settings"] + width - _table_width(columns, widths))
-    table.caption = (("settings: the train flags not the same in every run listed (-: not recorded); "
-                      if "settings" in columns else "")
-                     + "bpb: bits per byte of the validation text (lower is better), best at its step; "
-                     + ("the curve is val bpb at each evaluation; " if "curve" in columns else "")
-                     + "copied: the share of the last eval sample's 50-character spans found verbatim in the "
-                     "training text, and its longest copy in characters"
-                     + ("; loops: the share of its word 4-grams repeated" if "loops" in columns else "")
-                     + ("; style: its Burrows's Delta from the held-out text (lower is closer; the base model's "
-                        "sample's in brackets)" if "style" in columns else ""))
+    notes = {"settings": "settings: the train flags not the same in every run listed (-: not recorded)",
+             "bpb": "bpb: bits per byte of the validation text (lower is better), best at its step",
+             "curve": "the curve is val bpb at each evaluation",
+             "copied": "copied: the share of the last eval sample's 50-character spans found verbatim in the "
+                       "training text, and its longest copy in characters",
+             "loops": "loops: the share of its word 4-grams repeated",
+             "style": "style: its Burrows's Delta from the held-out text (lower is closer; the base model's "
+                      "sample's in brackets)"}
+    table.caption = "; ".join(note for col, note in notes.items() if col in columns) or None
     # a long run name folds onto a second line, whole (`--run` needs it), never cut to "…"
     _fill(table, columns, cells, text=("run", "data", "start", "settings", "state", "curve"),
           widest={"settings": widths.get("settings")})
     if not left:
         return table
-    wide = _table_width(every, widths)
+    wide = _table_width(every, {**widths, "run": name})  # where nothing folds
     return Group(table, Text(f"Left out at {width} columns: {', '.join(left)}. `COLUMNS={wide} {command}` (or a "
                              f"terminal that wide) shows them; `{command} --json` gives every field.", style="yellow"))
 

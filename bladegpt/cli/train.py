@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -92,7 +93,7 @@ def train(
     if run["best_val_bpb"] is not None:
         best = (f"best val {run['best_val_bpb']:.3f} bits per byte (loss {run['best_val_loss']:.4f}) "
                 f"at step {run['best_step']:,}")
-    run_dir = escape(str(result.run_dir))
+    run_dir = escape(shlex.quote(str(result.run_dir)))  # pasted into a shell: a space in a name is quoted
     try:  # a speaker's voice (prepare --speaker) records the scene it opens
         voice = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8")).get("opening")
     except (OSError, ValueError, AttributeError):

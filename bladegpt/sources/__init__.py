@@ -97,7 +97,8 @@ def load_gguf(path: Path, source: str, matrices: torch.dtype = torch.float32, ad
     model, _, _ = gguf_model(path, where, reader, meta, matrices, loras)
     # named as the user knows it: the file's name (a split model's without its part number), or ollama's name;
     # the metadata's general.basename/size_label/finetune read badly ('smollm2 135M 8k-lc100k-mix1-ep2')
-    stem = reader.files[0].name.removesuffix(".gguf").removesuffix(f"-00001-of-{len(reader.files):05d}")
+    file = reader.files[0].name  # a GGUF is known by its magic: 'MODEL.GGUF' is one too
+    stem = (file[:-5] if file.lower().endswith(".gguf") else file).removesuffix(f"-00001-of-{len(reader.files):05d}")
     name = source.removeprefix("ollama:") if source.startswith("ollama:") else stem
     mb = math.ceil(sum(f.stat().st_size for f in reader.files) / 1e6)
     parts = f" in {len(reader.files)} parts" if len(reader.files) > 1 else ""

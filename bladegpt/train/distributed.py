@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 
 import torch
@@ -31,10 +32,12 @@ class Distributed:
             return cls()
         return cls(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
 
-    def command(self, args: str) -> str:
-        """`bladegpt ARGS` as a user starts it again the way this job was started: under torchrun with `--` before
-        ARGS, since torchrun reads its own options up to it and stops at train's --run ('ambiguous option: --run
-        could match --run-path, --run_path', torch 2.13 on Python 3.11)."""
+    def command(self, args: list[str]) -> str:
+        """`bladegpt ARGS` as a user starts it again the way this job was started, each word quoted for the shell
+        (a run folder named 'my notes-1'): under torchrun with `--` before ARGS, since torchrun reads its own
+        options up to it and stops at train's --run ('ambiguous option: --run could match --run-path, --run_path',
+        torch 2.13 on Python 3.11)."""
+        args = shlex.join(args)
         if self.world == 1:
             return f"bladegpt {args}"
         local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))

@@ -4,6 +4,7 @@ fine-tune of a pretrained model, or LoRA adapters on one; the device it computes
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,7 +107,8 @@ def finetune_plan(source, data, preset, model_overrides, train_overrides, reques
     if token_data.tokenizer.to_dict() != pretrained.tokenizer.to_dict():
         files = token_data.meta.get("sources") or ["FILE"]
         raise DataError(f"{data_dir} was encoded with another tokenizer than {source}'s; encode the text with "
-                        f"its tokenizer: `bladegpt prepare {' '.join(files)} --tokenizer-from {source}` (it writes "
+                        f"its tokenizer: `{shlex.join(['bladegpt', 'prepare', *files, '--tokenizer-from', source])}` "
+                        f"(it writes "
                         f"{default_out_dir(files, source)}), then train again.")
     source_cfg = pretrained.model.config
     shortest = min(len(tokens) for tokens in token_data.splits.values())

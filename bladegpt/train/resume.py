@@ -14,6 +14,7 @@ from bladegpt.errors import ConfigError, DataError, UserError
 from bladegpt.lora import LoraConfig, attach
 from bladegpt.sources import load_lora_base
 from bladegpt.train.optim import lr_at, schedule_progress
+from bladegpt.train.distributed import Distributed
 from bladegpt.train.pacing import duration
 from bladegpt.train.plan import RUNTIME_FLAGS, Plan, check_context_weight
 from bladegpt.train.trainer import Reporter, Trainer
@@ -34,7 +35,8 @@ def resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan:
     saved = runs.read_run(run_dir)
     if not (run_dir / runs.STATE).is_file():
         raise ConfigError(f"{run_dir} has no checkpoint to resume (it stopped before its first save); "
-                          f"start a new run, in this folder with `bladegpt train --run {run_dir}`.")
+                          f"start a new run, in this folder with "
+                          f"`{Distributed.from_env().command(['train', '--run', str(run_dir)])}`.")
     state = read_info(run_dir / runs.STATE)
     given = {k: v for k, v in (train_overrides or {}).items() if v is not None}
     try:

@@ -14,6 +14,7 @@ import torch
 
 from bladegpt.errors import UserError
 from bladegpt.runs import LAST
+from bladegpt.train.distributed import Distributed
 from bladegpt.train.memory import machine_memory, memory_budget, training_bytes
 
 
@@ -110,8 +111,9 @@ class BackgroundSaver:
         self.join()
         error, self.error = self.error, None
         if isinstance(error, OSError):
-            then = (f"the previous one is kept: free space or fix permissions, then `bladegpt train --resume --run "
-                    f"{self.run_dir}`" if (self.run_dir / LAST).exists() else
+            again = Distributed.from_env().command(["train", "--resume", "--run", str(self.run_dir)])
+            then = (f"the previous one is kept: free space or fix permissions, then `{again}`"
+                    if (self.run_dir / LAST).exists() else
                     "none was saved before it: free space or fix permissions, then train again")
             raise UserError(f"Could not save a checkpoint in {self.run_dir} ({error.strerror}); {then}.") from None
         if error is not None:

@@ -348,7 +348,7 @@ class Trainer:
             if self.stop_requested:
                 self.reporter.message(
                     f"Interrupted at step {self.step}; saved {self.run_dir / runs.LAST}. "
-                    f"Continue with `{self.ddp.command(f'train --resume --run {self.run_dir}')}`."
+                    f"Continue with `{self.ddp.command(['train', '--resume', '--run', str(self.run_dir)])}`."
                 )
         finally:
             self.saver.join()  # an error or a second Ctrl-C: the write in flight still finishes, whole
