@@ -108,8 +108,7 @@ def finetune_plan(source, data, preset, model_overrides, train_overrides, reques
         files = token_data.meta.get("sources") or ["FILE"]
         raise DataError(f"{data_dir} was encoded with another tokenizer than {source}'s; encode the text with "
                         f"its tokenizer: `{shlex.join(['bladegpt', 'prepare', *files, '--tokenizer-from', source])}` "
-                        f"(it writes "
-                        f"{default_out_dir(files, source)}), then train again.")
+                        f"(it writes {default_out_dir(files, source)}), then train again.")
     source_cfg = pretrained.model.config
     shortest = min(len(tokens) for tokens in token_data.splits.values())
     fitting = 2 ** max(4, (shortest - 2).bit_length() - 1)  # the default context shrinks to fit a small split
