@@ -11,8 +11,25 @@ from bladegpt.generate.engine import generate, generate_reference
 from bladegpt.model import GPT
 from bladegpt.generate import quantize as quantize_module
 from bladegpt.generate.quantize import INT4_GROUP, PACKED_MAX_ROWS, Int4Linear, Int8Linear, int4_refusal, int8_refusal, quantize
+from bladegpt.generate.fbgemm import dynamic_available, dynamic_int8_mm, dynamic_pack
 from bladegpt.errors import DeviceError
 from bladegpt.generate import sampler
+
+
+needs_fbgemm = pytest.mark.skipif(not dynamic_available(), reason="this PyTorch has no fbgemm (x86 builds have it)")
+
+
+@pytest.fixture(autouse=True)
+def packed_measures_faster(monkeypatch):
+    """Kernel choices by measurement made fixed: fbgemm never measures faster (tests that want it say so)."""
+    monkeypatch.setattr(quantize_module, "_CHOSEN", {})
+    monkeypatch.setattr(quantize_module, "_best_of", lambda run: 1.0)
+
+
+@pytest.fixture
+def no_fbgemm(monkeypatch):
+    """A PyTorch without fbgemm's kernel (as ARM's builds)."""
+    monkeypatch.setattr(quantize_module, "dynamic_available", lambda: False)
 
 
 def test_int8_weights_round_each_to_within_half_its_channels_step():
@@ -167,10 +184,14 @@ def avx512(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
 
 
-def test_a_width_the_int8_kernel_cannot_take_never_reaches_it(avx512, monkeypatch):
+@pytest.mark.parametrize("fbgemm", [pytest.param(True, marks=needs_fbgemm), False])
+def test_a_width_the_int8_kernel_cannot_take_never_reaches_it(avx512, monkeypatch, fbgemm):
+    """Such a layer runs fbgemm's kernel, which takes any width, or where PyTorch has none, its dequantized weights."""
     def crash(*args):
         raise AssertionError("the packed kernel was called with a width it crashes on")
 
+    if not fbgemm:
+        monkeypatch.setattr(quantize_module, "dynamic_available", lambda: False)
     monkeypatch.setattr(torch, "_weight_int8pack_mm", crash)
     torch.manual_seed(4)
     linear = torch.nn.Linear(36, 40)
@@ -178,8 +199,13 @@ def test_a_width_the_int8_kernel_cannot_take_never_reaches_it(avx512, monkeypatc
     x = torch.randn(1, 4, 36)
     assert torch.allclose(q(x), F.linear(x, q.dequantized(torch.float32), linear.bias), atol=1e-5)
     said = []
-    quantize(GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=36)), "int8", said.append)
-    assert len(said) == 1 and "input width of 36" in said[0] and "dequantized" in said[0]  # one line, named
+    model = quantize(GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=36)), "int8", said.append)
+    assert len(said) == 1  # one line, naming what these layers run and why
+    assert ("fbgemm" in said[0] and "width" in said[0]) if fbgemm else ("input width of 36" in said[0] and "dequantized" in said[0])
+    c_fc = model.transformer.h[0].mlp.c_fc
+    assert (c_fc.dynamic is not None) == fbgemm
+    x = torch.randn(1, 4, 36)
+    assert torch.allclose(c_fc(x), F.linear(x, c_fc.dequantized(torch.float32)), rtol=1e-3, atol=1e-3)
 
 
 def test_an_explicit_int4_says_which_layers_keep_int8():
@@ -204,7 +230,7 @@ def test_int8_generation_at_a_width_the_kernel_cannot_take_runs_in_a_fresh_proce
     assert done.returncode == 0 and done.stdout.strip() == "8", (done.returncode, done.stderr[-2000:])
 
 
-def test_auto_skips_int8_where_the_kernel_cannot_take_the_width_and_says_why(avx512, monkeypatch):
+def test_auto_skips_int8_where_the_kernel_cannot_take_the_width_and_says_why(avx512, no_fbgemm, monkeypatch):
     timed, said = [], []
 
     def time_decode(model, device, precision, cast, **_):
@@ -277,3 +303,59 @@ def test_int8_keeps_a_fine_tunes_change_to_a_4_bit_files_weights(kind):
     assert 0.8 < kept < 1.2  # the change survives int8's rounding, on average
     if kind == "Q4_1":  # min and max exact, as Int4Linear's grid: the untouched layer is int4
         assert isinstance(q.transformer.h[0].mlp.c_proj, Int4Linear)
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("case", ["normal", "outlier", "positive", "negative", "rows"])
+def test_fbgemm_takes_the_input_in_two_parts_and_keeps_about_14_bits(case):
+    """One 7-bit rounding of the input is 1e-2 off; the two parts (fbgemm.py) 1e-4 to 3e-3, at or below bf16's input."""
+    torch.manual_seed(11)
+    weight = torch.randn(256, 96) * 0.05
+    scale = weight.abs().amax(1) / 127
+    q = (weight / scale[:, None]).round().to(torch.int8)
+    packed = dynamic_pack(q, scale)
+    x = {"normal": torch.randn(1, 96), "outlier": torch.randn(1, 96) * torch.where(torch.arange(96) == 7, 30.0, 1.0),
+         "positive": torch.rand(1, 96), "negative": -torch.rand(1, 96), "rows": torch.randn(8, 96)}[case]
+    exact = x.double() @ (q.double() * scale.double()[:, None]).t()
+
+    def error(y):
+        return ((y.double() - exact).norm() / exact.norm()).item()
+
+    assert error(dynamic_int8_mm(x, packed)) < 4e-3
+    assert error(dynamic_int8_mm(x, packed)) < error(torch.ops.quantized.linear_dynamic(x, packed, True)) / 3
+    if case != "outlier":  # one channel 30x the rest: the grid's step follows it
+        assert error(dynamic_int8_mm(x, packed)) < error(x.bfloat16().double() @ (q.double() * scale.double()[:, None]).t())
+
+
+@needs_fbgemm
+def test_fbgemm_is_taken_for_the_rows_where_it_measures_faster(monkeypatch):
+    """Measured per layer shape at 1 and 8 rows: taken where 1.3x faster, kept out where slower or tied, and
+    the model still samples as its reference does."""
+    def best_of(run):  # fbgemm 2x faster at 8 rows, tied at one
+        best_of.calls += 1
+        return 1.0 if best_of.calls % 2 else (0.5 if best_of.calls % 4 == 0 else 1.0)
+
+    best_of.calls = 0
+    monkeypatch.setattr(quantize_module, "_best_of", best_of)
+    torch.manual_seed(3)
+    model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)).eval()
+    said = []
+    q = quantize(copy.deepcopy(model), "int8", said.append)
+    layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
+    assert layers and all(m.dynamic_rows == (False, True) and m.dynamic is not None for m in layers)
+    assert len(said) == 1 and "fbgemm" in said[0] and "measured faster" in said[0]
+    calls = best_of.calls
+    quantize(copy.deepcopy(model), "int8")
+    assert best_of.calls == calls  # once a shape a process
+    used = []
+    real = quantize_module.dynamic_int8_mm
+    monkeypatch.setattr(quantize_module, "dynamic_int8_mm", lambda x, packed: used.append(len(x)) or real(x, packed))
+    layer = layers[0]
+    for rows in (1, 8):
+        x = torch.randn(rows, layer.in_features)
+        assert torch.allclose(layer(x), F.linear(x, layer.dequantized(torch.float32), layer.bias), rtol=2e-2, atol=2e-2)
+    assert used == [8]  # fbgemm for eight rows only
+    for m in layers:  # and a sample decoded through fbgemm at one row is its reference's
+        m.dynamic_rows = (True, True)
+    fast = list(generate(q, [3, 1, 4, 1, 5], 10, 64, temperature=0))
+    assert fast == generate_reference(q, [3, 1, 4, 1, 5], 10, 64, temperature=0)

@@ -16,12 +16,17 @@ stay int8, however small the move: int4 would round them back onto it, undoing w
 
 from __future__ import annotations
 
+import math
 import platform
+import time
+import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bladegpt.generate.fbgemm import DYNAMIC_FEW_ROWS, DYNAMIC_MARGIN, dynamic_available, dynamic_int8_mm, dynamic_pack
 
 # Rows past which the packed int8 kernel loses to dequantizing the weight once and running the float
 # matmul: on a 2-core EPYC (AVX2) the kernel is 1.5x faster than fp32 at 16 rows, 2.5x slower at 64
@@ -86,8 +91,9 @@ def _(x, weight, scale):
 class Int8Linear(nn.Module):
     """y = x W^T * scale (+ b): W int8 (out, in), scale fp32 (out,). On CPU through PyTorch's packed
     weight-only kernel (`torch._weight_int8pack_mm`, which wants bf16 activations and computes in fp32
-    accumulators) where it takes the input width (`refusal` None, int8_refusal); elsewhere, for such a
-    width, or for many rows, W is dequantized to x's dtype for the matmul."""
+    accumulators) where it takes the input width (`refusal` None, int8_refusal), or through fbgemm's
+    (fbgemm.py) for the rows where choose_int8_kernels gave it that one (`dynamic`, `dynamic_rows`); else, for
+    many rows or on another device, W is dequantized to x's dtype for the matmul."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -100,6 +106,8 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.refusal = int8_refusal(self.in_features)  # this machine's CPU, wherever the layer is now
         self.error = rms(self.dequantized(torch.float32), weight)  # how far from the weights it was made of
+        self.dynamic = None  # fbgemm's packed copy of the weight, where choose_int8_kernels measured it faster
+        self.dynamic_rows = (False, False)  # ... for few rows (<= DYNAMIC_FEW_ROWS), for more
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         """W as floats (out, in): what this layer multiplies by."""
@@ -107,10 +115,15 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if x.device.type == "cpu" and rows <= PACKED_MAX_ROWS and self.refusal is None:
+        few = x.device.type == "cpu" and rows <= PACKED_MAX_ROWS
+        compiling = torch.compiler.is_compiling()
+        if few and not compiling and self.dynamic is not None and self.dynamic_rows[rows > DYNAMIC_FEW_ROWS]:
+            y = dynamic_int8_mm(x.reshape(rows, self.in_features).float(), self.dynamic)
+            y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        elif few and self.refusal is None:
             flat = x.reshape(rows, self.in_features).to(torch.bfloat16)
             # The custom op only where torch.compile traces: eager, its dispatch cost ~30 us a call (8% of a step)
-            if torch.compiler.is_compiling():
+            if compiling:
                 y = int8_weight_mm(flat, self.weight, self.scale_bf16)
             else:
                 y = torch._weight_int8pack_mm(_aligned(flat), self.weight, self.scale_bf16)
@@ -121,6 +134,45 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
+
+
+def _best_of(run: Callable[[], object], repeats: int = 5) -> float:
+    run()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+_CHOSEN: dict[tuple[int, int, int], tuple[bool, bool]] = {}  # (out, in, threads) -> fbgemm for (few, more) rows
+
+
+def choose_int8_kernels(model: nn.Module) -> None:
+    """Give each CPU Int8Linear fbgemm's kernel (fbgemm.py) for the rows where it measures DYNAMIC_MARGIN faster
+    than the packed one (at 1 and at 8 rows, random input, best of 5; once a shape and thread count a process),
+    and for all rows where the packed kernel cannot take the layer's width (which else dequantizes its weights)."""
+    if not dynamic_available():
+        return
+    for layer in model.modules():
+        if not isinstance(layer, Int8Linear) or layer.weight.device.type != "cpu":
+            continue
+        packed = dynamic_pack(layer.weight, layer.scale)
+        key = (layer.out_features, layer.in_features, torch.get_num_threads())
+        if layer.refusal:
+            _CHOSEN[key] = (True, True)
+        elif key not in _CHOSEN:
+            faster = []
+            with torch.inference_mode():
+                for rows in (1, 2 * DYNAMIC_FEW_ROWS):
+                    x = torch.randn(rows, layer.in_features)
+                    layer.dynamic = None
+                    own = _best_of(lambda: layer(x))
+                    faster.append(own >= DYNAMIC_MARGIN * _best_of(lambda: dynamic_int8_mm(x, packed)))
+            _CHOSEN[key] = (faster[0], faster[1])
+        layer.dynamic_rows = _CHOSEN[key]
+        layer.dynamic = packed if any(layer.dynamic_rows) else None
 
 
 @torch.library.custom_op("bladegpt::int4_weight_mm", mutates_args=())
@@ -225,10 +277,15 @@ def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], Non
                     layer = four
                     fallbacks.setdefault("int4 weights, not int8: theirs are already 4-bit (a Q4_1 file's, untouched), "
                                          "which int4 holds closer in half the bytes", []).append(path)
-            if isinstance(layer, Int8Linear) and layer.refusal and child.weight.device.type == "cpu":
-                fallbacks.setdefault(f"dequantized int8 weights (slower): {layer.refusal}",
-                                     []).append(path)
             setattr(module, name, layer)
+    choose_int8_kernels(model)
+    for path, layer in model.named_modules():
+        if isinstance(layer, Int8Linear) and layer.weight.device.type == "cpu":
+            if layer.refusal and layer.dynamic is None:
+                fallbacks.setdefault(f"dequantized int8 weights (slower): {layer.refusal}", []).append(path)
+            elif layer.dynamic is not None:
+                why = "the packed one cannot take their width" if layer.refusal else "measured faster here"
+                fallbacks.setdefault(f"fbgemm's int8 kernel ({why})", []).append(path)
     for why, paths in fallbacks.items():
         shown = ", ".join(paths[:2]) + (f" and {len(paths) - 2} more" if len(paths) > 2 else "")
         say(f"{len(paths)} layer(s) ({shown}) run {why}.")
@@ -236,8 +293,11 @@ def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], Non
 
 
 def packed_refusal(model: nn.Module) -> str | None:
-    """Why int8 decoding of `model` cannot run every layer through the packed kernel (the first layer's
-    reason), or None: what decode_precision skips its int8 candidate for."""
+    """Why int8 decoding of `model` cannot run every layer through a quantized kernel (the first layer's
+    reason: a width the packed kernel cannot take, where fbgemm's is missing), or None: what decode_precision
+    skips its int8 candidate for."""
+    if dynamic_available():
+        return None
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.weight.device.type == "cpu":
             why = int8_refusal(module.in_features)
