@@ -24,8 +24,11 @@ DYNAMIC_MARGIN = 1.3  # how much faster fbgemm must measure to be taken: a near 
 
 
 def dynamic_available() -> bool:
-    """Whether this PyTorch has fbgemm's dynamically quantized linear (x86 builds do; ARM's do not)."""
-    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
+    """Whether this PyTorch has fbgemm's dynamically quantized linear and what packing it needs (x86 builds do;
+    ARM's do not; PyTorch has deprecated its quantized tensors, so a later one may not)."""
+    needed = ("_make_per_channel_quantized_tensor", "_choose_qparams_per_tensor", "fake_quantize_per_tensor_affine")
+    return ("fbgemm" in torch.backends.quantized.supported_engines and all(hasattr(torch, name) for name in needed)
+            and hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(torch.ops.quantized, "linear_prepack"))
 
 
 def dynamic_pack(weight: torch.Tensor, scale: torch.Tensor):
@@ -45,7 +48,8 @@ def dynamic_int8_mm(x: torch.Tensor, packed) -> torch.Tensor:
     x1 = torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 127)
     rest = x - x1  # each within scale / 2
     if zero in (0, 127):  # x all of one sign: the remainder would widen the grid, so it goes alone
-        return torch.ops.quantized.linear_dynamic(x1, packed, True).add_(torch.ops.quantized.linear_dynamic(rest, packed, True))
+        y = torch.ops.quantized.linear_dynamic(x1, packed, True)
+        return y.add_(torch.ops.quantized.linear_dynamic(rest, packed, True))
     gain = 2.0 ** math.floor(math.log2(2 * min(zero, 127 - zero)))  # x1's shorter side of zero over scale / 2
     rows = len(x)
     y = torch.ops.quantized.linear_dynamic(torch.cat((x1, rest.mul_(gain))), packed, True)
