@@ -86,6 +86,83 @@ def test_more_ranks_than_gpus_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match="more processes on this machine than it has GPUs.*--nproc_per_node=1"):
         distributed.init_distributed(distributed.Distributed(1, 1, 2), "auto")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # rank 0 has its GPU, but must not wait in init for rank 1
+    with pytest.raises(ConfigError, match="more processes on this machine than it has GPUs"):
+        distributed.init_distributed(distributed.Distributed(0, 0, 2), "auto")
+
+
+def test_the_first_rank_of_a_job_to_stop_is_counted_in_torchruns_store(monkeypatch):
+    from torch.distributed import TCPStore
+
+    from bladegpt.train.distributed import first_to_stop
+
+    store = TCPStore("127.0.0.1", 0, is_master=True)  # torchrun's agent hosts one for the job
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
+                        "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "0"}.items():
+        monkeypatch.setenv(name, value)
+    count = first_to_stop.__wrapped__  # uncached: each call is another rank stopping
+    assert count() is True and count() is False
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # torchrun --max-restarts started the job again
+    assert count() is True
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")  # ranks started without torchrun's agent: rank 0 speaks
+    assert count() is False
+    monkeypatch.setenv("RANK", "0")
+    assert count() is True
+
+
+def _torchrun_rank(monkeypatch, first: bool) -> None:
+    """This process as a rank of a 2-process torchrun job, the first of it to stop or not."""
+    from bladegpt.train import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0" if first else "1")
+    monkeypatch.setattr(distributed, "first_to_stop", lambda: first)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_under_torchrun_only_the_first_rank_to_stop_says_why(monkeypatch, capsys, first):
+    """Every rank hits a mistake in the command; a rank whose collective broke because a peer left stops too:
+    the first to stop says it once, the others exit non-zero without a word or a traceback."""
+    import typer
+
+    from bladegpt.cli.app import friendly
+    from bladegpt.errors import DataError
+
+    _torchrun_rank(monkeypatch, first)
+    reasons = [DataError("No dataset at nope; check the path."), KeyboardInterrupt(),
+               RuntimeError("[pair.cc:553] Connection closed by peer")]
+    for reason in reasons:
+        @friendly
+        def command():
+            raise reason
+
+        if first and isinstance(reason, RuntimeError):
+            with pytest.raises(RuntimeError):  # the first to stop on something not the user's: a bug, its traceback
+                command()
+            continue
+        with pytest.raises(typer.Exit) as stopped:
+            command()
+        assert stopped.value.exit_code == (130 if isinstance(reason, KeyboardInterrupt) else 1)
+    shown = capsys.readouterr()
+    assert shown.out == ""
+    assert shown.err == ("Error: No dataset at nope; check the path.\nStopped.\n" if first else "")
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_under_torchrun_a_command_line_mistake_is_said_once(monkeypatch, capsys, first):
+    from bladegpt.cli import main
+
+    _torchrun_rank(monkeypatch, first)
+    monkeypatch.setattr(sys, "argv", ["bladegpt", "train", "--steps", "abc"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    shown = capsys.readouterr().err
+    assert ("Invalid value for '--steps'" in shown) == first and (shown == "") != first
+    monkeypatch.setattr(sys, "argv", ["bladegpt", "--version"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 0 and "bladegpt" in capsys.readouterr().out
 
 
 def _torchrun_reads(command: str) -> list[str]:
@@ -169,3 +246,36 @@ def test_the_documented_torchrun_command_trains_and_resumes_a_named_run_on_two_p
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_checkpoint(workdir / "runs" / "named" / "last.safetensors")[2]["step"] == 5
     assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["named"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mistake", ["every rank: no dataset", "rank 0 alone: the run folder in use"])
+def test_a_mistake_under_torchrun_is_one_line_once_and_no_rank_waits(corpus, workdir, mistake):
+    """The documented torchrun form on 2 processes: a mistake every rank makes (before the process group), and
+    one only rank 0 sees (its run folder's lock, while rank 1 waits in a broadcast), end the job non-zero, with
+    the line said once and no rank's traceback. torch 2.13's torchrun raises its own ChildFailedError (a
+    traceback and a report) for any process that exits non-zero: that one is the launcher's, the only one."""
+    from bladegpt import runs
+
+    data = prepare([corpus], tokenizer="char").out_dir
+    tiny = ["--preset", "nano", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
+            "--batch-size", "4", "--accum", "2", "--steps", "3", "--compile", "off", "--device", "cpu"]
+    if mistake.startswith("every rank"):
+        args, line = ["--data", "nope", *tiny], "No dataset at nope"
+    else:
+        (workdir / "runs" / "held").mkdir(parents=True)
+        holder = runs.RunLock(workdir / "runs" / "held")  # another run trains in it
+        args, line = ["--data", str(data), *tiny, "--run", "runs/held"], "runs/held is in use"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bladegpt",
+                "--", "train"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*torchrun, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=120, env=env)  # a rank left waiting would run into this
+    output = done.stdout  # the ranks' and torchrun's lines, in the order written
+    assert done.returncode != 0
+    said = [text for text in output.splitlines() if text.startswith("Error:")]
+    assert len(said) == 1 and line in said[0], output
+    assert output.count("Traceback") == 1 and "ChildFailedError" in output.split("Traceback", 1)[1], output
+    if mistake.startswith("rank 0"):
+        assert [p.name for p in (workdir / "runs" / "held").iterdir()] == [runs.LOCK]  # nothing written into it
+        holder.release()

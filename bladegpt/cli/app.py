@@ -4,6 +4,7 @@ mistake is one red line and exit code 1. No torch at import, so `bladegpt --help
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -44,7 +45,8 @@ CHOICES = {"tokenizer", "preset", "block", "optimizer", "sampling", "device", "p
 def friendly(command):
     """Read the CHOICES options' words in lower case; turn a UserError, or a file the system refused
     (permissions, a full disk), into one red line and exit code 1; Ctrl-C before work began into one line
-    and 130. Anything else is a bug and keeps its traceback."""
+    and 130. Anything else is a bug and keeps its traceback. Under torchrun only the job's first process to
+    stop says it; the others exit as quietly with 1 (130), whatever stopped them."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -54,22 +56,39 @@ def friendly(command):
             return command(*args, **kwargs)
         except UserError as e:
             fail(str(e))
-        except OSError as e:
-            if e.filename is None:
-                raise
-            fail(f"Cannot write or read {e.filename}: {e.strerror}. Check its permissions and the free space "
-                 "on its disk, then run the command again.")
         except KeyboardInterrupt:
-            err_console.print("Stopped.", highlight=False)
+            if speaks():
+                err_console.print("Stopped.", highlight=False)
             raise typer.Exit(code=130) from None
+        except typer.Exit:
+            raise
+        except Exception as e:
+            if isinstance(e, OSError) and e.filename is not None:
+                fail(f"Cannot write or read {e.filename}: {e.strerror}. Check its permissions and the free space "
+                     "on its disk, then run the command again.")
+            if speaks():
+                raise
+            raise typer.Exit(code=1) from None  # a peer of this torchrun job stopped first and said why
 
     return wrapper
 
 
 def fail(message: str) -> None:
     message = " ".join(message.split())  # one line even where a library's text inside it spans several
-    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line, however narrow the terminal
+    if speaks():
+        err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line, however narrow the terminal
     raise typer.Exit(code=1) from None
+
+
+def speaks() -> bool:
+    """Whether this process says why it stopped: always, but under torchrun only the job's first to stop
+    (train/distributed.py), so a mistake every rank makes, or a rank's broken collective after a peer left,
+    is said once. torch is imported only under torchrun, so an error here stays instant."""
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return True
+    from bladegpt.train.distributed import first_to_stop
+
+    return first_to_stop()
 
 
 def _version(value: bool) -> None:

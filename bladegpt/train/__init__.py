@@ -13,7 +13,7 @@ from bladegpt.checkpoint import recover_training
 from bladegpt.errors import ConfigError
 from bladegpt.lora import LoraConfig
 from bladegpt.runtime import COMPILE_MODES, Runtime, choose_attention, choose_precision, set_matmul_precision
-from bladegpt.train.distributed import Distributed
+from bladegpt.train.distributed import Distributed, first_to_stop
 from bladegpt.train.plan import device_for, finetune_plan, new_plan
 from bladegpt.train.resume import record_resume, restore, resume_plan
 from bladegpt.train.runbook import Phases
@@ -136,6 +136,8 @@ def train(
             finished = True
             return result
         finally:
+            if not finished and ddp.world > 1:
+                first_to_stop()  # counted before the group closes: a peer's broken collective comes second
             if tracking is not None:
                 tracking.close(failed=not finished)
             if lock is not None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -69,7 +71,8 @@ def init_distributed(ddp: Distributed, device_name: str) -> torch.device:
     if ddp.world == 1:
         return device
     if device.type == "cuda":
-        if ddp.local_rank >= torch.cuda.device_count():
+        local = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), ddp.local_rank + 1)
+        if local > torch.cuda.device_count():  # said by every rank here: one alone leaves the rest waiting in init
             raise ConfigError(
                 f"torchrun started more processes on this machine than it has GPUs ({torch.cuda.device_count()}): "
                 f"use --nproc_per_node={torch.cuda.device_count()}, or train on the CPU with --device cpu."
@@ -79,3 +82,24 @@ def init_distributed(ddp: Distributed, device_name: str) -> torch.device:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+@functools.cache
+def first_to_stop() -> bool:
+    """Whether this process is the first of its torchrun job to stop on an error or a Ctrl-C (alone: always).
+    The first says why, once; the others stop without a word, their own error a consequence of it (a collective
+    whose peer left). Counted in the store torchrun's agent hosts for the job (MASTER_ADDR:MASTER_PORT while
+    TORCHELASTIC_USE_AGENT_STORE), which outlives the ranks; where there is none, rank 0 speaks. Cached: train()
+    asks before it closes the process group, so that no peer's consequence is counted first; the CLI asks again."""
+    ddp = Distributed.from_env()
+    if ddp.world == 1:
+        return True
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return ddp.main
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=timedelta(seconds=10))
+        # a restarted job (torchrun --max-restarts) counts afresh
+        return store.add(f"bladegpt/stopped/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", 1) == 1
+    except (RuntimeError, KeyError, ValueError):  # the agent already gone: rank 0 speaks
+        return ddp.main
