@@ -125,7 +125,7 @@ def decode_precision(model: GPT, device: torch.device, requested: str = "auto", 
     if len(candidates) == 1:
         return candidates[0]
     cfg = model.config
-    key = (f"decode-precision-v4|{'cast' if cast else 'autocast'}|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
+    key = (f"decode-precision-v5|{'cast' if cast else 'autocast'}|{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name()}"
            f"|{torch.get_num_threads()}|{torch.__version__}|{cfg.n_layer}x{cfg.n_embd}x{cfg.n_head}"
            f"x{cfg.vocab_size}x{cfg.block_size}")
 
