@@ -200,8 +200,10 @@ def test_a_width_the_int8_kernel_cannot_take_never_reaches_it(avx512, monkeypatc
     assert torch.allclose(q(x), F.linear(x, q.dequantized(torch.float32), linear.bias), atol=1e-5)
     said = []
     model = quantize(GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=36)), "int8", said.append)
-    assert len(said) == 1  # one line, naming what these layers run and why
-    assert ("fbgemm" in said[0] and "width" in said[0]) if fbgemm else ("input width of 36" in said[0] and "dequantized" in said[0])
+    if fbgemm:  # nothing lost, nothing said
+        assert said == []
+    else:  # one line, named
+        assert len(said) == 1 and "input width of 36" in said[0] and "dequantized" in said[0]
     c_fc = model.transformer.h[0].mlp.c_fc
     assert (c_fc.dynamic is not None) == fbgemm
     x = torch.randn(1, 4, 36)
@@ -343,7 +345,7 @@ def test_fbgemm_is_taken_for_the_rows_where_it_measures_faster(monkeypatch):
     q = quantize(copy.deepcopy(model), "int8", said.append)
     layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
     assert layers and all(m.dynamic_rows == (False, True) and m.dynamic is not None for m in layers)
-    assert len(said) == 1 and "fbgemm" in said[0] and "measured faster" in said[0]
+    assert said == []  # a faster kernel for the same weights is not news
     calls = best_of.calls
     quantize(copy.deepcopy(model), "int8")
     assert best_of.calls == calls  # once a shape a process

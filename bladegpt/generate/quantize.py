@@ -279,13 +279,9 @@ def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], Non
                                          "which int4 holds closer in half the bytes", []).append(path)
             setattr(module, name, layer)
     choose_int8_kernels(model)
-    for path, layer in model.named_modules():
-        if isinstance(layer, Int8Linear) and layer.weight.device.type == "cpu":
-            if layer.refusal and layer.dynamic is None:
-                fallbacks.setdefault(f"dequantized int8 weights (slower): {layer.refusal}", []).append(path)
-            elif layer.dynamic is not None:
-                why = "the packed one cannot take their width" if layer.refusal else "measured faster here"
-                fallbacks.setdefault(f"fbgemm's int8 kernel ({why})", []).append(path)
+    for path, layer in model.named_modules():  # fbgemm's kernel, where taken, loses nothing: not said
+        if isinstance(layer, Int8Linear) and layer.weight.device.type == "cpu" and layer.refusal and layer.dynamic is None:
+            fallbacks.setdefault(f"dequantized int8 weights (slower): {layer.refusal}", []).append(path)
     for why, paths in fallbacks.items():
         shown = ", ".join(paths[:2]) + (f" and {len(paths) - 2} more" if len(paths) > 2 else "")
         say(f"{len(paths)} layer(s) ({shown}) run {why}.")
