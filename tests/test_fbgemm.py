@@ -1,0 +1,71 @@
+"""fbgemm's int8 kernel as decoding runs it (bladegpt/generate/fbgemm.py): a row's result does not depend on the
+rows beside it, the thread count, or a row of NaN."""
+
+import copy
+
+import pytest
+import torch
+
+from bladegpt.config import ModelConfig
+from bladegpt.generate.engine import KVCache, last_logits
+from bladegpt.generate.fbgemm import dynamic_available, dynamic_int8_mm, dynamic_pack
+from bladegpt.generate.quantize import Int8Linear, quantize
+from bladegpt.model import GPT
+
+pytestmark = pytest.mark.skipif(not dynamic_available(), reason="this PyTorch has no fbgemm (x86 builds have it)")
+
+
+def packed_layer(out: int, width: int, seed: int = 0):
+    """fbgemm's packed int8 weights (out, width) and the float weights they stand for."""
+    torch.manual_seed(seed)
+    weight = torch.randn(out, width) * 0.05
+    scale = weight.abs().amax(1) / 127
+    q = (weight / scale[:, None]).round().to(torch.int8)
+    return dynamic_pack(q, scale), q.double() * scale.double()[:, None]
+
+
+@pytest.mark.parametrize("width", [1, 5, 96])
+def test_a_rows_result_is_the_same_bits_alone_or_beside_any_rows_at_any_thread_count(width):
+    """The serve batcher decodes many texts' rows in one call: a row 1,000x larger beside it, or one of one sign,
+    or a tiny one, leaves its result as it is alone (fbgemm rounds the whole input on one grid)."""
+    packed, dequantized = packed_layer(64, width)
+    row = torch.randn(1, width)
+    alone = dynamic_int8_mm(row, packed)
+    exact = row.double() @ dequantized.t()
+    assert ((alone.double() - exact).norm() / exact.norm()) < 1e-3
+    for beside in (torch.randn(7, width) * 1000, torch.rand(3, width), -torch.rand(2, width), torch.randn(15, width) * 1e-6):
+        batch = torch.cat((beside[:1], row, beside[1:]))
+        assert torch.equal(dynamic_int8_mm(batch, packed)[1:2], alone)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(dynamic_int8_mm(row, packed), alone)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_row_of_nan_or_inf_gives_nan_and_leaves_the_other_rows_and_zeros_give_zeros():
+    """As the float matmul would, not fbgemm's RuntimeError for the whole input (its grid from NaN min and max)."""
+    packed, _ = packed_layer(64, 32)
+    rows = torch.randn(5, 32)
+    rows[1, 3], rows[2, 0], rows[3] = float("nan"), float("inf"), 0.0
+    y = dynamic_int8_mm(rows, packed)
+    assert y[1].isnan().all() and y[2].isnan().all() and torch.equal(y[3], torch.zeros(64))
+    assert torch.equal(y[[0, 4]], dynamic_int8_mm(rows[[0, 4]], packed))
+
+
+def test_an_int8_models_logits_for_a_text_are_the_same_bits_whatever_is_decoded_beside_it():
+    """Every linear through fbgemm: the last logits of one prompt alone and as a row of a batch of others."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, bias=True)).eval()
+    q = quantize(copy.deepcopy(model), "int8")
+    for layer in q.modules():
+        if isinstance(layer, Int8Linear):
+            layer.dynamic, layer.dynamic_rows = dynamic_pack(layer.weight, layer.scale), (True, True)
+    prompts = torch.tensor([[5, 9, 2], [1, 1, 1], [60, 3, 33], [7, 8, 9]])
+    with torch.inference_mode():
+        batched = last_logits(q, prompts, 64, KVCache(2, 16))
+        for i, prompt in enumerate(prompts):
+            assert torch.equal(batched[i], last_logits(q, prompt[None], 64, KVCache(2, 16))[0])
+        exact = last_logits(model, prompts, 64)
+    assert ((batched - exact).norm() / exact.norm()) < 2e-2  # int8 weights' rounding, as the packed kernel's
