@@ -1,12 +1,14 @@
 """fbgemm's int8 kernel as decoding runs it (bladegpt/generate/fbgemm.py): a row's result does not depend on the
-rows beside it, the thread count, or a row of NaN."""
+rows beside it, the thread count, or a row of NaN; and the kernel chosen for a layer is the same in every run."""
 
 import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bladegpt.config import ModelConfig
+from bladegpt.generate import quantize as quantize_module
 from bladegpt.generate.engine import KVCache, last_logits
 from bladegpt.generate.fbgemm import dynamic_available, dynamic_int8_mm, dynamic_pack
 from bladegpt.generate.quantize import Int8Linear, quantize
@@ -69,3 +71,27 @@ def test_an_int8_models_logits_for_a_text_are_the_same_bits_whatever_is_decoded_
             assert torch.equal(batched[i], last_logits(q, prompt[None], 64, KVCache(2, 16))[0])
         exact = last_logits(model, prompts, 64)
     assert ((batched - exact).norm() / exact.norm()) < 2e-2  # int8 weights' rounding, as the packed kernel's
+
+
+def test_the_kernel_chosen_for_a_layer_is_remembered_for_the_next_run(monkeypatch, tmp_path):
+    """Measured once a machine (the cache folder), so a near tie cannot flip the choice, and the text a seed gives,
+    between one `sample` and the next."""
+    monkeypatch.setenv("BLADEGPT_CACHE", str(tmp_path))
+    monkeypatch.setattr(quantize_module, "_CHOSEN", {})
+    timed = []
+
+    def best_of(run):  # fbgemm 2x faster at one row, slower at eight
+        timed.append(run)
+        return [1.0, 0.5, 1.0, 2.0][(len(timed) - 1) % 4]
+
+    monkeypatch.setattr(quantize_module, "_best_of", best_of)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48))
+    first = quantize(copy.deepcopy(model), "int8")[0]
+    assert first.dynamic_rows == (True, False) and len(timed) == 4
+    monkeypatch.setattr(quantize_module, "_CHOSEN", {})  # a new process
+    monkeypatch.setattr(quantize_module, "_best_of", lambda run: pytest.fail("measured again"))
+    again = quantize(copy.deepcopy(model), "int8")[0]
+    assert again.dynamic_rows == (True, False) and again.dynamic is not None
+    x = torch.randn(1, 64)
+    assert torch.equal(again(x), first(x))
+    assert torch.allclose(first(x), F.linear(x, first.dequantized(torch.float32), first.bias), rtol=1e-3, atol=1e-3)

@@ -21,8 +21,10 @@ needs_fbgemm = pytest.mark.skipif(not dynamic_available(), reason="this PyTorch 
 
 @pytest.fixture(autouse=True)
 def packed_measures_faster(monkeypatch):
-    """Kernel choices by measurement made fixed: fbgemm never measures faster (tests that want it say so)."""
+    """Kernel choices by measurement made fixed: fbgemm never measures faster (tests that want it say so), and
+    nothing remembered from another test's measurement."""
     monkeypatch.setattr(quantize_module, "_CHOSEN", {})
+    monkeypatch.setattr(quantize_module, "cached", lambda key, compute: compute())
     monkeypatch.setattr(quantize_module, "_best_of", lambda run: 1.0)
 
 
