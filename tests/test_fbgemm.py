@@ -9,10 +9,13 @@ import torch.nn.functional as F
 
 from bladegpt.config import ModelConfig
 from bladegpt.generate import quantize as quantize_module
-from bladegpt.generate.engine import KVCache, last_logits
+from bladegpt.generate.engine import KVCache, generate, last_logits
 from bladegpt.generate.fbgemm import dynamic_available, dynamic_int8_mm, dynamic_pack
 from bladegpt.generate.quantize import Int8Linear, quantize
+from bladegpt.generate.settings import SampleSettings
 from bladegpt.model import GPT
+from bladegpt.serve.batcher import Batcher
+from tests.test_batcher import run_steps, tiny
 
 pytestmark = pytest.mark.skipif(not dynamic_available(), reason="this PyTorch has no fbgemm (x86 builds have it)")
 
@@ -95,3 +98,22 @@ def test_the_kernel_chosen_for_a_layer_is_remembered_for_the_next_run(monkeypatc
     x = torch.randn(1, 64)
     assert torch.equal(again(x), first(x))
     assert torch.allclose(first(x), F.linear(x, first.dequantized(torch.float32), first.bias), rtol=1e-3, atol=1e-3)
+
+
+def test_texts_joining_and_leaving_an_int8_batch_each_equal_their_seed_alone():
+    """serve's batcher over int8 weights, every linear through fbgemm: the texts test_batcher's fp32 model keeps."""
+    model = quantize(tiny("gpt2", "sdpa"), "int8")
+    for layer in model.modules():
+        if isinstance(layer, Int8Linear):
+            layer.dynamic, layer.dynamic_rows = dynamic_pack(layer.weight, layer.scale), (True, True)
+    asks = {0: ([1, 2, 3], SampleSettings(max_new_tokens=40, seed=1)),
+            1: (list(range(5, 20)), SampleSettings(max_new_tokens=9, seed=2, top_k=5)),
+            3: (list(range(16)), SampleSettings(max_new_tokens=30, seed=3, temperature=1.3, top_p=0.9)),
+            4: ([7], SampleSettings(max_new_tokens=25, seed=4, min_p=0.05)),
+            6: ([9, 9, 9, 9, 9], SampleSettings(max_new_tokens=12, seed=5, temperature=0))}
+    out: dict[int, list] = {}
+    run_steps(Batcher(model, 64, stop_ids=(), max_rows=8, max_waiting=8), asks, out, 60)
+    for prompt, settings in asks.values():
+        alone = list(generate(model, prompt, settings.max_new_tokens, 64, torch.Generator().manual_seed(settings.seed),
+                              **settings.knobs()))
+        assert out[settings.seed] == [*alone, "length"], settings
