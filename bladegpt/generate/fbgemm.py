@@ -2,17 +2,18 @@
 weights, each input row scaled to its largest value and split in two so it keeps ~13 bits.
 
 fbgemm rounds the input to uint8 with one scale and multiplies it by the int8 weights in integer arithmetic
-(VNNI's vpdpbusd where the CPU has it): SmolLM2's 576 x 49,152 head at one row 2.1x PyTorch's packed
-weight-only kernel (`torch._weight_int8pack_mm`), at 8 rows 3.2x (AMD EPYC, one thread); smaller layers at one
-row lose (0.4-0.7x), so quantize.choose_int8_kernels measures. Rounding the input alone, to 7 bits (reduce_range,
-as PyTorch's own dynamic Linear asks: full 8 bits can overflow the int16 sums of CPUs without VNNI), cost +0.015
-nats a token on officer_k at the head. So each row is divided by its largest |value| and goes in as two: x1,
-its rounding to 1/63 steps, and the remainder (within half a step) times 64, on the same steps; one more row
-pins fbgemm's grid (it picks one from the whole input's min and max) to exactly those steps.
-A row's result is then within 1/8,064 of its largest value, whatever the other rows, its sign or its size hold,
-and fbgemm sums integers exactly: the same bits for a row alone, batched with any others, at any thread count.
-All rows in one call, so the weights are read once. SmolLM2 on officer_k's val split, decoded a token a step as
-`sample` does: 1.2187 bits per byte with it, 1.2188 without, 1.2188 in fp32 (docs/benchmarks/generation.md).
+(VNNI's vpdpbusd where the CPU has it): SmolLM2's 576 x 49,152 head, as below, at one row 2.3-2.6x PyTorch's
+packed weight-only kernel (`torch._weight_int8pack_mm`), at 8 rows 2.3-2.4x (AMD EPYC, one thread); its smaller
+layers lose at one row (0.4-0.9x) and range from 0.5x to 1.4x at 8, so quantize.choose_int8_kernels measures.
+Rounding the input alone, to 7 bits (reduce_range, as PyTorch's own dynamic Linear asks: full 8 bits can
+overflow the int16 sums of CPUs without VNNI), cost +0.015 nats a token on officer_k at the head. So each row is
+divided by its largest |value| and goes in as two: x1, its rounding to 1/63 steps, and the remainder (within
+half a step) times 64, on the same steps; one more row pins fbgemm's grid (it picks one from the whole input's
+min and max) to exactly those steps. Each input value is then within 1/8,064 of its row's largest, whatever the
+other rows, its sign or its size, and fbgemm sums integers exactly: the same bits for a row alone, batched with
+any others, at any thread count. All rows in one call, so the weights are read once. SmolLM2 on officer_k's val
+split, decoded a token a step as `sample` does: 1.2187 bits per byte with it, 1.2188 in fp32
+(docs/benchmarks/generation.md).
 """
 
 from __future__ import annotations
