@@ -50,13 +50,17 @@ def test_a_rows_result_is_the_same_bits_alone_or_beside_any_rows_at_any_thread_c
 
 
 def test_a_row_of_nan_or_inf_gives_nan_and_leaves_the_other_rows_and_zeros_give_zeros():
-    """As the float matmul would, not fbgemm's RuntimeError for the whole input (its grid from NaN min and max)."""
-    packed, _ = packed_layer(64, 32)
-    rows = torch.randn(5, 32)
-    rows[1, 3], rows[2, 0], rows[3] = float("nan"), float("inf"), 0.0
+    """As the float matmul would, not fbgemm's RuntimeError for the whole input (its grid from NaN min and max);
+    a row of subnormals (1e-44: its largest / 63 rounds to 0) widens no one's grid, and comes out within float32's
+    smallest normal number of its product."""
+    packed, dequantized = packed_layer(64, 32)
+    rows = torch.randn(6, 32)
+    rows[1, 3], rows[2, 0], rows[3], rows[5] = float("nan"), float("inf"), 0.0, rows[5] * 1e-44
     y = dynamic_int8_mm(rows, packed)
     assert y[1].isnan().all() and y[2].isnan().all() and torch.equal(y[3], torch.zeros(64))
     assert torch.equal(y[[0, 4]], dynamic_int8_mm(rows[[0, 4]], packed))
+    exact = rows[5].double() @ dequantized.t()
+    assert y[5].isfinite().all() and (y[5].double() - exact).abs().max() < torch.finfo(torch.float32).tiny
 
 
 def test_an_int8_models_logits_for_a_text_are_the_same_bits_whatever_is_decoded_beside_it():

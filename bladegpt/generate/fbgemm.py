@@ -61,8 +61,10 @@ def dynamic_int8_mm(x: torch.Tensor, packed) -> torch.Tensor:
     1/8,064 of its row's largest |value| (above), in one call: x1's rows, the remainders', the grid's. A row
     holding NaN or inf gives a row of NaN (fbgemm would refuse the whole input)."""
     rows = len(x)
-    step = torch.linalg.vector_norm(x, ord=torch.inf, dim=1, keepdim=True).div_(GRID_STEPS)  # (rows, 1)
-    units = torch.nan_to_num_(x / step, nan=0.0)  # within [-63, 63]; 0 where the row is all 0, NaN or inf
+    # (rows, 1); a row of subnormals would make a step of 0, its units inf, and every row's grid wider
+    step = torch.linalg.vector_norm(x, ord=torch.inf, dim=1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny)
+    step = step.div_(GRID_STEPS)
+    units = torch.nan_to_num_(x / step, nan=0.0)  # within [-63, 63]; 0 where the row holds NaN or inf
     x1 = units.round()
     rest = units.sub_(x1).mul_(REST_GAIN)  # within [-32, 32]
     y = torch.ops.quantized.linear_dynamic(torch.cat((x1, rest, _grid_rows(x.size(1)))), packed, True)
