@@ -155,8 +155,8 @@ def choose_int8_kernels(model: nn.Module) -> None:
     than the packed one (at 1 and at 8 rows, random input, best of 5), and for all rows where the packed kernel
     cannot take the layer's width (which else dequantizes its weights). Measured once a machine, layer shape, thread
     count and PyTorch (remembered in the cache folder): the kernels round differently, so a choice that flipped
-    between runs (GPT-2's 2,304 x 768 at one row measured 1.39x, one run in three below the margin beside another
-    process) would change the text `sample --seed` promises to repeat."""
+    between runs (GPT-2's 2,304 x 768 at one row measured 1.39x; in one of six fresh runs under the margin) would
+    change the text `sample --seed` promises to repeat."""
     if not dynamic_available():
         return
     for layer in model.modules():
