@@ -21,8 +21,10 @@ needs_fbgemm = pytest.mark.skipif(not dynamic_available(), reason="this PyTorch 
 
 @pytest.fixture(autouse=True)
 def packed_measures_faster(monkeypatch):
-    """Kernel choices by measurement made fixed: fbgemm never measures faster (tests that want it say so)."""
+    """Kernel choices by measurement made fixed: fbgemm never measures faster (tests that want it say so), and
+    nothing remembered from another test's measurement."""
     monkeypatch.setattr(quantize_module, "_CHOSEN", {})
+    monkeypatch.setattr(quantize_module, "cached", lambda key, compute: compute())
     monkeypatch.setattr(quantize_module, "_best_of", lambda run: 1.0)
 
 
@@ -308,22 +310,24 @@ def test_int8_keeps_a_fine_tunes_change_to_a_4_bit_files_weights(kind):
 
 
 @needs_fbgemm
-@pytest.mark.parametrize("case", ["normal", "outlier", "positive", "negative", "rows"])
-def test_fbgemm_takes_the_input_in_two_parts_and_keeps_about_14_bits(case):
-    """One 7-bit rounding of the input is 1e-2 off; the two parts (fbgemm.py) 1e-4 to 3e-3, at or below bf16's input."""
+@pytest.mark.parametrize("case", ["normal", "outlier", "positive", "negative", "skewed", "tiny", "huge", "rows"])
+def test_fbgemm_takes_the_input_in_two_parts_and_keeps_about_13_bits(case):
+    """One 7-bit rounding of the input is 1e-2 off; the two parts (fbgemm.py) 1e-4 to 3e-3, at or below bf16's input,
+    whatever the input's sign, skew (GELU's) or size."""
     torch.manual_seed(11)
     weight = torch.randn(256, 96) * 0.05
     scale = weight.abs().amax(1) / 127
     q = (weight / scale[:, None]).round().to(torch.int8)
     packed = dynamic_pack(q, scale)
     x = {"normal": torch.randn(1, 96), "outlier": torch.randn(1, 96) * torch.where(torch.arange(96) == 7, 30.0, 1.0),
-         "positive": torch.rand(1, 96), "negative": -torch.rand(1, 96), "rows": torch.randn(8, 96)}[case]
+         "positive": torch.rand(1, 96), "negative": -torch.rand(1, 96), "skewed": F.gelu(torch.randn(1, 96) * 2),
+         "tiny": torch.randn(1, 96) * 1e-5, "huge": torch.randn(1, 96) * 1e25, "rows": torch.randn(8, 96)}[case]
     exact = x.double() @ (q.double() * scale.double()[:, None]).t()
 
     def error(y):
         return ((y.double() - exact).norm() / exact.norm()).item()
 
-    assert error(dynamic_int8_mm(x, packed)) < 4e-3
+    assert error(dynamic_int8_mm(x, packed)) < (4e-3 if case == "outlier" else 6e-4)
     assert error(dynamic_int8_mm(x, packed)) < error(torch.ops.quantized.linear_dynamic(x, packed, True)) / 3
     if case != "outlier":  # one channel 30x the rest: the grid's step follows it
         assert error(dynamic_int8_mm(x, packed)) < error(x.bfloat16().double() @ (q.double() * scale.double()[:, None]).t())

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bladegpt.generate.fbgemm import DYNAMIC_FEW_ROWS, DYNAMIC_MARGIN, dynamic_available, dynamic_int8_mm, dynamic_pack
+from bladegpt.runtime import cached, cpu_model
 
 # Rows past which the packed int8 kernel loses to dequantizing the weight once and running the float
 # matmul: on a 2-core EPYC (AVX2) the kernel is 1.5x faster than fp32 at 16 rows, 2.5x slower at 64
@@ -151,8 +152,11 @@ _CHOSEN: dict[tuple[int, int, int], tuple[bool, bool]] = {}  # (out, in, threads
 
 def choose_int8_kernels(model: nn.Module) -> None:
     """Give each CPU Int8Linear fbgemm's kernel (fbgemm.py) for the rows where it measures DYNAMIC_MARGIN faster
-    than the packed one (at 1 and at 8 rows, random input, best of 5; once a shape and thread count a process),
-    and for all rows where the packed kernel cannot take the layer's width (which else dequantizes its weights)."""
+    than the packed one (at 1 and at 8 rows, random input, best of 5), and for all rows where the packed kernel
+    cannot take the layer's width (which else dequantizes its weights). Measured once a machine, layer shape, thread
+    count and PyTorch (remembered in the cache folder): the kernels round differently, so a choice that flipped
+    between runs (GPT-2's 2,304 x 768 at one row measured 1.39x; in one of six fresh runs under the margin) would
+    change the text `sample --seed` promises to repeat."""
     if not dynamic_available():
         return
     for layer in model.modules():
@@ -163,14 +167,18 @@ def choose_int8_kernels(model: nn.Module) -> None:
         if layer.refusal:
             _CHOSEN[key] = (True, True)
         elif key not in _CHOSEN:
-            faster = []
-            with torch.inference_mode():
-                for rows in (1, 2 * DYNAMIC_FEW_ROWS):
-                    x = torch.randn(rows, layer.in_features)
-                    layer.dynamic = None
-                    own = _best_of(lambda: layer(x))
-                    faster.append(own >= DYNAMIC_MARGIN * _best_of(lambda: dynamic_int8_mm(x, packed)))
-            _CHOSEN[key] = (faster[0], faster[1])
+            def measure() -> list[bool]:
+                faster, gen = [], torch.Generator().manual_seed(0)  # never the global stream
+                with torch.inference_mode():
+                    for rows in (1, 2 * DYNAMIC_FEW_ROWS):
+                        x = torch.randn(rows, layer.in_features, generator=gen)
+                        layer.dynamic = None
+                        own = _best_of(lambda: layer(x))
+                        faster.append(own >= DYNAMIC_MARGIN * _best_of(lambda: dynamic_int8_mm(x, packed)))
+                return faster
+
+            machine = f"int8-kernels-v1|{cpu_model()}|{key[2]}|{torch.__version__}|{key[0]}x{key[1]}"
+            _CHOSEN[key] = tuple(cached(machine, measure))
         layer.dynamic_rows = _CHOSEN[key]
         layer.dynamic = packed if any(layer.dynamic_rows) else None
 
