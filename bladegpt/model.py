@@ -169,14 +169,23 @@ class CausalSelfAttention(nn.Module):
                 q, k = self.q_norm(q), self.k_norm(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        mask = None
+        mask = lengths = None
         if kv_cache is not None:
             k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs), and a (T, S) mask or None
-        if self.window is not None:  # causal within the window, in place of the cache's causal mask
-            mask = window_mask(pos, k.size(-2), self.window)
-        y = attend(q, k, v, self.impl, self.dropout if self.training else 0.0, mask, self.scale)
+            lengths = getattr(kv_cache, "row_lengths", None)
+        if lengths is None:
+            y = self._attend(q, k, v, mask, pos)
+        else:  # texts of many lengths (serve's batch): each row over its own keys, unmasked, as it decodes alone
+            y = torch.cat([self._attend(q[b : b + 1], k[b : b + 1, :, :n], v[b : b + 1, :, :n], None, pos[b])
+                           for b, n in enumerate(lengths)])
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
         return dropout(self.resid_dropout, self.c_proj(y))
+
+
+    def _attend(self, q, k, v, mask, pos) -> torch.Tensor:
+        if self.window is not None:  # causal within the window, in place of the cache's causal mask
+            mask = window_mask(pos, k.size(-2), self.window)
+        return attend(q, k, v, self.impl, self.dropout if self.training else 0.0, mask, self.scale)
 
 
 class MLP(nn.Module):

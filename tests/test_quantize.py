@@ -334,34 +334,45 @@ def test_fbgemm_takes_the_input_in_two_parts_and_keeps_about_13_bits(case):
 
 
 @needs_fbgemm
-def test_fbgemm_is_taken_for_the_rows_where_it_measures_faster(monkeypatch):
-    """Measured per layer shape at 1 and 8 rows: taken where 1.3x faster, kept out where slower or tied, and
-    the model still samples as its reference does."""
-    def best_of(run):  # fbgemm 2x faster at 8 rows, tied at one
-        best_of.calls += 1
-        return 1.0 if best_of.calls % 2 else (0.5 if best_of.calls % 4 == 0 else 1.0)
+@pytest.mark.parametrize("one_row, eight_rows, taken", [(1.0, 2.0, True), (2.0, 1.0, True), (0.9, 2.0, False),
+                                                        (1.2, 1.2, False)])
+def test_fbgemm_is_taken_where_it_measures_faster_for_every_row_count(monkeypatch, one_row, eight_rows, taken):
+    """Measured per layer shape at 1 and 8 rows: taken where 1.3x faster at one and no slower at the other, then for
+    every row count (so a row's result is the same alone or batched); the model samples as its reference does."""
+    timed = []
 
-    best_of.calls = 0
+    def best_of(run):  # the packed kernel, then fbgemm, at 1 row, then at 8
+        timed.append(run)
+        speedup = (one_row, eight_rows)[(len(timed) - 1) // 2 % 2]
+        return 1.0 if len(timed) % 2 else 1.0 / speedup
+
     monkeypatch.setattr(quantize_module, "_best_of", best_of)
     torch.manual_seed(3)
     model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)).eval()
     said = []
     q = quantize(copy.deepcopy(model), "int8", said.append)
     layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
-    assert layers and all(m.dynamic_rows == (False, True) and m.dynamic is not None for m in layers)
+    assert layers and all((m.dynamic is not None) == taken for m in layers)
     assert said == []  # a faster kernel for the same weights is not news
-    calls = best_of.calls
+    calls = len(timed)
     quantize(copy.deepcopy(model), "int8")
-    assert best_of.calls == calls  # once a shape a process
+    assert len(timed) == calls  # once a shape a process
     used = []
     real = quantize_module.dynamic_int8_mm
     monkeypatch.setattr(quantize_module, "dynamic_int8_mm", lambda x, packed: used.append(len(x)) or real(x, packed))
     layer = layers[0]
-    for rows in (1, 8):
-        x = torch.randn(rows, layer.in_features)
+    for rows in (1, 8, 40):
+        x = torch.randn(rows, 1, layer.in_features)
         assert torch.allclose(layer(x), F.linear(x, layer.dequantized(torch.float32), layer.bias), rtol=2e-2, atol=2e-2)
-    assert used == [8]  # fbgemm for eight rows only
-    for m in layers:  # and a sample decoded through fbgemm at one row is its reference's
-        m.dynamic_rows = (True, True)
+    assert used == ([1, 8, 40] if taken else [])
     fast = list(generate(q, [3, 1, 4, 1, 5], 10, 64, temperature=0))
     assert fast == generate_reference(q, [3, 1, 4, 1, 5], 10, 64, temperature=0)
+
+
+def test_a_decode_batch_past_the_packed_kernels_rows_runs_it_in_turns():
+    """40 decode rows through the packed kernel 16 at a time: each row's result the bits it has alone."""
+    torch.manual_seed(5)
+    layer = Int8Linear(torch.nn.Linear(64, 48))
+    x = torch.randn(40, 1, 64)
+    batched = layer(x)
+    assert all(torch.equal(batched[i], layer(x[i : i + 1])[0]) for i in range(40))

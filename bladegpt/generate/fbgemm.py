@@ -23,7 +23,6 @@ import warnings
 
 import torch
 
-DYNAMIC_FEW_ROWS = 4  # rows up to which a layer takes the kernel measured at one row; above, the one at eight
 DYNAMIC_MARGIN = 1.3  # how much faster fbgemm must measure to be taken: a near tie could flip from run to run
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bladegpt.generate.fbgemm import DYNAMIC_FEW_ROWS, DYNAMIC_MARGIN, dynamic_available, dynamic_int8_mm, dynamic_pack
+from bladegpt.generate.fbgemm import DYNAMIC_MARGIN, dynamic_available, dynamic_int8_mm, dynamic_pack
 from bladegpt.runtime import cached, cpu_model
 
 # Rows past which the packed int8 kernel loses to dequantizing the weight once and running the float
@@ -92,9 +92,11 @@ def _(x, weight, scale):
 class Int8Linear(nn.Module):
     """y = x W^T * scale (+ b): W int8 (out, in), scale fp32 (out,). On CPU through PyTorch's packed
     weight-only kernel (`torch._weight_int8pack_mm`, which wants bf16 activations and computes in fp32
-    accumulators) where it takes the input width (`refusal` None, int8_refusal), or through fbgemm's
-    (fbgemm.py) for the rows where choose_int8_kernels gave it that one (`dynamic`, `dynamic_rows`); else, for
-    many rows or on another device, W is dequantized to x's dtype for the matmul."""
+    accumulators) where it takes the input width (`refusal` None, int8_refusal), or through fbgemm's (fbgemm.py,
+    `dynamic`) where choose_int8_kernels gave it that one; else, on another device or for a prompt's many rows,
+    W is dequantized to x's dtype for the matmul. A row's result never depends on the rows beside it, so a
+    text decoded in a batch (`sample --num-samples`, `serve`) is the one it is alone: one kernel for every row
+    count, and decode batches past PACKED_MAX_ROWS rows through the packed kernel in turns."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -108,7 +110,6 @@ class Int8Linear(nn.Module):
         self.refusal = int8_refusal(self.in_features)  # this machine's CPU, wherever the layer is now
         self.error = rms(self.dequantized(torch.float32), weight)  # how far from the weights it was made of
         self.dynamic = None  # fbgemm's packed copy of the weight, where choose_int8_kernels measured it faster
-        self.dynamic_rows = (False, False)  # ... for few rows (<= DYNAMIC_FEW_ROWS), for more
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         """W as floats (out, in): what this layer multiplies by."""
@@ -116,18 +117,19 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        few = x.device.type == "cpu" and rows <= PACKED_MAX_ROWS
-        compiling = torch.compiler.is_compiling()
-        if few and not compiling and self.dynamic is not None and self.dynamic_rows[rows > DYNAMIC_FEW_ROWS]:
+        cpu, compiling = x.device.type == "cpu", torch.compiler.is_compiling()
+        decoding = x.dim() == 3 and x.size(1) == 1  # one new token a row
+        if cpu and not compiling and self.dynamic is not None:  # fbgemm: fast at any row count
             y = dynamic_int8_mm(x.reshape(rows, self.in_features).float(), self.dynamic)
             y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
-        elif few and self.refusal is None:
+        elif cpu and self.refusal is None and (rows <= PACKED_MAX_ROWS or decoding):
             flat = x.reshape(rows, self.in_features).to(torch.bfloat16)
             # The custom op only where torch.compile traces: eager, its dispatch cost ~30 us a call (8% of a step)
             if compiling:
                 y = int8_weight_mm(flat, self.weight, self.scale_bf16)
             else:
-                y = torch._weight_int8pack_mm(_aligned(flat), self.weight, self.scale_bf16)
+                y = torch.cat([torch._weight_int8pack_mm(_aligned(part), self.weight, self.scale_bf16)
+                               for part in flat.split(PACKED_MAX_ROWS)])
             y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         else:
             y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
@@ -147,16 +149,18 @@ def _best_of(run: Callable[[], object], repeats: int = 5) -> float:
     return best
 
 
-_CHOSEN: dict[tuple[int, int, int], tuple[bool, bool]] = {}  # (out, in, threads) -> fbgemm for (few, more) rows
+_CHOSEN: dict[tuple[int, int, int], bool] = {}  # (out, in, threads) -> fbgemm's kernel
 
 
 def choose_int8_kernels(model: nn.Module) -> None:
-    """Give each CPU Int8Linear fbgemm's kernel (fbgemm.py) for the rows where it measures DYNAMIC_MARGIN faster
-    than the packed one (at 1 and at 8 rows, random input, best of 5), and for all rows where the packed kernel
-    cannot take the layer's width (which else dequantizes its weights). Measured once a machine, layer shape, thread
-    count and PyTorch (remembered in the cache folder): the kernels round differently, so a choice that flipped
-    between runs (GPT-2's 2,304 x 768 at one row measured 1.39x; in one of six fresh runs under the margin) would
-    change the text `sample --seed` promises to repeat."""
+    """Give each CPU Int8Linear fbgemm's kernel (fbgemm.py) where it measures DYNAMIC_MARGIN faster than the packed
+    one at 1 or at 8 rows and no slower at the other (random input, best of 5), and where the packed kernel cannot
+    take the layer's width (which else dequantizes its weights). One kernel for every row count: the two round
+    differently, so a kernel chosen by rows would make a text batched with others differ from itself alone
+    (measured: SmolLM2's head at 2 threads, fbgemm at 8 rows only, moved a logit by 0.09). Measured once a machine,
+    layer shape, thread count and PyTorch (remembered in the cache folder): a choice that flipped between runs
+    (GPT-2's 2,304 x 768 at one row measured 1.39x; in one of six fresh runs under the margin) would change the
+    text `sample --seed` promises to repeat."""
     if not dynamic_available():
         return
     for layer in model.modules():
@@ -165,22 +169,21 @@ def choose_int8_kernels(model: nn.Module) -> None:
         packed = dynamic_pack(layer.weight, layer.scale)
         key = (layer.out_features, layer.in_features, torch.get_num_threads())
         if layer.refusal:
-            _CHOSEN[key] = (True, True)
+            _CHOSEN[key] = True
         elif key not in _CHOSEN:
-            def measure() -> list[bool]:
-                faster, gen = [], torch.Generator().manual_seed(0)  # never the global stream
+            def measure() -> list[float]:
+                speedups, gen = [], torch.Generator().manual_seed(0)  # never the global stream
                 with torch.inference_mode():
-                    for rows in (1, 2 * DYNAMIC_FEW_ROWS):
-                        x = torch.randn(rows, layer.in_features, generator=gen)
+                    for rows in (1, 8):
+                        x = torch.randn(rows, 1, layer.in_features, generator=gen)  # decode rows
                         layer.dynamic = None
-                        own = _best_of(lambda: layer(x))
-                        faster.append(own >= DYNAMIC_MARGIN * _best_of(lambda: dynamic_int8_mm(x, packed)))
-                return faster
+                        speedups.append(_best_of(lambda: layer(x)) / _best_of(lambda: dynamic_int8_mm(x[:, 0], packed)))
+                return speedups
 
-            machine = f"int8-kernels-v1|{cpu_model()}|{key[2]}|{torch.__version__}|{key[0]}x{key[1]}"
-            _CHOSEN[key] = tuple(cached(machine, measure))
-        layer.dynamic_rows = _CHOSEN[key]
-        layer.dynamic = packed if any(layer.dynamic_rows) else None
+            machine = f"int8-kernels-v2|{cpu_model()}|{key[2]}|{torch.__version__}|{key[0]}x{key[1]}"
+            speedups = cached(machine, measure)
+            _CHOSEN[key] = min(speedups) >= 1 and max(speedups) >= DYNAMIC_MARGIN
+        layer.dynamic = packed if _CHOSEN[key] else None
 
 
 @torch.library.custom_op("bladegpt::int4_weight_mm", mutates_args=())

@@ -57,6 +57,11 @@ class RowsCache:
         self.v: list[torch.Tensor] = []
         self.lengths: list[int] = []
         self.where: torch.Tensor | None = None  # (B,) positions of the tokens of the coming step
+        # Each row's keys in the coming step where the rows differ in length, else None: the model then attends
+        # row by row, unmasked, so a text's floats are those it has alone (a masked batched attention sums in
+        # another order: 1e-7 off in fp32, up to 5e-5 for SmolLM2, which bf16 inputs to the int4/int8 kernels
+        # made 0.13-0.21 in a logit and a different text than `sample --seed` gives)
+        self.row_lengths: list[int] | None = None
 
     def add(self, solo: KVCache) -> None:
         """A new row holding a prefilled single-text cache's keys and values."""
@@ -108,19 +113,23 @@ class RowsCache:
             raise ValueError("a batch step seats one token per row")
         self._fit(len(self.lengths), max(self.lengths) + 1)
         self.where = torch.tensor(self.lengths, device=device)
+        self.row_lengths = [n + 1 for n in self.lengths] if len(set(self.lengths)) > 1 else None
 
     def positions(self) -> torch.Tensor:
         return self.where[:, None]  # (B, 1)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write each row's new (B, nkv, 1, hs) key/value at its position; return keys/values up to the
-        longest row and the (B, 1, 1, S) mask of what each row has written."""
+        longest row and the (B, 1, 1, S) mask of what each row has written (None where all rows are S long).
+        The model attends row by row where `row_lengths` is set."""
         B = k.size(0)
         rows = torch.arange(B, device=k.device)
         self.k[layer][rows, :, self.where] = k[:, :, 0]
         self.v[layer][rows, :, self.where] = v[:, :, 0]
         S = max(self.lengths) + 1
-        mask = torch.arange(S, device=k.device)[None, :] <= self.where[:, None]  # (B, S)
+        if self.row_lengths is None:  # every row S long: nothing to mask
+            return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S], None
+        mask = torch.arange(S, device=k.device)[None, :] <= self.where[:, None]  # (B, S), for attention over all rows at once
         return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S], mask[:, None, None, :]
 
     def advance(self, n: int) -> None:
