@@ -181,7 +181,6 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
         return dropout(self.resid_dropout, self.c_proj(y))
 
-
     def _attend(self, q, k, v, mask, pos) -> torch.Tensor:
         if self.window is not None:  # causal within the window, in place of the cache's causal mask
             mask = window_mask(pos, k.size(-2), self.window)

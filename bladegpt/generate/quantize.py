@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import platform
 import time
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -166,24 +165,27 @@ def choose_int8_kernels(model: nn.Module) -> None:
     for layer in model.modules():
         if not isinstance(layer, Int8Linear) or layer.weight.device.type != "cpu":
             continue
-        packed = dynamic_pack(layer.weight, layer.scale)
         key = (layer.out_features, layer.in_features, torch.get_num_threads())
-        if layer.refusal:
-            _CHOSEN[key] = True
-        elif key not in _CHOSEN:
-            def measure() -> list[float]:
-                speedups, gen = [], torch.Generator().manual_seed(0)  # never the global stream
-                with torch.inference_mode():
-                    for rows in (1, 8):
-                        x = torch.randn(rows, 1, layer.in_features, generator=gen)  # decode rows
-                        layer.dynamic = None
-                        speedups.append(_best_of(lambda: layer(x)) / _best_of(lambda: dynamic_int8_mm(x[:, 0], packed)))
-                return speedups
+        if key not in _CHOSEN:
+            _CHOSEN[key] = layer.refusal is not None or _fbgemm_faster(layer)
+        layer.dynamic = dynamic_pack(layer.weight, layer.scale) if _CHOSEN[key] else None
 
-            machine = f"int8-kernels-v2|{cpu_model()}|{key[2]}|{torch.__version__}|{key[0]}x{key[1]}"
-            speedups = cached(machine, measure)
-            _CHOSEN[key] = min(speedups) >= 1 and max(speedups) >= DYNAMIC_MARGIN
-        layer.dynamic = packed if _CHOSEN[key] else None
+
+def _fbgemm_faster(layer: Int8Linear) -> bool:
+    """Whether fbgemm's kernel measures DYNAMIC_MARGIN faster than the packed one for this layer's shape at 1 or
+    8 decode rows and no slower at the other (this machine's measurement cache holds the speed-ups)."""
+    def measure() -> list[float]:
+        packed, speedups, gen = dynamic_pack(layer.weight, layer.scale), [], torch.Generator().manual_seed(0)
+        with torch.inference_mode():
+            for rows in (1, 8):
+                x = torch.randn(rows, 1, layer.in_features, generator=gen)  # decode rows; never the global stream
+                layer.dynamic = None
+                speedups.append(_best_of(lambda: layer(x)) / _best_of(lambda: dynamic_int8_mm(x[:, 0], packed)))
+        return speedups
+
+    shape = f"{layer.out_features}x{layer.in_features}"
+    speedups = cached(f"int8-kernels-v2|{cpu_model()}|{torch.get_num_threads()}|{torch.__version__}|{shape}", measure)
+    return min(speedups) >= 1 and max(speedups) >= DYNAMIC_MARGIN
 
 
 @torch.library.custom_op("bladegpt::int4_weight_mm", mutates_args=())
