@@ -3,13 +3,12 @@ prints; they register on the app (app.py) in the order --help lists them. No tor
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
 
 from bladegpt.cli import data, train, generate, serve, bench, runs, export  # noqa: F401  (registers the commands, in order)
-from bladegpt.cli.app import app, speaks
+from bladegpt.cli.app import app, speaks, under_torchrun
 
 __all__ = ["app", "main"]
 
@@ -17,7 +16,7 @@ __all__ = ["app", "main"]
 def main() -> None:
     """The CLI. Under torchrun every rank reads the same command line: a mistake in it is said by the job's
     first rank to stop only (app.speaks), in click's plain words, with click's exit code 2."""
-    if os.environ.get("WORLD_SIZE", "1") == "1":
+    if not under_torchrun():
         app()
         return
     try:

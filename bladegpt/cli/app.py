@@ -80,11 +80,16 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1) from None
 
 
+def under_torchrun() -> bool:
+    """Whether this process is one of several a torchrun job started (its WORLD_SIZE), read without torch."""
+    return os.environ.get("WORLD_SIZE", "1") != "1"
+
+
 def speaks() -> bool:
     """Whether this process says why it stopped: always, but under torchrun only the job's first to stop
     (train/distributed.py), so a mistake every rank makes, or a rank's broken collective after a peer left,
     is said once. torch is imported only under torchrun, so an error here stays instant."""
-    if os.environ.get("WORLD_SIZE", "1") == "1":
+    if not under_torchrun():
         return True
     from bladegpt.train.distributed import first_to_stop
 
