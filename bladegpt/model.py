@@ -16,47 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from bladegpt.attention import ATTENTION_IMPLS, attend, window_mask
 from bladegpt.config import GATED, ModelConfig
 from bladegpt.loss import linear_cross_entropy, softcapped
 
-ATTENTION_IMPLS = ("manual", "sdpa")
 # The blocks' weight matrices, by the ends of their names: what LoRA adapts and a frozen base may keep in bf16.
 BLOCK_MATRICES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout_p: float,
-           mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
-    """Causal attention of T new queries (B, nh, T, hs) over S >= T keys (B, nkv, S, hs), the last T of
-    which are theirs; or, where a (T, S) mask is given (a static cache, a sliding window), over the keys
-    it allows. Scores are scaled by `scale`, else 1 / sqrt(hs). With fewer kv heads than query heads
-    (GQA), query head h reads kv head h // (nh / nkv)."""
-    T, S = q.size(-2), k.size(-2)
-    gqa = k.size(1) != q.size(1)
-    if impl == "sdpa" and mask is None and T == S:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale, enable_gqa=gqa)
-    if mask is None and T > 1:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
-    if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
-    if gqa:
-        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
-        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
-    att = (q @ k.transpose(-2, -1)) * (scale or 1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
-    if mask is not None:
-        att = att.masked_fill(~mask, float("-inf"))
-    att = F.softmax(att, dim=-1)
-    if dropout_p > 0:
-        att = F.dropout(att, p=dropout_p)
-    return att @ v  # (B, nh, T, hs)
-
-
-def window_mask(pos: torch.Tensor, S: int, window: int) -> torch.Tensor:
-    """Which of S keys each query at `pos` (T,) or (B, T) sees in a sliding-window layer: the `window`
-    positions up to its own (transformers' sliding_window_overlay on a causal mask), as (T, S) or
-    (B, 1, T, S). Key slot s holds position s, as it does without a cache and in engine.py's caches."""
-    behind = pos[..., None] - torch.arange(S, device=pos.device)  # (..., T, S): how far back each key is
-    mask = (behind >= 0) & (behind < window)
-    return mask if pos.dim() == 1 else mask[:, None]  # the same for every head
 
 
 def dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:

@@ -24,11 +24,12 @@ import torch
 from bladegpt import strictjson
 from bladegpt.errors import DeviceError
 from bladegpt.files import cache_dir
-from bladegpt.model import attend
+from bladegpt.attention import ATTENTION_IMPLS, attend
 
 PRECISIONS = ("auto", "bf16", "fp32")
-ATTENTIONS = ("auto", "manual", "sdpa")
+ATTENTIONS = ("auto", *ATTENTION_IMPLS)
 COMPILE_MODES = ("auto", "on", "off")
+ATTENTION_KEY = "attention-v2"  # v2: chunked among the choices (a v1 choice was between manual and sdpa only)
 
 # Dense bf16 tensor-core peaks (FLOP/s) of known cards, from their data sheets.
 GPU_BF16_PEAKS = {
@@ -247,7 +248,7 @@ def _retake_attention(key: str) -> str | None:
     """The attention choice of a cached `choose_attention` key of this machine and PyTorch, measured
     again (on the CPU at the key's thread count); None for another key."""
     parts = key.split("|")
-    if len(parts) != 5 or parts[0] != "attention" or parts[4] != torch.__version__:
+    if len(parts) != 5 or parts[0] != ATTENTION_KEY or parts[4] != torch.__version__:
         return None
     where, precision, shape = parts[1], parts[2], ast.literal_eval(parts[3])
     prefix = f"{cpu_model()}, "
@@ -258,7 +259,7 @@ def _retake_attention(key: str) -> str | None:
     else:
         return None
     seconds = lambda impl: _time_attention(device, precision, impl, shape)
-    return _at_threads(threads, lambda: min(("manual", "sdpa"), key=seconds))
+    return _at_threads(threads, lambda: min(ATTENTION_IMPLS, key=seconds))
 
 
 def peak_flops(device: torch.device) -> float:
@@ -329,16 +330,14 @@ def _time_attention(device, precision, impl, shape, reps=5) -> float:
 
 
 def choose_attention(device: torch.device, precision: str, shape: tuple[int, int, int, int], requested: str = "auto") -> str:
-    """Manual or SDPA attention, whichever trains faster at this (B, nh, T, hs) here; cached."""
+    """Manual, SDPA or chunked attention (attention.py), whichever trains faster at this (B, nh, T, hs) here,
+    forward and backward; cached."""
     if requested not in ATTENTIONS:
         raise DeviceError(f"Unknown attention '{requested}'; choose one of: {', '.join(ATTENTIONS)}.")
     if requested != "auto":
         return requested
-    key = f"attention|{device_name(device)}|{precision}|{shape}|{torch.__version__}"
-    return cached(
-        key,
-        lambda: min(("manual", "sdpa"), key=lambda impl: _time_attention(device, precision, impl, shape)),
-    )
+    key = f"{ATTENTION_KEY}|{device_name(device)}|{precision}|{shape}|{torch.__version__}"
+    return cached(key, lambda: min(ATTENTION_IMPLS, key=lambda impl: _time_attention(device, precision, impl, shape)))
 
 
 def compile_available(device: torch.device) -> tuple[bool, str]:

@@ -15,7 +15,7 @@ def model():
 
 
 @pytest.mark.parametrize("static", [False, True])
-@pytest.mark.parametrize("attention", ["sdpa", "manual"])
+@pytest.mark.parametrize("attention", ["sdpa", "manual", "chunked"])
 def test_kv_cache_logits_equal_full_forward(model, attention, static):
     model.set_attention(attention)
     idx = torch.randint(0, 64, (2, 12))

@@ -18,7 +18,7 @@ STAGES = [
     ["errors"],  # foundations
     ["files", "strictjson", "encoding"],
     ["config"],
-    ["loss"],
+    ["loss", "attention"],
     ["model", "tokenizer"],
     ["lora", "runtime"],
     ["runs"],

@@ -80,12 +80,12 @@ TINY = Preset("tiny for tests", dict(n_layer=2, n_head=2, n_embd=32, block_size=
 def test_bench_remeasure_retakes_every_cached_measurement(cache, one_thread, monkeypatch):
     monkeypatch.setitem(PRESETS, "nano", TINY)
     here = runtime.device_name(torch.device("cpu"))
-    attention = f"attention|{here}|fp32|(2, 2, 16, 16)|{torch.__version__}"
+    attention = f"{runtime.ATTENTION_KEY}|{here}|fp32|(2, 2, 16, 16)|{torch.__version__}"
     decode = f"decode-precision-v3|cast|cpu|{runtime.cpu_model()}|1|{torch.__version__}|2x32x2x64x16"
     elsewhere = f"cpu-peaks-v2|Another CPU|1|{torch.__version__}"
     seed(dict([peaks_at(1, 0.2), peaks_at(2, 0.3), (attention, "manual"), (decode, "int8"), (elsewhere, {"fp32": 7.0})]))
     ran = fake_matmul(monkeypatch, {1: 1.5, 2: 2.5})
-    monkeypatch.setattr(runtime, "_time_attention", lambda device, precision, impl, shape: {"manual": 2.0, "sdpa": 1.0}[impl])
+    monkeypatch.setattr(runtime, "_time_attention", lambda device, precision, impl, shape: {"manual": 2.0, "sdpa": 1.0, "chunked": 1.5}[impl])
     result = CliRunner().invoke(app, ["bench", "--remeasure", "--preset", "nano", "--rungs", "vanilla", "--steps", "1", "--json"])
     assert result.exit_code == 0, result.output
     held = cache()

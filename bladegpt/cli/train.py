@@ -47,7 +47,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 or mps \\[default: auto; on --resume, the run's own].")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, bf16 or fp32 \\[default: auto; on --resume, the run's own].")] = None,
-    attention: Annotated[Optional[str], typer.Option(help="auto, manual or sdpa \\[default: auto; on --resume, the run's own].")] = None,
+    attention: Annotated[Optional[str], typer.Option(help="auto, manual, sdpa or chunked (docs/training.md) \\[default: auto; on --resume, the run's own].")] = None,
     compile: Annotated[Optional[str], typer.Option(help="auto, on or off (auto: only if the run repays it) \\[default: auto; on --resume, the run's own].")] = None,
     run: Annotated[Optional[Path], typer.Option(help="Run folder \\[default: runs/DATASET-N, a new one].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the given (or latest) run exactly.")] = False,

@@ -1,0 +1,86 @@
+"""Chunked attention (bladegpt/attention.py) against PyTorch's SDPA: the same outputs and gradients in fp64, for
+grouped and full heads, lengths that are not a multiple of the chunk, and a scale of the model's own; in the
+model, a training step's loss and gradients under each implementation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bladegpt import attention
+from bladegpt.attention import attend, chunked_attention
+from bladegpt.config import ModelConfig
+from bladegpt.model import GPT
+
+
+def qkv(B, nh, nkv, T, hs, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda heads: (torch.randn(B, heads, T, hs, generator=g, dtype=dtype) * 2).requires_grad_()
+    return make(nh), make(nkv), make(nkv)
+
+
+def result_and_grads(fn, q, k, v, dout):
+    for t in (q, k, v):
+        t.grad = None
+    out = fn(q, k, v)
+    out.backward(dout)
+    return [out.detach(), *(t.grad.clone() for t in (q, k, v))]
+
+
+@pytest.mark.parametrize("B, nh, nkv, T, hs, scale", [
+    (2, 4, 2, 300, 16, None),  # grouped heads; three chunks, the last one short
+    (1, 6, 1, 129, 8, 0.3),  # one kv head (multi-query), a chunk of one query, Gemma's own scale
+    (3, 2, 2, 5, 8, None),  # full heads, shorter than one chunk
+])
+def test_chunked_equals_sdpa_forward_and_backward_in_fp64(B, nh, nkv, T, hs, scale):
+    q, k, v = qkv(B, nh, nkv, T, hs)
+    dout = torch.randn(B, nh, T, hs, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ours = result_and_grads(lambda *a: chunked_attention(*a, scale=scale), q, k, v, dout)
+    sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=nh != nkv)
+    reference = result_and_grads(sdpa, q, k, v, dout)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, reference):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10), name
+
+
+def test_chunked_under_bf16_autocast_is_no_further_from_fp64_than_manual_attention():
+    q, k, v = qkv(1, 4, 2, 260, 32)
+    exact = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        ours = chunked_attention(q.float(), k.float(), v.float())
+        manual = attend(q.float(), k.float(), v.float(), "manual", 0.0)
+    assert ours.dtype == torch.bfloat16
+    ours_err, manual_err = (ours.double() - exact).abs(), (manual.double() - exact).abs()
+    assert ours_err.max() <= manual_err.max() and ours_err.mean() <= manual_err.mean()
+
+
+def test_attend_sends_what_chunked_does_not_take_to_sdpa(monkeypatch):
+    calls = []
+    monkeypatch.setattr(attention, "chunked_attention", lambda *a, **kw: calls.append("chunked"))
+    q, k, v = qkv(1, 2, 2, 6, 4)
+    attend(q, k, v, "chunked", 0.0)
+    assert calls == ["chunked"]
+    mask = torch.ones(6, 6, dtype=torch.bool).tril()
+    for args in [(0.1, None), (0.0, mask)]:  # dropout, an explicit mask: sdpa, the same result as sdpa
+        torch.manual_seed(3)
+        a = attend(q, k, v, "chunked", *args)
+        torch.manual_seed(3)
+        assert torch.equal(a, attend(q, k, v, "sdpa", *args))
+    decode = attend(q[:, :, -1:], k, v, "chunked", 0.0)  # one new query over a cache
+    assert torch.equal(decode, attend(q[:, :, -1:], k, v, "sdpa", 0.0))
+    assert calls == ["chunked"]
+
+
+def test_a_training_step_under_chunked_attention_equals_sdpa():
+    cfg = ModelConfig(vocab_size=64, block_size=160, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, norm="rmsnorm",
+                      positions="rope", activation="swiglu")
+    torch.manual_seed(0)
+    model = GPT(cfg).double()
+    idx = torch.randint(0, 64, (2, 160))
+    grads = {}
+    for impl in ("sdpa", "chunked"):
+        model.set_attention(impl)
+        model.zero_grad()
+        _, loss = model(idx, idx)
+        loss.backward()
+        grads[impl] = [loss.detach(), *(p.grad.clone() for p in model.parameters())]
+    for a, b in zip(grads["sdpa"], grads["chunked"]):
+        assert torch.allclose(a, b, atol=1e-10)
