@@ -376,3 +376,40 @@ def test_a_decode_batch_past_the_packed_kernels_rows_runs_it_in_turns():
     x = torch.randn(40, 1, 64)
     batched = layer(x)
     assert all(torch.equal(batched[i], layer(x[i : i + 1])[0]) for i in range(40))
+
+
+def test_the_int8_copy_generation_makes_shares_the_float_weights_and_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    model.compile_blocks()  # a training model's compiled wrappers are neither copied nor lost
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    q, _ = sampler.in_precision(model, "int8", cast=True)
+    assert q.transformer.wte.weight is model.transformer.wte.weight  # shared, not a float copy
+    assert q.transformer.h[0].ln_1.weight is model.transformer.h[0].ln_1.weight
+    assert isinstance(q.lm_head, Int8Linear) and isinstance(model.lm_head, torch.nn.Linear)
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+    assert "compiled_blocks" not in q.__dict__ and len(model.__dict__["compiled_blocks"]) == 2
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    assert list(generate(q, [1, 2], 8, 64, temperature=0)) == generate_reference(quantize(copy.deepcopy(model), "int8"),
+                                                                          [1, 2], 8, 64, temperature=0)
+
+
+def test_an_evaluation_samples_in_the_precision_sample_would_and_a_lora_run_as_it_trains(monkeypatch):
+    from bladegpt.lora import LoraConfig, attach
+    from bladegpt.train import evaluate
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    asked = []
+
+    def choice(model, device, requested="auto", cast=True, **_):
+        asked.append(cast)
+        return "int8" if cast else "bf16"
+
+    monkeypatch.setattr(evaluate, "decode_precision", choice)
+    evaluator = evaluate.Evaluator.__new__(evaluate.Evaluator)
+    evaluator.device = torch.device("cpu")
+    assert evaluator._decode_precision(model) == "int8" and asked == [True]
+    asked.clear()
+    attach(model, LoraConfig())
+    assert evaluator._decode_precision(model) == "bf16" and asked == [False]  # its adapters are not in the weights

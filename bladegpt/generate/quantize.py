@@ -213,15 +213,9 @@ class Int4Linear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         out, k = linear.weight.shape
-        groups = linear.weight.detach().float().view(out, k // INT4_GROUP, INT4_GROUP)
-        lo, hi = groups.amin(-1), groups.amax(-1)  # (out, groups)
-        scale = ((hi - lo) / 15).clamp(min=torch.finfo(torch.float32).tiny)
-        q = groups.sub(lo[..., None]).div_(scale[..., None]).round_().clamp_(0, 15)  # (out, groups, INT4_GROUP)
+        groups, lo, scale, q = _int4_grid(linear.weight)
         scales_zeros = torch.stack([scale, lo + 8 * scale], dim=-1).to(torch.bfloat16)  # (out, groups, 2)
-        off = q.mul(scale[..., None]).add_(lo[..., None]).sub_(groups).abs_().amax(-1)  # (out, groups), fp32
-        # already 4-bit, as a Q4_1 file's are (to float32's rounding of its d * q + m): int8 may keep it in int4;
-        # a fine-tune's, moved off the grid by any amount, not: int4 would round it back, undoing the training
-        self.on_grid = bool((off <= 1e-3 * scale).all())
+        self.on_grid = _on_grid(groups, lo, scale, q)
         s, z = scales_zeros.float().unbind(-1)
         self.error = rms(q.sub(8).mul_(s[..., None]).add_(z[..., None]), groups)  # as Int8Linear's
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.view(out, k).to(torch.int32), 1)
@@ -246,6 +240,24 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 weights in groups of {INT4_GROUP}"
+
+
+def _int4_grid(weight: torch.Tensor):
+    """A weight (out, in) in groups of INT4_GROUP (out, groups, INT4_GROUP), fp32; each group's min (out, groups),
+    step (max - min) / 15, and its weights' steps above the min, rounded, 0..15."""
+    out, k = weight.shape
+    groups = weight.detach().float().view(out, k // INT4_GROUP, INT4_GROUP)
+    lo, hi = groups.amin(-1), groups.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=torch.finfo(torch.float32).tiny)
+    return groups, lo, scale, groups.sub(lo[..., None]).div_(scale[..., None]).round_().clamp_(0, 15)
+
+
+def _on_grid(groups: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, q: torch.Tensor) -> bool:
+    """Whether every weight is already on its group's 4-bit grid, as a Q4_1 file's are (to float32's rounding
+    of its d * q + m): int8 may keep such a layer in int4; a fine-tune's, moved off the grid by any amount, not
+    (int4 would round it back, undoing the training)."""
+    off = q.mul(scale[..., None]).add_(lo[..., None]).sub_(groups).abs_().amax(-1)  # (out, groups), fp32
+    return bool((off <= 1e-3 * scale).all())
 
 
 def rms(quantized: torch.Tensor, weight: torch.Tensor) -> float:
@@ -284,7 +296,8 @@ def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], Non
                 fallbacks.setdefault(f"int8 weights, not int4: {why}", []).append(path)
             layer = (Int4Linear if precision == "int4" and why is None else Int8Linear)(child).to(child.weight.device)
             if precision == "int8" and int4_available(child.weight.device) and not int4_refusal(
-                    child.in_features, child.out_features):
+                    child.in_features, child.out_features) and _on_grid(*_int4_grid(child.weight[:1])):
+                # (the first row off the grid settles it: a fine-tune's layers are not made in int4 to be dropped)
                 four = Int4Linear(child)
                 if four.on_grid and four.error <= layer.error:
                     layer = four

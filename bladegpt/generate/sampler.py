@@ -53,12 +53,24 @@ def compile_gain(rows: int) -> float:
 def in_precision(model: GPT, precision: str, cast: bool):
     """The model and the context to generate in: a copy with bf16 weights (cast=True: half the bytes each
     step reads, no per-step casts) or int8 weights (a quarter), bf16 autocast over fp32 weights (a model
-    that is training), or fp32."""
+    that is training), or fp32. The int8/int4 copy shares every weight it does not quantize with `model`
+    (read, never written), so making it copies no float weights: a training run samples through one."""
     if precision == "bf16" and cast:
         return copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext()
     if precision in QUANTIZED:
-        return quantize(copy.deepcopy(model), precision), contextlib.nullcontext()
+        return quantize(sharing_copy(model), precision), contextlib.nullcontext()
     return model, autocast(model.transformer.wte.weight.device, precision)
+
+
+def sharing_copy(model: GPT) -> GPT:
+    """A copy of `model`'s modules that holds `model`'s own parameters (not copies; buffers are copied) and
+    none of its compiled blocks: what quantize() may replace layers of without touching `model`."""
+    compiled = model.__dict__.pop("compiled_blocks", None)
+    try:
+        return copy.deepcopy(model, {id(p): p for p in model.parameters()})
+    finally:
+        if compiled is not None:
+            model.__dict__["compiled_blocks"] = compiled
 
 
 def _time_decode(model: GPT, device: torch.device, precision: str, cast: bool, steps: int = 16, rows: int = 1) -> float:

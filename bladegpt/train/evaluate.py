@@ -13,11 +13,13 @@ from bladegpt.config import REPETITION_PENALTY, ModelConfig, TrainConfig
 from bladegpt.data import copymeter
 from bladegpt.data.dataset import TokenData
 from bladegpt.generate.engine import generate, prompt_ids, sample_text
-from bladegpt.generate.sampler import decode_precision
+from bladegpt.generate.quantize import QUANTIZED
+from bladegpt.generate.sampler import decode_precision, in_precision
 from bladegpt.generate.settings import SampleSettings
 from bladegpt.generate.voice import StyleReference, report
+from bladegpt.lora import FrozenLinear
 from bladegpt.model import GPT
-from bladegpt.runtime import Runtime, autocast
+from bladegpt.runtime import Runtime
 from bladegpt.train.distributed import Distributed
 
 
@@ -75,15 +77,28 @@ class Evaluator:
         tok = self.data.tokenizer
         model.eval()
         gen = torch.Generator(self.device).manual_seed(self.cfg.seed)
-        if self.sample_precision is None:  # generation's own choice, measured once: bf16 autocast or fp32
-            self.sample_precision = decode_precision(model, self.device, cast=False)  # (weights never cast)
-        with autocast(self.device, self.sample_precision):
+        if self.sample_precision is None:  # `sample`'s own choice for this model here, measured once
+            self.sample_precision = self._decode_precision(model)
+        decoder, context = in_precision(model, self.sample_precision, cast=self.sample_precision in QUANTIZED)
+        with context:
             opening = prompt_ids(tok, self.data.meta.get("opening", ""))  # a speaker's dataset: the scene's start
-            ids = list(generate(model, opening, self.cfg.sample_tokens, tok.vocab_size, gen,
+            ids = list(generate(decoder, opening, self.cfg.sample_tokens, tok.vocab_size, gen,
                                 **SampleSettings(self.cfg.sample_tokens, repetition_penalty=REPETITION_PENALTY).knobs(),
                                 stop=tok.stop_ids))
         model.train()
         return sample_text(ids, tok)
+
+    def _decode_precision(self, model: GPT) -> str:
+        """What `sample` will decode this model in here (decode_precision, cached per machine and shape) where
+        that is int8 or int4 weights: a quantized copy sharing the training weights, 2-3x faster than the
+        training model for SmolLM2-135M's 60 tokens on a 2-core EPYC (docs/benchmarks/finetune.md); else
+        fp32 or bf16 autocast over the training weights, which are never copied whole. LoRA's adapters are
+        not in its linears' weights, so a LoRA run decodes as it trains."""
+        if not any(isinstance(m, FrozenLinear) for m in model.modules()):
+            choice = decode_precision(model, self.device)
+            if choice in QUANTIZED:
+                return choice
+        return decode_precision(model, self.device, cast=False)
 
     def copied(self, sample: str | None) -> dict:
         """How much of the eval sample is copied from the training text (runbook.eval_record's fields);
