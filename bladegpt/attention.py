@@ -32,7 +32,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout
     which are theirs; or, where a (T, S) mask is given (a static cache, a sliding window), over the keys
     it allows. Scores are scaled by `scale`, else 1 / sqrt(hs). With fewer kv heads than query heads
     (GQA), query head h reads kv head h // (nh / nkv). `chunked` takes the plain causal case without
-    dropout (a training step, a prompt on an empty cache); anything else goes to `sdpa`."""
+    dropout (a training step, a prompt on an empty cache); anything else goes to `sdpa` (a sliding window's
+    layer calls chunked_attention itself, with its window: model.py)."""
     T, S = q.size(-2), k.size(-2)
     gqa = k.size(1) != q.size(1)
     if impl == "chunked":
@@ -66,31 +67,50 @@ def window_mask(pos: torch.Tensor, S: int, window: int) -> torch.Tensor:
     return mask if pos.dim() == 1 else mask[:, None]  # the same for every head
 
 
-def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                      window: int | None = None) -> torch.Tensor:
     """Causal self-attention of q (B, nh, T, hs) over k, v (B, nkv, T, hs), nh a multiple of nkv, computed
-    CHUNK queries at a time (the module's docstring). In the autocast dtype where autocast is on (scores and
-    probabilities rounded to it before each matmul, as `manual` under autocast; the softmax computed in
-    fp32), else in q's. Returns (B, nh, T, hs)."""
+    CHUNK queries at a time (the module's docstring); with a `window`, each query sees only the `window`
+    positions up to its own (a sliding-window layer: Gemma 3's), and a chunk reads only the keys its queries
+    see. In the autocast dtype where autocast is on (scores and probabilities rounded to it before each
+    matmul, as `manual` under autocast; the softmax computed in fp32), else in q's. Returns (B, nh, T, hs)."""
     dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
     scale = scale or 1.0 / math.sqrt(q.size(-1))
     with torch.autocast(q.device.type, enabled=False):
-        return _ChunkedCausal.apply(q.to(dtype), k.to(dtype), v.to(dtype), scale)
+        return _ChunkedCausal.apply(q.to(dtype), k.to(dtype), v.to(dtype), scale, window)
 
 
-def _chunks(T: int):
-    """(first query, queries, keys seen) of each chunk: chunk c's queries see keys 0 .. its last query."""
+def _chunks(T: int, window: int | None):
+    """(first query, queries, first key seen, keys end) of each chunk: its queries see keys up to its last
+    query, from the first that its first query's window holds."""
     for start in range(0, T, CHUNK):
         n = min(CHUNK, T - start)
-        yield start, n, start + n
+        yield start, n, 0 if window is None else max(0, start - window + 1), start + n
 
 
-def _probabilities(qs: torch.Tensor, k: torch.Tensor, start: int, n: int, above: torch.Tensor) -> torch.Tensor:
-    """softmax over the keys a chunk sees: qs (B, nkv, g*n, hs) the chunk's scaled queries, grouped by
-    kv head; k (B, nkv, S, hs). The last n keys are the chunk's own: each query masks those after it."""
+class _Masks:
+    """The keys each chunk's queries may not see, as (first column, bool mask) over its scores' last columns:
+    the keys after each query (the last n columns, a triangle) and, with a window, those it has left behind."""
+
+    def __init__(self, window: int | None, device: torch.device):
+        self.window, self.device = window, device
+        self.above = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=device).triu(1)
+
+    def __call__(self, start: int, n: int, lo: int, S: int) -> tuple[int, torch.Tensor]:
+        if self.window is None or start + n - 1 - lo < self.window:  # no query has a key out of its window here
+            return start - lo, self.above[:n, :n]
+        behind = torch.arange(start, start + n, device=self.device)[:, None] - torch.arange(lo, S, device=self.device)
+        return 0, (behind < 0) | (behind >= self.window)
+
+
+def _probabilities(qs: torch.Tensor, k: torch.Tensor, n: int, masked: tuple[int, torch.Tensor]) -> torch.Tensor:
+    """softmax over the keys a chunk sees: qs (B, nkv, g*n, hs) the chunk's scaled queries, grouped by kv
+    head; k (B, nkv, S', hs) the keys it reads; `masked` (_Masks) the ones each query may not see."""
     B, nkv, rows, _ = qs.shape
     S = k.size(-2)
     scores = (qs @ k.transpose(-2, -1)).view(B, nkv, rows // n, n, S)
-    scores[..., start:].masked_fill_(above[:n, :n], float("-inf"))
+    col, mask = masked
+    scores[..., col:].masked_fill_(mask, float("-inf"))
     return torch.softmax(scores, dim=-1).view(B, nkv, rows, S)  # in fp32 inside, rounded to the input's dtype
 
 
@@ -100,18 +120,19 @@ class _ChunkedCausal(torch.autograd.Function):
     fp32 over the chunks that see each key)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale):
+    def forward(ctx, q, k, v, scale, window):
         B, nh, T, hs = q.shape
         nkv = k.size(1)
         g = nh // nkv
         qs = (q * scale).view(B, nkv, g, T, hs)  # query head h = kv head h // g, row h % g of its group
-        above = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=q.device).triu(1)
+        masks = _Masks(window, q.device)
         out = torch.empty(B, nkv, g, T, hs, dtype=q.dtype, device=q.device)
-        for start, n, S in _chunks(T):
-            p = _probabilities(qs[:, :, :, start:S].reshape(B, nkv, g * n, hs), k[:, :, :S], start, n, above)
-            out[:, :, :, start:S] = (p @ v[:, :, :S]).view(B, nkv, g, n, hs)
+        for start, n, lo, S in _chunks(T, window):
+            qc = qs[:, :, :, start:start + n].reshape(B, nkv, g * n, hs)
+            p = _probabilities(qc, k[:, :, lo:S], n, masks(start, n, lo, S))
+            out[:, :, :, start:start + n] = (p @ v[:, :, lo:S]).view(B, nkv, g, n, hs)
         ctx.save_for_backward(q, k, v)
-        ctx.scale = scale
+        ctx.scale, ctx.window = scale, window
         return out.view(B, nh, T, hs)
 
     @staticmethod
@@ -123,17 +144,17 @@ class _ChunkedCausal(torch.autograd.Function):
         g = nh // nkv
         qs = (q * ctx.scale).view(B, nkv, g, T, hs)
         dout = grad_out.to(q.dtype).reshape(B, nkv, g, T, hs)
-        above = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=q.device).triu(1)
+        masks = _Masks(ctx.window, q.device)
         dq = torch.empty(B, nkv, g, T, hs, dtype=q.dtype, device=q.device)
         wide = torch.promote_types(q.dtype, torch.float32)  # the sums over chunks: fp32 at least
         dk = torch.zeros(B, nkv, T, hs, dtype=wide, device=q.device)
         dv = torch.zeros(B, nkv, T, hs, dtype=wide, device=q.device)
-        for start, n, S in _chunks(T):
-            qc = qs[:, :, :, start:S].reshape(B, nkv, g * n, hs)
-            p = _probabilities(qc, k[:, :, :S], start, n, above)
-            do = dout[:, :, :, start:S].reshape(B, nkv, g * n, hs)
-            dv[:, :, :S] += p.transpose(-2, -1) @ do
-            ds = torch._softmax_backward_data(do @ v[:, :, :S].transpose(-2, -1), p, -1, p.dtype)
-            dq[:, :, :, start:S] = (ds @ k[:, :, :S]).view(B, nkv, g, n, hs) * ctx.scale
-            dk[:, :, :S] += ds.transpose(-2, -1) @ qc
-        return dq.view(B, nh, T, hs), dk.to(k.dtype), dv.to(v.dtype), None
+        for start, n, lo, S in _chunks(T, ctx.window):
+            qc = qs[:, :, :, start:start + n].reshape(B, nkv, g * n, hs)
+            p = _probabilities(qc, k[:, :, lo:S], n, masks(start, n, lo, S))
+            do = dout[:, :, :, start:start + n].reshape(B, nkv, g * n, hs)
+            dv[:, :, lo:S] += p.transpose(-2, -1) @ do
+            ds = torch._softmax_backward_data(do @ v[:, :, lo:S].transpose(-2, -1), p, -1, p.dtype)
+            dq[:, :, :, start:start + n] = (ds @ k[:, :, lo:S]).view(B, nkv, g, n, hs) * ctx.scale
+            dk[:, :, lo:S] += ds.transpose(-2, -1) @ qc
+        return dq.view(B, nh, T, hs), dk.to(k.dtype), dv.to(v.dtype), None, None

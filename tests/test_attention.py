@@ -84,3 +84,14 @@ def test_a_training_step_under_chunked_attention_equals_sdpa():
         grads[impl] = [loss.detach(), *(p.grad.clone() for p in model.parameters())]
     for a, b in zip(grads["sdpa"], grads["chunked"]):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("T, window", [(300, 100), (260, 128), (200, 1), (90, 512)])
+def test_chunked_with_a_sliding_window_equals_sdpa_with_the_window_mask(T, window):
+    q, k, v = qkv(1, 4, 1, T, 8)
+    dout = torch.randn(1, 4, T, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ours = result_and_grads(lambda *a: chunked_attention(*a, scale=0.2, window=window), q, k, v, dout)
+    mask = attention.window_mask(torch.arange(T), T, window)
+    sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.2, enable_gqa=True)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, result_and_grads(sdpa, q, k, v, dout)):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10), name
