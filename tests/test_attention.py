@@ -116,3 +116,15 @@ def test_train_with_dropout_and_chunked_is_refused_and_writes_nothing(corpus, wo
     with pytest.raises(DeviceError, match="--attention chunked computes attention without dropout"):
         train(None, "nano", {**TINY_MODEL, "dropout": 0.1}, TINY_TRAIN, attention="chunked", compile="off")
     assert not (workdir / "runs").exists() or not any((workdir / "runs").iterdir())
+
+
+def test_chunked_keeps_nothing_of_size_t_by_t_for_backward():
+    """The point of chunked: the backward pass computes each chunk's probabilities again, so what autograd keeps
+    is q, k and v (manual attention keeps its T x T probabilities)."""
+    T = 512
+    q, k, v = qkv(1, 4, 2, T, 8, dtype=torch.float32)
+    for impl, most in (("chunked", 4 * T * 8), ("manual", 4 * T * T)):
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.numel()) or t, lambda t: t):
+            attend(q, k, v, impl, 0.0)
+        assert max(kept) == most, impl
