@@ -62,13 +62,13 @@ class Rung:
     compile: bool
 
 
-def ladder(device: torch.device, shape: tuple[int, int, int, int]) -> list[Rung]:
+def ladder(device: torch.device, shape: tuple[int, int, int, int], dropout: float = 0.0) -> list[Rung]:
     """The lecture's rungs, each adding to the one before, and what `train` would pick here."""
     # Where bf16 cannot run, the rungs after it add their step to fp32 instead.
     mixed = "bf16" if unavailable_reason(Rung("", "", "bf16", "manual", False), device) is None else "fp32"
     auto_precision = choose_precision(device)
     auto_compile, _ = compile_available(device)
-    auto_attention = choose_attention(device, auto_precision, shape)
+    auto_attention = choose_attention(device, auto_precision, shape, "auto", dropout)
     auto_label = f"train's pick: {auto_precision}, {auto_attention}, {'compiled' if auto_compile else 'eager'}"
     return [
         Rung("vanilla", "fp32, manual attention, eager", "fp32", "manual", False),
@@ -158,7 +158,7 @@ def bench(
     batch = batch if batch is not None else train_cfg.batch_size
     if batch < 1 or steps < 1:
         raise ConfigError(f"--batch and --steps must be at least 1, got batch {batch} and steps {steps}.")
-    all_rungs = ladder(dev, model_cfg.attention_shape(batch))
+    all_rungs = ladder(dev, model_cfg.attention_shape(batch), model_cfg.dropout)
     names = [r.name for r in all_rungs]
     unknown = sorted(set(rungs or []) - set(names))
     if unknown:

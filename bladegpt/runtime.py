@@ -30,6 +30,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 ATTENTIONS = ("auto", *ATTENTION_IMPLS)
 COMPILE_MODES = ("auto", "on", "off")
 ATTENTION_KEY = "attention-v2"  # v2: chunked among the choices (a v1 choice was between manual and sdpa only)
+DROPOUT_TAG = "dropout"  # the end of an attention key for a model that drops (chunked not a choice)
 
 # Dense bf16 tensor-core peaks (FLOP/s) of known cards, from their data sheets.
 GPU_BF16_PEAKS = {
@@ -248,7 +249,8 @@ def _retake_attention(key: str) -> str | None:
     """The attention choice of a cached `choose_attention` key of this machine and PyTorch, measured
     again (on the CPU at the key's thread count); None for another key."""
     parts = key.split("|")
-    if len(parts) != 5 or parts[0] != ATTENTION_KEY or parts[4] != torch.__version__:
+    if len(parts) not in (5, 6) or parts[0] != ATTENTION_KEY or parts[4] != torch.__version__ or parts[5:] not in (
+            [], [DROPOUT_TAG]):
         return None
     where, precision, shape = parts[1], parts[2], ast.literal_eval(parts[3])
     prefix = f"{cpu_model()}, "
@@ -259,7 +261,7 @@ def _retake_attention(key: str) -> str | None:
     else:
         return None
     seconds = lambda impl: _time_attention(device, precision, impl, shape)
-    return _at_threads(threads, lambda: min(ATTENTION_IMPLS, key=seconds))
+    return _at_threads(threads, lambda: min(_attention_candidates(len(parts) == 6), key=seconds))
 
 
 def peak_flops(device: torch.device) -> float:
@@ -329,15 +331,27 @@ def _time_attention(device, precision, impl, shape, reps=5) -> float:
     return statistics.median(times)
 
 
-def choose_attention(device: torch.device, precision: str, shape: tuple[int, int, int, int], requested: str = "auto") -> str:
+def _attention_candidates(dropout: bool) -> tuple[str, ...]:
+    """What attention a run may train with: chunked has no dropout (attend() sends a step that drops to sdpa)."""
+    return tuple(impl for impl in ATTENTION_IMPLS if not (dropout and impl == "chunked"))
+
+
+def choose_attention(device: torch.device, precision: str, shape: tuple[int, int, int, int], requested: str = "auto",
+                     dropout: float = 0.0) -> str:
     """Manual, SDPA or chunked attention (attention.py), whichever trains faster at this (B, nh, T, hs) here,
-    forward and backward; cached."""
+    forward and backward; cached. A model with `dropout` > 0 trains without chunked, which cannot drop
+    (auto leaves it out; asked for, it is refused: DeviceError, one line)."""
     if requested not in ATTENTIONS:
         raise DeviceError(f"Unknown attention '{requested}'; choose one of: {', '.join(ATTENTIONS)}.")
+    if requested == "chunked" and dropout > 0:
+        raise DeviceError(f"--attention chunked computes attention without dropout, and this model has --dropout "
+                          f"{dropout}; use --attention sdpa or manual, or --dropout 0.")
     if requested != "auto":
         return requested
     key = f"{ATTENTION_KEY}|{device_name(device)}|{precision}|{shape}|{torch.__version__}"
-    return cached(key, lambda: min(ATTENTION_IMPLS, key=lambda impl: _time_attention(device, precision, impl, shape)))
+    key += f"|{DROPOUT_TAG}" if dropout > 0 else ""  # a choice without chunked among the candidates
+    candidates = _attention_candidates(dropout > 0)
+    return cached(key, lambda: min(candidates, key=lambda impl: _time_attention(device, precision, impl, shape)))
 
 
 def compile_available(device: torch.device) -> tuple[bool, str]:

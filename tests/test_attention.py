@@ -2,14 +2,20 @@
 grouped and full heads, lengths that are not a multiple of the chunk, and a scale of the model's own; in the
 model, a training step's loss and gradients under each implementation."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bladegpt import attention
+from bladegpt import attention, runtime
 from bladegpt.attention import attend, chunked_attention
 from bladegpt.config import ModelConfig
+from bladegpt.data.prepare import prepare
+from bladegpt.errors import DeviceError
 from bladegpt.model import GPT
+from bladegpt.train import train
+from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 
 def qkv(B, nh, nkv, T, hs, dtype=torch.float64, seed=0):
@@ -95,3 +101,52 @@ def test_chunked_with_a_sliding_window_equals_sdpa_with_the_window_mask(T, windo
     sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.2, enable_gqa=True)
     for name, a, b in zip(("out", "dq", "dk", "dv"), ours, result_and_grads(sdpa, q, k, v, dout)):
         assert torch.allclose(a, b, atol=1e-12, rtol=1e-10), name
+
+def test_a_model_with_dropout_never_trains_with_chunked(tmp_path, monkeypatch):
+    """chunked cannot drop (attend() sends such a step to sdpa): auto picks among manual and sdpa only, and
+    --attention chunked with --dropout is one line naming both, not a run that says chunked and trains with sdpa."""
+    monkeypatch.setenv("BLADEGPT_CACHE", str(tmp_path))
+    timed = []
+    monkeypatch.setattr(runtime, "_time_attention", lambda device, precision, impl, shape: timed.append(impl) or
+                        {"manual": 2.0, "sdpa": 3.0, "chunked": 1.0}[impl])
+    cpu, shape = torch.device("cpu"), (2, 4, 512, 32)
+    assert runtime.choose_attention(cpu, "fp32", shape) == "chunked"
+    assert runtime.choose_attention(cpu, "fp32", shape, "auto", 0.2) == "manual"  # measured apart, not the above
+    assert timed == ["manual", "sdpa", "chunked", "manual", "sdpa"]
+    keys = [key for key in json.loads((tmp_path / "measurements.json").read_text()) if key.startswith("attention")]
+    assert [runtime._retake_attention(key) for key in sorted(keys, key=len)] == ["chunked", "manual"]  # bench --remeasure
+    with pytest.raises(DeviceError, match="--attention chunked computes attention without dropout, and this model has "
+                                          r"--dropout 0.2; use --attention sdpa or manual, or --dropout 0\."):
+        runtime.choose_attention(cpu, "fp32", shape, "chunked", 0.2)
+    assert runtime.choose_attention(cpu, "fp32", shape, "chunked", 0.0) == "chunked"
+
+
+def test_train_with_dropout_and_chunked_is_refused_and_writes_nothing(corpus, workdir):
+    prepare([corpus], tokenizer="char")
+    with pytest.raises(DeviceError, match="--attention chunked computes attention without dropout"):
+        train(None, "nano", {**TINY_MODEL, "dropout": 0.1}, TINY_TRAIN, attention="chunked", compile="off")
+    assert not (workdir / "runs").exists() or not any((workdir / "runs").iterdir())
+
+
+def test_chunked_keeps_nothing_of_size_t_by_t_for_backward():
+    """The point of chunked: the backward pass computes each chunk's probabilities again, so what autograd keeps
+    is q, k and v (manual attention keeps its T x T probabilities)."""
+    T = 512
+    q, k, v = qkv(1, 4, 2, T, 8, dtype=torch.float32)
+    for impl, most in (("chunked", 4 * T * 8), ("manual", 4 * T * T)):
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.numel()) or t, lambda t: t):
+            attend(q, k, v, impl, 0.0)
+        assert max(kept) == most, impl
+
+
+def test_a_backward_called_under_autocast_keeps_fp32_attention_in_fp32():
+    q, k, v = (t.float().detach().requires_grad_() for t in qkv(1, 2, 2, 140, 8))
+    chunked_attention(q, k, v).sum().backward()
+    outside = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    out = chunked_attention(q, k, v)
+    with torch.autocast("cpu", torch.bfloat16):
+        out.sum().backward()
+    assert all(torch.equal(t.grad, g) for t, g in zip((q, k, v), outside))

@@ -414,3 +414,27 @@ def test_a_costly_sample_is_written_at_the_first_and_last_evaluations_only(corpu
     assert len(phases["steps, eager"]) + len(phases.get("steps, compiled", [])) == 30
     assert len(phases["evaluations: val loss"]) == 3 and len(phases["evaluations: samples"]) == len(sampled_at)
     assert len(phases["saves: last + state"]) == 3 and phases["plan: the dataset read, the run sized"]
+
+
+def test_evaluations_sampling_through_an_int8_copy_leave_training_as_it_was_and_resume_exactly(corpus, monkeypatch):
+    """The int8 copy an evaluation decodes from shares the training weights: the run trains as one that never
+    samples, and a resume follows it; with chunked attention, which the sample's prompt goes through."""
+    from bladegpt.generate import sampler
+    from bladegpt.train import evaluate
+
+    real = evaluate.decode_precision
+    monkeypatch.setattr(evaluate, "decode_precision", lambda model, device, cast=True: "int8" if cast else
+                        real(model, device, cast=cast))
+    made = []
+    quantize = sampler.quantize
+    monkeypatch.setattr(sampler, "quantize", lambda model, precision: made.append(precision) or quantize(model, precision))
+    prepare([corpus], tokenizer="char")
+    schedule = {**TINY_TRAIN, "sample_tokens": 8}
+    whole = train(None, "nano", TINY_MODEL, schedule, compile="off", attention="chunked")
+    assert made == ["int8"] * 3
+    silent = train(None, "nano", TINY_MODEL, {**schedule, "sample_tokens": 0}, compile="off", attention="chunked")
+    assert [(r["loss"], r.get("val_loss")) for r in whole.history] == [(r["loss"], r.get("val_loss")) for r in silent.history]
+    assert all(torch.equal(a, b) for a, b in zip(whole.model.parameters(), silent.model.parameters()))
+    cut = train(None, "nano", TINY_MODEL, schedule, compile="off", attention="chunked", reporter=CtrlCAt(15))
+    resumed = train(resume=True, run=cut.run_dir, compile="off")
+    assert_resume_follows(whole, resumed, 15)

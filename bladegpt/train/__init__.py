@@ -101,7 +101,7 @@ def train(
             prec = choose_precision(dev, plan.runtime["precision"])
             set_matmul_precision(dev, allow_tf32=True)  # TF32 matmuls on Ampere+ GPUs; no-op elsewhere
             shape = plan.model_cfg.attention_shape(plan.train_cfg.micro_batch)
-            attn = ddp.broadcast(choose_attention(dev, prec, shape, plan.runtime["attention"]))
+            attn = ddp.broadcast(choose_attention(dev, prec, shape, plan.runtime["attention"], plan.model_cfg.dropout))
             trainer = Trainer(plan.model_cfg, plan.train_cfg, plan.data, run_dir, Runtime(dev, prec, attn, False),
                               plan.runtime["compile"], ddp, reporter, signals, model=plan.model)
             plan.model = None
