@@ -138,6 +138,11 @@ class _ChunkedCausal(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):  # a backward() called under autocast: as forward
+            return _ChunkedCausal._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         q, k, v = ctx.saved_tensors
         B, nh, T, hs = q.shape
         nkv = k.size(1)
