@@ -235,6 +235,18 @@ class GPT(nn.Module):
         # to compute, not what: set by the trainer, never saved.
         self.activation_checkpointing = False
 
+    @classmethod
+    def uninitialized(cls, config: ModelConfig, attention: str = "sdpa") -> GPT:
+        """A model on the CPU whose weights are allocated but not initialized: for weights about to be loaded
+        whole (a fine-tune's start, a resume), without the random init they would overwrite (3.9 s of
+        Gemma 3 270M's start on a 2-core AMD EPYC). Tied as GPT() ties; RoPE's tables computed."""
+        with torch.device("meta"):
+            model = cls(config, attention)
+        model = model.to_empty(device="cpu")
+        model.tie_weights()
+        model.reset_buffers()
+        return model
+
     def reset_buffers(self) -> None:
         """(Re)compute RoPE's cos/sin tables beside the weights: after loading weights into a model built on
         the meta device, or a change of context. Not saved with the weights: they follow from the config."""

@@ -64,3 +64,13 @@ def test_frozen_tensors_are_not_averaged_and_state_round_trips():
 def test_a_decay_outside_0_1_is_refused(decay):
     with pytest.raises(ValueError):
         WeightAverage(model_at(0.0), decay=decay)
+
+
+def test_what_the_weights_held_before_the_first_update_never_counts():
+    """A fine-tune's model is allocated, not initialized, when its average is made (its weights are loaded next):
+    memory that happens to hold NaN must not reach the average (a lerp by 1 from NaN stays NaN)."""
+    layer = model_at(float("nan"))
+    average = WeightAverage(layer, decay=0.9)
+    set_to(layer, 3.0)
+    average.update()
+    assert torch.equal(average.average["weight"], torch.full((2, 2), 3.0))

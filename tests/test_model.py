@@ -118,3 +118,14 @@ def test_rms_norm_in_fp32_is_transformers_formula_to_the_last_bit(rows, dim):
         norm.weight.normal_()
     x = 3 * torch.randn(rows, dim)
     assert torch.equal(norm(x), norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)))
+
+
+def test_an_uninitialized_model_is_tied_and_holds_what_is_loaded_into_it():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, positions="rope", norm="rmsnorm")
+    model = GPT(cfg).eval()
+    empty = GPT.uninitialized(cfg)
+    assert empty.lm_head.weight is empty.transformer.wte.weight
+    empty.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 64, (2, 16))
+    assert torch.equal(empty.eval()(idx)[0], model(idx)[0])

@@ -103,7 +103,8 @@ def train(
             shape = plan.model_cfg.attention_shape(plan.train_cfg.micro_batch)
             attn = ddp.broadcast(choose_attention(dev, prec, shape, plan.runtime["attention"], plan.model_cfg.dropout))
             trainer = Trainer(plan.model_cfg, plan.train_cfg, plan.data, run_dir, Runtime(dev, prec, attn, False),
-                              plan.runtime["compile"], ddp, reporter, signals, model=plan.model)
+                              plan.runtime["compile"], ddp, reporter, signals, model=plan.model,
+                              loading=resume or plan.initial is not None)
             plan.model = None
             if resume:
                 restore(trainer, plan, requested, reporter)

@@ -35,8 +35,11 @@ class WeightAverage:
     def update(self) -> None:
         weight = 1 - min(self.decay, self.updates / (self.updates + 1))
         names = list(self.params)
-        torch._foreach_lerp_([self.average[n] for n in names], [self.params[n].detach().float() for n in names],
-                             weight)
+        weights = [self.params[n].detach().float() for n in names]
+        if self.updates == 0:  # the weights themselves: what the average held before (the weights of a model
+            torch._foreach_copy_([self.average[n] for n in names], weights)  # not loaded yet) never counts
+        else:
+            torch._foreach_lerp_([self.average[n] for n in names], weights, weight)
         self.updates += 1
 
     @contextmanager

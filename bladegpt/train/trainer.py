@@ -105,6 +105,7 @@ class Trainer:
         reporter: Reporter,
         signals: StopSignals | None = None,
         model: GPT | None = None,
+        loading: bool = False,
     ):
         self.model_cfg, self.cfg, self.data, self.run_dir = model_cfg, train_cfg, data, run_dir
         self.runtime, self.compile_mode, self.ddp, self.reporter = runtime, compile_mode, ddp, reporter
@@ -117,8 +118,8 @@ class Trainer:
             )
         self.local_accum = train_cfg.accum // ddp.world
         torch.manual_seed(train_cfg.seed)
-        if model is None:
-            model = GPT(model_cfg, attention=runtime.attention)
+        if model is None:  # `loading`: the caller loads every weight next (a fine-tune's start, a resume): no init
+            model = GPT.uninitialized(model_cfg, runtime.attention) if loading else GPT(model_cfg, attention=runtime.attention)
         else:  # built by the caller (a LoRA run's frozen base and adapters): only its trainable tensors train
             model.set_attention(runtime.attention)
         self.model = model.to(self.device)
