@@ -413,3 +413,15 @@ def test_an_evaluation_samples_in_the_precision_sample_would_and_a_lora_run_as_i
     asked.clear()
     attach(model, LoraConfig())
     assert evaluator._decode_precision(model) == "bf16" and asked == [False]  # its adapters are not in the weights
+
+
+@needs_fbgemm
+def test_a_short_texts_copy_packs_nothing_for_fbgemm(monkeypatch):
+    monkeypatch.setattr(quantize_module, "_fbgemm_faster", lambda layer: True)  # fbgemm measured faster everywhere
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    usual, _ = sampler.in_precision(model, "int8", cast=True)
+    short, _ = sampler.in_precision(model, "int8", cast=True, short=True)
+    layers = lambda m: [layer for layer in m.modules() if isinstance(layer, Int8Linear)]
+    assert all(layer.dynamic is not None for layer in layers(usual))
+    assert layers(short) and all(layer.dynamic is None for layer in layers(short))

@@ -276,13 +276,16 @@ def int4_available(device: torch.device) -> bool:
     return device.type == "cpu" and hasattr(torch, "_weight_int4pack_mm_for_cpu")
 
 
-def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], None] = lambda line: None) -> nn.Module:
+def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], None] = lambda line: None,
+             fbgemm: bool = True) -> nn.Module:
     """Replace every nn.Linear of `model` in place with an Int8Linear, or an Int4Linear where the int4
     kernel takes its shape (generation only: no gradients). "int8" takes int4 too, for a layer the int4 kernel
     takes on this CPU whose weights are on its 4-bit grid and which it rounds no further than int8 would (rms
     error): a Q4_1 GGUF's, untouched (3.3-3.8x closer than int8 for SmolLM2-135M's, at half the bytes); a
     fine-tune's stay int8 (each kept in int4 is said). Embeddings stay as they are: a lookup reads one row a token. A head tied to the embedding gets its own quantized copy; the
-    embedding keeps the float weights. Layers a kernel cannot take are said, one line a reason, through `say`."""
+    embedding keeps the float weights. Layers a kernel cannot take are said, one line a reason, through `say`.
+    `fbgemm` False: no layer takes fbgemm's kernel, whose packing of each weight costs more than it saves over a
+    short text (Gemma 3's 640 x 262,144 head: ~1.9 s to pack, ~0.9 s saved over 60 tokens; 2-core AMD EPYC)."""
     if precision not in QUANTIZED:
         raise ValueError(f"precision must be one of {QUANTIZED}, got {precision!r}")
     fallbacks: dict[str, list[str]] = {}  # what a layer runs instead, and why -> its names
@@ -304,7 +307,8 @@ def quantize(model: nn.Module, precision: str = "int8", say: Callable[[str], Non
                     fallbacks.setdefault("int4 weights, not int8: theirs are already 4-bit (a Q4_1 file's, untouched), "
                                          "which int4 holds closer in half the bytes", []).append(path)
             setattr(module, name, layer)
-    choose_int8_kernels(model)
+    if fbgemm:
+        choose_int8_kernels(model)
     for path, layer in model.named_modules():  # fbgemm's kernel, where taken, loses nothing: not said
         if isinstance(layer, Int8Linear) and layer.weight.device.type == "cpu" and layer.refusal and layer.dynamic is None:
             fallbacks.setdefault(f"dequantized int8 weights (slower): {layer.refusal}", []).append(path)

@@ -50,15 +50,16 @@ def compile_gain(rows: int) -> float:
     return 0.25 if rows == 1 else 0.1
 
 
-def in_precision(model: GPT, precision: str, cast: bool):
+def in_precision(model: GPT, precision: str, cast: bool, short: bool = False):
     """The model and the context to generate in: a copy with bf16 weights (cast=True: half the bytes each
     step reads, no per-step casts) or int8 weights (a quarter), bf16 autocast over fp32 weights (a model
     that is training), or fp32. The int8/int4 copy shares every weight it does not quantize with `model`
-    (read, never written), so making it copies no float weights: a training run samples through one."""
+    (read, never written), so making it copies no float weights: a training run samples through one.
+    `short`: for one short text, where packing weights for fbgemm's kernel costs more than it saves (quantize)."""
     if precision == "bf16" and cast:
         return copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext()
     if precision in QUANTIZED:
-        return quantize(sharing_copy(model), precision), contextlib.nullcontext()
+        return quantize(sharing_copy(model), precision, fbgemm=not short), contextlib.nullcontext()
     return model, autocast(model.transformer.wte.weight.device, precision)
 
 

@@ -79,7 +79,8 @@ class Evaluator:
         gen = torch.Generator(self.device).manual_seed(self.cfg.seed)
         if self.sample_precision is None:  # `sample`'s own choice for this model here, measured once
             self.sample_precision = self._decode_precision(model)
-        decoder, context = in_precision(model, self.sample_precision, cast=self.sample_precision in QUANTIZED)
+        decoder, context = in_precision(model, self.sample_precision, cast=self.sample_precision in QUANTIZED,
+                                        short=True)
         with context:
             opening = prompt_ids(tok, self.data.meta.get("opening", ""))  # a speaker's dataset: the scene's start
             ids = list(generate(decoder, opening, self.cfg.sample_tokens, tok.vocab_size, gen,
