@@ -427,7 +427,8 @@ def test_evaluations_sampling_through_an_int8_copy_leave_training_as_it_was_and_
                         real(model, device, cast=cast))
     made = []
     quantize = sampler.quantize
-    monkeypatch.setattr(sampler, "quantize", lambda model, precision, **kw: made.append(precision) or quantize(model, precision, **kw))
+    monkeypatch.setattr(sampler, "quantize",
+                        lambda model, precision, **kw: made.append(precision) or quantize(model, precision, **kw))
     prepare([corpus], tokenizer="char")
     schedule = {**TINY_TRAIN, "sample_tokens": 8}
     whole = train(None, "nano", TINY_MODEL, schedule, compile="off", attention="chunked")

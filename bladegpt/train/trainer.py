@@ -104,8 +104,7 @@ class Trainer:
         ddp: Distributed,
         reporter: Reporter,
         signals: StopSignals | None = None,
-        model: GPT | None = None,
-        loading: bool = False,
+        model: GPT | None = None, loading: bool = False,
     ):
         self.model_cfg, self.cfg, self.data, self.run_dir = model_cfg, train_cfg, data, run_dir
         self.runtime, self.compile_mode, self.ddp, self.reporter = runtime, compile_mode, ddp, reporter
