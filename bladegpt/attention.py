@@ -27,19 +27,23 @@ CHUNK = 128
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout_p: float,
-           mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+           mask: torch.Tensor | None = None, scale: float | None = None, window: int | None = None,
+           pos: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of T new queries (B, nh, T, hs) over S >= T keys (B, nkv, S, hs), the last T of
-    which are theirs; or, where a (T, S) mask is given (a static cache, a sliding window), over the keys
-    it allows. Scores are scaled by `scale`, else 1 / sqrt(hs). With fewer kv heads than query heads
+    which are theirs; or, where a (T, S) mask is given (a static cache), over the keys it allows; with a
+    sliding `window`, over the `window` positions up to each query's, at `pos` (window_mask; in place of the
+    cache's mask). Scores are scaled by `scale`, else 1 / sqrt(hs). With fewer kv heads than query heads
     (GQA), query head h reads kv head h // (nh / nkv). `chunked` takes the plain causal case without
-    dropout (a training step, a prompt on an empty cache); anything else goes to `sdpa` (a sliding window's
-    layer calls chunked_attention itself, with its window: model.py)."""
+    dropout (a training step, a prompt on an empty cache: key slot s holds position s); anything else goes
+    to `sdpa`."""
     T, S = q.size(-2), k.size(-2)
-    gqa = k.size(1) != q.size(1)
     if impl == "chunked":
         if mask is None and T == S and dropout_p == 0:
-            return chunked_attention(q, k, v, scale)
+            return chunked_attention(q, k, v, scale, window)
         impl = "sdpa"
+    if window is not None:
+        mask = window_mask(pos, S, window)
+    gqa = k.size(1) != q.size(1)
     if impl == "sdpa" and mask is None and T == S:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale, enable_gqa=gqa)
     if mask is None and T > 1:

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from bladegpt.attention import ATTENTION_IMPLS, attend, chunked_attention, window_mask
+from bladegpt.attention import ATTENTION_IMPLS, attend
 from bladegpt.config import GATED, ModelConfig
 from bladegpt.loss import linear_cross_entropy, softcapped
 
@@ -147,12 +147,7 @@ class CausalSelfAttention(nn.Module):
         return dropout(self.resid_dropout, self.c_proj(y))
 
     def _attend(self, q, k, v, mask, pos) -> torch.Tensor:
-        dropout_p = self.dropout if self.training else 0.0
-        if self.window is not None:  # causal within the window, in place of the cache's causal mask
-            if self.impl == "chunked" and mask is None and q.size(-2) == k.size(-2) and dropout_p == 0:
-                return chunked_attention(q, k, v, self.scale, self.window)  # key slot s is position s: pos 0..T-1
-            mask = window_mask(pos, k.size(-2), self.window)
-        return attend(q, k, v, self.impl, dropout_p, mask, self.scale)
+        return attend(q, k, v, self.impl, self.dropout if self.training else 0.0, mask, self.scale, self.window, pos)
 
 
 class MLP(nn.Module):
