@@ -266,3 +266,19 @@ def test_the_commands_export_and_a_tokenizer_mismatch_name_are_quoted_for_the_sh
     assert refused.exit_code == 1, refused.output
     words = shlex.split(" ".join(refused.output.split()).split("`")[1])
     assert words[:2] == ["bladegpt", "prepare"] and words[-2:] == ["--tokenizer-from", out], refused.output
+
+
+def test_a_full_disk_under_a_writer_that_names_no_file_is_one_line(capsys):
+    """`export --format gguf` on a full disk: numpy's tofile raised OSError('884736 requested and 310168 written'),
+    which names no file, and the user got a traceback (seen when the disk of CI's machine filled)."""
+    from bladegpt.cli.app import friendly
+
+    @friendly
+    def command():
+        raise OSError("884736 requested and 310168 written")
+
+    with pytest.raises(typer.Exit) as exit_:
+        command()
+    shown = capsys.readouterr().err
+    assert exit_.value.exit_code == 1 and shown.count("\n") == 1
+    assert "A read or write failed (884736 requested and 310168 written)" in shown

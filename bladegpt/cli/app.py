@@ -66,6 +66,9 @@ def friendly(command):
             if isinstance(e, OSError) and e.filename is not None:
                 fail(f"Cannot write or read {e.filename}: {e.strerror}. Check its permissions and the free space "
                      "on its disk, then run the command again.")
+            if isinstance(e, OSError):  # a writer's short write on a full disk names no file (numpy's tofile)
+                fail(f"A read or write failed ({e}). Check the free space on the disk and the permissions of the "
+                     "files named in the command, then run it again.")
             if speaks():
                 raise
             raise typer.Exit(code=1) from None  # a peer of this torchrun job stopped first and said why
