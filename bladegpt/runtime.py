@@ -2,7 +2,7 @@
 
 "auto" never guesses from a rule of thumb where a measurement is cheap: the CPU's bf16 and fp32
 matmul peaks and the manual-vs-SDPA attention speed are measured once and cached. A cached peak that
-contradicts another (more threads slower than fewer) is taken again, and `remeasure` retakes them all.
+contradicts another (more threads not scaling from fewer) is taken again, and `remeasure` retakes them all.
 """
 
 from __future__ import annotations
@@ -146,9 +146,11 @@ def cpu_bf16_supported() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-# More threads may run a matmul a little slower than fewer where they share cores (SMT, a busy
-# neighbour); slower than this share of the fewer threads' figure, one of the two was taken while
-# something else ran (a helper's cache: 0.70 TFLOP/s bf16 at 2 threads against 1.39 at 1).
+# A 2,048-wide matmul is compute-bound: on cores of its own, each thread adds about one thread's FLOP/s
+# (this 2-core AMD EPYC: bf16 0.21 TFLOP/s at 1 thread, 0.43 at 2). A figure per thread below this share of
+# the fewer threads' was taken while something else ran (a helper's cache: 0.70 TFLOP/s bf16 at 2 threads
+# against 1.39 at 1; this machine's: 0.28 at 2 against 0.21 at 1, MFU then read 98%), or the threads share
+# cores (SMT) or a clock (turbo): measured again once, and a figure that stays is the machine's own.
 THREADS_TOLERANCE = 0.8
 
 
@@ -186,15 +188,16 @@ def _cached_by_threads(cache: dict, prefix: str, suffix: str) -> dict[int, str]:
 
 def cpu_peaks() -> dict[str, float]:
     """Measured matmul FLOP/s of this CPU in fp32 and (where supported) bf16 at this thread count; cached.
-    A peak cached for more threads that is slower than one for fewer (below THREADS_TOLERANCE) is taken
-    again, once, keeping the better figure: a busy machine only ever lowers one."""
+    A peak cached for more threads that does not scale from one for fewer (per thread, below THREADS_TOLERANCE
+    of the fewer threads' figure per thread) is taken again, once, keeping the better figure: a busy machine
+    only ever lowers one."""
     key = _cpu_peaks_key()
     peaks = cached(key, _measure_cpu_peaks)
     cache = _measurements()
     keys = _cached_by_threads(cache, f"cpu-peaks-v2|{cpu_model()}|", f"|{torch.__version__}")
     marker = f"cpu-peaks-retaken|{cpu_model()}|{torch.__version__}"  # a contradiction that stays is the machine's own
     suspects = {many for few, many in itertools.combinations(sorted(keys), 2)
-                if any(cache[keys[many]].get(dtype, value) < THREADS_TOLERANCE * value
+                if any(cache[keys[many]].get(dtype, value * many / few) < THREADS_TOLERANCE * value * many / few
                        for dtype, value in cache[keys[few]].items())} - set(cache.get(marker, []))
     for threads in sorted(suspects):
         fresh, old = _at_threads(threads, _measure_cpu_peaks), cache[keys[threads]]
