@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import gguf
 import torch
@@ -77,6 +77,20 @@ def ladder(device: torch.device, shape: tuple[int, int, int, int], dropout: floa
         Rung("flash", "+ flash attention (SDPA)", mixed, "sdpa", True),
         Rung("auto", auto_label, auto_precision, auto_attention, auto_compile),
     ]
+
+
+def selected(rungs: list[Rung], names: list[str] | None) -> list[Rung]:
+    """The rungs named (all without names); a rung whose rung before it is left out says its whole setup, not
+    '+ flash attention' over a rung the table does not show (--rungs vanilla,flash: flash is compiled too)."""
+    kept = []
+    for before, rung in zip([None, *rungs], rungs):
+        if names and rung.name not in names:
+            continue
+        if rung.label.startswith("+") and (not kept or kept[-1].name != before.name):
+            rung = replace(rung, label=f"{rung.precision}, {rung.attention} attention, "
+                                       f"{'compiled' if rung.compile else 'eager'}")
+        kept.append(rung)
+    return kept
 
 
 def unavailable_reason(rung: Rung, device: torch.device) -> str | None:
@@ -163,7 +177,7 @@ def bench(
     unknown = sorted(set(rungs or []) - set(names))
     if unknown:
         raise ConfigError(f"Unknown rung(s) {', '.join(unknown)}; choose from: {', '.join(names)}.")
-    chosen = [r for r in all_rungs if not rungs or r.name in rungs]
+    chosen = selected(all_rungs, rungs)
     n_params = GPT(model_cfg).num_params()
     tokens = batch * model_cfg.block_size
     flops = flops_per_token(model_cfg, n_params) * tokens

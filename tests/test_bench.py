@@ -55,6 +55,16 @@ def test_mfu_uses_the_formula(tiny_preset, monkeypatch):
     assert row["mfu"] == pytest.approx(row["tok_per_s"] * flops_per_token / 1e12)
 
 
+def test_a_rung_whose_rung_before_is_left_out_says_its_whole_setup():
+    """`bench --rungs vanilla,mixed,flash` labelled flash '+ flash attention (SDPA)' under mixed, though it was
+    compiled too (its compile column said 29 s)."""
+    ladder = bench_module.ladder(torch.device("cpu"), (2, 2, 16, 16))
+    labels = {r.name: r.label for r in bench_module.selected(ladder, ["vanilla", "mixed", "flash", "auto"])}
+    assert labels["mixed"] == ladder[1].label and labels["flash"] == f"{ladder[3].precision}, sdpa attention, compiled"
+    assert [r.label for r in bench_module.selected(ladder, None)] == [r.label for r in ladder]  # the whole ladder
+    assert bench_module.selected(ladder, ["compile"])[0].label.endswith("manual attention, compiled")
+
+
 def test_unknown_rung_is_a_user_error(tiny_preset):
     result = CliRunner().invoke(app, ["bench", "--rungs", "vanilla,turbo"])
     assert result.exit_code == 1 and "Unknown rung" in result.output

@@ -282,3 +282,19 @@ def test_a_full_disk_under_a_writer_that_names_no_file_is_one_line(capsys):
     shown = capsys.readouterr().err
     assert exit_.value.exit_code == 1 and shown.count("\n") == 1
     assert "A read or write failed (884736 requested and 310168 written)" in shown
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, monkeypatch):
+    """`bladegpt runs --json | head -c 600` said "Error: A read or write failed ([Errno 32] Broken pipe). Check the
+    free space on the disk...": a pipe whose reader left is no disk's failure, and `head` is the user's choice."""
+    import errno
+
+    from bladegpt.cli import speakers
+
+    def reader_gone(*args, **kwargs):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(speakers, "show_speakers", reader_gone)
+    (tmp_path / "play.txt").write_text("ANNA: Where were you?\n\nBEN: Out.\n")
+    done = invoke("prepare", tmp_path / "play.txt", "--list-speakers")
+    assert done.exit_code == 1 and done.output == ""

@@ -125,7 +125,8 @@ def test_gguf_target_rules(trained):
         assert (folder / "mine.gguf").read_bytes() == b"GGUF not ours"
         before = (folder / "voice-f16.gguf").stat().st_mtime_ns
         result = runner.invoke(app, ["export", "voice-f16.gguf", "--format", "gguf", "--force"])
-        assert result.exit_code == 0 and "llama-cli -m" in result.output
+        assert result.exit_code == 0 and "llama-completion -m voice-f16.gguf -no-cnv -p" in result.output
+        assert 'TEMPLATE """{{ .Prompt }}"""' in result.output  # not the chat template a voice never learnt
         assert (folder / "voice-f16.gguf").stat().st_mtime_ns != before
         assert not list(folder.glob(".*.tmp"))
 

@@ -149,3 +149,14 @@ def test_the_prepared_table_folds_a_long_folder_whole_at_80_columns(corpus, work
     text = console.export_text()
     assert "…" not in text and str(out) in "".join(line.split("│")[2].strip() for line in text.splitlines()
                                                    if line.count("│") == 3), text
+
+
+def test_a_speakers_val_row_counts_in_words_a_person_writes():
+    """A two-line subtitle said "the last 1 exchanges"."""
+    from bladegpt.cli.tables import speaker_rows
+
+    meta = {"speaker": {"name": "Anna", "aliases": ["Anna"], "target_lines": 2, "context_lines": 2, "val_exchanges": 1},
+            "source_formats": [{"format": "webvtt"}], "target_tokens": 61, "context_tokens": 62, "val_target_tokens": 33}
+    assert dict(speaker_rows(meta))["val"] == "the last 1 exchange, 33 target tokens"
+    meta["speaker"]["val_exchanges"], meta["val_target_tokens"] = 17, 1
+    assert dict(speaker_rows(meta))["val"] == "the last 17 exchanges, 1 target token"

@@ -115,6 +115,21 @@ def test_completions_equal_sample_with_the_same_seed(server, run_dir):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_stream_without_include_usage_has_a_choice_in_every_chunk(server, chat):
+    """OpenAI's own streaming loop reads `chunk.choices[0]` of every chunk: only include_usage adds one without;
+    the copy meter then rides on the chunk that ends the last choice."""
+    _, client, model = server
+    ask = dict(model=model, max_tokens=20, seed=8, n=2, stream=True)
+    stream = (client.chat.completions.create(messages=[{"role": "user", "content": PROMPT}], **ask) if chat
+              else client.completions.create(prompt=PROMPT, **ask))
+    chunks = list(stream)
+    assert all(c.choices for c in chunks)
+    assert sorted(c.choices[0].index for c in chunks if c.choices[0].finish_reason) == [0, 1]
+    assert chunks[-1].choices[0].finish_reason is not None and "copied" in chunks[-1].model_extra["copy_meter"]
+    assert all("copy_meter" not in c.model_extra for c in chunks[:-1])
+
+
 def test_no_copy_is_sample_no_copy_with_the_same_seed(server, run_dir):
     """The no_copy field keeps each choice from copying the training text exactly as `sample --no-copy` does."""
     _, client, model = server

@@ -288,6 +288,21 @@ def test_a_cut_schedule_keeps_the_plans_evaluations():
     assert (cfg.steps, cfg.eval_interval) == (157, 10)  # never more often than every 10 steps
 
 
+@pytest.mark.parametrize("steps", [3, 10])
+def test_the_estimate_speaks_only_of_steps_still_to_come(steps):
+    """`train --steps 3` said "about 0 s for the 0 steps left" after its last step; a longer run says what is left."""
+    from bladegpt.train.distributed import Distributed
+    from bladegpt.train.pacing import ESTIMATE_STEPS, Pacer
+
+    said = []
+    pacer, cfg = Pacer(TrainConfig(steps=steps), Distributed(), said.append), TrainConfig(steps=steps)
+    for step in range(1, ESTIMATE_STEPS + 1):
+        cfg, _ = pacer.timed(cfg, 1.0, step, float(step))
+    left = [line for line in said if "steps left" in line]
+    assert left == ([] if steps == ESTIMATE_STEPS else [f"1.00 s a step here: about {steps - ESTIMATE_STEPS} s for "
+                                                        f"the {steps - ESTIMATE_STEPS} steps left, evaluations included."])
+
+
 def test_a_time_budget_spreads_its_evaluations_over_the_steps_the_clock_allows(corpus, workdir):
     """`train --time` with no --steps or --eval-interval: the plan cannot know how many steps fit, so the
     interval is set from the first steps' timing (it once was a billion steps / 15: one evaluation, at the end)."""

@@ -63,6 +63,8 @@ def friendly(command):
         except typer.Exit:
             raise
         except Exception as e:
+            if isinstance(e, BrokenPipeError):  # the reader went away (`bladegpt runs --json | head`): Typer
+                raise  # ends it quietly, as every Unix tool does; it is not a disk's failure
             if isinstance(e, OSError) and e.filename is not None:
                 fail(f"Cannot write or read {e.filename}: {e.strerror}. Check its permissions and the free space "
                      "on its disk, then run the command again.")

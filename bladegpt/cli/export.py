@@ -36,8 +36,11 @@ def export(
                       f"  PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), {str(written)!r}); "
                       f"for llama.cpp: convert_lora_to_gguf.py {quoted} --base BASE_FOLDER", soft_wrap=True, markup=False)
     elif format == "gguf":
-        console.print(f"Wrote {written}. Run it with llama.cpp:  llama-cli -m {quoted} -p \"Your prompt\"\n"
-                      f"or ollama: a Modelfile holding `FROM ./{written.name}`, then  ollama create my-voice -f Modelfile",
+        # a voice continues text: llama-cli and ollama would wrap a prompt in the file's chat template
+        console.print(f"Wrote {written}. Continue a text with llama.cpp:  llama-completion -m {quoted} -no-cnv "
+                      f"-p \"Your prompt\"\nor ollama: a Modelfile with `FROM ./{written.name}`, "
+                      f"`TEMPLATE \"\"\"{{{{ .Prompt }}}}\"\"\"` and the voice's stop tokens (docs/export.md, "
+                      f"\"A Modelfile for ollama\"), then  ollama create my-voice -f Modelfile",
                       soft_wrap=True, markup=False)
     else:
         console.print(f"Wrote {written}. Sample from it with: bladegpt sample --checkpoint {quoted}", soft_wrap=True,

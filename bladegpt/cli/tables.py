@@ -9,6 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from bladegpt.config import plural
+
 
 def prepared_table(result, vocab_sized: bool) -> Table:
     """What `prepare` made: the text, its tokens and tokenizer, the chat frame found, the speed, the folder."""
@@ -47,7 +49,8 @@ def speaker_rows(m: dict) -> list[tuple[str, str]]:
             ("speaker", s["name"] + (f" (as {', '.join(s['aliases'])})" if len(s["aliases"]) > 1 else "")),
             ("target lines / tokens", f"{s['target_lines']:,} / {m['target_tokens']:,}"),
             ("context lines / tokens", f"{s['context_lines']:,} / {m['context_tokens']:,}"),
-            ("val", f"the last {s['val_exchanges']:,} exchanges, {m['val_target_tokens']:,} target tokens")]
+            ("val", f"the last {plural(s['val_exchanges'], 'exchange')}, "
+                    f"{plural(m['val_target_tokens'], 'target token')}")]
 
 
 def _widest(col: str, cells: list[dict]) -> int:

@@ -216,8 +216,10 @@ async def _respond(request: Request, ids: list[int], want: Asked, stops: list[st
 
 async def _events(voice: Voice, run: Run, head: dict, prompt_tokens: int, want: Asked, chat: bool
                   ) -> AsyncIterator[str]:
-    """Server-sent events as OpenAI's clients read them: a chunk per piece, a last chunk with the usage (when
-    asked) and the copy meter, then [DONE]. A client that goes away cancels this, and its generation stops."""
+    """Server-sent events as OpenAI's clients read them: a chunk per piece, then [DONE]. The copy meter rides on
+    the chunk that ends the last choice; only when include_usage asks does a last chunk with no choices follow,
+    with the usage and the meter (as OpenAI's): clients read `chunk.choices[0]` of every other chunk. A client
+    that goes away cancels this, and its generation stops."""
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(choices: list[dict], **extra) -> str:
@@ -232,17 +234,23 @@ async def _events(voice: Voice, run: Run, head: dict, prompt_tokens: int, want: 
             yield chunk([choice(i, "", None, first=True) for i in range(want.n)])
         try:
             async for i, piece, finish in run.pieces():
-                if piece or finish:
+                if finish and None not in run.finishes and not want.usage_chunk:  # the last choice ends
+                    yield chunk([choice(i, piece, finish)], copy_meter=await measured(voice, run))
+                elif piece or finish:
                     yield chunk([choice(i, piece, finish)])
         except ApiError as e:
             yield f"data: {json.dumps(e.body())}\n\n"
             return
-        texts = [s.text for s in run.streams]
-        meter = await asyncio.to_thread(copy_meter, voice, texts)
-        yield chunk([], usage=run.usage(prompt_tokens) if want.usage_chunk else None, copy_meter=meter)
+        if want.usage_chunk:
+            yield chunk([], usage=run.usage(prompt_tokens), copy_meter=await measured(voice, run))
         yield "data: [DONE]\n\n"
     finally:
         run.cancel()
+
+
+async def measured(voice: Voice, run: Run) -> dict:
+    """The copy meter of a run's texts so far, off the event loop."""
+    return await asyncio.to_thread(copy_meter, voice, [s.text for s in run.streams])
 
 
 async def models(request: Request) -> Response:

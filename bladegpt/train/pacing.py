@@ -195,7 +195,7 @@ class Pacer:
                          f"{duration(self.budget_s)}); for the whole schedule pass --steps {full}.")
         elif retimed:
             return cfg  # nothing changed: the first estimate stands
-        if cfg.steps != before or not retimed:
+        if cfg.steps > step and (cfg.steps != before or not retimed):  # a run already over has nothing left
             self.say(f"{step_s:.2f} s a step here: about {duration((cfg.steps - step) * per_step)} "
                      f"for the {cfg.steps - step:,} steps left, evaluations included.")
         return cfg
