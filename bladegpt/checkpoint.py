@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from bladegpt import __version__, strictjson
 from bladegpt.config import ModelConfig
@@ -21,6 +21,7 @@ from bladegpt.errors import CheckpointError, TokenizerError
 from bladegpt.files import atomic_write, commit, is_gguf, stage, stage_link, temp_path
 from bladegpt.model import GPT
 from bladegpt.runs import BEST, LAST, STATE
+from bladegpt.tensorfile import save_tensors
 from bladegpt.tokenizer import Tokenizer, tokenizer_from_dict
 from bladegpt.lora import LoraConfig, adapter_state, load_adapters
 
@@ -63,7 +64,7 @@ def _checkpoint_writer(model: GPT, tokenizer: Tokenizer, info: dict, staging: di
         tensors = _stored_once(model.state_dict(), metadata)
     if staging is not None:
         tensors = _staged(tensors, staging)
-    return lambda tmp: _io(save_file, tensors, tmp, metadata=metadata)
+    return lambda tmp: _io(save_tensors, tensors, tmp, metadata=metadata)
 
 
 def _staged(tensors: dict[str, torch.Tensor], staging: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -292,7 +293,7 @@ def _state_writer(optimizers: list[torch.optim.Optimizer], tensors: dict[str, to
     flat = {name: t.cpu().contiguous() for name, t in flat.items()} if staging is None else _staged(flat, staging)
     metadata = {"format": FORMAT, "param_groups": strictjson.dumps([opt["param_groups"] for opt in states]),
                 "info": strictjson.dumps(info)}
-    return lambda tmp: _io(save_file, flat, tmp, metadata=metadata)
+    return lambda tmp: _io(save_tensors, flat, tmp, metadata=metadata)
 
 
 def load_train_state(path: Path) -> tuple[list[dict], dict[str, torch.Tensor], dict]:

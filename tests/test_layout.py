@@ -16,7 +16,7 @@ MAX_CLASS_LINES = 300
 # The stages, lowest first: a module may import one of a lower stage, or a sibling in its own package.
 STAGES = [
     ["errors"],  # foundations
-    ["files", "strictjson", "encoding"],
+    ["files", "strictjson", "encoding", "tensorfile"],
     ["config"],
     ["loss", "attention"],
     ["model", "tokenizer"],
