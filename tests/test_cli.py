@@ -143,6 +143,8 @@ def test_damaged_checkpoint_and_unseen_characters(corpus, workdir):
         (["train", "--seed", str(2**70)], "--seed must be between 0 and"),
         (["train", "--min-lr-ratio", "1.5"], "--min-lr-ratio must be in [0, 1]"),
         (["train", "--weight-decay", "-1"], "--weight-decay must be 0 or a positive number"),
+        (["train", "--warmup-steps", "-3"], "--warmup-steps must be 0 (none) or a number of steps"),
+        (["train", "--sample-tokens", "-1"], "--sample-tokens must be 0 (no sample) or a number of tokens"),
         (["sample", "--top-k", "0"], "--top-k must be at least 1"),
         (["sample", "--top-k", "-3"], "--top-k must be at least 1"),
         (["sample", "--top-p", "0"], "--top-p must be in (0, 1]"),
