@@ -98,6 +98,24 @@ def test_resume_from_the_cli(corpus, workdir):
     assert "step 30" in result.output and "Muon + AdamW" in result.output  # the run's own optimizer
 
 
+def test_a_damaged_run_file_names_the_checkpoint_that_still_reads(corpus, workdir):
+    from tests.safety import assert_one_line_error
+
+    invoke("prepare", corpus, "--tokenizer", "char")
+    assert invoke("train", *TINY).exit_code == 0
+    run = workdir / "runs" / "tales-1"
+    for name, other in (("last", "best"), ("state", "best"), ("best", "last")):
+        damaged = run / f"{name}.safetensors"
+        kept = damaged.read_bytes()
+        damaged.unlink()  # best may be a hard link to last: the other keeps its bytes
+        damaged.write_bytes(kept[:1000])
+        command = ["train", "--resume", "--steps", "50"] if name != "best" else ["sample", "The"]
+        line = assert_one_line_error(invoke(*command), f"Use {run.relative_to(workdir)}/{other}.safetensors")
+        assert f"{name}.safetensors is not a readable" in line and ("cannot be resumed" in line) == (name != "best")
+        damaged.unlink()
+        damaged.write_bytes(kept)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
