@@ -313,7 +313,7 @@ def default_out_dir(inputs: list[Path], tokenizer_from: str | None = None) -> Pa
 def check_out_dir(out_dir: Path, force: bool) -> None:
     """prepare writes a new folder, or replaces a dataset when told; it never touches anything else."""
     if out_dir.is_file() or out_dir.is_symlink():
-        raise DataError(f"{out_dir} is a file; give --out a folder name for the dataset.")
+        raise DataError(f"{out_dir} is a {'link' if out_dir.is_symlink() else 'file'}; give --out a folder name of its own for the dataset.")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         return
     ours = [p.name in DATASET_FILES or is_index_file(p.name) for p in out_dir.iterdir()]  # the copy meter's index too
