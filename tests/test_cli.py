@@ -189,6 +189,17 @@ def test_bad_values_are_one_line(workdir, corpus, args, message):
     assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
 
 
+def test_a_file_where_a_folder_is_needed_is_named(workdir, corpus):
+    from tests.safety import assert_one_line_error
+
+    (workdir / "datasets").write_text("my list of data sets")
+    assert_one_line_error(invoke("prepare", corpus, "--tokenizer", "char"), "Cannot make datasets: a file")
+    assert invoke("prepare", corpus, "--tokenizer", "char", "--out", "data").exit_code == 0
+    for args in (["prepare", corpus, "--out", "tales.txt/data"], ["train", *TINY, "--data", "data", "--run", "tales.txt/run"]):
+        assert_one_line_error(invoke(*args), "a file (or a link) stands where a folder is needed", "move it away")
+    assert (workdir / "datasets").read_text() == "my list of data sets" and corpus.is_file()
+
+
 def test_read_only_folders_are_one_line(workdir, corpus, monkeypatch):
     from tests.safety import assert_one_line_error, read_only
 
