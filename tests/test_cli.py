@@ -178,6 +178,8 @@ def test_damaged_checkpoint_and_unseen_characters(corpus, workdir):
         (["sample", "--num-samples", "0"], "--num-samples and --max-new-tokens must be at least 1"),
         (["bench", "--steps", "0"], "must be at least 1"),
         (["bench", "--batch", "0"], "must be at least 1"),
+        (["bench", "--block", "0"], "--block (the context length) must be at least 1, got 0."),
+        (["bench", "--rungs", ","], "Unknown rung(s) ''; choose from"),
     ],
 )
 def test_bad_values_are_one_line(workdir, corpus, args, message):
