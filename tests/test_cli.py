@@ -129,11 +129,15 @@ def test_a_damaged_run_file_names_the_checkpoint_that_still_reads(corpus, workdi
         (["train", "--data", "nope"], "No dataset at nope; check the path"),
         (["train", "--data", "."], "is not a dataset made by `bladegpt prepare`"),
         (["prepare", "CORPUS", "--tokenizer-from", "CORPUS"], "is not a model file BladeGPT reads"),
+        (["prepare", "ONE_CHAR"], "too short to keep 10% of it for validation"),  # found once encoding began
     ],
 )
 def test_user_errors_are_one_line(workdir, corpus, args, message):
     if args[0] == "train" and len(args) > 1:
         invoke("prepare", corpus, "--tokenizer", "char")
+    if "ONE_CHAR" in args:
+        (workdir / "one.txt").write_text("a")
+        args = [str(workdir / "one.txt") if a == "ONE_CHAR" else a for a in args]
     result = invoke(*(corpus if a == "CORPUS" else a for a in args))
     assert result.exit_code == 1
     assert message in result.output.replace("\n", " ")
