@@ -167,6 +167,8 @@ def bench(
 ) -> dict:
     """Run the ladder and return its numbers; `on_rung(row)` sees each row as it is measured."""
     dev = resolve_device(device)
+    if block is not None and block < 1:  # ModelConfig would name train's flag, --block-size
+        raise ConfigError(f"--block (the context length) must be at least 1, got {block}.")
     model_cfg, train_cfg = from_preset(preset, {"block_size": block})
     model_cfg.vocab_size = vocab_size or default_vocab(preset)
     batch = batch if batch is not None else train_cfg.batch_size
@@ -176,7 +178,7 @@ def bench(
     names = [r.name for r in all_rungs]
     unknown = sorted(set(rungs or []) - set(names))
     if unknown:
-        raise ConfigError(f"Unknown rung(s) {', '.join(unknown)}; choose from: {', '.join(names)}.")
+        raise ConfigError(f"Unknown rung(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(names)}.")
     chosen = selected(all_rungs, rungs)
     n_params = GPT(model_cfg).num_params()
     tokens = batch * model_cfg.block_size

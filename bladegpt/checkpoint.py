@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -118,14 +120,34 @@ def read_metadata(path: Path) -> dict:
     except (SafetensorError, OSError, ValueError) as e:
         damaged = path.suffix == ".safetensors"  # named as one: a damaged checkpoint; else not a model file at all
         raise CheckpointError(
-            f"{path} is not a readable safetensors file ({e}); it may be truncated or damaged. "
-            "Use another checkpoint (e.g. last.safetensors) or train again." if damaged else
+            f"{path} is not a readable safetensors file ({e}); it may be truncated or damaged. {_instead(path)}"
+            if damaged else
             f"{path} is not a model file BladeGPT reads (a BladeGPT .safetensors checkpoint, a .gguf file, a run "
             "folder, or a Hugging Face model folder); check the path."
         ) from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a BladeGPT checkpoint (no '{FORMAT}' metadata).")
     return metadata
+
+
+def _instead(path: Path) -> str:
+    """The fix for a damaged run file: the run's other checkpoint where it is another file (the hint named
+    last.safetensors even when that was the damaged one, under --resume too)."""
+    others = [path.with_name(name) for name in (BEST, LAST) if name != path.name and path.name in (BEST, LAST, STATE)]
+    other = next((p for p in others if p.is_file() and not os.path.samefile(p, path) and _reads(p)), None)
+    if other is None:
+        return "Use another checkpoint, or train again."
+    quoted = shlex.quote(str(other))
+    return (f"Use {other}: `bladegpt sample --checkpoint {quoted}`, or a new run from it with "
+            f"`bladegpt train --init-from {quoted}`" + (" (this run cannot be resumed)." if path.name != BEST else "."))
+
+
+def _reads(path: Path) -> bool:
+    try:
+        with openable(path) as name, safe_open(name, framework="pt"):
+            return True
+    except (SafetensorError, OSError, ValueError):
+        return False
 
 
 def load_checkpoint(path: Path, attention: str = "sdpa") -> tuple[GPT, Tokenizer, dict]:

@@ -236,6 +236,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.patience < 0:
             raise ConfigError(f"--patience must be 0 (off) or a number of evaluations, got {self.patience}.")
+        if self.warmup_steps < 0:  # a negative one started the cosine part-way down, without a word
+            raise ConfigError(f"--warmup-steps must be 0 (none) or a number of steps, got {self.warmup_steps}.")
+        if self.sample_tokens < 0:
+            raise ConfigError(f"--sample-tokens must be 0 (no sample) or a number of tokens, got {self.sample_tokens}.")
         if self.batch_size % self.accum:
             options = ", ".join(str(n) for n in range(1, self.batch_size + 1) if self.batch_size % n == 0)
             raise ConfigError(

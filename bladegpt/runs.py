@@ -88,8 +88,8 @@ def claim_run_dir(run: Path | None, data_dir: Path) -> tuple[Path, bool]:
     if run is None:
         return new_run_dir(utf8_name(data_dir.name)), True
     run_dir = Path(run)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run {run_dir} is a file; give --run a folder name.")
+    if (run_dir.exists() or run_dir.is_symlink()) and not run_dir.is_dir():  # a file, or a link to nothing
+        raise ConfigError(f"--run {run_dir} is a {'file' if run_dir.exists() else 'link to nothing'}; give --run a folder name.")
     if run_dir.is_dir():
         ours = RUN_FILES | set(CHECKPOINTS) | set(TRACKER_FOLDERS)
         ours |= {temp_path(Path(name)).name for name in ours}  # a crash may leave a staged copy

@@ -98,6 +98,24 @@ def test_resume_from_the_cli(corpus, workdir):
     assert "step 30" in result.output and "Muon + AdamW" in result.output  # the run's own optimizer
 
 
+def test_a_damaged_run_file_names_the_checkpoint_that_still_reads(corpus, workdir):
+    from tests.safety import assert_one_line_error
+
+    invoke("prepare", corpus, "--tokenizer", "char")
+    assert invoke("train", *TINY).exit_code == 0
+    run = workdir / "runs" / "tales-1"
+    for name, other in (("last", "best"), ("state", "best"), ("best", "last")):
+        damaged = run / f"{name}.safetensors"
+        kept = damaged.read_bytes()
+        damaged.unlink()  # best may be a hard link to last: the other keeps its bytes
+        damaged.write_bytes(kept[:1000])
+        command = ["train", "--resume", "--steps", "50"] if name != "best" else ["sample", "The"]
+        line = assert_one_line_error(invoke(*command), f"Use {run.relative_to(workdir)}/{other}.safetensors")
+        assert f"{name}.safetensors is not a readable" in line and ("cannot be resumed" in line) == (name != "best")
+        damaged.unlink()
+        damaged.write_bytes(kept)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -111,11 +129,15 @@ def test_resume_from_the_cli(corpus, workdir):
         (["train", "--data", "nope"], "No dataset at nope; check the path"),
         (["train", "--data", "."], "is not a dataset made by `bladegpt prepare`"),
         (["prepare", "CORPUS", "--tokenizer-from", "CORPUS"], "is not a model file BladeGPT reads"),
+        (["prepare", "ONE_CHAR"], "too short to keep 10% of it for validation"),  # found once encoding began
     ],
 )
 def test_user_errors_are_one_line(workdir, corpus, args, message):
     if args[0] == "train" and len(args) > 1:
         invoke("prepare", corpus, "--tokenizer", "char")
+    if "ONE_CHAR" in args:
+        (workdir / "one.txt").write_text("a")
+        args = [str(workdir / "one.txt") if a == "ONE_CHAR" else a for a in args]
     result = invoke(*(corpus if a == "CORPUS" else a for a in args))
     assert result.exit_code == 1
     assert message in result.output.replace("\n", " ")
@@ -143,6 +165,8 @@ def test_damaged_checkpoint_and_unseen_characters(corpus, workdir):
         (["train", "--seed", str(2**70)], "--seed must be between 0 and"),
         (["train", "--min-lr-ratio", "1.5"], "--min-lr-ratio must be in [0, 1]"),
         (["train", "--weight-decay", "-1"], "--weight-decay must be 0 or a positive number"),
+        (["train", "--warmup-steps", "-3"], "--warmup-steps must be 0 (none) or a number of steps"),
+        (["train", "--sample-tokens", "-1"], "--sample-tokens must be 0 (no sample) or a number of tokens"),
         (["sample", "--top-k", "0"], "--top-k must be at least 1"),
         (["sample", "--top-k", "-3"], "--top-k must be at least 1"),
         (["sample", "--top-p", "0"], "--top-p must be in (0, 1]"),
@@ -158,6 +182,8 @@ def test_damaged_checkpoint_and_unseen_characters(corpus, workdir):
         (["sample", "--num-samples", "0"], "--num-samples and --max-new-tokens must be at least 1"),
         (["bench", "--steps", "0"], "must be at least 1"),
         (["bench", "--batch", "0"], "must be at least 1"),
+        (["bench", "--block", "0"], "--block (the context length) must be at least 1, got 0."),
+        (["bench", "--rungs", ","], "Unknown rung(s) ''; choose from"),
     ],
 )
 def test_bad_values_are_one_line(workdir, corpus, args, message):
@@ -167,6 +193,17 @@ def test_bad_values_are_one_line(workdir, corpus, args, message):
         invoke("prepare", corpus, "--tokenizer", "char")
     assert_one_line_error(invoke(*args), message)
     assert not (workdir / "runs").exists() or not list((workdir / "runs").iterdir())
+
+
+def test_a_file_where_a_folder_is_needed_is_named(workdir, corpus):
+    from tests.safety import assert_one_line_error
+
+    (workdir / "datasets").write_text("my list of data sets")
+    assert_one_line_error(invoke("prepare", corpus, "--tokenizer", "char"), "Cannot make datasets: a file")
+    assert invoke("prepare", corpus, "--tokenizer", "char", "--out", "data").exit_code == 0
+    for args in (["prepare", corpus, "--out", "tales.txt/data"], ["train", *TINY, "--data", "data", "--run", "tales.txt/run"]):
+        assert_one_line_error(invoke(*args), "a file (or a link) stands where a folder is needed", "move it away")
+    assert (workdir / "datasets").read_text() == "my list of data sets" and corpus.is_file()
 
 
 def test_read_only_folders_are_one_line(workdir, corpus, monkeypatch):

@@ -77,6 +77,15 @@ def test_corpus_too_small_for_the_context(workdir):
         data.check_fits(256)
 
 
+def test_a_val_split_of_a_token_or_two_names_val_fraction(workdir):
+    path = workdir / "long.txt"
+    path.write_text("a line of text that goes on for a while\n" * 500)
+    data = TokenData(prepare([path], tokenizer="char", val_fraction=1e-9).out_dir)
+    assert len(data.splits["val"]) < 3
+    with pytest.raises(DataError, match=r"val split has only .* or a larger --val-fraction\.$"):
+        data.check_fits(8)
+
+
 def test_no_dataset_yet(workdir):
     with pytest.raises(DataError, match="bladegpt prepare"):
         latest_dataset()

@@ -111,3 +111,27 @@ def test_safetensors_export_names_and_modes(workdir, corpus):
     assert runner.invoke(app, ["export", "model.v2", "--format", "safetensors", "--force"]).exit_code == 0
     result = runner.invoke(app, ["export", "runs/tales-1/last.safetensors", "--format", "safetensors", "--force"])
     assert result.exit_code == 1 and "run's own checkpoint" in result.output
+
+
+def test_export_format_follows_the_name_and_never_replaces_a_link(workdir, corpus):
+    from bladegpt.files import is_gguf
+    from tests.safety import assert_one_line_error
+
+    prepare([corpus], tokenizer="char")
+    train(None, "nano", TINY_MODEL, {**TINY_TRAIN, "steps": 5}, compile="off")
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", "voice.gguf"]).exit_code == 0  # was a transformers folder so named
+    assert (workdir / "voice.gguf").is_file() and is_gguf(workdir / "voice.gguf")
+    assert runner.invoke(app, ["export", "voice.safetensors"]).exit_code == 0
+    assert load_checkpoint(workdir / "voice.safetensors")[2]["exported_from"]
+    for args in (["other.gguf", "--format", "hf"], ["other.safetensors", "--format", "gguf"],
+                 ["other.gguf", "--format", "peft"]):
+        assert_one_line_error(runner.invoke(app, ["export", *args]), f"--format {args[2]} writes")
+    assert not list(workdir.glob("other*"))
+    (workdir / "hf").mkdir()
+    (workdir / "to-hf").symlink_to(workdir / "hf")
+    (workdir / "to-voice.gguf").symlink_to(workdir / "voice.gguf")
+    for link in ("to-hf", "to-voice.gguf"):
+        assert_one_line_error(runner.invoke(app, ["export", link, "--force"]), f"{link} is a link")
+        assert (workdir / link).is_symlink()
+    assert not list(workdir.glob(".to-*")) and not list((workdir / "hf").iterdir())

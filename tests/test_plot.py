@@ -103,6 +103,9 @@ def test_plot_replaces_its_own_picture_and_nothing_else(workdir):
     Image.new("RGB", (10, 10)).save(workdir / "holiday.png")
     assert_one_line_error(invoke("runs", "--plot", "holiday.png", run), "holiday.png exists", "not a plot")
     assert Image.open(workdir / "holiday.png").size == (10, 10)
+    (workdir / "latest.png").symlink_to(workdir / "curves.png")  # a link to a plot drawn here is still the user's
+    assert_one_line_error(invoke("runs", "--plot", "latest.png", run), "latest.png is a link")
+    assert (workdir / "latest.png").is_symlink()
     assert_one_line_error(invoke("runs", "--plot", "curves.jpg", run), ".png")
     assert_one_line_error(invoke("runs", "--plot", "nowhere/curves.png", run), "No folder nowhere")
     assert_one_line_error(invoke("runs", "--plot", "x.png", workdir / "runs" / "tales-9"), "No run at")

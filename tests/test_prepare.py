@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from bladegpt.data import prepare as prepare_module
 from bladegpt.data.dataset import TokenData
 from bladegpt.errors import DataError
 from bladegpt.data.prepare import Corpus, prepare
+from bladegpt.data.voices import list_speakers
 from tests.conftest import corpus_text
 from tests.safety import REPO
 
@@ -160,3 +162,21 @@ def test_a_speakers_val_row_counts_in_words_a_person_writes():
     assert dict(speaker_rows(meta))["val"] == "the last 1 exchange, 33 target tokens"
     meta["speaker"]["val_exchanges"], meta["val_target_tokens"] = 17, 1
     assert dict(speaker_rows(meta))["val"] == "the last 17 exchanges, 1 target token"
+
+
+def test_a_folders_other_files_are_named_and_a_file_given_twice_is_refused(workdir):
+    folder = books(workdir / "shelf", 2)
+    (folder / "LOUD.TXT").write_text("Shouted, in capitals.\n" * 50)
+    (folder / "notes.md").write_text("# not text for prepare\n")
+    (folder / ".draft.txt").write_text("an editor's copy\n")
+    result = prepare([folder], tokenizer="char")
+    assert [Path(p).name for p in result.meta["sources"]] == ["00000.txt", "00001.txt", "LOUD.TXT"]
+    assert result.notes == [f"Left out of {folder} (prepare reads a folder's .txt files): .draft.txt, notes.md; "
+                            "name a file to read it."]
+    (workdir / "again.txt").symlink_to(folder / "00000.txt")
+    for inputs in ([folder, folder / "00001.txt"], [folder / "00000.txt", workdir / "again.txt"]):
+        with pytest.raises(DataError, match="is given twice"):
+            prepare(inputs, out_dir=workdir / "twice", tokenizer="char")
+    with pytest.raises(DataError, match="is given twice"):
+        list_speakers([folder / "00001.txt", folder])
+    assert not (workdir / "twice").exists()

@@ -79,6 +79,13 @@ def test_prepare_never_writes_into_a_folder_it_did_not_make(corpus, workdir):
     assert [p.name for p in (workdir / "notes").iterdir()] == ["mine.txt"]
     assert_one_line_error(invoke("prepare", corpus, "--out", "tales.txt"), "is a file")
     assert corpus.read_text() == corpus_text()
+    (workdir / "to-notes").symlink_to(workdir / "notes")
+    (workdir / "to-nothing").symlink_to(workdir / "gone")
+    for link in ("to-notes", "to-nothing"):
+        assert_one_line_error(invoke("prepare", corpus, "--out", link, "--force"), f"{link} is a link")
+    assert invoke("prepare", corpus, "--tokenizer", "char").exit_code == 0
+    assert_one_line_error(invoke("train", *TINY_CLI, "--run", "to-nothing"), "--run to-nothing is a link to nothing")
+    assert not (workdir / "gone").exists() and [p.name for p in (workdir / "notes").iterdir()] == ["mine.txt"]
 
 
 KILLED_PREPARE = """

@@ -162,7 +162,8 @@ def test_resume_mistakes_are_one_line(corpus, workdir):
     data = prepare([corpus], tokenizer="char").out_dir
     assert invoke("train", *TINY_CLI, "--time", "2s").exit_code == 0
     assert_one_line_error(invoke("train", "--resume", "--steps", "50"), "finished", "longer --time")
-    assert_one_line_error(invoke("train", "--resume", "--data", data), "drop --data")
+    other = prepare([corpus], tokenizer="bpe", out_dir=workdir / "other").out_dir
+    assert_one_line_error(invoke("train", "--resume", "--time", "1m", "--data", other), "(it holds other tokens)")
     assert_one_line_error(invoke("train", "--resume", "--run", "runs/nowhere"), "No run folder at runs/nowhere")
     run_file = workdir / "runs" / "tales-1" / runs.RUN_FILE
     saved = run_file.read_text()
@@ -174,6 +175,20 @@ def test_resume_mistakes_are_one_line(corpus, workdir):
     (workdir / "afile").write_text("mine")
     assert_one_line_error(invoke("train", *TINY_CLI, "--run", "afile"), "is a file")
     assert (workdir / "afile").read_text() == "mine"
+
+
+def test_a_run_whose_dataset_moved_resumes_with_data(corpus, workdir):
+    data = prepare([corpus], tokenizer="char").out_dir
+    assert invoke("train", *TINY_CLI, "--steps", "4", "--eval-interval", "2").exit_code == 0
+    moved = data.rename(workdir / "elsewhere")
+    assert_one_line_error(invoke("train", "--resume", "--steps", "6"), "If it moved", "--data NEW")
+    result = invoke("train", "--resume", "--steps", "6", "--data", "elsewhere")
+    assert result.exit_code == 0, result.output
+    assert "Resuming on elsewhere, the same tokens" in result.output.replace("\n", " ")
+    run = workdir / "runs" / "tales-1"
+    assert runs.read_run(run)["dataset"] == str(moved.resolve())
+    assert invoke("train", "--resume", "--steps", "8").exit_code == 0  # found at its new place from now on
+    assert runs.summarize(run)["step"] == 8
 
 
 def test_a_checkpoint_claiming_an_absurd_shape_fails_at_once(corpus, workdir):

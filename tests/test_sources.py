@@ -95,6 +95,13 @@ def test_a_missing_ollama_model_lists_what_the_store_has(tmp_path, monkeypatch, 
     assert_one_line_error(invoke("prepare", corpus, "--tokenizer-from", "ollama:qwen3"), "the store has no models")
 
 
+def test_a_folder_named_gguf_is_called_a_folder(workdir, corpus):
+    (workdir / "voice.gguf").mkdir()
+    assert invoke("prepare", corpus, "--tokenizer", "char").exit_code == 0
+    for args in (["train", "--init-from", "voice.gguf"], ["prepare", corpus, "--tokenizer-from", "voice.gguf"]):
+        assert_one_line_error(invoke(*args), "voice.gguf is a folder, not a .gguf file")
+
+
 @pytest.mark.parametrize("path", [r"C:\Users\me\models\gpt2", r"models\gpt2", "./models/gpt2", "~/models/gpt2",
                                   "models/gpt2/", "D:/models", "/opt/models/gpt2", "voice.gguf"])
 def test_a_path_is_never_taken_for_a_hub_id(workdir, corpus, monkeypatch, path):

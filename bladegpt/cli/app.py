@@ -3,6 +3,7 @@ mistake is one red line and exit code 1. No torch at import, so `bladegpt --help
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from pathlib import Path
@@ -65,6 +66,10 @@ def friendly(command):
         except Exception as e:
             if isinstance(e, BrokenPipeError):  # the reader went away (`bladegpt runs --json | head`): Typer
                 raise  # ends it quietly, as every Unix tool does; it is not a disk's failure
+            if (isinstance(e, OSError) and e.filename is not None and e.errno in (errno.EEXIST, errno.ENOTDIR)
+                    and e.strerror == os.strerror(e.errno)):  # the system's words (mkdir's), not a line of ours
+                fail(f"Cannot make {e.filename}: a file (or a link) stands where a folder is needed on that path; "
+                     "move it away, or name another path.")
             if isinstance(e, OSError) and e.filename is not None:
                 fail(f"Cannot write or read {e.filename}: {e.strerror}. Check its permissions and the free space "
                      "on its disk, then run the command again.")

@@ -48,7 +48,8 @@ def prepare(
     task = progress.add_task("encode", total=None)
 
     def encoded(done: int, total: int) -> None:  # the bar starts with the encoding: a mistake found before it
-        progress.start()                           # leaves no blank line above its one-line error
+        if console.is_terminal:                    # leaves no blank line above its one-line error; into a pipe
+            progress.start()                       # or a file, its stop wrote one blank line, error or not
         progress.update(task, completed=done, total=total)
 
     try:

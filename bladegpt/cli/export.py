@@ -15,15 +15,17 @@ from bladegpt.cli.app import CheckpointOpt, app, console, friendly
 def export(
     out: Annotated[Path, typer.Argument(help="Folder (hf, peft), or .safetensors or .gguf file to write.")],
     checkpoint: CheckpointOpt = None,
-    format: Annotated[str, typer.Option("--format", help="hf (a transformers folder), safetensors (one file), "
+    format: Annotated[Optional[str], typer.Option("--format", help="hf (a transformers folder), safetensors (one file), "
                                         "gguf (llama.cpp, ollama, LM Studio), or peft (a LoRA run's adapters alone); "
-                                        "a LoRA run's adapters are merged into the others.")] = "hf",
+                                        "a LoRA run's adapters are merged into the others "
+                                        "\\[default: gguf or safetensors where OUT ends so, else hf].")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="GGUF weights: f32, f16, bf16, q8_0, q4_0 or q4_1 \\[default: f16].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at OUT.")] = False,
 ) -> None:
     """Hand a trained model to the rest of the ecosystem (transformers, llama.cpp, or one file)."""
-    from bladegpt.export import export as export_model
+    from bladegpt.export import choose_format, export as export_model
 
+    format = choose_format(out, format)
     written = export_model(out, checkpoint, format, force, dtype,
                            warn=lambda line: console.print(line, style="yellow", soft_wrap=True))
     quoted = shlex.quote(str(written))  # the commands below are pasted into a shell; nothing here is markup

@@ -80,6 +80,8 @@ def check_out(out: Path) -> Path:
         raise UserError(f"--plot writes a PNG picture; give it a file name ending in .png, not {out.name}.")
     if not out.parent.is_dir():
         raise UserError(f"No folder {out.parent} to write {out.name} in; create it or pick another path.")
+    if out.is_symlink():  # replacing it would drop the user's link for a file
+        raise UserError(f"{out} is a link; give --plot a file name of its own (BladeGPT replaces no link).")
     if out.is_dir() or (out.exists() and not _drawn_here(out)):
         raise UserError(f"{out} exists and is not a plot BladeGPT drew; pick another file name "
                         "(BladeGPT never replaces files it did not make).")

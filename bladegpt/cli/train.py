@@ -15,7 +15,7 @@ from bladegpt.cli.app import app, console, friendly
 @app.command()
 @friendly
 def train(
-    data: Annotated[Optional[Path], typer.Option(help="Dataset folder \\[default: the latest prepared].")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset folder \\[default: the latest prepared; on --resume, the run's own: name it only where you moved it].")] = None,
     preset: Annotated[Optional[str], typer.Option(help="nano, mini, small or gpt2 (docs/training.md) \\[default: mini].")] = None,
     init_from: Annotated[Optional[str], typer.Option(help="Start from a pretrained model: a Hugging Face repo id or folder (gpt2, HuggingFaceTB/SmolLM2-135M, Llama 3.x, Qwen2/2.5/3...), a .gguf file, ollama:NAME[:TAG], or a BladeGPT run or checkpoint.")] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="Transformer blocks.")] = None,

@@ -145,9 +145,8 @@ class TokenData:
             if len(tokens) <= block_size + 1:
                 raise DataError(
                     f"The {split} split has only {plural(len(tokens), 'token')}, too few for a block size of "
-                    f"{block_size}; " + ("prepare more text." if len(tokens) < 3 else
-                                         "use a smaller --block-size, or prepare more text"
-                                         + (" or a larger --val-fraction." if split == "val" else "."))
+                    f"{block_size}; " + ("" if len(tokens) < 3 else "use a smaller --block-size, or ")
+                    + "prepare more text" + (" or a larger --val-fraction." if split == "val" else ".")
                 )
 
     def batch(self, split: str, ix, block_size: int, context_weight: float = 0.0):

@@ -26,7 +26,7 @@ from bladegpt.errors import DataError
 from bladegpt.encoding import utf8_name
 from bladegpt.files import fsync, publish_dir, temp_dir
 from bladegpt.data.frames import FrameCounter
-from bladegpt.data.textfile import TextFile, utf8_size
+from bladegpt.data.textfile import TextFile, text_files, utf8_size
 from bladegpt.tokenizer import GPT2_EOT, CharTokenizer, Tokenizer, tokenizer_from_dict, train_tokenizer
 from bladegpt.tokenizer.bpe import bpe_vocab_size
 
@@ -50,24 +50,7 @@ _SPACE_CUT = re.compile(r"(?<=\S)(?= \S)")
 class PrepareResult:
     out_dir: Path
     meta: dict
-    notes: list[str]  # one line each, to print: how files that are not UTF-8 were read
-
-
-def find_text_files(inputs: list[Path]) -> list[Path]:
-    """Expand folders to the .txt files inside them, in a stable order."""
-    files: list[Path] = []
-    for path in inputs:
-        path = Path(path)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
-            if not found:
-                raise DataError(f"The folder {path} has no .txt files; point prepare at text files.")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(f"No such file or folder: {path}; check the path.")
-    return files
+    notes: list[str]  # one line each, to print: files a folder held that were left out, how files not UTF-8 were read
 
 
 def whole_lines(blocks: Iterator[str]) -> Iterator[str]:
@@ -313,7 +296,7 @@ def default_out_dir(inputs: list[Path], tokenizer_from: str | None = None) -> Pa
 def check_out_dir(out_dir: Path, force: bool) -> None:
     """prepare writes a new folder, or replaces a dataset when told; it never touches anything else."""
     if out_dir.is_file() or out_dir.is_symlink():
-        raise DataError(f"{out_dir} is a file; give --out a folder name for the dataset.")
+        raise DataError(f"{out_dir} is a {'link' if out_dir.is_symlink() else 'file'}; give --out a folder name of its own for the dataset.")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         return
     ours = [p.name in DATASET_FILES or is_index_file(p.name) for p in out_dir.iterdir()]  # the copy meter's index too
@@ -348,7 +331,8 @@ def prepare(
                         f"{MAX_VOCAB:,}, got {vocab_size:,}; leave it out to size it to the text.")
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(inputs, tokenizer_from)
     check_out_dir(out_dir, force)
-    corpus = Corpus(find_text_files(inputs), val_fraction)
+    files, left_out = text_files(inputs)
+    corpus = Corpus(files, val_fraction)
     tok = build_tokenizer(corpus, tokenizer, vocab_size, tokenizer_from)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(out_dir, DATASET_FILES)
@@ -389,7 +373,7 @@ def prepare(
         publish_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return PrepareResult(out_dir, meta, [note for f in corpus.files if (note := f.note())])
+    return PrepareResult(out_dir, meta, left_out + [note for f in corpus.files if (note := f.note())])
 
 
 def _write_meta(folder: Path, meta: dict) -> None:

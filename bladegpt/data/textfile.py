@@ -1,5 +1,6 @@
-"""A corpus file read as text: its encoding told from its first bytes (UTF-8, or UTF-16 or UTF-32 by a
-byte-order mark or their NUL pattern), its characters streamed in blocks and checked as they are read."""
+"""The corpus's files, folders expanded and each file once; a corpus file read as text: its encoding told from
+its first bytes (UTF-8, or UTF-16 or UTF-32 by a byte-order mark or their NUL pattern), its characters streamed in
+blocks and checked as they are read."""
 
 from __future__ import annotations
 
@@ -41,6 +42,48 @@ def sniff(head: bytes) -> tuple[str, int, str]:
         if seen:
             return codec, 0, "NUL-byte pattern, no byte-order mark"
     return "utf-8", 0, "default"
+
+
+def text_files(inputs: list[Path]) -> tuple[list[Path], list[str]]:
+    """The files INPUTS name, folders expanded to the .txt files inside them (any case; hidden ones aside), in a
+    stable order, and a line for each folder naming what it holds that is left out. DataError (one line) for a
+    missing path, a folder without text, or a file given twice."""
+    files: list[Path] = []
+    notes: list[str] = []
+    for path in map(Path, inputs):
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file())
+            found = [p for p in inside if p.suffix.lower() == ".txt" and not hidden(p, path)]
+            if not found:
+                raise DataError(f"The folder {path} has no .txt files; point prepare at text files.")
+            if left := [str(p.relative_to(path)) for p in sorted(set(inside) - set(found))]:
+                notes.append(f"Left out of {path} (prepare reads a folder's .txt files): {', '.join(left[:5])}"
+                             f"{f' and {len(left) - 5} more' if len(left) > 5 else ''}; name a file to read it.")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"No such file or folder: {path}; check the path.")
+    return once(files), notes
+
+
+def hidden(path: Path, folder: Path) -> bool:
+    """A file or folder whose name starts with a dot, under `folder`: an editor's or a tool's, not a text."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
+def once(files: list[Path]) -> list[Path]:
+    """`files`, each one once: a file named twice (a folder and a file in it, a link) would be trained on twice,
+    and the copy at the end would leak its text into validation. DataError (one line) naming both."""
+    seen: dict[tuple[int, int], Path] = {}
+    for path in files:
+        stat = path.stat()
+        first = seen.setdefault((stat.st_dev, stat.st_ino), path)
+        if first is not path:
+            also = "" if str(first) == str(path) else f" (also as {path})"
+            raise DataError(f"{first} is given twice{also}: its text would be read twice, and the copy at the end "
+                            "would leak into validation; give each file once.")
+    return files
 
 
 def utf8_size(text: str) -> int:

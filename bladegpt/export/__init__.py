@@ -23,19 +23,33 @@ from bladegpt.sources import load_bladegpt
 
 FORMATS = ("hf", "safetensors", "gguf", "peft")
 SUFFIXES = {"safetensors": ".safetensors", "gguf": ".gguf"}
+WRITES = {"hf": "a transformers folder", "peft": "a folder of adapters", "safetensors": "a .safetensors file",
+          "gguf": "a .gguf file"}
 # What an hf export folder holds: --force may replace a folder of these, and nothing else.
 HF_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
 RUN_CHECKPOINTS = {BEST, LAST, STATE}
 
 
-def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force: bool = False,
+def choose_format(out: Path, format: str | None) -> str:
+    """`format` where given, else the one OUT's suffix names, else hf. A suffix naming another format than
+    `format` is a UserError: `export voice.gguf` wrote a transformers folder called voice.gguf."""
+    if format is not None and format not in FORMATS:
+        raise UserError(f"Unknown export format '{format}'; choose one of: {', '.join(FORMATS)}.")
+    named = next((kind for kind, suffix in SUFFIXES.items() if Path(out).suffix.lower() == suffix), None)
+    if format is None or named in (None, format):
+        return format or named or "hf"
+    raise UserError(f"{out} names {WRITES[named]}, but --format {format} writes {WRITES[format]}; drop --format "
+                    f"(the name chooses {named}), or give OUT a name for --format {format}.")
+
+
+def export(out: Path, checkpoint: Path | None = None, format: str | None = None, force: bool = False,
            dtype: str | None = None, warn: Callable[[str], None] = print) -> Path:
     """Write the checkpoint (default: latest run's best) to `out`; returns what was written.
 
-    `force` replaces only an earlier export, never anything else. `dtype` is GGUF's (default f16).
+    `format` defaults to the one OUT's suffix names (.gguf, .safetensors), else hf. `force` replaces only an
+    earlier export, never anything else (nor a link). `dtype` is GGUF's (default f16).
     """
-    if format not in FORMATS:
-        raise UserError(f"Unknown export format '{format}'; choose one of: {', '.join(FORMATS)}.")
+    format = choose_format(out, format)
     if dtype is not None and format != "gguf":
         raise UserError("--dtype is for --format gguf; the other formats keep the model's float32 weights.")
     if format == "gguf" and (dtype or "f16") not in DTYPES:
@@ -55,7 +69,7 @@ def export(out: Path, checkpoint: Path | None = None, format: str = "hf", force:
         return out
     if format in SUFFIXES:
         suffix = SUFFIXES[format]
-        out = out if out.suffix == suffix else out.with_name(out.name + suffix)
+        out = out if out.suffix.lower() == suffix else out.with_name(out.name + suffix)
         ours = exported_by_us if format == "gguf" else _safetensors_export
         _check_file_target(out, source, force, ours)
         model, tokenizer, info = load_bladegpt(source)
@@ -122,6 +136,7 @@ def check_family(cfg: ModelConfig) -> None:
 def _check_folder_target(out: Path, source: Path, force: bool, files: set[str] = HF_FILES) -> None:
     """An export folder is new, empty, or (with --force) an earlier export: never the current folder,
     the run being exported, or a folder holding anything else."""
+    _check_not_link(out)
     resolved, run = out.resolve(), source.resolve().parent
     if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
         raise UserError(f"Cannot export into {out}: it is the current folder or holds it; name a new folder, "
@@ -149,7 +164,14 @@ def _safetensors_export(path: Path) -> bool:
         return False
 
 
+def _check_not_link(out: Path) -> None:
+    """A link at OUT is the user's: publishing over it would move or replace the link itself."""
+    if out.is_symlink():
+        raise UserError(f"{out} is a link; name a path of the export's own (export replaces no link).")
+
+
 def _check_file_target(out: Path, source: Path, force: bool, exported: Callable[[Path], bool]) -> None:
+    _check_not_link(out)
     if out.resolve() == source.resolve() or (out.name in RUN_CHECKPOINTS and (out.parent / RUN_FILE).exists()):
         raise UserError(f"Cannot export over {out}: it is a run's own checkpoint; name another file.")
     if out.is_dir():

@@ -54,7 +54,8 @@ def gguf_path(source: str) -> Path | None:
         return path
     if source.endswith(".gguf"):
         if not path.is_file():
-            raise SourceError(f"No such file: {source}; check the path.")
+            raise SourceError(f"{source} is a folder, not a .gguf file; name the file in it." if path.is_dir() else
+                              f"No such file: {source}; check the path.")
         raise SourceError(f"{source} is not a GGUF file (it does not start with 'GGUF'); it may be damaged or "
                           "still downloading: fetch it again.")
     return None

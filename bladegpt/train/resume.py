@@ -23,8 +23,6 @@ from bladegpt.train.trainer import Reporter, Trainer
 def resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan:
     """A resumed run's plan: its own model, data and settings from run.json, this resume's flags checked
     against them (the ones that would change what its state means are refused, one line each)."""
-    if data is not None:
-        raise ConfigError("--resume continues a run on its own dataset; drop --data, or start a new run on the other one.")
     if any(v is not None for v in (model_overrides or {}).values()):
         raise ConfigError("--resume continues a run with its own model shape; drop the model flags or start a new run.")
     try:
@@ -55,14 +53,22 @@ def resume_plan(run, data, model_overrides, train_overrides, requested) -> Plan:
             flag = f"--{name} {getattr(saved_train, name)}"
             raise ConfigError(f"--resume keeps {run_dir}'s {flag}, which {what}; drop --{name}, or start a new run "
                               "with it.")
-    data_dir = Path(saved["dataset"])
+    recorded = saved.get("dataset_fingerprint")
+    if data is not None and not recorded:
+        raise ConfigError(f"{run_dir} records no fingerprint of its data to check --data against; drop --data, or "
+                          "start a new run on it.")
+    data_dir = Path(data if data is not None else saved["dataset"])  # --data: the run's own, moved
     try:
         token_data = TokenData(data_dir)
     except DataError as e:
-        raise DataError(f"The dataset {run_dir} trained on cannot be used: {e}") from None
-    recorded = saved.get("dataset_fingerprint")
+        if data is not None:
+            raise
+        again = Distributed.from_env().command(["train", "--resume", "--run", str(run_dir), "--data", "NEW"])
+        raise DataError(f"The dataset {run_dir} trained on cannot be used: {e} If it moved, name its new folder: "
+                        f"`{again}`.") from None
     if recorded and recorded != token_data.fingerprint:
-        raise DataError(f"{data_dir} is not the data {run_dir} trained on (it was prepared again since); "
+        why = "it holds other tokens" if data is not None else "it was prepared again since"
+        raise DataError(f"{data_dir} is not the data {run_dir} trained on ({why}); "
                         "resuming would continue on other text: start a new run on it instead.")
     check_context_weight(token_data, given)
     if token_data.tokenizer.vocab_size > model_cfg.vocab_size:  # the model is the run's own (GPT-2's is unpadded)
@@ -121,13 +127,20 @@ def record_resume(trainer: Trainer, plan: Plan, reporter: Reporter) -> None:
     """Settings a resume changed go into run.json (atomically), with the step they changed at, so that
     run.json, `runs` and the display agree with what was done; one line says what changed."""
     changes = resume_changes(plan.saved_train, trainer.cfg)
-    if not changes:
-        return
     saved = runs.read_run(plan.run_dir)
-    earlier = saved.get("resumes") if isinstance(saved.get("resumes"), list) else []
-    history = [*earlier, {"step": trainer.step, "changed": changes}]
-    runs.write_run(plan.run_dir, {**saved, "train": trainer.cfg.to_dict(), "resumes": history})
-    reporter.message(describe_resume(plan.saved_train, trainer.cfg, trainer.step, trainer.elapsed))
+    folder = str(plan.data.folder.resolve())
+    if not changes and folder == saved["dataset"]:
+        return
+    record = {**saved, "dataset": folder}  # a dataset moved (resume --data) is found there from now on
+    if changes:
+        earlier = saved.get("resumes") if isinstance(saved.get("resumes"), list) else []
+        record.update(train=trainer.cfg.to_dict(), resumes=[*earlier, {"step": trainer.step, "changed": changes}])
+    runs.write_run(plan.run_dir, record)
+    if folder != saved["dataset"]:
+        reporter.message(f"Resuming on {plan.data.folder}, the same tokens {saved['dataset']} held "
+                         "(recorded in run.json).")
+    if changes:
+        reporter.message(describe_resume(plan.saved_train, trainer.cfg, trainer.step, trainer.elapsed))
 
 
 def resume_changes(before: TrainConfig, after: TrainConfig) -> dict[str, list]:

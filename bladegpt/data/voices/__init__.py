@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bladegpt.data.textfile import hidden, once
 from bladegpt.data.voices import chats, novel, play, screenplay, subtitles
 from bladegpt.data.voices.turns import Format, Reading, Turn, closest_names, same_speaker, speaker_key, words
 from bladegpt.errors import DataError
@@ -90,8 +91,7 @@ def find_files(inputs: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in map(Path, inputs):
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and not any(
-                part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and not hidden(p, path))
             if not found:
                 raise DataError(f"The folder {path} has no files; point prepare at transcripts, subtitles or books.")
             files += found
@@ -99,7 +99,7 @@ def find_files(inputs: list[Path]) -> list[Path]:
             files.append(path)
         else:
             raise DataError(f"No such file or folder: {path}; check the path.")
-    return files
+    return once(files)
 
 
 def list_speakers(inputs: list[Path]) -> tuple[list[FileVoices], list[Speaker]]:
