@@ -3,9 +3,10 @@
 A training run writes the same large files again and again: SmolLM2-135M's resume state and weights are 1.6 GB a
 save, Gemma 3 270M's 3.2 GB. Written through the page cache, each save copies them into fresh cache memory, and
 on a VM that hands freed memory back to its host, as this project's 2-core AMD EPYC machines do, touching fresh
-memory is the cost: a 1.6 GB `safetensors.torch.save_file` took 3.5 s there (+0.8 s fsync), and 0.35 s into memory
-just freed. Written with O_DIRECT, from one reused 64 MiB buffer straight to the disk, it took 0.9-1.3 s with the
-fsync (scripts/save_bench.py --writers; issue #42). DeepSpeed's FastPersist writes checkpoints the same way. A
+memory is the cost: a 1.6 GB `safetensors.torch.save_file` took 2.88 s there with its fsync (0.35 s into memory
+just freed). Written with O_DIRECT, from one 64 MiB buffer straight to the disk, it took 0.85 s (scripts/save_bench.py
+--writers, 1 thread, medians; Gemma 3 270M's default run 240 -> 213 s: docs/benchmarks/finetune.md). DeepSpeed's
+FastPersist writes checkpoints the same way. A
 checkpoint written so is never in the page cache: the run's saves no longer push out what the machine had cached.
 
 The format (github.com/huggingface/safetensors, "Format"): an 8-byte little-endian header length N, N bytes of
