@@ -195,11 +195,21 @@ def test_a_second_ctrl_c_while_a_save_is_written_stops_only_once_the_write_is_wh
 
     from bladegpt.train.saver import BackgroundSaver
 
-    saver, written = BackgroundSaver(tmp_path), []
-    saver.submit([lambda: (time.sleep(1.0), written.append(True))])
-    threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        saver.wait()
+    saver, written, sent = BackgroundSaver(tmp_path), [], threading.Event()
+    saver.submit([lambda: (sent.wait(), time.sleep(0.3), written.append(True))])  # ends only after the Ctrl-C
+
+    def ctrl_c():  # to the main thread itself, so its wait is interrupted (os.kill may wake another thread)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        sent.set()
+
+    # Ctrl-C as a terminal gives it: a suite started in the background (`make test &`) inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.3, ctrl_c).start()
+        with pytest.raises(KeyboardInterrupt):
+            saver.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert written == [True]
     assert not [t for t in threading.enumerate() if t.name == "bladegpt-save"]
 
