@@ -228,18 +228,26 @@ def test_prepare_names_the_train_command_that_finds_its_dataset(corpus, workdir)
     assert "Next: bladegpt train --data 'my data'" in elsewhere.output  # train alone would take datasets/' newest
 
 
-def test_a_library_message_over_several_lines_is_still_one_line(capsys):
+def one_line_shown(capsys, error: Exception) -> str:
+    """What a command that raises `error` prints under the CLI's `friendly` wrapper; it must end it with exit
+    code 1 and one line."""
     from bladegpt.cli.app import friendly
-    from bladegpt.errors import SourceError
 
     @friendly
     def command():
-        raise SourceError("Could not download x (first\nsecond  line\n); check the connection.")
+        raise error
 
     with pytest.raises(typer.Exit) as exit_:
         command()
     shown = capsys.readouterr().err
-    assert exit_.value.exit_code == 1 and shown.count("\n") == 1
+    assert exit_.value.exit_code == 1 and shown.count("\n") == 1, shown
+    return shown
+
+
+def test_a_library_message_over_several_lines_is_still_one_line(capsys):
+    from bladegpt.errors import SourceError
+
+    shown = one_line_shown(capsys, SourceError("Could not download x (first\nsecond  line\n); check the connection."))
     assert "Error: Could not download x (first second line ); check the connection." in shown
 
 
@@ -308,16 +316,7 @@ def test_the_commands_export_and_a_tokenizer_mismatch_name_are_quoted_for_the_sh
 def test_a_full_disk_under_a_writer_that_names_no_file_is_one_line(capsys):
     """`export --format gguf` on a full disk: numpy's tofile raised OSError('884736 requested and 310168 written'),
     which names no file, and the user got a traceback (seen when the disk of CI's machine filled)."""
-    from bladegpt.cli.app import friendly
-
-    @friendly
-    def command():
-        raise OSError("884736 requested and 310168 written")
-
-    with pytest.raises(typer.Exit) as exit_:
-        command()
-    shown = capsys.readouterr().err
-    assert exit_.value.exit_code == 1 and shown.count("\n") == 1
+    shown = one_line_shown(capsys, OSError("884736 requested and 310168 written"))
     assert "A read or write failed (884736 requested and 310168 written)" in shown
 
 
